@@ -1,0 +1,102 @@
+# Legate build. `make run` and `make test` are the two entry points (README.md).
+#
+# B is the build directory: build/ for the normal binary, build/asan/ for the
+# AddressSanitizer build that `make test` also runs the integration tests on.
+B        ?= build
+GEN      := build/gen
+PY       := /usr/bin/python3
+CC       ?= cc
+CXX      ?= c++
+SAN      ?=
+OPT      ?= -O2
+CFLAGS   += $(OPT) -g -std=gnu11 -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers \
+            -pthread -Iinclude -I$(GEN) $(SAN) -DH2O_USE_LIBUV=0
+CXXFLAGS += $(OPT) -g -std=c++17 -Wall -Iinclude $(SAN)
+LDLIBS   := -lh2o-evloop -lnghttp2 -lprotobuf-c -lgrpc -lgpr -lssl -lcrypto -lcares -lyaml -lre2 \
+            -lstdc++ -lpthread -lm
+LDFLAGS  += $(SAN)
+
+DEB_PKGS := build-essential pkg-config libh2o-evloop-dev libnghttp2-dev libprotobuf-c-dev \
+            protobuf-c-compiler protobuf-compiler libprotobuf-dev libgrpc-dev libssl-dev \
+            libc-ares-dev libyaml-dev libre2-dev npm nghttp2-client curl openssl \
+            python3 python3-pytest python3-yaml python3-grpcio python3-websockets \
+            libclang-rt-14-dev procps
+
+SRCS_C   := $(shell find src -name '*.c' ! -name main.c | sort)
+SRCS_CC  := $(shell find src -name '*.cc' | sort)
+OBJS     := $(SRCS_C:%.c=$(B)/%.o) $(SRCS_CC:%.cc=$(B)/%.o)
+GEN_OBJS  = $(patsubst %.c,$(B)/gen/%.o,$(shell cat $(GEN)/files.txt 2>/dev/null)) $(B)/gen/registry.o
+UNIT_SRCS := $(shell find test/unit -name 'test_*.c' | sort)
+UNIT_BINS := $(UNIT_SRCS:test/unit/%.c=$(B)/test/%)
+
+.PHONY: all deps run test unit integration asan bench clean format
+all: $(B)/legate
+
+# Installs the Debian packages the build and the tests need, when any is missing.
+deps:
+	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(GEN)/files.txt: proto/envoy-protos.txt proto/NPM_PACKAGE tools/gen-protos.sh
+	sh tools/gen-protos.sh $(GEN)
+
+$(B)/gen/%.o: $(GEN)/%.c $(GEN)/files.txt
+	@mkdir -p $(dir $@)
+	$(CC) -O1 -g0 -w -I$(GEN) $(SAN) -c $< -o $@
+
+$(B)/libenvoyapi.a: $(GEN)/files.txt
+	@$(MAKE) --no-print-directory $(GEN_OBJS)
+	rm -f $@ && ar rcs $@ $(GEN_OBJS)
+
+$(B)/%.o: %.c $(GEN)/files.txt
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(B)/%.o: %.cc
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -MMD -MP -c $< -o $@
+
+$(B)/liblegate.a: $(OBJS)
+	rm -f $@ && ar rcs $@ $(OBJS)
+
+$(B)/legate: $(B)/src/main.o $(B)/liblegate.a $(B)/libenvoyapi.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(B)/test/%: test/unit/%.c $(B)/liblegate.a $(B)/libenvoyapi.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itest/unit -o $@ $^ $(LDLIBS)
+
+-include $(shell find $(B) -name '*.d' 2>/dev/null)
+
+run: deps all
+	$(PY) tools/demo.py
+
+unit: $(UNIT_BINS)
+	@$(PY) tools/run-unit.py $(UNIT_BINS)
+
+integration: all
+	LEGATE_BIN=$(B)/legate $(PY) -m pytest -q -p no:cacheprovider test/integration
+
+asan:
+	$(MAKE) B=build/asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer" all
+
+# Unit tests, the integration tests on the normal build, then once more on the
+# AddressSanitizer build (leaks and memory errors fail the run).
+test: deps
+	$(MAKE) all
+	$(MAKE) unit
+	$(MAKE) asan
+	$(PY) tools/run-tests.py --bin $(B)/legate --asan-bin build/asan/legate
+
+bench: deps all
+	$(PY) bench/run.py
+
+format:
+	clang-format -i $$(find src include test -name '*.[ch]')
+
+clean:
+	rm -rf build

@@ -28,8 +28,10 @@ OBJS     := $(SRCS_C:%.c=$(B)/%.o) $(SRCS_CC:%.cc=$(B)/%.o)
 GEN_OBJS  = $(patsubst %.c,$(B)/gen/%.o,$(shell cat $(GEN)/files.txt 2>/dev/null)) $(B)/gen/registry.o
 UNIT_SRCS := $(shell find test/unit -name 'test_*.c' | sort)
 UNIT_BINS := $(UNIT_SRCS:test/unit/%.c=$(B)/test/%)
+FUZZ_SRCS := $(shell find test/fuzz -name 'fuzz_*.c' | sort)
+FUZZ_BINS := $(FUZZ_SRCS:test/fuzz/%.c=$(B)/fuzz/%)
 
-.PHONY: all deps run test unit integration asan bench clean format
+.PHONY: all deps run test unit integration asan fuzz-replay bench clean format
 all: $(B)/legate
 
 # Installs the Debian packages the build and the tests need, when any is missing.
@@ -70,6 +72,11 @@ $(B)/test/%: test/unit/%.c $(B)/liblegate.a $(B)/libenvoyapi.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itest/unit -o $@ $^ $(LDLIBS)
 
+# Fuzz targets linked with a driver that replays their corpus (no libFuzzer needed).
+$(B)/fuzz/%: test/fuzz/%.c test/fuzz/replay.c $(B)/liblegate.a $(B)/libenvoyapi.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
 -include $(shell find $(B) -name '*.d' 2>/dev/null)
 
 run: deps all
@@ -81,8 +88,16 @@ unit: $(UNIT_BINS)
 integration: all
 	LEGATE_BIN=$(B)/legate $(PY) -m pytest -q -p no:cacheprovider test/integration
 
+ASAN_VARS := B=build/asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer"
+
 asan:
-	$(MAKE) B=build/asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer" all
+	$(MAKE) $(ASAN_VARS) all
+
+# Replays every fuzz corpus on the AddressSanitizer build.
+fuzz-replay:
+	$(MAKE) $(ASAN_VARS) $(FUZZ_SRCS:test/fuzz/%.c=build/asan/fuzz/%)
+	@for f in $(FUZZ_SRCS:test/fuzz/fuzz_%.c=%); do \
+	  echo "fuzz corpus $$f:"; build/asan/fuzz/fuzz_$$f test/fuzz/corpus/$$f || exit 1; done
 
 # Unit tests, the integration tests on the normal build, then once more on the
 # AddressSanitizer build (leaks and memory errors fail the run).
@@ -90,6 +105,7 @@ test: deps
 	$(MAKE) all
 	$(MAKE) unit
 	$(MAKE) asan
+	$(MAKE) fuzz-replay
 	$(PY) tools/run-tests.py --bin $(B)/legate --asan-bin build/asan/legate
 
 bench: deps all

@@ -1,0 +1,205 @@
+/*
+ * The HTTP/2 codec (nghttp2), server side (downstream h2 and h2c with prior
+ * knowledge) and client side (upstream). Both implement codec-t.h; see there
+ * for the stream contract. What this codec adds to it:
+ *
+ *  - Inbound DATA is copied once, into per-stream blocks that never move, and
+ *    delivered as slices of them. The flow-control window of a stream (and of
+ *    the connection) is only reopened by ops->consume(), so unconsumed bytes
+ *    stop the peer after initial_stream_window_size bytes.
+ *  - Outbound DATA is not copied when the socket takes it at once: the frame
+ *    header and the caller's bytes are written with one sendmsg(). What the
+ *    kernel does not take (or everything, on TLS sockets, where h2o encrypts
+ *    into its own buffer) is copied before the write call returns, so the
+ *    codec never holds a caller's bytes past its own return; on_data_sent is
+ *    reported then. A stream's bytes are only taken while no write is in
+ *    flight, so a slow peer still pushes back on the sender.
+ *  - on_complete fires once both END_STREAMs are through *and* every
+ *    delivered byte has been consumed (delivered chunks live in the stream).
+ *  - No driver callback runs from inside nghttp2 or from inside an op: ops
+ *    called outside the codec's own callbacks are acted on at the next loop
+ *    turn (a 0 ms timer), so callbacks never nest into the caller.
+ *  - Malformed messages (nghttp2's HTTP messaging checks) close the whole
+ *    connection with GOAWAY(PROTOCOL_ERROR) as Envoy does by default; with
+ *    options.stream_error_on_invalid_http_messaging only the stream is reset
+ *    (RST_STREAM PROTOCOL_ERROR). Either way on_codec_error() reports it with
+ *    Envoy's details ("http2.invalid.header.field", ...). Too many headers or
+ *    too large a header list resets the stream (INTERNAL_ERROR,
+ *    "http2.too_many_headers"), as Envoy does.
+ *  - Flood protection: nghttp2's own limits (queued SETTINGS/PING ACKs, the
+ *    RST_STREAM rate limit, CONTINUATION count) plus Envoy's defaults for
+ *    queued outbound frames (10000), consecutive empty DATA frames (1),
+ *    PRIORITY frames (100 per stream) and WINDOW_UPDATE frames (10 per DATA
+ *    frame sent). A flood closes the connection with GOAWAY.
+ */
+#ifndef LEGATE_H2_H
+#define LEGATE_H2_H
+
+#include <nghttp2/nghttp2.h>
+#include "legate/codec-t.h"
+#include "legate/timer.h"
+
+/* Details reported through on_codec_error and on_reset (Envoy's names). */
+#define LG_H2_DETAIL_INVALID_HEADER "http2.invalid.header.field"
+#define LG_H2_DETAIL_MESSAGING "http2.violation.of.messaging.rule"
+#define LG_H2_DETAIL_UNKNOWN "http2.unknown.nghttp2.error"
+#define LG_H2_DETAIL_TOO_MANY_HEADERS "http2.too_many_headers"
+#define LG_H2_DETAIL_OUTBOUND_FLOOD "http2.outbound_frames_flood"
+#define LG_H2_DETAIL_INBOUND_FLOOD "http2.inbound_empty_frames_flood"
+#define LG_H2_DETAIL_REMOTE_REFUSED "http2.remote_refuse"
+#define LG_H2_DETAIL_REMOTE_RESET "http2.remote_reset"
+#define LG_H2_DETAIL_CODEC_ERROR "http2.codec_error"
+#define LG_H2_DETAIL_CONNECTION_TERMINATION "http2.connection_termination"
+
+/* Http2ProtocolOptions fields that lg_h2_settings_t does not carry (yet). */
+typedef struct st_lg_h2_options_t {
+    int allow_connect;                          /* advertise SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441) */
+    int stream_error_on_invalid_http_messaging; /* reset the stream instead of closing the connection */
+} lg_h2_options_t;
+
+/* Envoy's defaults (Http2ProtocolOptions and HttpConnectionManager). */
+void lg_h2_settings_init(lg_h2_settings_t *settings);
+
+/* Takes over `sock` (its read callback and `data`). Bytes already in
+ * sock->input (the preface the listener peeked at) are processed first, on the
+ * next loop turn, so no callback runs before this returns. `options` may be
+ * NULL (Envoy's defaults). The connection frees itself after cbs->on_close. */
+lg_server_conn_t *lg_h2_server_conn_new(lg_loop_t *loop, h2o_socket_t *sock, const lg_h2_settings_t *settings,
+                                        const lg_server_conn_cbs_t *cbs, void *ctx);
+lg_server_conn_t *lg_h2_server_conn_new_ex(lg_loop_t *loop, h2o_socket_t *sock, const lg_h2_settings_t *settings,
+                                           const lg_h2_options_t *options, const lg_server_conn_cbs_t *cbs, void *ctx);
+
+/* `sock` is connected (and past its TLS handshake). Sends the preface and
+ * SETTINGS at once. Frees itself after cbs->on_close. */
+lg_client_conn_t *lg_h2_client_conn_new(lg_loop_t *loop, h2o_socket_t *sock, const lg_h2_settings_t *settings,
+                                        const lg_client_conn_cbs_t *cbs, void *ctx);
+lg_client_conn_t *lg_h2_client_conn_new_ex(lg_loop_t *loop, h2o_socket_t *sock, const lg_h2_settings_t *settings,
+                                           const lg_h2_options_t *options, const lg_client_conn_cbs_t *cbs, void *ctx);
+
+/*
+ * Internals shared by src/http/h2_common.c, h2_server.c and h2_client.c only.
+ */
+typedef struct st_lg__h2_conn_t lg__h2_conn_t;
+typedef struct st_lg__h2_stream_t lg__h2_stream_t;
+typedef struct st_lg__h2_block_t lg__h2_block_t;
+
+/* Inbound DATA: appended at the tail, never moved; freed once consumed. */
+struct st_lg__h2_block_t {
+    lg__h2_block_t *next;
+    size_t consumed, delivered, len, cap;
+    char bytes[];
+};
+
+/* One piece of a gathered write: copied bytes (at `off` in the batch buffer)
+ * or the caller's bytes (`ext`). */
+typedef struct st_lg__h2_seg_t {
+    const char *ext;
+    size_t off, len;
+} lg__h2_seg_t;
+
+typedef struct st_lg__h2_batch_t {
+    char *buf;
+    size_t len, cap;
+    lg__h2_seg_t *segs;
+    h2o_iovec_t *vecs; /* segcap entries, filled when written */
+    size_t nsegs, segcap;
+    size_t total;
+} lg__h2_batch_t;
+
+struct st_lg__h2_stream_t {
+    lg_stream_t super;
+    lg__h2_conn_t *conn;
+    h2o_linklist_t link;  /* conn->streams, then conn->graveyard */
+    h2o_linklist_t dirty; /* conn->dirty: has something to deliver */
+    h2o_mem_pool_t pool;
+    /* the head being received, then delivered */
+    union {
+        lg_req_head_t req;
+        lg_resp_head_t resp;
+    } head;
+    lg_headers_t *building; /* headers of the HEADERS frame being received */
+    h2o_iovec_t cookie;     /* crumbs joined with "; " */
+    size_t header_count, header_bytes;
+    H2O_VECTOR(lg_resp_head_t *) informational;
+    size_t informational_delivered;
+    lg_headers_t *trailers;
+    /* inbound body */
+    lg__h2_block_t *first, *last, *cursor; /* cursor: the first block not wholly delivered */
+    size_t undelivered, unconsumed;
+    /* outbound body: the caller's chunks not yet framed / written */
+    h2o_iovec_t *sendq;
+    size_t sendq_head, sendq_size, sendq_cap, sendq_off;
+    size_t queued, framed; /* bytes queued by send_data / reserved for DATA frames by nghttp2 */
+    size_t sent_unreported;
+    lg_headers_t *send_trailers;
+    /* terminal state */
+    uint32_t close_error;
+    const char *detail;
+    int reason_override; /* lg_reset_reason_t + 1, or 0 */
+    unsigned visible : 1, head_ready : 1, head_delivered : 1, final_head : 1, remote_end : 1, remote_end_delivered : 1,
+        trailers_delivered : 1, headers_sent : 1, local_end : 1, local_end_sent : 1, deferred : 1, paused : 1, closed : 1,
+        rst_received : 1, done : 1;
+};
+
+typedef enum en_lg__h2_state_t {
+    LG__H2_OPEN,
+    LG__H2_CLOSED, /* the driver was told; lingering until the last write ends */
+} lg__h2_state_t;
+
+struct st_lg__h2_conn_t {
+    union {
+        lg_server_conn_t server;
+        lg_client_conn_t client;
+    } super;
+    int is_server;
+    lg_loop_t *loop;
+    h2o_socket_t *sock;
+    nghttp2_session *session;
+    lg_h2_settings_t settings;
+    lg_h2_options_t options;
+    lg_timer_t run_timer, linger_timer;
+    unsigned depth;
+    lg__h2_state_t state;
+    int close_requested, peer_gone, write_in_flight, pending_read, goaway_received, goaway_notified, drain_sent, done_pending;
+    lg_reset_reason_t close_reason;
+    const char *close_detail;  /* why the connection closed */
+    const char *codec_error;   /* set when on_codec_error is due */
+    int final_goaway;          /* error code of the GOAWAY to write on close, or -1 */
+    lg__h2_batch_t batch;
+    char *tail;                /* bytes the socket did not take, in flight */
+    h2o_linklist_t streams, dirty, graveyard;
+    size_t num_streams;
+    struct {
+        uint64_t streams_opened, data_frames_sent, priority_frames, window_update_frames;
+        uint32_t empty_frames;
+    } flood;
+};
+
+/* Side-specific, in h2_server.c and h2_client.c. */
+void lg__h2_server_send_head(lg__h2_stream_t *s, lg_resp_head_t *head, int end_stream);
+void lg__h2_client_send_head(lg__h2_stream_t *s, lg_req_head_t *head, int end_stream);
+
+/* Shared plumbing, in h2_common.c. */
+extern const lg_stream_ops_t lg__h2_stream_ops;
+int lg__h2_conn_init(lg__h2_conn_t *conn, int is_server, lg_loop_t *loop, h2o_socket_t *sock, const lg_h2_settings_t *settings,
+                     const lg_h2_options_t *options);
+/* Creates a stream; `stream_id` 0 for a client stream not submitted yet. */
+lg__h2_stream_t *lg__h2_stream_new(lg__h2_conn_t *conn, int32_t stream_id);
+/* The data provider of a stream whose head is sent without END_STREAM. */
+nghttp2_data_provider lg__h2_data_provider(lg__h2_stream_t *s);
+/* Marks a stream closed by the codec itself (submit failed ...); it is reset on the next run. */
+void lg__h2_stream_fail(lg__h2_stream_t *s, lg_reset_reason_t reason, const char *detail);
+/* Every entry point (socket callbacks, timers, ops) runs between enter and
+ * leave; the outermost leave delivers callbacks, writes and closes. */
+void lg__h2_enter(lg__h2_conn_t *conn);
+void lg__h2_leave(lg__h2_conn_t *conn);
+/* Gets the outermost leave to run: the running one inside the codec, else one
+ * on the next loop turn (a 0 ms timer), so that ops never call back into their caller. */
+void lg__h2_request_run(lg__h2_conn_t *conn);
+void lg__h2_request_close(lg__h2_conn_t *conn, lg_reset_reason_t reason, const char *detail, int goaway_code);
+/* Builds the name/value pairs of a head in `pool`: `npseudo` leading slots
+ * for the caller, then `headers` without connection-specific ones. Returns the count. */
+size_t lg__h2_build_nva(h2o_mem_pool_t *pool, nghttp2_nv **nva, size_t npseudo, const lg_headers_t *headers, int is_request);
+void lg__h2_nv_set(nghttp2_nv *nv, const char *name, size_t name_len, h2o_iovec_t value);
+
+#endif

@@ -1,0 +1,158 @@
+/*
+ * The HTTP connection manager (envoy.filters.network.http_connection_manager):
+ * its compiled config, and the runtime objects of one downstream connection
+ * and of each of its streams.
+ */
+#ifndef LEGATE_HCM_T_H
+#define LEGATE_HCM_T_H
+
+#include <h2o/linklist.h>
+#include "legate/codec-t.h"
+#include "legate/filter-t.h"
+#include "legate/h1-t.h"
+#include "legate/stream_info-t.h"
+#include "legate/worker-t.h"
+#include "legate/listener-t.h"
+
+typedef struct st_lg_route_table_t lg_route_table_t;
+typedef struct st_lg_route_t lg_route_t;
+typedef struct st_lg_vhost_t lg_vhost_t;
+typedef struct st_lg_stats_block_t lg_stats_block_t;
+typedef struct st_lg_snapshot_t lg_snapshot_t;
+
+typedef enum en_lg_codec_type_t { LG_CODEC_AUTO, LG_CODEC_HTTP1, LG_CODEC_HTTP2 } lg_codec_type_t;
+typedef enum en_lg_server_header_t { LG_SERVER_OVERWRITE, LG_SERVER_APPEND_IF_ABSENT, LG_SERVER_PASS_THROUGH } lg_server_header_t;
+typedef enum en_lg_escaped_slashes_t {
+    LG_ESCAPED_SLASHES_KEEP,
+    LG_ESCAPED_SLASHES_REJECT,
+    LG_ESCAPED_SLASHES_REDIRECT,
+    LG_ESCAPED_SLASHES_UNESCAPE,
+} lg_escaped_slashes_t;
+
+/* http.<stat_prefix>.* counters and gauges, in this order in the stats block. */
+#define LG_HCM_STATS(X)                                                                                                            \
+    X(COUNTER, downstream_cx_total)                                                                                                \
+    X(GAUGE, downstream_cx_active)                                                                                                 \
+    X(COUNTER, downstream_cx_http1_total)                                                                                          \
+    X(GAUGE, downstream_cx_http1_active)                                                                                           \
+    X(COUNTER, downstream_cx_http2_total)                                                                                          \
+    X(GAUGE, downstream_cx_http2_active)                                                                                           \
+    X(COUNTER, downstream_cx_destroy)                                                                                              \
+    X(COUNTER, downstream_cx_destroy_remote)                                                                                       \
+    X(COUNTER, downstream_cx_destroy_local)                                                                                        \
+    X(COUNTER, downstream_cx_destroy_active_rq)                                                                                    \
+    X(COUNTER, downstream_cx_protocol_error)                                                                                       \
+    X(COUNTER, downstream_cx_idle_timeout)                                                                                         \
+    X(COUNTER, downstream_cx_drain_close)                                                                                          \
+    X(COUNTER, downstream_cx_rx_bytes_total)                                                                                       \
+    X(COUNTER, downstream_cx_tx_bytes_total)                                                                                       \
+    X(COUNTER, downstream_rq_total)                                                                                                \
+    X(GAUGE, downstream_rq_active)                                                                                                 \
+    X(COUNTER, downstream_rq_http1_total)                                                                                          \
+    X(COUNTER, downstream_rq_http2_total)                                                                                          \
+    X(COUNTER, downstream_rq_completed)                                                                                            \
+    X(COUNTER, downstream_rq_1xx)                                                                                                  \
+    X(COUNTER, downstream_rq_2xx)                                                                                                  \
+    X(COUNTER, downstream_rq_3xx)                                                                                                  \
+    X(COUNTER, downstream_rq_4xx)                                                                                                  \
+    X(COUNTER, downstream_rq_5xx)                                                                                                  \
+    X(COUNTER, downstream_rq_rx_reset)                                                                                             \
+    X(COUNTER, downstream_rq_tx_reset)                                                                                             \
+    X(COUNTER, downstream_rq_non_relative_path)                                                                                    \
+    X(COUNTER, downstream_rq_too_large)                                                                                            \
+    X(COUNTER, downstream_rq_timeout)                                                                                              \
+    X(COUNTER, downstream_rq_idle_timeout)                                                                                         \
+    X(COUNTER, downstream_rq_header_timeout)                                                                                       \
+    X(COUNTER, downstream_rq_max_duration_reached)                                                                                 \
+    X(COUNTER, downstream_rq_failed_path_normalization)                                                                           \
+    X(COUNTER, downstream_rq_redirected_with_normalized_path)                                                                      \
+    X(COUNTER, rs_too_large)                                                                                                       \
+    X(COUNTER, no_route)                                                                                                           \
+    X(COUNTER, no_cluster)                                                                                                         \
+    X(COUNTER, rq_redirect)                                                                                                        \
+    X(COUNTER, rq_direct_response)                                                                                                 \
+    X(COUNTER, rq_total)                                                                                                           \
+    X(COUNTER, rq_reset_after_downstream_response_started)                                                                         \
+    X(COUNTER, dropped_headers_with_underscores)                                                                                   \
+    X(COUNTER, requests_rejected_with_underscores_in_headers)
+
+#define LG__HCM_STAT_ENUM(type, name) LG_HCM_STAT_##name,
+enum { LG_HCM_STATS(LG__HCM_STAT_ENUM) LG_HCM_STAT__COUNT };
+#undef LG__HCM_STAT_ENUM
+
+struct st_lg_hcm_config_t {
+    char *stat_prefix;
+    lg_codec_type_t codec_type;
+    lg_route_table_t *route_table; /* inline route_config */
+    char *rds_route_config_name;   /* rds (xDS); NULL when inline */
+    h2o_iovec_t server_name;       /* default "envoy" */
+    lg_server_header_t server_header_transformation;
+    unsigned use_remote_address : 1;
+    unsigned skip_xff_append : 1;
+    unsigned generate_request_id : 1;
+    unsigned preserve_external_request_id : 1;
+    unsigned always_set_request_id_in_response : 1;
+    unsigned normalize_path : 1;
+    unsigned merge_slashes : 1;
+    unsigned strip_any_host_port : 1;
+    unsigned strip_matching_host_port : 1;
+    lg_escaped_slashes_t escaped_slashes;
+    uint32_t xff_num_trusted_hops;
+    uint64_t stream_idle_timeout_ms;   /* default 5 min; 0 disables */
+    uint64_t request_timeout_ms;       /* default 0 (disabled) */
+    uint64_t request_headers_timeout_ms;
+    uint64_t idle_timeout_ms;          /* connection, default 1 h */
+    uint64_t max_stream_duration_ms;
+    uint64_t drain_timeout_ms;         /* default 5 s */
+    lg_h1_limits_t h1;
+    lg_h2_settings_t h2;
+    lg_http_filter_config_t *filters;
+    size_t n_filters;
+    lg_stats_block_t *stats; /* http.<stat_prefix>. */
+};
+
+/* One downstream connection handled by an HCM. */
+typedef struct st_lg_hcm_conn_t {
+    lg_worker_t *worker;
+    const lg_hcm_config_t *config;
+    const lg_listener_config_t *listener;
+    lg_snapshot_t *snapshot; /* reference: keeps config alive */
+    lg_server_conn_t *codec;
+    uint64_t id;
+    struct sockaddr_storage peer, local;
+    h2o_linklist_t streams;
+    size_t n_streams;
+    lg_timer_t idle_timer;
+    h2o_linklist_t worker_link; /* in the worker's connection list, for draining */
+    unsigned draining : 1;
+    unsigned closed : 1;
+} lg_hcm_conn_t;
+
+struct st_lg_hcm_stream_t {
+    h2o_mem_pool_t pool;
+    lg_hcm_conn_t *conn;
+    lg_stream_t *downstream;
+    lg_req_head_t *req;
+    lg_resp_head_t *resp;
+    lg_stream_info_t info;
+    const lg_route_t *route;
+    const lg_vhost_t *vhost;
+    int route_resolved;
+    lg_http_filter_t **filters;
+    size_t n_filters;
+    size_t decode_index; /* next filter to run in the decode direction */
+    size_t encode_index; /* encode runs from n_filters-1 down to 0 */
+    h2o_iovec_t pending_body;  /* local reply body not yet written */
+    lg_timer_t idle_timer;
+    lg_timer_t request_timer;
+    h2o_linklist_t link;
+    unsigned request_headers_done : 1;
+    unsigned request_ended : 1;
+    unsigned response_started : 1;
+    unsigned response_ended : 1;
+    unsigned local_reply : 1;
+    unsigned is_grpc : 1;
+    unsigned destroyed : 1;
+};
+
+#endif

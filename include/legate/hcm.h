@@ -1,0 +1,49 @@
+#ifndef LEGATE_HCM_H
+#define LEGATE_HCM_H
+
+#include "legate/hcm-t.h"
+#include "legate/protobuf.h"
+
+/* Compiles an HttpConnectionManager typed_config. `validate_clusters` is the
+ * cluster-existence check for inline route configs. */
+typedef struct st_lg_hcm_compile_ctx_t {
+    int (*cluster_exists)(void *ctx, const char *name);
+    void *ctx;
+    int flags; /* LG_PBJSON_* for nested Anys */
+} lg_hcm_compile_ctx_t;
+lg_hcm_config_t *lg_hcm_config_compile(const Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager *m,
+                                       const lg_hcm_compile_ctx_t *ctx, lg_error_t *err);
+void lg_hcm_config_free(lg_hcm_config_t *c);
+
+/* Takes over an accepted socket; `version` is the codec chosen by the
+ * listener (LG_HTTP_11 or LG_HTTP_2). */
+lg_hcm_conn_t *lg_hcm_conn_new(lg_worker_t *w, const lg_listener_config_t *l, const lg_hcm_config_t *c, lg_snapshot_t *snap,
+                               h2o_socket_t *sock, int version);
+/* Starts draining the connection (GOAWAY / connection: close). */
+void lg_hcm_conn_drain(lg_hcm_conn_t *c);
+
+/* ---- for filters ---- */
+void lg_hcm_continue_decoding(lg_http_filter_t *f);
+void lg_hcm_continue_encoding(lg_http_filter_t *f);
+/* Sends a local reply (Envoy's sendLocalReply): text/plain `body`, response
+ * code details and flags recorded for logs. Stops the decode chain. */
+void lg_hcm_send_local_reply(lg_hcm_stream_t *s, int status, h2o_iovec_t body, const char *details, uint32_t flags);
+/* Same, with extra response headers (appended after the reply's own). */
+void lg_hcm_send_local_reply_ex(lg_hcm_stream_t *s, int status, h2o_iovec_t body, const char *details, uint32_t flags,
+                                const lg_headers_t *extra);
+/* Increments one of the HCM's stats (LG_HCM_STAT_*) in this worker's row. */
+void lg_hcm_stat_inc(lg_hcm_stream_t *s, size_t idx);
+/* Response from the terminal filter, through the encode chain. */
+void lg_hcm_encode_headers(lg_hcm_stream_t *s, lg_resp_head_t *head, int end_stream);
+void lg_hcm_encode_data(lg_hcm_stream_t *s, h2o_iovec_t data, int end_stream);
+void lg_hcm_encode_trailers(lg_hcm_stream_t *s, lg_headers_t *trailers);
+/* The terminal filter is done with `bytes` of request body. */
+void lg_hcm_consume_request(lg_hcm_stream_t *s, size_t bytes);
+void lg_hcm_pause_request(lg_hcm_stream_t *s, int paused);
+/* Resets the downstream stream (after the response started, or on errors). */
+void lg_hcm_reset_stream(lg_hcm_stream_t *s);
+/* The route for the stream (matched once, cached), or NULL. */
+const lg_route_t *lg_hcm_route(lg_hcm_stream_t *s);
+lg_worker_t *lg_hcm_worker(lg_hcm_stream_t *s);
+
+#endif

@@ -1,0 +1,78 @@
+/*
+ * Listener configuration compiled from envoy.config.listener.v3.Listener:
+ * immutable, refcounted, shared by every worker.
+ */
+#ifndef LEGATE_LISTENER_T_H
+#define LEGATE_LISTENER_T_H
+
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+typedef struct st_lg_hcm_config_t lg_hcm_config_t;
+
+/* listener.<address>.* stats, in this order in the listener's stats block. */
+#define LG_LISTENER_STATS(X)                                                                                                       \
+    X(COUNTER, downstream_cx_total)                                                                                                \
+    X(GAUGE, downstream_cx_active)                                                                                                 \
+    X(COUNTER, downstream_cx_destroy)                                                                                              \
+    X(COUNTER, no_filter_chain_match)                                                                                              \
+    X(COUNTER, downstream_cx_overflow)
+#define LG__LISTENER_STAT_ENUM(type, name) LG_LISTENER_STAT_##name,
+enum { LG_LISTENER_STATS(LG__LISTENER_STAT_ENUM) LG_LISTENER_STAT__COUNT };
+#undef LG__LISTENER_STAT_ENUM
+typedef struct st_lg_stats_block_t lg_stats_block_t;
+
+/* An address prefix (CidrRange) in network byte order. */
+typedef struct st_lg_cidr_t {
+    int family; /* AF_INET / AF_INET6 */
+    uint8_t addr[16];
+    unsigned prefix_len;
+} lg_cidr_t;
+
+typedef struct st_lg_filter_chain_match_t {
+    int has_destination_port;
+    uint32_t destination_port;
+    lg_cidr_t *prefix_ranges;
+    size_t n_prefix_ranges;
+    char **server_names; /* lower-case; "*.x" wildcards */
+    size_t n_server_names;
+    char *transport_protocol; /* "" = any */
+    char **application_protocols;
+    size_t n_application_protocols;
+    int source_type; /* 0 ANY, 1 SAME_IP_OR_LOOPBACK, 2 EXTERNAL */
+    lg_cidr_t *direct_source_prefix_ranges;
+    size_t n_direct_source_prefix_ranges;
+    lg_cidr_t *source_prefix_ranges;
+    size_t n_source_prefix_ranges;
+    uint32_t *source_ports;
+    size_t n_source_ports;
+} lg_filter_chain_match_t;
+
+/* The terminal network filter of a chain. */
+typedef enum en_lg_network_filter_kind_t {
+    LG_NETWORK_FILTER_HCM,
+} lg_network_filter_kind_t;
+
+typedef struct st_lg_filter_chain_t {
+    char *name;
+    lg_filter_chain_match_t match;
+    lg_network_filter_kind_t kind;
+    lg_hcm_config_t *hcm;
+} lg_filter_chain_t;
+
+typedef struct st_lg_listener_config_t {
+    size_t refcnt; /* atomic */
+    char *name;
+    char *address_str; /* "127.0.0.1:10000" or the pipe path: the stats name */
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    uint32_t buffer_limit; /* per_connection_buffer_limit_bytes */
+    lg_filter_chain_t *chains;
+    size_t n_chains;
+    lg_filter_chain_t *default_chain; /* NULL = none */
+    lg_stats_block_t *stats;          /* listener.<address>. */
+    uint64_t hash;                    /* of the serialized Listener proto, for "unchanged" checks */
+} lg_listener_config_t;
+
+#endif

@@ -1,0 +1,28 @@
+#ifndef LEGATE_LISTENER_H
+#define LEGATE_LISTENER_H
+
+#include "legate/hcm.h"
+#include "legate/listener-t.h"
+#include "envoy/config/listener/v3/listener.pb-c.h"
+
+/* Compiles a Listener; errors are relative to the listener message. */
+lg_listener_config_t *lg_listener_config_compile(const Envoy__Config__Listener__V3__Listener *m, const lg_hcm_compile_ctx_t *ctx,
+                                                 lg_error_t *err);
+lg_listener_config_t *lg_listener_config_addref(lg_listener_config_t *l);
+void lg_listener_config_release(lg_listener_config_t *l);
+
+/* What a new connection looks like, for filter chain matching. */
+typedef struct st_lg_conn_match_info_t {
+    const struct sockaddr *local;
+    const struct sockaddr *remote;
+    const char *server_name;         /* SNI or NULL */
+    const char *transport_protocol;  /* "raw_buffer" or "tls" */
+    const char *const *alpn;         /* offered ALPN protocols */
+    size_t n_alpn;
+} lg_conn_match_info_t;
+
+/* Envoy's filter chain match: the most specific chain at each criterion in
+ * turn; the default chain when none matches; NULL when there is none. */
+const lg_filter_chain_t *lg_listener_match_chain(const lg_listener_config_t *l, const lg_conn_match_info_t *info);
+
+#endif

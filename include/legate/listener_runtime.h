@@ -1,0 +1,14 @@
+#ifndef LEGATE_LISTENER_RUNTIME_H
+#define LEGATE_LISTENER_RUNTIME_H
+
+#include "legate/listener-t.h"
+#include "legate/worker-t.h"
+
+typedef struct st_lg_snapshot_t lg_snapshot_t;
+
+/* Opens a bound, listening, non-blocking socket (SO_REUSEPORT); -1 with err. */
+int lg_listen_socket_open(const lg_listener_config_t *l, lg_error_t *err);
+/* Accepts what is pending on a worker's listening socket. */
+void lg_listener_accept(lg_worker_t *w, lg_listener_config_t *l, lg_snapshot_t *snap, h2o_socket_t *listener);
+
+#endif

@@ -1,0 +1,187 @@
+/*
+ * Stats: per-worker rows of 64-bit words, summed by the reader.
+ *
+ * Every stats-owning object (a cluster, a listener, an HTTP connection
+ * manager's stat_prefix, the server) owns a block compiled on the control
+ * thread from a static list of definitions. A block has one row per worker
+ * plus one control row (index lg_stats_nworkers) shared by the control and
+ * admin threads. A worker only ever writes its own row, with a plain load
+ * followed by a relaxed atomic store (no locked instruction); the admin
+ * thread sums the rows with relaxed atomic loads. That keeps the request path
+ * free of locks and read-modify-write atomics while staying free of data races
+ * in the C11 sense.
+ */
+#ifndef LEGATE_STATS_T_H
+#define LEGATE_STATS_T_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <h2o/memory.h>
+
+typedef enum en_lg_stat_type_t {
+    LG_STAT_COUNTER,
+    LG_STAT_GAUGE,
+    LG_STAT_TEXT_READOUT,
+    LG_STAT_HISTOGRAM,
+} lg_stat_type_t;
+
+/* One stat of a block: `name` is the suffix after the block's prefix
+ * ("upstream_rq_total"); it must outlive the block (string literals). */
+typedef struct st_lg_stat_def_t {
+    const char *name;
+    lg_stat_type_t type;
+} lg_stat_def_t;
+
+/* Builds lg_stat_def_t initialisers and index enums from one X-macro list of
+ * X(TYPE, name) entries, TYPE one of COUNTER, GAUGE, TEXT_READOUT, HISTOGRAM:
+ *
+ *   #define MY_STATS(X) X(COUNTER, upstream_rq_total) X(GAUGE, upstream_cx_active)
+ *   #define MY_ENUM(type, name) MY_##name,
+ *   enum { MY_STATS(MY_ENUM) MY__COUNT };
+ *   static const lg_stat_def_t my_defs[] = {MY_STATS(LG_STAT_DEF)};
+ */
+#define LG_STAT_DEF(type, name) {#name, LG_STAT_##type},
+
+/* Envoy's default histogram buckets (upper bounds, inclusive). */
+#define LG_STATS_HIST_BUCKETS 19
+/* Words a histogram takes in a row: one count per bucket, the overflow count, the sum. */
+#define LG_STATS_HIST_WORDS (LG_STATS_HIST_BUCKETS + 2)
+/* Envoy's supported quantiles: P0 P25 P50 P75 P90 P95 P99 P99.5 P99.9 P100. */
+#define LG_STATS_QUANTILES 10
+
+/* Response code counters of a block (lg_stats_block_code):
+ * <prefix><code_prefix>1xx .. 5xx and optionally <prefix><code_prefix><code>. */
+typedef struct st_lg_stats_block_opts_t {
+    /* "upstream_rq_" or "downstream_rq_"; NULL: the block has no code counters. */
+    const char *code_prefix;
+    /* Class counters are listed only once non-zero (Envoy creates cluster.*.upstream_rq_2xx
+     * on first use) rather than always (http.*.downstream_rq_2xx are declared stats). */
+    unsigned classes_dynamic : 1;
+    /* Also count each code 100..599 (listed once non-zero); the 100-slot arrays of a
+     * class are allocated per row on first use. */
+    unsigned each_code : 1;
+    /* Keep the block out of the registry: /stats does not list it (per-host stats
+     * that only /clusters prints). */
+    unsigned unlisted : 1;
+} lg_stats_block_opts_t;
+
+typedef struct st_lg_stats_block_t lg_stats_block_t;
+
+struct st_lg_stats_block_t {
+    /* Read on the request path; immutable after creation. */
+    uint64_t *rows;     /* nrows * row_words, each row 64-byte aligned */
+    size_t row_words;   /* multiple of 8 */
+    size_t class_off;   /* first of 5 class counters, or SIZE_MAX */
+    size_t used_off;    /* gauge "used" bitmap words */
+    uint16_t *hist_off; /* per def: first word of a histogram's region */
+    uint64_t **codes;   /* nrows * 5 lazily allocated arrays of 100 words, or NULL */
+    /* Control side: immutable, or guarded by the registry mutex. */
+    char *_prefix;
+    const lg_stat_def_t *_defs;
+    size_t _ndefs;
+    lg_stats_block_opts_t _opts;
+    size_t _refcnt;           /* atomic */
+    uint64_t *_baseline;      /* counter sums at the last /reset_counters (ndefs + 5), or NULL */
+    uint64_t *_code_baseline; /* 500, or NULL */
+    uint64_t *_seen_used;     /* gauges seen non-zero by a reader (bitmap) */
+    char **_texts;            /* text readouts (ndefs), or NULL */
+    struct st_lg_stats_block_t *_next, **_pprev;
+};
+
+/* One stat as read by the admin thread (lg_stats_snapshot). */
+typedef struct st_lg_stat_sample_t {
+    char *name;
+    lg_stat_type_t type;
+    int used;
+    uint64_t value; /* counters (minus the reset baseline) and gauges */
+    char *text;     /* text readouts */
+    uint64_t *hist; /* histograms: LG_STATS_HIST_WORDS words summed over rows */
+} lg_stat_sample_t;
+
+typedef struct st_lg_stats_snapshot_t {
+    lg_stat_sample_t *samples;
+    size_t count, cap;
+} lg_stats_snapshot_t;
+
+/* Returns non-zero to keep a stat in a snapshot. */
+typedef int (*lg_stats_filter_cb)(const char *name, lg_stat_type_t type, int used, void *ctx);
+
+/* A tag produced by Envoy's default tag extractors: `name` is Envoy's tag name
+ * ("envoy.cluster_name"), `value` points into the stat name. */
+typedef struct st_lg_stat_tag_t {
+    const char *name;
+    h2o_iovec_t value;
+} lg_stat_tag_t;
+
+#define LG_STATS_MAX_TAGS 8
+
+/* Envoy's ServerInfo.State, the value of server.state. */
+typedef enum en_lg_server_state_t {
+    LG_SERVER_LIVE = 0,
+    LG_SERVER_DRAINING = 1,
+    LG_SERVER_PRE_INITIALIZING = 2,
+    LG_SERVER_INITIALIZING = 3,
+} lg_server_state_t;
+
+/* server.* stats. Set gauges (written by lg_stats_gauge_set from the control thread
+ * or refreshed by lg_stats_server_refresh): concurrency, days_until_first_cert_expiring,
+ * hot_restart_epoch, live, memory_*, state, uptime, version. total_connections and
+ * parent_connections are per-worker delta gauges (workers inc/dec them). */
+#define LG_SERVER_STATS(X)                               \
+    X(GAUGE, concurrency)                                \
+    X(GAUGE, days_until_first_cert_expiring)             \
+    X(COUNTER, debug_assertion_failures)                 \
+    X(COUNTER, dynamic_unknown_fields)                   \
+    X(COUNTER, envoy_bug_failures)                       \
+    X(GAUGE, hot_restart_epoch)                          \
+    X(GAUGE, hot_restart_generation)                     \
+    X(HISTOGRAM, initialization_time_ms)                 \
+    X(GAUGE, live)                                       \
+    X(GAUGE, memory_allocated)                           \
+    X(GAUGE, memory_heap_size)                           \
+    X(GAUGE, memory_physical_size)                       \
+    X(GAUGE, parent_connections)                         \
+    X(GAUGE, seconds_until_first_ocsp_response_expiring) \
+    X(GAUGE, state)                                      \
+    X(COUNTER, static_unknown_fields)                    \
+    X(GAUGE, stats_recent_lookups)                       \
+    X(GAUGE, total_connections)                          \
+    X(GAUGE, uptime)                                     \
+    X(GAUGE, version)                                    \
+    X(COUNTER, wip_protos)
+
+/* listener_manager.* stats (the LDS subscription's lds.* stats live in their own block). */
+#define LG_LISTENER_MANAGER_STATS(X)       \
+    X(COUNTER, listener_added)             \
+    X(COUNTER, listener_create_failure)    \
+    X(COUNTER, listener_create_success)    \
+    X(COUNTER, listener_in_place_updated)  \
+    X(COUNTER, listener_modified)          \
+    X(COUNTER, listener_removed)           \
+    X(COUNTER, listener_stopped)           \
+    X(GAUGE, total_filter_chains_draining) \
+    X(GAUGE, total_listeners_active)       \
+    X(GAUGE, total_listeners_draining)     \
+    X(GAUGE, total_listeners_warming)      \
+    X(GAUGE, workers_started)
+
+/* cluster_manager.* stats (cds.* live in the CDS subscription's block). */
+#define LG_CLUSTER_MANAGER_STATS(X)        \
+    X(GAUGE, active_clusters)              \
+    X(COUNTER, cluster_added)              \
+    X(COUNTER, cluster_modified)           \
+    X(COUNTER, cluster_removed)            \
+    X(COUNTER, cluster_updated)            \
+    X(COUNTER, cluster_updated_via_merge)  \
+    X(COUNTER, update_merge_cancelled)     \
+    X(COUNTER, update_out_of_merge_window) \
+    X(GAUGE, warming_clusters)
+
+#define LG__SERVER_STAT_ENUM(type, name) LG_SERVER_STAT_##name,
+#define LG__LISTENER_MANAGER_STAT_ENUM(type, name) LG_LISTENER_MANAGER_STAT_##name,
+#define LG__CLUSTER_MANAGER_STAT_ENUM(type, name) LG_CLUSTER_MANAGER_STAT_##name,
+enum { LG_SERVER_STATS(LG__SERVER_STAT_ENUM) LG_SERVER_STAT__COUNT };
+enum { LG_LISTENER_MANAGER_STATS(LG__LISTENER_MANAGER_STAT_ENUM) LG_LISTENER_MANAGER_STAT__COUNT };
+enum { LG_CLUSTER_MANAGER_STATS(LG__CLUSTER_MANAGER_STAT_ENUM) LG_CLUSTER_MANAGER_STAT__COUNT };
+
+#endif

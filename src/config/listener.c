@@ -1,0 +1,380 @@
+/*
+ * Compiles envoy.config.listener.v3.Listener into an lg_listener_config_t,
+ * and matches a new connection to one of its filter chains.
+ */
+#include <arpa/inet.h>
+#include <ctype.h>
+#include "legate/address.h"
+#include "legate/listener.h"
+#include "legate/pbjson.h"
+#include "legate/stats.h"
+
+typedef Envoy__Config__Listener__V3__FilterChain chain_proto_t;
+typedef Envoy__Config__Listener__V3__FilterChainMatch match_proto_t;
+
+#define HCM_TYPE "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+
+static const lg_stat_def_t listener_stat_defs[] = {LG_LISTENER_STATS(LG_STAT_DEF)};
+
+static int compile_cidrs(Envoy__Config__Core__V3__CidrRange **in, size_t n, lg_cidr_t **out, size_t *nout, const char *field,
+                         lg_error_t *err)
+{
+    *out = lg_calloc(n ? n : 1, sizeof(**out));
+    *nout = n;
+    for (size_t i = 0; i != n; ++i)
+        if (lg_cidr_parse(in[i]->address_prefix, LG_WRAPPED(in[i]->prefix_len, 0), in[i]->prefix_len != NULL, *out + i, err) != 0)
+            return lg_error_prefix(err, "%s[%zu]", field, i);
+    return 0;
+}
+
+static char **copy_strings(char **in, size_t n, int lower)
+{
+    char **out = lg_calloc(n ? n : 1, sizeof(*out));
+    for (size_t i = 0; i != n; ++i) {
+        out[i] = lg_strdup(in[i]);
+        if (lower)
+            for (char *p = out[i]; *p; ++p)
+                *p = (char)tolower((unsigned char)*p);
+    }
+    return out;
+}
+
+static int compile_match(lg_filter_chain_match_t *o, const match_proto_t *m, lg_error_t *err)
+{
+    if (m == NULL) {
+        o->transport_protocol = lg_strdup("");
+        o->server_names = copy_strings(NULL, 0, 0);
+        o->application_protocols = copy_strings(NULL, 0, 0);
+        o->source_ports = lg_calloc(1, sizeof(uint32_t));
+        return compile_cidrs(NULL, 0, &o->prefix_ranges, &o->n_prefix_ranges, "", err) ||
+               compile_cidrs(NULL, 0, &o->source_prefix_ranges, &o->n_source_prefix_ranges, "", err) ||
+               compile_cidrs(NULL, 0, &o->direct_source_prefix_ranges, &o->n_direct_source_prefix_ranges, "", err);
+    }
+    if (m->destination_port != NULL) {
+        if (m->destination_port->value < 1 || m->destination_port->value > 65535)
+            return lg_error(err, "destination_port: value must be inside range [1, 65535]");
+        o->has_destination_port = 1;
+        o->destination_port = m->destination_port->value;
+    }
+    o->server_names = copy_strings(m->server_names, m->n_server_names, 1);
+    o->n_server_names = m->n_server_names;
+    o->application_protocols = copy_strings(m->application_protocols, m->n_application_protocols, 0);
+    o->n_application_protocols = m->n_application_protocols;
+    o->transport_protocol = lg_strdup(m->transport_protocol != NULL ? m->transport_protocol : "");
+    o->source_type = (int)m->source_type;
+    o->source_ports = lg_calloc(m->n_source_ports ? m->n_source_ports : 1, sizeof(uint32_t));
+    memcpy(o->source_ports, m->source_ports, m->n_source_ports * sizeof(uint32_t));
+    o->n_source_ports = m->n_source_ports;
+    for (size_t i = 0; i != o->n_server_names; ++i)
+        if (strchr(o->server_names[i] + 1, '*') != NULL || (o->server_names[i][0] == '*' && o->server_names[i][1] != '.'))
+            return lg_error(err, "server_names[%zu]: partial wildcards are not supported", i);
+    if (compile_cidrs(m->prefix_ranges, m->n_prefix_ranges, &o->prefix_ranges, &o->n_prefix_ranges, "prefix_ranges", err) != 0 ||
+        compile_cidrs(m->source_prefix_ranges, m->n_source_prefix_ranges, &o->source_prefix_ranges, &o->n_source_prefix_ranges,
+                      "source_prefix_ranges", err) != 0 ||
+        compile_cidrs(m->direct_source_prefix_ranges, m->n_direct_source_prefix_ranges, &o->direct_source_prefix_ranges,
+                      &o->n_direct_source_prefix_ranges, "direct_source_prefix_ranges", err) != 0)
+        return -1;
+    return 0;
+}
+
+static int compile_chain(lg_filter_chain_t *o, const chain_proto_t *m, const lg_hcm_compile_ctx_t *ctx, lg_error_t *err)
+{
+    o->name = lg_strdup(m->name != NULL ? m->name : "");
+    if (compile_match(&o->match, m->filter_chain_match, err) != 0)
+        return lg_error_prefix(err, "filter_chain_match");
+    if (m->transport_socket != NULL) {
+        const char *url = m->transport_socket->config_type_case ? m->transport_socket->typed_config->type_url : "";
+        if (strstr(url, "raw_buffer") == NULL && strcmp(m->transport_socket->name, "envoy.transport_sockets.raw_buffer") != 0)
+            return lg_error(err, "transport_socket: '%s' is not supported yet (TLS comes with its own issue)", m->transport_socket->name);
+    }
+    if (m->n_filters == 0)
+        return lg_error(err, "filters: a filter chain needs at least one network filter");
+    for (size_t i = 0; i != m->n_filters; ++i) {
+        const Envoy__Config__Listener__V3__Filter *f = m->filters[i];
+        const char *url = f->config_type_case == ENVOY__CONFIG__LISTENER__V3__FILTER__CONFIG_TYPE_TYPED_CONFIG ? f->typed_config->type_url
+                                                                                                              : "";
+        const char *slash = strrchr(url, '/');
+        const char *type = slash != NULL ? slash + 1 : url;
+        if (strcmp(type, HCM_TYPE) != 0)
+            return lg_error(err, "filters[%zu]: Didn't find a registered implementation for '%s' with type URL: '%s'", i, f->name, type);
+        if (i + 1 != m->n_filters)
+            return lg_error(err, "filters[%zu]: the HTTP connection manager must be the last network filter", i);
+        Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager *hcm =
+            (void *)lg_any_unpack(f->typed_config, &envoy__extensions__filters__network__http_connection_manager__v3__http_connection_manager__descriptor, err);
+        if (hcm == NULL)
+            return lg_error_prefix(err, "filters[%zu].typed_config", i);
+        o->kind = LG_NETWORK_FILTER_HCM;
+        o->hcm = lg_hcm_config_compile(hcm, ctx, err);
+        protobuf_c_message_free_unpacked(&hcm->base, NULL);
+        if (o->hcm == NULL)
+            return lg_error_prefix(err, "filters[%zu].typed_config", i);
+    }
+    return 0;
+}
+
+static void free_chain(lg_filter_chain_t *c)
+{
+    lg_filter_chain_match_t *m = &c->match;
+    for (size_t i = 0; i != m->n_server_names; ++i)
+        free(m->server_names[i]);
+    for (size_t i = 0; i != m->n_application_protocols; ++i)
+        free(m->application_protocols[i]);
+    free(m->server_names);
+    free(m->application_protocols);
+    free(m->transport_protocol);
+    free(m->prefix_ranges);
+    free(m->source_prefix_ranges);
+    free(m->direct_source_prefix_ranges);
+    free(m->source_ports);
+    lg_hcm_config_free(c->hcm);
+    free(c->name);
+}
+
+static int same_match(const lg_filter_chain_match_t *a, const lg_filter_chain_match_t *b)
+{
+    if (a->has_destination_port != b->has_destination_port || a->destination_port != b->destination_port ||
+        a->n_prefix_ranges != b->n_prefix_ranges || a->n_server_names != b->n_server_names ||
+        strcmp(a->transport_protocol, b->transport_protocol) != 0 || a->n_application_protocols != b->n_application_protocols ||
+        a->source_type != b->source_type || a->n_source_prefix_ranges != b->n_source_prefix_ranges ||
+        a->n_source_ports != b->n_source_ports || a->n_direct_source_prefix_ranges != b->n_direct_source_prefix_ranges)
+        return 0;
+    for (size_t i = 0; i != a->n_server_names; ++i)
+        if (strcmp(a->server_names[i], b->server_names[i]) != 0)
+            return 0;
+    for (size_t i = 0; i != a->n_application_protocols; ++i)
+        if (strcmp(a->application_protocols[i], b->application_protocols[i]) != 0)
+            return 0;
+    return memcmp(a->prefix_ranges, b->prefix_ranges, a->n_prefix_ranges * sizeof(lg_cidr_t)) == 0 &&
+           memcmp(a->source_prefix_ranges, b->source_prefix_ranges, a->n_source_prefix_ranges * sizeof(lg_cidr_t)) == 0 &&
+           memcmp(a->source_ports, b->source_ports, a->n_source_ports * sizeof(uint32_t)) == 0;
+}
+
+lg_listener_config_t *lg_listener_config_compile(const Envoy__Config__Listener__V3__Listener *m, const lg_hcm_compile_ctx_t *ctx,
+                                                 lg_error_t *err)
+{
+    lg_listener_config_t *l = lg_calloc(1, sizeof(*l));
+    char addr[256];
+    l->refcnt = 1;
+    if (lg_address_from_proto(m->address, &l->addr, &l->addrlen, err) != 0) {
+        lg_error_prefix(err, "address");
+        goto fail;
+    }
+    lg_address_format((struct sockaddr *)&l->addr, l->addrlen, addr, sizeof(addr));
+    l->address_str = lg_strdup(addr);
+    l->name = lg_strdup(m->name != NULL && m->name[0] != '\0' ? m->name : addr);
+    l->buffer_limit = LG_WRAPPED(m->per_connection_buffer_limit_bytes, 1024 * 1024);
+    if (m->api_listener != NULL) {
+        lg_error(err, "api_listener: API listeners are not supported");
+        goto fail;
+    }
+    if (m->n_filter_chains == 0 && m->default_filter_chain == NULL) {
+        lg_error(err, "error adding listener '%s': no filter chains specified", addr);
+        goto fail;
+    }
+    for (size_t i = 0; i != m->n_listener_filters; ++i) {
+        const char *name = m->listener_filters[i]->name;
+        if (strcmp(name, "envoy.filters.listener.tls_inspector") != 0 && strcmp(name, "envoy.listener.tls_inspector") != 0) {
+            lg_error(err, "listener_filters[%zu]: '%s' is not supported", i, name);
+            goto fail;
+        }
+    }
+    l->chains = lg_calloc(m->n_filter_chains ? m->n_filter_chains : 1, sizeof(*l->chains));
+    for (size_t i = 0; i != m->n_filter_chains; ++i) {
+        if (compile_chain(l->chains + i, m->filter_chains[i], ctx, err) != 0) {
+            l->n_chains = i + 1;
+            lg_error_prefix(err, "filter_chains[%zu]", i);
+            goto fail;
+        }
+        l->n_chains = i + 1;
+        for (size_t j = 0; j != i; ++j)
+            if (same_match(&l->chains[j].match, &l->chains[i].match)) {
+                lg_error(err, "error adding listener '%s': filter chain '%s' has the same matching rules defined as '%s'", addr,
+                         l->chains[i].name, l->chains[j].name);
+                goto fail;
+            }
+    }
+    if (m->default_filter_chain != NULL) {
+        l->default_chain = lg_calloc(1, sizeof(*l->default_chain));
+        if (compile_chain(l->default_chain, m->default_filter_chain, ctx, err) != 0) {
+            lg_error_prefix(err, "default_filter_chain");
+            goto fail;
+        }
+    }
+    char prefix[300];
+    snprintf(prefix, sizeof(prefix), "listener.%s.", m->stat_prefix != NULL && m->stat_prefix[0] ? m->stat_prefix : addr);
+    l->stats = lg_stats_block_new(prefix, listener_stat_defs, LG_ARRAY_SIZE(listener_stat_defs));
+    return l;
+fail:
+    lg_listener_config_release(l);
+    return NULL;
+}
+
+lg_listener_config_t *lg_listener_config_addref(lg_listener_config_t *l)
+{
+    __atomic_add_fetch(&l->refcnt, 1, __ATOMIC_RELAXED);
+    return l;
+}
+
+void lg_listener_config_release(lg_listener_config_t *l)
+{
+    if (l == NULL || __atomic_sub_fetch(&l->refcnt, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
+    for (size_t i = 0; i != l->n_chains; ++i)
+        free_chain(l->chains + i);
+    free(l->chains);
+    if (l->default_chain != NULL) {
+        free_chain(l->default_chain);
+        free(l->default_chain);
+    }
+    if (l->stats != NULL)
+        lg_stats_block_release(l->stats);
+    free(l->name);
+    free(l->address_str);
+    free(l);
+}
+
+/* ---- filter chain matching ---- */
+
+static int ip_of(const struct sockaddr *sa)
+{
+    return sa != NULL && (sa->sa_family == AF_INET || sa->sa_family == AF_INET6);
+}
+
+/* Longest matching prefix length among ranges, -1 when none matches; 0 ranges = wildcard (-2). */
+static int best_prefix(const lg_cidr_t *r, size_t n, const struct sockaddr *sa)
+{
+    if (n == 0)
+        return -2;
+    int best = -1;
+    if (!ip_of(sa))
+        return -1;
+    for (size_t i = 0; i != n; ++i)
+        if (lg_cidr_contains(r + i, sa) && (int)r[i].prefix_len > best)
+            best = (int)r[i].prefix_len;
+    return best;
+}
+
+static int server_name_score(const lg_filter_chain_match_t *m, const char *sni)
+{
+    if (m->n_server_names == 0)
+        return 0;
+    if (sni == NULL)
+        return -1;
+    int best = -1;
+    for (size_t i = 0; i != m->n_server_names; ++i) {
+        const char *n = m->server_names[i];
+        if (strcasecmp(n, sni) == 0)
+            return 100000;
+        if (n[0] == '*') {
+            size_t nl = strlen(n) - 1, sl = strlen(sni);
+            if (sl > nl && strcasecmp(sni + sl - nl, n + 1) == 0 && (int)nl > best)
+                best = (int)nl;
+        }
+    }
+    return best;
+}
+
+/* Narrows candidates by one criterion: keeps those with the highest score;
+ * a score < 0 never matches. */
+typedef int (*score_cb)(const lg_filter_chain_t *c, const lg_conn_match_info_t *info);
+
+static size_t narrow(const lg_filter_chain_t **cand, size_t n, score_cb score, const lg_conn_match_info_t *info)
+{
+    int best = -1;
+    size_t out = 0;
+    for (size_t i = 0; i != n; ++i) {
+        int s = score(cand[i], info);
+        if (s > best) {
+            best = s;
+            out = 0;
+        }
+        if (s == best && s >= 0)
+            cand[out++] = cand[i];
+    }
+    return best < 0 ? 0 : out;
+}
+
+static int score_port(const lg_filter_chain_t *c, const lg_conn_match_info_t *i)
+{
+    if (!c->match.has_destination_port)
+        return 0;
+    return c->match.destination_port == lg_address_port(i->local) ? 1 : -1;
+}
+
+static int score_dst_ip(const lg_filter_chain_t *c, const lg_conn_match_info_t *i)
+{
+    int p = best_prefix(c->match.prefix_ranges, c->match.n_prefix_ranges, i->local);
+    return p == -2 ? 0 : p < 0 ? -1 : p + 1;
+}
+
+static int score_sni(const lg_filter_chain_t *c, const lg_conn_match_info_t *i)
+{
+    int s = server_name_score(&c->match, i->server_name);
+    return s < 0 ? -1 : s;
+}
+
+static int score_transport(const lg_filter_chain_t *c, const lg_conn_match_info_t *i)
+{
+    if (c->match.transport_protocol[0] == '\0')
+        return 0;
+    return strcmp(c->match.transport_protocol, i->transport_protocol) == 0 ? 1 : -1;
+}
+
+static int score_alpn(const lg_filter_chain_t *c, const lg_conn_match_info_t *i)
+{
+    if (c->match.n_application_protocols == 0)
+        return 0;
+    for (size_t a = 0; a != c->match.n_application_protocols; ++a)
+        for (size_t b = 0; b != i->n_alpn; ++b)
+            if (strcmp(c->match.application_protocols[a], i->alpn[b]) == 0)
+                return 1;
+    return -1;
+}
+
+static int score_direct_src(const lg_filter_chain_t *c, const lg_conn_match_info_t *i)
+{
+    int p = best_prefix(c->match.direct_source_prefix_ranges, c->match.n_direct_source_prefix_ranges, i->remote);
+    return p == -2 ? 0 : p < 0 ? -1 : p + 1;
+}
+
+static int score_src_type(const lg_filter_chain_t *c, const lg_conn_match_info_t *i)
+{
+    if (c->match.source_type == 0)
+        return 0;
+    int local = lg_address_is_loopback(i->remote) ||
+                (i->remote->sa_family == i->local->sa_family && i->remote->sa_family == AF_INET &&
+                 ((const struct sockaddr_in *)i->remote)->sin_addr.s_addr == ((const struct sockaddr_in *)i->local)->sin_addr.s_addr);
+    return (c->match.source_type == 1) == local ? 1 : -1;
+}
+
+static int score_src_ip(const lg_filter_chain_t *c, const lg_conn_match_info_t *i)
+{
+    int p = best_prefix(c->match.source_prefix_ranges, c->match.n_source_prefix_ranges, i->remote);
+    return p == -2 ? 0 : p < 0 ? -1 : p + 1;
+}
+
+static int score_src_port(const lg_filter_chain_t *c, const lg_conn_match_info_t *i)
+{
+    if (c->match.n_source_ports == 0)
+        return 0;
+    for (size_t k = 0; k != c->match.n_source_ports; ++k)
+        if (c->match.source_ports[k] == lg_address_port(i->remote))
+            return 1;
+    return -1;
+}
+
+const lg_filter_chain_t *lg_listener_match_chain(const lg_listener_config_t *l, const lg_conn_match_info_t *info)
+{
+    static const score_cb order[] = {score_port,      score_dst_ip,     score_sni,    score_transport, score_alpn,
+                                     score_direct_src, score_src_type, score_src_ip, score_src_port};
+    const lg_filter_chain_t *stack[16], **cand = l->n_chains <= 16 ? stack : lg_malloc(l->n_chains * sizeof(*cand));
+    size_t n = l->n_chains;
+    for (size_t i = 0; i != n; ++i)
+        cand[i] = l->chains + i;
+    for (size_t k = 0; k != LG_ARRAY_SIZE(order) && n != 0; ++k)
+        n = narrow(cand, n, order[k], info);
+    const lg_filter_chain_t *found = n != 0 ? cand[0] : l->default_chain;
+    if (cand != stack)
+        free((void *)cand);
+    return found;
+}

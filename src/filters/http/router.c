@@ -1,0 +1,635 @@
+/*
+ * The router filter (envoy.filters.http.router): picks the cluster from the
+ * route, gets an upstream stream from the cluster's pool, proxies the
+ * request and the response, and applies timeouts and retries as Envoy does.
+ *
+ * Body bytes are never copied: request chunks stay owned by the downstream
+ * codec until the upstream codec has written them (and, while a retry is
+ * still possible, until the response is committed); response chunks stay
+ * owned by the upstream codec until the downstream codec has written them.
+ */
+#include "legate/cluster.h"
+#include "legate/h1.h"
+#include "legate/hcm.h"
+#include "legate/http.h"
+#include "legate/route.h"
+#include "legate/server.h"
+#include "legate/timer.h"
+
+typedef struct st_body_chunk_t {
+    h2o_iovec_t data;
+    int end_stream;
+} body_chunk_t;
+
+typedef struct st_router_t {
+    lg_http_filter_t super;
+    lg_hcm_stream_t *stream;
+    const lg_route_t *route;
+    const lg_weighted_cluster_t *wc;
+    const lg_retry_policy_t *retry;
+    lg_worker_cluster_t *cluster;
+    lg_req_head_t upstream_req;
+    lg_pool_request_t *pool_req;
+    lg_stream_t *upstream;
+    lg_host_t *host;
+    const lg_host_t *attempted[8];
+    size_t n_attempted;
+    H2O_VECTOR(body_chunk_t) body;
+    size_t body_sent;      /* chunks handed to the current upstream stream */
+    size_t body_retained;  /* bytes of body kept (not consumed downstream) */
+    size_t body_in_flight; /* bytes sent upstream, not yet reported written */
+    lg_headers_t *request_trailers;
+    lg_timer_t global_timer, per_try_timer, backoff_timer;
+    uint64_t attempt_start_us;
+    uint32_t retries_left;
+    uint32_t attempts;
+    unsigned downstream_ended : 1;
+    unsigned retain_body : 1;   /* a retry may still need the body */
+    unsigned response_started : 1;
+    unsigned upstream_headers_sent : 1;
+    unsigned retry_slot : 1;
+    unsigned done : 1;
+} router_t;
+
+static const lg_stream_cbs_t upstream_cbs;
+static const lg_pool_cbs_t pool_cbs;
+static void start_attempt(router_t *r);
+static void try_retry_or_fail(router_t *r, uint32_t cause_bit, int status, const char *body, const char *details, uint32_t flags);
+
+static h2o_mem_pool_t *pool_of(router_t *r)
+{
+    return &r->stream->pool;
+}
+
+static void cluster_stat(router_t *r, size_t idx)
+{
+    if (r->cluster != NULL)
+        lg_cluster_stat_inc(r->cluster, idx);
+}
+
+/* Gives the downstream codec back `n` bytes of request body, oldest first. */
+static void consume_downstream(router_t *r, size_t n)
+{
+    if (n == 0)
+        return;
+    lg_hcm_consume_request(r->stream, n);
+}
+
+/* Once no retry can happen, everything already written upstream is released. */
+static void stop_retaining(router_t *r)
+{
+    if (!r->retain_body)
+        return;
+    r->retain_body = 0;
+    size_t written = r->body_retained - r->body_in_flight;
+    r->body_retained = r->body_in_flight;
+    consume_downstream(r, written);
+}
+
+static void detach_upstream(router_t *r, int reset)
+{
+    lg_timer_stop(&r->per_try_timer);
+    if (r->pool_req != NULL) {
+        lg_pool_request_cancel(r->pool_req);
+        r->pool_req = NULL;
+    }
+    if (r->upstream != NULL) {
+        lg_stream_t *u = r->upstream;
+        r->upstream = NULL;
+        if (reset) {
+            cluster_stat(r, LG_CLUSTER_STAT_upstream_rq_tx_reset);
+            u->ops->reset(u, LG_RESET_LOCAL);
+        }
+    }
+    if (r->host != NULL) {
+        lg_host_release(r->host);
+        r->host = NULL;
+    }
+    r->body_in_flight = 0;
+}
+
+static void finish(router_t *r)
+{
+    r->done = 1;
+    lg_timer_stop(&r->global_timer);
+    lg_timer_stop(&r->backoff_timer);
+    detach_upstream(r, 1);
+    if (r->retry_slot) {
+        lg_cluster_retry_end(r->cluster);
+        r->retry_slot = 0;
+    }
+}
+
+/* A local reply from the router. Like Envoy, the route's response header
+ * mutations apply to it; `extra_name` (may be empty) adds one more header. */
+static void reply(router_t *r, int status, h2o_iovec_t body, const char *details, uint32_t flags, h2o_iovec_t extra_name,
+                  h2o_iovec_t extra_value)
+{
+    lg_headers_t *extra = h2o_mem_alloc_pool(pool_of(r), sizeof(*extra));
+    memset(extra, 0, sizeof(*extra));
+    finish(r);
+    if (extra_name.len != 0)
+        lg_headers_add(pool_of(r), extra, extra_name, extra_value);
+    if (r->route != NULL)
+        lg_route_apply_response_headers(r->route, r->wc, extra, &r->stream->info, pool_of(r));
+    lg_hcm_send_local_reply_ex(r->stream, status, body, details, flags, extra);
+}
+
+static void local_reply(router_t *r, int status, const char *body, const char *details, uint32_t flags)
+{
+    reply(r, status, h2o_iovec_init(body, body != NULL ? strlen(body) : 0), details, flags, h2o_iovec_init(NULL, 0),
+          h2o_iovec_init(NULL, 0));
+}
+
+/* ---- request body to upstream ---- */
+
+static void send_pending_body(router_t *r)
+{
+    while (r->upstream != NULL && r->upstream_headers_sent && r->body_sent < r->body.size) {
+        body_chunk_t *c = r->body.entries + r->body_sent++;
+        r->body_in_flight += c->data.len;
+        lg_stream_t *u = r->upstream;
+        u->ops->send_data(u, c->data, c->end_stream);
+        if (r->upstream != u)
+            return;
+    }
+    if (r->upstream != NULL && r->upstream_headers_sent && r->body_sent == r->body.size && r->request_trailers != NULL &&
+        r->downstream_ended && !r->done) {
+        lg_headers_t *t = r->request_trailers;
+        r->request_trailers = NULL;
+        r->upstream->ops->send_trailers(r->upstream, t);
+    }
+}
+
+static lg_filter_status_t decode_data(lg_http_filter_t *f, h2o_iovec_t data, int end_stream)
+{
+    router_t *r = (router_t *)f;
+    if (r->done) {
+        consume_downstream(r, data.len);
+        return LG_FILTER_STOP;
+    }
+    if (!r->retain_body && r->body_sent == r->body.size) {
+        /* nothing kept: reuse the vector from the start */
+        r->body.size = 0;
+        r->body_sent = 0;
+    }
+    h2o_vector_reserve(pool_of(r), &r->body, r->body.size + 1);
+    r->body.entries[r->body.size++] = (body_chunk_t){data, end_stream};
+    r->body_retained += data.len;
+    if (end_stream)
+        r->downstream_ended = 1;
+    if (r->retain_body && r->body_retained > r->stream->conn->listener->buffer_limit) {
+        /* Envoy: a request body over the buffer limit cannot be retried */
+        r->retries_left = 0;
+        stop_retaining(r);
+    }
+    send_pending_body(r);
+    return LG_FILTER_STOP;
+}
+
+static void global_timeout(lg_timer_t *t);
+
+static void arm_global_timer(router_t *r)
+{
+    uint64_t ms = r->route->action.timeout_ms;
+    if (ms != 0 && !lg_timer_is_active(&r->global_timer) && !r->done)
+        lg_timer_start(&lg_hcm_worker(r->stream)->loop, &r->global_timer, ms, global_timeout);
+}
+
+static lg_filter_status_t decode_trailers(lg_http_filter_t *f, lg_headers_t *trailers)
+{
+    router_t *r = (router_t *)f;
+    r->downstream_ended = 1;
+    r->request_trailers = trailers;
+    if (!r->done) {
+        arm_global_timer(r);
+        send_pending_body(r);
+    }
+    return LG_FILTER_STOP;
+}
+
+/* ---- upstream stream callbacks ---- */
+
+static void per_try_timeout(lg_timer_t *t);
+
+static void on_pool_ready(void *data, lg_stream_t *stream, lg_host_t *host)
+{
+    router_t *r = data;
+    r->pool_req = NULL;
+    r->upstream = stream;
+    r->host = host;
+    lg_host_addref(host);
+    if (r->n_attempted < LG_ARRAY_SIZE(r->attempted))
+        r->attempted[r->n_attempted++] = host;
+    stream->cbs = &upstream_cbs;
+    stream->ctx = r;
+    r->attempt_start_us = lg_now_us();
+    lg_stream_info_t *info = &r->stream->info;
+    memcpy(&info->upstream_remote, host->config->sa, host->config->salen);
+    int end = r->downstream_ended && r->body.size == 0 && r->request_trailers == NULL;
+    r->upstream_headers_sent = 1;
+    r->body_sent = 0;
+    stream->ops->send_headers(stream, &r->upstream_req, end);
+    if (r->upstream == NULL)
+        return;
+    if (r->retry != NULL && r->retry->per_try_timeout_ms != 0)
+        lg_timer_start(&lg_hcm_worker(r->stream)->loop, &r->per_try_timer, r->retry->per_try_timeout_ms, per_try_timeout);
+    send_pending_body(r);
+}
+
+static const char *pool_failure_reason(lg_pool_failure_t reason)
+{
+    switch (reason) {
+    case LG_POOL_OVERFLOW:
+        return "overflow";
+    default:
+        return "connection failure";
+    }
+}
+
+static void on_pool_failure(void *data, lg_pool_failure_t reason, lg_host_t *host, const char *transport_failure_reason)
+{
+    router_t *r = data;
+    char *body;
+    r->pool_req = NULL;
+    if (host != NULL && r->n_attempted < LG_ARRAY_SIZE(r->attempted))
+        r->attempted[r->n_attempted++] = host;
+    if (transport_failure_reason != NULL && transport_failure_reason[0] != '\0')
+        r->stream->info.upstream_transport_failure_reason =
+            h2o_strdup(pool_of(r), transport_failure_reason, strlen(transport_failure_reason));
+    switch (reason) {
+    case LG_POOL_NO_HEALTHY_HOST:
+        local_reply(r, 503, "no healthy upstream", "no_healthy_upstream", LG_RF(NO_HEALTHY_UPSTREAM));
+        return;
+    case LG_POOL_OVERFLOW:
+        reply(r, 503, LG_LIT("upstream connect error or disconnect/reset before headers. reset reason: overflow"),
+              "upstream_reset_before_response_started{overflow}", LG_RF(UPSTREAM_OVERFLOW), LG_LIT("x-envoy-overloaded"), LG_LIT("true"));
+        return;
+    default:
+        break;
+    }
+    const char *tfr = transport_failure_reason != NULL && transport_failure_reason[0] != '\0' ? transport_failure_reason : NULL;
+    if (tfr != NULL) {
+        size_t n = strlen(tfr) + 160;
+        body = h2o_mem_alloc_pool(pool_of(r), n);
+        snprintf(body, n, "upstream connect error or disconnect/reset before headers. reset reason: %s, transport failure reason: %s",
+                 pool_failure_reason(reason), tfr);
+    } else {
+        body = "upstream connect error or disconnect/reset before headers. reset reason: connection failure";
+    }
+    char *details = h2o_mem_alloc_pool(pool_of(r), 256);
+    snprintf(details, 256, "upstream_reset_before_response_started{connection_failure%s%s}", tfr ? "," : "", tfr ? tfr : "");
+    for (char *p = details; *p; ++p)
+        if (*p == ' ')
+            *p = '_';
+    try_retry_or_fail(r, LG_RETRY_ON_CONNECT_FAILURE, 503, body, details, LG_RF(UPSTREAM_CONNECTION_FAILURE));
+}
+
+static const lg_pool_cbs_t pool_cbs = {on_pool_ready, on_pool_failure};
+
+static int status_retriable(router_t *r, int status, const lg_resp_head_t *head)
+{
+    const lg_retry_policy_t *p = r->retry;
+    if (p == NULL)
+        return 0;
+    if ((p->retry_on & LG_RETRY_ON_5XX) && status >= 500)
+        return 1;
+    if ((p->retry_on & LG_RETRY_ON_GATEWAY_ERROR) && (status == 502 || status == 503 || status == 504))
+        return 1;
+    if ((p->retry_on & LG_RETRY_ON_RETRIABLE_4XX) && status == 409)
+        return 1;
+    if (p->retry_on & LG_RETRY_ON_RETRIABLE_STATUS_CODES)
+        for (size_t i = 0; i != p->n_retriable_status_codes; ++i)
+            if ((int)p->retriable_status_codes[i] == status)
+                return 1;
+    if ((p->retry_on & LG_RETRY_ON_ENVOY_RATE_LIMITED) && lg_headers_find(&head->headers, H2O_STRLIT("x-envoy-ratelimited"), 0) >= 0)
+        return 1;
+    if (p->retry_on & LG_RETRY_ON_RETRIABLE_HEADERS)
+        for (size_t i = 0; i != p->n_retriable_headers; ++i)
+            if (lg_header_matcher_match(p->retriable_headers + i, &head->headers))
+                return 1;
+    return 0;
+}
+
+static void backoff_fired(lg_timer_t *t)
+{
+    router_t *r = H2O_STRUCT_FROM_MEMBER(router_t, backoff_timer, t);
+    start_attempt(r);
+}
+
+/* Schedules a retry when the policy allows one for `cause_bit`; otherwise
+ * answers with the given local reply. */
+static void try_retry_or_fail(router_t *r, uint32_t cause_bit, int status, const char *body, const char *details, uint32_t flags)
+{
+    const lg_retry_policy_t *p = r->retry;
+    int retriable = p != NULL && r->retries_left != 0 && !r->response_started && (p->retry_on & cause_bit) != 0;
+    if (retriable && !r->retry_slot) {
+        if (!lg_cluster_retry_begin(r->cluster))
+            retriable = 0;
+        else
+            r->retry_slot = 1;
+    }
+    if (!retriable) {
+        if (r->retries_left == 0 && p != NULL && r->attempts > 1)
+            flags |= LG_RF(UPSTREAM_RETRY_LIMIT_EXCEEDED);
+        local_reply(r, status, body, details, flags);
+        return;
+    }
+    --r->retries_left;
+    detach_upstream(r, 1);
+    cluster_stat(r, LG_CLUSTER_STAT_upstream_rq_retry);
+    /* Envoy's fully jittered exponential back-off */
+    uint64_t base = p->base_interval_ms ? p->base_interval_ms : 25, max = p->max_interval_ms ? p->max_interval_ms : base * 10;
+    uint64_t ceiling = base << (r->attempts - 1 < 10 ? r->attempts - 1 : 10);
+    if (ceiling > max)
+        ceiling = max;
+    lg_timer_start(&lg_hcm_worker(r->stream)->loop, &r->backoff_timer, lg_random() % (ceiling + 1), backoff_fired);
+}
+
+static void on_upstream_headers(lg_stream_t *u, void *head_, int end_stream)
+{
+    router_t *r = u->ctx;
+    lg_resp_head_t *head = head_;
+    lg_stream_info_t *info = &r->stream->info;
+    if (info->first_upstream_rx_us == 0)
+        info->first_upstream_rx_us = lg_now_us();
+    lg_timer_stop(&r->per_try_timer);
+    if (r->retry != NULL && r->retries_left != 0 && status_retriable(r, head->status, head)) {
+        if (r->host != NULL)
+            lg_cluster_record_response(r->cluster, r->host, head->status);
+        try_retry_or_fail(r, ~0u, 0, NULL, NULL, 0);
+        return;
+    }
+    r->response_started = 1;
+    if (r->attempts > 1)
+        cluster_stat(r, LG_CLUSTER_STAT_upstream_rq_retry_success);
+    stop_retaining(r);
+    lg_cluster_record_response(r->cluster, r->host, head->status);
+    lg_h1_strip_hop_by_hop(&head->headers, head->status == 101);
+    char *ms = h2o_mem_alloc_pool(pool_of(r), 24);
+    int n = snprintf(ms, 24, "%llu", (unsigned long long)((lg_now_us() - r->attempt_start_us) / 1000));
+    lg_headers_set(pool_of(r), &head->headers, LG_LIT("x-envoy-upstream-service-time"), h2o_iovec_init(ms, n));
+    lg_route_apply_response_headers(r->route, r->wc, &head->headers, info, pool_of(r));
+    head->version = r->stream->downstream != NULL ? r->stream->downstream->version : head->version;
+    if (end_stream)
+        lg_timer_stop(&r->global_timer);
+    lg_hcm_encode_headers(r->stream, head, end_stream);
+}
+
+static void on_upstream_data(lg_stream_t *u, h2o_iovec_t data, int end_stream)
+{
+    router_t *r = u->ctx;
+    if (end_stream)
+        lg_timer_stop(&r->global_timer);
+    lg_hcm_encode_data(r->stream, data, end_stream);
+}
+
+static void on_upstream_trailers(lg_stream_t *u, lg_headers_t *trailers)
+{
+    router_t *r = u->ctx;
+    lg_timer_stop(&r->global_timer);
+    lg_hcm_encode_trailers(r->stream, trailers);
+}
+
+static void on_upstream_data_sent(lg_stream_t *u, size_t bytes)
+{
+    router_t *r = u->ctx;
+    r->body_in_flight -= bytes < r->body_in_flight ? bytes : r->body_in_flight;
+    if (!r->retain_body) {
+        r->body_retained -= bytes < r->body_retained ? bytes : r->body_retained;
+        consume_downstream(r, bytes);
+    }
+}
+
+static void on_upstream_reset(lg_stream_t *u, lg_reset_reason_t reason, const char *details)
+{
+    router_t *r = u->ctx;
+    r->upstream = NULL;
+    lg_timer_stop(&r->per_try_timer);
+    cluster_stat(r, LG_CLUSTER_STAT_upstream_rq_rx_reset);
+    int termination = reason == LG_RESET_CONNECTION_TERMINATION || reason == LG_RESET_CONNECTION_FAILURE;
+    uint32_t flag = termination ? LG_RF(UPSTREAM_CONNECTION_TERMINATION) : LG_RF(UPSTREAM_REMOTE_RESET);
+    if (reason == LG_RESET_PROTOCOL_ERROR)
+        flag = LG_RF(UPSTREAM_PROTOCOL_ERROR);
+    if (r->response_started) {
+        r->stream->info.response_flags |= flag;
+        finish(r);
+        lg_hcm_reset_stream(r->stream);
+        return;
+    }
+    const char *why = reason == LG_RESET_CONNECTION_TERMINATION ? "connection termination"
+                      : reason == LG_RESET_PROTOCOL_ERROR       ? "protocol error"
+                      : reason == LG_RESET_OVERFLOW             ? "overflow"
+                      : reason == LG_RESET_REFUSED_STREAM       ? "remote refused stream reset"
+                                                                : "remote reset";
+    char *body = h2o_mem_alloc_pool(pool_of(r), 128), *det = h2o_mem_alloc_pool(pool_of(r), 128);
+    snprintf(body, 128, "upstream connect error or disconnect/reset before headers. reset reason: %s", why);
+    snprintf(det, 128, "upstream_reset_before_response_started{%s}", why);
+    for (char *p = det; *p; ++p)
+        if (*p == ' ')
+            *p = '_';
+    uint32_t cause = LG_RETRY_ON_RESET | LG_RETRY_ON_5XX | LG_RETRY_ON_GATEWAY_ERROR;
+    if (reason == LG_RESET_REFUSED_STREAM)
+        cause |= LG_RETRY_ON_REFUSED_STREAM;
+    try_retry_or_fail(r, cause, 503, body, det, flag);
+}
+
+static void on_upstream_complete(lg_stream_t *u)
+{
+    router_t *r = u->ctx;
+    r->upstream = NULL;
+    lg_timer_stop(&r->per_try_timer);
+    if (r->host != NULL) {
+        lg_host_release(r->host);
+        r->host = NULL;
+    }
+}
+
+static const lg_stream_cbs_t upstream_cbs = {
+    .on_headers = on_upstream_headers,
+    .on_data = on_upstream_data,
+    .on_trailers = on_upstream_trailers,
+    .on_data_sent = on_upstream_data_sent,
+    .on_reset = on_upstream_reset,
+    .on_complete = on_upstream_complete,
+};
+
+/* ---- timeouts ---- */
+
+static void global_timeout(lg_timer_t *t)
+{
+    router_t *r = H2O_STRUCT_FROM_MEMBER(router_t, global_timer, t);
+    cluster_stat(r, LG_CLUSTER_STAT_upstream_rq_timeout);
+    if (r->response_started) {
+        r->stream->info.response_flags |= LG_RF(UPSTREAM_REQUEST_TIMEOUT);
+        finish(r);
+        lg_hcm_reset_stream(r->stream);
+        return;
+    }
+    local_reply(r, 504, "upstream request timeout", "upstream_response_timeout", LG_RF(UPSTREAM_REQUEST_TIMEOUT));
+}
+
+static void per_try_timeout(lg_timer_t *t)
+{
+    router_t *r = H2O_STRUCT_FROM_MEMBER(router_t, per_try_timer, t);
+    cluster_stat(r, LG_CLUSTER_STAT_upstream_rq_per_try_timeout);
+    /* Envoy retries a per-try timeout under 5xx, gateway-error and reset */
+    try_retry_or_fail(r, LG_RETRY_ON_5XX | LG_RETRY_ON_GATEWAY_ERROR | LG_RETRY_ON_RESET, 504, "upstream request timeout",
+                      "upstream_per_try_timeout", LG_RF(UPSTREAM_REQUEST_TIMEOUT));
+}
+
+/* ---- the request ---- */
+
+static void start_attempt(router_t *r)
+{
+    lg_lb_context_t ctx = {0};
+    if (r->retry != NULL && r->retry->previous_hosts) {
+        ctx.excluded = r->attempted;
+        ctx.n_excluded = r->n_attempted;
+        ctx.host_selection_retry_max_attempts = r->retry->host_selection_retry_max_attempts;
+    }
+    ++r->attempts;
+    r->upstream_headers_sent = 0;
+    lg_pool_request_t *req = lg_cluster_request_stream(r->cluster, r->stream->req->version, &ctx, &pool_cbs, r);
+    if (req != NULL)
+        r->pool_req = req;
+}
+
+static void build_upstream_request(router_t *r, lg_req_head_t *req)
+{
+    lg_req_head_t *u = &r->upstream_req;
+    h2o_mem_pool_t *pool = pool_of(r);
+    *u = *req;
+    u->headers.entries = NULL;
+    u->headers.size = u->headers.capacity = 0;
+    h2o_vector_reserve(pool, &u->headers, req->headers.size + 8);
+    memcpy(u->headers.entries, req->headers.entries, sizeof(lg_header_t) * req->headers.size);
+    u->headers.size = req->headers.size;
+    lg_h1_strip_hop_by_hop(&u->headers, 0);
+    h2o_iovec_t te = lg_headers_get(&req->headers, H2O_STRLIT("te"));
+    if (te.base != NULL && h2o_strstr(te.base, te.len, H2O_STRLIT("trailers")) != SIZE_MAX)
+        lg_headers_add(pool, &u->headers, LG_LIT("te"), LG_LIT("trailers"));
+    h2o_iovec_t path = lg_route_path_rewrite(r->route, req->path, pool);
+    if (path.base != req->path.base || path.len != req->path.len) {
+        lg_headers_set(pool, &u->headers, LG_LIT("x-envoy-original-path"), req->path);
+        u->path = path;
+    }
+    h2o_iovec_t host = lg_route_host_rewrite(r->route, r->wc, req, pool);
+    if (host.base != NULL) {
+        u->authority = host;
+    }
+    if (r->route->action.timeout_ms != 0) {
+        uint64_t expected = r->route->action.timeout_ms;
+        if (r->retry != NULL && r->retry->per_try_timeout_ms != 0 && r->retry->per_try_timeout_ms < expected)
+            expected = r->retry->per_try_timeout_ms;
+        char *v = h2o_mem_alloc_pool(pool, 24);
+        int n = snprintf(v, 24, "%llu", (unsigned long long)expected);
+        lg_headers_set(pool, &u->headers, LG_LIT("x-envoy-expected-rq-timeout-ms"), h2o_iovec_init(v, n));
+    }
+    lg_route_apply_request_headers(r->route, r->wc, &u->headers, &r->stream->info, pool);
+}
+
+static lg_filter_status_t decode_headers(lg_http_filter_t *f, lg_req_head_t *req, int end_stream)
+{
+    router_t *r = (router_t *)f;
+    lg_hcm_stream_t *s = f->stream;
+    r->stream = s;
+    r->downstream_ended = end_stream;
+    const lg_route_t *route = lg_hcm_route(s);
+    if (route == NULL) {
+        lg_hcm_stat_inc(s, LG_HCM_STAT_no_route);
+        r->done = 1;
+        lg_hcm_send_local_reply(s, 404, h2o_iovec_init(NULL, 0), "route_not_found", LG_RF(NO_ROUTE_FOUND));
+        return LG_FILTER_STOP;
+    }
+    r->route = route;
+    switch (route->kind) {
+    case LG_ROUTE_DIRECT_RESPONSE:
+        lg_hcm_stat_inc(s, LG_HCM_STAT_rq_direct_response);
+        r->done = 1;
+        reply(r, route->direct_status, route->has_direct_body ? route->direct_body : h2o_iovec_init(NULL, 0), "direct_response", 0,
+              h2o_iovec_init(NULL, 0), h2o_iovec_init(NULL, 0));
+        return LG_FILTER_STOP;
+    case LG_ROUTE_REDIRECT:
+        lg_hcm_stat_inc(s, LG_HCM_STAT_rq_redirect);
+        r->done = 1;
+        reply(r, route->redirect.response_code, h2o_iovec_init(NULL, 0), "redirect", 0, LG_LIT("location"), lg_route_redirect_url(route, req, &s->pool));
+        return LG_FILTER_STOP;
+    case LG_ROUTE_NON_FORWARDING:
+        r->done = 1;
+        lg_hcm_send_local_reply(s, 404, h2o_iovec_init(NULL, 0), "route_not_found", LG_RF(NO_ROUTE_FOUND));
+        return LG_FILTER_STOP;
+    case LG_ROUTE_FORWARD:
+        break;
+    }
+    h2o_iovec_t name = lg_route_pick_cluster(route, req, lg_random(), &r->wc);
+    s->info.upstream_cluster = name;
+    r->cluster = name.base != NULL ? lg_worker_clusters_find(lg_worker_cluster_view(lg_hcm_worker(s)), name.base, name.len) : NULL;
+    if (r->cluster == NULL) {
+        lg_hcm_stat_inc(s, LG_HCM_STAT_no_cluster);
+        r->done = 1;
+        lg_hcm_send_local_reply(s, route->action.cluster_not_found_response_code, h2o_iovec_init(NULL, 0), "cluster_not_found",
+                                LG_RF(NO_CLUSTER_FOUND));
+        return LG_FILTER_STOP;
+    }
+    lg_worker_cluster_addref(r->cluster);
+    r->retry = route->action.retry_policy;
+    r->retries_left = r->retry != NULL ? r->retry->num_retries : 0;
+    r->retain_body = r->retries_left != 0;
+    build_upstream_request(r, req);
+    if (end_stream)
+        arm_global_timer(r);
+    start_attempt(r);
+    return LG_FILTER_STOP;
+}
+
+static lg_filter_status_t decode_data_and_arm(lg_http_filter_t *f, h2o_iovec_t data, int end_stream)
+{
+    router_t *r = (router_t *)f;
+    if (end_stream && r->route != NULL && !r->done)
+        arm_global_timer(r);
+    return decode_data(f, data, end_stream);
+}
+
+static void on_encode_data_sent(lg_http_filter_t *f, size_t bytes)
+{
+    router_t *r = (router_t *)f;
+    if (r->upstream != NULL)
+        r->upstream->ops->consume(r->upstream, bytes);
+}
+
+static void on_destroy(lg_http_filter_t *f)
+{
+    router_t *r = (router_t *)f;
+    if (r->stream == NULL)
+        return;
+    finish(r);
+    if (r->cluster != NULL) {
+        lg_worker_cluster_release(r->cluster);
+        r->cluster = NULL;
+    }
+}
+
+static void *compile(const ProtobufCMessage *config, int *ok, lg_error_t *err)
+{
+    const Envoy__Extensions__Filters__Http__Router__V3__Router *m = (const void *)config;
+    *ok = 1;
+    if (m != NULL && m->n_upstream_http_filters != 0) {
+        *ok = 0;
+        lg_error(err, "upstream_http_filters: upstream HTTP filters are not supported");
+    }
+    return NULL;
+}
+
+const lg_http_filter_type_t lg_filter_router = {
+    .name = "envoy.filters.http.router",
+    .config_type = &envoy__extensions__filters__http__router__v3__router__descriptor,
+    .is_terminal = 1,
+    .compile = compile,
+    .state_size = sizeof(router_t) - sizeof(lg_http_filter_t),
+    .decode_headers = decode_headers,
+    .decode_data = decode_data_and_arm,
+    .decode_trailers = decode_trailers,
+    .on_encode_data_sent = on_encode_data_sent,
+    .on_destroy = on_destroy,
+};

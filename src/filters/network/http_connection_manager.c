@@ -1,0 +1,214 @@
+/*
+ * Compiles envoy.extensions.filters.network.http_connection_manager.v3.
+ * HttpConnectionManager into an immutable lg_hcm_config_t.
+ */
+#include "legate/filters.h"
+#include "legate/hcm.h"
+#include "legate/h1.h"
+#include "legate/pbjson.h"
+#include "legate/route.h"
+#include "legate/stats.h"
+
+typedef Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager hcm_proto_t;
+typedef Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpFilter http_filter_proto_t;
+
+static const lg_stat_def_t hcm_stat_defs[] = {LG_HCM_STATS(LG_STAT_DEF)};
+
+static int compile_filters(lg_hcm_config_t *c, const hcm_proto_t *m, lg_error_t *err)
+{
+    c->filters = lg_calloc(m->n_http_filters ? m->n_http_filters : 1, sizeof(*c->filters));
+    for (size_t i = 0; i != m->n_http_filters; ++i) {
+        const http_filter_proto_t *f = m->http_filters[i];
+        const char *type_url = NULL;
+        if (f->config_type_case == ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_FILTER__CONFIG_TYPE_CONFIG_DISCOVERY)
+            return lg_error(err, "http_filters[%zu].config_discovery: extension config discovery is not supported", i);
+        if (f->config_type_case == ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_FILTER__CONFIG_TYPE_TYPED_CONFIG)
+            type_url = f->typed_config->type_url;
+        const lg_http_filter_type_t *type = lg_http_filter_find(f->name, type_url);
+        if (type == NULL) {
+            if (f->is_optional) {
+                LG_WARN(config, "Didn't find a registered implementation for '%s' with type URL: '%s'; skipped because it is optional",
+                        f->name, type_url != NULL ? type_url : "");
+                continue;
+            }
+            return lg_error(err, "http_filters[%zu]: Didn't find a registered implementation for '%s' with type URL: '%s'", i,
+                            f->name, type_url != NULL ? type_url : "");
+        }
+        if (f->disabled)
+            continue;
+        ProtobufCMessage *cfg = NULL;
+        if (type_url != NULL && type->config_type != NULL) {
+            cfg = lg_any_unpack(f->typed_config, type->config_type, err);
+            if (cfg == NULL)
+                return lg_error_prefix(err, "http_filters[%zu].typed_config", i);
+        }
+        int ok = 1;
+        void *compiled = type->compile != NULL ? type->compile(cfg, &ok, err) : NULL;
+        if (cfg != NULL)
+            protobuf_c_message_free_unpacked(cfg, NULL);
+        if (!ok)
+            return lg_error_prefix(err, "http_filters[%zu].typed_config", i);
+        lg_http_filter_config_t *fc = c->filters + c->n_filters++;
+        fc->type = type;
+        fc->name = lg_strdup(f->name);
+        fc->config = compiled;
+    }
+    for (size_t i = 0; i != c->n_filters; ++i) {
+        const lg_http_filter_config_t *fc = c->filters + i;
+        if (fc->type->is_terminal && i + 1 != c->n_filters)
+            return lg_error(err,
+                            "http_filters: Error: terminal filter named %s of type %s must be the last filter in a http filter chain.",
+                            fc->name, fc->type->name);
+    }
+    if (c->n_filters == 0 || !c->filters[c->n_filters - 1].type->is_terminal) {
+        const lg_http_filter_config_t *last = c->n_filters ? c->filters + c->n_filters - 1 : NULL;
+        if (last == NULL)
+            return lg_error(err, "http_filters: the chain must end with a terminal filter (envoy.filters.http.router)");
+        return lg_error(err, "http_filters: Error: non-terminal filter named %s of type %s is the last filter in a http filter chain.",
+                        last->name, last->type->name);
+    }
+    return 0;
+}
+
+static int compile_protocol_options(lg_hcm_config_t *c, const hcm_proto_t *m, lg_error_t *err)
+{
+    const Envoy__Config__Core__V3__HttpProtocolOptions *common = m->common_http_protocol_options;
+    const Envoy__Config__Core__V3__Http1ProtocolOptions *h1 = m->http_protocol_options;
+    const Envoy__Config__Core__V3__Http2ProtocolOptions *h2 = m->http2_protocol_options;
+    lg_h1_limits_init(&c->h1);
+    c->h1.max_headers_kb = LG_WRAPPED(m->max_request_headers_kb, 60);
+    if (c->h1.max_headers_kb == 0 || c->h1.max_headers_kb > 8192)
+        return lg_error(err, "max_request_headers_kb: value must be inside range (0, 8192]");
+    c->idle_timeout_ms = 3600 * 1000;
+    if (common != NULL) {
+        c->idle_timeout_ms = lg_duration_ms(common->idle_timeout, c->idle_timeout_ms);
+        c->h1.max_headers_count = LG_WRAPPED(common->max_headers_count, 100);
+        c->max_stream_duration_ms = lg_duration_ms(common->max_stream_duration, 0);
+        c->h1.headers_with_underscores_action = (lg_h1_underscores_action_t)common->headers_with_underscores_action;
+    }
+    if (h1 != NULL) {
+        c->h1.allow_chunked_length = h1->allow_chunked_length;
+        c->h1.accept_http_10 = h1->accept_http_10;
+        c->h1.allow_absolute_url = LG_WRAPPED(h1->allow_absolute_url, 1);
+        if (h1->default_host_for_http_10 != NULL && h1->default_host_for_http_10[0] != '\0')
+            c->h1.default_host_for_http_10 = h2o_iovec_init(h1->default_host_for_http_10, strlen(h1->default_host_for_http_10));
+    }
+    c->h2 = (lg_h2_settings_t){.max_concurrent_streams = 2147483647,
+                               .initial_stream_window_size = 268435456,
+                               .initial_connection_window_size = 268435456,
+                               .max_headers_count = c->h1.max_headers_count,
+                               .max_header_list_bytes = c->h1.max_headers_kb * 1024,
+                               .buffer_limit = 1024 * 1024};
+    if (h2 != NULL) {
+        c->h2.max_concurrent_streams = LG_WRAPPED(h2->max_concurrent_streams, c->h2.max_concurrent_streams);
+        c->h2.initial_stream_window_size = LG_WRAPPED(h2->initial_stream_window_size, c->h2.initial_stream_window_size);
+        c->h2.initial_connection_window_size = LG_WRAPPED(h2->initial_connection_window_size, c->h2.initial_connection_window_size);
+        if (c->h2.initial_stream_window_size < 65535 || c->h2.initial_stream_window_size > 2147483647)
+            return lg_error(err, "http2_protocol_options.initial_stream_window_size: value must be inside range [65535, 2147483647]");
+        if (c->h2.initial_connection_window_size < 65535 || c->h2.initial_connection_window_size > 2147483647)
+            return lg_error(err,
+                            "http2_protocol_options.initial_connection_window_size: value must be inside range [65535, 2147483647]");
+    }
+    return 0;
+}
+
+lg_hcm_config_t *lg_hcm_config_compile(const hcm_proto_t *m, const lg_hcm_compile_ctx_t *ctx, lg_error_t *err)
+{
+    lg_hcm_config_t *c = lg_calloc(1, sizeof(*c));
+    if (m->stat_prefix == NULL || m->stat_prefix[0] == '\0') {
+        lg_error(err, "stat_prefix: value length must be at least 1 characters");
+        goto fail;
+    }
+    c->stat_prefix = lg_strdup(m->stat_prefix);
+    c->codec_type = m->codec_type == ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__CODEC_TYPE__HTTP1
+                        ? LG_CODEC_HTTP1
+                    : m->codec_type == ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__CODEC_TYPE__HTTP2
+                        ? LG_CODEC_HTTP2
+                        : LG_CODEC_AUTO;
+    if (m->codec_type == ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__CODEC_TYPE__HTTP3) {
+        lg_error(err, "codec_type: HTTP3 is not supported");
+        goto fail;
+    }
+    const char *server_name = m->server_name != NULL && m->server_name[0] != '\0' ? m->server_name : "envoy";
+    c->server_name = h2o_iovec_init(lg_strdup(server_name), strlen(server_name));
+    c->server_header_transformation = (lg_server_header_t)m->server_header_transformation;
+    c->use_remote_address = LG_WRAPPED(m->use_remote_address, 0);
+    c->skip_xff_append = m->skip_xff_append;
+    c->xff_num_trusted_hops = m->xff_num_trusted_hops;
+    c->generate_request_id = LG_WRAPPED(m->generate_request_id, 1);
+    c->preserve_external_request_id = m->preserve_external_request_id;
+    c->always_set_request_id_in_response = m->always_set_request_id_in_response;
+    c->normalize_path = LG_WRAPPED(m->normalize_path, 0);
+    c->merge_slashes = m->merge_slashes;
+    c->escaped_slashes = m->path_with_escaped_slashes_action <= 1 ? LG_ESCAPED_SLASHES_KEEP
+                                                                   : (lg_escaped_slashes_t)(m->path_with_escaped_slashes_action - 1);
+    c->strip_matching_host_port = m->strip_matching_host_port;
+    c->strip_any_host_port = m->strip_port_mode_case ==
+                                 ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__STRIP_PORT_MODE_STRIP_ANY_HOST_PORT &&
+                             m->strip_any_host_port;
+    c->stream_idle_timeout_ms = lg_duration_ms(m->stream_idle_timeout, 300 * 1000);
+    c->request_timeout_ms = lg_duration_ms(m->request_timeout, 0);
+    c->request_headers_timeout_ms = lg_duration_ms(m->request_headers_timeout, 0);
+    c->drain_timeout_ms = lg_duration_ms(m->drain_timeout, 5000);
+    if (compile_protocol_options(c, m, err) != 0)
+        goto fail;
+    if (m->n_upgrade_configs != 0)
+        LG_WARN(config, "upgrade_configs: upgrades are not supported yet; upgrade requests are proxied as plain requests");
+    if (m->tracing != NULL)
+        LG_WARN(config, "tracing: tracing is not supported yet and is ignored");
+    switch (m->route_specifier_case) {
+    case ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__ROUTE_SPECIFIER_ROUTE_CONFIG: {
+        const Envoy__Config__Route__V3__RouteConfiguration *rc = m->route_config;
+        lg_route_compile_opts_t opts = {
+            .validate_clusters = LG_WRAPPED(rc->validate_clusters, 1),
+            .cluster_exists = ctx->cluster_exists,
+            .ctx = ctx->ctx,
+        };
+        if ((c->route_table = lg_route_table_compile(rc, &opts, err)) == NULL) {
+            lg_error_prefix(err, "route_config");
+            goto fail;
+        }
+        break;
+    }
+    case ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__ROUTE_SPECIFIER_RDS:
+        lg_error(err, "rds: RDS is not supported yet (use route_config)");
+        goto fail;
+    case ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__ROUTE_SPECIFIER_SCOPED_ROUTES:
+        lg_error(err, "scoped_routes: scoped routes are not supported yet");
+        goto fail;
+    default:
+        lg_error(err, "route_specifier: one of route_config, rds or scoped_routes must be set");
+        goto fail;
+    }
+    if (compile_filters(c, m, err) != 0)
+        goto fail;
+    if (m->n_access_log != 0)
+        LG_WARN(config, "access_log: access logs are not supported yet and are ignored");
+    char prefix[512];
+    snprintf(prefix, sizeof(prefix), "http.%s.", c->stat_prefix);
+    c->stats = lg_stats_block_new(prefix, hcm_stat_defs, LG_ARRAY_SIZE(hcm_stat_defs));
+    return c;
+fail:
+    lg_hcm_config_free(c);
+    return NULL;
+}
+
+void lg_hcm_config_free(lg_hcm_config_t *c)
+{
+    if (c == NULL)
+        return;
+    for (size_t i = 0; i != c->n_filters; ++i) {
+        if (c->filters[i].type->free_config != NULL && c->filters[i].config != NULL)
+            c->filters[i].type->free_config(c->filters[i].config);
+        free(c->filters[i].name);
+    }
+    free(c->filters);
+    if (c->route_table != NULL)
+        lg_route_table_free(c->route_table);
+    if (c->stats != NULL)
+        lg_stats_block_release(c->stats);
+    free(c->stat_prefix);
+    free(c->server_name.base);
+    free(c->rds_route_config_name);
+    free(c);
+}

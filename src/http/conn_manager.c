@@ -1,0 +1,816 @@
+/*
+ * The HTTP connection manager at run time: one lg_hcm_conn_t per downstream
+ * connection, one lg_hcm_stream_t per request. It turns codec events into
+ * the filter chain's decode direction, runs the encode direction back to the
+ * codec, owns the stream's timers and local replies, and mutates request
+ * headers as Envoy's ConnectionManagerUtility does (x-forwarded-for,
+ * x-forwarded-proto, x-request-id, path normalization).
+ */
+#include <arpa/inet.h>
+#include <sys/random.h>
+#include <h2o/string_.h>
+#include <h2o/time_.h>
+#include <h2o/url.h>
+#include "legate/address.h"
+#include "legate/h1_server.h"
+#include "legate/h2.h"
+#include "legate/hcm.h"
+#include "legate/http.h"
+#include "legate/route.h"
+#include "legate/server.h"
+#include "legate/stats.h"
+#include "legate/timer.h"
+
+#define STAT_INC(c, name) LG_STAT_INC((c)->config->stats, (c)->worker->index, LG_HCM_STAT_##name)
+#define STAT_DEC(c, name) LG_STAT_DEC((c)->config->stats, (c)->worker->index, LG_HCM_STAT_##name)
+#define STAT_ADD(c, name, n) LG_STAT_ADD((c)->config->stats, (c)->worker->index, LG_HCM_STAT_##name, n)
+
+static const lg_stream_cbs_t downstream_cbs;
+static const lg_server_conn_cbs_t conn_cbs;
+static void stream_destroy(lg_hcm_stream_t *s);
+static void decode_headers_from(lg_hcm_stream_t *s, size_t index);
+
+static __thread uint64_t rng_state[2];
+
+static uint64_t rng_next(void)
+{
+    if (rng_state[0] == 0 && rng_state[1] == 0) {
+        if (getrandom(rng_state, sizeof(rng_state), 0) != sizeof(rng_state) || (rng_state[0] | rng_state[1]) == 0)
+            rng_state[0] = lg_now_us() | 1;
+    }
+    uint64_t s1 = rng_state[0];
+    const uint64_t s0 = rng_state[1];
+    rng_state[0] = s0;
+    s1 ^= s1 << 23;
+    rng_state[1] = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26);
+    return rng_state[1] + s0;
+}
+
+uint64_t lg_random(void)
+{
+    return rng_next();
+}
+
+/* x-request-id: a UUID v4 as Envoy's uuid extension generates. */
+static h2o_iovec_t uuid4(h2o_mem_pool_t *pool)
+{
+    static const char hex[] = "0123456789abcdef";
+    uint8_t b[16];
+    uint64_t r0 = rng_next(), r1 = rng_next();
+    memcpy(b, &r0, 8);
+    memcpy(b + 8, &r1, 8);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    char *p = h2o_mem_alloc_pool(pool, 36);
+    for (size_t i = 0, o = 0; i != 16; ++i) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            p[o++] = '-';
+        p[o++] = hex[b[i] >> 4];
+        p[o++] = hex[b[i] & 15];
+    }
+    return h2o_iovec_init(p, 36);
+}
+
+/* The Date header, formatted once a second per thread. */
+static h2o_iovec_t date_header(void)
+{
+    static __thread char buf[H2O_TIMESTR_RFC1123_LEN + 1];
+    static __thread time_t last;
+    time_t now = time(NULL);
+    if (now != last) {
+        struct tm gmt;
+        gmtime_r(&now, &gmt);
+        h2o_time2str_rfc1123(buf, &gmt);
+        last = now;
+    }
+    return h2o_iovec_init(buf, H2O_TIMESTR_RFC1123_LEN);
+}
+
+/* ---- connections ---- */
+
+static void conn_idle_timeout(lg_timer_t *t)
+{
+    lg_hcm_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_hcm_conn_t, idle_timer, t);
+    STAT_INC(c, downstream_cx_idle_timeout);
+    c->codec->ops->close(c->codec);
+}
+
+static void conn_arm_idle(lg_hcm_conn_t *c)
+{
+    if (c->n_streams == 0 && c->config->idle_timeout_ms != 0 && !c->closed)
+        lg_timer_start(&c->worker->loop, &c->idle_timer, c->config->idle_timeout_ms, conn_idle_timeout);
+}
+
+lg_hcm_conn_t *lg_hcm_conn_new(lg_worker_t *w, const lg_listener_config_t *l, const lg_hcm_config_t *cfg, lg_snapshot_t *snap,
+                               h2o_socket_t *sock, int version)
+{
+    lg_hcm_conn_t *c = lg_calloc(1, sizeof(*c));
+    socklen_t len;
+    c->worker = w;
+    c->listener = l;
+    c->config = cfg;
+    c->snapshot = snap;
+    lg_snapshot_hold(w, snap);
+    c->id = lg_server_next_connection_id();
+    len = sizeof(c->peer);
+    if (h2o_socket_getpeername(sock, (struct sockaddr *)&c->peer) == 0)
+        c->peer.ss_family = AF_UNSPEC;
+    len = sizeof(c->local);
+    if (getsockname(h2o_socket_get_fd(sock), (struct sockaddr *)&c->local, &len) != 0)
+        c->local.ss_family = AF_UNSPEC;
+    h2o_linklist_init_anchor(&c->streams);
+    lg_worker_add_connection(w, &c->worker_link);
+    STAT_INC(c, downstream_cx_total);
+    STAT_INC(c, downstream_cx_active);
+    if (version == LG_HTTP_2) {
+        STAT_INC(c, downstream_cx_http2_total);
+        STAT_INC(c, downstream_cx_http2_active);
+        c->codec = lg_h2_server_conn_new(&w->loop, sock, &cfg->h2, &conn_cbs, c);
+    } else {
+        lg_h1_server_settings_t s = {.limits = cfg->h1, .buffer_limit = l->buffer_limit};
+        STAT_INC(c, downstream_cx_http1_total);
+        STAT_INC(c, downstream_cx_http1_active);
+        c->codec = lg_h1_server_conn_new(&w->loop, sock, &s, &conn_cbs, c);
+    }
+    conn_arm_idle(c);
+    return c;
+}
+
+void lg_hcm_conn_drain(lg_hcm_conn_t *c)
+{
+    if (c->draining || c->closed)
+        return;
+    c->draining = 1;
+    STAT_INC(c, downstream_cx_drain_close);
+    c->codec->ops->drain(c->codec);
+}
+
+static void on_conn_close(lg_server_conn_t *codec)
+{
+    lg_hcm_conn_t *c = codec->ctx;
+    c->closed = 1;
+    lg_timer_stop(&c->idle_timer);
+    STAT_INC(c, downstream_cx_destroy);
+    STAT_DEC(c, downstream_cx_active);
+    if (codec->version == LG_HTTP_2)
+        STAT_DEC(c, downstream_cx_http2_active);
+    else
+        STAT_DEC(c, downstream_cx_http1_active);
+    h2o_linklist_unlink(&c->worker_link);
+    lg_snapshot_release(c->worker, c->snapshot);
+    free(c);
+}
+
+static void on_codec_error(lg_server_conn_t *codec, int status, const char *details)
+{
+    lg_hcm_conn_t *c = codec->ctx;
+    STAT_INC(c, downstream_cx_protocol_error);
+    if (status >= 400) {
+        STAT_INC(c, downstream_rq_total);
+        if (status == 431 || status == 413)
+            STAT_INC(c, downstream_rq_too_large);
+        STAT_INC(c, downstream_rq_4xx);
+        if (status >= 500)
+            STAT_INC(c, downstream_rq_5xx);
+    }
+    LG_DEBUG(http, "[C%llu] codec error: %d %s", (unsigned long long)c->id, status, details != NULL ? details : "");
+}
+
+/* ---- streams ---- */
+
+static void stream_idle_timeout(lg_timer_t *t);
+static void request_timeout(lg_timer_t *t);
+
+static void stream_touch(lg_hcm_stream_t *s)
+{
+    if (s->conn->config->stream_idle_timeout_ms != 0 && !s->destroyed)
+        lg_timer_start(&s->conn->worker->loop, &s->idle_timer, s->conn->config->stream_idle_timeout_ms, stream_idle_timeout);
+}
+
+static void on_new_stream(lg_server_conn_t *codec, lg_stream_t *ds)
+{
+    lg_hcm_conn_t *c = codec->ctx;
+    const lg_hcm_config_t *cfg = c->config;
+    lg_hcm_stream_t *s = lg_calloc(1, sizeof(*s));
+    h2o_mem_init_pool(&s->pool);
+    s->conn = c;
+    s->downstream = ds;
+    ds->cbs = &downstream_cbs;
+    ds->ctx = s;
+    s->info.connection_id = c->id;
+    s->info.start_us = lg_now_us();
+    s->info.start_wall_us = lg_wall_us();
+    s->info.downstream_remote = c->peer;
+    s->info.downstream_direct_remote = c->peer;
+    s->info.downstream_local = c->local;
+    s->info.protocol = ds->version;
+    s->n_filters = cfg->n_filters;
+    s->filters = h2o_mem_alloc_pool(&s->pool, sizeof(*s->filters) * (cfg->n_filters ? cfg->n_filters : 1));
+    for (size_t i = 0; i != cfg->n_filters; ++i) {
+        const lg_http_filter_type_t *type = cfg->filters[i].type;
+        lg_http_filter_t *f = h2o_mem_alloc_pool(&s->pool, sizeof(*f) + type->state_size);
+        memset(f, 0, sizeof(*f) + type->state_size);
+        *f = (lg_http_filter_t){type, cfg->filters[i].config, s, i};
+        s->filters[i] = f;
+    }
+    s->encode_index = cfg->n_filters;
+    h2o_linklist_insert(&c->streams, &s->link);
+    ++c->n_streams;
+    lg_timer_stop(&c->idle_timer);
+    STAT_INC(c, downstream_rq_total);
+    STAT_INC(c, downstream_rq_active);
+    if (ds->version == LG_HTTP_2)
+        STAT_INC(c, downstream_rq_http2_total);
+    else
+        STAT_INC(c, downstream_rq_http1_total);
+    stream_touch(s);
+}
+
+static int is_internal_address(const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET) {
+        uint32_t a = ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr);
+        return (a >> 24) == 10 || (a >> 20) == (172 << 4 | 1) || (a >> 16) == (192 << 8 | 168) || (a >> 24) == 127;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const uint8_t *b = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+        return IN6_IS_ADDR_LOOPBACK((const struct in6_addr *)b) || (b[0] & 0xfe) == 0xfc;
+    }
+    return sa->sa_family == AF_UNIX;
+}
+
+/* Parses the n-th address from the right of x-forwarded-for into ss. */
+static int xff_address(h2o_iovec_t xff, uint32_t hops, struct sockaddr_storage *ss)
+{
+    const char *end = xff.base + xff.len;
+    for (uint32_t i = 0;; ++i) {
+        const char *comma = end;
+        while (comma > xff.base && comma[-1] != ',')
+            --comma;
+        if (i == hops) {
+            const char *b = comma, *e = end;
+            while (b < e && (*b == ' ' || *b == '\t'))
+                ++b;
+            while (e > b && (e[-1] == ' ' || e[-1] == '\t'))
+                --e;
+            char buf[INET6_ADDRSTRLEN];
+            if ((size_t)(e - b) >= sizeof(buf))
+                return -1;
+            memcpy(buf, b, e - b);
+            buf[e - b] = '\0';
+            memset(ss, 0, sizeof(*ss));
+            if (inet_pton(AF_INET, buf, &((struct sockaddr_in *)ss)->sin_addr) == 1) {
+                ss->ss_family = AF_INET;
+                return 0;
+            }
+            if (inet_pton(AF_INET6, buf, &((struct sockaddr_in6 *)ss)->sin6_addr) == 1) {
+                ss->ss_family = AF_INET6;
+                return 0;
+            }
+            return -1;
+        }
+        if (comma == xff.base)
+            return -1;
+        end = comma - 1;
+    }
+}
+
+/* Envoy's ConnectionManagerUtility::mutateRequestHeaders, for what exists here. */
+static void mutate_request_headers(lg_hcm_stream_t *s, lg_req_head_t *req)
+{
+    lg_hcm_conn_t *c = s->conn;
+    const lg_hcm_config_t *cfg = c->config;
+    int internal;
+    h2o_iovec_t xff = lg_headers_get(&req->headers, H2O_STRLIT("x-forwarded-for"));
+
+    if (cfg->use_remote_address) {
+        char ip[INET6_ADDRSTRLEN + 8];
+        size_t n = lg_address_format_ip((struct sockaddr *)&c->peer, ip, sizeof(ip));
+        if (!cfg->skip_xff_append && c->peer.ss_family != AF_UNIX) {
+            h2o_iovec_t v = xff.base == NULL ? h2o_strdup(&s->pool, ip, n) : h2o_concat(&s->pool, xff, h2o_iovec_init(H2O_STRLIT(",")), h2o_iovec_init(ip, n));
+            lg_headers_set(&s->pool, &req->headers, LG_LIT("x-forwarded-for"), v);
+        }
+        internal = is_internal_address((struct sockaddr *)&c->peer);
+    } else {
+        struct sockaddr_storage ss;
+        if (xff.base != NULL && xff_address(xff, cfg->xff_num_trusted_hops, &ss) == 0) {
+            s->info.downstream_remote = ss;
+            internal = is_internal_address((struct sockaddr *)&ss);
+        } else {
+            internal = 0;
+        }
+    }
+    int edge = cfg->use_remote_address && !internal;
+    if (cfg->use_remote_address) {
+        if (internal)
+            lg_headers_set(&s->pool, &req->headers, LG_LIT("x-envoy-internal"), LG_LIT("true"));
+        else
+            lg_headers_remove(&req->headers, H2O_STRLIT("x-envoy-internal"));
+    }
+    if (edge) {
+        /* Envoy's edge clean-up of headers only trusted from internal hops. */
+        static const char *const strip[] = {"x-envoy-decorator-operation", "x-envoy-downstream-service-cluster",
+                                            "x-envoy-downstream-service-node", "x-envoy-expected-rq-timeout-ms",
+                                            "x-envoy-external-address", "x-envoy-force-trace", "x-envoy-hedge-on-per-try-timeout",
+                                            "x-envoy-ip-tags", "x-envoy-max-retries", "x-envoy-original-path",
+                                            "x-envoy-retriable-header-names", "x-envoy-retriable-status-codes", "x-envoy-retry-grpc-on",
+                                            "x-envoy-retry-on", "x-envoy-upstream-alt-stat-name", "x-envoy-upstream-rq-per-try-timeout-ms",
+                                            "x-envoy-upstream-rq-timeout-alt-response", "x-envoy-upstream-rq-timeout-ms"};
+        for (size_t i = 0; i != LG_ARRAY_SIZE(strip); ++i)
+            lg_headers_remove(&req->headers, strip[i], strlen(strip[i]));
+        char ip[INET6_ADDRSTRLEN + 8];
+        size_t n = lg_address_format_ip((struct sockaddr *)&c->peer, ip, sizeof(ip));
+        lg_headers_set(&s->pool, &req->headers, LG_LIT("x-envoy-external-address"), h2o_strdup(&s->pool, ip, n));
+    }
+    /* x-forwarded-proto: overwritten at the edge, defaulted elsewhere. */
+    h2o_iovec_t scheme = lg_listener_is_tls(c->listener) ? LG_LIT("https") : LG_LIT("http");
+    if (cfg->use_remote_address || lg_headers_find(&req->headers, H2O_STRLIT("x-forwarded-proto"), 0) < 0)
+        lg_headers_set(&s->pool, &req->headers, LG_LIT("x-forwarded-proto"), scheme);
+    if (req->scheme.base == NULL || req->scheme.len == 0)
+        req->scheme = scheme;
+    /* x-request-id */
+    if (cfg->generate_request_id) {
+        ssize_t i = lg_headers_find(&req->headers, H2O_STRLIT("x-request-id"), 0);
+        if (i < 0 || (edge && !cfg->preserve_external_request_id)) {
+            h2o_iovec_t id = uuid4(&s->pool);
+            lg_headers_set(&s->pool, &req->headers, LG_LIT("x-request-id"), id);
+            s->info.request_id = id;
+        } else {
+            s->info.request_id = req->headers.entries[i].value;
+        }
+    } else {
+        s->info.request_id = lg_headers_get(&req->headers, H2O_STRLIT("x-request-id"));
+    }
+}
+
+/* Removes dot segments and, when configured, merges slashes. Returns 0, or
+ * -1 when the path cannot be normalized (Envoy answers 400). */
+static int normalize_path(lg_hcm_stream_t *s, lg_req_head_t *req)
+{
+    const lg_hcm_config_t *cfg = s->conn->config;
+    h2o_iovec_t path = req->path;
+    size_t qpos = 0;
+    while (qpos != path.len && path.base[qpos] != '?')
+        ++qpos;
+    h2o_iovec_t p = h2o_iovec_init(path.base, qpos), q = h2o_iovec_init(path.base + qpos, path.len - qpos);
+    if (cfg->escaped_slashes != LG_ESCAPED_SLASHES_KEEP) {
+        for (size_t i = 0; i + 2 < p.len; ++i)
+            if (p.base[i] == '%' && (p.base[i + 1] == '2') && (p.base[i + 2] == 'f' || p.base[i + 2] == 'F' )) {
+                if (cfg->escaped_slashes == LG_ESCAPED_SLASHES_REJECT)
+                    return -1;
+                /* UNESCAPE_AND_FORWARD (and REDIRECT, which is forwarded unescaped here) */
+                char *b = h2o_mem_alloc_pool(&s->pool, p.len);
+                size_t o = 0;
+                for (size_t j = 0; j < p.len; ++j) {
+                    if (j + 2 < p.len && p.base[j] == '%' && p.base[j + 1] == '2' && (p.base[j + 2] | 0x20) == 'f') {
+                        b[o++] = '/';
+                        j += 2;
+                    } else if (j + 2 < p.len && p.base[j] == '%' && p.base[j + 1] == '5' && (p.base[j + 2] | 0x20) == 'c') {
+                        b[o++] = '\\';
+                        j += 2;
+                    } else {
+                        b[o++] = p.base[j];
+                    }
+                }
+                p = h2o_iovec_init(b, o);
+                break;
+            }
+    }
+    if (cfg->normalize_path) {
+        if (p.len == 0 || p.base[0] != '/')
+            return -1;
+        size_t qat;
+        p = h2o_url_normalize_path(&s->pool, p.base, p.len, &qat, NULL);
+    }
+    if (cfg->merge_slashes) {
+        char *b = h2o_mem_alloc_pool(&s->pool, p.len + 1);
+        size_t o = 0;
+        for (size_t i = 0; i != p.len; ++i)
+            if (!(p.base[i] == '/' && o != 0 && b[o - 1] == '/'))
+                b[o++] = p.base[i];
+        p = h2o_iovec_init(b, o);
+    }
+    if (p.base != path.base || p.len != qpos)
+        req->path = q.len == 0 ? p : h2o_concat(&s->pool, p, q);
+    return 0;
+}
+
+const lg_route_t *lg_hcm_route(lg_hcm_stream_t *s)
+{
+    if (!s->route_resolved) {
+        s->route_resolved = 1;
+        const lg_route_table_t *t = lg_snapshot_route_table(s->conn->snapshot, s->conn->config);
+        s->route = t != NULL ? lg_route_match(t, s->req, lg_random(), &s->vhost) : NULL;
+        if (s->route != NULL)
+            s->info.route_name = s->route->name;
+    }
+    return s->route;
+}
+
+lg_worker_t *lg_hcm_worker(lg_hcm_stream_t *s)
+{
+    return s->conn->worker;
+}
+
+static void on_headers(lg_stream_t *ds, void *head, int end_stream)
+{
+    lg_hcm_stream_t *s = ds->ctx;
+    lg_req_head_t *req = head;
+    lg_hcm_conn_t *c = s->conn;
+    s->req = req;
+    s->info.request = req;
+    s->request_headers_done = 1;
+    s->request_ended = end_stream;
+    if (end_stream)
+        s->info.last_downstream_rx_us = lg_now_us();
+    stream_touch(s);
+    if (c->config->request_timeout_ms != 0 && !end_stream)
+        lg_timer_start(&c->worker->loop, &s->request_timer, c->config->request_timeout_ms, request_timeout);
+    h2o_iovec_t ct = lg_headers_get(&req->headers, H2O_STRLIT("content-type"));
+    s->is_grpc = ct.len >= 16 && h2o_memis(ct.base, 16, H2O_STRLIT("application/grpc"));
+
+    int is_connect = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("CONNECT"));
+    if (!is_connect && !(req->path.len == 1 && req->path.base[0] == '*') && (req->path.len == 0 || req->path.base[0] != '/')) {
+        STAT_INC(c, downstream_rq_non_relative_path);
+        lg_hcm_send_local_reply(s, 404, h2o_iovec_init(NULL, 0), "absolute_path_rejected", 0);
+        return;
+    }
+    if (!is_connect && req->path.len != 0 && req->path.base[0] == '/' && normalize_path(s, req) != 0) {
+        STAT_INC(c, downstream_rq_failed_path_normalization);
+        lg_hcm_send_local_reply(s, 400, h2o_iovec_init(NULL, 0), "path_normalization_failed", 0);
+        return;
+    }
+    mutate_request_headers(s, req);
+    decode_headers_from(s, 0);
+}
+
+static void decode_headers_from(lg_hcm_stream_t *s, size_t index)
+{
+    for (s->decode_index = index; s->decode_index < s->n_filters; ++s->decode_index) {
+        lg_http_filter_t *f = s->filters[s->decode_index];
+        if (f->type->decode_headers == NULL)
+            continue;
+        if (f->type->decode_headers(f, s->req, s->request_ended) != LG_FILTER_CONTINUE || s->local_reply || s->destroyed)
+            return;
+    }
+}
+
+void lg_hcm_continue_decoding(lg_http_filter_t *f)
+{
+    lg_hcm_stream_t *s = f->stream;
+    decode_headers_from(s, f->index + 1);
+}
+
+void lg_hcm_continue_encoding(lg_http_filter_t *f)
+{
+    /* Encode filters that stop are not used yet: the encode chain runs straight through. */
+    (void)f;
+}
+
+static void on_data(lg_stream_t *ds, h2o_iovec_t data, int end_stream)
+{
+    lg_hcm_stream_t *s = ds->ctx;
+    stream_touch(s);
+    STAT_ADD(s->conn, downstream_cx_rx_bytes_total, data.len);
+    s->info.bytes_received += data.len;
+    if (end_stream) {
+        s->request_ended = 1;
+        s->info.last_downstream_rx_us = lg_now_us();
+        lg_timer_stop(&s->request_timer);
+    }
+    if (s->local_reply || s->decode_index >= s->n_filters) {
+        /* nobody takes the body (local reply sent): drop it */
+        ds->ops->consume(ds, data.len);
+        return;
+    }
+    for (size_t i = 0; i != s->n_filters; ++i) {
+        lg_http_filter_t *f = s->filters[i];
+        if (f->type->decode_data != NULL && f->type->decode_data(f, data, end_stream) != LG_FILTER_CONTINUE)
+            return;
+        if (s->destroyed || s->local_reply)
+            return;
+    }
+}
+
+static void on_trailers(lg_stream_t *ds, lg_headers_t *trailers)
+{
+    lg_hcm_stream_t *s = ds->ctx;
+    s->request_ended = 1;
+    s->info.last_downstream_rx_us = lg_now_us();
+    lg_timer_stop(&s->request_timer);
+    if (s->local_reply)
+        return;
+    for (size_t i = 0; i != s->n_filters; ++i) {
+        lg_http_filter_t *f = s->filters[i];
+        if (f->type->decode_trailers != NULL && f->type->decode_trailers(f, trailers) != LG_FILTER_CONTINUE)
+            return;
+        if (s->destroyed || s->local_reply)
+            return;
+    }
+}
+
+static void on_data_sent(lg_stream_t *ds, size_t bytes)
+{
+    lg_hcm_stream_t *s = ds->ctx;
+    stream_touch(s);
+    if (s->local_reply || s->n_filters == 0)
+        return;
+    lg_http_filter_t *last = s->filters[s->n_filters - 1];
+    if (last->type->on_encode_data_sent != NULL)
+        last->type->on_encode_data_sent(last, bytes);
+}
+
+static void on_reset(lg_stream_t *ds, lg_reset_reason_t reason, const char *details)
+{
+    lg_hcm_stream_t *s = ds->ctx;
+    if (reason == LG_RESET_LOCAL)
+        STAT_INC(s->conn, downstream_rq_tx_reset);
+    else
+        STAT_INC(s->conn, downstream_rq_rx_reset);
+    if (!s->response_ended)
+        s->info.response_flags |= LG_RF(DOWNSTREAM_CONNECTION_TERMINATION);
+    s->downstream = NULL;
+    stream_destroy(s);
+}
+
+static void on_complete(lg_stream_t *ds)
+{
+    lg_hcm_stream_t *s = ds->ctx;
+    s->downstream = NULL;
+    STAT_INC(s->conn, downstream_rq_completed);
+    stream_destroy(s);
+}
+
+static const lg_stream_cbs_t downstream_cbs = {
+    .on_headers = on_headers,
+    .on_data = on_data,
+    .on_trailers = on_trailers,
+    .on_data_sent = on_data_sent,
+    .on_reset = on_reset,
+    .on_complete = on_complete,
+};
+
+static const lg_server_conn_cbs_t conn_cbs = {
+    .on_new_stream = on_new_stream,
+    .on_close = on_conn_close,
+    .on_codec_error = on_codec_error,
+};
+
+static void stream_destroy(lg_hcm_stream_t *s)
+{
+    lg_hcm_conn_t *c = s->conn;
+    if (s->destroyed)
+        return;
+    s->destroyed = 1;
+    lg_timer_stop(&s->idle_timer);
+    lg_timer_stop(&s->request_timer);
+    for (size_t i = 0; i != s->n_filters; ++i)
+        if (s->filters[i]->type->on_destroy != NULL)
+            s->filters[i]->type->on_destroy(s->filters[i]);
+    if (s->downstream != NULL) {
+        lg_stream_t *ds = s->downstream;
+        s->downstream = NULL;
+        ds->ops->reset(ds, LG_RESET_LOCAL);
+    }
+    lg_server_log_access(c->worker, c->listener, c->config, &s->info);
+    h2o_linklist_unlink(&s->link);
+    --c->n_streams;
+    STAT_DEC(c, downstream_rq_active);
+    h2o_mem_clear_pool(&s->pool);
+    free(s);
+    conn_arm_idle(c);
+}
+
+void lg_hcm_reset_stream(lg_hcm_stream_t *s)
+{
+    if (s->destroyed)
+        return;
+    if (s->response_started)
+        STAT_INC(s->conn, rq_reset_after_downstream_response_started);
+    s->info.response_flags |= LG_RF(LOCAL_RESET);
+    stream_destroy(s);
+}
+
+void lg_hcm_consume_request(lg_hcm_stream_t *s, size_t bytes)
+{
+    if (s->downstream != NULL && bytes != 0)
+        s->downstream->ops->consume(s->downstream, bytes);
+}
+
+void lg_hcm_pause_request(lg_hcm_stream_t *s, int paused)
+{
+    if (s->downstream != NULL && s->downstream->ops->read_pause != NULL)
+        s->downstream->ops->read_pause(s->downstream, paused);
+}
+
+/* ---- the encode direction ---- */
+
+static void count_response(lg_hcm_stream_t *s, int status)
+{
+    lg_hcm_conn_t *c = s->conn;
+    switch (status / 100) {
+    case 1:
+        STAT_INC(c, downstream_rq_1xx);
+        break;
+    case 2:
+        STAT_INC(c, downstream_rq_2xx);
+        break;
+    case 3:
+        STAT_INC(c, downstream_rq_3xx);
+        break;
+    case 4:
+        STAT_INC(c, downstream_rq_4xx);
+        break;
+    default:
+        STAT_INC(c, downstream_rq_5xx);
+        break;
+    }
+}
+
+static void finalize_response_head(lg_hcm_stream_t *s, lg_resp_head_t *head)
+{
+    const lg_hcm_config_t *cfg = s->conn->config;
+    switch (cfg->server_header_transformation) {
+    case LG_SERVER_OVERWRITE:
+        lg_headers_set(&s->pool, &head->headers, LG_LIT("server"), cfg->server_name);
+        break;
+    case LG_SERVER_APPEND_IF_ABSENT:
+        if (lg_headers_find(&head->headers, H2O_STRLIT("server"), 0) < 0)
+            lg_headers_add(&s->pool, &head->headers, LG_LIT("server"), cfg->server_name);
+        break;
+    case LG_SERVER_PASS_THROUGH:
+        break;
+    }
+    if (lg_headers_find(&head->headers, H2O_STRLIT("date"), 0) < 0)
+        lg_headers_add(&s->pool, &head->headers, LG_LIT("date"), h2o_strdup(&s->pool, date_header().base, H2O_TIMESTR_RFC1123_LEN));
+    if (cfg->always_set_request_id_in_response && s->info.request_id.base != NULL &&
+        lg_headers_find(&head->headers, H2O_STRLIT("x-request-id"), 0) < 0)
+        lg_headers_add(&s->pool, &head->headers, LG_LIT("x-request-id"), s->info.request_id);
+}
+
+void lg_hcm_encode_headers(lg_hcm_stream_t *s, lg_resp_head_t *head, int end_stream)
+{
+    if (s->destroyed || s->downstream == NULL)
+        return;
+    for (size_t i = s->n_filters; i-- != 0;) {
+        lg_http_filter_t *f = s->filters[i];
+        if (f->type->encode_headers != NULL && !f->type->is_terminal)
+            f->type->encode_headers(f, head, end_stream);
+    }
+    finalize_response_head(s, head);
+    s->resp = head;
+    s->info.response = head;
+    s->info.response_code = head->status;
+    if (s->info.response_code_details.base == NULL)
+        s->info.response_code_details = LG_LIT("via_upstream");
+    s->response_started = 1;
+    s->response_ended = end_stream;
+    count_response(s, head->status);
+    stream_touch(s);
+    if (end_stream)
+        s->info.last_downstream_tx_us = lg_now_us();
+    s->downstream->ops->send_headers(s->downstream, head, end_stream);
+}
+
+void lg_hcm_encode_data(lg_hcm_stream_t *s, h2o_iovec_t data, int end_stream)
+{
+    if (s->destroyed || s->downstream == NULL)
+        return;
+    for (size_t i = s->n_filters; i-- != 0;) {
+        lg_http_filter_t *f = s->filters[i];
+        if (f->type->encode_data != NULL && !f->type->is_terminal)
+            f->type->encode_data(f, data, end_stream);
+    }
+    STAT_ADD(s->conn, downstream_cx_tx_bytes_total, data.len);
+    s->info.bytes_sent += data.len;
+    s->response_ended = end_stream;
+    if (end_stream)
+        s->info.last_downstream_tx_us = lg_now_us();
+    stream_touch(s);
+    s->downstream->ops->send_data(s->downstream, data, end_stream);
+}
+
+void lg_hcm_encode_trailers(lg_hcm_stream_t *s, lg_headers_t *trailers)
+{
+    if (s->destroyed || s->downstream == NULL)
+        return;
+    for (size_t i = s->n_filters; i-- != 0;) {
+        lg_http_filter_t *f = s->filters[i];
+        if (f->type->encode_trailers != NULL && !f->type->is_terminal)
+            f->type->encode_trailers(f, trailers);
+    }
+    s->info.response_trailers = trailers;
+    s->response_ended = 1;
+    s->info.last_downstream_tx_us = lg_now_us();
+    s->downstream->ops->send_trailers(s->downstream, trailers);
+}
+
+/* gRPC status for an HTTP status, as Envoy's Grpc::Utility::httpToGrpcStatus. */
+static int http_to_grpc_status(int status)
+{
+    switch (status) {
+    case 400:
+        return 13; /* INTERNAL */
+    case 401:
+        return 16; /* UNAUTHENTICATED */
+    case 403:
+        return 7; /* PERMISSION_DENIED */
+    case 404:
+        return 12; /* UNIMPLEMENTED */
+    case 429:
+    case 502:
+    case 503:
+    case 504:
+        return 14; /* UNAVAILABLE */
+    default:
+        return 2; /* UNKNOWN */
+    }
+}
+
+void lg_hcm_send_local_reply(lg_hcm_stream_t *s, int status, h2o_iovec_t body, const char *details, uint32_t flags)
+{
+    lg_hcm_send_local_reply_ex(s, status, body, details, flags, NULL);
+}
+
+void lg_hcm_stat_inc(lg_hcm_stream_t *s, size_t idx)
+{
+    LG_STAT_INC(s->conn->config->stats, s->conn->worker->index, idx);
+}
+
+void lg_hcm_send_local_reply_ex(lg_hcm_stream_t *s, int status, h2o_iovec_t body, const char *details, uint32_t flags,
+                                const lg_headers_t *extra)
+{
+    if (s->destroyed)
+        return;
+    s->info.response_flags |= flags;
+    s->info.response_code_details = h2o_iovec_init(details, strlen(details));
+    if (s->response_started) {
+        /* Too late for a reply: Envoy resets the stream. */
+        lg_hcm_reset_stream(s);
+        return;
+    }
+    s->local_reply = 1;
+    lg_resp_head_t *head = h2o_mem_alloc_pool(&s->pool, sizeof(*head));
+    *head = (lg_resp_head_t){.status = status, .version = s->downstream->version};
+    int head_only = s->req != NULL && h2o_memis(s->req->method.base, s->req->method.len, H2O_STRLIT("HEAD"));
+    if (s->is_grpc) {
+        /* Trailers-only gRPC response, as Envoy's local replies to gRPC requests. */
+        char *code = h2o_mem_alloc_pool(&s->pool, 8);
+        int n = snprintf(code, 8, "%d", http_to_grpc_status(status));
+        head->status = 200;
+        lg_headers_add(&s->pool, &head->headers, LG_LIT("content-type"), LG_LIT("application/grpc"));
+        lg_headers_add(&s->pool, &head->headers, LG_LIT("grpc-status"), h2o_iovec_init(code, n));
+        if (body.len != 0)
+            lg_headers_add(&s->pool, &head->headers, LG_LIT("grpc-message"), body);
+        body = h2o_iovec_init(NULL, 0);
+    } else if (body.len != 0) {
+        char *len = h2o_mem_alloc_pool(&s->pool, 24);
+        int n = snprintf(len, 24, "%zu", body.len);
+        lg_headers_add(&s->pool, &head->headers, LG_LIT("content-length"), h2o_iovec_init(len, n));
+        lg_headers_add(&s->pool, &head->headers, LG_LIT("content-type"), LG_LIT("text/plain"));
+    } else if (status >= 200 && status != 204 && status != 304) {
+        lg_headers_add(&s->pool, &head->headers, LG_LIT("content-length"), LG_LIT("0"));
+    }
+    for (size_t i = 0; extra != NULL && i != extra->size; ++i)
+        lg_headers_add(&s->pool, &head->headers, extra->entries[i].name, extra->entries[i].value);
+    if (head_only)
+        body = h2o_iovec_init(NULL, 0);
+    /* The encode filters see local replies too (Envoy runs them). */
+    for (size_t i = s->n_filters; i-- != 0;) {
+        lg_http_filter_t *f = s->filters[i];
+        if (f->type->encode_headers != NULL && !f->type->is_terminal)
+            f->type->encode_headers(f, head, body.len == 0);
+    }
+    finalize_response_head(s, head);
+    s->resp = head;
+    s->info.response = head;
+    s->info.response_code = head->status;
+    s->response_started = 1;
+    count_response(s, status);
+    lg_stream_t *ds = s->downstream;
+    if (body.len == 0) {
+        s->response_ended = 1;
+        ds->ops->send_headers(ds, head, 1);
+    } else {
+        ds->ops->send_headers(ds, head, 0);
+        if (s->destroyed)
+            return;
+        s->response_ended = 1;
+        s->info.bytes_sent += body.len;
+        ds->ops->send_data(ds, body, 1);
+    }
+}
+
+static void stream_idle_timeout(lg_timer_t *t)
+{
+    lg_hcm_stream_t *s = H2O_STRUCT_FROM_MEMBER(lg_hcm_stream_t, idle_timer, t);
+    STAT_INC(s->conn, downstream_rq_idle_timeout);
+    lg_hcm_send_local_reply(s, 408, LG_LIT("stream timeout"), "stream_idle_timeout", LG_RF(STREAM_IDLE_TIMEOUT));
+}
+
+static void request_timeout(lg_timer_t *t)
+{
+    lg_hcm_stream_t *s = H2O_STRUCT_FROM_MEMBER(lg_hcm_stream_t, request_timer, t);
+    STAT_INC(s->conn, downstream_rq_timeout);
+    lg_hcm_send_local_reply(s, 408, LG_LIT("request timeout"), "request_overall_timeout", 0);
+}

@@ -1,0 +1,827 @@
+/*
+ * Downstream HTTP/1.1 connection (see legate/h1_server.h for the contract).
+ *
+ * Input: requests are parsed from sock->input in place. A head is copied once
+ * into its stream's pool and dropped from the buffer; body bytes are handed
+ * out as slices of the buffer. h2o may move the buffer when it reads more, so
+ * nothing is read while a slice is unconsumed; `parsed` counts the bytes at the
+ * front of the buffer that belong to the current request and were decoded
+ * (delivered or framing), and they are dropped once every slice is consumed.
+ *
+ * Output: one write in flight. Everything sent meanwhile is queued in the
+ * other of two batches (iovecs plus a pool for heads and chunk headers); the
+ * caller's body bytes are referenced, never copied, and reported through
+ * on_data_sent when the batch that carried them completes.
+ *
+ * Reentrancy: every entry point (socket and timer callbacks, ops) holds
+ * `depth`; a closed connection and detached streams are freed when it drops
+ * to zero, so a callback may close or reset anything.
+ */
+#include <assert.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <h2o/string_.h>
+#include <h2o/time_.h>
+#include "legate/common.h"
+#include "legate/h1.h"
+#include "legate/h1_server.h"
+#include "legate/http.h"
+#include "legate/timer.h"
+
+typedef struct st_lg_h1_server_conn_t lg_h1_server_conn_t;
+typedef struct st_lg_h1_server_stream_t lg_h1_server_stream_t;
+
+typedef struct st_lg_h1_outbuf_t {
+    h2o_mem_pool_t pool; /* heads and chunk headers of this batch */
+    H2O_VECTOR(h2o_iovec_t) bufs;
+    size_t body_bytes;  /* caller bytes in this batch, reported by on_data_sent */
+    unsigned dirty : 1; /* something to write or to report, bufs may still be empty */
+} lg_h1_outbuf_t;
+
+struct st_lg_h1_server_stream_t {
+    lg_stream_t super;
+    lg_h1_server_conn_t *conn;
+    h2o_mem_pool_t pool;
+    lg_req_head_t head;
+    lg_h1_msg_info_t info;
+    lg_h1_chunked_decoder_t chunked;
+    uint64_t body_left; /* Content-Length bytes not delivered yet */
+    lg_h1_server_stream_t *next_zombie;
+    unsigned req_done : 1;     /* end_stream delivered */
+    unsigned resp_started : 1; /* final head queued */
+    unsigned resp_done : 1;    /* end of the response queued */
+    unsigned chunk_out : 1;    /* response body is chunk-encoded */
+    unsigned no_body_out : 1;  /* response body bytes are dropped (HEAD, 204, 304) */
+    unsigned will_close : 1;   /* the connection closes after this response */
+    unsigned paused : 1;       /* read_pause */
+    unsigned sent_100 : 1;
+    unsigned detached : 1; /* no longer the connection's: no op or callback applies */
+};
+
+struct st_lg_h1_server_conn_t {
+    lg_server_conn_t super;
+    lg_loop_t *loop;
+    h2o_socket_t *sock;
+    lg_h1_server_settings_t settings;
+    lg_h1_server_stream_t *stream;  /* the request in progress (announced) */
+    lg_h1_server_stream_t *spare;   /* pool for parsing the next head */
+    lg_h1_server_stream_t *zombies; /* detached, freed at depth 0 */
+    uint32_t seq;
+    size_t last_len;   /* input length at the last incomplete head */
+    size_t parsed;     /* see the top of the file */
+    size_t unconsumed; /* delivered body bytes not consumed yet */
+    lg_h1_outbuf_t out[2];
+    lg_h1_outbuf_t *pending, *inflight;
+    lg_timer_t resume_timer, linger_timer;
+    unsigned depth;
+    unsigned peer_eof : 1;
+    unsigned draining : 1;
+    unsigned close_after_write : 1; /* no new request: close once the output is flushed */
+    unsigned lingering : 1;         /* write side shut, draining input until EOF or timeout */
+    unsigned closed : 1;
+};
+
+static const lg_stream_ops_t stream_ops;
+static void process_input(lg_h1_server_conn_t *c);
+static void on_read(h2o_socket_t *sock, const char *err);
+
+void lg_h1_server_settings_init(lg_h1_server_settings_t *s)
+{
+    *s = (lg_h1_server_settings_t){.buffer_limit = 1024 * 1024, .delayed_close_timeout_ms = 1000, .server_name = LG_LIT("envoy")};
+    lg_h1_limits_init(&s->limits);
+}
+
+/* Lifetime */
+
+static void enter(lg_h1_server_conn_t *c)
+{
+    ++c->depth;
+}
+
+static void stream_free(lg_h1_server_stream_t *s)
+{
+    h2o_mem_clear_pool(&s->pool);
+    free(s);
+}
+
+static void destroy(lg_h1_server_conn_t *c)
+{
+    if (c->spare != NULL)
+        stream_free(c->spare);
+    for (size_t i = 0; i != 2; ++i) {
+        h2o_mem_clear_pool(&c->out[i].pool);
+        free(c->out[i].bufs.entries);
+    }
+    free(c);
+}
+
+static void leave(lg_h1_server_conn_t *c)
+{
+    if (--c->depth != 0)
+        return;
+    while (c->zombies != NULL) {
+        lg_h1_server_stream_t *s = c->zombies;
+        c->zombies = s->next_zombie;
+        stream_free(s);
+    }
+    if (c->closed)
+        destroy(c);
+}
+
+/* Drops the request bytes no slice points into any more. */
+static void release_parsed(lg_h1_server_conn_t *c)
+{
+    if (c->parsed != 0 && c->sock != NULL)
+        h2o_buffer_consume(&c->sock->input, c->parsed);
+    c->parsed = 0;
+}
+
+/* Unlinks the current stream; the receiver's slices are forgotten with it. */
+static lg_h1_server_stream_t *detach_stream(lg_h1_server_conn_t *c)
+{
+    lg_h1_server_stream_t *s = c->stream;
+    c->stream = NULL;
+    s->detached = 1;
+    s->next_zombie = c->zombies;
+    c->zombies = s;
+    c->unconsumed = 0;
+    release_parsed(c);
+    return s;
+}
+
+/* Closes the socket at once: queued output is dropped, the stream (if any) is reset. */
+static void close_now(lg_h1_server_conn_t *c, lg_reset_reason_t reason, const char *details)
+{
+    if (c->closed)
+        return;
+    lg_h1_server_stream_t *s = c->stream != NULL ? detach_stream(c) : NULL;
+    c->closed = 1;
+    lg_timer_stop(&c->resume_timer);
+    lg_timer_stop(&c->linger_timer);
+    h2o_socket_close(c->sock);
+    c->sock = NULL;
+    c->inflight = NULL;
+    if (s != NULL)
+        s->super.cbs->on_reset(&s->super, reason, details);
+    c->super.cbs->on_close(&c->super);
+}
+
+static void on_linger_timeout(lg_timer_t *t)
+{
+    lg_h1_server_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_h1_server_conn_t, linger_timer, t);
+    enter(c);
+    close_now(c, LG_RESET_CONNECTION_TERMINATION, "delayed_close_timeout");
+    leave(c);
+}
+
+/* Envoy's FlushWriteAndDelay, plus a FIN so that a client reading until close
+ * does not wait for the timeout. Called once the output is flushed. */
+static void start_linger(lg_h1_server_conn_t *c)
+{
+    if (c->lingering || c->closed)
+        return;
+    if (c->settings.delayed_close_timeout_ms == 0 || c->sock->ssl != NULL || c->peer_eof) {
+        close_now(c, LG_RESET_CONNECTION_TERMINATION, "downstream_local_disconnect");
+        return;
+    }
+    c->lingering = 1;
+    shutdown(h2o_socket_get_fd(c->sock), SHUT_WR);
+    h2o_buffer_consume(&c->sock->input, c->sock->input->size);
+    lg_timer_start(c->loop, &c->linger_timer, c->settings.delayed_close_timeout_ms, on_linger_timeout);
+    if (!h2o_socket_is_reading(c->sock))
+        h2o_socket_read_start(c->sock, on_read);
+}
+
+/* Reading */
+
+static int want_read(lg_h1_server_conn_t *c)
+{
+    lg_h1_server_stream_t *s = c->stream;
+    if (c->lingering)
+        return 1;
+    if (c->peer_eof)
+        return 0;
+    if (s == NULL)
+        return 1;
+    if (c->unconsumed != 0 || (s->paused && !s->req_done))
+        return 0;
+    return c->sock->input->size - c->parsed < c->settings.buffer_limit;
+}
+
+static void update_reading(lg_h1_server_conn_t *c)
+{
+    if (c->closed)
+        return;
+    if (c->stream != NULL && c->unconsumed == 0)
+        release_parsed(c);
+    int want = want_read(c);
+    if (want && !h2o_socket_is_reading(c->sock))
+        h2o_socket_read_start(c->sock, on_read);
+    else if (!want && h2o_socket_is_reading(c->sock))
+        h2o_socket_read_stop(c->sock);
+}
+
+static void on_resume(lg_timer_t *t)
+{
+    lg_h1_server_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_h1_server_conn_t, resume_timer, t);
+    enter(c);
+    process_input(c);
+    leave(c);
+}
+
+/* Parsing resumes on the next loop turn, never inside the caller's op. */
+static void schedule_resume(lg_h1_server_conn_t *c)
+{
+    if (!c->closed && !lg_timer_is_active(&c->resume_timer))
+        lg_timer_start(c->loop, &c->resume_timer, 0, on_resume);
+}
+
+/* Output */
+
+static void outbuf_push(lg_h1_outbuf_t *o, h2o_iovec_t v)
+{
+    h2o_vector_reserve(NULL, &o->bufs, o->bufs.size + 1);
+    o->bufs.entries[o->bufs.size++] = v;
+    o->dirty = 1;
+}
+
+static void outbuf_reset(lg_h1_outbuf_t *o)
+{
+    h2o_mem_clear_pool(&o->pool);
+    o->bufs.size = 0;
+    o->body_bytes = 0;
+    o->dirty = 0;
+}
+
+static void on_write_complete(h2o_socket_t *sock, const char *err);
+
+static void flush(lg_h1_server_conn_t *c)
+{
+    if (c->closed || c->lingering || c->inflight != NULL || !c->pending->dirty)
+        return;
+    c->inflight = c->pending;
+    c->pending = c->inflight == &c->out[0] ? &c->out[1] : &c->out[0];
+    h2o_socket_write(c->sock, c->inflight->bufs.entries, c->inflight->bufs.size, on_write_complete);
+}
+
+static void finish_stream(lg_h1_server_conn_t *c)
+{
+    lg_h1_server_stream_t *s = c->stream;
+    int keep_alive = !s->will_close && s->req_done && !c->draining;
+    detach_stream(c);
+    s->super.cbs->on_complete(&s->super);
+    if (c->closed)
+        return;
+    if (!keep_alive || c->draining) {
+        c->close_after_write = 1;
+        start_linger(c);
+        return;
+    }
+    process_input(c);
+}
+
+/* Everything queued has been written. */
+static void on_flushed(lg_h1_server_conn_t *c)
+{
+    if (c->stream != NULL) {
+        if (c->stream->resp_done)
+            finish_stream(c);
+    } else if (c->close_after_write) {
+        start_linger(c);
+    }
+}
+
+static void on_write_complete(h2o_socket_t *sock, const char *err)
+{
+    lg_h1_server_conn_t *c = sock->data;
+    size_t sent = c->inflight->body_bytes;
+    outbuf_reset(c->inflight);
+    c->inflight = NULL;
+    enter(c);
+    if (err != NULL) {
+        close_now(c, LG_RESET_CONNECTION_TERMINATION, "downstream_remote_disconnect");
+    } else {
+        if (c->stream != NULL && sent != 0)
+            c->stream->super.cbs->on_data_sent(&c->stream->super, sent);
+        flush(c);
+        if (!c->closed && c->inflight == NULL)
+            on_flushed(c);
+    }
+    leave(c);
+}
+
+static int is_upgrade_head(const lg_headers_t *headers)
+{
+    h2o_iovec_t conn = lg_headers_get(headers, H2O_STRLIT("connection"));
+    return lg_headers_find(headers, H2O_STRLIT("upgrade"), 0) >= 0 && conn.base != NULL &&
+           h2o_contains_token(conn.base, conn.len, H2O_STRLIT("upgrade"), ',');
+}
+
+/* Copies `head` as it goes on the wire: HTTP version of the request, no
+ * transfer-encoding (the codec frames), `connection` replaced when given. */
+static void wire_head(h2o_mem_pool_t *pool, const lg_resp_head_t *head, int version, const char *connection, lg_resp_head_t *out)
+{
+    *out = (lg_resp_head_t){head->status, version};
+    h2o_vector_reserve(pool, &out->headers, head->headers.size + 1);
+    for (size_t i = 0; i != head->headers.size; ++i) {
+        h2o_iovec_t name = head->headers.entries[i].name;
+        if (h2o_memis(name.base, name.len, H2O_STRLIT("transfer-encoding")) ||
+            (connection != NULL && h2o_memis(name.base, name.len, H2O_STRLIT("connection"))))
+            continue;
+        out->headers.entries[out->headers.size++] = head->headers.entries[i];
+    }
+    if (connection != NULL)
+        out->headers.entries[out->headers.size++] =
+            (lg_header_t){LG_LIT("connection"), h2o_iovec_init(connection, strlen(connection))};
+}
+
+/* Queues a flattened head; a head that would break the framing kills the connection. */
+static int queue_head(lg_h1_server_conn_t *c, const lg_resp_head_t *head, unsigned flags)
+{
+    h2o_iovec_t out;
+    if (lg_h1_flatten_response_head(&c->pending->pool, head, flags, &out) != 0) {
+        LG_ERROR(http, "h1: response head with a status %d would break the framing; closing the connection", head->status);
+        close_now(c, LG_RESET_LOCAL, "invalid_response_header");
+        return -1;
+    }
+    outbuf_push(c->pending, out);
+    return 0;
+}
+
+/* 1xx other than 101: written as given, the final head follows. An HTTP/1.0
+ * client gets none, and a 100 after the codec's own is dropped. */
+static void send_interim(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s, const lg_resp_head_t *head)
+{
+    if (s->resp_started || s->head.version == LG_HTTP_10 || (head->status == 100 && s->sent_100))
+        return;
+    lg_resp_head_t wire;
+    wire_head(&c->pending->pool, head, LG_HTTP_11, NULL, &wire);
+    if (queue_head(c, &wire, 0) == 0 && head->status == 100)
+        s->sent_100 = 1;
+}
+
+/* Envoy's ActiveStream::encodeHeaders (connection close / keep-alive) plus
+ * StreamEncoderImpl::encodeHeadersBase (framing). */
+static void send_final_head(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s, const lg_resp_head_t *head, int end_stream)
+{
+    int status = head->status, http10 = s->head.version == LG_HTTP_10;
+    int tunnel = s->info.is_connect ? status >= 200 && status < 300 : s->info.upgrade && status == 101;
+    int has_cl = lg_headers_find(&head->headers, H2O_STRLIT("content-length"), 0) >= 0;
+    lg_h1_encode_ctx_t ectx = {.status = status,
+                               .has_content_length = has_cl,
+                               .end_stream = end_stream,
+                               .is_http10 = http10,
+                               .is_head_response = s->info.is_head,
+                               .is_connect = s->info.is_connect && status < 300,
+                               .is_upgrade = is_upgrade_head(&head->headers)};
+    unsigned flags = lg_h1_encode_framing(&ectx);
+
+    s->resp_started = 1;
+    s->chunk_out = (flags & LG_H1_CHUNK_BODY) != 0;
+    s->no_body_out = !tunnel && (s->info.is_head || status == 204 || status == 304 || status < 200);
+    /* A tunnel or an unfinished request cannot be followed by another request;
+     * an HTTP/1.0 body without a length is delimited by the close. */
+    s->will_close = !s->info.keep_alive || c->draining || tunnel || !s->req_done || (http10 && !has_cl);
+    const char *connection = NULL;
+    if (s->will_close && !tunnel)
+        connection = "close";
+    else if (http10 && !s->will_close)
+        connection = "keep-alive";
+
+    lg_resp_head_t wire;
+    wire_head(&c->pending->pool, head, s->head.version, connection, &wire);
+    if (queue_head(c, &wire, flags & (LG_H1_ADD_CHUNKED_TE | LG_H1_ADD_CONTENT_LENGTH_ZERO)) != 0)
+        return;
+    if (end_stream)
+        s->resp_done = 1;
+}
+
+static void send_codec_error_reply(lg_h1_server_conn_t *c, int status)
+{
+    h2o_mem_pool_t *pool = &c->pending->pool;
+    const char *reason = lg_h1_reason_phrase(status);
+    lg_resp_head_t head = {status, LG_HTTP_11};
+    char *len = h2o_mem_alloc_pool(pool, 24), *date = h2o_mem_alloc_pool(pool, H2O_TIMESTR_RFC1123_LEN + 1);
+    time_t now = time(NULL);
+    struct tm gmt;
+
+    snprintf(len, 24, "%zu", strlen(reason));
+    gmtime_r(&now, &gmt);
+    h2o_time2str_rfc1123(date, &gmt);
+    lg_headers_add(pool, &head.headers, LG_LIT("content-length"), h2o_iovec_init(len, strlen(len)));
+    lg_headers_add(pool, &head.headers, LG_LIT("content-type"), LG_LIT("text/plain"));
+    lg_headers_add(pool, &head.headers, LG_LIT("date"), h2o_iovec_init(date, H2O_TIMESTR_RFC1123_LEN));
+    if (c->settings.server_name.len != 0)
+        lg_headers_add(pool, &head.headers, LG_LIT("server"), c->settings.server_name);
+    lg_headers_add(pool, &head.headers, LG_LIT("connection"), LG_LIT("close"));
+    if (queue_head(c, &head, 0) == 0)
+        outbuf_push(c->pending, h2o_iovec_init(reason, strlen(reason)));
+}
+
+/* A request that cannot be parsed, with no stream left: Envoy's codec answers
+ * with a local reply whose body is the reason phrase, then closes. */
+static void codec_error(lg_h1_server_conn_t *c, const lg_h1_error_t *err)
+{
+    LG_DEBUG(http, "h1: request rejected with %d (%s): %s", err->status, err->details, err->msg);
+    c->close_after_write = 1;
+    h2o_buffer_consume(&c->sock->input, c->sock->input->size);
+    send_codec_error_reply(c, err->status);
+    flush(c);
+    if (!c->closed)
+        c->super.cbs->on_codec_error(&c->super, err->status, err->details);
+}
+
+/* A malformed body: the stream is reset; the client gets the error reply if
+ * no response has started, otherwise the connection just closes. */
+static void body_error(lg_h1_server_conn_t *c, const lg_h1_error_t *err)
+{
+    if (c->stream->resp_started) {
+        c->super.cbs->on_codec_error(&c->super, err->status, err->details);
+        close_now(c, LG_RESET_PROTOCOL_ERROR, err->details);
+        return;
+    }
+    lg_h1_server_stream_t *s = detach_stream(c);
+    s->super.cbs->on_reset(&s->super, LG_RESET_PROTOCOL_ERROR, err->details);
+    if (!c->closed)
+        codec_error(c, err);
+}
+
+/* Input */
+
+static lg_h1_server_stream_t *spare_stream(lg_h1_server_conn_t *c)
+{
+    if (c->spare == NULL) {
+        c->spare = lg_calloc(1, sizeof(*c->spare));
+        h2o_mem_init_pool(&c->spare->pool);
+    } else {
+        h2o_mem_clear_pool(&c->spare->pool);
+    }
+    lg_h1_server_stream_t *s = c->spare;
+    s->head = (lg_req_head_t){};
+    s->info = (lg_h1_msg_info_t){};
+    return s;
+}
+
+static void rebase(h2o_iovec_t *v, const char *from, size_t len, char *to)
+{
+    if (v->base != NULL && (uintptr_t)v->base >= (uintptr_t)from && (uintptr_t)v->base < (uintptr_t)from + len)
+        v->base = to + (v->base - from);
+}
+
+/* Moves the head out of the input buffer into the stream's pool (one copy). */
+static void own_head(lg_h1_server_stream_t *s, const char *from, size_t len)
+{
+    char *to = h2o_mem_alloc_pool(&s->pool, len);
+    lg_req_head_t *h = &s->head;
+    memcpy(to, from, len);
+    rebase(&h->method, from, len, to);
+    rebase(&h->scheme, from, len, to);
+    rebase(&h->authority, from, len, to);
+    rebase(&h->path, from, len, to);
+    rebase(&h->protocol, from, len, to);
+    for (size_t i = 0; i != h->headers.size; ++i) {
+        rebase(&h->headers.entries[i].name, from, len, to);
+        rebase(&h->headers.entries[i].value, from, len, to);
+    }
+}
+
+static void start_stream(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s, size_t head_len)
+{
+    c->spare = NULL;
+    own_head(s, c->sock->input->bytes, head_len);
+    h2o_buffer_consume(&c->sock->input, head_len);
+    s->super = (lg_stream_t){&stream_ops, NULL, NULL, ++c->seq, s->head.version};
+    s->conn = c;
+    switch (s->info.body) {
+    case LG_H1_BODY_CONTENT_LENGTH:
+        s->body_left = s->info.content_length;
+        break;
+    case LG_H1_BODY_CHUNKED:
+        lg_h1_chunked_decoder_init(&s->chunked, &c->settings.limits, 1, &s->pool, NULL);
+        break;
+    case LG_H1_BODY_TUNNEL:
+        break;
+    default:
+        s->req_done = 1;
+        break;
+    }
+    if (s->info.expect_100_continue) {
+        lg_headers_remove(&s->head.headers, H2O_STRLIT("expect"));
+        if (!s->req_done && s->head.version != LG_HTTP_10) {
+            outbuf_push(c->pending, LG_LIT("HTTP/1.1 100 Continue\r\n\r\n"));
+            s->sent_100 = 1;
+            flush(c);
+        }
+    }
+    c->stream = s;
+    c->super.cbs->on_new_stream(&c->super, &s->super);
+    if (c->stream != s)
+        return;
+    s->super.cbs->on_headers(&s->super, &s->head, s->req_done);
+}
+
+/* Returns whether a stream was started. */
+static int parse_head(lg_h1_server_conn_t *c)
+{
+    h2o_buffer_t *in = c->sock->input;
+    if (in->size == 0)
+        return 0;
+    lg_h1_server_stream_t *s = spare_stream(c);
+    lg_h1_error_t err;
+    ssize_t r = lg_h1_parse_request(&s->pool, in->bytes, in->size, c->last_len, &c->settings.limits, &s->head, &s->info, &err);
+    if (r == -2) {
+        c->last_len = in->size;
+        return 0;
+    }
+    c->last_len = 0;
+    if (r < 0) {
+        codec_error(c, &err);
+        return 0;
+    }
+    start_stream(c, s, (size_t)r);
+    return 1;
+}
+
+static void deliver(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s, h2o_iovec_t data, int end_stream)
+{
+    c->unconsumed += data.len;
+    if (end_stream)
+        s->req_done = 1;
+    s->super.cbs->on_data(&s->super, data, end_stream);
+}
+
+static int deliver_raw(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s, size_t avail, size_t budget)
+{
+    int tunnel = s->info.body == LG_H1_BODY_TUNNEL;
+    size_t n = avail < budget ? avail : budget;
+    if (!tunnel && n > s->body_left)
+        n = s->body_left;
+    if (n == 0) {
+        if (!(tunnel && c->peer_eof && avail == 0))
+            return 0;
+        deliver(c, s, h2o_iovec_init(NULL, 0), 1);
+        return 1;
+    }
+    h2o_iovec_t data = h2o_iovec_init(c->sock->input->bytes + c->parsed, n);
+    c->parsed += n;
+    if (!tunnel)
+        s->body_left -= n;
+    deliver(c, s, data, !tunnel && s->body_left == 0);
+    return 1;
+}
+
+/* One slice at a time, so that a read_pause from on_data takes effect at once. */
+static int deliver_chunked(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s, size_t avail, size_t budget)
+{
+    if (avail == 0)
+        return 0;
+    const char *p = c->sock->input->bytes + c->parsed;
+    size_t len = avail < budget ? avail : budget, ndata = 1;
+    h2o_iovec_t data;
+    int done = 0;
+    lg_h1_error_t err;
+    ssize_t r = lg_h1_chunked_decode(&s->chunked, p, len, &data, &ndata, &done, &err);
+    if (r == 0 && ndata == 0 && !done && len < avail) {
+        /* a trailer line is waiting for bytes beyond the budget: trailers are not body */
+        ndata = 1;
+        r = lg_h1_chunked_decode(&s->chunked, p, avail, &data, &ndata, &done, &err);
+    }
+    if (r < 0) {
+        body_error(c, &err);
+        return 0;
+    }
+    c->parsed += (size_t)r;
+    if (ndata == 0 && !done)
+        return r != 0;
+    deliver(c, s, ndata != 0 ? data : h2o_iovec_init(NULL, 0), done);
+    return 1;
+}
+
+/* Returns whether progress was made. */
+static int deliver_body(lg_h1_server_conn_t *c)
+{
+    lg_h1_server_stream_t *s = c->stream;
+    if (s->req_done || s->paused || c->unconsumed >= c->settings.buffer_limit)
+        return 0;
+    size_t avail = c->sock->input->size - c->parsed, budget = c->settings.buffer_limit - c->unconsumed;
+    if (s->info.body == LG_H1_BODY_CHUNKED)
+        return deliver_chunked(c, s, avail, budget);
+    return deliver_raw(c, s, avail, budget);
+}
+
+static void process_input(lg_h1_server_conn_t *c)
+{
+    while (!c->closed && !c->lingering && !(c->close_after_write && c->stream == NULL)) {
+        if (!(c->stream == NULL ? parse_head(c) : deliver_body(c)))
+            break;
+    }
+    update_reading(c);
+}
+
+/* The client closed (or its side failed). HTTP/1 downstream has no half-close
+ * (Envoy closes too), except that a tunnel's request side simply ends. */
+static void on_peer_eof(lg_h1_server_conn_t *c)
+{
+    lg_h1_server_stream_t *s = c->stream;
+    if (s != NULL && s->info.body == LG_H1_BODY_TUNNEL)
+        return; /* end_stream is delivered once the buffered bytes are */
+    if (c->close_after_write && s == NULL && c->inflight != NULL)
+        return;
+    close_now(c, LG_RESET_CONNECTION_TERMINATION, "downstream_remote_disconnect");
+}
+
+static void on_read(h2o_socket_t *sock, const char *err)
+{
+    lg_h1_server_conn_t *c = sock->data;
+    enter(c);
+    if (err != NULL)
+        c->peer_eof = 1;
+    if (c->lingering || (c->close_after_write && c->stream == NULL)) {
+        h2o_buffer_consume(&sock->input, sock->input->size);
+        if (c->lingering && err != NULL)
+            close_now(c, LG_RESET_CONNECTION_TERMINATION, "downstream_remote_disconnect");
+        else
+            update_reading(c);
+    } else {
+        process_input(c);
+        if (err != NULL && !c->closed)
+            on_peer_eof(c);
+    }
+    leave(c);
+}
+
+/* Stream ops */
+
+static void stream_send_headers(lg_stream_t *_s, void *_head, int end_stream)
+{
+    lg_h1_server_stream_t *s = (lg_h1_server_stream_t *)_s;
+    lg_h1_server_conn_t *c = s->conn;
+    lg_resp_head_t *head = _head;
+    if (s->detached)
+        return;
+    enter(c);
+    if (head->status < 200 && head->status != 101) {
+        send_interim(c, s, head);
+    } else {
+        assert(!s->resp_started);
+        send_final_head(c, s, head, end_stream);
+    }
+    flush(c);
+    leave(c);
+}
+
+static void end_response(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s)
+{
+    if (s->chunk_out && !s->no_body_out)
+        outbuf_push(c->pending, LG_LIT(LG_H1_LAST_CHUNK));
+    s->resp_done = 1;
+    c->pending->dirty = 1;
+}
+
+static void stream_send_data(lg_stream_t *_s, h2o_iovec_t data, int end_stream)
+{
+    lg_h1_server_stream_t *s = (lg_h1_server_stream_t *)_s;
+    lg_h1_server_conn_t *c = s->conn;
+    lg_h1_outbuf_t *o = c->pending;
+    if (s->detached)
+        return;
+    assert(s->resp_started && !s->resp_done);
+    enter(c);
+    if (data.len != 0) {
+        o->body_bytes += data.len;
+        o->dirty = 1;
+        if (s->no_body_out) {
+            /* dropped, still reported as sent */
+        } else if (s->chunk_out) {
+            char *hdr = h2o_mem_alloc_pool(&o->pool, LG_H1_CHUNK_HEADER_MAX);
+            outbuf_push(o, h2o_iovec_init(hdr, lg_h1_chunk_header(hdr, data.len)));
+            outbuf_push(o, data);
+            outbuf_push(o, LG_LIT(LG_H1_CRLF));
+        } else {
+            outbuf_push(o, data);
+        }
+    }
+    if (end_stream)
+        end_response(c, s);
+    flush(c);
+    leave(c);
+}
+
+/* Envoy drops response trailers on HTTP/1 unless enable_trailers: the body just ends. */
+static void stream_send_trailers(lg_stream_t *_s, lg_headers_t *trailers)
+{
+    lg_h1_server_stream_t *s = (lg_h1_server_stream_t *)_s;
+    lg_h1_server_conn_t *c = s->conn;
+    if (s->detached)
+        return;
+    assert(s->resp_started && !s->resp_done);
+    enter(c);
+    end_response(c, s);
+    flush(c);
+    leave(c);
+}
+
+static void stream_consume(lg_stream_t *_s, size_t bytes)
+{
+    lg_h1_server_stream_t *s = (lg_h1_server_stream_t *)_s;
+    lg_h1_server_conn_t *c = s->conn;
+    if (s->detached)
+        return;
+    enter(c);
+    c->unconsumed -= bytes < c->unconsumed ? bytes : c->unconsumed;
+    if (c->unconsumed == 0) {
+        release_parsed(c);
+        schedule_resume(c);
+    }
+    leave(c);
+}
+
+/* HTTP/1 cannot reset one stream: the connection goes. */
+static void stream_reset(lg_stream_t *_s, lg_reset_reason_t reason)
+{
+    lg_h1_server_stream_t *s = (lg_h1_server_stream_t *)_s;
+    lg_h1_server_conn_t *c = s->conn;
+    if (s->detached)
+        return;
+    enter(c);
+    detach_stream(c);
+    close_now(c, reason, "stream_reset");
+    leave(c);
+}
+
+static void stream_read_pause(lg_stream_t *_s, int paused)
+{
+    lg_h1_server_stream_t *s = (lg_h1_server_stream_t *)_s;
+    lg_h1_server_conn_t *c = s->conn;
+    if (s->detached)
+        return;
+    enter(c);
+    s->paused = paused != 0;
+    if (paused)
+        update_reading(c);
+    else
+        schedule_resume(c);
+    leave(c);
+}
+
+static const lg_stream_ops_t stream_ops = {
+    .send_headers = stream_send_headers,
+    .send_data = stream_send_data,
+    .send_trailers = stream_send_trailers,
+    .consume = stream_consume,
+    .reset = stream_reset,
+    .read_pause = stream_read_pause,
+};
+
+/* Connection ops */
+
+static void conn_drain(lg_server_conn_t *_c)
+{
+    lg_h1_server_conn_t *c = (lg_h1_server_conn_t *)_c;
+    if (c->closed)
+        return;
+    enter(c);
+    c->draining = 1;
+    if (c->stream == NULL && !c->close_after_write)
+        close_now(c, LG_RESET_CONNECTION_TERMINATION, "drain");
+    leave(c);
+}
+
+static void conn_close(lg_server_conn_t *_c)
+{
+    lg_h1_server_conn_t *c = (lg_h1_server_conn_t *)_c;
+    if (c->closed)
+        return;
+    enter(c);
+    close_now(c, LG_RESET_CONNECTION_TERMINATION, "downstream_local_disconnect");
+    leave(c);
+}
+
+static const lg_server_conn_ops_t conn_ops = {.drain = conn_drain, .close = conn_close};
+
+lg_server_conn_t *lg_h1_server_conn_new(lg_loop_t *loop, h2o_socket_t *sock, const lg_h1_server_settings_t *settings,
+                                        const lg_server_conn_cbs_t *cbs, void *ctx)
+{
+    lg_h1_server_conn_t *c = lg_calloc(1, sizeof(*c));
+    c->super = (lg_server_conn_t){&conn_ops, cbs, ctx, LG_HTTP_11};
+    c->loop = loop;
+    c->sock = sock;
+    c->settings = *settings;
+    for (size_t i = 0; i != 2; ++i)
+        h2o_mem_init_pool(&c->out[i].pool);
+    c->pending = &c->out[0];
+    sock->data = c;
+    if (h2o_socket_is_reading(sock))
+        h2o_socket_read_stop(sock); /* a listener filter's callback */
+    if (sock->input->size != 0)
+        schedule_resume(c);
+    else
+        update_reading(c);
+    return &c->super;
+}
+
+int lg_h1_server_conn_is_idle(lg_server_conn_t *_c)
+{
+    lg_h1_server_conn_t *c = (lg_h1_server_conn_t *)_c;
+    return c->stream == NULL && (c->closed || c->sock->input->size == 0);
+}

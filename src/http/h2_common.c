@@ -1,0 +1,1183 @@
+/*
+ * HTTP/2 session plumbing shared by the server and client codecs: socket I/O
+ * over h2o_socket_t, the nghttp2 callbacks, head conversion, per-stream body
+ * buffers, delivery to the driver and connection teardown.
+ *
+ * nghttp2 callbacks only record what happened on the stream and put it on the
+ * dirty list; the outermost lg__h2_leave() delivers to the driver, writes and
+ * closes. A stream is freed (graveyard) only there too, so a pointer taken in
+ * a callback stays valid until the entry point returns.
+ */
+#include <errno.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <h2o/string_.h>
+#include "legate/common.h"
+#include "legate/http.h"
+#include "legate/h2.h"
+
+#define BATCH_MAX_BYTES (256 * 1024)
+#define BATCH_MAX_SEGS 512
+#define BLOCK_SIZE 16384
+#define LINGER_MS 1000
+#define MAX_IOV 1024 /* Linux's IOV_MAX */
+/* Envoy's Http2ProtocolOptions defaults for flood protection. */
+#define MAX_OUTBOUND_FRAMES 10000
+#define MAX_OUTBOUND_CONTROL_FRAMES 1000
+#define MAX_CONSECUTIVE_EMPTY_FRAMES 1
+#define MAX_PRIORITY_FRAMES_PER_STREAM 100
+#define MAX_WINDOW_UPDATES_PER_DATA_FRAME 10
+
+static void on_write_complete(h2o_socket_t *sock, const char *err);
+static void recv_input(lg__h2_conn_t *conn);
+
+void lg_h2_settings_init(lg_h2_settings_t *settings)
+{
+    *settings = (lg_h2_settings_t){
+        .max_concurrent_streams = 2147483647,
+        .initial_stream_window_size = 268435456,
+        .initial_connection_window_size = 268435456,
+        .max_headers_count = 100,
+        .max_header_list_bytes = 60 * 1024,
+        .buffer_limit = 1024 * 1024,
+    };
+}
+
+/* ---- streams ---------------------------------------------------------- */
+
+static lg__h2_stream_t *get_stream(lg__h2_conn_t *conn, int32_t stream_id)
+{
+    if (stream_id <= 0 || conn->session == NULL)
+        return NULL;
+    lg__h2_stream_t *s = nghttp2_session_get_stream_user_data(conn->session, stream_id);
+    return s != NULL && !s->done ? s : NULL;
+}
+
+static void mark_dirty(lg__h2_stream_t *s)
+{
+    if (!s->done && !h2o_linklist_is_linked(&s->dirty))
+        h2o_linklist_insert(&s->conn->dirty, &s->dirty);
+}
+
+lg__h2_stream_t *lg__h2_stream_new(lg__h2_conn_t *conn, int32_t stream_id)
+{
+    lg__h2_stream_t *s = lg_calloc(1, sizeof(*s));
+    s->super.ops = &lg__h2_stream_ops;
+    s->super.id = (uint32_t)stream_id;
+    s->super.version = LG_HTTP_2;
+    s->conn = conn;
+    h2o_mem_init_pool(&s->pool);
+    h2o_linklist_insert(&conn->streams, &s->link);
+    ++conn->num_streams;
+    if (stream_id > 0)
+        nghttp2_session_set_stream_user_data(conn->session, stream_id, s);
+    return s;
+}
+
+static void stream_free(lg__h2_conn_t *conn, lg__h2_stream_t *s)
+{
+    size_t held = s->unconsumed + s->undelivered;
+    /* Bytes the driver will never consume still count against the connection window. */
+    if (held != 0 && conn->session != NULL && s->super.id != 0)
+        nghttp2_session_consume(conn->session, (int32_t)s->super.id, held);
+    while (s->first != NULL) {
+        lg__h2_block_t *b = s->first;
+        s->first = b->next;
+        free(b);
+    }
+    free(s->sendq);
+    h2o_mem_clear_pool(&s->pool);
+    free(s);
+}
+
+static void free_graveyard(lg__h2_conn_t *conn)
+{
+    while (!h2o_linklist_is_empty(&conn->graveyard)) {
+        lg__h2_stream_t *s = H2O_STRUCT_FROM_MEMBER(lg__h2_stream_t, link, conn->graveyard.next);
+        h2o_linklist_unlink(&s->link);
+        stream_free(conn, s);
+    }
+}
+
+/* Ends a stream for the driver: the terminal callback (when it saw the stream)
+ * and nothing after it. */
+static void stream_retire(lg__h2_stream_t *s, int complete, lg_reset_reason_t reason, const char *detail)
+{
+    lg__h2_conn_t *conn = s->conn;
+    s->done = 1;
+    h2o_linklist_unlink(&s->link);
+    h2o_linklist_insert(&conn->graveyard, &s->link);
+    if (h2o_linklist_is_linked(&s->dirty))
+        h2o_linklist_unlink(&s->dirty);
+    --conn->num_streams;
+    if (s->super.id != 0 && !s->closed && conn->session != NULL)
+        nghttp2_session_set_stream_user_data(conn->session, (int32_t)s->super.id, NULL);
+    if (!s->visible)
+        return;
+    if (!conn->is_server)
+        conn->done_pending = 1;
+    if (complete)
+        s->super.cbs->on_complete(&s->super);
+    else
+        s->super.cbs->on_reset(&s->super, reason, detail);
+}
+
+void lg__h2_stream_fail(lg__h2_stream_t *s, lg_reset_reason_t reason, const char *detail)
+{
+    s->closed = 1;
+    s->close_error = NGHTTP2_INTERNAL_ERROR;
+    s->reason_override = (int)reason + 1;
+    s->detail = detail;
+    mark_dirty(s);
+    lg__h2_request_run(s->conn);
+}
+
+/* ---- inbound body ----------------------------------------------------- */
+
+static void recv_append(lg__h2_stream_t *s, const uint8_t *data, size_t len)
+{
+    while (len != 0) {
+        lg__h2_block_t *b = s->last;
+        if (b == NULL || b->len == b->cap) {
+            b = lg_malloc(offsetof(lg__h2_block_t, bytes) + BLOCK_SIZE);
+            *b = (lg__h2_block_t){NULL, 0, 0, 0, BLOCK_SIZE};
+            if (s->last != NULL)
+                s->last->next = b;
+            else
+                s->first = b;
+            s->last = b;
+        }
+        if (s->cursor == NULL)
+            s->cursor = b;
+        size_t n = b->cap - b->len < len ? b->cap - b->len : len;
+        memcpy(b->bytes + b->len, data, n);
+        b->len += n;
+        s->undelivered += n;
+        data += n;
+        len -= n;
+    }
+}
+
+static void recv_consume(lg__h2_stream_t *s, size_t n)
+{
+    s->unconsumed -= n;
+    while (n != 0) {
+        lg__h2_block_t *b = s->first;
+        size_t take = b->delivered - b->consumed < n ? b->delivered - b->consumed : n;
+        b->consumed += take;
+        n -= take;
+        if (b->consumed == b->len) {
+            s->first = b->next;
+            if (s->last == b)
+                s->last = NULL;
+            free(b);
+        }
+    }
+}
+
+/* ---- head conversion -------------------------------------------------- */
+
+static int set_pseudo(lg__h2_stream_t *s, const uint8_t *name, size_t len, h2o_iovec_t value)
+{
+    if (s->conn->is_server) {
+        lg_req_head_t *req = &s->head.req;
+        if (h2o_memis(name, len, H2O_STRLIT(":method")))
+            req->method = value;
+        else if (h2o_memis(name, len, H2O_STRLIT(":scheme")))
+            req->scheme = value;
+        else if (h2o_memis(name, len, H2O_STRLIT(":authority")))
+            req->authority = value;
+        else if (h2o_memis(name, len, H2O_STRLIT(":path")))
+            req->path = value;
+        else if (h2o_memis(name, len, H2O_STRLIT(":protocol")))
+            req->protocol = value;
+    } else if (h2o_memis(name, len, H2O_STRLIT(":status"))) {
+        int status = 0;
+        for (size_t i = 0; i != value.len && i < 3; ++i)
+            status = status * 10 + (value.base[i] - '0');
+        s->head.resp.status = status;
+    }
+    return 0;
+}
+
+/* Envoy joins cookie crumbs (RFC 9113 8.2.3) into one header. */
+static void add_cookie(lg__h2_stream_t *s, h2o_iovec_t value)
+{
+    if (s->cookie.base == NULL) {
+        s->cookie = value;
+        return;
+    }
+    h2o_iovec_t joined = h2o_concat(&s->pool, s->cookie, h2o_iovec_init(H2O_STRLIT("; ")), value);
+    s->cookie = joined;
+}
+
+static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name, size_t namelen,
+                     const uint8_t *value, size_t valuelen, uint8_t flags, void *user_data)
+{
+    lg__h2_conn_t *conn = user_data;
+    lg__h2_stream_t *s = get_stream(conn, frame->hd.stream_id);
+    if (s == NULL || s->building == NULL)
+        return 0;
+    s->header_bytes += namelen + valuelen;
+    if (++s->header_count > conn->settings.max_headers_count || s->header_bytes > conn->settings.max_header_list_bytes) {
+        s->detail = LG_H2_DETAIL_TOO_MANY_HEADERS;
+        s->reason_override = LG_RESET_OVERFLOW + 1;
+        s->building = NULL;
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* nghttp2 resets the stream */
+    }
+    h2o_iovec_t v = h2o_strdup(&s->pool, (const char *)value, valuelen);
+    if (namelen != 0 && name[0] == ':')
+        return s->building == s->trailers ? 0 : set_pseudo(s, name, namelen, v);
+    if (conn->is_server && s->building != s->trailers && h2o_memis(name, namelen, H2O_STRLIT("cookie"))) {
+        add_cookie(s, v);
+        return 0;
+    }
+    lg_headers_add(&s->pool, s->building, h2o_strdup(&s->pool, (const char *)name, namelen), v);
+    return 0;
+}
+
+static void finish_request_head(lg__h2_stream_t *s)
+{
+    lg_req_head_t *req = &s->head.req;
+    req->version = LG_HTTP_2;
+    if (s->cookie.base != NULL)
+        lg_headers_add(&s->pool, &req->headers, LG_LIT("cookie"), s->cookie);
+    if (req->authority.len == 0) {
+        h2o_iovec_t host = lg_headers_get(&req->headers, H2O_STRLIT("host"));
+        if (host.base != NULL) {
+            req->authority = host;
+            lg_headers_remove(&req->headers, H2O_STRLIT("host"));
+        }
+    }
+}
+
+/* Returns 1 when the head was informational (1xx): the next HEADERS frame
+ * is a head again. */
+static int finish_response_head(lg__h2_stream_t *s)
+{
+    lg_resp_head_t *resp = &s->head.resp;
+    resp->version = LG_HTTP_2;
+    if (resp->status >= 200)
+        return 0;
+    lg_resp_head_t *info = h2o_mem_alloc_pool(&s->pool, sizeof(*info));
+    *info = *resp;
+    h2o_vector_reserve(&s->pool, &s->informational, s->informational.size + 1);
+    s->informational.entries[s->informational.size++] = info;
+    *resp = (lg_resp_head_t){0};
+    return 1;
+}
+
+static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
+{
+    lg__h2_conn_t *conn = user_data;
+    if (frame->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    lg__h2_stream_t *s;
+    if (conn->is_server && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+        ++conn->flood.streams_opened;
+        s = lg__h2_stream_new(conn, frame->hd.stream_id);
+    } else if ((s = get_stream(conn, frame->hd.stream_id)) == NULL) {
+        return 0;
+    }
+    s->header_count = 0;
+    s->header_bytes = 0;
+    if (s->head_ready) {
+        s->trailers = h2o_mem_alloc_pool(&s->pool, sizeof(*s->trailers));
+        *s->trailers = (lg_headers_t){NULL};
+        s->building = s->trailers;
+    } else {
+        s->building = conn->is_server ? &s->head.req.headers : &s->head.resp.headers;
+    }
+    return 0;
+}
+
+static void on_headers_frame(lg__h2_conn_t *conn, lg__h2_stream_t *s, int end_stream)
+{
+    if (s->building == NULL)
+        return;
+    if (s->building == s->trailers) {
+        s->remote_end = 1;
+    } else if (conn->is_server) {
+        finish_request_head(s);
+        s->head_ready = 1;
+        s->remote_end = end_stream;
+    } else if (!finish_response_head(s)) {
+        s->head_ready = 1;
+        s->remote_end = end_stream;
+    }
+    s->building = NULL;
+    mark_dirty(s);
+}
+
+/* ---- nghttp2 callbacks: frames ---------------------------------------- */
+
+static int flood(lg__h2_conn_t *conn, const char *detail)
+{
+    conn->codec_error = detail;
+    return NGHTTP2_ERR_CALLBACK_FAILURE;
+}
+
+/* Envoy's inbound frame limits (ProtocolConstraints::checkInboundFrameLimits). */
+static int check_inbound_limits(lg__h2_conn_t *conn, const nghttp2_frame *frame)
+{
+    switch (frame->hd.type) {
+    case NGHTTP2_DATA:
+    case NGHTTP2_HEADERS:
+        if (frame->hd.length == 0 && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) == 0) {
+            if (++conn->flood.empty_frames > MAX_CONSECUTIVE_EMPTY_FRAMES)
+                return flood(conn, LG_H2_DETAIL_INBOUND_FLOOD);
+        } else {
+            conn->flood.empty_frames = 0;
+        }
+        break;
+    case NGHTTP2_PRIORITY:
+        if (++conn->flood.priority_frames > MAX_PRIORITY_FRAMES_PER_STREAM * (1 + conn->flood.streams_opened))
+            return flood(conn, "http2.inbound_priority_frames_flood");
+        break;
+    case NGHTTP2_WINDOW_UPDATE:
+        if (++conn->flood.window_update_frames >
+            5 + 2 * (conn->flood.streams_opened + MAX_WINDOW_UPDATES_PER_DATA_FRAME * conn->flood.data_frames_sent))
+            return flood(conn, "http2.inbound_window_update_frames_flood");
+        break;
+    }
+    return 0;
+}
+
+static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
+{
+    lg__h2_conn_t *conn = user_data;
+    int rv = check_inbound_limits(conn, frame);
+    if (rv != 0)
+        return rv;
+    lg__h2_stream_t *s = get_stream(conn, frame->hd.stream_id);
+    switch (frame->hd.type) {
+    case NGHTTP2_DATA:
+        if (s != NULL && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0) {
+            s->remote_end = 1;
+            mark_dirty(s);
+        }
+        break;
+    case NGHTTP2_HEADERS:
+        if (s != NULL)
+            on_headers_frame(conn, s, (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0);
+        break;
+    case NGHTTP2_RST_STREAM:
+        if (s != NULL)
+            s->rst_received = 1;
+        break;
+    case NGHTTP2_GOAWAY:
+        conn->goaway_received = 1;
+        break;
+    }
+    return 0;
+}
+
+static int on_data_chunk_recv(nghttp2_session *session, uint8_t flags, int32_t stream_id, const uint8_t *data, size_t len,
+                              void *user_data)
+{
+    lg__h2_conn_t *conn = user_data;
+    lg__h2_stream_t *s = get_stream(conn, stream_id);
+    if (s == NULL) {
+        nghttp2_session_consume(session, stream_id, len);
+        return 0;
+    }
+    recv_append(s, data, len);
+    mark_dirty(s);
+    return 0;
+}
+
+static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t error_code, void *user_data)
+{
+    lg__h2_conn_t *conn = user_data;
+    lg__h2_stream_t *s = get_stream(conn, stream_id);
+    if (s == NULL)
+        return 0;
+    s->closed = 1;
+    s->close_error = error_code;
+    mark_dirty(s);
+    return 0;
+}
+
+static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
+{
+    lg__h2_conn_t *conn = user_data;
+    switch (frame->hd.type) {
+    case NGHTTP2_DATA:
+        ++conn->flood.data_frames_sent;
+        /* fallthrough */
+    case NGHTTP2_HEADERS:
+        if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0) {
+            lg__h2_stream_t *s = get_stream(conn, frame->hd.stream_id);
+            if (s != NULL)
+                s->local_end_sent = 1;
+        }
+        break;
+    case NGHTTP2_GOAWAY:
+        /* nghttp2 found a connection error; the session ends once it is written. */
+        if (frame->goaway.error_code != NGHTTP2_NO_ERROR && conn->codec_error == NULL)
+            conn->codec_error = LG_H2_DETAIL_CODEC_ERROR;
+        break;
+    }
+    return 0;
+}
+
+/* Envoy's onInvalidFrame: messaging errors reset the stream only when
+ * stream_error_on_invalid_http_messaging is set; everything else, and
+ * messaging errors by default, ends the connection. */
+static int on_invalid_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, int lib_error_code, void *user_data)
+{
+    lg__h2_conn_t *conn = user_data;
+    lg__h2_stream_t *s = get_stream(conn, frame->hd.stream_id);
+    const char *detail = LG_H2_DETAIL_UNKNOWN;
+    switch (lib_error_code) {
+    case NGHTTP2_ERR_REFUSED_STREAM:
+        return 0;
+    case NGHTTP2_ERR_HTTP_HEADER:
+        detail = LG_H2_DETAIL_INVALID_HEADER;
+        break;
+    case NGHTTP2_ERR_HTTP_MESSAGING:
+        detail = LG_H2_DETAIL_MESSAGING;
+        break;
+    default:
+        conn->codec_error = LG_H2_DETAIL_CODEC_ERROR;
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    if (s != NULL) {
+        s->detail = detail;
+        s->reason_override = LG_RESET_PROTOCOL_ERROR + 1;
+    }
+    if (conn->options.stream_error_on_invalid_http_messaging)
+        return 0;
+    conn->codec_error = detail;
+    return NGHTTP2_ERR_CALLBACK_FAILURE;
+}
+
+/* ---- outbound --------------------------------------------------------- */
+
+static int batch_full(lg__h2_batch_t *b)
+{
+    return b->total >= BATCH_MAX_BYTES || b->nsegs >= BATCH_MAX_SEGS;
+}
+
+static lg__h2_seg_t *batch_seg(lg__h2_batch_t *b)
+{
+    if (b->nsegs == b->segcap) {
+        b->segcap = b->segcap == 0 ? 64 : b->segcap * 2;
+        b->segs = lg_realloc(b->segs, b->segcap * sizeof(*b->segs));
+        b->vecs = lg_realloc(b->vecs, b->segcap * sizeof(*b->vecs));
+    }
+    return b->segs + b->nsegs++;
+}
+
+static void batch_copy(lg__h2_batch_t *b, const void *p, size_t n)
+{
+    if (b->len + n > b->cap) {
+        b->cap = b->len + n < 16384 ? 16384 : (b->len + n) * 2;
+        b->buf = lg_realloc(b->buf, b->cap);
+    }
+    lg__h2_seg_t *last = b->nsegs != 0 ? b->segs + b->nsegs - 1 : NULL;
+    if (last != NULL && last->ext == NULL && last->off + last->len == b->len)
+        last->len += n;
+    else
+        *batch_seg(b) = (lg__h2_seg_t){NULL, b->len, n};
+    memcpy(b->buf + b->len, p, n);
+    b->len += n;
+    b->total += n;
+}
+
+static void batch_ext(lg__h2_batch_t *b, const char *p, size_t n)
+{
+    *batch_seg(b) = (lg__h2_seg_t){p, 0, n};
+    b->total += n;
+}
+
+static ssize_t on_send(nghttp2_session *session, const uint8_t *data, size_t length, int flags, void *user_data)
+{
+    lg__h2_conn_t *conn = user_data;
+    if (batch_full(&conn->batch))
+        return NGHTTP2_ERR_WOULDBLOCK;
+    batch_copy(&conn->batch, data, length);
+    return (ssize_t)length;
+}
+
+/* DATA frames: the 9-byte header is copied, the payload is the caller's memory. */
+static int on_send_data(nghttp2_session *session, nghttp2_frame *frame, const uint8_t *framehd, size_t length,
+                        nghttp2_data_source *source, void *user_data)
+{
+    lg__h2_conn_t *conn = user_data;
+    if (batch_full(&conn->batch))
+        return NGHTTP2_ERR_WOULDBLOCK;
+    lg__h2_stream_t *s = get_stream(conn, frame->hd.stream_id);
+    if (s == NULL)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    batch_copy(&conn->batch, framehd, 9);
+    size_t left = length;
+    while (left != 0) {
+        h2o_iovec_t *v = s->sendq + s->sendq_head;
+        size_t n = v->len - s->sendq_off < left ? v->len - s->sendq_off : left;
+        batch_ext(&conn->batch, v->base + s->sendq_off, n);
+        s->sendq_off += n;
+        left -= n;
+        if (s->sendq_off == v->len) {
+            ++s->sendq_head;
+            s->sendq_off = 0;
+        }
+    }
+    s->sent_unreported += length;
+    mark_dirty(s);
+    return 0;
+}
+
+static ssize_t on_read_data(nghttp2_session *session, int32_t stream_id, uint8_t *buf, size_t length, uint32_t *data_flags,
+                            nghttp2_data_source *source, void *user_data)
+{
+    lg__h2_conn_t *conn = user_data;
+    lg__h2_stream_t *s = get_stream(conn, stream_id);
+    if (s == NULL)
+        return NGHTTP2_ERR_DEFERRED; /* reset by the driver: the RST_STREAM is queued */
+    size_t avail = s->queued - s->framed, n = avail < length ? avail : length;
+    if (n == 0 && !s->local_end) {
+        s->deferred = 1;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    *data_flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    s->framed += n;
+    if (s->framed == s->queued && s->local_end) {
+        *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+        if (s->send_trailers != NULL) {
+            nghttp2_nv *nva;
+            size_t nvlen = lg__h2_build_nva(&s->pool, &nva, 0, s->send_trailers, 0);
+            *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            if (nghttp2_submit_trailer(session, stream_id, nva, nvlen) != 0)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        }
+    }
+    return (ssize_t)n;
+}
+
+nghttp2_data_provider lg__h2_data_provider(lg__h2_stream_t *s)
+{
+    return (nghttp2_data_provider){.source.ptr = s, .read_callback = on_read_data};
+}
+
+/* Writes what the kernel takes now and copies the rest, so that no caller's
+ * byte is referenced once this returns. TLS sockets copy in h2o_socket_write. */
+static void write_batch(lg__h2_conn_t *conn)
+{
+    lg__h2_batch_t *b = &conn->batch;
+    h2o_iovec_t *vecs = b->vecs;
+    size_t n = b->nsegs, left = b->total;
+    for (size_t i = 0; i != n; ++i)
+        vecs[i] = h2o_iovec_init(b->segs[i].ext != NULL ? b->segs[i].ext : b->buf + b->segs[i].off, b->segs[i].len);
+    if (conn->sock->ssl == NULL) {
+        int fd = h2o_socket_get_fd(conn->sock);
+        while (n != 0) {
+            struct msghdr msg = {.msg_iov = (struct iovec *)vecs, .msg_iovlen = n < MAX_IOV ? n : MAX_IOV};
+            ssize_t r;
+            while ((r = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT)) == -1 && errno == EINTR)
+                ;
+            if (r == -1) {
+                if (errno == EAGAIN || errno == EWOULDBLOCK)
+                    break;
+                conn->peer_gone = 1;
+                conn->close_detail = "write error";
+                goto Reset;
+            }
+            conn->sock->bytes_written += (size_t)r;
+            left -= (size_t)r;
+            for (; n != 0 && (size_t)r >= vecs->len; ++vecs, --n)
+                r -= (ssize_t)vecs->len;
+            if (n != 0) {
+                vecs->base += r;
+                vecs->len -= (size_t)r;
+            }
+        }
+        if (n != 0) {
+            conn->tail = lg_malloc(left);
+            size_t off = 0;
+            for (size_t i = 0; i != n; ++i) {
+                memcpy(conn->tail + off, vecs[i].base, vecs[i].len);
+                off += vecs[i].len;
+            }
+            h2o_iovec_t v = h2o_iovec_init(conn->tail, left);
+            conn->write_in_flight = 1;
+            h2o_socket_write(conn->sock, &v, 1, on_write_complete);
+        }
+    } else {
+        conn->write_in_flight = 1;
+        h2o_socket_write(conn->sock, vecs, n, on_write_complete);
+    }
+Reset:
+    b->len = b->nsegs = b->total = 0;
+}
+
+static void flush(lg__h2_conn_t *conn)
+{
+    while (!conn->write_in_flight && !conn->peer_gone && !conn->close_requested) {
+        int rv = nghttp2_session_send(conn->session);
+        if (rv != 0) {
+            conn->codec_error = conn->codec_error != NULL ? conn->codec_error : LG_H2_DETAIL_CODEC_ERROR;
+            lg__h2_request_close(conn, LG_RESET_PROTOCOL_ERROR, nghttp2_strerror(rv), NGHTTP2_INTERNAL_ERROR);
+            return;
+        }
+        if (conn->batch.total == 0)
+            return;
+        write_batch(conn);
+    }
+}
+
+/* ---- delivery --------------------------------------------------------- */
+
+static lg_reset_reason_t reset_reason(lg__h2_stream_t *s, const char **detail)
+{
+    *detail = s->detail;
+    if (s->reason_override != 0)
+        return (lg_reset_reason_t)(s->reason_override - 1);
+    if (s->close_error == NGHTTP2_REFUSED_STREAM) {
+        *detail = LG_H2_DETAIL_REMOTE_REFUSED;
+        return LG_RESET_REFUSED_STREAM;
+    }
+    if (s->rst_received) {
+        *detail = LG_H2_DETAIL_REMOTE_RESET;
+        return s->close_error == NGHTTP2_CONNECT_ERROR ? LG_RESET_CONNECTION_FAILURE : LG_RESET_REMOTE;
+    }
+    if (*detail == NULL)
+        *detail = nghttp2_http2_strerror(s->close_error);
+    return LG_RESET_PROTOCOL_ERROR;
+}
+
+static void deliver_data(lg__h2_stream_t *s)
+{
+    while (!s->done && !s->paused && s->cursor != NULL) {
+        lg__h2_block_t *b = s->cursor;
+        h2o_iovec_t v = h2o_iovec_init(b->bytes + b->delivered, b->len - b->delivered);
+        b->delivered = b->len;
+        s->cursor = b->next;
+        s->undelivered -= v.len;
+        s->unconsumed += v.len;
+        int end = s->undelivered == 0 && s->remote_end && s->trailers == NULL;
+        if (end)
+            s->remote_end_delivered = 1;
+        s->super.cbs->on_data(&s->super, v, end);
+    }
+}
+
+static void deliver_heads(lg__h2_conn_t *conn, lg__h2_stream_t *s)
+{
+    if (!s->visible) {
+        s->visible = 1;
+        conn->super.server.cbs->on_new_stream(&conn->super.server, &s->super);
+    }
+    while (!s->done && s->informational_delivered < s->informational.size) {
+        lg_resp_head_t *info = s->informational.entries[s->informational_delivered++];
+        if (s->super.cbs->on_informational != NULL)
+            s->super.cbs->on_informational(&s->super, info);
+    }
+    if (!s->done && s->head_ready && !s->head_delivered) {
+        int end = s->remote_end && s->undelivered == 0 && s->trailers == NULL;
+        s->head_delivered = 1;
+        s->remote_end_delivered = end;
+        s->super.cbs->on_headers(&s->super, conn->is_server ? (void *)&s->head.req : (void *)&s->head.resp, end);
+    }
+}
+
+static void deliver_end(lg__h2_stream_t *s)
+{
+    if (s->done || !s->remote_end || s->remote_end_delivered || s->undelivered != 0)
+        return;
+    if (s->trailers != NULL) {
+        if (s->building == s->trailers)
+            return;
+        s->remote_end_delivered = 1;
+        s->super.cbs->on_trailers(&s->super, s->trailers);
+    } else if (!s->paused) {
+        s->remote_end_delivered = 1;
+        s->super.cbs->on_data(&s->super, h2o_iovec_init(NULL, 0), 1);
+    }
+}
+
+static void deliver_terminal(lg__h2_conn_t *conn, lg__h2_stream_t *s)
+{
+    if (s->done || !s->closed)
+        return;
+    /* A client takes RST_STREAM(NO_ERROR) after a whole response as the end (RFC 9113 8.1). */
+    int complete = s->close_error == NGHTTP2_NO_ERROR && s->reason_override == 0 && s->remote_end &&
+                   (s->local_end_sent || (!conn->is_server && s->rst_received));
+    if (complete) {
+        if (s->remote_end_delivered && s->unconsumed == 0 && s->undelivered == 0 && s->sent_unreported == 0)
+            stream_retire(s, 1, LG_RESET_LOCAL, NULL);
+        return;
+    }
+    const char *detail;
+    lg_reset_reason_t reason = reset_reason(s, &detail);
+    if (!s->visible && conn->is_server && s->detail != NULL && conn->super.server.cbs->on_codec_error != NULL)
+        conn->super.server.cbs->on_codec_error(&conn->super.server, 0, s->detail);
+    stream_retire(s, 0, reason, detail);
+}
+
+static void process_stream(lg__h2_conn_t *conn, lg__h2_stream_t *s)
+{
+    if (s->head_ready || s->informational.size != 0 || s->visible)
+        deliver_heads(conn, s);
+    if (!s->done && s->head_delivered) {
+        deliver_data(s);
+        deliver_end(s);
+    }
+    if (!s->done && s->sent_unreported != 0) {
+        size_t n = s->sent_unreported;
+        s->sent_unreported = 0;
+        s->super.cbs->on_data_sent(&s->super, n);
+    }
+    deliver_terminal(conn, s);
+}
+
+static void process_all(lg__h2_conn_t *conn)
+{
+    while (!h2o_linklist_is_empty(&conn->dirty) && !conn->close_requested) {
+        lg__h2_stream_t *s = H2O_STRUCT_FROM_MEMBER(lg__h2_stream_t, dirty, conn->dirty.next);
+        h2o_linklist_unlink(&s->dirty);
+        process_stream(conn, s);
+    }
+    if (conn->close_requested || conn->is_server)
+        return;
+    if (conn->goaway_received && !conn->goaway_notified) {
+        conn->goaway_notified = 1;
+        conn->super.client.cbs->on_goaway(&conn->super.client);
+    }
+    if (conn->done_pending && !conn->close_requested) {
+        conn->done_pending = 0;
+        conn->super.client.cbs->on_stream_done(&conn->super.client);
+    }
+}
+
+/* Once nghttp2 is done with the session (GOAWAY both ways, or a connection
+ * error written) or the peer is gone, streams that cannot finish are reset
+ * and the connection closes when none is left. */
+static void check_finished(lg__h2_conn_t *conn)
+{
+    if (!conn->peer_gone && (nghttp2_session_want_read(conn->session) || nghttp2_session_want_write(conn->session)))
+        return;
+    for (h2o_linklist_t *l = conn->streams.next; l != &conn->streams; l = l->next) {
+        lg__h2_stream_t *s = H2O_STRUCT_FROM_MEMBER(lg__h2_stream_t, link, l);
+        if (!s->closed) {
+            s->closed = 1;
+            s->reason_override = LG_RESET_CONNECTION_TERMINATION + 1;
+            s->detail = conn->close_detail != NULL ? conn->close_detail : LG_H2_DETAIL_CONNECTION_TERMINATION;
+            mark_dirty(s);
+        }
+    }
+    if (h2o_linklist_is_empty(&conn->streams) && !conn->write_in_flight)
+        lg__h2_request_close(conn, conn->codec_error != NULL ? LG_RESET_PROTOCOL_ERROR : LG_RESET_CONNECTION_TERMINATION,
+                             conn->close_detail != NULL ? conn->close_detail : LG_H2_DETAIL_CONNECTION_TERMINATION, -1);
+}
+
+/* ---- connection lifetime ---------------------------------------------- */
+
+static void destroy(lg__h2_conn_t *conn)
+{
+    lg_timer_stop(&conn->run_timer);
+    lg_timer_stop(&conn->linger_timer);
+    if (conn->sock != NULL)
+        h2o_socket_close(conn->sock);
+    free(conn->tail);
+    free(conn->batch.buf);
+    free(conn->batch.segs);
+    free(conn->batch.vecs);
+    free(conn);
+}
+
+static void on_linger_timeout(lg_timer_t *t)
+{
+    destroy(H2O_STRUCT_FROM_MEMBER(lg__h2_conn_t, linger_timer, t));
+}
+
+static void write_final_goaway(lg__h2_conn_t *conn, int32_t last_stream_id)
+{
+    uint8_t *p = (uint8_t *)(conn->tail = lg_malloc(17));
+    uint32_t code = (uint32_t)conn->final_goaway;
+    memcpy(p, "\0\0\x08\x07\0\0\0\0\0", 9);
+    p[9] = (uint8_t)(last_stream_id >> 24 & 0x7f), p[10] = (uint8_t)(last_stream_id >> 16), p[11] = (uint8_t)(last_stream_id >> 8);
+    p[12] = (uint8_t)last_stream_id;
+    p[13] = (uint8_t)(code >> 24), p[14] = (uint8_t)(code >> 16), p[15] = (uint8_t)(code >> 8), p[16] = (uint8_t)code;
+    h2o_iovec_t v = h2o_iovec_init(conn->tail, 17);
+    conn->write_in_flight = 1;
+    h2o_socket_write(conn->sock, &v, 1, on_write_complete);
+}
+
+/* Tells the driver (every stream's on_reset, then on_close), then lingers
+ * until the last write ends (bounded) and frees the connection. */
+static void close_now(lg__h2_conn_t *conn)
+{
+    conn->state = LG__H2_CLOSED;
+    lg_timer_stop(&conn->run_timer);
+    if (conn->is_server && conn->codec_error != NULL && conn->super.server.cbs->on_codec_error != NULL)
+        conn->super.server.cbs->on_codec_error(&conn->super.server, 0, conn->codec_error);
+    const char *detail = conn->close_detail != NULL ? conn->close_detail : LG_H2_DETAIL_CONNECTION_TERMINATION;
+    while (!h2o_linklist_is_empty(&conn->streams)) {
+        lg__h2_stream_t *s = H2O_STRUCT_FROM_MEMBER(lg__h2_stream_t, link, conn->streams.next);
+        stream_retire(s, 0, LG_RESET_CONNECTION_TERMINATION, detail);
+    }
+    if (conn->is_server)
+        conn->super.server.cbs->on_close(&conn->super.server);
+    else
+        conn->super.client.cbs->on_close(&conn->super.client, conn->close_reason);
+    free_graveyard(conn);
+    int32_t last_stream_id = nghttp2_session_get_last_proc_stream_id(conn->session);
+    nghttp2_session_del(conn->session);
+    conn->session = NULL;
+    h2o_socket_read_stop(conn->sock);
+    if (conn->final_goaway >= 0 && !conn->peer_gone && !conn->write_in_flight)
+        write_final_goaway(conn, last_stream_id);
+    if (conn->write_in_flight && !conn->peer_gone)
+        lg_timer_start(conn->loop, &conn->linger_timer, LINGER_MS, on_linger_timeout);
+    else
+        destroy(conn);
+}
+
+void lg__h2_request_close(lg__h2_conn_t *conn, lg_reset_reason_t reason, const char *detail, int goaway_code)
+{
+    if (conn->close_requested)
+        return;
+    conn->close_requested = 1;
+    conn->close_reason = reason;
+    if (conn->close_detail == NULL)
+        conn->close_detail = detail;
+    conn->final_goaway = goaway_code;
+}
+
+void lg__h2_enter(lg__h2_conn_t *conn)
+{
+    ++conn->depth;
+}
+
+void lg__h2_leave(lg__h2_conn_t *conn)
+{
+    if (conn->depth == 1 && conn->state == LG__H2_OPEN) {
+        for (;;) {
+            process_all(conn);
+            if (conn->close_requested)
+                break;
+            if (!conn->peer_gone)
+                flush(conn);
+            if (!conn->close_requested)
+                check_finished(conn);
+            if (conn->close_requested || h2o_linklist_is_empty(&conn->dirty))
+                break;
+        }
+        free_graveyard(conn);
+        if (conn->close_requested) {
+            close_now(conn); /* frees conn, or leaves it lingering without the driver */
+            return;
+        }
+    }
+    --conn->depth;
+}
+
+static void on_run_timer(lg_timer_t *t)
+{
+    lg__h2_conn_t *conn = H2O_STRUCT_FROM_MEMBER(lg__h2_conn_t, run_timer, t);
+    lg__h2_enter(conn);
+    if (conn->pending_read) {
+        conn->pending_read = 0;
+        recv_input(conn);
+    }
+    lg__h2_leave(conn);
+}
+
+void lg__h2_request_run(lg__h2_conn_t *conn)
+{
+    if (conn->depth == 0 && conn->state == LG__H2_OPEN && !lg_timer_is_active(&conn->run_timer))
+        lg_timer_start(conn->loop, &conn->run_timer, 0, on_run_timer);
+}
+
+/* ---- socket ----------------------------------------------------------- */
+
+static void recv_input(lg__h2_conn_t *conn)
+{
+    h2o_buffer_t *in = conn->sock->input;
+    if (conn->close_requested || conn->peer_gone) {
+        h2o_buffer_consume(&conn->sock->input, in->size);
+        return;
+    }
+    ssize_t r = nghttp2_session_mem_recv(conn->session, (const uint8_t *)in->bytes, in->size);
+    h2o_buffer_consume(&conn->sock->input, in->size);
+    if (r < 0) {
+        if (conn->codec_error == NULL)
+            conn->codec_error = r == NGHTTP2_ERR_FLOODED ? LG_H2_DETAIL_OUTBOUND_FLOOD : LG_H2_DETAIL_CODEC_ERROR;
+        lg__h2_request_close(conn, LG_RESET_PROTOCOL_ERROR, nghttp2_strerror((int)r), NGHTTP2_PROTOCOL_ERROR);
+        return;
+    }
+    /* Envoy's max_outbound_frames: a peer that does not read while making us answer. */
+    if (nghttp2_session_get_outbound_queue_size(conn->session) > MAX_OUTBOUND_FRAMES) {
+        conn->codec_error = LG_H2_DETAIL_OUTBOUND_FLOOD;
+        lg__h2_request_close(conn, LG_RESET_PROTOCOL_ERROR, LG_H2_DETAIL_OUTBOUND_FLOOD, NGHTTP2_ENHANCE_YOUR_CALM);
+    }
+}
+
+static void on_read(h2o_socket_t *sock, const char *err)
+{
+    lg__h2_conn_t *conn = sock->data;
+    lg__h2_enter(conn);
+    if (err != NULL) {
+        conn->peer_gone = 1;
+        if (conn->close_detail == NULL)
+            conn->close_detail = err;
+        h2o_socket_read_stop(sock);
+    } else {
+        recv_input(conn);
+    }
+    lg__h2_leave(conn);
+}
+
+static void on_write_complete(h2o_socket_t *sock, const char *err)
+{
+    lg__h2_conn_t *conn = sock->data;
+    conn->write_in_flight = 0;
+    free(conn->tail);
+    conn->tail = NULL;
+    if (conn->state == LG__H2_CLOSED) {
+        destroy(conn);
+        return;
+    }
+    lg__h2_enter(conn);
+    if (err != NULL) {
+        conn->peer_gone = 1;
+        if (conn->close_detail == NULL)
+            conn->close_detail = err;
+    }
+    lg__h2_leave(conn);
+}
+
+/* ---- stream ops ------------------------------------------------------- */
+
+static void op_send_headers(lg_stream_t *_s, void *head, int end_stream)
+{
+    lg__h2_stream_t *s = (lg__h2_stream_t *)_s;
+    if (s->done || s->conn->state != LG__H2_OPEN)
+        return;
+    if (s->conn->is_server)
+        lg__h2_server_send_head(s, head, end_stream);
+    else
+        lg__h2_client_send_head(s, head, end_stream);
+    lg__h2_request_run(s->conn);
+}
+
+static void resume(lg__h2_stream_t *s)
+{
+    if (s->deferred && s->super.id != 0 && !s->closed) {
+        s->deferred = 0;
+        nghttp2_session_resume_data(s->conn->session, (int32_t)s->super.id);
+    }
+    lg__h2_request_run(s->conn);
+}
+
+static void op_send_data(lg_stream_t *_s, h2o_iovec_t data, int end_stream)
+{
+    lg__h2_stream_t *s = (lg__h2_stream_t *)_s;
+    if (s->done || s->conn->state != LG__H2_OPEN || s->local_end)
+        return;
+    if (data.len != 0) {
+        if (s->sendq_head != 0 && s->sendq_head == s->sendq_size)
+            s->sendq_head = s->sendq_size = 0;
+        if (s->sendq_size == s->sendq_cap) {
+            if (s->sendq_head != 0) {
+                memmove(s->sendq, s->sendq + s->sendq_head, (s->sendq_size - s->sendq_head) * sizeof(*s->sendq));
+                s->sendq_size -= s->sendq_head;
+                s->sendq_head = 0;
+            } else {
+                s->sendq_cap = s->sendq_cap == 0 ? 8 : s->sendq_cap * 2;
+                s->sendq = lg_realloc(s->sendq, s->sendq_cap * sizeof(*s->sendq));
+            }
+        }
+        s->sendq[s->sendq_size++] = data;
+        s->queued += data.len;
+    }
+    if (end_stream)
+        s->local_end = 1;
+    resume(s);
+}
+
+static void op_send_trailers(lg_stream_t *_s, lg_headers_t *trailers)
+{
+    lg__h2_stream_t *s = (lg__h2_stream_t *)_s;
+    if (s->done || s->conn->state != LG__H2_OPEN || s->local_end)
+        return;
+    s->send_trailers = trailers;
+    s->local_end = 1;
+    resume(s);
+}
+
+static void op_consume(lg_stream_t *_s, size_t bytes)
+{
+    lg__h2_stream_t *s = (lg__h2_stream_t *)_s;
+    if (s->done || s->conn->state != LG__H2_OPEN)
+        return;
+    if (bytes > s->unconsumed)
+        bytes = s->unconsumed;
+    recv_consume(s, bytes);
+    nghttp2_session_consume(s->conn->session, (int32_t)s->super.id, bytes);
+    if (s->unconsumed == 0)
+        mark_dirty(s);
+    lg__h2_request_run(s->conn);
+}
+
+/* Envoy's reasonToReset: REFUSED_STREAM and CONNECT_ERROR, NO_ERROR otherwise. */
+static uint32_t reset_code(lg_reset_reason_t reason)
+{
+    switch (reason) {
+    case LG_RESET_REFUSED_STREAM:
+        return NGHTTP2_REFUSED_STREAM;
+    case LG_RESET_CONNECTION_FAILURE:
+        return NGHTTP2_CONNECT_ERROR;
+    default:
+        return NGHTTP2_NO_ERROR;
+    }
+}
+
+static void op_reset(lg_stream_t *_s, lg_reset_reason_t reason)
+{
+    lg__h2_stream_t *s = (lg__h2_stream_t *)_s;
+    lg__h2_conn_t *conn = s->conn;
+    if (s->done || conn->state != LG__H2_OPEN)
+        return;
+    if (s->super.id != 0 && !s->closed)
+        nghttp2_submit_rst_stream(conn->session, NGHTTP2_FLAG_NONE, (int32_t)s->super.id, reset_code(reason));
+    s->visible = 0; /* no callback after ops->reset */
+    if (!conn->is_server)
+        conn->done_pending = 1;
+    stream_retire(s, 0, reason, NULL);
+    lg__h2_request_run(conn);
+}
+
+static void op_read_pause(lg_stream_t *_s, int paused)
+{
+    lg__h2_stream_t *s = (lg__h2_stream_t *)_s;
+    if (s->done || s->conn->state != LG__H2_OPEN)
+        return;
+    s->paused = paused != 0;
+    if (!paused) {
+        mark_dirty(s);
+        lg__h2_request_run(s->conn);
+    }
+}
+
+const lg_stream_ops_t lg__h2_stream_ops = {op_send_headers, op_send_data, op_send_trailers, op_consume, op_reset, op_read_pause};
+
+/* ---- heads out -------------------------------------------------------- */
+
+void lg__h2_nv_set(nghttp2_nv *nv, const char *name, size_t name_len, h2o_iovec_t value)
+{
+    *nv = (nghttp2_nv){(uint8_t *)name, (uint8_t *)value.base, name_len, value.len, NGHTTP2_NV_FLAG_NONE};
+}
+
+static int is_connection_specific(const lg_header_t *h, int is_request)
+{
+    const char *n = h->name.base;
+    size_t l = h->name.len;
+    if (l == 0 || n[0] == ':')
+        return 1;
+    if (h2o_memis(n, l, H2O_STRLIT("connection")) || h2o_memis(n, l, H2O_STRLIT("keep-alive")) ||
+        h2o_memis(n, l, H2O_STRLIT("proxy-connection")) || h2o_memis(n, l, H2O_STRLIT("transfer-encoding")) ||
+        h2o_memis(n, l, H2O_STRLIT("upgrade")))
+        return 1;
+    /* RFC 9113 8.2.2: TE may only carry "trailers"; Host is :authority in a request. */
+    if (is_request && h2o_memis(n, l, H2O_STRLIT("te")))
+        return !h2o_lcstris(h->value.base, h->value.len, H2O_STRLIT("trailers"));
+    return is_request && h2o_memis(n, l, H2O_STRLIT("host"));
+}
+
+size_t lg__h2_build_nva(h2o_mem_pool_t *pool, nghttp2_nv **nva, size_t npseudo, const lg_headers_t *headers, int is_request)
+{
+    size_t n = npseudo;
+    *nva = h2o_mem_alloc_pool(pool, sizeof(**nva) * (npseudo + headers->size + 1));
+    for (size_t i = 0; i != headers->size; ++i) {
+        const lg_header_t *h = headers->entries + i;
+        if (!is_connection_specific(h, is_request))
+            lg__h2_nv_set(*nva + n++, h->name.base, h->name.len, h->value);
+    }
+    return n;
+}
+
+/* ---- setup ------------------------------------------------------------ */
+
+static nghttp2_session_callbacks *new_callbacks(void)
+{
+    nghttp2_session_callbacks *cbs;
+    if (nghttp2_session_callbacks_new(&cbs) != 0)
+        abort();
+    nghttp2_session_callbacks_set_send_callback(cbs, on_send);
+    nghttp2_session_callbacks_set_send_data_callback(cbs, on_send_data);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
+    nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs, on_invalid_frame_recv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk_recv);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
+    return cbs;
+}
+
+static int submit_settings(lg__h2_conn_t *conn)
+{
+    nghttp2_settings_entry iv[4];
+    size_t n = 0;
+    uint32_t window = conn->settings.initial_stream_window_size;
+    if (window > NGHTTP2_MAX_WINDOW_SIZE)
+        window = NGHTTP2_MAX_WINDOW_SIZE;
+    iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, conn->settings.max_concurrent_streams};
+    iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, window};
+    if (!conn->is_server)
+        iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_ENABLE_PUSH, 0};
+    else if (conn->options.allow_connect)
+        iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL, 1};
+    if (nghttp2_submit_settings(conn->session, NGHTTP2_FLAG_NONE, iv, n) != 0)
+        return -1;
+    window = conn->settings.initial_connection_window_size;
+    if (window > NGHTTP2_MAX_WINDOW_SIZE)
+        window = NGHTTP2_MAX_WINDOW_SIZE;
+    if (window > NGHTTP2_INITIAL_CONNECTION_WINDOW_SIZE &&
+        nghttp2_session_set_local_window_size(conn->session, NGHTTP2_FLAG_NONE, 0, (int32_t)window) != 0)
+        return -1;
+    return 0;
+}
+
+int lg__h2_conn_init(lg__h2_conn_t *conn, int is_server, lg_loop_t *loop, h2o_socket_t *sock, const lg_h2_settings_t *settings,
+                     const lg_h2_options_t *options)
+{
+    conn->is_server = is_server;
+    conn->loop = loop;
+    conn->sock = sock;
+    conn->settings = *settings;
+    if (options != NULL)
+        conn->options = *options;
+    conn->final_goaway = -1;
+    h2o_linklist_init_anchor(&conn->streams);
+    h2o_linklist_init_anchor(&conn->dirty);
+    h2o_linklist_init_anchor(&conn->graveyard);
+
+    nghttp2_session_callbacks *cbs = new_callbacks();
+    nghttp2_option *opt;
+    if (nghttp2_option_new(&opt) != 0)
+        abort();
+    /* Windows reopen only as the driver consumes (back-pressure). */
+    nghttp2_option_set_no_auto_window_update(opt, 1);
+    nghttp2_option_set_max_outbound_ack(opt, MAX_OUTBOUND_CONTROL_FRAMES);
+    int rv = is_server ? nghttp2_session_server_new2(&conn->session, cbs, conn, opt)
+                       : nghttp2_session_client_new2(&conn->session, cbs, conn, opt);
+    nghttp2_option_del(opt);
+    nghttp2_session_callbacks_del(cbs);
+    if (rv != 0)
+        return -1;
+    if (submit_settings(conn) != 0) {
+        nghttp2_session_del(conn->session);
+        return -1;
+    }
+    sock->data = conn;
+    /* The preface (client) and SETTINGS go out at once; no driver callback can run here. */
+    flush(conn);
+    h2o_socket_read_start(sock, on_read);
+    if (sock->input->size != 0)
+        conn->pending_read = 1;
+    lg__h2_request_run(conn);
+    return 0;
+}

@@ -1,0 +1,247 @@
+"""The admin endpoint: paths, methods and output shapes as Envoy's.
+
+Envoy facts used (source/server/admin/admin.cc, utils.cc, docs
+operations/admin): /ready answers "LIVE\\n" with 200, or the state name with
+503 (after /healthcheck/fail: "DRAINING"); state-changing endpoints answer
+GET with 405 "Method GET not allowed, POST required."; unknown paths are
+404; /config_dump lists BootstrapConfigDump, ClustersConfigDump,
+ListenersConfigDump and RoutesConfigDump in that order.
+"""
+import re
+import socket
+
+import pytest
+
+from lib import config as cfg
+from lib.admin import parse_prometheus
+from lib.legate import time_scale
+from lib.ports import is_listening
+from lib.rawhttp import RawHTTP
+from lib.wait import wait_for
+
+POST_ONLY = ["/quitquitquit", "/healthcheck/fail", "/healthcheck/ok", "/drain_listeners", "/logging"]
+
+
+@pytest.fixture
+def proxied(legate, ports, upstream):
+    up = upstream()
+    lg = legate(cfg.simple_proxy(ports(), ports(), [up.port]))
+    return lg, up
+
+
+def one_request(lg, path="/"):
+    with RawHTTP("127.0.0.1", lg.listener_port()) as c:
+        c.request("GET", path)
+        return c.read_response()
+
+
+def test_ready_is_live(proxied):
+    lg, _ = proxied
+    r = lg.admin.get("/ready")
+    assert r.status == 200 and r.text == "LIVE\n"
+
+
+def test_admin_port_zero_with_address_path(legate, ports, upstream):
+    up = upstream()
+    lg = legate(cfg.simple_proxy(0, ports(), [up.port]))
+    text = open(lg.admin_address_path).read().strip()
+    assert re.fullmatch(r"127\.0\.0\.1:\d+", text), text
+    assert lg.admin.get("/ready").status == 200
+
+
+def test_server_info_shape(proxied):
+    lg, _ = proxied
+    info = lg.admin.get("/server_info").json()
+    assert isinstance(info["version"], str) and info["version"]
+    assert info["state"] == "LIVE"
+    assert re.fullmatch(r"\d+(\.\d+)?s", info["uptime_current_epoch"]), info["uptime_current_epoch"]
+    assert re.fullmatch(r"\d+(\.\d+)?s", info["uptime_all_epochs"])
+    opts = info["command_line_options"]
+    assert opts["concurrency"] == 2
+    assert opts["config_path"] == lg.config_path
+    assert opts["mode"] == "Serve"
+    assert "node" in info
+
+
+def test_server_stats(proxied):
+    lg, _ = proxied
+    s = lg.admin.stats()
+    assert s["server.live"] == 1
+    assert s["server.state"] == 0
+    assert s["server.concurrency"] == 2
+    assert s["listener_manager.workers_started"] == 1
+
+
+def test_stats_counters_and_gauges(proxied):
+    lg, _ = proxied
+    assert one_request(lg, "/one").status == 200
+    wait_for(lambda: lg.admin.stat("cluster.backend.upstream_rq_total") == 1, timeout=3, what="upstream_rq_total")
+    s = lg.admin.stats()
+    assert s["http.ingress_http.downstream_rq_total"] == 1
+    assert s["http.ingress_http.downstream_rq_2xx"] == 1
+    assert s["cluster.backend.upstream_rq_200"] == 1
+    assert s["cluster.backend.upstream_cx_total"] == 1
+    with RawHTTP("127.0.0.1", lg.listener_port()) as c:
+        c.request("GET", "/held")
+        c.read_response()
+        wait_for(lambda: lg.admin.stat("http.ingress_http.downstream_cx_active") == 1, timeout=3,
+                 what="downstream_cx_active == 1")
+    wait_for(lambda: lg.admin.stat("http.ingress_http.downstream_cx_active") == 0, timeout=3,
+             what="downstream_cx_active back to 0")
+    assert lg.admin.stat("http.ingress_http.downstream_cx_total") == 2
+
+
+def test_stats_filter_and_usedonly(proxied):
+    lg, _ = proxied
+    assert one_request(lg).status == 200
+    wait_for(lambda: lg.admin.stat("cluster.backend.upstream_rq_total") == 1, timeout=3, what="upstream_rq_total")
+    filtered = lg.admin.stats(r"filter=^cluster\.backend\.")
+    assert filtered and all(k.startswith("cluster.backend.") for k in filtered), list(filtered)[:10]
+    assert "cluster.backend.upstream_rq_retry" in filtered
+    used = lg.admin.stats("usedonly")
+    assert used["cluster.backend.upstream_rq_total"] == 1
+    assert "cluster.backend.upstream_rq_retry" not in used
+    both = lg.admin.stats(r"usedonly&filter=upstream_rq_total")
+    assert "cluster.backend.upstream_rq_total" in both and all("upstream_rq_total" in k for k in both)
+
+
+def test_stats_prometheus(proxied):
+    lg, _ = proxied
+    assert one_request(lg).status == 200
+    wait_for(lambda: lg.admin.stat("cluster.backend.upstream_rq_total") == 1, timeout=3, what="upstream_rq_total")
+    r = lg.admin.get("/stats/prometheus")
+    assert r.status == 200
+    types, samples = parse_prometheus(r.text)
+    assert types.get("envoy_cluster_upstream_rq_total") == "counter"
+    assert types.get("envoy_http_downstream_cx_active") == "gauge"
+    rq = [v for n, lab, v in samples if n == "envoy_cluster_upstream_rq_total" and lab.get("envoy_cluster_name") == "backend"]
+    assert rq == ["1"], rq
+    http = [v for n, lab, v in samples
+            if n == "envoy_http_downstream_rq_total" and lab.get("envoy_http_conn_manager_prefix") == "ingress_http"]
+    assert http == ["1"], http
+
+
+def test_clusters_text_and_json(proxied):
+    lg, up = proxied
+    for i in range(3):
+        assert one_request(lg, f"/c{i}").status == 200
+    host = f"backend::127.0.0.1:{up.port}"
+    wait_for(lambda: f"{host}::rq_total::3" in lg.admin.get("/clusters").text.splitlines(), timeout=3,
+             what="rq_total::3 in /clusters")
+    lines = lg.admin.get("/clusters").text.splitlines()
+    for want in ["backend::default_priority::max_connections::1024", "backend::added_via_api::false",
+                 f"{host}::health_flags::healthy", f"{host}::weight::1", f"{host}::cx_total::1",
+                 f"{host}::rq_total::3"]:
+        assert want in lines, f"{want!r} not in /clusters:\n" + "\n".join(lines[:40])
+    js = lg.admin.get("/clusters?format=json").json()
+    cl = [c for c in js["cluster_statuses"] if c["name"] == "backend"]
+    assert len(cl) == 1
+    hs = cl[0]["host_statuses"]
+    assert hs[0]["address"]["socket_address"]["port_value"] == up.port
+    assert hs[0]["health_status"]["eds_health_status"] == "HEALTHY"
+
+
+def test_listeners_text_and_json(proxied):
+    lg, _ = proxied
+    lines = lg.admin.get("/listeners").text.splitlines()
+    assert f"ingress::127.0.0.1:{lg.listener_port()}" in lines, lines
+    js = lg.admin.get("/listeners?format=json").json()
+    st = [x for x in js["listener_statuses"] if x["name"] == "ingress"]
+    assert st and st[0]["local_address"]["socket_address"]["port_value"] == lg.listener_port()
+
+
+def test_config_dump_shape(proxied):
+    lg, _ = proxied
+    dump = lg.admin.get("/config_dump").json()
+    types = [c["@type"] for c in dump["configs"]]
+    prefix = "type.googleapis.com/envoy.admin.v3."
+    wanted = ["BootstrapConfigDump", "ClustersConfigDump", "ListenersConfigDump", "RoutesConfigDump"]
+    idx = [types.index(prefix + w) for w in wanted]
+    assert idx == sorted(idx), types
+    by = {c["@type"][len(prefix):]: c for c in dump["configs"]}
+    boot = by["BootstrapConfigDump"]["bootstrap"]
+    assert boot["static_resources"]["clusters"][0]["name"] == "backend"
+    clusters = [c["cluster"] for c in by["ClustersConfigDump"]["static_clusters"]]
+    assert any(c["name"] == "backend" and c["@type"] == "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+               for c in clusters), clusters
+    listeners = [x["listener"] for x in by["ListenersConfigDump"]["static_listeners"]]
+    ing = [x for x in listeners if x["name"] == "ingress"]
+    assert ing and ing[0]["@type"] == "type.googleapis.com/envoy.config.listener.v3.Listener"
+    hcm = ing[0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert hcm["@type"] == cfg.HCM_TYPE
+    routes = [x["route_config"] for x in by["RoutesConfigDump"]["static_route_configs"]]
+    assert any(r["name"] == "local_route" and
+               r["@type"] == "type.googleapis.com/envoy.config.route.v3.RouteConfiguration" for r in routes), routes
+
+
+def test_quitquitquit_stops_process(proxied):
+    lg, _ = proxied
+    r = lg.admin.post("/quitquitquit")
+    assert r.status == 200 and r.text == "OK\n"
+    lg.mark_expected_exit()
+    assert lg.wait_exit(10) == 0, lg.stderr()[-2000:]
+
+
+@pytest.mark.parametrize("path", POST_ONLY)
+def test_get_on_post_only_endpoint_is_405(proxied, path):
+    lg, _ = proxied
+    r = lg.admin.get(path)
+    assert r.status == 405
+    assert r.text.strip() == "Method GET not allowed, POST required."
+    assert lg.alive() and lg.admin.ready()
+
+
+def test_unknown_admin_path_is_404(proxied):
+    lg, _ = proxied
+    assert lg.admin.get("/no/such/admin/path").status == 404
+
+
+def test_healthcheck_fail_then_ok(proxied):
+    lg, _ = proxied
+    assert lg.admin.post("/healthcheck/fail").status == 200
+    r = lg.admin.get("/ready")
+    assert r.status == 503 and r.text == "DRAINING\n"
+    assert lg.admin.stat("server.live") == 0
+    assert one_request(lg).status == 200  # traffic still flows
+    assert lg.admin.post("/healthcheck/ok").status == 200
+    assert lg.admin.get("/ready").text == "LIVE\n"
+    assert lg.admin.stat("server.live") == 1
+
+
+def _logger_levels(text):
+    return dict(re.findall(r"^\s+([\w.]+): (\w+)$", text, re.M))
+
+
+def test_logging_post_changes_levels(proxied):
+    lg, _ = proxied
+    r = lg.admin.post("/logging?level=debug")
+    assert r.status == 200 and "active loggers:" in r.text
+    levels = _logger_levels(r.text)
+    assert levels and set(levels.values()) == {"debug"}, r.text
+    levels = _logger_levels(lg.admin.post("/logging?level=warning").text)
+    assert levels and set(levels.values()) == {"warning"}
+    assert set(_logger_levels(lg.admin.post("/logging").text).values()) == {"warning"}
+
+
+def test_drain_listeners_stops_accepting(proxied):
+    lg, _ = proxied
+    assert one_request(lg).status == 200
+    r = lg.admin.post("/drain_listeners")
+    assert r.status == 200 and r.text == "OK\n"
+    wait_for(lambda: not is_listening(lg.listener_port()), timeout=5 * time_scale(), what="listener to close")
+    assert lg.admin.ready()
+
+
+def test_admin_served_while_workers_busy(proxied):
+    lg, up = proxied
+    socks = []
+    try:
+        for _ in range(20):
+            s = socket.create_connection(("127.0.0.1", lg.listener_port()))
+            s.sendall(b"GET /delay/1000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            socks.append(s)
+        up.wait_inflight(5)
+        assert lg.admin.get("/ready").status == 200
+    finally:
+        for s in socks:
+            s.close()

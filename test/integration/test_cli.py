@@ -1,0 +1,257 @@
+"""Command line and bootstrap validation, as Envoy's.
+
+Envoy prints "configuration '<path>' OK" and exits 0 for a valid config in
+--mode validate (source/server/config_validation/server.cc), exits 1 with
+an error otherwise, and never binds listeners in validate mode.
+"""
+import json
+import re
+import socket
+
+import pytest
+
+from lib import config as cfg
+from lib.clients import curl
+from lib.legate import run_legate, write_yaml
+from lib.ports import free_port, is_listening
+
+ISSUE_FLAGS = [
+    "--config-path", "--config-yaml", "--mode", "--concurrency", "--log-level", "--component-log-level",
+    "--log-format", "--log-path", "--service-node", "--service-cluster", "--service-zone", "--drain-time-s",
+    "--parent-shutdown-time-s", "--drain-strategy", "--local-address-ip-version", "--base-id",
+    "--disable-hot-restart", "--allow-unknown-static-fields", "--file-flush-interval-msec", "--version", "--help",
+]
+
+
+def out_of(r):
+    return r.stdout + r.stderr
+
+
+def good_bootstrap(admin_port=None, listen_port=None, upstream_port=None):
+    return cfg.simple_proxy(admin_port or free_port(), listen_port or free_port(), [upstream_port or free_port()])
+
+
+def validate(tmp_path, doc, *extra, name="boot.yaml"):
+    path = tmp_path / name
+    if isinstance(doc, str):
+        path.write_text(doc)
+    else:
+        write_yaml(path, doc)
+    return run_legate(["--mode", "validate", "-c", str(path), *extra]), str(path)
+
+
+def assert_valid(r, path):
+    assert r.returncode == 0, out_of(r)
+    assert f"configuration '{path}' OK" in out_of(r), out_of(r)
+
+
+def line_of(text, needle):
+    for i, line in enumerate(text.splitlines(), 1):
+        if needle in line:
+            return i
+    raise ValueError(needle)
+
+
+def mentions_line(out, n):
+    return re.search(rf"(line[ :=]*{n}\b|:{n}(:|\b))", out) is not None
+
+
+def test_version_prints_version_and_exits_0():
+    r = run_legate(["--version"])
+    assert r.returncode == 0, out_of(r)
+    assert re.search(r"version: \S+", r.stdout), r.stdout
+
+
+def test_help_lists_envoy_flags():
+    r = run_legate(["--help"])
+    assert r.returncode == 0, out_of(r)
+    missing = [f for f in ISSUE_FLAGS if f not in out_of(r)]
+    assert not missing, f"--help does not mention {missing}"
+
+
+def test_unknown_flag_exits_1_with_one_line_error():
+    r = run_legate(["--no-such-flag"])
+    assert r.returncode == 1, out_of(r)
+    lines = [line for line in out_of(r).splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected a one-line error, got:\n{out_of(r)}"
+    assert "--no-such-flag" in lines[0]
+
+
+def test_missing_config_file_is_an_error(tmp_path):
+    missing = str(tmp_path / "nope.yaml")
+    r = run_legate(["--mode", "validate", "-c", missing])
+    assert r.returncode == 1
+    assert "nope.yaml" in out_of(r)
+
+
+def test_validate_ok_config_exits_0_without_binding(tmp_path):
+    listen = free_port()
+    # Validate mode must not bind: the listener port is taken by us and stays so.
+    blocker = socket.socket()
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    blocker.bind(("127.0.0.1", listen))
+    blocker.listen(1)
+    try:
+        r, path = validate(tmp_path, good_bootstrap(listen_port=listen))
+    finally:
+        blocker.close()
+    assert_valid(r, path)
+
+
+def test_validate_accepts_json_bootstrap(tmp_path):
+    path = tmp_path / "boot.json"
+    path.write_text(json.dumps(good_bootstrap()))
+    r = run_legate(["--mode", "validate", "-c", str(path)])
+    assert_valid(r, str(path))
+
+
+def test_validate_bad_yaml(tmp_path):
+    text = "static_resources:\n  clusters: [ {name: a\n  listeners: ]\n"
+    r, _ = validate(tmp_path, text)
+    assert r.returncode == 1, out_of(r)
+    assert out_of(r).strip()
+
+
+UNKNOWN_FIELD_YAML = """\
+admin:
+  address:
+    socket_address: {{address: 127.0.0.1, port_value: {admin}}}
+static_resources:
+  clusters:
+  - name: backend
+    connect_timeout: 1s
+    type: STATIC
+    bogus_field: 1
+    load_assignment:
+      cluster_name: backend
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{address: 127.0.0.1, port_value: {up}}}
+"""
+
+
+def test_unknown_field_names_path_and_line(tmp_path):
+    text = UNKNOWN_FIELD_YAML.format(admin=free_port(), up=free_port())
+    r, _ = validate(tmp_path, text)
+    out = out_of(r)
+    assert r.returncode == 1, out
+    assert "bogus_field" in out and "clusters" in out, out
+    assert mentions_line(out, line_of(text, "bogus_field")), out
+
+
+def test_validate_reports_every_error(tmp_path):
+    text = UNKNOWN_FIELD_YAML.format(admin=free_port(), up=free_port()).replace(
+        "      cluster_name: backend\n", "      cluster_name: backend\n      second_bogus: 2\n")
+    r, _ = validate(tmp_path, text)
+    out = out_of(r)
+    assert r.returncode == 1, out
+    assert "bogus_field" in out and "second_bogus" in out, out
+
+
+def test_allow_unknown_static_fields(tmp_path):
+    text = UNKNOWN_FIELD_YAML.format(admin=free_port(), up=free_port())
+    r, path = validate(tmp_path, text, "--allow-unknown-static-fields")
+    assert_valid(r, path)
+
+
+def test_wrong_type_names_field(tmp_path):
+    doc = good_bootstrap()
+    doc["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"][
+        "address"]["socket_address"]["port_value"] = "not-a-number"
+    r, _ = validate(tmp_path, doc)
+    assert r.returncode == 1, out_of(r)
+    assert "port_value" in out_of(r)
+
+
+def _with_filter(doc, http_filter):
+    hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["http_filters"].insert(0, http_filter)
+    return doc
+
+
+UNKNOWN_FILTER = {"name": "acme.filters.http.mystery",
+                  "typed_config": {"@type": "type.googleapis.com/acme.mystery.v1.Mystery"}}
+
+
+def test_unknown_typed_config_rejected(tmp_path):
+    r, _ = validate(tmp_path, _with_filter(good_bootstrap(), dict(UNKNOWN_FILTER)))
+    assert r.returncode == 1, out_of(r)
+    assert "acme.mystery.v1.Mystery" in out_of(r) or "acme.filters.http.mystery" in out_of(r)
+
+
+def test_unknown_typed_config_accepted_when_optional(tmp_path):
+    r, path = validate(tmp_path, _with_filter(good_bootstrap(), dict(UNKNOWN_FILTER, is_optional=True)))
+    assert_valid(r, path)
+
+
+def test_route_to_missing_cluster_rejected(tmp_path):
+    doc = good_bootstrap()
+    rc = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+    rc["virtual_hosts"][0]["routes"][0]["route"]["cluster"] = "no_such_cluster"
+    r, _ = validate(tmp_path, doc)
+    assert r.returncode == 1, out_of(r)
+    assert "no_such_cluster" in out_of(r)
+
+
+def test_invalid_regex_rejected(tmp_path):
+    doc = good_bootstrap()
+    rc = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+    rc["virtual_hosts"][0]["routes"][0]["match"] = {"safe_regex": {"regex": "/(unclosed"}}
+    r, _ = validate(tmp_path, doc)
+    assert r.returncode == 1, out_of(r)
+    assert "regex" in out_of(r)
+
+
+def test_serve_with_bad_config_exits_1_and_never_listens(tmp_path):
+    admin, listen = free_port(), free_port()
+    doc = good_bootstrap(admin_port=admin, listen_port=listen)
+    doc["static_resources"]["clusters"][0]["bogus_field"] = True
+    path = write_yaml(tmp_path / "bad.yaml", doc)
+    r = run_legate(["-c", str(path), "--concurrency", "1", "--disable-hot-restart"])
+    assert r.returncode == 1, out_of(r)
+    assert "bogus_field" in out_of(r)
+    assert not is_listening(admin) and not is_listening(listen)
+
+
+def test_config_yaml_is_merged_over_file(legate, upstream, tmp_path):
+    """--config-yaml overrides scalars (the admin port) and appends to repeated fields (a listener)."""
+    up = upstream("merged")
+    file_admin, yaml_admin, listen = free_port(), free_port(), free_port()
+    doc = cfg.bootstrap(file_admin, clusters=[cfg.cluster("backend", [up.port])])
+    rc = cfg.route_config([cfg.vhost("all", [cfg.route("backend")])])
+    overlay = {
+        "admin": cfg.admin(yaml_admin),
+        "static_resources": {"listeners": [cfg.http_listener("from_flag", listen, rc)]},
+    }
+    addr_path = str(tmp_path / "admin.addr")
+    lg = legate(doc, args=["--config-yaml", json.dumps(overlay), "--admin-address-path", addr_path],
+                wait_ready=False)
+    lg.bootstrap = {k: v for k, v in doc.items() if k != "admin"}  # admin port now comes from the flag
+    lg.wait_ready()
+    assert lg.admin_port == yaml_admin
+    assert not is_listening(file_admin)
+    r = curl(f"http://127.0.0.1:{listen}/merged")
+    assert r.status == 200, r
+    assert r.json()["server"] == "merged"
+
+
+@pytest.mark.parametrize("flag,value", [
+    ("--log-level", "debug"), ("--component-log-level", "upstream:debug,admin:warning"),
+    ("--service-node", "node-1"), ("--service-cluster", "cluster-1"), ("--service-zone", "zone-a"),
+    ("--parent-shutdown-time-s", "5"), ("--drain-strategy", "immediate"), ("--local-address-ip-version", "v4"),
+    ("--base-id", "7"), ("--file-flush-interval-msec", "1000"), ("--log-format", "[%Y] %v"),
+])
+def test_envoy_flags_accepted_in_validate_mode(tmp_path, flag, value):
+    r, path = validate(tmp_path, good_bootstrap(), flag, value)
+    assert_valid(r, path)
+
+
+def test_log_path_receives_logs(legate, upstream, tmp_path):
+    up = upstream()
+    log = tmp_path / "legate.log"
+    lg = legate(cfg.simple_proxy(free_port(), free_port(), [up.port]), args=["--log-path", str(log)])
+    assert lg.admin.ready()
+    assert lg.stop() == []
+    assert log.exists() and log.read_text().strip(), "--log-path file is empty"

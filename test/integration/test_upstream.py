@@ -1,0 +1,256 @@
+"""Clusters, load balancing, connection pools, local replies for upstream
+failures, retries and circuit breakers, as Envoy.
+
+Envoy texts checked in source/common/router/router.cc (onUpstreamReset,
+onUpstreamTimeoutAbort) and source/common/http/utility.cc
+(resetReasonToString):
+- connect failure: 503, "upstream connect error or disconnect/reset before
+  headers. reset reason: connection failure, transport failure reason:
+  delayed connect error: 111" (Envoy >= 1.29 says "remote connection failure"
+  and "Connection refused"; both are accepted);
+- no healthy host: 503 "no healthy upstream";
+- route timeout: 504 "upstream request timeout";
+- circuit breaker overflow: 503 with x-envoy-overloaded: true and
+  "... reset reason: overflow";
+- upstream closed before headers: 503 "... reset reason: connection termination".
+"""
+import re
+import socket
+
+from lib import config as cfg
+from lib.clients import curl
+from lib.h2client import H2Client
+from lib.ports import free_port
+from lib.rawhttp import RawHTTP
+from lib.wait import wait_for
+
+CONNECT_FAILURE_BODY = re.compile(
+    r"^upstream connect error or disconnect/reset before headers\. reset reason: (remote )?connection failure, "
+    r"transport failure reason: delayed connect error: (111|Connection refused)$")
+PREFIX = "upstream connect error or disconnect/reset before headers. "
+
+
+def proxy(legate, ports, endpoints, route_action=None, **cluster_kw):
+    rc = cfg.route_config([cfg.vhost("v", [cfg.route("backend", **(route_action or {}))])])
+    return legate(cfg.bootstrap(ports(), listeners=[cfg.http_listener("ingress", ports(), rc)],
+                                clusters=[cfg.cluster("backend", endpoints, **cluster_kw)]))
+
+
+def get(lg, path, headers=None):
+    with RawHTTP("127.0.0.1", lg.listener_port(), timeout=20) as c:
+        c.request("GET", path, headers=headers or {})
+        return c.read_response()
+
+
+def stat_at_least(lg, name, n, timeout=3.0):
+    wait_for(lambda: lg.admin.stat(name) >= n, timeout=timeout, what=f"{name} >= {n}")
+
+
+def test_round_robin_alternates(legate, ports, upstream):
+    a, b = upstream("a"), upstream("b")
+    lg = proxy(legate, ports, [a.port, b.port])
+    with RawHTTP("127.0.0.1", lg.listener_port()) as c:
+        servers = []
+        for _ in range(10):
+            c.request("GET", "/rr")
+            servers.append(c.read_response().json()["server"])
+    assert all(x != y for x, y in zip(servers, servers[1:])), servers
+    assert servers.count("a") == 5 and servers.count("b") == 5
+
+
+def test_least_request_avoids_busy_host(legate, ports, upstream):
+    a, b = upstream("a"), upstream("b")
+    lg = proxy(legate, ports, [a.port, b.port], lb_policy="LEAST_REQUEST",
+               least_request_lb_config={"choice_count": 20})
+    # One HTTP/2 connection keeps every stream on one worker.
+    with H2Client("127.0.0.1", lg.listener_port()) as c:
+        slow = c.request("GET", "/delay/2000")
+        wait_for(lambda: a.inflight + b.inflight == 1, what="slow request at an upstream")
+        busy = "a" if a.inflight else "b"
+        fast = [c.wait_response(c.request("GET", f"/fast/{i}")) for i in range(10)]
+        servers = [r.header("x-upstream") for r in fast]
+        assert c.wait_response(slow).status == 200
+    assert busy not in servers, f"busy host {busy} got requests: {servers}"
+
+
+def test_empty_cluster_is_503_no_healthy_upstream(legate, ports):
+    lg = proxy(legate, ports, [])
+    r = get(lg, "/")
+    assert r.status == 503
+    assert r.body == b"no healthy upstream"
+    stat_at_least(lg, "cluster.backend.upstream_cx_none_healthy", 1)
+
+
+def test_connect_failure_is_503_with_envoy_body(legate, ports):
+    dead = free_port()  # nothing listens there
+    lg = proxy(legate, ports, [dead])
+    r = get(lg, "/")
+    assert r.status == 503
+    assert CONNECT_FAILURE_BODY.match(r.text), r.text
+    stat_at_least(lg, "cluster.backend.upstream_cx_connect_fail", 1)
+
+
+def test_upstream_closing_before_headers_is_503(legate, ports, upstream):
+    up = upstream()
+    lg = proxy(legate, ports, [up.port])
+    r = get(lg, "/close-before-response")
+    assert r.status == 503
+    assert r.text == PREFIX + "reset reason: connection termination"
+
+
+def test_route_timeout_is_504(legate, ports, upstream):
+    up = upstream()
+    lg = proxy(legate, ports, [up.port], route_action={"timeout": "0.3s"})
+    r = get(lg, "/delay/3000")
+    assert r.status == 504
+    assert r.body == b"upstream request timeout"
+    stat_at_least(lg, "cluster.backend.upstream_rq_timeout", 1)
+    stat_at_least(lg, "http.ingress_http.downstream_rq_5xx", 1)
+
+
+def test_upstream_status_counted(legate, ports, upstream):
+    up = upstream()
+    lg = proxy(legate, ports, [up.port])
+    assert get(lg, "/status/503").status == 503
+    assert get(lg, "/status/201").status == 201
+    stat_at_least(lg, "cluster.backend.upstream_rq_503", 1)
+    stat_at_least(lg, "cluster.backend.upstream_rq_5xx", 1)
+    stat_at_least(lg, "cluster.backend.upstream_rq_201", 1)
+    stat_at_least(lg, "cluster.backend.upstream_rq_2xx", 1)
+
+
+def test_retry_on_5xx_makes_flaky_upstream_succeed(legate, ports, upstream):
+    up = upstream()
+    lg = proxy(legate, ports, [up.port], route_action={"retry_policy": {"retry_on": "5xx", "num_retries": 3}})
+    r = get(lg, "/flaky/k1/2")
+    assert r.status == 200
+    assert up.paths().count("/flaky/k1/2") == 3
+    stat_at_least(lg, "cluster.backend.upstream_rq_retry", 2)
+
+
+def test_retries_exhausted_returns_last_response(legate, ports, upstream):
+    up = upstream()
+    lg = proxy(legate, ports, [up.port], route_action={"retry_policy": {"retry_on": "5xx", "num_retries": 1}})
+    r = get(lg, "/flaky/k2/5")
+    assert r.status == 503
+    assert up.paths().count("/flaky/k2/5") == 2
+
+
+def test_retriable_status_codes(legate, ports, upstream):
+    up = upstream()
+    policy = {"retry_on": "retriable-status-codes", "retriable_status_codes": [409], "num_retries": 2}
+    lg = proxy(legate, ports, [up.port], route_action={"retry_policy": policy})
+    assert get(lg, "/status/409").status == 409
+    assert up.paths().count("/status/409") == 3
+
+
+def test_retry_on_connect_failure_reaches_live_host(legate, ports, upstream):
+    up = upstream("live")
+    dead = free_port()
+    lg = proxy(legate, ports, [dead, up.port],
+               route_action={"retry_policy": {"retry_on": "connect-failure", "num_retries": 2}})
+    statuses = [get(lg, f"/r{i}").status for i in range(6)]
+    assert statuses == [200] * 6
+    stat_at_least(lg, "cluster.backend.upstream_rq_retry", 1)
+
+
+def test_per_try_timeout_retries(legate, ports, upstream):
+    up = upstream()
+    policy = {"retry_on": "5xx", "num_retries": 1, "per_try_timeout": "0.3s"}
+    lg = proxy(legate, ports, [up.port], route_action={"timeout": "5s", "retry_policy": policy})
+    r = get(lg, "/delay/2000")
+    assert r.status == 504
+    assert up.paths().count("/delay/2000") == 2
+
+
+def test_circuit_breaker_max_pending_requests(legate, ports, upstream):
+    up = upstream()
+    thresholds = {"thresholds": [{"max_connections": 1, "max_pending_requests": 1}]}
+    lg = proxy(legate, ports, [up.port], circuit_breakers=thresholds)
+    # One HTTP/2 downstream connection: all streams share one worker and its pool.
+    with H2Client("127.0.0.1", lg.listener_port(), timeout=20) as c:
+        first = c.request("GET", "/delay/1500")
+        up.wait_inflight(1)
+        second = c.request("GET", "/after-first")
+        wait_for(lambda: lg.admin.stat("cluster.backend.upstream_rq_pending_active") == 1, what="one pending request")
+        r = c.wait_response(c.request("GET", "/overflow"), timeout=5)
+        assert r.status == 503
+        assert r.header("x-envoy-overloaded") == "true"
+        assert r.body.decode() == PREFIX + "reset reason: overflow"
+        assert c.wait_response(first).status == 200
+        assert c.wait_response(second).status == 200
+    stat_at_least(lg, "cluster.backend.upstream_rq_pending_overflow", 1)
+    assert "/overflow" not in up.paths()
+
+
+def test_circuit_breaker_max_requests(legate, ports, h2_upstream):
+    up = h2_upstream()
+    thresholds = {"thresholds": [{"max_requests": 1}]}
+    lg = proxy(legate, ports, [up.port], circuit_breakers=thresholds, http2=True)
+    with H2Client("127.0.0.1", lg.listener_port(), timeout=20) as c:
+        first = c.request("GET", "/delay/1500")
+        up.wait_inflight(1)
+        r = c.wait_response(c.request("GET", "/second"), timeout=5)
+        assert r.status == 503
+        assert r.header("x-envoy-overloaded") == "true"
+        assert c.wait_response(first).status == 200
+    assert all(rec["path"] != "/second" for rec in up.requests)
+
+
+def test_max_requests_per_connection(legate, ports, upstream):
+    up = upstream()
+    opts = {"common_http_protocol_options": {"max_requests_per_connection": 2},
+            "explicit_http_config": {"http_protocol_options": {}}}
+    lg = proxy(legate, ports, [up.port], protocol_options=opts)
+    with RawHTTP("127.0.0.1", lg.listener_port()) as c:
+        conns = []
+        for i in range(6):
+            c.request("GET", f"/m{i}")
+            conns.append(c.read_response().json()["conn_id"])
+    assert [conns.count(x) for x in dict.fromkeys(conns)] == [2, 2, 2], conns
+    stat_at_least(lg, "cluster.backend.upstream_cx_total", 3)
+
+
+def test_connect_timeout(legate, ports):
+    # A listener whose accept queue is full drops further SYNs, so legate's
+    # connect hangs until connect_timeout.
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(0)
+    fillers = []
+    try:
+        for _ in range(2):
+            f = socket.socket()
+            f.setblocking(False)
+            f.connect_ex(blackhole.getsockname())
+            fillers.append(f)
+        lg = proxy(legate, ports, [blackhole.getsockname()[1]], connect_timeout="0.25s")
+        r = get(lg, "/")
+        assert r.status == 503 and r.text.startswith(PREFIX), r.text
+        stat_at_least(lg, "cluster.backend.upstream_cx_connect_timeout", 1)
+    finally:
+        for f in fillers:
+            f.close()
+        blackhole.close()
+
+
+def test_unix_socket_upstream(legate, ports, unix_upstream):
+    up = unix_upstream("pipe")
+    lg = proxy(legate, ports, [cfg.pipe_endpoint(up.unix_path)])
+    r = get(lg, "/over-unix")
+    assert r.status == 200
+    assert r.json()["server"] == "pipe" and r.json()["path"] == "/over-unix"
+
+
+def test_random_lb_uses_all_hosts(legate, ports, upstream):
+    a, b = upstream("a"), upstream("b")
+    lg = proxy(legate, ports, [a.port, b.port], lb_policy="RANDOM")
+    servers = {get(lg, f"/x{i}").json()["server"] for i in range(40)}
+    assert servers == {"a", "b"}
+
+
+def test_idle_upstream_connection_reused_across_downstream_connections(legate, ports, upstream):
+    up = upstream()
+    lg = legate(cfg.simple_proxy(ports(), ports(), [up.port]), args=["--concurrency", "1"])
+    conn_ids = [get(lg, f"/c{i}").json()["conn_id"] for i in range(3)]
+    assert len(set(conn_ids)) == 1, conn_ids

@@ -15,9 +15,10 @@ binary is missing.
 import argparse
 import os
 import re
+import signal
 import subprocess
 import sys
-import time
+import threading
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 PYTHON = "/usr/bin/python3"
@@ -58,9 +59,17 @@ def run_suite(label, binary, sanitizer, pytest_args):
         env.setdefault("LEGATE_TIME_SCALE", "3")
     cmd = [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", "test/integration", *pytest_args]
     print(f"==> integration ({label}): LEGATE_BIN={binary} {' '.join(cmd[1:])}", flush=True)
-    start = time.monotonic()
+    # Its own process group: on timeout the whole group (pytest, legate, clients) is killed.
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, text=True, errors="replace")
+                            stdin=subprocess.DEVNULL, text=True, errors="replace", start_new_session=True)
+    timed_out = threading.Event()
+
+    def kill_group():
+        timed_out.set()
+        os.killpg(proc.pid, signal.SIGKILL)
+
+    watchdog = threading.Timer(RUN_TIMEOUT_S, kill_group)
+    watchdog.start()
     lines = []
     try:
         for line in proc.stdout:
@@ -68,12 +77,10 @@ def run_suite(label, binary, sanitizer, pytest_args):
             sys.stdout.flush()
             lines.append(line.rstrip("\n"))
             del lines[:-200]
-            if time.monotonic() - start > RUN_TIMEOUT_S:
-                raise TimeoutError
-        rc = proc.wait(timeout=60)
-    except (TimeoutError, subprocess.TimeoutExpired):
-        proc.kill()
-        proc.wait()
+        rc = proc.wait()
+    finally:
+        watchdog.cancel()
+    if timed_out.is_set():
         print(f"integration ({label}): killed after {RUN_TIMEOUT_S}s")
         return False, {"failed": 1}, "timed out"
     summary, counts = parse_summary(lines)

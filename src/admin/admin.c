@@ -48,6 +48,7 @@ typedef struct st_handler_t {
 static pthread_mutex_t handlers_mutex = PTHREAD_MUTEX_INITIALIZER;
 static handler_t *handlers;
 static size_t nhandlers;
+static int builtins_registered;
 
 /* http.admin.* (written by the admin thread only, into the control row). */
 #define ADMIN_STATS(X) X(COUNTER, downstream_cx_total) X(GAUGE, downstream_cx_active) X(COUNTER, downstream_rq_total)
@@ -62,6 +63,7 @@ typedef struct st_conn_t {
     size_t consumed; /* input bytes of the request being answered */
     int writing;
     int close_after;
+    int continue_sent; /* "100 Continue" answered the current request's Expect */
 } conn_t;
 
 static struct {
@@ -138,6 +140,7 @@ static void unregister_all(void)
     free(handlers);
     handlers = NULL;
     nhandlers = 0;
+    builtins_registered = 0;
     pthread_mutex_unlock(&handlers_mutex);
 }
 
@@ -407,9 +410,31 @@ static void send_response(conn_t *c, lg_admin_response_t *res, int head_only, in
     lg_strbuf_free(&res->body);
     c->consumed = consumed;
     c->close_after = !keepalive;
+    c->continue_sent = 0;
     c->writing = 1;
     h2o_iovec_t buf = h2o_iovec_init(c->out.base, c->out.len);
     h2o_socket_write(c->sock, &buf, 1, on_write);
+}
+
+static void on_continue_written(h2o_socket_t *sock, const char *err)
+{
+    conn_t *c = sock->data;
+    c->writing = 0;
+    if (err != NULL) {
+        close_conn(c);
+        return;
+    }
+    handle_input(c);
+}
+
+/* curl waits for "100 Continue" before sending a body larger than 1 KiB. */
+static void send_continue(conn_t *c)
+{
+    static const char msg[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    h2o_iovec_t buf = h2o_iovec_init(msg, sizeof(msg) - 1);
+    c->continue_sent = 1;
+    c->writing = 1;
+    h2o_socket_write(c->sock, &buf, 1, on_continue_written);
 }
 
 static void send_error(conn_t *c, int status, const char *body)
@@ -436,6 +461,7 @@ static int value_has_token(const struct phr_header *h, const char *token)
 /* The parts of a request head that framing and keep-alive depend on. */
 typedef struct st_head_info_t {
     int keepalive;
+    int expect_continue;
     int chunked;
     int bad_length;
     size_t content_length;
@@ -451,6 +477,8 @@ static head_info_t read_head(int minor, const struct phr_header *hdrs, size_t nh
                 info.keepalive = 0;
             else if (value_has_token(h, "keep-alive"))
                 info.keepalive = 1;
+        } else if (header_is(h, "expect")) {
+            info.expect_continue = value_has_token(h, "100-continue");
         } else if (header_is(h, "transfer-encoding")) {
             info.chunked = 1;
         } else if (header_is(h, "content-length")) {
@@ -494,8 +522,11 @@ static void handle_input(conn_t *c)
             send_error(c, info.content_length > MAX_BODY_SIZE ? 413 : 400, "bad content-length\n");
         return;
     }
-    if (in->size < (size_t)hl + info.content_length)
+    if (in->size < (size_t)hl + info.content_length) {
+        if (info.expect_continue && !c->continue_sent)
+            send_continue(c);
         return;
+    }
 
     LG_STAT_INC(admin.stats, lg_stats_nworkers, ADMIN_STAT_downstream_rq_total);
     h2o_iovec_t m = h2o_iovec_init(method, method_len);
@@ -564,9 +595,10 @@ static void *admin_main(void *unused)
 
 static int start_on_fd(int fd, lg_error_t *err)
 {
-    if (nhandlers == 0) {
+    if (!builtins_registered) {
         lg__admin_register_basic_handlers();
         lg__admin_register_stats_handlers();
+        builtins_registered = 1;
     }
     admin.stats = lg_stats_block_new_ex("http.admin.", admin_stat_defs, ADMIN_STAT__COUNT,
                                         &(lg_stats_block_opts_t){.code_prefix = "downstream_rq_"});

@@ -20,7 +20,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from lib.h2upstream import H2Upstream  # noqa: E402
-from lib.legate import Legate, tail, time_scale  # noqa: E402
+from lib.legate import Legate, kill_all, tail, time_scale  # noqa: E402
 from lib.ports import free_port  # noqa: E402
 from lib.upstream import EchoUpstream  # noqa: E402
 
@@ -50,6 +50,10 @@ def _run_with_deadline(seconds, what):
 def _clear_deadline(old):
     signal.setitimer(signal.ITIMER_REAL, 0)
     signal.signal(signal.SIGALRM, old)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    kill_all()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -130,8 +130,7 @@ def test_clusters_text_and_json(proxied):
              what="rq_total::3 in /clusters")
     lines = lg.admin.get("/clusters").text.splitlines()
     for want in ["backend::default_priority::max_connections::1024", "backend::added_via_api::false",
-                 f"{host}::health_flags::healthy", f"{host}::weight::1", f"{host}::cx_total::1",
-                 f"{host}::rq_total::3"]:
+                 f"{host}::health_flags::healthy", f"{host}::weight::1", f"{host}::rq_total::3"]:
         assert want in lines, f"{want!r} not in /clusters:\n" + "\n".join(lines[:40])
     js = lg.admin.get("/clusters?format=json").json()
     cl = [c for c in js["cluster_statuses"] if c["name"] == "backend"]

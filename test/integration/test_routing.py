@@ -115,8 +115,9 @@ MATCH_ROUTES = [
     droute("h-regex", {"prefix": "/hdr/", "headers": [_hm("x-r", string_match={"safe_regex": {"regex": "^v[0-9]+$"}})]}),
     droute("h-present", {"prefix": "/hdr/", "headers": [_hm("x-present", present_match=True)]}),
     droute("h-range", {"prefix": "/hdr/", "headers": [_hm("x-num", range_match={"start": "10", "end": "20"})]}),
-    droute("h-invert", {"prefix": "/hdr/", "headers": [_hm("x-inv", string_match={"exact": "no"}, invert_match=True)]}),
     droute("h-none", {"prefix": "/hdr/"}),
+    droute("h-invert", {"prefix": "/inv/", "headers": [_hm("x-inv", string_match={"exact": "no"}, invert_match=True)]}),
+    droute("inv-none", {"prefix": "/inv/"}),
     droute("q-exact", {"prefix": "/q", "query_parameters": [{"name": "debug", "string_match": {"exact": "1"}}]}),
     droute("q-present", {"prefix": "/q", "query_parameters": [{"name": "flag", "present_match": True}]}),
     droute("q-none", {"prefix": "/q"}),
@@ -141,17 +142,20 @@ def test_route_matchers_first_match_wins(legate, ports):
         (h, "/caseless/a", None, "caseless"),
         (h, "/CASELESS", None, "caseless"),
         (h, "/hdr/a", {"x-m": "yes"}, "h-exact"),
-        (h, "/hdr/a", {"x-m": "yes!"}, "h-invert"),
+        (h, "/hdr/a", {"x-m": "yes!"}, "h-none"),
         (h, "/hdr/a", {"x-p": "abcdef"}, "h-prefix"),
         (h, "/hdr/a", {"x-s": "wxyz"}, "h-suffix"),
         (h, "/hdr/a", {"x-c": "amidb"}, "h-contains"),
         (h, "/hdr/a", {"x-r": "v42"}, "h-regex"),
-        (h, "/hdr/a", {"x-r": "v42x"}, "h-invert"),
+        (h, "/hdr/a", {"x-r": "v42x"}, "h-none"),
         (h, "/hdr/a", {"x-present": ""}, "h-present"),
         (h, "/hdr/a", {"x-num": "15"}, "h-range"),
-        (h, "/hdr/a", {"x-num": "20"}, "h-invert"),
-        (h, "/hdr/a", {"x-inv": "no"}, "h-none"),
-        (h, "/hdr/a", {"x-inv": "yes"}, "h-invert"),
+        (h, "/hdr/a", {"x-num": "20"}, "h-none"),
+        (h, "/hdr/a", None, "h-none"),
+        (h, "/inv/a", {"x-inv": "yes"}, "h-invert"),
+        (h, "/inv/a", {"x-inv": "no"}, "inv-none"),
+        # A missing header never matches, inverted or not (treat_missing_header_as_empty is false).
+        (h, "/inv/a", None, "inv-none"),
         (h, "/q?debug=1", None, "q-exact"),
         (h, "/q?debug=2&flag", None, "q-present"),
         (h, "/q?debug=2", None, "q-none"),
@@ -176,7 +180,8 @@ def test_weighted_clusters_split(legate, ports, upstream):
             c.request("GET", "/w")
             seen[c.read_response().json()["server"]] += 1
     assert seen["a"] > 0 and seen["b"] > 0, seen
-    assert lg.admin.stat("cluster.ca.upstream_rq_total") == seen["a"]
+    wait_for(lambda: lg.admin.stat("cluster.ca.upstream_rq_total") == seen["a"], timeout=3,
+             what=f"cluster.ca.upstream_rq_total == {seen['a']}")
 
 
 def test_cluster_header(legate, ports, upstream):

@@ -14,7 +14,10 @@ DRAIN_S = 2
 
 
 def start(legate, ports, up, drain=DRAIN_S):
-    return legate(cfg.simple_proxy(ports(), ports(), [up.port]), args=["--drain-time-s", str(drain)])
+    # Envoy's default drain strategy (gradual) closes connections with a probability that grows over the
+    # drain time; immediate makes every connection drain at once, so what the tests see is deterministic.
+    return legate(cfg.simple_proxy(ports(), ports(), [up.port]),
+                  args=["--drain-time-s", str(drain), "--drain-strategy", "immediate"])
 
 
 def term(lg):

@@ -226,6 +226,8 @@ static void on_pool_ready(void *data, lg_stream_t *stream, lg_host_t *host)
     r->attempt_start_us = lg_now_us();
     lg_stream_info_t *info = &r->stream->info;
     memcpy(&info->upstream_remote, host->config->sa, host->config->salen);
+    if (r->route->action.auto_host_rewrite && host->config->hostname != NULL && host->config->hostname[0] != '\0')
+        r->upstream_req.authority = h2o_iovec_init(host->config->hostname, strlen(host->config->hostname));
     int end = r->downstream_ended && r->body.size == 0 && r->request_trailers == NULL;
     r->upstream_headers_sent = 1;
     r->body_sent = 0;
@@ -510,7 +512,7 @@ static void build_upstream_request(router_t *r, lg_req_head_t *req)
     if (te.base != NULL && h2o_strstr(te.base, te.len, H2O_STRLIT("trailers")) != SIZE_MAX)
         lg_headers_add(pool, &u->headers, LG_LIT("te"), LG_LIT("trailers"));
     h2o_iovec_t path = lg_route_path_rewrite(r->route, req->path, pool);
-    if (path.base != req->path.base || path.len != req->path.len) {
+    if (path.base != NULL) {
         lg_headers_set(pool, &u->headers, LG_LIT("x-envoy-original-path"), req->path);
         u->path = path;
     }

@@ -30,6 +30,10 @@ SANITIZER_PATTERNS = [
 READY_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 
+# Every Legate started in this process, so that a run cut short (deadline,
+# Ctrl-C) can still kill what it started: see kill_all().
+_started = []
+
 
 def legate_bin():
     """The binary under test: $LEGATE_BIN, else build/legate in the repo."""
@@ -136,8 +140,10 @@ class Legate:
             write_yaml(self.config_path, self.bootstrap)
         self._out = open(self.stdout_path, "wb")
         self._err = open(self.stderr_path, "wb")
+        # Same process group as pytest: killing the test run's group kills legate too.
         self.proc = subprocess.Popen(self.command(), stdout=self._out, stderr=self._err, stdin=subprocess.DEVNULL,
-                                     cwd=self.workdir, start_new_session=True)
+                                     cwd=self.workdir)
+        _started.append(self)
         if wait_ready:
             self.wait_ready()
         return self
@@ -263,6 +269,13 @@ class Legate:
 
     def url(self, path="/", listener=None, host="127.0.0.1"):
         return f"http://{host}:{self.listener_port(listener)}{path}"
+
+
+def kill_all():
+    """Kills every legate this process started that is still running."""
+    for lg in _started:
+        lg.kill()
+    _started.clear()
 
 
 def _read_nonempty(path):

@@ -229,6 +229,15 @@ static void test_keepalive(void)
     client_close(&c);
 
     c = client_open();
+    client_send(&c, "POST /stats HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n");
+    ok(client_read(&c, &r1, 0) == 0 && r1.status == 100, "100 Continue before the body");
+    client_send(&c, "{}");
+    ok(client_read(&c, &r2, 0) == 0 && r2.status == 200, "then the response");
+    reply_free(&r1);
+    reply_free(&r2);
+    client_close(&c);
+
+    c = client_open();
     client_send(&c, "BAD\r\n\r\n");
     ok(client_read(&c, &r1, 0) == 0 && r1.status == 400, "malformed request: 400");
     reply_free(&r1);
@@ -380,7 +389,9 @@ int main(void)
     lg_stats_init(2);
     lg_stats_server_set_state(LG_SERVER_LIVE);
     lg_admin_on_quit(on_quit);
+    ok(lg_admin_register("/early", "registered before start", 0, echo, NULL) == 0, "register before start");
     ok(lg_admin_start("127.0.0.1", 0, &err) == 0, "admin started");
+    expect("GET", "/early?x=1", 201, "GET x=[1] y=[(null)] z=unset body=[]");
     ok(lg_admin_port() != 0, "ephemeral port bound");
     ok(lg_admin_start("not-an-ip", 0, &err) == -1 && strstr(err.msg, "not-an-ip") != NULL, "bad address: %s", err.msg);
 

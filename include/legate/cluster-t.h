@@ -147,7 +147,7 @@ typedef struct st_lg_cluster_config_t {
     lg_cluster_discovery_t discovery;
     const char *name;
     const char *stat_name;        /* alt_stat_name or name, ':' replaced by '_' */
-    const char *eds_service_name; /* EDS: eds_cluster_config.service_name, or name */
+    const char *eds_service_name; /* EDS only (else NULL): eds_cluster_config.service_name, or name */
     const struct st_lg_lb_type_t *lb;
     uint32_t lb_choice_count;             /* least request, default 2 */
     double lb_active_request_bias;        /* least request, default 1.0 */

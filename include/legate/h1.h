@@ -105,8 +105,9 @@ int lg_h1_flatten_response_head(h2o_mem_pool_t *pool, const lg_resp_head_t *head
 
 /* Writes "<hex len>\r\n" into buf; returns its length. len must be > 0. */
 size_t lg_h1_chunk_header(char buf[LG_H1_CHUNK_HEADER_MAX], size_t len);
-/* Serializes the last chunk with trailers, "0\r\n<trailers>\r\n", into pool. Returns -1
- * on a trailer that would break the framing. */
+/* Serializes the last chunk with trailers, "0\r\n<trailers>\r\n", into pool; trailers
+ * named content-length or transfer-encoding are left out. Returns -1 on a trailer that
+ * would break the framing. */
 int lg_h1_flatten_last_chunk(h2o_mem_pool_t *pool, const lg_headers_t *trailers, h2o_iovec_t *out);
 
 /* Envoy's reason phrase for a status ("Unknown" when it has none). */

@@ -136,9 +136,10 @@ struct st_lg__h2_stream_t {
     uint32_t close_error;
     const char *detail;
     int reason_override; /* lg_reset_reason_t + 1, or 0 */
-    unsigned visible : 1, head_ready : 1, head_delivered : 1, final_head : 1, remote_end : 1, remote_end_delivered : 1,
-        trailers_delivered : 1, headers_sent : 1, local_end : 1, local_end_sent : 1, deferred : 1, paused : 1, closed : 1,
-        rst_received : 1, done : 1;
+    /* visible: the driver knows the stream (server: after on_new_stream); closed: nghttp2 closed it;
+     * local_end: the driver ended its side; done: terminal callback given or ops->reset called. */
+    unsigned visible : 1, head_ready : 1, head_delivered : 1, remote_end : 1, remote_end_delivered : 1, headers_sent : 1,
+        local_end : 1, local_end_sent : 1, deferred : 1, paused : 1, closed : 1, rst_received : 1, done : 1;
 };
 
 typedef enum en_lg__h2_state_t {
@@ -162,11 +163,11 @@ struct st_lg__h2_conn_t {
     lg__h2_state_t state;
     int close_requested, peer_gone, write_in_flight, pending_read, goaway_received, goaway_notified, drain_sent, done_pending;
     lg_reset_reason_t close_reason;
-    const char *close_detail;  /* why the connection closed */
-    const char *codec_error;   /* set when on_codec_error is due */
-    int final_goaway;          /* error code of the GOAWAY to write on close, or -1 */
+    const char *close_detail; /* why the connection closed */
+    const char *codec_error;  /* set when on_codec_error is due */
+    int final_goaway;         /* error code of the GOAWAY to write on close, or -1 */
     lg__h2_batch_t batch;
-    char *tail;                /* bytes the socket did not take, in flight */
+    char *tail; /* bytes the socket did not take, in flight */
     h2o_linklist_t streams, dirty, graveyard;
     size_t num_streams;
     struct {

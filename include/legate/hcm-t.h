@@ -96,7 +96,11 @@ struct st_lg_hcm_config_t {
     unsigned merge_slashes : 1;
     unsigned strip_any_host_port : 1;
     unsigned strip_matching_host_port : 1;
+    unsigned internal_unix_sockets : 1;
     lg_escaped_slashes_t escaped_slashes;
+    /* internal_address_config: NULL = Envoy's default (RFC 1918 / RFC 4193) */
+    lg_cidr_t *internal_cidrs;
+    size_t n_internal_cidrs;
     uint32_t xff_num_trusted_hops;
     uint64_t stream_idle_timeout_ms;   /* default 5 min; 0 disables */
     uint64_t request_timeout_ms;       /* default 0 (disabled) */

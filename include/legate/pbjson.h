@@ -76,9 +76,10 @@ int lg_pbjson_decode_into(ProtobufCMessage *msg, const lg_node_t *node, int flag
 
 /* Loads a bootstrap the way Envoy does for -c / --config-yaml: `path` is read
  * as YAML (.yaml, .yml), binary proto (.pb) or JSON (anything else); then
- * `override_yaml` is merged over it (protobuf MergeFrom: decoding into the
- * loaded message, so repeated fields append and a oneof member replaces another). Either may be NULL,
- * not both. Text protos (.pb_text) are rejected. */
+ * `override_yaml` is decoded into the result with lg_pbjson_decode_into(),
+ * which gives protobuf MergeFrom semantics (repeated fields append, a oneof
+ * member replaces another). Either may be NULL, not both. Text protos
+ * (.pb_text) are rejected. */
 ProtobufCMessage *lg_pbjson_load_file(const ProtobufCMessageDescriptor *desc, const char *path, const char *override_yaml,
                                       int flags, lg_error_t *err);
 

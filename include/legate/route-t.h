@@ -54,10 +54,10 @@ typedef struct st_lg_header_matcher_t {
     lg_header_match_kind_t kind;
     int invert;
     int treat_missing_as_empty;
-    int present;               /* LG_HEADER_MATCH_PRESENT */
-    int64_t range_start;       /* LG_HEADER_MATCH_RANGE: [start, end) */
+    int present;         /* LG_HEADER_MATCH_PRESENT */
+    int64_t range_start; /* LG_HEADER_MATCH_RANGE: [start, end) */
     int64_t range_end;
-    lg_string_matcher_t str;   /* LG_HEADER_MATCH_STRING */
+    lg_string_matcher_t str; /* LG_HEADER_MATCH_STRING */
 } lg_header_matcher_t;
 
 typedef enum en_lg_query_match_kind_t {
@@ -120,18 +120,18 @@ typedef struct st_lg_header_mutation_t {
 
 typedef struct st_lg_retry_policy_t {
     uint32_t retry_on;
-    uint32_t num_retries;         /* default 1 */
-    uint64_t per_try_timeout_ms;  /* 0 = none */
+    uint32_t num_retries;        /* default 1 */
+    uint64_t per_try_timeout_ms; /* 0 = none */
     uint64_t per_try_idle_timeout_ms;
-    uint64_t base_interval_ms;    /* 25 unless retry_back_off says otherwise */
-    uint64_t max_interval_ms;     /* 10 x base unless set */
+    uint64_t base_interval_ms; /* 25 unless retry_back_off says otherwise */
+    uint64_t max_interval_ms;  /* 10 x base unless set */
     size_t n_retriable_status_codes;
     uint32_t *retriable_status_codes;
-    size_t n_retriable_headers;   /* response headers that make a retry */
+    size_t n_retriable_headers; /* response headers that make a retry */
     lg_header_matcher_t *retriable_headers;
     size_t n_retriable_request_headers;
     lg_header_matcher_t *retriable_request_headers;
-    int previous_hosts;           /* retry_host_predicate envoy.retry_host_predicates.previous_hosts */
+    int previous_hosts; /* retry_host_predicate envoy.retry_host_predicates.previous_hosts */
     uint32_t host_selection_retry_max_attempts;
 } lg_retry_policy_t;
 
@@ -148,7 +148,7 @@ typedef struct st_lg_upgrade_config_t {
     h2o_iovec_t upgrade_type; /* lower-case ("websocket", "connect") */
     int enabled;
     int connect_allow_post;
-    int connect_has_config;   /* connect_config was given */
+    int connect_has_config; /* connect_config was given */
 } lg_upgrade_config_t;
 
 typedef struct st_lg_mirror_policy_t {
@@ -166,7 +166,7 @@ typedef struct st_lg_route_action_t {
     size_t n_weighted;
     lg_weighted_cluster_t *weighted;
     uint64_t total_weight;
-    h2o_iovec_t random_value_header; /* weighted_clusters.header_name, lower-case */
+    h2o_iovec_t random_value_header;     /* weighted_clusters.header_name, lower-case */
     int cluster_not_found_response_code; /* 503, 404 or 500 */
 
     h2o_iovec_t prefix_rewrite;
@@ -180,34 +180,34 @@ typedef struct st_lg_route_action_t {
     h2o_iovec_t host_rewrite_path_substitution;
     int append_x_forwarded_host;
 
-    uint64_t timeout_ms;             /* 15000 by default; 0 = disabled */
-    int64_t idle_timeout_ms;         /* -1 = not set (the HCM's stream idle timeout applies); 0 = disabled */
-    int64_t max_stream_duration_ms;  /* -1 = not set */
+    uint64_t timeout_ms;            /* 15000 by default; 0 = disabled */
+    int64_t idle_timeout_ms;        /* -1 = not set (the HCM's stream idle timeout applies); 0 = disabled */
+    int64_t max_stream_duration_ms; /* -1 = not set */
     int64_t grpc_timeout_header_max_ms;
     int64_t grpc_timeout_header_offset_ms;
-    int64_t max_grpc_timeout_ms;     /* deprecated fields, -1 = not set */
+    int64_t max_grpc_timeout_ms; /* deprecated fields, -1 = not set */
     int64_t grpc_timeout_offset_ms;
 
     const lg_retry_policy_t *retry_policy; /* the route's, else the vhost's, else NULL */
     size_t n_upgrade_configs;
     lg_upgrade_config_t *upgrade_configs;
-    size_t n_mirror_policies;        /* the route's, else the vhost's, else the table's */
+    size_t n_mirror_policies; /* the route's, else the vhost's, else the table's */
     const lg_mirror_policy_t *mirror_policies;
     int include_vh_rate_limits;
-    uint32_t priority;               /* core.v3.RoutingPriority */
+    uint32_t priority; /* core.v3.RoutingPriority */
 } lg_route_action_t;
 
 typedef struct st_lg_redirect_t {
-    int ssl_redirect;      /* the vhost's require_tls redirect: https://host/path */
-    h2o_iovec_t scheme;    /* scheme_redirect, or "https" for https_redirect; empty = keep */
+    int ssl_redirect;   /* the vhost's require_tls redirect: https://host/path */
+    h2o_iovec_t scheme; /* scheme_redirect, or "https" for https_redirect; empty = keep */
     h2o_iovec_t host;
-    h2o_iovec_t port;      /* ":8080", empty = none */
-    h2o_iovec_t path;      /* path_redirect */
+    h2o_iovec_t port; /* ":8080", empty = none */
+    h2o_iovec_t path; /* path_redirect */
     int path_has_query;
     h2o_iovec_t prefix_rewrite;
     lg_regex_t *regex_rewrite;
     h2o_iovec_t regex_rewrite_substitution;
-    int response_code;     /* 301, 302, 303, 307, 308 */
+    int response_code; /* 301, 302, 303, 307, 308 */
     int strip_query;
 } lg_redirect_t;
 
@@ -246,9 +246,9 @@ struct st_lg_route_t {
 
     /* action */
     lg_route_kind_t kind;
-    lg_route_action_t action;    /* LG_ROUTE_FORWARD */
-    lg_redirect_t redirect;      /* LG_ROUTE_REDIRECT */
-    int direct_status;           /* LG_ROUTE_DIRECT_RESPONSE */
+    lg_route_action_t action; /* LG_ROUTE_FORWARD */
+    lg_redirect_t redirect;   /* LG_ROUTE_REDIRECT */
+    int direct_status;        /* LG_ROUTE_DIRECT_RESPONSE */
     int has_direct_body;
     h2o_iovec_t direct_body;
     lg_header_mutation_t request_headers, response_headers;

@@ -27,8 +27,8 @@ typedef struct st_lg_route_compile_opts_t {
  * returns NULL and err names the field path, e.g.
  * "virtual_hosts[1].routes[3].match.safe_regex.regex: invalid regex '(': missing ): (".
  * The result holds one reference. */
-lg_route_table_t *lg_route_table_compile(const Envoy__Config__Route__V3__RouteConfiguration *rc, const lg_route_compile_opts_t *opts,
-                                         lg_error_t *err);
+lg_route_table_t *lg_route_table_compile(const Envoy__Config__Route__V3__RouteConfiguration *rc,
+                                         const lg_route_compile_opts_t *opts, lg_error_t *err);
 lg_route_table_t *lg_route_table_retain(lg_route_table_t *t);
 /* Drops a reference; the last one frees the table. Not thread-safe against
  * concurrent retains on the same table: snapshots own the references. */
@@ -52,7 +52,8 @@ void lg_header_matcher_dispose(lg_header_matcher_t *m);
  * then "*"), the vhost's require_tls redirect, then the first route whose
  * match fits. `random` feeds runtime_fraction. Returns NULL when no route
  * matches; *vhost_out (may be NULL) is the vhost found, or NULL. */
-const lg_route_t *lg_route_match(const lg_route_table_t *t, const lg_req_head_t *req, uint64_t random, const lg_vhost_t **vhost_out);
+const lg_route_t *lg_route_match(const lg_route_table_t *t, const lg_req_head_t *req, uint64_t random,
+                                 const lg_vhost_t **vhost_out);
 /* The virtual host alone. */
 const lg_vhost_t *lg_route_find_vhost(const lg_route_table_t *t, const lg_req_head_t *req);
 
@@ -68,7 +69,8 @@ int lg_header_matcher_match(const lg_header_matcher_t *m, const lg_headers_t *he
  * by `random % total_weight` (or by the weighted_clusters.header_name value).
  * *wc_out (may be NULL) is the weighted cluster picked, or NULL. The name
  * points into the table or the request. */
-h2o_iovec_t lg_route_pick_cluster(const lg_route_t *r, const lg_req_head_t *req, uint64_t random, const lg_weighted_cluster_t **wc_out);
+h2o_iovec_t lg_route_pick_cluster(const lg_route_t *r, const lg_req_head_t *req, uint64_t random,
+                                  const lg_weighted_cluster_t **wc_out);
 
 /* The :path after prefix_rewrite / regex_rewrite of a forwarding route (or a
  * redirect's prefix_rewrite / regex_rewrite), query preserved; returns {NULL,0}
@@ -77,14 +79,18 @@ h2o_iovec_t lg_route_path_rewrite(const lg_route_t *r, h2o_iovec_t path, h2o_mem
 /* The host after host_rewrite_literal / host_rewrite_header /
  * host_rewrite_path_regex (weighted cluster's literal first); {NULL,0} if
  * unchanged. auto_host_rewrite is the router's job (it knows the host). */
-h2o_iovec_t lg_route_host_rewrite(const lg_route_t *r, const lg_weighted_cluster_t *wc, const lg_req_head_t *req, h2o_mem_pool_t *pool);
-/* The Location of a redirect route (Envoy's newPath), path rewrites included. */
+h2o_iovec_t lg_route_host_rewrite(const lg_route_t *r, const lg_weighted_cluster_t *wc, const lg_req_head_t *req,
+                                  h2o_mem_pool_t *pool);
+/* The Location of a redirect route (Envoy's newPath), path rewrites included.
+ * For a direct_response route (Envoy sets Location on 201 and 3xx) it is the
+ * request's own URL. */
 h2o_iovec_t lg_route_redirect_url(const lg_route_t *r, const lg_req_head_t *req, h2o_mem_pool_t *pool);
 
 /* Applies one mutation list as Envoy's HeaderParser: removals first, then
  * every value is formatted against `si` (before anything is added, so
  * formatters see the original headers), then overwrites, then appends. */
-void lg_header_mutation_apply(const lg_header_mutation_t *m, lg_headers_t *headers, const lg_stream_info_t *si, h2o_mem_pool_t *pool);
+void lg_header_mutation_apply(const lg_header_mutation_t *m, lg_headers_t *headers, const lg_stream_info_t *si,
+                              h2o_mem_pool_t *pool);
 /* Applies the request header mutations of a route in Envoy's order: the
  * weighted cluster's, then route, vhost, route config (reversed when
  * most_specific_header_mutations_wins). */
@@ -96,7 +102,8 @@ void lg_route_apply_response_headers(const lg_route_t *r, const lg_weighted_clus
 /* The most specific typed_per_filter_config for a filter name: weighted
  * cluster, route, vhost, then route configuration; NULL if none. The Any
  * may hold an envoy.config.route.v3.FilterConfig wrapper. */
-const Google__Protobuf__Any *lg_route_per_filter_config(const lg_route_t *r, const lg_weighted_cluster_t *wc, const char *filter_name);
+const Google__Protobuf__Any *lg_route_per_filter_config(const lg_route_t *r, const lg_weighted_cluster_t *wc,
+                                                        const char *filter_name);
 
 /* ---- internal (route.c <-> route_match.c) ---- */
 

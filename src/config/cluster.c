@@ -90,12 +90,13 @@ static lg_host_config_t *host_new(const struct sockaddr_storage *ss, socklen_t s
     char addr[sizeof(struct sockaddr_un) + 16];
     size_t addrlen = lg_address_format((const struct sockaddr *)ss, salen, addr, sizeof(addr));
     size_t hlen = strlen(hostname);
-    lg_host_config_t *h = lg_calloc(1, sizeof(*h) + sizeof(struct sockaddr_storage) + addrlen + 1 + hlen + 1);
+    size_t sa_space = (salen + 7) & ~(size_t)7; /* sockaddr fields want their natural alignment */
+    lg_host_config_t *h = lg_calloc(1, sizeof(*h) + sa_space + addrlen + 1 + hlen + 1);
     char *p = (char *)(h + 1);
     memcpy(p, ss, salen);
     h->sa = (const struct sockaddr *)p;
     h->salen = salen;
-    p += sizeof(struct sockaddr_storage);
+    p += sa_space;
     memcpy(p, addr, addrlen + 1);
     h->address = p;
     p += addrlen + 1;
@@ -594,11 +595,13 @@ lg_cluster_config_t *lg_cluster_config_compile(const Envoy__Config__Cluster__V3_
     lg_cluster_config_t *cfg = config_new();
     cfg->name = lg_strdup(c->name);
     cfg->stat_name = stat_name_of(c->alt_stat_name != NULL && c->alt_stat_name[0] != '\0' ? c->alt_stat_name : c->name);
-    const char *eds_name = c->eds_cluster_config != NULL ? c->eds_cluster_config->service_name : NULL;
-    cfg->eds_service_name = lg_strdup(eds_name != NULL && eds_name[0] != '\0' ? eds_name : c->name);
     if (compile_body(cfg, c, err) != 0) {
         lg_cluster_config_release(cfg);
         return NULL;
+    }
+    if (cfg->discovery == LG_CLUSTER_EDS) {
+        const char *eds_name = c->eds_cluster_config != NULL ? c->eds_cluster_config->service_name : NULL;
+        cfg->eds_service_name = lg_strdup(eds_name != NULL && eds_name[0] != '\0' ? eds_name : c->name);
     }
     cfg->shared = shared_new(cfg->stat_name);
     publish_membership(cfg, cfg->n_hosts != 0);
@@ -619,7 +622,7 @@ lg_cluster_config_t *lg_cluster_config_with_endpoints(const lg_cluster_config_t 
     n->_refcnt = 1;
     n->name = lg_strdup(cfg->name);
     n->stat_name = lg_strdup(cfg->stat_name);
-    n->eds_service_name = lg_strdup(cfg->eds_service_name);
+    n->eds_service_name = cfg->eds_service_name != NULL ? lg_strdup(cfg->eds_service_name) : NULL;
     if (cfg->h2 != NULL) {
         n->h2 = lg_malloc(sizeof(*n->h2));
         *n->h2 = *cfg->h2;

@@ -511,6 +511,23 @@ static int decode_scalar(dec_t *d, const ProtobufCFieldDescriptor *fd, const lg_
 
 /* ---- well-known types ---- */
 
+/* An optional fraction of a second, ".5" to ".123456789", as nanoseconds. */
+static int parse_fraction(const char **s, int32_t *nanos)
+{
+    int digits = 0;
+    *nanos = 0;
+    if (**s != '.')
+        return 1;
+    for (++*s; **s >= '0' && **s <= '9'; ++*s, ++digits) {
+        if (digits == 9)
+            return 0;
+        *nanos = *nanos * 10 + (**s - '0');
+    }
+    for (int i = digits; i < 9; ++i)
+        *nanos *= 10;
+    return digits != 0;
+}
+
 /* protobuf's Duration syntax: -?seconds(.fraction{1,9})?s, within +-10000 years. */
 static int parse_duration(const char *s, int64_t *seconds, int32_t *nanos)
 {
@@ -524,23 +541,11 @@ static int parse_duration(const char *s, int64_t *seconds, int32_t *nanos)
         if (sec > 315576000000u)
             return 0;
     }
-    uint32_t ns = 0;
-    if (*s == '.') {
-        int digits = 0;
-        for (++s; *s >= '0' && *s <= '9'; ++s, ++digits) {
-            if (digits == 9)
-                return 0;
-            ns = ns * 10 + (uint32_t)(*s - '0');
-        }
-        if (digits == 0)
-            return 0;
-        for (; digits < 9; ++digits)
-            ns *= 10;
-    }
-    if (s[0] != 's' || s[1] != '\0')
+    int32_t ns;
+    if (!parse_fraction(&s, &ns) || s[0] != 's' || s[1] != '\0')
         return 0;
     *seconds = neg ? -(int64_t)sec : (int64_t)sec;
-    *nanos = neg ? -(int32_t)ns : (int32_t)ns;
+    *nanos = neg ? -ns : ns;
     return 1;
 }
 
@@ -580,19 +585,9 @@ static int parse_timestamp(const char *s, int64_t *seconds, int32_t *nanos)
     if (Y < 1 || M < 1 || M > 12 || D < 1 || D > mdays[M - 1] ||
         (M == 2 && D == 29 && (Y % 4 != 0 || (Y % 100 == 0 && Y % 400 != 0))) || h > 23 || m > 59 || sec > 59)
         return 0;
-    int32_t ns = 0;
-    if (*s == '.') {
-        int digits = 0;
-        for (++s; *s >= '0' && *s <= '9'; ++s, ++digits) {
-            if (digits == 9)
-                return 0;
-            ns = ns * 10 + (*s - '0');
-        }
-        if (digits == 0)
-            return 0;
-        for (; digits < 9; ++digits)
-            ns *= 10;
-    }
+    int32_t ns;
+    if (!parse_fraction(&s, &ns))
+        return 0;
     int64_t offset = 0;
     if (*s == 'Z' || *s == 'z') {
         ++s;

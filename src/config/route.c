@@ -24,7 +24,17 @@ typedef struct st_lg__rc_t {
     lg_error_t *err;
 } lg__rc_t;
 
-/* Prepends a path element: "a" + "b: msg" -> "a.b: msg"; "a" + "[1].b: msg" -> "a[1].b: msg". */
+/* Whether a message already starts with a field path ("a.b[2]: ..."). */
+static int starts_with_path(const char *msg)
+{
+    const char *p = msg;
+    while (islower((unsigned char)*p) || isdigit((unsigned char)*p) || *p == '_' || *p == '.' || *p == '[' || *p == ']')
+        ++p;
+    return p != msg && *p == ':';
+}
+
+/* Prepends a path element: "a" + "b: msg" -> "a.b: msg", "a" + "[1].b: msg" ->
+ * "a[1].b: msg", "a" + "msg" -> "a: msg". */
 static int errp(lg_error_t *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int errp(lg_error_t *err, const char *fmt, ...)
 {
@@ -34,7 +44,8 @@ static int errp(lg_error_t *err, const char *fmt, ...)
     vsnprintf(prefix, sizeof(prefix), fmt, ap);
     va_end(ap);
     memcpy(old, err->msg, sizeof(old));
-    snprintf(err->msg, sizeof(err->msg), "%s%s%.1700s", prefix, old[0] == '[' ? "" : ".", old);
+    const char *sep = !starts_with_path(old) ? ": " : old[0] == '[' ? "" : ".";
+    snprintf(err->msg, sizeof(err->msg), "%s%s%.1700s", prefix, sep, old);
     return -1;
 }
 
@@ -353,8 +364,8 @@ static int compile_header_add(lg__rc_t *c, const Envoy__Config__Core__V3__Header
     return 0;
 }
 
-static int compile_mutation(lg__rc_t *c, size_t n_add, Envoy__Config__Core__V3__HeaderValueOption **add, size_t n_remove, char **remove,
-                            lg_header_mutation_t *out, const char *kind)
+static int compile_mutation(lg__rc_t *c, size_t n_add, Envoy__Config__Core__V3__HeaderValueOption **add, size_t n_remove,
+                            char **remove, lg_header_mutation_t *out, const char *kind)
 {
     out->n_add = n_add;
     out->add = n_add != 0 ? c_alloc(c, n_add * sizeof(*out->add)) : NULL;
@@ -373,9 +384,9 @@ static int compile_mutation(lg__rc_t *c, size_t n_add, Envoy__Config__Core__V3__
     return 0;
 }
 
-#define COMPILE_MUTATIONS(c, msg, req, resp)                                                                                       \
+#define COMPILE_MUTATIONS(c, msg, req, resp)                                                                                      \
     (compile_mutation((c), (msg)->n_request_headers_to_add, (msg)->request_headers_to_add, (msg)->n_request_headers_to_remove,    \
-                      (msg)->request_headers_to_remove, (req), "request") != 0 ||                                                  \
+                      (msg)->request_headers_to_remove, (req), "request") != 0 ||                                                 \
      compile_mutation((c), (msg)->n_response_headers_to_add, (msg)->response_headers_to_add, (msg)->n_response_headers_to_remove, \
                       (msg)->response_headers_to_remove, (resp), "response") != 0)
 
@@ -477,10 +488,12 @@ static int compile_retry_policy(lg__rc_t *c, const Envoy__Config__Route__V3__Ret
         return errp(c->err, "per_try_timeout");
     if (p->per_try_idle_timeout != NULL && duration_ms(p->per_try_idle_timeout, &rp->per_try_idle_timeout_ms, c->err) != 0)
         return errp(c->err, "per_try_idle_timeout");
-    rp->host_selection_retry_max_attempts = p->host_selection_retry_max_attempts > 0 ? (uint32_t)p->host_selection_retry_max_attempts : 1;
+    rp->host_selection_retry_max_attempts =
+        p->host_selection_retry_max_attempts > 0 ? (uint32_t)p->host_selection_retry_max_attempts : 1;
     rp->n_retriable_status_codes = p->n_retriable_status_codes;
     rp->retriable_status_codes = c_alloc(c, p->n_retriable_status_codes * sizeof(uint32_t) + 1);
-    memcpy(rp->retriable_status_codes, p->retriable_status_codes, p->n_retriable_status_codes * sizeof(uint32_t));
+    if (p->n_retriable_status_codes != 0)
+        memcpy(rp->retriable_status_codes, p->retriable_status_codes, p->n_retriable_status_codes * sizeof(uint32_t));
     rp->base_interval_ms = 25;
     rp->max_interval_ms = 250;
     if (p->retry_back_off != NULL && compile_retry_backoff(c, p->retry_back_off, rp) != 0)
@@ -495,22 +508,25 @@ static int compile_retry_policy(lg__rc_t *c, const Envoy__Config__Route__V3__Ret
 
 /* ---- mirror policies ---- */
 
-static int compile_mirrors(lg__rc_t *c, size_t n, Envoy__Config__Route__V3__RouteAction__RequestMirrorPolicy **in, lg_mirror_policy_t **out)
+static int compile_mirrors(lg__rc_t *c, size_t n, Envoy__Config__Route__V3__RouteAction__RequestMirrorPolicy **in,
+                           lg_mirror_policy_t **out)
 {
     *out = n != 0 ? c_alloc(c, n * sizeof(**out)) : NULL;
     for (size_t i = 0; i != n; ++i) {
         const Envoy__Config__Route__V3__RouteAction__RequestMirrorPolicy *m = in[i];
         lg_mirror_policy_t *mp = &(*out)[i];
         if (m->cluster[0] != '\0' && m->cluster_header[0] != '\0')
-            return lg_error(c->err,
-                            "request_mirror_policies[%zu]: Only one of cluster '%s' or cluster_header '%s' in request mirror policy "
-                            "can be specified",
-                            i, m->cluster, m->cluster_header);
+            return lg_error(
+                c->err,
+                "request_mirror_policies[%zu]: Only one of cluster '%s' or cluster_header '%s' in request mirror policy "
+                "can be specified",
+                i, m->cluster, m->cluster_header);
         if (m->cluster[0] == '\0' && m->cluster_header[0] == '\0')
-            return lg_error(c->err,
-                            "request_mirror_policies[%zu]: Exactly one of cluster or cluster_header in request mirror policy need to "
-                            "be specified",
-                            i);
+            return lg_error(
+                c->err,
+                "request_mirror_policies[%zu]: Exactly one of cluster or cluster_header in request mirror policy need to "
+                "be specified",
+                i);
         if (m->cluster[0] != '\0' && c->validate_clusters && !c->opts->cluster_exists(c->opts->ctx, m->cluster))
             return lg_error(c->err, "request_mirror_policies[%zu].cluster: route: unknown shadow cluster '%s'", i, m->cluster);
         mp->cluster = c_str(c, m->cluster, 0);
@@ -593,10 +609,11 @@ static int compile_match(lg__rc_t *c, const Envoy__Config__Route__V3__RouteMatch
 
 /* ---- route action ---- */
 
-static int check_cluster(lg__rc_t *c, const char *name, const char *what)
+/* Envoy's validateClusters; the message carries its field since it reads like a path. */
+static int check_cluster(lg__rc_t *c, const char *name, const char *field, const char *what)
 {
     if (c->validate_clusters && !c->opts->cluster_exists(c->opts->ctx, name))
-        return lg_error(c->err, "route: unknown %s'%s'", what, name);
+        return lg_error(c->err, "%s: route: unknown %s '%s'", field, what, name);
     return 0;
 }
 
@@ -611,8 +628,8 @@ static int compile_weighted_cluster(lg__rc_t *c, const Envoy__Config__Route__V3_
         return lg_error(c->err, "weight: value is required");
     if (cw->metadata_match != NULL)
         return unsupported(c->err, "metadata_match");
-    if (cw->name[0] != '\0' && check_cluster(c, cw->name, "weighted cluster ") != 0)
-        return errp(c->err, "name");
+    if (cw->name[0] != '\0' && check_cluster(c, cw->name, "name", "weighted cluster") != 0)
+        return -1;
     wc->pb = cw;
     wc->name = c_str(c, cw->name, 0);
     wc->cluster_header = c_str(c, cw->cluster_header, 1);
@@ -647,8 +664,8 @@ static int compile_cluster_specifier(lg__rc_t *c, const Envoy__Config__Route__V3
     case ENVOY__CONFIG__ROUTE__V3__ROUTE_ACTION__CLUSTER_SPECIFIER_CLUSTER:
         if (ra->cluster[0] == '\0')
             return lg_error(c->err, "cluster: value length must be at least 1 characters");
-        if (check_cluster(c, ra->cluster, "") != 0)
-            return errp(c->err, "cluster");
+        if (check_cluster(c, ra->cluster, "cluster", "cluster") != 0)
+            return -1;
         a->cluster = c_str(c, ra->cluster, 0);
         return 0;
     case ENVOY__CONFIG__ROUTE__V3__ROUTE_ACTION__CLUSTER_SPECIFIER_CLUSTER_HEADER:
@@ -718,8 +735,8 @@ static int compile_timeouts(lg__rc_t *c, const Envoy__Config__Route__V3__RouteAc
         opt_duration_ms(ra->grpc_timeout_offset, &a->grpc_timeout_offset_ms, "grpc_timeout_offset", c->err) != 0)
         return -1;
     const Envoy__Config__Route__V3__RouteAction__MaxStreamDuration *msd = ra->max_stream_duration;
-    if (opt_duration_ms(msd != NULL ? msd->max_stream_duration : NULL, &a->max_stream_duration_ms, "max_stream_duration.max_stream_duration",
-                        c->err) != 0 ||
+    if (opt_duration_ms(msd != NULL ? msd->max_stream_duration : NULL, &a->max_stream_duration_ms,
+                        "max_stream_duration.max_stream_duration", c->err) != 0 ||
         opt_duration_ms(msd != NULL ? msd->grpc_timeout_header_max : NULL, &a->grpc_timeout_header_max_ms,
                         "max_stream_duration.grpc_timeout_header_max", c->err) != 0 ||
         opt_duration_ms(msd != NULL ? msd->grpc_timeout_header_offset : NULL, &a->grpc_timeout_header_offset_ms,
@@ -809,7 +826,8 @@ static int compile_redirect(lg__rc_t *c, const Envoy__Config__Route__V3__Redirec
     rd->response_code = codes[ra->response_code];
     if (ra->scheme_rewrite_specifier_case == ENVOY__CONFIG__ROUTE__V3__REDIRECT_ACTION__SCHEME_REWRITE_SPECIFIER_SCHEME_REDIRECT)
         rd->scheme = c_str(c, ra->scheme_redirect, 1);
-    else if (ra->scheme_rewrite_specifier_case == ENVOY__CONFIG__ROUTE__V3__REDIRECT_ACTION__SCHEME_REWRITE_SPECIFIER_HTTPS_REDIRECT &&
+    else if (ra->scheme_rewrite_specifier_case ==
+                 ENVOY__CONFIG__ROUTE__V3__REDIRECT_ACTION__SCHEME_REWRITE_SPECIFIER_HTTPS_REDIRECT &&
              ra->https_redirect)
         rd->scheme = h2o_iovec_init(H2O_STRLIT("https"));
     rd->host = c_str(c, ra->host_redirect, 0);
@@ -885,7 +903,8 @@ static int compile_direct_response(lg__rc_t *c, const Envoy__Config__Route__V3__
         break;
     }
     if (len > c->t->max_direct_response_body_size_bytes)
-        return lg_error(c->err, "body: response body size is %zu bytes; maximum is %u", len, c->t->max_direct_response_body_size_bytes);
+        return lg_error(c->err, "body: response body size is %zu bytes; maximum is %u", len,
+                        c->t->max_direct_response_body_size_bytes);
     r->direct_body = c_dup(c, data, len, 0);
     return 0;
 }
@@ -1065,8 +1084,10 @@ static int check_unique_vhost_names(lg__rc_t *c, const Envoy__Config__Route__V3_
     free(order);
     if (dup == SIZE_MAX || rc->virtual_hosts[dup]->name[0] == '\0')
         return 0;
-    return lg_error(c->err, "virtual_hosts[%zu].name: Only unique values for virtual host names are permitted. Duplicate entry of %s in route %s",
-                    dup, rc->virtual_hosts[dup]->name, rc->name);
+    return lg_error(
+        c->err,
+        "virtual_hosts[%zu].name: Only unique values for virtual host names are permitted. Duplicate entry of %s in route %s", dup,
+        rc->virtual_hosts[dup]->name, rc->name);
 }
 
 static int compile_table(lg__rc_t *c, const Envoy__Config__Route__V3__RouteConfiguration *rc)
@@ -1096,8 +1117,8 @@ static Envoy__Config__Route__V3__RouteConfiguration *copy_message(const Envoy__C
     return copy;
 }
 
-lg_route_table_t *lg_route_table_compile(const Envoy__Config__Route__V3__RouteConfiguration *rc, const lg_route_compile_opts_t *opts,
-                                         lg_error_t *err)
+lg_route_table_t *lg_route_table_compile(const Envoy__Config__Route__V3__RouteConfiguration *rc,
+                                         const lg_route_compile_opts_t *opts, lg_error_t *err)
 {
     static const lg_route_compile_opts_t no_opts = {0};
     lg_route_table_t *t = lg_calloc(1, sizeof(*t));

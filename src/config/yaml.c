@@ -147,9 +147,9 @@ static int attach(builder_t *b, lg_node_t *node, int ignore_tag)
     }
     frame_t *f = b->stack + b->depth - 1;
     lg_node_t *parent = f->node;
-    if (add_weight(b, parent, node->weight) != 0)
-        goto fail;
     if (parent->type == LG_NODE_SEQ) {
+        if (add_weight(b, parent, node->weight) != 0)
+            goto fail;
         if (parent->seq.n == f->cap)
             parent->seq.items = lg_realloc(parent->seq.items, (f->cap = f->cap * 2 + 4) * sizeof(*parent->seq.items));
         parent->seq.items[parent->seq.n++] = node;
@@ -176,6 +176,8 @@ static int attach(builder_t *b, lg_node_t *node, int ignore_tag)
         f->merges[f->n_merges++] = node;
     } else {
         map_push(parent, &f->cap, key, node);
+        if (add_weight(b, parent, key->weight + node->weight) != 0)
+            return -1;
     }
     return 0;
 fail:
@@ -210,6 +212,8 @@ static int apply_merge(builder_t *b, frame_t *f, const lg_node_t *src)
         lg_node_pair_t *p = src->map.pairs + i;
         if (map_has_key(f->node, p->key))
             continue;
+        if (add_weight(b, f->node, p->key->weight + p->value->weight) != 0)
+            return -1;
         ++p->key->refcnt;
         ++p->value->refcnt;
         map_push(f->node, &f->cap, p->key, p->value);

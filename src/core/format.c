@@ -126,9 +126,9 @@ static const lg__fmt_cmd_t commands[] = {
 
 typedef struct st_lg__fmt_seg_t {
     lg__fmt_op_t op;
-    h2o_iovec_t text;     /* literal, START_TIME format, or the main header name (lower-case) */
-    h2o_iovec_t alt;      /* REQ/RESP/TRAILER alternative header */
-    size_t max_len;       /* SIZE_MAX = no limit */
+    h2o_iovec_t text; /* literal, START_TIME format, or the main header name (lower-case) */
+    h2o_iovec_t alt;  /* REQ/RESP/TRAILER alternative header */
+    size_t max_len;   /* SIZE_MAX = no limit */
 } lg__fmt_seg_t;
 
 struct st_lg_format_t {
@@ -268,7 +268,7 @@ static int compile_command(lg_format_t *f, h2o_iovec_t name, h2o_iovec_t arg, in
             return -1;
         break;
     case OP_START_TIME:
-        seg.text = h2o_iovec_init(lg_strndup(arg.base, arg.len), arg.len);
+        seg.text = h2o_iovec_init(lg_strndup(arg.len != 0 ? arg.base : "", arg.len), arg.len);
         break;
     case OP_HOSTNAME:
         if (f->hostname == NULL) {

@@ -12,6 +12,7 @@
 #include "legate/address.h"
 #include "legate/admin.h"
 #include "legate/cluster.h"
+#include "legate/config_dump.h"
 #include "legate/hcm.h"
 #include "legate/listener.h"
 #include "legate/listener_runtime.h"
@@ -56,9 +57,6 @@ static struct {
     uint64_t start_wall_us;
 } srv = {.snapshot_mutex = PTHREAD_MUTEX_INITIALIZER};
 
-static const lg_stat_def_t server_defs[] = {LG_SERVER_STATS(LG_STAT_DEF)};
-static const lg_stat_def_t listener_manager_defs[] = {LG_LISTENER_MANAGER_STATS(LG_STAT_DEF)};
-static const lg_stat_def_t cluster_manager_defs[] = {LG_CLUSTER_MANAGER_STATS(LG_STAT_DEF)};
 
 uint64_t lg_server_next_connection_id(void)
 {
@@ -326,64 +324,13 @@ static void admin_listeners(const lg_admin_request_t *req, lg_admin_response_t *
     lg_snapshot_unref(s);
 }
 
-static void rfc3339(lg_strbuf_t *out, uint64_t wall_us)
-{
-    time_t t = (time_t)(wall_us / 1000000);
-    struct tm tm;
-    char buf[64];
-    gmtime_r(&t, &tm);
-    strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
-    lg_strbuf_printf(out, "\"%s.%03uZ\"", buf, (unsigned)(wall_us / 1000 % 1000));
-}
-
 /* Envoy's ConfigDump: bootstrap, clusters, listeners, routes, in this order. */
 static void admin_config_dump(const lg_admin_request_t *req, lg_admin_response_t *res, void *ctx)
 {
     lg_snapshot_t *s = current_snapshot();
-    Envoy__Config__Bootstrap__V3__Bootstrap *b = (Envoy__Config__Bootstrap__V3__Bootstrap *)s->bootstrap;
-    const char *resource = lg_admin_param(req, "resource");
-    lg_strbuf_t *o = &res->body;
+    lg_config_dump_src_t src = {s->bootstrap, s->last_updated_wall_us};
     res->content_type = LG_ADMIN_CONTENT_JSON;
-    if (resource != NULL && resource[0] != '\0') {
-        lg_strbuf_puts(o, "{\"configs\":[]}\n");
-        lg_snapshot_unref(s);
-        return;
-    }
-    lg_strbuf_puts(o, "{\n \"configs\": [\n  {\n   \"@type\": \"type.googleapis.com/envoy.admin.v3.BootstrapConfigDump\",\n   \"bootstrap\": ");
-    lg_pbjson_encode(o, s->bootstrap, 0);
-    lg_strbuf_puts(o, ",\n   \"last_updated\": ");
-    rfc3339(o, s->last_updated_wall_us);
-    lg_strbuf_puts(o, "\n  },\n  {\n   \"@type\": \"type.googleapis.com/envoy.admin.v3.ClustersConfigDump\",\n   \"static_clusters\": [");
-    const Envoy__Config__Bootstrap__V3__Bootstrap__StaticResources *sr = b->static_resources;
-    for (size_t i = 0; sr != NULL && i != sr->n_clusters; ++i) {
-        lg_strbuf_puts(o, i ? ",{\"cluster\": " : "{\"cluster\": ");
-        lg_strbuf_t tmp = {NULL};
-        lg_pbjson_encode(&tmp, &sr->clusters[i]->base, 0);
-        /* the typed form Envoy prints: {"@type": ..., fields} */
-        lg_strbuf_puts(o, "{\"@type\":\"type.googleapis.com/envoy.config.cluster.v3.Cluster\"");
-        if (tmp.len > 2)
-            lg_strbuf_printf(o, ",%.*s", (int)(tmp.len - 2), tmp.base + 1);
-        lg_strbuf_puts(o, "}");
-        lg_strbuf_free(&tmp);
-        lg_strbuf_puts(o, ", \"last_updated\": ");
-        rfc3339(o, s->last_updated_wall_us);
-        lg_strbuf_puts(o, "}");
-    }
-    lg_strbuf_puts(o, "]\n  },\n  {\n   \"@type\": \"type.googleapis.com/envoy.admin.v3.ListenersConfigDump\",\n   \"static_listeners\": [");
-    for (size_t i = 0; sr != NULL && i != sr->n_listeners; ++i) {
-        lg_strbuf_puts(o, i ? ",{\"listener\": " : "{\"listener\": ");
-        lg_strbuf_t tmp = {NULL};
-        lg_pbjson_encode(&tmp, &sr->listeners[i]->base, 0);
-        lg_strbuf_puts(o, "{\"@type\":\"type.googleapis.com/envoy.config.listener.v3.Listener\"");
-        if (tmp.len > 2)
-            lg_strbuf_printf(o, ",%.*s", (int)(tmp.len - 2), tmp.base + 1);
-        lg_strbuf_puts(o, "}");
-        lg_strbuf_free(&tmp);
-        lg_strbuf_puts(o, ", \"last_updated\": ");
-        rfc3339(o, s->last_updated_wall_us);
-        lg_strbuf_puts(o, "}");
-    }
-    lg_strbuf_puts(o, "]\n  },\n  {\n   \"@type\": \"type.googleapis.com/envoy.admin.v3.RoutesConfigDump\",\n   \"static_route_configs\": []\n  }\n ]\n}\n");
+    lg_config_dump(&res->body, &src);
     lg_snapshot_unref(s);
 }
 
@@ -406,7 +353,6 @@ static void register_admin(void)
     lg_admin_register("/listeners", "print listener info", 0, admin_listeners, NULL);
     lg_admin_add_param("/listeners", "format", "File format to use; text or json");
     lg_admin_register("/config_dump", "dump current Envoy configs (experimental)", 0, admin_config_dump, NULL);
-    lg_admin_add_param("/config_dump", "resource", "The resource to dump");
     lg_admin_register("/drain_listeners", "drain listeners", 1, admin_drain_listeners, NULL);
     lg_admin_add_param("/drain_listeners", "graceful", "When draining listeners, enter a graceful drain period prior to closing");
     lg_admin_on_quit(on_quit);
@@ -579,9 +525,9 @@ int lg_server_run(const lg_options_t *o)
         lg_stats_shutdown();
         return 0;
     }
-    srv.server_stats = lg_stats_block_new("server.", server_defs, LG_ARRAY_SIZE(server_defs));
-    srv.listener_manager_stats = lg_stats_block_new("listener_manager.", listener_manager_defs, LG_ARRAY_SIZE(listener_manager_defs));
-    srv.cluster_manager_stats = lg_stats_block_new("cluster_manager.", cluster_manager_defs, LG_ARRAY_SIZE(cluster_manager_defs));
+    srv.server_stats = lg_stats_server;
+    srv.listener_manager_stats = lg_stats_listener_manager;
+    srv.cluster_manager_stats = lg_stats_cluster_manager;
     lg_stats_gauge_set(srv.server_stats, LG_SERVER_STAT_concurrency, srv.n_workers);
     lg_stats_server_set_state(LG_SERVER_PRE_INITIALIZING);
     server_info_json(o, (Envoy__Config__Bootstrap__V3__Bootstrap *)bootstrap);
@@ -622,9 +568,6 @@ int lg_server_run(const lg_options_t *o)
     lg_snapshot_unref(srv.snapshot);
     srv.snapshot = NULL;
     pthread_mutex_unlock(&srv.snapshot_mutex);
-    lg_stats_block_release(srv.server_stats);
-    lg_stats_block_release(srv.listener_manager_stats);
-    lg_stats_block_release(srv.cluster_manager_stats);
     lg_stats_shutdown();
     LG_INFO(main, "exiting");
     return 0;

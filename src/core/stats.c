@@ -883,5 +883,5 @@ void lg_stats_server_refresh(int healthcheck_failed)
     lg_stats_gauge_set(s, LG_SERVER_STAT_memory_heap_size, mi.arena + mi.hblkhd);
     lg_stats_gauge_set(s, LG_SERVER_STAT_memory_physical_size, resident_bytes());
     lg_stats_gauge_set(s, LG_SERVER_STAT_state, state);
-    lg_stats_gauge_set(s, LG_SERVER_STAT_live, lg_stats_server_state(0) == LG_SERVER_LIVE);
+    lg_stats_gauge_set(s, LG_SERVER_STAT_live, state == LG_SERVER_LIVE);
 }

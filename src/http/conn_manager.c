@@ -226,17 +226,25 @@ static void on_new_stream(lg_server_conn_t *codec, lg_stream_t *ds)
     stream_touch(s);
 }
 
-static int is_internal_address(const struct sockaddr *sa)
+/* Envoy's internal address check: internal_address_config's ranges, or by
+ * default RFC 1918 and RFC 4193 addresses (loopback is not internal). */
+static int is_internal_address(const lg_hcm_config_t *cfg, const struct sockaddr *sa)
 {
+    if (sa->sa_family == AF_UNIX)
+        return cfg->internal_unix_sockets;
+    if (cfg->internal_cidrs != NULL) {
+        for (size_t i = 0; i != cfg->n_internal_cidrs; ++i)
+            if (lg_cidr_contains(cfg->internal_cidrs + i, sa))
+                return 1;
+        return 0;
+    }
     if (sa->sa_family == AF_INET) {
         uint32_t a = ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr);
-        return (a >> 24) == 10 || (a >> 20) == (172 << 4 | 1) || (a >> 16) == (192 << 8 | 168) || (a >> 24) == 127;
+        return (a >> 24) == 10 || (a >> 20) == (172 << 4 | 1) || (a >> 16) == (192 << 8 | 168);
     }
-    if (sa->sa_family == AF_INET6) {
-        const uint8_t *b = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
-        return IN6_IS_ADDR_LOOPBACK((const struct in6_addr *)b) || (b[0] & 0xfe) == 0xfc;
-    }
-    return sa->sa_family == AF_UNIX;
+    if (sa->sa_family == AF_INET6)
+        return (((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr[0] & 0xfe) == 0xfc;
+    return 0;
 }
 
 /* Parses the n-th address from the right of x-forwarded-for into ss. */
@@ -290,12 +298,12 @@ static void mutate_request_headers(lg_hcm_stream_t *s, lg_req_head_t *req)
             h2o_iovec_t v = xff.base == NULL ? h2o_strdup(&s->pool, ip, n) : h2o_concat(&s->pool, xff, h2o_iovec_init(H2O_STRLIT(",")), h2o_iovec_init(ip, n));
             lg_headers_set(&s->pool, &req->headers, LG_LIT("x-forwarded-for"), v);
         }
-        internal = is_internal_address((struct sockaddr *)&c->peer);
+        internal = is_internal_address(cfg, (struct sockaddr *)&c->peer);
     } else {
         struct sockaddr_storage ss;
         if (xff.base != NULL && xff_address(xff, cfg->xff_num_trusted_hops, &ss) == 0) {
             s->info.downstream_remote = ss;
-            internal = is_internal_address((struct sockaddr *)&ss);
+            internal = is_internal_address(cfg, (struct sockaddr *)&ss);
         } else {
             internal = 0;
         }
@@ -341,6 +349,29 @@ static void mutate_request_headers(lg_hcm_stream_t *s, lg_req_head_t *req)
     } else {
         s->info.request_id = lg_headers_get(&req->headers, H2O_STRLIT("x-request-id"));
     }
+}
+
+/* strip_any_host_port / strip_matching_host_port: drops ":port" from the
+ * authority (IPv6 literals keep their brackets). */
+static void strip_host_port(lg_hcm_stream_t *s, lg_req_head_t *req)
+{
+    const lg_hcm_config_t *cfg = s->conn->config;
+    h2o_iovec_t a = req->authority;
+    if (!cfg->strip_any_host_port && !cfg->strip_matching_host_port)
+        return;
+    size_t i = a.len;
+    while (i != 0 && a.base[i - 1] >= '0' && a.base[i - 1] <= '9')
+        --i;
+    if (i == 0 || i == a.len || a.base[i - 1] != ':' || (a.base[0] == '[' && a.base[i - 2] != ']'))
+        return;
+    if (!cfg->strip_any_host_port) {
+        unsigned port = 0;
+        for (size_t k = i; k != a.len; ++k)
+            port = port * 10 + (unsigned)(a.base[k] - '0');
+        if (port != lg_address_port((struct sockaddr *)&s->conn->local))
+            return;
+    }
+    req->authority.len = i - 1;
 }
 
 /* Removes dot segments and, when configured, merges slashes. Returns 0, or
@@ -440,6 +471,7 @@ static void on_headers(lg_stream_t *ds, void *head, int end_stream)
         lg_hcm_send_local_reply(s, 400, h2o_iovec_init(NULL, 0), "path_normalization_failed", 0);
         return;
     }
+    strip_host_port(s, req);
     mutate_request_headers(s, req);
     decode_headers_from(s, 0);
 }

@@ -179,16 +179,20 @@ size_t lg_h1_chunk_header(char buf[LG_H1_CHUNK_HEADER_MAX], size_t len)
     return (size_t)snprintf(buf, LG_H1_CHUNK_HEADER_MAX, "%zx\r\n", len);
 }
 
+/* Framing fields are not forwarded as trailers (RFC 9110 section 6.5.1): a lax parser
+ * downstream might merge them into the head. */
+#define TRAILER_FLAGS LG_H1_ADD_CHUNKED_TE
+
 int lg_h1_flatten_last_chunk(h2o_mem_pool_t *pool, const lg_headers_t *trailers, h2o_iovec_t *out)
 {
-    ssize_t fields = trailers != NULL ? fields_size(trailers, 0, 0) : 0;
+    ssize_t fields = trailers != NULL ? fields_size(trailers, 0, TRAILER_FLAGS) : 0;
     if (fields < 0)
         return -1;
     char *buf = h2o_mem_alloc_pool(pool, fields + 5), *p = buf;
     p = append(p, "0\r\n", 3);
     if (trailers != NULL)
         for (size_t i = 0; i != trailers->size; ++i)
-            if (header_is_sent(trailers->entries + i, 0, 0))
+            if (header_is_sent(trailers->entries + i, 0, TRAILER_FLAGS))
                 p = append_field(p, trailers->entries[i].name, trailers->entries[i].value);
     p = append(p, "\r\n", 2);
     *out = h2o_iovec_init(buf, p - buf);

@@ -298,8 +298,11 @@ static int note_field(head_fields_t *f, h2o_iovec_t name, h2o_iovec_t value, int
 static int parse_fields(h2o_mem_pool_t *pool, char *p, const char *end, const lg_h1_limits_t *lim, int is_request,
                         lg_headers_t *headers, head_fields_t *f, uint32_t *dropped, lg_h1_error_t *err)
 {
-    size_t count = 0;
+    size_t count = 0, lines = 0;
     h2o_iovec_t line, name, value;
+    for (const char *q = p; (q = memchr(q, '\n', end - q)) != NULL; ++q)
+        ++lines;
+    h2o_vector_reserve(pool, headers, lines < lim->max_headers_count ? lines : lim->max_headers_count);
     while ((line = take_line(&p, end)).len != 0) {
         if (lg__h1_parse_field_line(line.base, line.len, &name, &value, err) != 0)
             return -1;

@@ -32,7 +32,8 @@ extern "C" lg_regex_t *lg_regex_compile(const char *pattern, size_t len, const u
         return NULL;
     }
     if (max_program_size != NULL && size > *max_program_size) {
-        lg_error(err, "regex '%.*s' RE2 program size of %u > max program size of %u. Increase configured max program size if necessary.",
+        lg_error(err,
+                 "regex '%.*s' RE2 program size of %u > max program size of %u. Increase configured max program size if necessary.",
                  (int)len, pattern, size, *max_program_size);
         delete r;
         return NULL;
@@ -65,8 +66,8 @@ extern "C" int lg_regex_partial_match(const lg_regex_t *re, const char *s, size_
     return re2::RE2::PartialMatch(re2::StringPiece(s, len), re->re);
 }
 
-extern "C" h2o_iovec_t lg_regex_replace_all(const lg_regex_t *re, const char *s, size_t len, const char *rewrite, size_t rewrite_len,
-                                            h2o_mem_pool_t *pool)
+extern "C" h2o_iovec_t lg_regex_replace_all(const lg_regex_t *re, const char *s, size_t len, const char *rewrite,
+                                            size_t rewrite_len, h2o_mem_pool_t *pool)
 {
     std::string out(s, len);
     re2::RE2::GlobalReplace(&out, re->re, re2::StringPiece(rewrite, rewrite_len));

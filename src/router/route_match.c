@@ -166,8 +166,7 @@ static ssize_t port_start(const char *host, size_t len)
     return colon;
 }
 
-static const lg_vhost_t *find_wildcard(const lg__dmap_t *m, const size_t *lens, size_t n, const char *host, size_t len,
-                                       int suffix)
+static const lg_vhost_t *find_wildcard(const lg__dmap_t *m, const size_t *lens, size_t n, const char *host, size_t len, int suffix)
 {
     for (size_t i = 0; i != n; ++i) {
         /* >= because *.foo.com must not match .foo.com */
@@ -565,7 +564,8 @@ static int other_matches(const lg__match_ctx_t *cx, const lg_route_t *r)
 static h2o_iovec_t path_for_matching(const lg_route_table_t *t, h2o_iovec_t path)
 {
     size_t n = 0;
-    while (n != path.len && path.base[n] != '?' && path.base[n] != '#' && !(t->ignore_path_parameters_in_path_matching && path.base[n] == ';'))
+    while (n != path.len && path.base[n] != '?' && path.base[n] != '#' &&
+           !(t->ignore_path_parameters_in_path_matching && path.base[n] == ';'))
         ++n;
     return h2o_iovec_init(path.base, n);
 }
@@ -649,7 +649,8 @@ static int parse_uint64(h2o_iovec_t v, uint64_t *out)
     return 1;
 }
 
-h2o_iovec_t lg_route_pick_cluster(const lg_route_t *r, const lg_req_head_t *req, uint64_t random, const lg_weighted_cluster_t **wc_out)
+h2o_iovec_t lg_route_pick_cluster(const lg_route_t *r, const lg_req_head_t *req, uint64_t random,
+                                  const lg_weighted_cluster_t **wc_out)
 {
     const lg_route_action_t *a = &r->action;
     h2o_iovec_t v = {NULL, 0};
@@ -728,7 +729,8 @@ h2o_iovec_t lg_route_path_rewrite(const lg_route_t *r, h2o_iovec_t path, h2o_mem
     return h2o_iovec_init(NULL, 0);
 }
 
-h2o_iovec_t lg_route_host_rewrite(const lg_route_t *r, const lg_weighted_cluster_t *wc, const lg_req_head_t *req, h2o_mem_pool_t *pool)
+h2o_iovec_t lg_route_host_rewrite(const lg_route_t *r, const lg_weighted_cluster_t *wc, const lg_req_head_t *req,
+                                  h2o_mem_pool_t *pool)
 {
     const lg_route_action_t *a = &r->action;
     h2o_iovec_t host = wc != NULL && wc->host_rewrite_literal.len != 0 ? wc->host_rewrite_literal : h2o_iovec_init(NULL, 0), v;
@@ -809,13 +811,15 @@ typedef struct st_lg__pending_t {
     h2o_iovec_t name, value;
 } lg__pending_t;
 
-void lg_header_mutation_apply(const lg_header_mutation_t *m, lg_headers_t *headers, const lg_stream_info_t *si, h2o_mem_pool_t *pool)
+void lg_header_mutation_apply(const lg_header_mutation_t *m, lg_headers_t *headers, const lg_stream_info_t *si,
+                              h2o_mem_pool_t *pool)
 {
     for (size_t i = 0; i != m->n_remove; ++i)
         lg_headers_remove(headers, m->remove[i].base, m->remove[i].len);
     if (m->n_add == 0)
         return;
-    lg__pending_t *add = h2o_mem_alloc_pool(pool, sizeof(*add) * m->n_add), *set = h2o_mem_alloc_pool(pool, sizeof(*set) * m->n_add);
+    lg__pending_t *add = h2o_mem_alloc_pool(pool, sizeof(*add) * m->n_add),
+                  *set = h2o_mem_alloc_pool(pool, sizeof(*set) * m->n_add);
     size_t n_add = 0, n_set = 0;
     for (size_t i = 0; i != m->n_add; ++i) {
         const lg_header_add_t *e = &m->add[i];
@@ -878,14 +882,15 @@ void lg_route_apply_response_headers(const lg_route_t *r, const lg_weighted_clus
 
 /* ---- per-filter config ---- */
 
-#define FIND_PER_FILTER(msg, name)                                                                                                 \
-    do {                                                                                                                           \
-        for (size_t i_ = 0; (msg) != NULL && i_ != (msg)->n_typed_per_filter_config; ++i_)                                       \
-            if (strcmp((msg)->typed_per_filter_config[i_]->key, (name)) == 0)                                                     \
-                return (msg)->typed_per_filter_config[i_]->value;                                                                  \
+#define FIND_PER_FILTER(msg, name)                                                         \
+    do {                                                                                   \
+        for (size_t i_ = 0; (msg) != NULL && i_ != (msg)->n_typed_per_filter_config; ++i_) \
+            if (strcmp((msg)->typed_per_filter_config[i_]->key, (name)) == 0)              \
+                return (msg)->typed_per_filter_config[i_]->value;                          \
     } while (0)
 
-const Google__Protobuf__Any *lg_route_per_filter_config(const lg_route_t *r, const lg_weighted_cluster_t *wc, const char *filter_name)
+const Google__Protobuf__Any *lg_route_per_filter_config(const lg_route_t *r, const lg_weighted_cluster_t *wc,
+                                                        const char *filter_name)
 {
     if (wc != NULL)
         FIND_PER_FILTER(wc->pb, filter_name);

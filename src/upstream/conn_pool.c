@@ -528,11 +528,15 @@ void lg__conn_pool_drain(lg_conn_pool_t *pool)
 
 /* ---- codec callbacks ---- */
 
+/* A codec may report several finished streams with one call (h2 does):
+ * the codec's own count is the truth. */
 static void on_stream_done(lg_client_conn_t *conn)
 {
     lg__pool_conn_t *pc = conn->ctx;
     count_bytes(pc);
-    stream_closed(pc);
+    size_t active = conn->ops->active_streams(conn);
+    while (pc->active_streams > active)
+        stream_closed(pc);
     if (pc->state == CONN_BUSY && conn->ops->capacity(conn) != 0)
         set_state(pc, CONN_READY);
     if (pc->state == CONN_READY && pc->pool->n_pending != 0)

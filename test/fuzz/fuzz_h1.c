@@ -219,7 +219,11 @@ static void fuzz_chunked(const lg_h1_limits_t *lim, size_t step, const uint8_t *
         big.max_headers_kb = 1024;
         big.max_headers_count = 100000;
         CHECK(decode_all(&big, &pool, (const uint8_t *)again.base, again.len, again.len, o3, &l3, &t3) == (ssize_t)again.len);
-        CHECK(l3 == l1 && memcmp(o3, o1, l1) == 0 && t3.size == t1.size);
+        size_t framing = 0;
+        for (size_t i = 0; i != t1.size; ++i)
+            framing += h2o_memis(t1.entries[i].name.base, t1.entries[i].name.len, H2O_STRLIT("content-length")) ||
+                       h2o_memis(t1.entries[i].name.base, t1.entries[i].name.len, H2O_STRLIT("transfer-encoding"));
+        CHECK(l3 == l1 && memcmp(o3, o1, l1) == 0 && t3.size == t1.size - framing);
         free(o3);
     }
     h2o_mem_clear_pool(&pool);

@@ -19,7 +19,16 @@ from lib.clients import curl, h2load
 from lib.h2client import FRAME_SETTINGS, H2Client, raw_connect, read_frames
 from lib.legate import Legate
 from lib.rawhttp import ConnectionClosed, RawHTTP
-from lib.upstream import header_value, pattern, pattern_sha256
+from lib.upstream import header_value, pattern, pattern_chunks, pattern_sha256
+
+
+@pytest.mark.parametrize("size", [1000, 65536, 100000, 1 << 20])
+def test_pattern_chunks_concatenate_to_pattern(size):
+    n = 3 * (1 << 20) + 12345
+    chunks = list(pattern_chunks(n, size))
+    assert all(len(c) <= size for c in chunks)
+    assert b"".join(chunks) == pattern(n)
+    assert hashlib.sha256(pattern(n)).hexdigest() == pattern_sha256(n)
 
 
 def test_echo_get_describes_request(upstream):

@@ -18,7 +18,6 @@ import re
 import socket
 
 from lib import config as cfg
-from lib.clients import curl
 from lib.h2client import H2Client
 from lib.ports import free_port
 from lib.rawhttp import RawHTTP

@@ -49,6 +49,8 @@ typedef struct st_router_t {
     unsigned upstream_headers_sent : 1;
     unsigned retry_slot : 1;
     unsigned done : 1;
+    unsigned request_sent : 1;  /* end_stream went upstream */
+    unsigned response_ended : 1; /* end_stream came from upstream */
 } router_t;
 
 static const lg_stream_cbs_t upstream_cbs;
@@ -86,6 +88,28 @@ static void stop_retaining(router_t *r)
     consume_downstream(r, written);
 }
 
+/* An upstream stream whose exchange is over but whose codec has not reported
+ * completion yet: it is left to finish on its own so that its connection
+ * can be reused. */
+static void orphan_on_data(lg_stream_t *u, h2o_iovec_t data, int end_stream)
+{
+    u->ops->consume(u, data.len);
+}
+
+static void orphan_noop(lg_stream_t *u)
+{
+}
+
+static void orphan_on_reset(lg_stream_t *u, lg_reset_reason_t reason, const char *details)
+{
+}
+
+static const lg_stream_cbs_t orphan_cbs = {
+    .on_data = orphan_on_data,
+    .on_reset = orphan_on_reset,
+    .on_complete = orphan_noop,
+};
+
 static void detach_upstream(router_t *r, int reset)
 {
     lg_timer_stop(&r->per_try_timer);
@@ -96,7 +120,10 @@ static void detach_upstream(router_t *r, int reset)
     if (r->upstream != NULL) {
         lg_stream_t *u = r->upstream;
         r->upstream = NULL;
-        if (reset) {
+        if (r->request_sent && r->response_ended) {
+            u->cbs = &orphan_cbs;
+            u->ctx = NULL;
+        } else if (reset) {
             cluster_stat(r, LG_CLUSTER_STAT_upstream_rq_tx_reset);
             u->ops->reset(u, LG_RESET_LOCAL);
         }
@@ -148,6 +175,8 @@ static void send_pending_body(router_t *r)
     while (r->upstream != NULL && r->upstream_headers_sent && r->body_sent < r->body.size) {
         body_chunk_t *c = r->body.entries + r->body_sent++;
         r->body_in_flight += c->data.len;
+        if (c->end_stream)
+            r->request_sent = 1;
         lg_stream_t *u = r->upstream;
         u->ops->send_data(u, c->data, c->end_stream);
         if (r->upstream != u)
@@ -157,6 +186,7 @@ static void send_pending_body(router_t *r)
         r->downstream_ended && !r->done) {
         lg_headers_t *t = r->request_trailers;
         r->request_trailers = NULL;
+        r->request_sent = 1;
         r->upstream->ops->send_trailers(r->upstream, t);
     }
 }
@@ -231,6 +261,8 @@ static void on_pool_ready(void *data, lg_stream_t *stream, lg_host_t *host)
     int end = r->downstream_ended && r->body.size == 0 && r->request_trailers == NULL;
     r->upstream_headers_sent = 1;
     r->body_sent = 0;
+    r->request_sent = end;
+    r->response_ended = 0;
     stream->ops->send_headers(stream, &r->upstream_req, end);
     if (r->upstream == NULL)
         return;
@@ -373,16 +405,20 @@ static void on_upstream_headers(lg_stream_t *u, void *head_, int end_stream)
     lg_headers_set(pool_of(r), &head->headers, LG_LIT("x-envoy-upstream-service-time"), h2o_iovec_init(ms, n));
     lg_route_apply_response_headers(r->route, r->wc, &head->headers, info, pool_of(r));
     head->version = r->stream->downstream != NULL ? r->stream->downstream->version : head->version;
-    if (end_stream)
+    if (end_stream) {
         lg_timer_stop(&r->global_timer);
+        r->response_ended = 1;
+    }
     lg_hcm_encode_headers(r->stream, head, end_stream);
 }
 
 static void on_upstream_data(lg_stream_t *u, h2o_iovec_t data, int end_stream)
 {
     router_t *r = u->ctx;
-    if (end_stream)
+    if (end_stream) {
         lg_timer_stop(&r->global_timer);
+        r->response_ended = 1;
+    }
     lg_hcm_encode_data(r->stream, data, end_stream);
 }
 
@@ -390,6 +426,7 @@ static void on_upstream_trailers(lg_stream_t *u, lg_headers_t *trailers)
 {
     router_t *r = u->ctx;
     lg_timer_stop(&r->global_timer);
+    r->response_ended = 1;
     lg_hcm_encode_trailers(r->stream, trailers);
 }
 

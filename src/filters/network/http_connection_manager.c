@@ -2,6 +2,7 @@
  * Compiles envoy.extensions.filters.network.http_connection_manager.v3.
  * HttpConnectionManager into an immutable lg_hcm_config_t.
  */
+#include "legate/address.h"
 #include "legate/filters.h"
 #include "legate/hcm.h"
 #include "legate/h1.h"
@@ -146,6 +147,21 @@ lg_hcm_config_t *lg_hcm_config_compile(const hcm_proto_t *m, const lg_hcm_compil
     c->strip_any_host_port = m->strip_port_mode_case ==
                                  ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__STRIP_PORT_MODE_STRIP_ANY_HOST_PORT &&
                              m->strip_any_host_port;
+    if (m->internal_address_config != NULL) {
+        const Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager__InternalAddressConfig *ia =
+            m->internal_address_config;
+        c->internal_unix_sockets = ia->unix_sockets;
+        if (ia->n_cidr_ranges != 0) {
+            c->internal_cidrs = lg_calloc(ia->n_cidr_ranges, sizeof(*c->internal_cidrs));
+            c->n_internal_cidrs = ia->n_cidr_ranges;
+            for (size_t i = 0; i != ia->n_cidr_ranges; ++i)
+                if (lg_cidr_parse(ia->cidr_ranges[i]->address_prefix, LG_WRAPPED(ia->cidr_ranges[i]->prefix_len, 0),
+                                  ia->cidr_ranges[i]->prefix_len != NULL, c->internal_cidrs + i, err) != 0) {
+                    lg_error_prefix(err, "internal_address_config.cidr_ranges[%zu]", i);
+                    goto fail;
+                }
+        }
+    }
     c->stream_idle_timeout_ms = lg_duration_ms(m->stream_idle_timeout, 300 * 1000);
     c->request_timeout_ms = lg_duration_ms(m->request_timeout, 0);
     c->request_headers_timeout_ms = lg_duration_ms(m->request_headers_timeout, 0);
@@ -207,6 +223,7 @@ void lg_hcm_config_free(lg_hcm_config_t *c)
         lg_route_table_free(c->route_table);
     if (c->stats != NULL)
         lg_stats_block_release(c->stats);
+    free(c->internal_cidrs);
     free(c->stat_prefix);
     free(c->server_name.base);
     free(c->rds_route_config_name);

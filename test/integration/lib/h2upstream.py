@@ -213,7 +213,7 @@ class H2Upstream:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
-        self._sock.listen(128)
+        self._sock.listen(1024)
         self._sock.settimeout(0.1)
         self._stop = False
         self._thread = threading.Thread(target=self._accept_loop, name=f"h2upstream-{name}", daemon=True)

@@ -158,9 +158,9 @@ class Legate:
                 raise LegateError(f"legate exited with {self.returncode} before it was ready; stderr:\n"
                                   f"{tail(self.stderr())}")
             try:
-                if self.admin.ready():
+                if self._discover_admin_port() and self.admin.ready():
                     return self
-            except (OSError, LegateError):
+            except OSError:
                 pass
             if time.monotonic() >= deadline:
                 raise LegateError(f"legate not ready (GET /ready != 200 LIVE) within {timeout}s; stderr:\n"
@@ -244,15 +244,22 @@ class Legate:
         except (KeyError, TypeError):
             return None
 
-    @property
-    def admin_port(self):
+    def _discover_admin_port(self):
+        """The admin port from the bootstrap, else from --admin-address-path; None while unknown."""
         port = self._admin_port_from_config()
         if port:
             return port
-        idx = self.args.index("--admin-address-path") + 1 if "--admin-address-path" in self.args else None
-        path = self.args[idx] if idx else self.admin_address_path
-        text = wait_for(lambda: _read_nonempty(path), timeout=10 * time_scale(), what=f"admin address in {path}")
-        return int(text.strip().rsplit(":", 1)[1])
+        path = self.args[self.args.index("--admin-address-path") + 1] if "--admin-address-path" in self.args \
+            else self.admin_address_path
+        text = _read_nonempty(path)
+        return int(text.strip().rsplit(":", 1)[1]) if text else None
+
+    @property
+    def admin_port(self):
+        port = self._discover_admin_port()
+        if port is None:
+            port = wait_for(self._discover_admin_port, timeout=10 * time_scale(), what="the admin address file")
+        return port
 
     @property
     def admin(self):

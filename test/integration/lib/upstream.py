@@ -47,14 +47,14 @@ def pattern(n):
 
 
 def pattern_chunks(n, size=65536):
+    """pattern(n) as consecutive chunks of at most size bytes."""
+    block_len = len(_BLOCK)
     sent = 0
     while sent < n:
         k = min(size, n - sent)
-        off = sent % len(_BLOCK)
-        if off + k <= len(_BLOCK):
-            yield _BLOCK[off:off + k]
-        else:
-            yield (_BLOCK[off:] + _BLOCK)[:k]
+        off = sent % block_len
+        reps = (off + k + block_len - 1) // block_len
+        yield (_BLOCK * reps)[off:off + k]
         sent += k
 
 
@@ -231,6 +231,7 @@ class _TCPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
+    request_queue_size = 1024  # the default of 5 drops SYNs when a proxy opens many connections at once
 
     def server_bind(self):
         socketserver.TCPServer.server_bind(self)  # skip HTTPServer's getfqdn()
@@ -241,6 +242,7 @@ class _TCPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 1024
 
 
 class EchoUpstream:

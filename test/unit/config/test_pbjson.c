@@ -577,6 +577,16 @@ static void test_yaml(void)
     n = lg_yaml_parse(bomb.base, bomb.len, "bomb.yaml", &err);
     ok(n == NULL && strstr(err.msg, "too large") != NULL, "alias bomb: %s", err.msg);
     lg_strbuf_free(&bomb);
+    /* the same through merge keys */
+    lg_strbuf_puts(&bomb, "a0: &a0 [x, x, x, x, x, x, x, x]\n");
+    for (int i = 1; i != 12; ++i)
+        lg_strbuf_printf(&bomb,
+                         "a%d: &a%d {<<: {k1: *a%d, k2: *a%d, k3: *a%d, k4: *a%d, k5: *a%d, k6: *a%d, k7: *a%d, k8: *a%d}}\n", i, i,
+                         i - 1, i - 1, i - 1, i - 1, i - 1, i - 1, i - 1, i - 1);
+    n = lg_yaml_parse(bomb.base, bomb.len, "bomb.yaml", &err);
+    ok(n == NULL && strstr(err.msg, "too large") != NULL, "merge key bomb: %s", err.msg);
+    lg_node_free(n);
+    lg_strbuf_free(&bomb);
 
     /* deep nesting is refused */
     lg_strbuf_t deep = {NULL};

@@ -100,7 +100,8 @@ static void test_literals(void)
     lg_error_t err;
     lg_format_t *f = lg_format_compile(H2O_STRLIT("const %% value"), 0, &err);
     ok(f != NULL && lg_format_is_constant(f), "constant format");
-    ok(f != NULL && h2o_memis(lg_format_constant(f).base, lg_format_constant(f).len, H2O_STRLIT("const % value")), "constant value");
+    ok(f != NULL && h2o_memis(lg_format_constant(f).base, lg_format_constant(f).len, H2O_STRLIT("const % value")),
+       "constant value");
     lg_format_free(f);
     f = lg_format_compile(H2O_STRLIT("a %PROTOCOL%"), 0, &err);
     ok(f != NULL && !lg_format_is_constant(f), "format with operator is not constant");
@@ -146,7 +147,8 @@ static void test_headers(void)
 static void test_missing(void)
 {
     lg_stream_info_t empty = {0};
-    ok_str(fmt("%REQ(x-foo)% %PROTOCOL% %RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_HOST% %DURATION% %ROUTE_NAME% %START_TIME%", &empty),
+    ok_str(fmt("%REQ(x-foo)% %PROTOCOL% %RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_HOST% %DURATION% %ROUTE_NAME% %START_TIME%",
+               &empty),
            "- - 0 - - - - -");
     ok_str(fmt_flags("a%REQ(x-foo)%b%UPSTREAM_CLUSTER%c", &empty, LG_FORMAT_OMIT_EMPTY), "abc");
     ok_str(fmt("%REQ(x-foo)%", NULL), "-");
@@ -200,7 +202,8 @@ static void test_typed(void)
     ok(lg_format_eval_typed(f, &si, &pool, &v) == LG_FORMAT_VALUE_MISSING, "missing");
     lg_format_free(f);
     f = lg_format_compile(H2O_STRLIT("code=%RESPONSE_CODE%"), 0, &err);
-    ok(lg_format_eval_typed(f, &si, &pool, &v) == LG_FORMAT_VALUE_STRING && h2o_memis(v.base, v.len, H2O_STRLIT("code=503")), "string");
+    ok(lg_format_eval_typed(f, &si, &pool, &v) == LG_FORMAT_VALUE_STRING && h2o_memis(v.base, v.len, H2O_STRLIT("code=503")),
+       "string");
     lg_format_free(f);
     lg_strbuf_t sb = {0};
     f = lg_format_compile(H2O_STRLIT("%PROTOCOL% %BYTES_SENT%\n"), 0, &err);
@@ -217,7 +220,8 @@ static void test_response_flags(void)
     ok(lg_response_flags_format(0, buf, sizeof(buf)) == 1 && strcmp(buf, "-") == 0, "no flags");
     lg_response_flags_format(LG_RF(NO_ROUTE_FOUND), buf, sizeof(buf));
     ok_str(buf, "NR");
-    lg_response_flags_format(LG_RF(DROP_OVERLOAD) | LG_RF(FAILED_LOCAL_HEALTHCHECK) | LG_RF(UPSTREAM_RETRY_LIMIT_EXCEEDED), buf, sizeof(buf));
+    lg_response_flags_format(LG_RF(DROP_OVERLOAD) | LG_RF(FAILED_LOCAL_HEALTHCHECK) | LG_RF(UPSTREAM_RETRY_LIMIT_EXCEEDED), buf,
+                             sizeof(buf));
     ok_str(buf, "LH,URX,DO");
     size_t n = lg_response_flags_format(LG_RF(NO_HEALTHY_UPSTREAM) | LG_RF(UPSTREAM_REQUEST_TIMEOUT), buf, 4);
     ok(n == 3 && strcmp(buf, "UH,") == 0, "truncated to cap: %s", buf);
@@ -246,7 +250,8 @@ static void test_regex(void)
     ok(lg_regex_compile(H2O_STRLIT("(abc"), NULL, &err) == NULL, "bad regex");
     ok_str(err.msg, "invalid regex '(abc': missing ): (abc");
     ok(lg_regex_compile(H2O_STRLIT("a{1000}"), NULL, &err) == NULL, "program too large for the default limit");
-    ok(strstr(err.msg, "RE2 program size of ") != NULL && strstr(err.msg, "> max program size of 100 set for the error level threshold") != NULL,
+    ok(strstr(err.msg, "RE2 program size of ") != NULL &&
+           strstr(err.msg, "> max program size of 100 set for the error level threshold") != NULL,
        "%s", err.msg);
     uint32_t max = 5;
     ok(lg_regex_compile(H2O_STRLIT("abcdefgh"), &max, &err) == NULL, "explicit limit");

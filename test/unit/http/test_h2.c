@@ -69,6 +69,37 @@ static void add_header(tstream_t *t, lg_headers_t *h, const char *name, const ch
     lg_headers_add(&t->pool, h, h2o_iovec_init(name, strlen(name)), h2o_iovec_init(value, strlen(value)));
 }
 
+/* Heads live in the codec's stream: keep copies to check after the stream is gone. */
+static h2o_iovec_t copy_iov(tstream_t *t, h2o_iovec_t v)
+{
+    return v.base == NULL ? v : h2o_strdup(&t->pool, v.base, v.len);
+}
+
+static lg_headers_t *dup_headers(tstream_t *t, const lg_headers_t *h)
+{
+    lg_headers_t *copy = h2o_mem_alloc_pool(&t->pool, sizeof(*copy));
+    *copy = (lg_headers_t){NULL};
+    for (size_t i = 0; i != h->size; ++i)
+        lg_headers_add(&t->pool, copy, copy_iov(t, h->entries[i].name), copy_iov(t, h->entries[i].value));
+    return copy;
+}
+
+static lg_req_head_t *dup_req(tstream_t *t, const lg_req_head_t *r)
+{
+    lg_req_head_t *c = h2o_mem_alloc_pool(&t->pool, sizeof(*c));
+    *c = (lg_req_head_t){copy_iov(t, r->method),      copy_iov(t, r->scheme),   copy_iov(t, r->authority),
+                         copy_iov(t, r->path),        copy_iov(t, r->protocol), r->version,
+                         *dup_headers(t, &r->headers)};
+    return c;
+}
+
+static lg_resp_head_t *dup_resp(tstream_t *t, const lg_resp_head_t *r)
+{
+    lg_resp_head_t *c = h2o_mem_alloc_pool(&t->pool, sizeof(*c));
+    *c = (lg_resp_head_t){r->status, r->version, *dup_headers(t, &r->headers)};
+    return c;
+}
+
 static void pump(tstream_t *t)
 {
     while (t->s != NULL && t->tx_queued < t->tx_total && t->tx_inflight < t->window) {
@@ -129,7 +160,7 @@ static void on_complete(lg_stream_t *s)
 
 static struct {
     size_t resp_size;
-    int send_1xx, with_trailers, hold, reset_on_headers, no_respond;
+    int send_1xx, with_trailers, hold, reset_on_headers, no_respond, pause;
     lg_reset_reason_t reset_reason;
     uint32_t window;
 } app;
@@ -172,8 +203,10 @@ static void respond(tstream_t *t)
 static void srv_on_headers(lg_stream_t *s, void *head, int end_stream)
 {
     tstream_t *t = s->ctx;
-    t->req = head;
+    t->req = dup_req(t, head);
     t->headers_end = end_stream;
+    if (app.pause)
+        s->ops->read_pause(s, 1);
     if (app.reset_on_headers) {
         t->s = NULL;
         s->ops->reset(s, app.reset_reason);
@@ -194,12 +227,12 @@ static void srv_on_data(lg_stream_t *s, h2o_iovec_t data, int end_stream)
 static void srv_on_trailers(lg_stream_t *s, lg_headers_t *trailers)
 {
     tstream_t *t = s->ctx;
-    t->rx_trailers = trailers;
+    t->rx_trailers = dup_headers(t, trailers);
     t->got_end = 1;
     respond(t);
 }
 
-static const lg_stream_cbs_t srv_stream_cbs = {srv_on_headers, NULL,    srv_on_data, srv_on_trailers,
+static const lg_stream_cbs_t srv_stream_cbs = {srv_on_headers, NULL,     srv_on_data, srv_on_trailers,
                                                on_data_sent,   on_reset, on_complete};
 
 static void srv_on_new_stream(lg_server_conn_t *c, lg_stream_t *s)
@@ -238,7 +271,7 @@ static struct {
 static void cli_on_headers(lg_stream_t *s, void *head, int end_stream)
 {
     tstream_t *t = s->ctx;
-    t->resp = head;
+    t->resp = dup_resp(t, head);
     t->headers_end = end_stream;
     t->got_end |= end_stream;
 }
@@ -253,12 +286,12 @@ static void cli_on_informational(lg_stream_t *s, lg_resp_head_t *head)
 static void cli_on_trailers(lg_stream_t *s, lg_headers_t *trailers)
 {
     tstream_t *t = s->ctx;
-    t->rx_trailers = trailers;
+    t->rx_trailers = dup_headers(t, trailers);
     t->got_end = 1;
 }
 
-static const lg_stream_cbs_t cli_stream_cbs = {cli_on_headers, cli_on_informational, on_data,    cli_on_trailers,
-                                               on_data_sent,   on_reset,             on_complete};
+static const lg_stream_cbs_t cli_stream_cbs = {cli_on_headers, cli_on_informational, on_data, cli_on_trailers, on_data_sent,
+                                               on_reset,       on_complete};
 
 static void cli_on_stream_done(lg_client_conn_t *c)
 {
@@ -414,7 +447,8 @@ static void test_get(void)
     ok(header_is(&st->req->headers, "user-agent", "test"), "regular header");
     ok(header_is(&st->req->headers, "cookie", "a=1; b=2"), "cookies joined");
     ok(lg_headers_find(&st->req->headers, H2O_STRLIT("cookie"), 0) >= 0 &&
-           lg_headers_find(&st->req->headers, H2O_STRLIT("cookie"), (size_t)lg_headers_find(&st->req->headers, H2O_STRLIT("cookie"), 0) + 1) < 0,
+           lg_headers_find(&st->req->headers, H2O_STRLIT("cookie"),
+                           (size_t)lg_headers_find(&st->req->headers, H2O_STRLIT("cookie"), 0) + 1) < 0,
        "one cookie header");
     ok(lg_headers_get(&st->req->headers, H2O_STRLIT("connection")).base == NULL, "connection header not sent");
     ok(c->resp != NULL && c->resp->status == 200, "status 200");
@@ -475,6 +509,58 @@ static void test_backpressure(void)
     ok(st->rx_bytes == 1024 * 1024 && !st->rx_bad, "all bytes arrive");
     ok(c->completed && st->completed, "both complete");
     close_pair();
+}
+
+static int srv_has_head(void)
+{
+    return nsrv == 1;
+}
+
+static void test_read_pause(void)
+{
+    lg_h2_settings_t s = defaults();
+    make_pair(&s, NULL, &s);
+    app.no_respond = 1;
+    app.pause = 1;
+    tstream_t *c = request(cli, "POST", "/pause", 50000, 0);
+    ok(run_until(srv_has_head, 2000), "head arrives");
+    tstream_t *st = srv_t[0];
+    run_for(50);
+    ok(st->rx_bytes == 0 && c->tx_sent == 50000, "nothing delivered while paused, the sender is not blocked by the window");
+    st->s->ops->read_pause(st->s, 0);
+    run_for(50);
+    ok(st->rx_bytes == 50000 && st->got_end && !st->rx_bad, "delivered after resume, with end_stream");
+    app.no_respond = 0;
+    respond(st);
+    ok(run_until(all_done, 2000) && c->completed && st->completed, "completes");
+    close_pair();
+}
+
+static int cli_all_done(void)
+{
+    for (size_t i = 0; i != ncli; ++i)
+        if (cli_t[i]->s != NULL)
+            return 0;
+    return 1;
+}
+
+static void test_goaway_refuses(void)
+{
+    lg_h2_settings_t s = defaults();
+    make_pair(&s, NULL, &s);
+    app.no_respond = 1;
+    tstream_t *c1 = request(cli, "GET", "/1", 0, 0);
+    ok(run_until(srv_has_head, 2000), "first stream processed");
+    srv->ops->drain(srv);
+    tstream_t *c2 = request(cli, "GET", "/2", 0, 0); /* crosses the GOAWAY */
+    run_for(50);
+    ok(c2 != NULL && c2->resets == 1 && c2->reason == LG_RESET_REFUSED_STREAM, "stream above last-stream-id refused (retriable)");
+    ok(c1->s != NULL && nsrv == 1, "stream below last-stream-id kept");
+    ok(cli_conn.goaways == 1, "on_goaway");
+    app.no_respond = 0;
+    respond(srv_t[0]);
+    ok(run_until(cli_all_done, 2000) && c1->completed, "kept stream completes");
+    ok(run_until(both_closed, 2000), "both close afterwards");
 }
 
 static void test_trailers_and_1xx(void)
@@ -707,7 +793,10 @@ static void raw_close(void)
     run_for(10);
 }
 
-#define NV(n, v) {(uint8_t *)n, (uint8_t *)v, sizeof(n) - 1, sizeof(v) - 1, NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE}
+#define NV(n, v)                                                                                                               \
+    {                                                                                                                          \
+        (uint8_t *)n, (uint8_t *)v, sizeof(n) - 1, sizeof(v) - 1, NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE \
+    }
 
 static void raw_request(const nghttp2_nv *nva, size_t n)
 {
@@ -780,8 +869,14 @@ static void test_malformed(void)
     fcntl(raw.fd, F_SETFL, O_NONBLOCK);
     static uint8_t ping[17] = {0, 0, 8, 6, 0, 0, 0, 0, 0};
     for (int i = 0; i != 100000 && !srv_conn.closed; ++i) {
-        while (write(raw.fd, ping, sizeof(ping)) != sizeof(ping) && !srv_conn.closed)
-            run_for(1);
+        size_t off = 0;
+        while (off != sizeof(ping) && !srv_conn.closed) {
+            ssize_t w = write(raw.fd, ping + off, sizeof(ping) - off);
+            if (w > 0)
+                off += (size_t)w;
+            else
+                run_for(1);
+        }
         if (i % 64 == 0)
             h2o_evloop_run(loop, 0);
     }
@@ -820,6 +915,8 @@ int main(void)
     test_big_bodies();
     test_backpressure();
     test_trailers_and_1xx();
+    test_read_pause();
+    test_goaway_refuses();
     test_many_streams();
     test_resets();
     test_drain();

@@ -153,7 +153,8 @@ static void test_full(void)
     lg_strbuf_free(&text);
     lg_strbuf_t json = {0};
     lg_clusters_admin_json(&json, &cfg, 1);
-    ok(strstr(json.base, "\"address\":{\"socket_address\":{\"address\":\"::1\",\"port_value\":80}}") != NULL, "json: %s", json.base);
+    ok(strstr(json.base, "\"address\":{\"socket_address\":{\"address\":\"::1\",\"port_value\":80}}") != NULL, "json: %s",
+       json.base);
     ok(strstr(json.base, "{\"type\":\"GAUGE\",\"name\":\"cx_active\"}") != NULL, "json gauge");
     ok(strstr(json.base, "\"eds_health_status\":\"UNHEALTHY\"") != NULL, "json health");
     lg_strbuf_free(&json);
@@ -173,7 +174,8 @@ static void test_protocols(void)
                   "    '@type': type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n"
                   "    use_downstream_protocol_config: {}\n",
                   &err);
-    ok(cfg != NULL && cfg->protocol == LG_UPSTREAM_USE_DOWNSTREAM && cfg->h2 != NULL, "use_downstream_protocol_config: %s", err.msg);
+    ok(cfg != NULL && cfg->protocol == LG_UPSTREAM_USE_DOWNSTREAM && cfg->h2 != NULL, "use_downstream_protocol_config: %s",
+       err.msg);
     lg_cluster_config_release(cfg);
     cfg = compile("name: a\n"
                   "typed_extension_protocol_options:\n"
@@ -207,12 +209,13 @@ static void test_errors(void)
                  "circuit_breakers.per_host_thresholds: not supported");
     expect_error("name: a\ntransport_socket: {name: envoy.transport_sockets.tls}\n",
                  "transport_socket: envoy.transport_sockets.tls is not supported yet");
-    expect_error("name: a\nload_assignment:\n"
-                 "  endpoints:\n"
-                 "  - lb_endpoints:\n"
-                 "    - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 1}}}\n"
-                 "    - endpoint: {address: {socket_address: {address: nope, port_value: 1}}}\n",
-                 "load_assignment.endpoints[0].lb_endpoints[1].endpoint.address.socket_address.address: malformed IP address: nope");
+    expect_error(
+        "name: a\nload_assignment:\n"
+        "  endpoints:\n"
+        "  - lb_endpoints:\n"
+        "    - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 1}}}\n"
+        "    - endpoint: {address: {socket_address: {address: nope, port_value: 1}}}\n",
+        "load_assignment.endpoints[0].lb_endpoints[1].endpoint.address.socket_address.address: malformed IP address: nope");
     expect_error("name: a\nload_assignment:\n"
                  "  endpoints:\n"
                  "  - lb_endpoints:\n"

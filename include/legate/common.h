@@ -13,6 +13,10 @@
 #include <string.h>
 #include <h2o/memory.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define LG_ERROR_MAX 2048
 
 /* An error message; empty string means "no error". Config errors name the
@@ -101,5 +105,9 @@ uint64_t lg_now_us(void);
 uint64_t lg_wall_us(void);
 
 #define LG_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

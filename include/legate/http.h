@@ -1,6 +1,8 @@
 #ifndef LEGATE_HTTP_H
 #define LEGATE_HTTP_H
 
+#include <sys/types.h>
+#include <h2o/string_.h>
 #include "legate/http-t.h"
 
 /* Returns the index of the first header named `name` (lower-case) at or after

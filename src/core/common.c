@@ -19,7 +19,9 @@ int lg_error_prefix(lg_error_t *err, const char *fmt, ...)
     vsnprintf(prefix, sizeof(prefix), fmt, ap);
     va_end(ap);
     memcpy(old, err->msg, sizeof(old));
-    snprintf(err->msg, sizeof(err->msg), "%s: %s", prefix, old);
+    size_t plen = strlen(prefix);
+    int room = (int)(sizeof(err->msg) > plen + 3 ? sizeof(err->msg) - plen - 3 : 0);
+    snprintf(err->msg, sizeof(err->msg), "%s: %.*s", prefix, room, old);
     return -1;
 }
 
@@ -74,7 +76,8 @@ void lg_strbuf_reserve(lg_strbuf_t *b, size_t extra)
 void lg_strbuf_append(lg_strbuf_t *b, const char *s, size_t n)
 {
     lg_strbuf_reserve(b, n);
-    memcpy(b->base + b->len, s, n);
+    if (n != 0)
+        memcpy(b->base + b->len, s, n);
     b->len += n;
     b->base[b->len] = '\0';
 }

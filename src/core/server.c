@@ -204,6 +204,9 @@ static void *worker_main(void *arg)
         h2o_evloop_run(w->loop.loop, 0);
     if (w->snapshot != NULL)
         lg_snapshot_release(w, w->snapshot);
+    /* libh2o keeps recycled socket buffers in a thread-local list that dies with the thread */
+    while (h2o_socket_buffer_prototype.allocator.cnt != 0)
+        free(h2o_mem_alloc_recycle(&h2o_socket_buffer_prototype.allocator, 0));
     return NULL;
 }
 
@@ -254,6 +257,7 @@ static void stop_workers(void)
         pthread_join(w->thread, NULL);
         h2o_multithread_unregister_receiver(w->queue, &w->config_receiver);
         h2o_multithread_destroy_queue(w->queue);
+        free(w->queue); /* libh2o 2.2.5's evloop build does not free it */
         lg_loop_dispose(&w->loop);
         h2o_evloop_destroy((h2o_evloop_t *)w->loop.loop);
         free(state_of(w)->listeners);
@@ -499,6 +503,7 @@ int lg_server_run(const lg_options_t *o)
 {
     lg_error_t err = {{0}};
     srv.opts = *o;
+    signal(SIGPIPE, SIG_IGN);
     srv.n_workers = o->concurrency;
     srv.start_wall_us = lg_wall_us();
     lg_log_levels[0] = o->log_level;

@@ -13,6 +13,7 @@
 #include "legate/stream_info-t.h"
 #include "legate/worker-t.h"
 #include "legate/listener-t.h"
+#include "legate/access_log.h"
 
 typedef struct st_lg_route_table_t lg_route_table_t;
 typedef struct st_lg_route_t lg_route_t;
@@ -113,6 +114,7 @@ struct st_lg_hcm_config_t {
     lg_http_filter_config_t *filters;
     size_t n_filters;
     lg_stats_block_t *stats; /* http.<stat_prefix>. */
+    lg_access_logs_t access_logs;
 };
 
 /* One downstream connection handled by an HCM. */

@@ -87,7 +87,7 @@ static void count_conns(lg_worker_t *w)
 
 void lg_server_log_access(lg_worker_t *w, const lg_listener_config_t *l, const lg_hcm_config_t *hcm, const lg_stream_info_t *info)
 {
-    (void)w, (void)l, (void)hcm, (void)info;
+    lg_access_logs_emit(&hcm->access_logs, info);
 }
 
 lg_worker_clusters_t *lg_worker_cluster_view(lg_worker_t *w)

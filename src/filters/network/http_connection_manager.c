@@ -198,8 +198,8 @@ lg_hcm_config_t *lg_hcm_config_compile(const hcm_proto_t *m, const lg_hcm_compil
     }
     if (compile_filters(c, m, err) != 0)
         goto fail;
-    if (m->n_access_log != 0)
-        LG_WARN(config, "access_log: access logs are not supported yet and are ignored");
+    if (lg_access_logs_compile(m->access_log, m->n_access_log, &c->access_logs, err) != 0)
+        goto fail;
     char prefix[512];
     snprintf(prefix, sizeof(prefix), "http.%s.", c->stat_prefix);
     c->stats = lg_stats_block_new(prefix, hcm_stat_defs, LG_ARRAY_SIZE(hcm_stat_defs));
@@ -223,6 +223,7 @@ void lg_hcm_config_free(lg_hcm_config_t *c)
         lg_route_table_free(c->route_table);
     if (c->stats != NULL)
         lg_stats_block_release(c->stats);
+    lg_access_logs_dispose(&c->access_logs);
     free(c->internal_cidrs);
     free(c->stat_prefix);
     free(c->server_name.base);

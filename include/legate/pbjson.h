@@ -61,6 +61,9 @@ const lg_pbfield_t *lg__proto_field(const ProtobufCMessageDescriptor *desc, cons
  * become strings; yes/no/on/off are booleans). lg_pbjson_load_file() sets it
  * for files that are not .yaml/.yml, as Envoy parses those as JSON. */
 #define LG_PBJSON_JSON_INPUT 0x2
+/* lg_pbjson_load_file only: every unknown field is reported (one per line in
+ * err) instead of only the first, for --mode validate. */
+#define LG_PBJSON_COLLECT_UNKNOWN_FIELDS 0x4
 
 /* Decodes a document node into a new message of type `desc`. A null node
  * yields a message with every field at its default. The result is freed with

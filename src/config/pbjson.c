@@ -936,8 +936,18 @@ static int decode_field(dec_t *d, ProtobufCMessage *m, const lg_pbfield_t *f, co
     return ret < 0 ? -1 : 0;
 }
 
+/* Unknown fields noted under LG_PBJSON_COLLECT_UNKNOWN_FIELDS, one per line. */
+static __thread lg_strbuf_t collected_unknown;
+
 static int unknown_field(dec_t *d, const ProtobufCMessage *m, const lg_node_t *key)
 {
+    if ((d->flags & LG_PBJSON_COLLECT_UNKNOWN_FIELDS) != 0 && (d->flags & LG_PBJSON_ALLOW_UNKNOWN_FIELDS) == 0) {
+        char loc[512];
+        location(key, loc, sizeof(loc));
+        lg_strbuf_printf(&collected_unknown, "%s%s%s: unknown field \"%s\" in %s (%s)", collected_unknown.len ? "\n" : "",
+                         d->path.base, d->path.len ? "." : "", key->scalar.str, m->descriptor->name, loc);
+        return 0;
+    }
     if ((d->flags & LG_PBJSON_ALLOW_UNKNOWN_FIELDS) == 0)
         return fail(d, key, "unknown field \"%s\" in %s", key->scalar.str, m->descriptor->name);
     char loc[512];
@@ -1138,12 +1148,19 @@ ProtobufCMessage *lg_pbjson_load_file(const ProtobufCMessageDescriptor *desc, co
 {
     if (path == NULL && override_yaml == NULL)
         return lg_error(err, "At least one of --config-path or --config-yaml should be non-empty"), NULL;
+    lg_strbuf_free(&collected_unknown);
     ProtobufCMessage *m = path != NULL ? load_path(desc, path, flags, err) : message_new(desc);
     if (m != NULL && override_yaml != NULL &&
         load_yaml_into(m, override_yaml, strlen(override_yaml), "--config-yaml", flags, err) != 0) {
         protobuf_c_message_free_unpacked(m, NULL);
         m = NULL;
     }
+    if (m != NULL && collected_unknown.len != 0) {
+        lg_error(err, "%s", collected_unknown.base);
+        protobuf_c_message_free_unpacked(m, NULL);
+        m = NULL;
+    }
+    lg_strbuf_free(&collected_unknown);
     return m;
 }
 

@@ -387,7 +387,8 @@ static int start_admin(const Envoy__Config__Bootstrap__V3__Bootstrap *b, lg_erro
 
 static ProtobufCMessage *load_bootstrap(const lg_options_t *o, lg_error_t *err)
 {
-    int flags = o->allow_unknown_static_fields ? LG_PBJSON_ALLOW_UNKNOWN_FIELDS : 0;
+    int flags = (o->allow_unknown_static_fields ? LG_PBJSON_ALLOW_UNKNOWN_FIELDS : 0) |
+                (o->mode == LG_MODE_VALIDATE ? LG_PBJSON_COLLECT_UNKNOWN_FIELDS : 0);
     return lg_pbjson_load_file(&envoy__config__bootstrap__v3__bootstrap__descriptor, o->config_path, o->config_yaml, flags, err);
 }
 

@@ -19,7 +19,7 @@ LDFLAGS  += $(SAN)
 DEB_PKGS := build-essential pkg-config libh2o-evloop-dev libnghttp2-dev libprotobuf-c-dev \
             protobuf-c-compiler protobuf-compiler libprotobuf-dev libgrpc-dev libssl-dev \
             libc-ares-dev libyaml-dev libre2-dev npm nghttp2-client curl openssl \
-            python3 python3-pytest python3-yaml python3-grpcio python3-websockets \
+            python3 python3-pytest python3-yaml python3-grpcio python3-websockets python3-h2 python3-protobuf \
             libclang-rt-14-dev procps
 
 SRCS_C   := $(shell find src -name '*.c' ! -name main.c | sort)

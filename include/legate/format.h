@@ -50,6 +50,17 @@ typedef enum en_lg_format_value_kind_t {
 lg_format_value_kind_t lg_format_eval_typed(const lg_format_t *f, const lg_stream_info_t *si, h2o_mem_pool_t *pool,
                                             h2o_iovec_t *out);
 
+/* Appends the value as one JSON value the way Envoy's JSON formats print it:
+ * a single operator keeps its type when `typed` (numbers print bare) and is
+ * null when missing; with literal text or several operators the value is a
+ * string (missing parts print as "-", or "" with LG_FORMAT_OMIT_EMPTY).
+ * Untyped (the deprecated json_format of FileAccessLog), a missing single
+ * operator prints "-" unless LG_FORMAT_OMIT_EMPTY makes it null. For a null
+ * value nothing is written and LG_FORMAT_VALUE_MISSING is returned: the
+ * caller writes null or omits the key. Strings are JSON-escaped; bytes that
+ * are not UTF-8 print as \u00XX. */
+lg_format_value_kind_t lg_format_append_json(const lg_format_t *f, const lg_stream_info_t *si, int typed, lg_strbuf_t *out);
+
 /* Formats a wall-clock time (µs since the epoch, UTC) with an Envoy START_TIME
  * format: strftime plus %f / %1f..%9f (fractional seconds), %s (epoch
  * seconds) and %E1S..%E9S / %E*S; an empty format is Envoy's default

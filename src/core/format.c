@@ -669,18 +669,74 @@ static lg_format_value_kind_t eval_seg(const lg_format_t *f, const lg__fmt_seg_t
     }
 }
 
-/* Output that grows inside a pool or a strbuf. */
+/* Output that grows inside a pool or a strbuf (JSON-escaped when `json`). */
 typedef struct st_lg__fmt_sink_t {
     h2o_mem_pool_t *pool;
     lg_strbuf_t *sb;
     char *base;
     size_t len, cap;
+    int json;
 } lg__fmt_sink_t;
+
+/* Length of the valid UTF-8 sequence at s (1..4), or 0 if it is not one. */
+static size_t utf8_seq_len(const unsigned char *s, size_t n)
+{
+    size_t len = s[0] < 0xc2 ? 0 : s[0] < 0xe0 ? 2 : s[0] < 0xf0 ? 3 : s[0] < 0xf5 ? 4 : 0;
+    if (len == 0 || len > n)
+        return 0;
+    for (size_t i = 1; i != len; ++i)
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+    if ((s[0] == 0xe0 && s[1] < 0xa0) || (s[0] == 0xed && s[1] > 0x9f) || (s[0] == 0xf0 && s[1] < 0x90) ||
+        (s[0] == 0xf4 && s[1] > 0x8f))
+        return 0; /* overlong, surrogate, or beyond U+10FFFF */
+    return len;
+}
+
+/* Appends bytes as the inside of a JSON string. Bytes that are not UTF-8
+ * become the code point of the same value (\u00XX), so the line always parses. */
+static void json_escape(lg_strbuf_t *b, const char *p, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)p;
+    lg_strbuf_reserve(b, n + 2);
+    for (size_t i = 0; i < n;) {
+        unsigned char c = s[i];
+        size_t run = i;
+        while (run < n && s[run] >= 0x20 && s[run] < 0x7f && s[run] != '"' && s[run] != '\\')
+            ++run;
+        if (run != i) {
+            lg_strbuf_append(b, p + i, run - i);
+            i = run;
+            continue;
+        }
+        size_t seq = c >= 0x80 ? utf8_seq_len(s + i, n - i) : 0;
+        if (seq != 0) {
+            lg_strbuf_append(b, p + i, seq);
+            i += seq;
+            continue;
+        }
+        static const char short_esc[] = {'\b', 'b', '\f', 'f', '\n', 'n', '\r', 'r', '\t', 't', '"', '"', '\\', '\\'};
+        const char *e = NULL;
+        for (size_t k = 0; k != sizeof(short_esc); k += 2)
+            if (short_esc[k] == (char)c)
+                e = short_esc + k + 1;
+        if (e != NULL) {
+            char esc[2] = {'\\', *e};
+            lg_strbuf_append(b, esc, 2);
+        } else {
+            lg_strbuf_printf(b, "\\u%04x", c);
+        }
+        ++i;
+    }
+}
 
 static void sink_append(lg__fmt_sink_t *s, const char *p, size_t n)
 {
     if (s->sb != NULL) {
-        lg_strbuf_append(s->sb, p, n);
+        if (s->json)
+            json_escape(s->sb, p, n);
+        else
+            lg_strbuf_append(s->sb, p, n);
         return;
     }
     if (s->len + n + 1 > s->cap) {
@@ -723,7 +779,7 @@ lg_format_value_kind_t lg_format_eval_typed(const lg_format_t *f, const lg_strea
         *out = lg_format_constant(f);
         return LG_FORMAT_VALUE_STRING;
     }
-    lg__fmt_sink_t sink = {pool, NULL, NULL, 0, 0};
+    lg__fmt_sink_t sink = {pool, NULL, NULL, 0, 0, 0};
     lg_format_value_kind_t kind = eval_into(f, si, &sink);
     sink_append(&sink, "", 0);
     sink.base[sink.len] = '\0';
@@ -740,9 +796,35 @@ h2o_iovec_t lg_format_eval(const lg_format_t *f, const lg_stream_info_t *si, h2o
 
 void lg_format_append(const lg_format_t *f, const lg_stream_info_t *si, lg_strbuf_t *out)
 {
-    lg__fmt_sink_t sink = {NULL, out, NULL, 0, 0};
+    lg__fmt_sink_t sink = {NULL, out, NULL, 0, 0, 0};
     lg_strbuf_reserve(out, 0);
     eval_into(f, si, &sink);
+}
+
+lg_format_value_kind_t lg_format_append_json(const lg_format_t *f, const lg_stream_info_t *si, int typed, lg_strbuf_t *out)
+{
+    lg__fmt_sink_t sink = {NULL, out, NULL, 0, 0, 1};
+    if (f->n_segs == 1 && f->segs[0].op != OP_LITERAL) {
+        char scratch[SCRATCH_SIZE];
+        h2o_iovec_t v = {NULL, 0};
+        lg_format_value_kind_t kind = eval_seg(f, f->segs, si, scratch, &v);
+        if (kind == LG_FORMAT_VALUE_MISSING) {
+            if (typed || (f->flags & LG_FORMAT_OMIT_EMPTY) != 0)
+                return LG_FORMAT_VALUE_MISSING;
+            v = h2o_iovec_init(H2O_STRLIT("-"));
+        } else if (kind == LG_FORMAT_VALUE_NUMBER && typed) {
+            lg_strbuf_append(out, v.base, v.len);
+            return LG_FORMAT_VALUE_NUMBER;
+        }
+        lg_strbuf_append(out, "\"", 1);
+        sink_append(&sink, v.base, v.len < f->segs[0].max_len ? v.len : f->segs[0].max_len);
+        lg_strbuf_append(out, "\"", 1);
+        return LG_FORMAT_VALUE_STRING;
+    }
+    lg_strbuf_append(out, "\"", 1);
+    eval_into(f, si, &sink);
+    lg_strbuf_append(out, "\"", 1);
+    return LG_FORMAT_VALUE_STRING;
 }
 
 size_t lg_response_flags_format(uint32_t flags, char *buf, size_t cap)

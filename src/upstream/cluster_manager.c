@@ -235,6 +235,11 @@ static lg_host_t *choose_host(lg_worker_cluster_t *c, const lg_lb_context_t *ctx
     return h;
 }
 
+lg_host_t *lg__cluster_choose_host(lg_worker_cluster_t *c, const lg_lb_context_t *ctx)
+{
+    return choose_host(c, ctx);
+}
+
 lg_pool_request_t *lg_cluster_request_stream(lg_worker_cluster_t *c, int downstream_version, const lg_lb_context_t *ctx,
                                              const lg_pool_cbs_t *cbs, void *data)
 {

@@ -92,6 +92,10 @@ static inline void lg__host_dec(lg_host_t *h, size_t idx)
     lg_stats__add(lg__host_stat(h, idx), (uint64_t)-1);
 }
 
+/* Picks a host with the cluster's load balancer (panic mode, ctx->excluded), or
+ * NULL when the cluster has no usable host; counts lb_healthy_panic. */
+lg_host_t *lg__cluster_choose_host(lg_worker_cluster_t *c, const lg_lb_context_t *ctx);
+
 /* The DEFAULT priority breakers. `which` is one of the LG__RES_* below. Returns
  * 0 when the resource is at its limit (nothing taken). */
 enum { LG__RES_CONNECTIONS, LG__RES_PENDING, LG__RES_REQUESTS, LG__RES_RETRIES };

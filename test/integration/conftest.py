@@ -112,8 +112,10 @@ class LegateFactory:
     def stop_all(self):
         problems = []
         for lg in self.started:
-            for p in lg.stop():
-                problems.append(f"{lg.name}: {p}\n--- stderr tail ---\n{tail(lg.stderr(), 60)}")
+            found = lg.stop()
+            if found:
+                problems.append("\n".join(f"{lg.name}: {p}" for p in found) +
+                                f"\n--- {lg.name} stderr tail ---\n{tail(lg.stderr(), 60)}")
         return problems
 
 

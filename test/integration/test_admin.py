@@ -114,7 +114,8 @@ def test_stats_prometheus(proxied):
     types, samples = parse_prometheus(r.text)
     assert types.get("envoy_cluster_upstream_rq_total") == "counter"
     assert types.get("envoy_http_downstream_cx_active") == "gauge"
-    rq = [v for n, lab, v in samples if n == "envoy_cluster_upstream_rq_total" and lab.get("envoy_cluster_name") == "backend"]
+    rq = [v for n, lab, v in samples
+          if n == "envoy_cluster_upstream_rq_total" and lab.get("envoy_cluster_name") == "backend"]
     assert rq == ["1"], rq
     http = [v for n, lab, v in samples
             if n == "envoy_http_downstream_rq_total" and lab.get("envoy_http_conn_manager_prefix") == "ingress_http"]

@@ -95,7 +95,8 @@ def test_no_matching_vhost_or_route_is_404(legate, ports):
         assert r.status == 404
         assert r.body == b""
     assert fetch(lg, "/only", host="only.example.com").text == "only"
-    wait_for(lambda: lg.admin.stat("http.ingress_http.no_route") == 2, timeout=3, what="http.ingress_http.no_route == 2")
+    wait_for(lambda: lg.admin.stat("http.ingress_http.no_route") == 2, timeout=3,
+             what="http.ingress_http.no_route == 2")
     assert lg.admin.stat("http.ingress_http.downstream_rq_4xx") == 2
 
 
@@ -112,7 +113,8 @@ MATCH_ROUTES = [
     droute("h-prefix", {"prefix": "/hdr/", "headers": [_hm("x-p", string_match={"prefix": "abc"})]}),
     droute("h-suffix", {"prefix": "/hdr/", "headers": [_hm("x-s", string_match={"suffix": "xyz"})]}),
     droute("h-contains", {"prefix": "/hdr/", "headers": [_hm("x-c", string_match={"contains": "mid"})]}),
-    droute("h-regex", {"prefix": "/hdr/", "headers": [_hm("x-r", string_match={"safe_regex": {"regex": "^v[0-9]+$"}})]}),
+    droute("h-regex", {"prefix": "/hdr/",
+                       "headers": [_hm("x-r", string_match={"safe_regex": {"regex": "^v[0-9]+$"}})]}),
     droute("h-present", {"prefix": "/hdr/", "headers": [_hm("x-present", present_match=True)]}),
     droute("h-range", {"prefix": "/hdr/", "headers": [_hm("x-num", range_match={"start": "10", "end": "20"})]}),
     droute("h-none", {"prefix": "/hdr/"}),

@@ -37,7 +37,8 @@ class CurlResult:
         return self.body.decode("utf-8", "replace")
 
     def __repr__(self):
-        return f"CurlResult(rc={self.rc}, status={self.status}, body={self.body[:120]!r}, stderr={self.stderr[-200:]!r})"
+        return (f"CurlResult(rc={self.rc}, status={self.status}, body={self.body[:120]!r}, "
+                f"stderr={self.stderr[-200:]!r})")
 
 
 def _parse_header_blocks(raw):

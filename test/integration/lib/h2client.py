@@ -69,6 +69,7 @@ class H2Client:
         self.responses = {}
         self.goaway = None  # (error_code, last_stream_id)
         self.closed = False
+        self._inbuf = bytearray()
         self._flush()
 
     def _flush(self):
@@ -90,6 +91,7 @@ class H2Client:
         if not data:
             self.closed = True
             return False
+        data = self._strip_goaway(data)
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError:
@@ -102,6 +104,25 @@ class H2Client:
         except OSError:
             self.closed = True
         return True
+
+    def _strip_goaway(self, data):
+        """Records GOAWAY frames and keeps them from python-h2, whose state
+        machine refuses every frame after a GOAWAY, although RFC 9113 lets the
+        streams up to last_stream_id finish (Envoy and Legate finish them)."""
+        self._inbuf += data
+        out = bytearray()
+        while len(self._inbuf) >= 9:
+            length = int.from_bytes(self._inbuf[:3], "big")
+            if len(self._inbuf) < 9 + length:
+                break
+            frame = bytes(self._inbuf[:9 + length])
+            del self._inbuf[:9 + length]
+            if frame[3] == FRAME_GOAWAY and length >= 8:
+                last = int.from_bytes(frame[9:13], "big") & 0x7FFFFFFF
+                self.goaway = (int.from_bytes(frame[13:17], "big"), last)
+                continue
+            out += frame
+        return bytes(out)
 
     def _resp(self, sid):
         return self.responses.setdefault(sid, H2Response(sid))

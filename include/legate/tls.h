@@ -1,0 +1,81 @@
+#ifndef LEGATE_TLS_H
+#define LEGATE_TLS_H
+
+#include <h2o/socket.h>
+#include "legate/common.h"
+#include "legate/tls-t.h"
+#include "envoy/config/core/v3/base.pb-c.h"
+#include "envoy/extensions/transport_sockets/tls/v3/tls.pb-c.h"
+#include "envoy/extensions/transport_sockets/tls/v3/secret.pb-c.h"
+
+/* ---- config ---- */
+
+/* Compiles a transport_socket. Returns 0 with *out = NULL for raw_buffer (or
+ * no transport socket), 0 with a context for envoy.transport_sockets.tls
+ * (DownstreamTlsContext for LG_TLS_SERVER, UpstreamTlsContext for
+ * LG_TLS_CLIENT), -1 with err relative to the transport_socket message.
+ * stats_prefix is the owner's ("listener.127.0.0.1_443." or "cluster.x."). */
+int lg_tls_transport_socket_compile(const Envoy__Config__Core__V3__TransportSocket *ts, lg_tls_role_t role, const char *stats_prefix,
+                                    lg_tls_context_t **out, lg_error_t *err);
+lg_tls_context_t *lg_tls_downstream_compile(const Envoy__Extensions__TransportSockets__Tls__V3__DownstreamTlsContext *m,
+                                            const char *stats_prefix, lg_error_t *err);
+lg_tls_context_t *lg_tls_upstream_compile(const Envoy__Extensions__TransportSockets__Tls__V3__UpstreamTlsContext *m,
+                                          const char *stats_prefix, lg_error_t *err);
+lg_tls_context_t *lg_tls_context_addref(lg_tls_context_t *t);
+/* Drops a reference from any thread (NULL is fine). */
+void lg_tls_context_release(lg_tls_context_t *t);
+
+/* Static secrets (static_resources.secrets) that sds_config-less
+ * SdsSecretConfigs refer to by name. Compiling checks names and types; the
+ * scope makes them visible to the compilers of this thread until it is left
+ * (lg_tls_secrets_scope(NULL)). */
+int lg_tls_secrets_compile(lg_tls_secrets_t *out, Envoy__Extensions__TransportSockets__Tls__V3__Secret **secrets, size_t n,
+                           lg_error_t *err);
+void lg_tls_secrets_dispose(lg_tls_secrets_t *s);
+/* Sets this thread's secrets for compiling; returns the previous ones. */
+const lg_tls_secrets_t *lg_tls_secrets_scope(const lg_tls_secrets_t *s);
+
+/* ---- runtime ---- */
+
+/* The SSL_CTX for a new handshake, with a reference the caller drops with
+ * SSL_CTX_free() once the handshake is over. */
+SSL_CTX *lg_tls_context_ssl_ctx(lg_tls_context_t *t);
+
+/* Accounts a finished handshake on `sock` (err from h2o, NULL = success) in
+ * the context's stats (row: the current worker) and decides its outcome as
+ * Envoy does: returns 0 when the connection may proceed, -1 otherwise with
+ * Envoy's transport failure reason in `reason` ("TLS_error:|...:TLS_error_end",
+ * possibly empty). On the client side h2o's own host name check is ignored:
+ * the context's verification ran inside the handshake. */
+int lg_tls_handshake_done(lg_tls_context_t *t, h2o_socket_t *sock, const char *err, char *reason, size_t cap);
+/* The ALPN protocol negotiated on sock ("" when none). */
+h2o_iovec_t lg_tls_alpn(h2o_socket_t *sock);
+/* The SNI the client sent on a server-side TLS socket, or NULL. */
+const char *lg_tls_server_name(h2o_socket_t *sock);
+/* Wire-format ALPN list for a client handshake when the context has none:
+ * "h2", "http/1.1" or both (auto). */
+extern const h2o_iovec_t lg_tls_alpn_h2, lg_tls_alpn_http11, lg_tls_alpn_auto;
+/* Sets the ALPN offer and SNI on a client socket before its handshake runs
+ * (call right after h2o_socket_ssl_handshake would be too late: use
+ * lg_tls_client_handshake). `sni` may be NULL. */
+void lg_tls_client_handshake(lg_tls_context_t *t, h2o_socket_t *sock, SSL_CTX *ctx, const char *sni, h2o_iovec_t default_alpn,
+                             h2o_socket_cb cb);
+
+/* ---- certificate reload ---- */
+
+/* Checks (control thread, about once a second) the files every live context
+ * was built from; a context whose files changed gets a new SSL_CTX for new
+ * handshakes. A rebuild that fails (a half-written file) keeps the old one
+ * and is retried on the next change. Returns the number of contexts rebuilt. */
+size_t lg_tls_reload_poll(void);
+
+/* ---- tls_inspector ---- */
+
+/* Parses a ClientHello from the first bytes of a connection (one or more TLS
+ * records). Pure: no allocation, safe on any input. */
+lg_tls_hello_status_t lg_tls_client_hello_parse(const uint8_t *buf, size_t len, size_t max_size, lg_tls_client_hello_t *out);
+
+/* Envoy's failure reason text for OpenSSL's error queue (drained). */
+size_t lg_tls_format_error_queue(char *buf, size_t cap);
+
+#endif

@@ -1,0 +1,172 @@
+/*
+ * Raw TCP connections to a cluster's hosts, for tcp_proxy: what Envoy's TCP
+ * connection pool does for a connection that is never reused (host choice,
+ * the max_connections breaker, connect_timeout and the upstream_cx_* stats),
+ * without the pool. The caller owns the socket once connected.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <unistd.h>
+#include "legate/timer.h"
+#include "upstream.h"
+
+struct st_lg_upstream_tcp_t {
+    lg_host_t *host; /* holds a reference to its cluster */
+    h2o_socket_t *sock;
+    const lg_upstream_tcp_cbs_t *cbs;
+    void *data;
+    lg_timer_t timer; /* connect timeout, or the deferred report of an immediate failure */
+    size_t rx_counted, tx_counted;
+    int connect_errno;
+    unsigned connected : 1;
+};
+
+static lg_loop_t *loop_of(lg_upstream_tcp_t *u)
+{
+    return &u->host->cluster->worker->loop;
+}
+
+h2o_socket_t *lg_upstream_tcp_socket(lg_upstream_tcp_t *u)
+{
+    return u->connected ? u->sock : NULL;
+}
+
+lg_host_t *lg_upstream_tcp_host(lg_upstream_tcp_t *u)
+{
+    return u->host;
+}
+
+void lg_upstream_tcp_count_bytes(lg_upstream_tcp_t *u)
+{
+    if (u->sock == NULL)
+        return;
+    lg_worker_cluster_t *c = u->host->cluster;
+    lg__cluster_add(c, LG_CLUSTER_STAT_upstream_cx_rx_bytes_total, u->sock->bytes_read - u->rx_counted);
+    lg__cluster_add(c, LG_CLUSTER_STAT_upstream_cx_tx_bytes_total, u->sock->bytes_written - u->tx_counted);
+    u->rx_counted = u->sock->bytes_read;
+    u->tx_counted = u->sock->bytes_written;
+}
+
+/* Counts the end of the connection, closes the socket and frees u. */
+static void destroy(lg_upstream_tcp_t *u, int local)
+{
+    lg_worker_cluster_t *c = u->host->cluster;
+    lg_upstream_tcp_count_bytes(u);
+    lg__cluster_inc(c, LG_CLUSTER_STAT_upstream_cx_destroy);
+    lg__cluster_inc(c, local ? LG_CLUSTER_STAT_upstream_cx_destroy_local : LG_CLUSTER_STAT_upstream_cx_destroy_remote);
+    lg__cluster_dec(c, LG_CLUSTER_STAT_upstream_cx_active);
+    lg__host_dec(u->host, LG_HOST_STAT_cx_active);
+    lg__cluster_res_put(c, LG__RES_CONNECTIONS);
+    lg_timer_stop(&u->timer);
+    if (u->sock != NULL)
+        h2o_socket_close(u->sock);
+    free(u);
+    lg_worker_cluster_release(c);
+}
+
+void lg_upstream_tcp_close(lg_upstream_tcp_t *u, int local)
+{
+    destroy(u, local);
+}
+
+/* Reports a failed connect; u is gone when the callback runs. A timeout is
+ * a local close, a refused connect a remote one, as Envoy counts them. */
+static void connect_failed(lg_upstream_tcp_t *u, lg_pool_failure_t reason, const char *detail)
+{
+    lg_host_t *host = u->host;
+    lg_worker_cluster_t *c = host->cluster;
+    const lg_upstream_tcp_cbs_t *cbs = u->cbs;
+    void *data = u->data;
+    LG_DEBUG(pool, "tcp connect to %s failed: %s", host->config->address, detail);
+    lg__cluster_inc(c, LG_CLUSTER_STAT_upstream_cx_connect_fail);
+    lg__host_inc(host, LG_HOST_STAT_cx_connect_fail);
+    lg_worker_cluster_addref(c);
+    destroy(u, reason == LG_POOL_CONNECT_TIMEOUT);
+    cbs->on_failure(data, reason, host, detail);
+    lg_worker_cluster_release(c);
+}
+
+static void on_connect_timeout(lg_timer_t *t)
+{
+    lg_upstream_tcp_t *u = H2O_STRUCT_FROM_MEMBER(lg_upstream_tcp_t, timer, t);
+    lg__cluster_inc(u->host->cluster, LG_CLUSTER_STAT_upstream_cx_connect_timeout);
+    connect_failed(u, LG_POOL_CONNECT_TIMEOUT, "");
+}
+
+static void on_immediate_failure(lg_timer_t *t)
+{
+    lg_upstream_tcp_t *u = H2O_STRUCT_FROM_MEMBER(lg_upstream_tcp_t, timer, t);
+    char detail[128];
+    snprintf(detail, sizeof(detail), "immediate connect error: %s", strerror(u->connect_errno));
+    connect_failed(u, LG_POOL_CONNECT_FAILURE, detail);
+}
+
+static void on_connect_ready(h2o_socket_t *sock, const char *err)
+{
+    lg_upstream_tcp_t *u = sock->data;
+    int so_err = 0;
+    socklen_t l = sizeof(so_err);
+    if (err == NULL && getsockopt(h2o_socket_get_fd(sock), SOL_SOCKET, SO_ERROR, &so_err, &l) != 0)
+        so_err = errno;
+    if (err != NULL || so_err != 0) {
+        char detail[128];
+        snprintf(detail, sizeof(detail), "delayed connect error: %s", err != NULL ? err : strerror(so_err));
+        connect_failed(u, LG_POOL_CONNECT_FAILURE, detail);
+        return;
+    }
+    lg_timer_stop(&u->timer);
+    u->connected = 1;
+    sock->data = NULL;
+    u->cbs->on_connect(u, u->data);
+}
+
+/* As conn_pool.c: the socket is created without H2O_SOCKET_FLAG_IS_CONNECTING
+ * so that the completion callback reads SO_ERROR itself. */
+static void start_connect(lg_upstream_tcp_t *u)
+{
+    const lg_host_config_t *h = u->host->config;
+    int fd = socket(h->sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd != -1 && h->sa->sa_family != AF_UNIX) {
+        int on = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+    }
+    if (fd == -1 || (connect(fd, h->sa, h->salen) != 0 && errno != EINPROGRESS)) {
+        u->connect_errno = errno;
+        if (fd != -1)
+            close(fd);
+        lg_timer_start(loop_of(u), &u->timer, 0, on_immediate_failure);
+        return;
+    }
+    u->sock = h2o_evloop_socket_create(loop_of(u)->loop, fd, 0);
+    u->sock->data = u;
+    h2o_socket_notify_write(u->sock, on_connect_ready);
+    lg_timer_start(loop_of(u), &u->timer, u->host->cluster->config->connect_timeout_ms, on_connect_timeout);
+}
+
+lg_upstream_tcp_t *lg_upstream_tcp_connect(lg_worker_cluster_t *c, const lg_lb_context_t *ctx, const lg_upstream_tcp_cbs_t *cbs,
+                                           void *data, lg_pool_failure_t *failure)
+{
+    lg_host_t *host = lg__cluster_choose_host(c, ctx);
+    if (host == NULL) {
+        lg__cluster_inc(c, LG_CLUSTER_STAT_upstream_cx_none_healthy);
+        *failure = LG_POOL_NO_HEALTHY_HOST;
+        return NULL;
+    }
+    if (!lg__cluster_res_try(c, LG__RES_CONNECTIONS)) {
+        lg__cluster_inc(c, LG_CLUSTER_STAT_upstream_cx_overflow);
+        *failure = LG_POOL_OVERFLOW;
+        return NULL;
+    }
+    lg_upstream_tcp_t *u = lg_calloc(1, sizeof(*u));
+    u->host = host;
+    u->cbs = cbs;
+    u->data = data;
+    lg_worker_cluster_addref(c);
+    lg__host_inc(host, LG_HOST_STAT_cx_total);
+    lg__host_inc(host, LG_HOST_STAT_cx_active);
+    lg__cluster_inc(c, LG_CLUSTER_STAT_upstream_cx_total);
+    lg__cluster_inc(c, LG_CLUSTER_STAT_upstream_cx_active);
+    start_connect(u);
+    return u;
+}

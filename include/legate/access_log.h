@@ -34,6 +34,12 @@ void lg_access_logs_dispose(lg_access_logs_t *logs);
 /* Writes one entry per log whose filter accepts the stream (worker threads;
  * other threads work too, through a shared locked buffer). */
 void lg_access_logs_emit(const lg_access_logs_t *logs, const lg_stream_info_t *info);
+/* Same, for an entry that is not the end of the stream (tcp_proxy's periodic
+ * and on-connected entries): `log_type` is an Envoy AccessLogType
+ * (ENVOY__DATA__ACCESSLOG__V3__ACCESS_LOG_TYPE__TcpPeriodic ...) for
+ * log_type_filter. lg_access_logs_emit() uses DownstreamEnd, or
+ * TcpConnectionEnd when `info` has no request and no protocol. */
+void lg_access_logs_emit_type(const lg_access_logs_t *logs, const lg_stream_info_t *info, int log_type);
 
 /* Process settings, before any access log is compiled: the number of workers
  * (each gets its own buffer per file) and --file-flush-interval-msec (0 is
@@ -47,9 +53,9 @@ void lg_access_log_configure(size_t concurrency, uint64_t flush_interval_ms);
 void lg_access_log_reopen(void);
 /* Writes what is buffered now. Not from a worker. */
 void lg_access_log_flush(void);
-/* Stops the flusher, writes what is left, closes and frees every file. Call
- * after the workers have stopped and before the last lg_access_logs_dispose
- * is irrelevant: compiled logs must not be emitted to afterwards. */
+/* Stops the flusher, writes what is left, closes and frees every file and
+ * unregisters /reopen_logs. Call once the workers have stopped: compiled logs
+ * may still be disposed afterwards, but no longer emitted to. */
 void lg_access_log_shutdown(void);
 
 #endif

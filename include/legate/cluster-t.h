@@ -37,6 +37,7 @@ typedef enum en_lg_upstream_protocol_t {
     LG_UPSTREAM_HTTP1,
     LG_UPSTREAM_HTTP2,
     LG_UPSTREAM_USE_DOWNSTREAM, /* HTTP/2 when the downstream request is HTTP/2, else HTTP/1.1 */
+    LG_UPSTREAM_AUTO,           /* auto_config: ALPN picks h2 or http/1.1 over TLS; HTTP/1.1 in cleartext */
 } lg_upstream_protocol_t;
 
 /* Circuit breaker thresholds (CircuitBreakers.Thresholds), Envoy's defaults
@@ -161,6 +162,7 @@ typedef struct st_lg_cluster_config_t {
     lg_cb_thresholds_t high_thresholds; /* HIGH priority (printed by /clusters) */
     lg_h2_settings_t *h2;               /* non-NULL when protocol is not HTTP1 */
     lg_h1_limits_t h1_limits;           /* response parsing (max_headers_count ...) */
+    struct st_lg_tls_context_t *tls;    /* transport_socket: UpstreamTlsContext, NULL = raw_buffer */
     lg_host_config_t **hosts;
     size_t n_hosts;
     uint32_t n_healthy;

@@ -138,18 +138,20 @@ typedef struct st_lg_upstream_tcp_cbs_t {
     /* Connected: lg_upstream_tcp_socket(u) is the caller's to read and
      * write (set its `data`); close it only with lg_upstream_tcp_close(). */
     void (*on_connect)(lg_upstream_tcp_t *u, void *data);
-    /* The connect failed (LG_POOL_CONNECT_FAILURE) or timed out
-     * (LG_POOL_CONNECT_TIMEOUT); u is freed already. `host` and `detail`
+    /* The connect failed (LG_POOL_CONNECT_FAILURE), timed out
+     * (LG_POOL_CONNECT_TIMEOUT), or succeeded while the max_requests breaker
+     * was open (LG_POOL_OVERFLOW); u is freed already. `host` and `detail`
      * (Envoy's transport failure reason) are valid during the call only. */
     void (*on_failure)(void *data, lg_pool_failure_t reason, lg_host_t *host, const char *detail);
 } lg_upstream_tcp_cbs_t;
 
 /*
- * Picks a host (honouring ctx->excluded), takes a max_connections slot and
- * starts a non-blocking connect bounded by the cluster's connect_timeout.
- * Returns NULL with *failure set (LG_POOL_NO_HEALTHY_HOST, counting
- * upstream_cx_none_healthy, or LG_POOL_OVERFLOW, counting
- * upstream_cx_overflow) when no connect starts; no callback fires then.
+ * Picks a host (honouring ctx->excluded), takes a max_connections and a
+ * max_pending_requests slot and starts a non-blocking connect bounded by the
+ * cluster's connect_timeout. Returns NULL with *failure set
+ * (LG_POOL_NO_HEALTHY_HOST, counting upstream_cx_none_healthy, or
+ * LG_POOL_OVERFLOW, counting upstream_cx_overflow or
+ * upstream_rq_pending_overflow) when no connect starts; no callback fires then.
  * Otherwise exactly one callback fires, never from inside this call, unless
  * lg_upstream_tcp_close() comes first.
  */
@@ -158,8 +160,10 @@ lg_upstream_tcp_t *lg_upstream_tcp_connect(lg_worker_cluster_t *c, const lg_lb_c
 /* The connected socket; NULL while connecting. */
 h2o_socket_t *lg_upstream_tcp_socket(lg_upstream_tcp_t *u);
 lg_host_t *lg_upstream_tcp_host(lg_upstream_tcp_t *u);
-/* Adds the bytes moved since the last call to upstream_cx_rx/tx_bytes_total. */
-void lg_upstream_tcp_count_bytes(lg_upstream_tcp_t *u);
+/* Adds `rx` bytes read to upstream_cx_rx_bytes_total (the caller counts its
+ * reads: libh2o 2.2.5 leaves sock->bytes_read at 0 on plain sockets) and the
+ * bytes written since the last call to upstream_cx_tx_bytes_total. */
+void lg_upstream_tcp_count_bytes(lg_upstream_tcp_t *u, size_t rx);
 /* Closes the socket (a connect in progress is abandoned: no callback fires)
  * and frees u. `local` says who closed it (upstream_cx_destroy_local or
  * _remote). */

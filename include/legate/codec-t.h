@@ -24,6 +24,7 @@
 #define LEGATE_CODEC_T_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include "legate/http-t.h"
 
 typedef enum en_lg_reset_reason_t {

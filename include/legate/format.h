@@ -61,6 +61,13 @@ lg_format_value_kind_t lg_format_eval_typed(const lg_format_t *f, const lg_strea
  * are not UTF-8 print as \u00XX. */
 lg_format_value_kind_t lg_format_append_json(const lg_format_t *f, const lg_stream_info_t *si, int typed, lg_strbuf_t *out);
 
+/* The stream's gRPC status as Envoy's Grpc::Common::getGrpcStatus finds it:
+ * grpc-status from the trailers, else from the response headers, else
+ * mapped from the HTTP status (404 UNIMPLEMENTED, 503 UNAVAILABLE, ...).
+ * A value that is not a number, or above 16 unless `allow_user_defined`,
+ * is -1. Returns 0 when there is no status at all. */
+int lg_format_grpc_status(const lg_stream_info_t *si, int allow_user_defined, int64_t *status);
+
 /* Formats a wall-clock time (µs since the epoch, UTC) with an Envoy START_TIME
  * format: strftime plus %f / %1f..%9f (fractional seconds), %s (epoch
  * seconds) and %E1S..%E9S / %E*S; an empty format is Envoy's default

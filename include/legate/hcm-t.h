@@ -31,55 +31,64 @@ typedef enum en_lg_escaped_slashes_t {
 } lg_escaped_slashes_t;
 
 /* http.<stat_prefix>.* counters and gauges, in this order in the stats block. */
-#define LG_HCM_STATS(X)                                                                                                            \
-    X(COUNTER, downstream_cx_total)                                                                                                \
-    X(GAUGE, downstream_cx_active)                                                                                                 \
-    X(COUNTER, downstream_cx_http1_total)                                                                                          \
-    X(GAUGE, downstream_cx_http1_active)                                                                                           \
-    X(COUNTER, downstream_cx_http2_total)                                                                                          \
-    X(GAUGE, downstream_cx_http2_active)                                                                                           \
-    X(COUNTER, downstream_cx_destroy)                                                                                              \
-    X(COUNTER, downstream_cx_destroy_remote)                                                                                       \
-    X(COUNTER, downstream_cx_destroy_local)                                                                                        \
-    X(COUNTER, downstream_cx_destroy_active_rq)                                                                                    \
-    X(COUNTER, downstream_cx_protocol_error)                                                                                       \
-    X(COUNTER, downstream_cx_idle_timeout)                                                                                         \
-    X(COUNTER, downstream_cx_drain_close)                                                                                          \
-    X(COUNTER, downstream_cx_rx_bytes_total)                                                                                       \
-    X(COUNTER, downstream_cx_tx_bytes_total)                                                                                       \
-    X(COUNTER, downstream_rq_total)                                                                                                \
-    X(GAUGE, downstream_rq_active)                                                                                                 \
-    X(COUNTER, downstream_rq_http1_total)                                                                                          \
-    X(COUNTER, downstream_rq_http2_total)                                                                                          \
-    X(COUNTER, downstream_rq_completed)                                                                                            \
-    X(COUNTER, downstream_rq_1xx)                                                                                                  \
-    X(COUNTER, downstream_rq_2xx)                                                                                                  \
-    X(COUNTER, downstream_rq_3xx)                                                                                                  \
-    X(COUNTER, downstream_rq_4xx)                                                                                                  \
-    X(COUNTER, downstream_rq_5xx)                                                                                                  \
-    X(COUNTER, downstream_rq_rx_reset)                                                                                             \
-    X(COUNTER, downstream_rq_tx_reset)                                                                                             \
-    X(COUNTER, downstream_rq_non_relative_path)                                                                                    \
-    X(COUNTER, downstream_rq_too_large)                                                                                            \
-    X(COUNTER, downstream_rq_timeout)                                                                                              \
-    X(COUNTER, downstream_rq_idle_timeout)                                                                                         \
-    X(COUNTER, downstream_rq_header_timeout)                                                                                       \
-    X(COUNTER, downstream_rq_max_duration_reached)                                                                                 \
-    X(COUNTER, downstream_rq_failed_path_normalization)                                                                           \
-    X(COUNTER, downstream_rq_redirected_with_normalized_path)                                                                      \
-    X(COUNTER, rs_too_large)                                                                                                       \
-    X(COUNTER, no_route)                                                                                                           \
-    X(COUNTER, no_cluster)                                                                                                         \
-    X(COUNTER, rq_redirect)                                                                                                        \
-    X(COUNTER, rq_direct_response)                                                                                                 \
-    X(COUNTER, rq_total)                                                                                                           \
-    X(COUNTER, rq_reset_after_downstream_response_started)                                                                         \
-    X(COUNTER, dropped_headers_with_underscores)                                                                                   \
+#define LG_HCM_STATS(X)                                       \
+    X(COUNTER, downstream_cx_total)                           \
+    X(GAUGE, downstream_cx_active)                            \
+    X(COUNTER, downstream_cx_http1_total)                     \
+    X(GAUGE, downstream_cx_http1_active)                      \
+    X(COUNTER, downstream_cx_http2_total)                     \
+    X(GAUGE, downstream_cx_http2_active)                      \
+    X(COUNTER, downstream_cx_destroy)                         \
+    X(COUNTER, downstream_cx_destroy_remote)                  \
+    X(COUNTER, downstream_cx_destroy_local)                   \
+    X(COUNTER, downstream_cx_destroy_active_rq)               \
+    X(COUNTER, downstream_cx_protocol_error)                  \
+    X(COUNTER, downstream_cx_idle_timeout)                    \
+    X(COUNTER, downstream_cx_drain_close)                     \
+    X(COUNTER, downstream_cx_rx_bytes_total)                  \
+    X(COUNTER, downstream_cx_tx_bytes_total)                  \
+    X(COUNTER, downstream_cx_upgrades_total)                  \
+    X(GAUGE, downstream_cx_upgrades_active)                   \
+    X(COUNTER, downstream_rq_total)                           \
+    X(GAUGE, downstream_rq_active)                            \
+    X(COUNTER, downstream_rq_http1_total)                     \
+    X(COUNTER, downstream_rq_http2_total)                     \
+    X(COUNTER, downstream_rq_completed)                       \
+    X(COUNTER, downstream_rq_1xx)                             \
+    X(COUNTER, downstream_rq_2xx)                             \
+    X(COUNTER, downstream_rq_3xx)                             \
+    X(COUNTER, downstream_rq_4xx)                             \
+    X(COUNTER, downstream_rq_5xx)                             \
+    X(COUNTER, downstream_rq_rx_reset)                        \
+    X(COUNTER, downstream_rq_tx_reset)                        \
+    X(COUNTER, downstream_rq_non_relative_path)               \
+    X(COUNTER, downstream_rq_too_large)                       \
+    X(COUNTER, downstream_rq_timeout)                         \
+    X(COUNTER, downstream_rq_idle_timeout)                    \
+    X(COUNTER, downstream_rq_header_timeout)                  \
+    X(COUNTER, downstream_rq_max_duration_reached)            \
+    X(COUNTER, downstream_rq_failed_path_normalization)       \
+    X(COUNTER, downstream_rq_redirected_with_normalized_path) \
+    X(COUNTER, downstream_rq_ws_on_non_ws_route)              \
+    X(COUNTER, rs_too_large)                                  \
+    X(COUNTER, no_route)                                      \
+    X(COUNTER, no_cluster)                                    \
+    X(COUNTER, rq_redirect)                                   \
+    X(COUNTER, rq_direct_response)                            \
+    X(COUNTER, rq_total)                                      \
+    X(COUNTER, rq_reset_after_downstream_response_started)    \
+    X(COUNTER, dropped_headers_with_underscores)              \
     X(COUNTER, requests_rejected_with_underscores_in_headers)
 
 #define LG__HCM_STAT_ENUM(type, name) LG_HCM_STAT_##name,
 enum { LG_HCM_STATS(LG__HCM_STAT_ENUM) LG_HCM_STAT__COUNT };
 #undef LG__HCM_STAT_ENUM
+
+/* One of the HCM's upgrade_configs (without a filter chain of its own). */
+typedef struct st_lg_hcm_upgrade_t {
+    h2o_iovec_t type; /* lower-case: "websocket", "connect" */
+    int enabled;      /* default true */
+} lg_hcm_upgrade_t;
 
 struct st_lg_hcm_config_t {
     char *stat_prefix;
@@ -103,14 +112,18 @@ struct st_lg_hcm_config_t {
     lg_cidr_t *internal_cidrs;
     size_t n_internal_cidrs;
     uint32_t xff_num_trusted_hops;
-    uint64_t stream_idle_timeout_ms;   /* default 5 min; 0 disables */
-    uint64_t request_timeout_ms;       /* default 0 (disabled) */
+    uint64_t stream_idle_timeout_ms; /* default 5 min; 0 disables */
+    uint64_t request_timeout_ms;     /* default 0 (disabled) */
     uint64_t request_headers_timeout_ms;
-    uint64_t idle_timeout_ms;          /* connection, default 1 h */
+    uint64_t idle_timeout_ms; /* connection, default 1 h */
     uint64_t max_stream_duration_ms;
-    uint64_t drain_timeout_ms;         /* default 5 s */
+    uint64_t drain_timeout_ms; /* default 5 s */
     lg_h1_limits_t h1;
     lg_h2_settings_t h2;
+    unsigned h2_allow_connect : 1;           /* http2_protocol_options.allow_connect (RFC 8441) */
+    unsigned h2_stream_error_on_invalid : 1; /* stream_error_on_invalid_http_message(ing) for HTTP/2 */
+    lg_hcm_upgrade_t *upgrades;
+    size_t n_upgrades;
     lg_http_filter_config_t *filters;
     size_t n_filters;
     lg_stats_block_t *stats; /* http.<stat_prefix>. */
@@ -132,6 +145,7 @@ typedef struct st_lg_hcm_conn_t {
     h2o_linklist_t worker_link; /* in the worker's connection list, for draining */
     unsigned draining : 1;
     unsigned closed : 1;
+    unsigned tls : 1; /* the connection terminated TLS (x-forwarded-proto: https) */
 } lg_hcm_conn_t;
 
 struct st_lg_hcm_stream_t {
@@ -146,11 +160,13 @@ struct st_lg_hcm_stream_t {
     int route_resolved;
     lg_http_filter_t **filters;
     size_t n_filters;
-    size_t decode_index; /* next filter to run in the decode direction */
-    size_t encode_index; /* encode runs from n_filters-1 down to 0 */
-    h2o_iovec_t pending_body;  /* local reply body not yet written */
+    size_t decode_index;      /* next filter to run in the decode direction */
+    size_t encode_index;      /* encode runs from n_filters-1 down to 0 */
+    h2o_iovec_t pending_body; /* local reply body not yet written */
     lg_timer_t idle_timer;
     lg_timer_t request_timer;
+    lg_timer_t duration_timer; /* max_stream_duration / grpc-timeout (Envoy's refreshDurationTimeout) */
+    uint64_t idle_timeout_ms;  /* the HCM's stream_idle_timeout, or the route's idle_timeout */
     h2o_linklist_t link;
     unsigned request_headers_done : 1;
     unsigned request_ended : 1;
@@ -158,6 +174,9 @@ struct st_lg_hcm_stream_t {
     unsigned response_ended : 1;
     unsigned local_reply : 1;
     unsigned is_grpc : 1;
+    unsigned upgrade : 1;        /* an allowed Upgrade request (h2 extended CONNECT arrives as one) */
+    unsigned connect : 1;        /* an allowed CONNECT request */
+    unsigned h2_ext_connect : 1; /* the upgrade arrived as an HTTP/2 extended CONNECT */
     unsigned destroyed : 1;
 };
 

@@ -11,8 +11,9 @@ typedef struct st_lg_hcm_compile_ctx_t {
     void *ctx;
     int flags; /* LG_PBJSON_* for nested Anys */
 } lg_hcm_compile_ctx_t;
-lg_hcm_config_t *lg_hcm_config_compile(const Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager *m,
-                                       const lg_hcm_compile_ctx_t *ctx, lg_error_t *err);
+lg_hcm_config_t *
+lg_hcm_config_compile(const Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager *m,
+                      const lg_hcm_compile_ctx_t *ctx, lg_error_t *err);
 void lg_hcm_config_free(lg_hcm_config_t *c);
 
 /* Takes over an accepted socket; `version` is the codec chosen by the
@@ -45,5 +46,15 @@ void lg_hcm_reset_stream(lg_hcm_stream_t *s);
 /* The route for the stream (matched once, cached), or NULL. */
 const lg_route_t *lg_hcm_route(lg_hcm_stream_t *s);
 lg_worker_t *lg_hcm_worker(lg_hcm_stream_t *s);
+
+/* ---- gRPC timeouts (Envoy's Grpc::Common) ---- */
+#define LG_GRPC_TIMEOUT_MAX 99999999 /* a grpc-timeout value has at most 8 digits */
+/* The request's grpc-timeout in milliseconds (rounded up), or -1 when absent or malformed. */
+int64_t lg_hcm_grpc_timeout_ms(const lg_req_head_t *req);
+/* A grpc-timeout value for `ms` (in the pool), in the smallest unit that fits 8 digits. */
+h2o_iovec_t lg_hcm_grpc_timeout_value(h2o_mem_pool_t *pool, uint64_t ms);
+/* Envoy's usingNewTimeouts(): the route has a max_stream_duration message, so
+ * the HCM (not the router) applies timeouts from grpc-timeout. */
+int lg_hcm_route_uses_new_timeouts(const lg_route_t *r);
 
 #endif

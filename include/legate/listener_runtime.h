@@ -10,5 +10,9 @@ typedef struct st_lg_snapshot_t lg_snapshot_t;
 int lg_listen_socket_open(const lg_listener_config_t *l, lg_error_t *err);
 /* Accepts what is pending on a worker's listening socket. */
 void lg_listener_accept(lg_worker_t *w, lg_listener_config_t *l, lg_snapshot_t *snap, h2o_socket_t *listener);
+/* Closes this worker's connections that have not reached their network filter
+ * yet (in tls_inspector, the TLS handshake or codec sniffing): call on the
+ * worker's thread before it exits, so that they release their snapshot. */
+void lg_listener_close_pending(void);
 
 #endif

@@ -2,11 +2,14 @@
  * The server: the config snapshot that workers run on, the workers, and the
  * process lifecycle (start, drain, exit).
  *
- * A snapshot is immutable and refcounted. The control thread builds it and
- * posts it to every worker; a worker swaps its pointer between events. A
- * connection holds its snapshot through the worker (a worker-local count,
- * no atomics per connection); the worker drops its reference to a replaced
- * snapshot when its last connection on it is gone.
+ * A snapshot is immutable and refcounted. The control thread builds it (from
+ * the bootstrap, then from every accepted xDS update) and posts it to every
+ * worker; a worker swaps its pointer between events. A snapshot built from
+ * the previous one shares every unchanged compiled object (listener, cluster
+ * and route table pointers), so that worker views carry their connection
+ * pools over. A connection holds the snapshot it was accepted on through the
+ * worker (a worker-local count, no atomics per connection); the worker drops
+ * its reference to a replaced snapshot when its last connection on it is gone.
  */
 #ifndef LEGATE_SERVER_H
 #define LEGATE_SERVER_H
@@ -18,30 +21,71 @@
 #include "legate/worker-t.h"
 
 typedef struct st_lg_cluster_config_t lg_cluster_config_t;
+typedef struct st_lg_xds_dump_t lg_xds_dump_t;
+/* The accept sockets of one listener, one per worker (server.c). */
+typedef struct st_lg_listener_socks_t lg_listener_socks_t;
+typedef struct st_lg_snapshot_pins_t lg_snapshot_pins_t;
 
 struct st_lg_snapshot_t {
     size_t refcnt; /* atomic: the control thread and one per worker using it */
     uint64_t generation;
     lg_listener_config_t **listeners;
     size_t n_listeners;
+    lg_listener_socks_t **listener_socks; /* parallel to listeners; set when published (lg_server_publish) */
     lg_cluster_config_t **clusters;
     size_t n_clusters;
-    ProtobufCMessage *bootstrap; /* as loaded, for /config_dump */
-    uint64_t last_updated_wall_us;
-    /* worker-local use counts, one per worker (only that worker touches its slot) */
+    lg_route_table_t **routes; /* RDS route tables, sorted by name */
+    size_t n_routes;
+    const ProtobufCMessage *bootstrap; /* as loaded, for /config_dump; owned by the server */
+    lg_xds_dump_t *xds;                /* dynamic resources for /config_dump, or NULL */
+    uint64_t last_updated_wall_us;     /* of the static resources */
+    /* worker-local use counts and route table pins, one per worker (only that worker touches its slot) */
     size_t *worker_uses;
+    lg_snapshot_pins_t *pins;
 };
 
+/* An empty snapshot with room for the given numbers of objects; the caller
+ * appends references to the arrays, then calls lg_snapshot_seal(). */
+lg_snapshot_t *lg_snapshot_new(size_t listeners, size_t clusters, size_t routes);
+/* Sorts the route tables for lookups by name. */
+void lg_snapshot_seal(lg_snapshot_t *s);
 lg_snapshot_t *lg_snapshot_ref(lg_snapshot_t *s);
 void lg_snapshot_unref(lg_snapshot_t *s);
 /* Per-worker holds (no atomics): a connection takes one for its life. */
 void lg_snapshot_hold(lg_worker_t *w, lg_snapshot_t *s);
 void lg_snapshot_release(lg_worker_t *w, lg_snapshot_t *s);
-/* The route table an HCM uses in this snapshot (inline now; RDS later). */
+/*
+ * The route table an HCM uses: its inline table, or for RDS the table of that
+ * name in the worker's newest snapshot (new streams on old connections see
+ * RDS updates), falling back to `s`, the connection's snapshot. A newer
+ * snapshot used on behalf of `s` stays pinned while connections of `s` on
+ * this worker have streams (lg_snapshot_sweep_pins). NULL when the table is
+ * unknown (not received yet): Envoy answers 404 then.
+ */
 const lg_route_table_t *lg_snapshot_route_table(lg_snapshot_t *s, const lg_hcm_config_t *hcm);
+/* NULL when the snapshot has no RDS table of that name. */
+lg_route_table_t *lg_snapshot_find_routes(const lg_snapshot_t *s, const char *name);
+/* Pins: a worker marks the snapshots of connections that have streams, then
+ * sweeps, which drops the pins of every unmarked snapshot. */
+void lg_snapshot_mark_busy(lg_worker_t *w, lg_snapshot_t *s);
+void lg_snapshot_sweep_pins(lg_worker_t *w);
 
-/* Compiles a Bootstrap into a snapshot; NULL with err naming the field. */
+/* Compiles the static resources of a Bootstrap into a snapshot that borrows
+ * the bootstrap; NULL with err naming the field. */
 lg_snapshot_t *lg_snapshot_compile_bootstrap(ProtobufCMessage *bootstrap, const lg_options_t *o, lg_error_t *err);
+
+/*
+ * Makes `s` the current snapshot (control thread): opens the accept sockets
+ * of listeners that are new or moved (a listener with the same name and
+ * address as in the current snapshot keeps its sockets), stores the socket
+ * sets in s->listener_socks and posts `s` to the workers. On a bind failure
+ * nothing changes: returns -1 with err and *failed set to the index of the
+ * listener that could not bind. Takes a reference on success.
+ */
+int lg_server_publish(lg_snapshot_t *s, size_t *failed, lg_error_t *err);
+/* The current snapshot with a reference (any thread), or NULL before start. */
+lg_snapshot_t *lg_server_current_snapshot(void);
+void lg_listener_socks_release(lg_listener_socks_t *socks);
 
 uint64_t lg_server_next_connection_id(void);
 void lg_worker_add_connection(lg_worker_t *w, h2o_linklist_t *link);

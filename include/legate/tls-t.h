@@ -29,19 +29,19 @@ typedef enum en_lg_tls_role_t {
 /* <owner>.ssl.* counters, Envoy's SslStats, in Envoy's order. The dynamic
  * ssl.ciphers.<name>, ssl.versions.<name>, ssl.curves.<name> counters live in
  * blocks of their own, created on first use. */
-#define LG_TLS_STATS(X)                                                                                                            \
-    X(COUNTER, connection_error)                                                                                                   \
-    X(COUNTER, handshake)                                                                                                          \
-    X(COUNTER, session_reused)                                                                                                     \
-    X(COUNTER, no_certificate)                                                                                                     \
-    X(COUNTER, fail_verify_no_cert)                                                                                                \
-    X(COUNTER, fail_verify_error)                                                                                                  \
-    X(COUNTER, fail_verify_san)                                                                                                    \
-    X(COUNTER, fail_verify_cert_hash)                                                                                              \
-    X(COUNTER, ocsp_staple_failed)                                                                                                 \
-    X(COUNTER, ocsp_staple_omitted)                                                                                                \
-    X(COUNTER, ocsp_staple_responses)                                                                                              \
-    X(COUNTER, ocsp_staple_requests)                                                                                               \
+#define LG_TLS_STATS(X)               \
+    X(COUNTER, connection_error)      \
+    X(COUNTER, handshake)             \
+    X(COUNTER, session_reused)        \
+    X(COUNTER, no_certificate)        \
+    X(COUNTER, fail_verify_no_cert)   \
+    X(COUNTER, fail_verify_error)     \
+    X(COUNTER, fail_verify_san)       \
+    X(COUNTER, fail_verify_cert_hash) \
+    X(COUNTER, ocsp_staple_failed)    \
+    X(COUNTER, ocsp_staple_omitted)   \
+    X(COUNTER, ocsp_staple_responses) \
+    X(COUNTER, ocsp_staple_requests)  \
     X(COUNTER, was_key_usage_invalid)
 #define LG__TLS_STAT_ENUM(type, name) LG_TLS_STAT_##name,
 enum { LG_TLS_STATS(LG__TLS_STAT_ENUM) LG_TLS_STAT__COUNT };
@@ -117,11 +117,11 @@ typedef struct st_lg_tls_context_t {
     char *sigalgs;
     /* ALPN in wire format (length-prefixed): server preference / client offer */
     h2o_iovec_t alpn;
-    char *sni;                   /* client: UpstreamTlsContext.sni, NULL when empty */
-    uint32_t session_timeout_s;  /* server: 0 = OpenSSL's default */
-    uint8_t (*ticket_keys)[80];  /* server: session_ticket_keys (name 16, hmac 32, aes 32) */
+    char *sni;                  /* client: UpstreamTlsContext.sni, NULL when empty */
+    uint32_t session_timeout_s; /* server: 0 = OpenSSL's default */
+    uint8_t (*ticket_keys)[80]; /* server: session_ticket_keys (name 16, hmac 32, aes 32) */
     size_t n_ticket_keys;
-    uint8_t sid_ctx[32];         /* server: session id context (a hash of the config) */
+    uint8_t sid_ctx[32]; /* server: session id context (a hash of the config) */
     /* stats */
     lg_stats_block_t *stats; /* "<owner>.ssl." */
     char *stats_prefix;
@@ -131,14 +131,13 @@ typedef struct st_lg_tls_context_t {
     SSL_CTX *_ssl_ctx;
     lg_tls_watch_t *_watches;
     size_t _n_watches;
-    uint64_t _generation; /* +1 per rebuild */
+    uint64_t _generation;                        /* +1 per rebuild */
     struct st_lg_tls_context_t *_next, **_pprev; /* reload registry, when _n_watches != 0 */
 } lg_tls_context_t;
 
-/* The static secrets of a bootstrap, by name (the messages are borrowed from
- * the bootstrap and must outlive every compile that uses them). */
+/* The static secrets of a bootstrap (owned copies). */
 typedef struct st_lg_tls_secrets_t {
-    const struct Envoy__Extensions__TransportSockets__Tls__V3__Secret **secrets;
+    struct Envoy__Extensions__TransportSockets__Tls__V3__Secret **secrets;
     size_t n;
 } lg_tls_secrets_t;
 

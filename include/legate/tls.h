@@ -15,8 +15,8 @@
  * (DownstreamTlsContext for LG_TLS_SERVER, UpstreamTlsContext for
  * LG_TLS_CLIENT), -1 with err relative to the transport_socket message.
  * stats_prefix is the owner's ("listener.127.0.0.1_443." or "cluster.x."). */
-int lg_tls_transport_socket_compile(const Envoy__Config__Core__V3__TransportSocket *ts, lg_tls_role_t role, const char *stats_prefix,
-                                    lg_tls_context_t **out, lg_error_t *err);
+int lg_tls_transport_socket_compile(const Envoy__Config__Core__V3__TransportSocket *ts, lg_tls_role_t role,
+                                    const char *stats_prefix, lg_tls_context_t **out, lg_error_t *err);
 lg_tls_context_t *lg_tls_downstream_compile(const Envoy__Extensions__TransportSockets__Tls__V3__DownstreamTlsContext *m,
                                             const char *stats_prefix, lg_error_t *err);
 lg_tls_context_t *lg_tls_upstream_compile(const Envoy__Extensions__TransportSockets__Tls__V3__UpstreamTlsContext *m,
@@ -25,15 +25,17 @@ lg_tls_context_t *lg_tls_context_addref(lg_tls_context_t *t);
 /* Drops a reference from any thread (NULL is fine). */
 void lg_tls_context_release(lg_tls_context_t *t);
 
-/* Static secrets (static_resources.secrets) that sds_config-less
- * SdsSecretConfigs refer to by name. Compiling checks names and types; the
- * scope makes them visible to the compilers of this thread until it is left
- * (lg_tls_secrets_scope(NULL)). */
-int lg_tls_secrets_compile(lg_tls_secrets_t *out, Envoy__Extensions__TransportSockets__Tls__V3__Secret **secrets, size_t n,
-                           lg_error_t *err);
-void lg_tls_secrets_dispose(lg_tls_secrets_t *s);
-/* Sets this thread's secrets for compiling; returns the previous ones. */
-const lg_tls_secrets_t *lg_tls_secrets_scope(const lg_tls_secrets_t *s);
+/* Static secrets (static_resources.secrets), which sds_config-less
+ * SdsSecretConfigs refer to by name, for the life of the process (a new
+ * bootstrap replaces them). Checks names and types and copies the messages;
+ * -1 with err relative to static_resources. Control thread. */
+int lg_tls_secrets_install(Envoy__Extensions__TransportSockets__Tls__V3__Secret **secrets, size_t n, lg_error_t *err);
+void lg_tls_secrets_clear(void);
+/* Adds or replaces one secret by name (an SDS update): SdsSecretConfigs with
+ * an sds_config resolve against the same names. Contexts already compiled
+ * keep what they were built from; recompile them to use the new secret.
+ * Control thread; -1 with err relative to the secret. */
+int lg_tls_secret_upsert(const Envoy__Extensions__TransportSockets__Tls__V3__Secret *secret, lg_error_t *err);
 
 /* ---- runtime ---- */
 

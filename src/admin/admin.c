@@ -9,6 +9,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -609,7 +610,18 @@ static int start_on_fd(int fd, lg_error_t *err)
     h2o_multithread_register_receiver(admin.queue, &admin.receiver, on_stop_message);
     h2o_linklist_init_anchor(&admin.conns);
     admin.stopping = 0;
+    /* The thread starts with the process signals blocked, whatever the
+     * caller's mask: they are for the control thread's sigtimedwait, and one
+     * delivered here would kill the process without a drain. */
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGUSR1);
+    sigaddset(&block, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
     int r = pthread_create(&admin.thread, NULL, admin_main, NULL);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (r != 0) {
         lg_error(err, "admin: cannot start the admin thread: %s", strerror(r));
         admin.stopping = 1;

@@ -1,11 +1,15 @@
 /*
  * /config_dump: Envoy's envoy.admin.v3.ConfigDump, built as a message and
  * printed by the proto3 JSON encoder so that its shape is Envoy's: the
- * bootstrap, then clusters, listeners and routes, each an Any.
+ * bootstrap, then clusters, endpoints (?include_eds), listeners and routes,
+ * each an Any; the static resources come from the bootstrap, the dynamic
+ * ones (with their version_info, last_updated, warming and error states)
+ * from the xDS dump of the snapshot.
  */
 #include "legate/admin.h"
 #include "legate/config_dump.h"
 #include "legate/pbjson.h"
+#include "legate/xds.h"
 #include "envoy/admin/v3/config_dump.pb-c.h"
 #include "envoy/admin/v3/config_dump_shared.pb-c.h"
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb-c.h"
@@ -27,14 +31,6 @@ static Google__Protobuf__Any *any_of(const ProtobufCMessage *m)
     return a;
 }
 
-/* Packs `m` into an Any and frees it. */
-static Google__Protobuf__Any *any_take(ProtobufCMessage *m)
-{
-    Google__Protobuf__Any *a = any_of(m);
-    protobuf_c_message_free_unpacked(m, NULL);
-    return a;
-}
-
 static Google__Protobuf__Timestamp *timestamp(uint64_t wall_us)
 {
     Google__Protobuf__Timestamp *t = lg_malloc(sizeof(*t));
@@ -42,6 +38,119 @@ static Google__Protobuf__Timestamp *timestamp(uint64_t wall_us)
     t->seconds = (int64_t)(wall_us / 1000000);
     t->nanos = (int32_t)(wall_us % 1000000) * 1000;
     return t;
+}
+
+/* The Any of a resource as the control plane sent it. */
+static Google__Protobuf__Any *any_of_res(const lg_xds_resource_t *r)
+{
+    Google__Protobuf__Any *a = lg_malloc(sizeof(*a));
+    google__protobuf__any__init(a);
+    a->type_url = lg_strdup(lg_xds_type_urls[r->type]);
+    a->value.len = r->bytes.len;
+    a->value.data = lg_malloc(r->bytes.len + 1);
+    memcpy(a->value.data, r->bytes.data, r->bytes.len);
+    return a;
+}
+
+static Envoy__Admin__V3__UpdateFailureState *failure_state(const lg_xds_dump_item_t *it)
+{
+    if (it->failed == NULL)
+        return NULL;
+    Envoy__Admin__V3__UpdateFailureState *f = lg_malloc(sizeof(*f));
+    envoy__admin__v3__update_failure_state__init(f);
+    f->failed_configuration = any_of_res(it->failed);
+    f->last_update_attempt = timestamp(it->failed->last_updated_wall_us);
+    f->details = lg_strdup(it->error != NULL ? it->error : "");
+    f->version_info = lg_strdup(it->failed->version);
+    return f;
+}
+
+#define APPEND(arr, n, v)                                      \
+    do {                                                       \
+        (arr) = lg_realloc((arr), sizeof(*(arr)) * ((n) + 1)); \
+        (arr)[(n)++] = (v);                                    \
+    } while (0)
+
+static Envoy__Admin__V3__ClustersConfigDump__DynamicCluster *dynamic_cluster(const lg_xds_resource_t *r)
+{
+    Envoy__Admin__V3__ClustersConfigDump__DynamicCluster *c = lg_malloc(sizeof(*c));
+    envoy__admin__v3__clusters_config_dump__dynamic_cluster__init(c);
+    c->version_info = lg_strdup(r->version);
+    c->cluster = any_of_res(r);
+    c->last_updated = timestamp(r->last_updated_wall_us);
+    return c;
+}
+
+static void dynamic_clusters(Envoy__Admin__V3__ClustersConfigDump *d, const lg_xds_dump_t *x)
+{
+    d->version_info = lg_strdup(x->version_info[LG_XDS_CDS]);
+    for (size_t i = 0; i != x->n_items[LG_XDS_CDS]; ++i) {
+        const lg_xds_dump_item_t *it = x->items[LG_XDS_CDS] + i;
+        if (it->active != NULL)
+            APPEND(d->dynamic_active_clusters, d->n_dynamic_active_clusters, dynamic_cluster(it->active));
+        if (it->warming != NULL)
+            APPEND(d->dynamic_warming_clusters, d->n_dynamic_warming_clusters, dynamic_cluster(it->warming));
+    }
+}
+
+static Envoy__Admin__V3__ListenersConfigDump__DynamicListenerState *listener_state(const lg_xds_resource_t *r)
+{
+    if (r == NULL)
+        return NULL;
+    Envoy__Admin__V3__ListenersConfigDump__DynamicListenerState *s = lg_malloc(sizeof(*s));
+    envoy__admin__v3__listeners_config_dump__dynamic_listener_state__init(s);
+    s->version_info = lg_strdup(r->version);
+    s->listener = any_of_res(r);
+    s->last_updated = timestamp(r->last_updated_wall_us);
+    return s;
+}
+
+static void dynamic_listeners(Envoy__Admin__V3__ListenersConfigDump *d, const lg_xds_dump_t *x)
+{
+    d->version_info = lg_strdup(x->version_info[LG_XDS_LDS]);
+    for (size_t i = 0; i != x->n_items[LG_XDS_LDS]; ++i) {
+        const lg_xds_dump_item_t *it = x->items[LG_XDS_LDS] + i;
+        Envoy__Admin__V3__ListenersConfigDump__DynamicListener *l = lg_malloc(sizeof(*l));
+        envoy__admin__v3__listeners_config_dump__dynamic_listener__init(l);
+        l->name = lg_strdup(it->name);
+        l->active_state = listener_state(it->active);
+        l->warming_state = listener_state(it->warming);
+        l->error_state = failure_state(it);
+        APPEND(d->dynamic_listeners, d->n_dynamic_listeners, l);
+    }
+}
+
+static void dynamic_routes(Envoy__Admin__V3__RoutesConfigDump *d, const lg_xds_dump_t *x)
+{
+    for (size_t i = 0; i != x->n_items[LG_XDS_RDS]; ++i) {
+        const lg_xds_dump_item_t *it = x->items[LG_XDS_RDS] + i;
+        const lg_xds_resource_t *r = it->active != NULL ? it->active : it->failed;
+        Envoy__Admin__V3__RoutesConfigDump__DynamicRouteConfig *rc = lg_malloc(sizeof(*rc));
+        envoy__admin__v3__routes_config_dump__dynamic_route_config__init(rc);
+        rc->version_info = lg_strdup(r->version);
+        rc->route_config = any_of_res(r);
+        rc->last_updated = timestamp(r->last_updated_wall_us);
+        rc->error_state = failure_state(it);
+        APPEND(d->dynamic_route_configs, d->n_dynamic_route_configs, rc);
+    }
+}
+
+static ProtobufCMessage *endpoints_dump(const lg_config_dump_src_t *src)
+{
+    Envoy__Admin__V3__EndpointsConfigDump *d = lg_malloc(sizeof(*d));
+    envoy__admin__v3__endpoints_config_dump__init(d);
+    for (size_t i = 0; src->xds != NULL && i != src->xds->n_items[LG_XDS_EDS]; ++i) {
+        const lg_xds_dump_item_t *it = src->xds->items[LG_XDS_EDS] + i;
+        const lg_xds_resource_t *r = it->active != NULL ? it->active : it->failed;
+        Envoy__Admin__V3__EndpointsConfigDump__DynamicEndpointConfig *e = lg_malloc(sizeof(*e));
+        envoy__admin__v3__endpoints_config_dump__dynamic_endpoint_config__init(e);
+        e->version_info = lg_strdup(r->version);
+        e->endpoint_config = any_of_res(r);
+        e->last_updated = timestamp(r->last_updated_wall_us);
+        e->error_state = failure_state(it);
+        APPEND(d->dynamic_endpoint_configs, d->n_dynamic_endpoint_configs, e);
+    }
+    return &d->base;
 }
 
 static ProtobufCMessage *bootstrap_dump(const lg_config_dump_src_t *src)
@@ -70,6 +179,8 @@ static ProtobufCMessage *clusters_dump(const lg_config_dump_src_t *src)
         c->last_updated = timestamp(src->last_updated_wall_us);
         d->static_clusters[d->n_static_clusters++] = c;
     }
+    if (src->xds != NULL)
+        dynamic_clusters(d, src->xds);
     return &d->base;
 }
 
@@ -87,6 +198,8 @@ static ProtobufCMessage *listeners_dump(const lg_config_dump_src_t *src)
         l->last_updated = timestamp(src->last_updated_wall_us);
         d->static_listeners[d->n_static_listeners++] = l;
     }
+    if (src->xds != NULL)
+        dynamic_listeners(d, src->xds);
     return &d->base;
 }
 
@@ -100,7 +213,8 @@ static void add_route_configs(Envoy__Admin__V3__RoutesConfigDump *d, const Envoy
             continue;
         lg_error_t err;
         Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager *hcm = (void *)lg_any_unpack(
-            f->typed_config, &envoy__extensions__filters__network__http_connection_manager__v3__http_connection_manager__descriptor, &err);
+            f->typed_config, &envoy__extensions__filters__network__http_connection_manager__v3__http_connection_manager__descriptor,
+            &err);
         if (hcm == NULL)
             continue;
         if (hcm->route_specifier_case ==
@@ -109,7 +223,8 @@ static void add_route_configs(Envoy__Admin__V3__RoutesConfigDump *d, const Envoy
             envoy__admin__v3__routes_config_dump__static_route_config__init(r);
             r->route_config = any_of(&hcm->route_config->base);
             r->last_updated = timestamp(wall_us);
-            d->static_route_configs = lg_realloc(d->static_route_configs, sizeof(*d->static_route_configs) * (d->n_static_route_configs + 1));
+            d->static_route_configs =
+                lg_realloc(d->static_route_configs, sizeof(*d->static_route_configs) * (d->n_static_route_configs + 1));
             d->static_route_configs[d->n_static_route_configs++] = r;
         }
         protobuf_c_message_free_unpacked(&hcm->base, NULL);
@@ -128,17 +243,152 @@ static ProtobufCMessage *routes_dump(const lg_config_dump_src_t *src)
             add_route_configs(d, l->filter_chains[j], src->last_updated_wall_us);
         add_route_configs(d, l->default_filter_chain, src->last_updated_wall_us);
     }
+    if (src->xds != NULL)
+        dynamic_routes(d, src->xds);
     return &d->base;
+}
+
+/* ---- ?mask= and ?resource= ---- */
+
+static void put_varint(lg_strbuf_t *b, uint64_t v)
+{
+    char buf[10];
+    size_t n = 0;
+    do {
+        buf[n++] = (char)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+        v >>= 7;
+    } while (v != 0);
+    lg_strbuf_append(b, buf, n);
+}
+
+static int get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+    *v = 0;
+    for (int shift = 0; *p < end && shift < 64; shift += 7) {
+        uint8_t c = *(*p)++;
+        *v |= (uint64_t)(c & 0x7f) << shift;
+        if ((c & 0x80) == 0)
+            return 0;
+    }
+    return -1;
+}
+
+/* The paths under `name` ("name.x" -> "x"); returns 1 when `name` itself is one. */
+static int sub_paths(char **paths, size_t n, const char *name, char **out, size_t *nout)
+{
+    size_t len = strlen(name);
+    *nout = 0;
+    for (size_t i = 0; i != n; ++i) {
+        if (strcmp(paths[i], name) == 0)
+            return 1;
+        if (strncmp(paths[i], name, len) == 0 && paths[i][len] == '.')
+            out[(*nout)++] = paths[i] + len + 1;
+    }
+    return 0;
+}
+
+/* Envoy's FieldMaskUtil::TrimMessage on the wire format: keeps the fields on
+ * `paths` (dotted, from message `d`) and drops the rest. */
+static void trim(const uint8_t *p, size_t n, const ProtobufCMessageDescriptor *d, char **paths, size_t npaths, lg_strbuf_t *out)
+{
+    const uint8_t *end = p + n;
+    char **sub = lg_malloc((npaths + 1) * sizeof(*sub));
+    while (p < end) {
+        const uint8_t *start = p;
+        uint64_t key, len = 0;
+        if (get_varint(&p, end, &key) != 0)
+            break;
+        switch (key & 7) {
+        case 0:
+            if (get_varint(&p, end, &len) != 0)
+                goto done;
+            len = 0;
+            break;
+        case 1:
+            len = 8;
+            break;
+        case 2:
+            if (get_varint(&p, end, &len) != 0)
+                goto done;
+            break;
+        case 5:
+            len = 4;
+            break;
+        default:
+            goto done;
+        }
+        if (len > (uint64_t)(end - p))
+            break;
+        const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(d, (unsigned)(key >> 3));
+        size_t nsub = 0;
+        if (f != NULL && sub_paths(paths, npaths, f->name, sub, &nsub)) {
+            lg_strbuf_append(out, (const char *)start, (size_t)(p - start) + len);
+        } else if (f != NULL && nsub != 0 && (key & 7) == 2 && f->type == PROTOBUF_C_TYPE_MESSAGE) {
+            lg_strbuf_t inner = {NULL};
+            lg_strbuf_reserve(&inner, 1);
+            trim(p, len, f->descriptor, sub, nsub, &inner);
+            put_varint(out, key);
+            put_varint(out, inner.len);
+            lg_strbuf_append(out, inner.base, inner.len);
+            lg_strbuf_free(&inner);
+        }
+        p += len;
+    }
+done:
+    free(sub);
+}
+
+/* An Any of `m` (not freed), trimmed to `mask` (comma-separated paths) when given. */
+static Google__Protobuf__Any *any_masked(const ProtobufCMessage *m, const char *mask)
+{
+    Google__Protobuf__Any *a = any_of(m);
+    if (mask == NULL)
+        return a;
+    char *copy = lg_strdup(mask), **paths = NULL, *save = NULL;
+    size_t n = 0;
+    for (char *t = strtok_r(copy, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save)) {
+        paths = lg_realloc(paths, (n + 1) * sizeof(*paths));
+        paths[n++] = t;
+    }
+    lg_strbuf_t out = {NULL};
+    lg_strbuf_reserve(&out, 1);
+    trim(a->value.data, a->value.len, m->descriptor, paths, n, &out);
+    free(a->value.data);
+    a->value.data = (uint8_t *)out.base;
+    a->value.len = out.len;
+    free(paths);
+    free(copy);
+    return a;
+}
+
+/* ?resource=: the elements of the repeated message field of that name, from every part. */
+static void add_resources(Envoy__Admin__V3__ConfigDump *dump, const ProtobufCMessage *m, const char *resource, const char *mask)
+{
+    const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field_by_name(m->descriptor, resource);
+    if (f == NULL || f->label != PROTOBUF_C_LABEL_REPEATED || f->type != PROTOBUF_C_TYPE_MESSAGE)
+        return;
+    size_t n = *(const size_t *)((const char *)m + f->quantifier_offset);
+    ProtobufCMessage *const *items = *(ProtobufCMessage *const *const *)((const char *)m + f->offset);
+    for (size_t i = 0; i != n; ++i)
+        APPEND(dump->configs, dump->n_configs, any_masked(items[i], mask));
 }
 
 void lg_config_dump(lg_strbuf_t *out, const lg_config_dump_src_t *src)
 {
-    ProtobufCMessage *(*const parts[])(const lg_config_dump_src_t *) = {bootstrap_dump, clusters_dump, listeners_dump, routes_dump};
+    ProtobufCMessage *(*const parts[])(const lg_config_dump_src_t *) = {bootstrap_dump, clusters_dump, endpoints_dump,
+                                                                        listeners_dump, routes_dump};
     Envoy__Admin__V3__ConfigDump dump;
     envoy__admin__v3__config_dump__init(&dump);
-    dump.configs = lg_calloc(LG_ARRAY_SIZE(parts), sizeof(*dump.configs));
-    for (size_t i = 0; i != LG_ARRAY_SIZE(parts); ++i)
-        dump.configs[dump.n_configs++] = any_take(parts[i](src));
+    for (size_t i = 0; i != LG_ARRAY_SIZE(parts); ++i) {
+        if (parts[i] == endpoints_dump && !src->include_eds)
+            continue;
+        ProtobufCMessage *m = parts[i](src);
+        if (src->resource != NULL)
+            add_resources(&dump, m, src->resource, src->mask);
+        else
+            APPEND(dump.configs, dump.n_configs, any_masked(m, src->mask));
+        protobuf_c_message_free_unpacked(m, NULL);
+    }
     lg_pbjson_encode(out, &dump.base, 1);
     for (size_t i = 0; i != dump.n_configs; ++i)
         protobuf_c_message_free_unpacked(&dump.configs[i]->base, NULL);

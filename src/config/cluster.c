@@ -8,6 +8,7 @@
 #include "legate/h1.h"
 #include "legate/protobuf.h"
 #include "legate/stats.h"
+#include "legate/tls.h"
 #include "envoy/config/core/v3/health_check.pb-c.h"
 
 /* Deprecated Cluster fields (http2_protocol_options, max_requests_per_connection ...)
@@ -299,6 +300,42 @@ static int compile_common_http(lg_cluster_config_t *cfg, const Envoy__Config__Co
     return 0;
 }
 
+/* ---- TLS (transport_socket, ALPN) ---- */
+
+/* auto_config: h2 when ALPN negotiates it (TLS), else HTTP/1.1. */
+typedef Envoy__Extensions__Upstreams__Http__V3__HttpProtocolOptions__AutoHttpConfig auto_config_proto_t;
+
+static int compile_auto_config(lg_cluster_config_t *cfg, const auto_config_proto_t *a, const char *path, lg_error_t *err)
+{
+    char sub[256];
+    if (a->http3_protocol_options != NULL || a->alternate_protocols_cache_options != NULL)
+        return lg_error(err, "%s.auto_config.http3_protocol_options: HTTP/3 upstreams are not supported", path);
+    cfg->protocol = LG_UPSTREAM_AUTO;
+    snprintf(sub, sizeof(sub), "%s.auto_config.http2_protocol_options", path);
+    return compile_h2(cfg, a->http2_protocol_options, sub, err);
+}
+
+/* auto_sni and auto_san_validation need connection pools keyed by the SNI
+ * (the request's host), which the pools do not have yet. */
+static int check_upstream_http_options(const Envoy__Config__Core__V3__UpstreamHttpProtocolOptions *u, const char *path,
+                                       lg_error_t *err)
+{
+    if (u != NULL && u->auto_sni)
+        return lg_error(err, "%s.upstream_http_protocol_options.auto_sni: not supported yet", path);
+    if (u != NULL && u->auto_san_validation)
+        return lg_error(err, "%s.upstream_http_protocol_options.auto_san_validation: not supported yet", path);
+    return 0;
+}
+
+static int compile_transport_socket(lg_cluster_config_t *cfg, const Envoy__Config__Cluster__V3__Cluster *c, lg_error_t *err)
+{
+    char prefix[300];
+    snprintf(prefix, sizeof(prefix), "cluster.%s.", cfg->stat_name);
+    if (lg_tls_transport_socket_compile(c->transport_socket, LG_TLS_CLIENT, prefix, &cfg->tls, err) != 0)
+        return lg_error_prefix(err, "transport_socket");
+    return 0;
+}
+
 /* typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"] */
 static int compile_http_protocol_options(lg_cluster_config_t *cfg, const Google__Protobuf__Any *any, lg_error_t *err)
 {
@@ -357,11 +394,14 @@ static int compile_http_protocol_options(lg_cluster_config_t *cfg, const Google_
         break;
     }
     case ENVOY__EXTENSIONS__UPSTREAMS__HTTP__V3__HTTP_PROTOCOL_OPTIONS__UPSTREAM_PROTOCOL_OPTIONS_AUTO_CONFIG:
-        lg_error(err, "%s.auto_config: ALPN protocol selection is not supported", path);
-        goto Exit;
+        if (compile_auto_config(cfg, o->auto_config, path, err) != 0)
+            goto Exit;
+        break;
     default:
         break;
     }
+    if (check_upstream_http_options(o->upstream_http_protocol_options, path, err) != 0)
+        goto Exit;
     ret = 0;
 Exit:
     protobuf_c_message_free_unpacked(&o->base, NULL);
@@ -507,20 +547,9 @@ static int compile_thresholds(lg_cluster_config_t *cfg, const Envoy__Config__Clu
     return 0;
 }
 
-static int is_raw_buffer(const Envoy__Config__Core__V3__TransportSocket *ts)
-{
-    if (strcmp(ts->name, "envoy.transport_sockets.raw_buffer") == 0 || strcmp(ts->name, "raw_buffer") == 0)
-        return 1;
-    return ts->config_type_case == ENVOY__CONFIG__CORE__V3__TRANSPORT_SOCKET__CONFIG_TYPE_TYPED_CONFIG &&
-           ts->typed_config != NULL &&
-           strstr(ts->typed_config->type_url, "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer") != NULL;
-}
-
 /* Fields that would change what goes on the wire are errors; the rest warn. */
 static int check_unsupported(const Envoy__Config__Cluster__V3__Cluster *c, lg_error_t *err)
 {
-    if (c->transport_socket != NULL && !is_raw_buffer(c->transport_socket))
-        return lg_error(err, "transport_socket: %s is not supported yet", c->transport_socket->name);
     if (c->n_transport_socket_matches != 0)
         return lg_error(err, "transport_socket_matches: not supported");
     if (c->lb_subset_config != NULL && c->lb_subset_config->n_subset_selectors != 0)
@@ -572,7 +601,8 @@ static int compile_body(lg_cluster_config_t *cfg, const Envoy__Config__Cluster__
         cfg->connect_timeout_ms = ms == 0 ? 1 : ms > UINT32_MAX ? UINT32_MAX : (uint32_t)ms;
     }
     cfg->buffer_limit = LG_WRAPPED(c->per_connection_buffer_limit_bytes, cfg->buffer_limit);
-    if (compile_thresholds(cfg, c->circuit_breakers, err) != 0 || compile_protocol_options(cfg, c, err) != 0)
+    if (compile_thresholds(cfg, c->circuit_breakers, err) != 0 || compile_protocol_options(cfg, c, err) != 0 ||
+        compile_transport_socket(cfg, c, err) != 0)
         return -1;
     if (cfg->h2 != NULL)
         cfg->h2->buffer_limit = cfg->buffer_limit;
@@ -628,6 +658,8 @@ lg_cluster_config_t *lg_cluster_config_with_endpoints(const lg_cluster_config_t 
         *n->h2 = *cfg->h2;
     }
     set_hosts(n, &hosts);
+    if (n->tls != NULL)
+        lg_tls_context_addref(n->tls);
     n->shared = shared_addref(cfg->shared);
     carry_host_stats(n, cfg);
     publish_membership(n, !same_hosts(n, cfg));
@@ -655,6 +687,7 @@ void lg_cluster_config_release(lg_cluster_config_t *cfg)
         host_free(cfg->hosts[i]);
     free(cfg->hosts);
     free(cfg->h2);
+    lg_tls_context_release(cfg->tls);
     free((char *)cfg->name);
     free((char *)cfg->stat_name);
     free((char *)cfg->eds_service_name);

@@ -8,6 +8,8 @@
 #include "legate/listener.h"
 #include "legate/pbjson.h"
 #include "legate/stats.h"
+#include "legate/tcp_proxy.h"
+#include "legate/tls.h"
 
 typedef Envoy__Config__Listener__V3__FilterChain chain_proto_t;
 typedef Envoy__Config__Listener__V3__FilterChainMatch match_proto_t;
@@ -63,7 +65,8 @@ static int compile_match(lg_filter_chain_match_t *o, const match_proto_t *m, lg_
     o->transport_protocol = lg_strdup(m->transport_protocol != NULL ? m->transport_protocol : "");
     o->source_type = (int)m->source_type;
     o->source_ports = lg_calloc(m->n_source_ports ? m->n_source_ports : 1, sizeof(uint32_t));
-    memcpy(o->source_ports, m->source_ports, m->n_source_ports * sizeof(uint32_t));
+    if (m->n_source_ports != 0)
+        memcpy(o->source_ports, m->source_ports, m->n_source_ports * sizeof(uint32_t));
     o->n_source_ports = m->n_source_ports;
     for (size_t i = 0; i != o->n_server_names; ++i)
         if (strchr(o->server_names[i] + 1, '*') != NULL || (o->server_names[i][0] == '*' && o->server_names[i][1] != '.'))
@@ -77,16 +80,54 @@ static int compile_match(lg_filter_chain_match_t *o, const match_proto_t *m, lg_
     return 0;
 }
 
-static int compile_chain(lg_filter_chain_t *o, const chain_proto_t *m, const lg_hcm_compile_ctx_t *ctx, lg_error_t *err)
+/* The tcp_proxy network filter: terminal, like the HCM. */
+static int compile_tcp_proxy(lg_filter_chain_t *o, const Envoy__Config__Listener__V3__Filter *f, size_t i, int is_last, lg_error_t *err)
+{
+    if (!is_last)
+        return lg_error(err, "filters[%zu]: the tcp_proxy filter must be the last network filter", i);
+    Envoy__Extensions__Filters__Network__TcpProxy__V3__TcpProxy *tp =
+        (void *)lg_any_unpack(f->typed_config, &envoy__extensions__filters__network__tcp_proxy__v3__tcp_proxy__descriptor, err);
+    if (tp == NULL)
+        return lg_error_prefix(err, "filters[%zu].typed_config", i);
+    o->kind = LG_NETWORK_FILTER_TCP_PROXY;
+    o->tcp_proxy = lg_tcp_proxy_config_compile(tp, err);
+    protobuf_c_message_free_unpacked(&tp->base, NULL);
+    if (o->tcp_proxy == NULL)
+        return lg_error_prefix(err, "filters[%zu].typed_config", i);
+    return 0;
+}
+
+/* FNV-1a of the serialized chain (xDS: unchanged chains keep their connections). */
+static uint64_t chain_hash(const chain_proto_t *m)
+{
+    size_t len = protobuf_c_message_get_packed_size(&m->base);
+    uint8_t *buf = lg_malloc(len + 1);
+    protobuf_c_message_pack(&m->base, buf);
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i != len; ++i)
+        h = (h ^ buf[i]) * 0x100000001b3ull;
+    free(buf);
+    return h;
+}
+
+/* transport_socket (TLS or raw_buffer) and its connect timeout; ssl stats go under the listener's prefix. */
+static int compile_transport_socket(lg_filter_chain_t *o, const chain_proto_t *m, const char *stats_prefix, lg_error_t *err)
+{
+    if (lg_tls_transport_socket_compile(m->transport_socket, LG_TLS_SERVER, stats_prefix, &o->tls, err) != 0)
+        return lg_error_prefix(err, "transport_socket");
+    o->transport_socket_connect_timeout_ms = lg_duration_ms(m->transport_socket_connect_timeout, 0);
+    return 0;
+}
+
+static int compile_chain(lg_filter_chain_t *o, const chain_proto_t *m, const lg_hcm_compile_ctx_t *ctx, const char *stats_prefix,
+                         lg_error_t *err)
 {
     o->name = lg_strdup(m->name != NULL ? m->name : "");
+    o->hash = chain_hash(m);
     if (compile_match(&o->match, m->filter_chain_match, err) != 0)
         return lg_error_prefix(err, "filter_chain_match");
-    if (m->transport_socket != NULL) {
-        const char *url = m->transport_socket->config_type_case ? m->transport_socket->typed_config->type_url : "";
-        if (strstr(url, "raw_buffer") == NULL && strcmp(m->transport_socket->name, "envoy.transport_sockets.raw_buffer") != 0)
-            return lg_error(err, "transport_socket: '%s' is not supported yet (TLS comes with its own issue)", m->transport_socket->name);
-    }
+    if (compile_transport_socket(o, m, stats_prefix, err) != 0)
+        return -1;
     if (m->n_filters == 0)
         return lg_error(err, "filters: a filter chain needs at least one network filter");
     for (size_t i = 0; i != m->n_filters; ++i) {
@@ -95,6 +136,11 @@ static int compile_chain(lg_filter_chain_t *o, const chain_proto_t *m, const lg_
                                                                                                               : "";
         const char *slash = strrchr(url, '/');
         const char *type = slash != NULL ? slash + 1 : url;
+        if (strcmp(type, LG_TCP_PROXY_TYPE) == 0) {
+            if (compile_tcp_proxy(o, f, i, i + 1 == m->n_filters, err) != 0)
+                return -1;
+            continue;
+        }
         if (strcmp(type, HCM_TYPE) != 0)
             return lg_error(err, "filters[%zu]: Didn't find a registered implementation for '%s' with type URL: '%s'", i, f->name, type);
         if (i + 1 != m->n_filters)
@@ -127,6 +173,8 @@ static void free_chain(lg_filter_chain_t *c)
     free(m->direct_source_prefix_ranges);
     free(m->source_ports);
     lg_hcm_config_free(c->hcm);
+    lg_tcp_proxy_config_free(c->tcp_proxy);
+    lg_tls_context_release(c->tls);
     free(c->name);
 }
 
@@ -147,6 +195,25 @@ static int same_match(const lg_filter_chain_match_t *a, const lg_filter_chain_ma
     return memcmp(a->prefix_ranges, b->prefix_ranges, a->n_prefix_ranges * sizeof(lg_cidr_t)) == 0 &&
            memcmp(a->source_prefix_ranges, b->source_prefix_ranges, a->n_source_prefix_ranges * sizeof(lg_cidr_t)) == 0 &&
            memcmp(a->source_ports, b->source_ports, a->n_source_ports * sizeof(uint32_t)) == 0;
+}
+
+static const lg_stat_def_t tls_inspector_stat_defs[] = {LG_TLS_INSPECTOR_STATS(LG_STAT_DEF)};
+
+/* Listener filters: only tls_inspector, which the accept path runs itself. */
+static int compile_listener_filters(lg_listener_config_t *l, const Envoy__Config__Listener__V3__Listener *m, lg_error_t *err)
+{
+    for (size_t i = 0; i != m->n_listener_filters; ++i) {
+        const char *name = m->listener_filters[i]->name;
+        if (strcmp(name, "envoy.filters.listener.tls_inspector") != 0 && strcmp(name, "envoy.listener.tls_inspector") != 0)
+            return lg_error(err, "listener_filters[%zu]: '%s' is not supported", i, name);
+        l->tls_inspector = 1;
+    }
+    l->listener_filters_timeout_ms = lg_duration_ms(m->listener_filters_timeout, 15000);
+    l->continue_on_listener_filters_timeout = m->continue_on_listener_filters_timeout;
+    if (l->tls_inspector)
+        l->tls_inspector_stats =
+            lg_stats_block_new("tls_inspector.", tls_inspector_stat_defs, LG_ARRAY_SIZE(tls_inspector_stat_defs));
+    return 0;
 }
 
 lg_listener_config_t *lg_listener_config_compile(const Envoy__Config__Listener__V3__Listener *m, const lg_hcm_compile_ctx_t *ctx,
@@ -171,16 +238,17 @@ lg_listener_config_t *lg_listener_config_compile(const Envoy__Config__Listener__
         lg_error(err, "error adding listener '%s': no filter chains specified", addr);
         goto fail;
     }
-    for (size_t i = 0; i != m->n_listener_filters; ++i) {
-        const char *name = m->listener_filters[i]->name;
-        if (strcmp(name, "envoy.filters.listener.tls_inspector") != 0 && strcmp(name, "envoy.listener.tls_inspector") != 0) {
-            lg_error(err, "listener_filters[%zu]: '%s' is not supported", i, name);
-            goto fail;
-        }
-    }
+    char prefix[300];
+    snprintf(prefix, sizeof(prefix), "listener.%s.", m->stat_prefix != NULL && m->stat_prefix[0] ? m->stat_prefix : addr);
+    /* Envoy's stat names have no ':' ("listener.127.0.0.1_10000.") */
+    for (char *p = prefix; *p != '\0'; ++p)
+        if (*p == ':')
+            *p = '_';
+    if (compile_listener_filters(l, m, err) != 0)
+        goto fail;
     l->chains = lg_calloc(m->n_filter_chains ? m->n_filter_chains : 1, sizeof(*l->chains));
     for (size_t i = 0; i != m->n_filter_chains; ++i) {
-        if (compile_chain(l->chains + i, m->filter_chains[i], ctx, err) != 0) {
+        if (compile_chain(l->chains + i, m->filter_chains[i], ctx, prefix, err) != 0) {
             l->n_chains = i + 1;
             lg_error_prefix(err, "filter_chains[%zu]", i);
             goto fail;
@@ -195,13 +263,11 @@ lg_listener_config_t *lg_listener_config_compile(const Envoy__Config__Listener__
     }
     if (m->default_filter_chain != NULL) {
         l->default_chain = lg_calloc(1, sizeof(*l->default_chain));
-        if (compile_chain(l->default_chain, m->default_filter_chain, ctx, err) != 0) {
+        if (compile_chain(l->default_chain, m->default_filter_chain, ctx, prefix, err) != 0) {
             lg_error_prefix(err, "default_filter_chain");
             goto fail;
         }
     }
-    char prefix[300];
-    snprintf(prefix, sizeof(prefix), "listener.%s.", m->stat_prefix != NULL && m->stat_prefix[0] ? m->stat_prefix : addr);
     l->stats = lg_stats_block_new(prefix, listener_stat_defs, LG_ARRAY_SIZE(listener_stat_defs));
     return l;
 fail:
@@ -228,6 +294,8 @@ void lg_listener_config_release(lg_listener_config_t *l)
     }
     if (l->stats != NULL)
         lg_stats_block_release(l->stats);
+    if (l->tls_inspector_stats != NULL)
+        lg_stats_block_release(l->tls_inspector_stats);
     free(l->name);
     free(l->address_str);
     free(l);

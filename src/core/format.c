@@ -49,6 +49,7 @@ typedef enum en_lg__fmt_op_t {
     OP_UPSTREAM_TRANSPORT_FAILURE_REASON,
     OP_HOSTNAME,
     OP_STREAM_ID,
+    OP_GRPC_STATUS,
     OP_UNSUPPORTED, /* an Envoy operator Legate does not track: always missing */
 } lg__fmt_op_t;
 
@@ -99,6 +100,8 @@ static const lg__fmt_cmd_t commands[] = {
     {"UPSTREAM_TRANSPORT_FAILURE_REASON", OP_UPSTREAM_TRANSPORT_FAILURE_REASON, ARG_NONE},
     {"HOSTNAME", OP_HOSTNAME, ARG_NONE},
     {"STREAM_ID", OP_STREAM_ID, ARG_NONE},
+    {"GRPC_STATUS", OP_GRPC_STATUS, ARG_OPTIONAL},
+    {"GRPC_STATUS_NUMBER", OP_GRPC_STATUS, ARG_NONE},
     /* Envoy operators whose data Legate does not keep; they print as missing
      * rather than failing configs that Envoy accepts. */
     {"DYNAMIC_METADATA", OP_UNSUPPORTED, ARG_REQUIRED},
@@ -129,6 +132,7 @@ typedef struct st_lg__fmt_seg_t {
     h2o_iovec_t text; /* literal, START_TIME format, or the main header name (lower-case) */
     h2o_iovec_t alt;  /* REQ/RESP/TRAILER alternative header */
     size_t max_len;   /* SIZE_MAX = no limit */
+    int grpc_form;    /* GRPC_STATUS: GRPC_FORM_* */
 } lg__fmt_seg_t;
 
 struct st_lg_format_t {
@@ -248,6 +252,22 @@ static int parse_header_arg(h2o_iovec_t arg, lg__fmt_seg_t *seg, lg_error_t *err
     return 0;
 }
 
+enum { GRPC_FORM_CAMEL, GRPC_FORM_SNAKE, GRPC_FORM_NUMBER };
+
+/* GRPC_STATUS(CAMEL_STRING | SNAKE_STRING | NUMBER) and GRPC_STATUS_NUMBER. */
+static int parse_grpc_form(h2o_iovec_t name, h2o_iovec_t arg, lg__fmt_seg_t *seg, lg_error_t *err)
+{
+    int form = GRPC_FORM_CAMEL;
+    if (h2o_memis(name.base, name.len, H2O_STRLIT("GRPC_STATUS_NUMBER")) || h2o_memis(arg.base, arg.len, H2O_STRLIT("NUMBER")))
+        form = GRPC_FORM_NUMBER;
+    else if (h2o_memis(arg.base, arg.len, H2O_STRLIT("SNAKE_STRING")))
+        form = GRPC_FORM_SNAKE;
+    else if (arg.len != 0 && !h2o_memis(arg.base, arg.len, H2O_STRLIT("CAMEL_STRING")))
+        return lg_error(err, "GrpcStatusFormatter only supports CAMEL_STRING, SNAKE_STRING or NUMBER.");
+    seg->grpc_form = form;
+    return 0;
+}
+
 static int compile_command(lg_format_t *f, h2o_iovec_t name, h2o_iovec_t arg, int has_arg, size_t max_len, int has_len,
                            lg_error_t *err)
 {
@@ -269,6 +289,10 @@ static int compile_command(lg_format_t *f, h2o_iovec_t name, h2o_iovec_t arg, in
         break;
     case OP_START_TIME:
         seg.text = h2o_iovec_init(lg_strndup(arg.len != 0 ? arg.base : "", arg.len), arg.len);
+        break;
+    case OP_GRPC_STATUS:
+        if (parse_grpc_form(name, arg, &seg, err) != 0)
+            return -1;
         break;
     case OP_HOSTNAME:
         if (f->hostname == NULL) {
@@ -580,6 +604,67 @@ static lg_format_value_kind_t protocol(int p, h2o_iovec_t *out)
     return LG_FORMAT_VALUE_STRING;
 }
 
+static int is_grpc_request(const lg_req_head_t *req)
+{
+    h2o_iovec_t ct;
+    if (req == NULL || !h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST")) ||
+        !lg_req_header_first(req, H2O_STRLIT("content-type"), &ct))
+        return 0;
+    static const char grpc[] = "application/grpc";
+    size_t n = sizeof(grpc) - 1;
+    return ct.len >= n && memcmp(ct.base, grpc, n) == 0 && (ct.len == n || ct.base[n] == '+');
+}
+
+int lg_format_grpc_status(const lg_stream_info_t *si, int allow_user_defined, int64_t *status)
+{
+    const lg_headers_t *sources[] = {si->response_trailers, si->response != NULL ? &si->response->headers : NULL};
+    for (size_t i = 0; i != LG_ARRAY_SIZE(sources); ++i) {
+        h2o_iovec_t v;
+        if (!headers_first(sources[i], h2o_iovec_init(H2O_STRLIT("grpc-status")), &v))
+            continue;
+        int64_t n = 0;
+        for (size_t j = 0; j != v.len && n >= 0; ++j)
+            n = v.base[j] >= '0' && v.base[j] <= '9' && n < INT32_MAX ? n * 10 + (v.base[j] - '0') : -1;
+        *status = v.len != 0 && n >= 0 && (allow_user_defined || n <= 16) ? n : -1;
+        return 1;
+    }
+    static const struct {
+        int http, grpc;
+    } map[] = {{400, 13}, {401, 16}, {403, 7}, {404, 12}, {429, 14}, {502, 14}, {503, 14}, {504, 14}};
+    if (si->response_code == 0)
+        return 0;
+    *status = 2; /* UNKNOWN */
+    for (size_t i = 0; i != LG_ARRAY_SIZE(map); ++i)
+        if (map[i].http == si->response_code)
+            *status = map[i].grpc;
+    return 1;
+}
+
+static lg_format_value_kind_t grpc_status_value(const lg__fmt_seg_t *seg, const lg_stream_info_t *si, char *scratch,
+                                                h2o_iovec_t *out)
+{
+    static const char *const camel[] = {"OK",       "Canceled",       "Unknown",          "InvalidArgument",   "DeadlineExceeded",
+                                        "NotFound", "AlreadyExists",  "PermissionDenied", "ResourceExhausted", "FailedPrecondition",
+                                        "Aborted",  "OutOfRange",     "Unimplemented",    "Internal",          "Unavailable",
+                                        "DataLoss", "Unauthenticated"};
+    static const char *const snake[] = {
+        "OK",        "CANCELLED",      "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
+        "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+        "ABORTED",   "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
+        "DATA_LOSS", "UNAUTHENTICATED"};
+    int64_t status;
+    if (!is_grpc_request(si->request) || !lg_format_grpc_status(si, 1, &status))
+        return LG_FORMAT_VALUE_MISSING;
+    if (seg->grpc_form == GRPC_FORM_NUMBER || status < 0 || status > 16) {
+        /* Envoy's invalid code is uint64 -1 */
+        *out = h2o_iovec_init(scratch, (size_t)sprintf(scratch, "%llu", (unsigned long long)(uint64_t)status));
+        return seg->grpc_form == GRPC_FORM_NUMBER ? LG_FORMAT_VALUE_NUMBER : LG_FORMAT_VALUE_STRING;
+    }
+    const char *name = (seg->grpc_form == GRPC_FORM_SNAKE ? snake : camel)[status];
+    *out = h2o_iovec_init(name, strlen(name));
+    return LG_FORMAT_VALUE_STRING;
+}
+
 /* Produces one operator's value; `scratch` holds SCRATCH_SIZE bytes. */
 static lg_format_value_kind_t eval_seg(const lg_format_t *f, const lg__fmt_seg_t *seg, const lg_stream_info_t *si, char *scratch,
                                        h2o_iovec_t *out)
@@ -664,6 +749,8 @@ static lg_format_value_kind_t eval_seg(const lg_format_t *f, const lg__fmt_seg_t
         return str(si->upstream_transport_failure_reason, out);
     case OP_STREAM_ID:
         return str(si->request_id, out);
+    case OP_GRPC_STATUS:
+        return grpc_status_value(seg, si, scratch, out);
     default:
         return LG_FORMAT_VALUE_MISSING;
     }

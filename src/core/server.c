@@ -2,9 +2,12 @@
  * The process: loads the bootstrap, starts the admin thread and the workers,
  * handles signals, drains and exits.
  *
- * Threads: the main thread is the control thread (signals, config); each
- * worker runs its own loop; the admin server runs on its own thread. Config
- * reaches workers only as snapshots posted through their message queues.
+ * Threads: the main thread is the control thread: it runs the xDS client
+ * (lg_xds_poll waits up to 50 ms on gRPC's completion queue or the file
+ * sources) and handles signals between polls. Each worker runs its own
+ * loop; the admin server runs on its own thread. Config reaches workers
+ * only as snapshots posted through their message queues; a worker opens and
+ * closes its accept sockets to match each snapshot's listeners.
  */
 #include <errno.h>
 #include <signal.h>
@@ -19,7 +22,10 @@
 #include "legate/pbjson.h"
 #include "legate/server.h"
 #include "legate/stats.h"
+#include "legate/tcp_proxy.h"
 #include "legate/timer.h"
+#include "legate/tls.h"
+#include "legate/xds.h"
 
 typedef enum en_msg_type_t { MSG_SNAPSHOT, MSG_DRAIN, MSG_STOP } msg_type_t;
 
@@ -29,34 +35,43 @@ typedef struct st_worker_msg_t {
     lg_snapshot_t *snapshot;
 } worker_msg_t;
 
+/* The accept sockets of a listener: opened on the control thread, one per
+ * worker (a unix socket is shared through dup), each taken over by its
+ * worker when a snapshot with the listener arrives. */
+struct st_lg_listener_socks_t {
+    size_t refcnt; /* atomic */
+    int *fds;      /* per worker; -1 once taken */
+};
+
 typedef struct st_worker_listener_t {
     lg_listener_config_t *config;
+    lg_listener_socks_t *socks; /* identity: same socks, same socket */
     h2o_socket_t *sock;
     lg_worker_t *worker;
-    int fd; /* bound before the workers start; the worker wraps it */
 } worker_listener_t;
 
 typedef struct st_worker_state_t {
-    worker_listener_t *listeners;
+    worker_listener_t **listeners;
     size_t n_listeners;
     h2o_linklist_t conns;
     size_t n_conns; /* written by the worker, read by the control thread */
     lg_worker_clusters_t *clusters;
     int stop;
+    int draining; /* listeners stay closed */
 } worker_state_t;
 
 static struct {
     lg_options_t opts;
     lg_worker_t *workers;
     size_t n_workers;
-    lg_snapshot_t *snapshot; /* current; control thread */
+    lg_snapshot_t *snapshot;        /* current; control thread */
     pthread_mutex_t snapshot_mutex; /* guards `snapshot` for the admin thread */
+    lg_xds_t *xds;
     volatile sig_atomic_t quit;
     uint64_t next_conn_id;
     lg_stats_block_t *server_stats, *listener_manager_stats, *cluster_manager_stats;
     uint64_t start_wall_us;
 } srv = {.snapshot_mutex = PTHREAD_MUTEX_INITIALIZER};
-
 
 uint64_t lg_server_next_connection_id(void)
 {
@@ -75,13 +90,20 @@ void lg_worker_add_connection(lg_worker_t *w, h2o_linklist_t *link)
     __atomic_store_n(&st->n_conns, st->n_conns + 1, __ATOMIC_RELAXED);
 }
 
-/* Called by the HCM when a connection is gone (its link is already unlinked). */
+/* After every loop iteration: the connection count for the control thread,
+ * and the route table pins of snapshots whose connections are all idle. */
 static void count_conns(lg_worker_t *w)
 {
     worker_state_t *st = state_of(w);
     size_t n = 0;
-    for (h2o_linklist_t *l = st->conns.next; l != &st->conns; l = l->next)
+    for (h2o_linklist_t *l = st->conns.next; l != &st->conns; l = l->next) {
+        lg_hcm_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_hcm_conn_t, worker_link, l);
+        if (c->n_streams != 0)
+            lg_snapshot_mark_busy(w, c->snapshot);
         ++n;
+    }
+    lg_snapshot_sweep_pins(w);
+    n += lg_tcp_proxy_active_connections();
     __atomic_store_n(&st->n_conns, n, __ATOMIC_RELAXED);
 }
 
@@ -105,6 +127,130 @@ static void on_listener_accept(h2o_socket_t *sock, const char *err)
     lg_listener_accept(wl->worker, wl->config, wl->worker->snapshot, sock);
 }
 
+void lg_listener_socks_release(lg_listener_socks_t *socks)
+{
+    if (__atomic_sub_fetch(&socks->refcnt, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
+    for (size_t k = 0; k != srv.n_workers; ++k)
+        if (socks->fds[k] >= 0)
+            close(socks->fds[k]);
+    free(socks->fds);
+    free(socks);
+}
+
+static lg_listener_socks_t *socks_open(const lg_listener_config_t *l, lg_error_t *err)
+{
+    lg_listener_socks_t *socks = lg_calloc(1, sizeof(*socks));
+    size_t n = l->addr.ss_family == AF_UNIX ? 1 : srv.n_workers;
+    socks->refcnt = 1;
+    socks->fds = lg_malloc(srv.n_workers * sizeof(int));
+    for (size_t k = 0; k != srv.n_workers; ++k)
+        socks->fds[k] = -1;
+    for (size_t k = 0; k != n; ++k)
+        if ((socks->fds[k] = lg_listen_socket_open(l, err)) < 0) {
+            lg_listener_socks_release(socks);
+            return NULL;
+        }
+    for (size_t k = n; k != srv.n_workers; ++k)
+        socks->fds[k] = dup(socks->fds[0]);
+    return socks;
+}
+
+static int same_address(const lg_listener_config_t *a, const lg_listener_config_t *b)
+{
+    return a->addrlen == b->addrlen && memcmp(&a->addr, &b->addr, a->addrlen) == 0;
+}
+
+static void worker_listener_close(worker_listener_t *wl)
+{
+    if (wl->sock != NULL) {
+        h2o_socket_read_stop(wl->sock);
+        h2o_socket_close(wl->sock);
+    }
+    free(wl);
+}
+
+/* Makes the worker's accept sockets those of the snapshot's listeners. */
+static void worker_sync_listeners(lg_worker_t *w, lg_snapshot_t *snap)
+{
+    worker_state_t *st = state_of(w);
+    worker_listener_t **next = lg_calloc(snap->n_listeners + 1, sizeof(*next));
+    for (size_t i = 0; i != snap->n_listeners; ++i) {
+        for (size_t j = 0; j != st->n_listeners; ++j)
+            if (st->listeners[j] != NULL && st->listeners[j]->socks == snap->listener_socks[i]) {
+                next[i] = st->listeners[j];
+                st->listeners[j] = NULL;
+                break;
+            }
+        if (next[i] == NULL) {
+            next[i] = lg_calloc(1, sizeof(*next[i]));
+            next[i]->socks = snap->listener_socks[i];
+            next[i]->worker = w;
+            int fd = __atomic_exchange_n(&snap->listener_socks[i]->fds[w->index], -1, __ATOMIC_ACQ_REL);
+            if (fd >= 0 && !st->draining) {
+                next[i]->sock = h2o_evloop_socket_create((h2o_evloop_t *)w->loop.loop, fd, H2O_SOCKET_FLAG_DONT_READ);
+                next[i]->sock->data = next[i];
+                h2o_socket_read_start(next[i]->sock, on_listener_accept);
+            } else if (fd >= 0) {
+                close(fd);
+            }
+        }
+        next[i]->config = snap->listeners[i];
+    }
+    for (size_t j = 0; j != st->n_listeners; ++j)
+        if (st->listeners[j] != NULL)
+            worker_listener_close(st->listeners[j]);
+    free(st->listeners);
+    st->listeners = next;
+    st->n_listeners = snap->n_listeners;
+}
+
+static const lg_filter_chain_t *chain_of(const lg_listener_config_t *l, const lg_hcm_config_t *hcm)
+{
+    for (size_t i = 0; i != l->n_chains; ++i)
+        if (l->chains[i].hcm == hcm)
+            return l->chains + i;
+    return l->default_chain != NULL && l->default_chain->hcm == hcm ? l->default_chain : NULL;
+}
+
+static int has_chain(const lg_listener_config_t *l, uint64_t hash)
+{
+    for (size_t i = 0; i != l->n_chains; ++i)
+        if (l->chains[i].hash == hash)
+            return 1;
+    return l->default_chain != NULL && l->default_chain->hash == hash;
+}
+
+/* Envoy's listener update rules for a connection accepted by `old`: it lives
+ * on while its listener keeps its address and the rest of its config, and
+ * its filter chain is still there unchanged; otherwise it drains. */
+static int conn_survives(const lg_listener_config_t *old, const lg_hcm_config_t *hcm, lg_snapshot_t *snap)
+{
+    const lg_listener_config_t *now = NULL;
+    for (size_t i = 0; i != snap->n_listeners && now == NULL; ++i)
+        if (strcmp(snap->listeners[i]->name, old->name) == 0)
+            now = snap->listeners[i];
+    if (now == old)
+        return 1;
+    if (now == NULL || !same_address(now, old) || now->hash != old->hash)
+        return 0;
+    const lg_filter_chain_t *c = chain_of(old, hcm);
+    return c != NULL && has_chain(now, c->hash);
+}
+
+static void worker_drain_changed(lg_worker_t *w, lg_snapshot_t *snap)
+{
+    worker_state_t *st = state_of(w);
+    for (h2o_linklist_t *l = st->conns.next, *next; l != &st->conns; l = next) {
+        next = l->next;
+        lg_hcm_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_hcm_conn_t, worker_link, l);
+        if (!c->draining && !conn_survives(c->listener, c->config, snap)) {
+            LG_DEBUG(conn_handler, "[C%llu] draining: its listener '%s' changed", (unsigned long long)c->id, c->listener->name);
+            lg_hcm_conn_drain(c);
+        }
+    }
+}
+
 static void worker_apply_snapshot(lg_worker_t *w, lg_snapshot_t *snap)
 {
     worker_state_t *st = state_of(w);
@@ -112,21 +258,25 @@ static void worker_apply_snapshot(lg_worker_t *w, lg_snapshot_t *snap)
     st->clusters = lg_worker_clusters_new(w, snap->clusters, snap->n_clusters, prev);
     if (prev != NULL)
         lg_worker_clusters_free(prev);
+    worker_sync_listeners(w, snap);
     lg_snapshot_t *old = w->snapshot;
     w->snapshot = snap;
     lg_snapshot_hold(w, snap);
-    if (old != NULL)
+    if (old != NULL) {
+        worker_drain_changed(w, snap);
         lg_snapshot_release(w, old);
+    }
 }
 
 static void worker_stop_listening(lg_worker_t *w)
 {
     worker_state_t *st = state_of(w);
     for (size_t i = 0; i != st->n_listeners; ++i) {
-        if (st->listeners[i].sock != NULL) {
-            h2o_socket_read_stop(st->listeners[i].sock);
-            h2o_socket_close(st->listeners[i].sock);
-            st->listeners[i].sock = NULL;
+        worker_listener_t *wl = st->listeners[i];
+        if (wl->sock != NULL) {
+            h2o_socket_read_stop(wl->sock);
+            h2o_socket_close(wl->sock);
+            wl->sock = NULL;
         }
     }
 }
@@ -134,6 +284,7 @@ static void worker_stop_listening(lg_worker_t *w)
 static void worker_drain(lg_worker_t *w)
 {
     worker_state_t *st = state_of(w);
+    st->draining = 1;
     worker_stop_listening(w);
     for (h2o_linklist_t *l = st->conns.next, *next; l != &st->conns; l = next) {
         next = l->next;
@@ -176,13 +327,7 @@ static void *worker_main(void *arg)
     lg_worker_t *w = arg;
     worker_state_t *st = state_of(w);
     lg_current_worker = w;
-    for (size_t i = 0; i != st->n_listeners; ++i) {
-        worker_listener_t *wl = st->listeners + i;
-        wl->sock = h2o_evloop_socket_create((h2o_evloop_t *)w->loop.loop, wl->fd, H2O_SOCKET_FLAG_DONT_READ);
-        wl->sock->data = wl;
-        h2o_socket_read_start(wl->sock, on_listener_accept);
-    }
-    while (!st->stop || !h2o_linklist_is_empty(&st->conns)) {
+    while (!st->stop || !h2o_linklist_is_empty(&st->conns) || lg_tcp_proxy_active_connections() != 0) {
         h2o_evloop_run(w->loop.loop, st->stop ? 10 : INT32_MAX);
         count_conns(w);
         if (st->stop) {
@@ -192,8 +337,11 @@ static void *worker_main(void *arg)
                 lg_hcm_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_hcm_conn_t, worker_link, l);
                 c->codec->ops->close(c->codec);
             }
+            lg_tcp_proxy_close_all();
         }
     }
+    /* connections still in the TLS inspector or handshake hold a snapshot */
+    lg_listener_close_pending();
     worker_stop_listening(w);
     /* let closed sockets' callbacks run */
     for (int i = 0; i != 4; ++i)
@@ -210,19 +358,10 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-static int start_workers(lg_snapshot_t *snap, lg_error_t *err)
+/* Workers start on the current snapshot (applied here, before their threads run). */
+static void start_workers(lg_snapshot_t *snap)
 {
     srv.workers = lg_calloc(srv.n_workers, sizeof(*srv.workers));
-    int **fds = lg_calloc(snap->n_listeners ? snap->n_listeners : 1, sizeof(*fds));
-    for (size_t i = 0; i != snap->n_listeners; ++i) {
-        fds[i] = lg_calloc(srv.n_workers, sizeof(int));
-        size_t socks = snap->listeners[i]->addr.ss_family == AF_UNIX ? 1 : srv.n_workers;
-        for (size_t k = 0; k != socks; ++k)
-            if ((fds[i][k] = lg_listen_socket_open(snap->listeners[i], err)) < 0)
-                return lg_error_prefix(err, "listener '%s'", snap->listeners[i]->name);
-        for (size_t k = socks; k != srv.n_workers; ++k)
-            fds[i][k] = dup(fds[i][0]);
-    }
     for (size_t k = 0; k != srv.n_workers; ++k) {
         lg_worker_t *w = srv.workers + k;
         worker_state_t *st = lg_calloc(1, sizeof(*st));
@@ -232,20 +371,12 @@ static int start_workers(lg_snapshot_t *snap, lg_error_t *err)
         w->queue = h2o_multithread_create_queue(w->loop.loop);
         h2o_multithread_register_receiver(w->queue, &w->config_receiver, on_worker_message);
         h2o_linklist_init_anchor(&st->conns);
-        st->n_listeners = snap->n_listeners;
-        st->listeners = lg_calloc(snap->n_listeners ? snap->n_listeners : 1, sizeof(*st->listeners));
-        for (size_t i = 0; i != snap->n_listeners; ++i)
-            st->listeners[i] = (worker_listener_t){snap->listeners[i], NULL, w, fds[i][k]};
         lg_current_worker = w;
         worker_apply_snapshot(w, snap);
         lg_current_worker = NULL;
     }
     for (size_t k = 0; k != srv.n_workers; ++k)
         pthread_create(&srv.workers[k].thread, NULL, worker_main, srv.workers + k);
-    for (size_t i = 0; i != snap->n_listeners; ++i)
-        free(fds[i]);
-    free(fds);
-    return 0;
 }
 
 static void stop_workers(void)
@@ -254,16 +385,69 @@ static void stop_workers(void)
         post(srv.workers + k, MSG_STOP, NULL);
     for (size_t k = 0; k != srv.n_workers; ++k) {
         lg_worker_t *w = srv.workers + k;
+        worker_state_t *st = state_of(w);
         pthread_join(w->thread, NULL);
         h2o_multithread_unregister_receiver(w->queue, &w->config_receiver);
         h2o_multithread_destroy_queue(w->queue);
         free(w->queue); /* libh2o 2.2.5's evloop build does not free it */
         lg_loop_dispose(&w->loop);
         h2o_evloop_destroy((h2o_evloop_t *)w->loop.loop);
-        free(state_of(w)->listeners);
+        for (size_t i = 0; i != st->n_listeners; ++i)
+            free(st->listeners[i]);
+        free(st->listeners);
         free(w->data);
     }
     free(srv.workers);
+    srv.workers = NULL;
+}
+
+/* ---- publishing snapshots ---- */
+
+/* The sockets of a listener of the current snapshot with the same name and address, if any. */
+static lg_listener_socks_t *current_socks(const lg_listener_config_t *l)
+{
+    lg_snapshot_t *cur = srv.snapshot;
+    for (size_t j = 0; cur != NULL && j != cur->n_listeners; ++j)
+        if (strcmp(cur->listeners[j]->name, l->name) == 0 && same_address(cur->listeners[j], l) && cur->listener_socks[j] != NULL) {
+            __atomic_add_fetch(&cur->listener_socks[j]->refcnt, 1, __ATOMIC_RELAXED);
+            return cur->listener_socks[j];
+        }
+    return NULL;
+}
+
+int lg_server_publish(lg_snapshot_t *s, size_t *failed, lg_error_t *err)
+{
+    for (size_t i = 0; i != s->n_listeners; ++i) {
+        if ((s->listener_socks[i] = current_socks(s->listeners[i])) != NULL)
+            continue;
+        if ((s->listener_socks[i] = socks_open(s->listeners[i], err)) == NULL) {
+            *failed = i;
+            for (size_t j = 0; j != i; ++j) {
+                lg_listener_socks_release(s->listener_socks[j]);
+                s->listener_socks[j] = NULL;
+            }
+            return lg_error_prefix(err, "listener '%s'", s->listeners[i]->name);
+        }
+    }
+    s->generation = srv.snapshot != NULL ? srv.snapshot->generation + 1 : 1;
+    pthread_mutex_lock(&srv.snapshot_mutex);
+    lg_snapshot_t *old = srv.snapshot;
+    srv.snapshot = lg_snapshot_ref(s);
+    pthread_mutex_unlock(&srv.snapshot_mutex);
+    for (size_t k = 0; srv.workers != NULL && k != srv.n_workers; ++k)
+        post(srv.workers + k, MSG_SNAPSHOT, s);
+    lg_snapshot_unref(old);
+    lg_stats_gauge_set(lg_stats_listener_manager, LG_LISTENER_MANAGER_STAT_total_listeners_active, s->n_listeners);
+    lg_stats_gauge_set(lg_stats_cluster_manager, LG_CLUSTER_MANAGER_STAT_active_clusters, s->n_clusters);
+    return 0;
+}
+
+lg_snapshot_t *lg_server_current_snapshot(void)
+{
+    pthread_mutex_lock(&srv.snapshot_mutex);
+    lg_snapshot_t *s = srv.snapshot != NULL ? lg_snapshot_ref(srv.snapshot) : NULL;
+    pthread_mutex_unlock(&srv.snapshot_mutex);
+    return s;
 }
 
 static size_t total_connections(void)
@@ -276,17 +460,9 @@ static size_t total_connections(void)
 
 /* ---- admin endpoints that read the config ---- */
 
-static lg_snapshot_t *current_snapshot(void)
-{
-    pthread_mutex_lock(&srv.snapshot_mutex);
-    lg_snapshot_t *s = srv.snapshot != NULL ? lg_snapshot_ref(srv.snapshot) : NULL;
-    pthread_mutex_unlock(&srv.snapshot_mutex);
-    return s;
-}
-
 static void admin_clusters(const lg_admin_request_t *req, lg_admin_response_t *res, void *ctx)
 {
-    lg_snapshot_t *s = current_snapshot();
+    lg_snapshot_t *s = lg_server_current_snapshot();
     const char *format = lg_admin_param(req, "format");
     if (format != NULL && strcmp(format, "json") == 0) {
         res->content_type = LG_ADMIN_CONTENT_JSON;
@@ -299,7 +475,7 @@ static void admin_clusters(const lg_admin_request_t *req, lg_admin_response_t *r
 
 static void admin_listeners(const lg_admin_request_t *req, lg_admin_response_t *res, void *ctx)
 {
-    lg_snapshot_t *s = current_snapshot();
+    lg_snapshot_t *s = lg_server_current_snapshot();
     const char *format = lg_admin_param(req, "format");
     if (format != NULL && strcmp(format, "json") == 0) {
         res->content_type = LG_ADMIN_CONTENT_JSON;
@@ -331,8 +507,13 @@ static void admin_listeners(const lg_admin_request_t *req, lg_admin_response_t *
 /* Envoy's ConfigDump: bootstrap, clusters, listeners, routes, in this order. */
 static void admin_config_dump(const lg_admin_request_t *req, lg_admin_response_t *res, void *ctx)
 {
-    lg_snapshot_t *s = current_snapshot();
-    lg_config_dump_src_t src = {s->bootstrap, s->last_updated_wall_us};
+    lg_snapshot_t *s = lg_server_current_snapshot();
+    lg_config_dump_src_t src = {s->bootstrap,
+                                s->last_updated_wall_us,
+                                s->xds,
+                                lg_admin_param(req, "include_eds") != NULL,
+                                lg_admin_param(req, "resource"),
+                                lg_admin_param(req, "mask")};
     res->content_type = LG_ADMIN_CONTENT_JSON;
     lg_config_dump(&res->body, &src);
     lg_snapshot_unref(s);
@@ -357,6 +538,13 @@ static void register_admin(void)
     lg_admin_register("/listeners", "print listener info", 0, admin_listeners, NULL);
     lg_admin_add_param("/listeners", "format", "File format to use; text or json");
     lg_admin_register("/config_dump", "dump current Envoy configs (experimental)", 0, admin_config_dump, NULL);
+    lg_admin_add_param("/config_dump", "resource", "The resource to dump");
+    lg_admin_add_param(
+        "/config_dump", "mask",
+        "The mask to apply. When both resource and mask are specified, the mask is applied to every element in the desired "
+        "repeated field so that only a subset of fields are returned. The mask is parsed as a ProtobufWkt::FieldMask");
+    lg_admin_add_param("/config_dump", "include_eds",
+                       "Dump currently loaded configuration including EDS. See the response definition for more information");
     lg_admin_register("/drain_listeners", "drain listeners", 1, admin_drain_listeners, NULL);
     lg_admin_add_param("/drain_listeners", "graceful", "When draining listeners, enter a graceful drain period prior to closing");
     lg_admin_on_quit(on_quit);
@@ -425,9 +613,11 @@ static void server_info_json(const lg_options_t *o, const Envoy__Config__Bootstr
     lg_strbuf_json_string(&cli, o->config_yaml ? o->config_yaml : "", o->config_yaml ? strlen(o->config_yaml) : 0);
     lg_strbuf_printf(&cli, ",\"log_level\":\"%s\",\"drain_time\":\"%us\",\"parent_shutdown_time\":\"%us\",\"mode\":\"%s\"",
                      lg_log_level_name(o->log_level), o->drain_time_s, o->parent_shutdown_time_s,
-                     o->mode == LG_MODE_SERVE ? "Serve" : o->mode == LG_MODE_VALIDATE ? "Validate" : "InitOnly");
-    lg_strbuf_printf(&cli, ",\"disable_hot_restart\":%s,\"file_flush_interval\":\"%.3fs\"}", o->disable_hot_restart ? "true" : "false",
-                     o->file_flush_interval_msec / 1000.0);
+                     o->mode == LG_MODE_SERVE      ? "Serve"
+                     : o->mode == LG_MODE_VALIDATE ? "Validate"
+                                                   : "InitOnly");
+    lg_strbuf_printf(&cli, ",\"disable_hot_restart\":%s,\"file_flush_interval\":\"%.3fs\"}",
+                     o->disable_hot_restart ? "true" : "false", o->file_flush_interval_msec / 1000.0);
     if (b->node != NULL)
         lg_pbjson_encode(&node, &b->node->base, 0);
     else
@@ -467,7 +657,15 @@ static void apply_node_flags(const lg_options_t *o, Envoy__Config__Bootstrap__V3
     }
 }
 
-static void wait_for_signals(void)
+static void go_live(void)
+{
+    lg_stats_gauge_set(srv.listener_manager_stats, LG_LISTENER_MANAGER_STAT_workers_started, 1);
+    lg_stats_server_set_state(LG_SERVER_LIVE);
+    LG_INFO(main, "server live");
+}
+
+/* The control thread's loop: xDS (up to 50 ms per poll), then signals. */
+static void control_loop(void)
 {
     sigset_t set;
     sigemptyset(&set);
@@ -475,12 +673,23 @@ static void wait_for_signals(void)
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGUSR1);
     sigaddset(&set, SIGHUP);
-    uint64_t drain_deadline = 0;
+    uint64_t drain_deadline = 0, next_tls_check = 0;
+    int live = 0;
     for (;;) {
-        struct timespec ts = {0, 50 * 1000 * 1000};
+        struct timespec ts = {0, 0};
+        lg_xds_poll(srv.xds, 50);
+        if (lg_now_ms() >= next_tls_check) {
+            lg_tls_reload_poll(); /* certificate files that changed */
+            next_tls_check = lg_now_ms() + 1000;
+        }
+        if (!live && drain_deadline == 0 && lg_xds_initialized(srv.xds)) {
+            live = 1;
+            go_live();
+        }
         int sig = sigtimedwait(&set, NULL, &ts);
         if (sig == SIGUSR1) {
             lg_log_reopen();
+            lg_access_log_reopen();
         } else if ((sig == SIGTERM || sig == SIGINT) && drain_deadline == 0) {
             LG_INFO(main, "caught %s: draining for up to %us", sig == SIGTERM ? "SIGTERM" : "SIGINT", srv.opts.drain_time_s);
             lg_stats_server_set_state(LG_SERVER_DRAINING);
@@ -505,6 +714,9 @@ int lg_server_run(const lg_options_t *o)
     lg_error_t err = {{0}};
     srv.opts = *o;
     signal(SIGPIPE, SIG_IGN);
+    /* before any thread starts: gRPC core (xDS) reads it at grpc_init; its
+     * c-ares resolver leaks a few bytes per process, getaddrinfo does not */
+    setenv("GRPC_DNS_RESOLVER", "native", 0);
     srv.n_workers = o->concurrency;
     srv.start_wall_us = lg_wall_us();
     lg_log_levels[0] = o->log_level;
@@ -514,20 +726,28 @@ int lg_server_run(const lg_options_t *o)
         goto fail_early;
     if (lg_log_configure(o->log_format, o->log_path, &err) != 0)
         goto fail_early;
+    lg_access_log_configure(srv.n_workers, o->file_flush_interval_msec); /* access logs: before any config compiles */
     lg_stats_init(srv.n_workers);
 
     ProtobufCMessage *bootstrap = load_bootstrap(o, &err);
     if (bootstrap == NULL)
         goto fail_config;
-    apply_node_flags(o, (Envoy__Config__Bootstrap__V3__Bootstrap *)bootstrap);
+    Envoy__Config__Bootstrap__V3__Bootstrap *b = (Envoy__Config__Bootstrap__V3__Bootstrap *)bootstrap;
+    apply_node_flags(o, b);
     lg_snapshot_t *snap = lg_snapshot_compile_bootstrap(bootstrap, o, &err);
     if (snap == NULL) {
         protobuf_c_message_free_unpacked(bootstrap, NULL);
         goto fail_config;
     }
     if (o->mode == LG_MODE_VALIDATE) {
-        printf("configuration '%s' OK\n", o->config_path != NULL ? o->config_path : "(--config-yaml)");
+        lg_xds_t *x = lg_xds_new(b, o, snap, &err);
+        lg_xds_free(x);
         lg_snapshot_unref(snap);
+        protobuf_c_message_free_unpacked(bootstrap, NULL);
+        if (x == NULL)
+            goto fail_config;
+        printf("configuration '%s' OK\n", o->config_path != NULL ? o->config_path : "(--config-yaml)");
+        lg_access_log_shutdown();
         lg_stats_shutdown();
         return 0;
     }
@@ -536,12 +756,14 @@ int lg_server_run(const lg_options_t *o)
     srv.cluster_manager_stats = lg_stats_cluster_manager;
     lg_stats_gauge_set(srv.server_stats, LG_SERVER_STAT_concurrency, srv.n_workers);
     lg_stats_server_set_state(LG_SERVER_PRE_INITIALIZING);
-    server_info_json(o, (Envoy__Config__Bootstrap__V3__Bootstrap *)bootstrap);
-    srv.snapshot = snap;
-    register_admin();
-    if (start_admin((Envoy__Config__Bootstrap__V3__Bootstrap *)bootstrap, &err) != 0)
-        goto fail_running;
-
+    server_info_json(o, b);
+    size_t failed;
+    if (lg_server_publish(snap, &failed, &err) != 0)
+        goto fail_early_config;
+    lg_snapshot_unref(snap);
+    if ((srv.xds = lg_xds_new(b, o, snap, &err)) == NULL)
+        goto fail_early_config;
+    /* blocked in every thread (admin, workers, gRPC's) before any starts: the control loop takes them */
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
@@ -550,34 +772,39 @@ int lg_server_run(const lg_options_t *o)
     sigaddset(&set, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
+    register_admin();
+    if (start_admin(b, &err) != 0)
+        goto fail_running;
 
     lg_stats_server_set_state(LG_SERVER_INITIALIZING);
-    if (start_workers(snap, &err) != 0)
-        goto fail_running;
+    start_workers(snap);
     for (size_t i = 0; i != snap->n_listeners; ++i) {
         lg_stats_control_add(srv.listener_manager_stats, LG_LISTENER_MANAGER_STAT_listener_added, 1);
         lg_stats_control_add(srv.listener_manager_stats, LG_LISTENER_MANAGER_STAT_listener_create_success, srv.n_workers);
     }
-    lg_stats_gauge_set(srv.listener_manager_stats, LG_LISTENER_MANAGER_STAT_total_listeners_active, snap->n_listeners);
-    lg_stats_gauge_set(srv.cluster_manager_stats, LG_CLUSTER_MANAGER_STAT_active_clusters, snap->n_clusters);
     lg_stats_control_add(srv.cluster_manager_stats, LG_CLUSTER_MANAGER_STAT_cluster_added, (int64_t)snap->n_clusters);
-    lg_stats_gauge_set(srv.listener_manager_stats, LG_LISTENER_MANAGER_STAT_workers_started, 1);
-    lg_stats_server_set_state(LG_SERVER_LIVE);
-    LG_INFO(main, "all dependencies initialized. starting workers");
+    lg_xds_start(srv.xds);
 
-    wait_for_signals();
+    control_loop();
 
     lg_stats_server_set_state(LG_SERVER_DRAINING);
     stop_workers();
     lg_admin_stop();
+    lg_xds_free(srv.xds);
+    lg_access_log_shutdown(); /* access logs: after the workers, which write them, and xDS, which compiles them */
     pthread_mutex_lock(&srv.snapshot_mutex);
     lg_snapshot_unref(srv.snapshot);
     srv.snapshot = NULL;
     pthread_mutex_unlock(&srv.snapshot_mutex);
+    protobuf_c_message_free_unpacked(bootstrap, NULL);
     lg_stats_shutdown();
     LG_INFO(main, "exiting");
     return 0;
 
+fail_early_config:
+    LG_CRITICAL(main, "error initializing configuration '%s': %s", o->config_path ? o->config_path : "", err.msg);
+    fprintf(stderr, "error initializing configuration '%s': %s\n", o->config_path ? o->config_path : "", err.msg);
+    _exit(1);
 fail_running:
     LG_CRITICAL(main, "error initializing configuration '%s': %s", o->config_path ? o->config_path : "", err.msg);
     fprintf(stderr, "error initializing configuration '%s': %s\n", o->config_path ? o->config_path : "", err.msg);
@@ -585,6 +812,7 @@ fail_running:
     _exit(1);
 fail_config:
     fprintf(stderr, "error initializing configuration '%s': %s\n", o->config_path ? o->config_path : "", err.msg);
+    lg_access_log_shutdown();
     lg_stats_shutdown();
     return 1;
 fail_early:

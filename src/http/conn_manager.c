@@ -4,7 +4,9 @@
  * the filter chain's decode direction, runs the encode direction back to the
  * codec, owns the stream's timers and local replies, and mutates request
  * headers as Envoy's ConnectionManagerUtility does (x-forwarded-for,
- * x-forwarded-proto, x-request-id, path normalization).
+ * x-forwarded-proto, x-request-id, path normalization). It also decides
+ * which upgrades and CONNECTs may become tunnels (upgrade_configs), and
+ * answers gRPC requests with trailers-only local replies.
  */
 #include <arpa/inet.h>
 #include <sys/random.h>
@@ -105,6 +107,7 @@ lg_hcm_conn_t *lg_hcm_conn_new(lg_worker_t *w, const lg_listener_config_t *l, co
                                h2o_socket_t *sock, int version)
 {
     lg_hcm_conn_t *c = lg_calloc(1, sizeof(*c));
+    c->tls = sock->ssl != NULL;
     socklen_t len;
     c->worker = w;
     c->listener = l;
@@ -125,7 +128,9 @@ lg_hcm_conn_t *lg_hcm_conn_new(lg_worker_t *w, const lg_listener_config_t *l, co
     if (version == LG_HTTP_2) {
         STAT_INC(c, downstream_cx_http2_total);
         STAT_INC(c, downstream_cx_http2_active);
-        c->codec = lg_h2_server_conn_new(&w->loop, sock, &cfg->h2, &conn_cbs, c);
+        lg_h2_options_t opts = {.allow_connect = cfg->h2_allow_connect,
+                                .stream_error_on_invalid_http_messaging = cfg->h2_stream_error_on_invalid};
+        c->codec = lg_h2_server_conn_new_ex(&w->loop, sock, &cfg->h2, &opts, &conn_cbs, c);
     } else {
         lg_h1_server_settings_t s = {.limits = cfg->h1, .buffer_limit = l->buffer_limit};
         STAT_INC(c, downstream_cx_http1_total);
@@ -180,11 +185,12 @@ static void on_codec_error(lg_server_conn_t *codec, int status, const char *deta
 
 static void stream_idle_timeout(lg_timer_t *t);
 static void request_timeout(lg_timer_t *t);
+static void duration_timeout(lg_timer_t *t);
 
 static void stream_touch(lg_hcm_stream_t *s)
 {
-    if (s->conn->config->stream_idle_timeout_ms != 0 && !s->destroyed)
-        lg_timer_start(&s->conn->worker->loop, &s->idle_timer, s->conn->config->stream_idle_timeout_ms, stream_idle_timeout);
+    if (s->idle_timeout_ms != 0 && !s->destroyed)
+        lg_timer_start(&s->conn->worker->loop, &s->idle_timer, s->idle_timeout_ms, stream_idle_timeout);
 }
 
 static void on_new_stream(lg_server_conn_t *codec, lg_stream_t *ds)
@@ -204,6 +210,7 @@ static void on_new_stream(lg_server_conn_t *codec, lg_stream_t *ds)
     s->info.downstream_direct_remote = c->peer;
     s->info.downstream_local = c->local;
     s->info.protocol = ds->version;
+    s->idle_timeout_ms = cfg->stream_idle_timeout_ms;
     s->n_filters = cfg->n_filters;
     s->filters = h2o_mem_alloc_pool(&s->pool, sizeof(*s->filters) * (cfg->n_filters ? cfg->n_filters : 1));
     for (size_t i = 0; i != cfg->n_filters; ++i) {
@@ -214,6 +221,9 @@ static void on_new_stream(lg_server_conn_t *codec, lg_stream_t *ds)
         s->filters[i] = f;
     }
     s->encode_index = cfg->n_filters;
+    /* Envoy's ActiveStream: the HCM's max_stream_duration runs from the start; a route may change it */
+    if (cfg->max_stream_duration_ms != 0)
+        lg_timer_start(&c->worker->loop, &s->duration_timer, cfg->max_stream_duration_ms, duration_timeout);
     h2o_linklist_insert(&c->streams, &s->link);
     ++c->n_streams;
     lg_timer_stop(&c->idle_timer);
@@ -295,7 +305,8 @@ static void mutate_request_headers(lg_hcm_stream_t *s, lg_req_head_t *req)
         char ip[INET6_ADDRSTRLEN + 8];
         size_t n = lg_address_format_ip((struct sockaddr *)&c->peer, ip, sizeof(ip));
         if (!cfg->skip_xff_append && c->peer.ss_family != AF_UNIX) {
-            h2o_iovec_t v = xff.base == NULL ? h2o_strdup(&s->pool, ip, n) : h2o_concat(&s->pool, xff, h2o_iovec_init(H2O_STRLIT(",")), h2o_iovec_init(ip, n));
+            h2o_iovec_t v = xff.base == NULL ? h2o_strdup(&s->pool, ip, n)
+                                             : h2o_concat(&s->pool, xff, h2o_iovec_init(H2O_STRLIT(",")), h2o_iovec_init(ip, n));
             lg_headers_set(&s->pool, &req->headers, LG_LIT("x-forwarded-for"), v);
         }
         internal = is_internal_address(cfg, (struct sockaddr *)&c->peer);
@@ -317,13 +328,24 @@ static void mutate_request_headers(lg_hcm_stream_t *s, lg_req_head_t *req)
     }
     if (edge) {
         /* Envoy's edge clean-up of headers only trusted from internal hops. */
-        static const char *const strip[] = {"x-envoy-decorator-operation", "x-envoy-downstream-service-cluster",
-                                            "x-envoy-downstream-service-node", "x-envoy-expected-rq-timeout-ms",
-                                            "x-envoy-external-address", "x-envoy-force-trace", "x-envoy-hedge-on-per-try-timeout",
-                                            "x-envoy-ip-tags", "x-envoy-max-retries", "x-envoy-original-path",
-                                            "x-envoy-retriable-header-names", "x-envoy-retriable-status-codes", "x-envoy-retry-grpc-on",
-                                            "x-envoy-retry-on", "x-envoy-upstream-alt-stat-name", "x-envoy-upstream-rq-per-try-timeout-ms",
-                                            "x-envoy-upstream-rq-timeout-alt-response", "x-envoy-upstream-rq-timeout-ms"};
+        static const char *const strip[] = {"x-envoy-decorator-operation",
+                                            "x-envoy-downstream-service-cluster",
+                                            "x-envoy-downstream-service-node",
+                                            "x-envoy-expected-rq-timeout-ms",
+                                            "x-envoy-external-address",
+                                            "x-envoy-force-trace",
+                                            "x-envoy-hedge-on-per-try-timeout",
+                                            "x-envoy-ip-tags",
+                                            "x-envoy-max-retries",
+                                            "x-envoy-original-path",
+                                            "x-envoy-retriable-header-names",
+                                            "x-envoy-retriable-status-codes",
+                                            "x-envoy-retry-grpc-on",
+                                            "x-envoy-retry-on",
+                                            "x-envoy-upstream-alt-stat-name",
+                                            "x-envoy-upstream-rq-per-try-timeout-ms",
+                                            "x-envoy-upstream-rq-timeout-alt-response",
+                                            "x-envoy-upstream-rq-timeout-ms"};
         for (size_t i = 0; i != LG_ARRAY_SIZE(strip); ++i)
             lg_headers_remove(&req->headers, strip[i], strlen(strip[i]));
         char ip[INET6_ADDRSTRLEN + 8];
@@ -331,7 +353,7 @@ static void mutate_request_headers(lg_hcm_stream_t *s, lg_req_head_t *req)
         lg_headers_set(&s->pool, &req->headers, LG_LIT("x-envoy-external-address"), h2o_strdup(&s->pool, ip, n));
     }
     /* x-forwarded-proto: overwritten at the edge, defaulted elsewhere. */
-    h2o_iovec_t scheme = lg_listener_is_tls(c->listener) ? LG_LIT("https") : LG_LIT("http");
+    h2o_iovec_t scheme = c->tls ? LG_LIT("https") : LG_LIT("http");
     if (cfg->use_remote_address || lg_headers_find(&req->headers, H2O_STRLIT("x-forwarded-proto"), 0) < 0)
         lg_headers_set(&s->pool, &req->headers, LG_LIT("x-forwarded-proto"), scheme);
     if (req->scheme.base == NULL || req->scheme.len == 0)
@@ -386,7 +408,7 @@ static int normalize_path(lg_hcm_stream_t *s, lg_req_head_t *req)
     h2o_iovec_t p = h2o_iovec_init(path.base, qpos), q = h2o_iovec_init(path.base + qpos, path.len - qpos);
     if (cfg->escaped_slashes != LG_ESCAPED_SLASHES_KEEP) {
         for (size_t i = 0; i + 2 < p.len; ++i)
-            if (p.base[i] == '%' && (p.base[i + 1] == '2') && (p.base[i + 2] == 'f' || p.base[i + 2] == 'F' )) {
+            if (p.base[i] == '%' && (p.base[i + 1] == '2') && (p.base[i + 2] == 'f' || p.base[i + 2] == 'F')) {
                 if (cfg->escaped_slashes == LG_ESCAPED_SLASHES_REJECT)
                     return -1;
                 /* UNESCAPE_AND_FORWARD (and REDIRECT, which is forwarded unescaped here) */
@@ -443,6 +465,220 @@ lg_worker_t *lg_hcm_worker(lg_hcm_stream_t *s)
     return s->conn->worker;
 }
 
+/* ---- gRPC, upgrades and per-route stream timers ---- */
+
+int lg_hcm_route_uses_new_timeouts(const lg_route_t *r)
+{
+    return r->pb != NULL && r->pb->route != NULL && r->pb->route->max_stream_duration != NULL;
+}
+
+/* Envoy's Grpc::Common::isGrpcRequestHeaders: a :path and a content-type of
+ * exactly "application/grpc" or "application/grpc+..." (not grpc-web). */
+static int is_grpc_request(const lg_req_head_t *req)
+{
+    static const char grpc[] = "application/grpc";
+    size_t n = sizeof(grpc) - 1;
+    h2o_iovec_t ct = lg_headers_get(&req->headers, H2O_STRLIT("content-type"));
+    return req->path.len != 0 && ct.len >= n && memcmp(ct.base, grpc, n) == 0 && (ct.len == n || ct.base[n] == '+');
+}
+
+int64_t lg_hcm_grpc_timeout_ms(const lg_req_head_t *req)
+{
+    h2o_iovec_t v = lg_headers_get(&req->headers, H2O_STRLIT("grpc-timeout"));
+    uint64_t n = 0;
+    if (v.len < 2 || v.len > 20)
+        return -1;
+    for (size_t i = 0; i + 1 < v.len; ++i) {
+        if (v.base[i] < '0' || v.base[i] > '9')
+            return -1;
+        n = n * 10 + (uint64_t)(v.base[i] - '0');
+    }
+    if (n > LG_GRPC_TIMEOUT_MAX)
+        return -1;
+    switch (v.base[v.len - 1]) {
+    case 'H':
+        return (int64_t)(n * 3600000);
+    case 'M':
+        return (int64_t)(n * 60000);
+    case 'S':
+        return (int64_t)(n * 1000);
+    case 'm':
+        return (int64_t)n;
+    case 'u':
+        return (int64_t)((n + 999) / 1000);
+    case 'n':
+        return (int64_t)((n + 999999) / 1000000);
+    default:
+        return -1;
+    }
+}
+
+h2o_iovec_t lg_hcm_grpc_timeout_value(h2o_mem_pool_t *pool, uint64_t ms)
+{
+    static const char units[] = "mSMH";
+    const char *unit = units;
+    if (ms > LG_GRPC_TIMEOUT_MAX) {
+        ms /= 1000;
+        ++unit;
+    }
+    while (ms > LG_GRPC_TIMEOUT_MAX) {
+        if (*unit == 'H') {
+            ms = LG_GRPC_TIMEOUT_MAX;
+            break;
+        }
+        ms /= 60;
+        ++unit;
+    }
+    char *buf = h2o_mem_alloc_pool(pool, 16);
+    int n = snprintf(buf, 16, "%llu%c", (unsigned long long)ms, *unit);
+    return h2o_iovec_init(buf, (size_t)n);
+}
+
+/* grpc-message is percent-encoded (PROTOCOL-HTTP2.md), as Envoy's PercentEncoding::encode:
+ * bytes outside ' '..'}' and '%' become %XX. */
+static h2o_iovec_t grpc_message_encode(h2o_mem_pool_t *pool, h2o_iovec_t v)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t extra = 0;
+    for (size_t i = 0; i != v.len; ++i) {
+        unsigned char c = (unsigned char)v.base[i];
+        if (c < ' ' || c >= '~' || c == '%')
+            extra += 2;
+    }
+    if (extra == 0)
+        return v;
+    char *out = h2o_mem_alloc_pool(pool, v.len + extra), *o = out;
+    for (size_t i = 0; i != v.len; ++i) {
+        unsigned char c = (unsigned char)v.base[i];
+        if (c < ' ' || c >= '~' || c == '%') {
+            *o++ = '%';
+            *o++ = hex[c >> 4];
+            *o++ = hex[c & 15];
+        } else {
+            *o++ = (char)c;
+        }
+    }
+    return h2o_iovec_init(out, v.len + extra);
+}
+
+/* Envoy's Utility::isUpgrade: an Upgrade header and a Connection header listing "upgrade". */
+static int is_upgrade_request(const lg_req_head_t *req)
+{
+    if (lg_headers_find(&req->headers, H2O_STRLIT("upgrade"), 0) < 0)
+        return 0;
+    for (ssize_t i = -1; (i = lg_headers_find(&req->headers, H2O_STRLIT("connection"), i + 1)) >= 0;) {
+        h2o_iovec_t v = req->headers.entries[i].value;
+        if (h2o_contains_token(v.base, v.len, H2O_STRLIT("upgrade"), ','))
+            return 1;
+    }
+    return 0;
+}
+
+/* Envoy's createUpgradeFilterChain: the route's upgrade_configs decide first
+ * (an explicit disable wins), then the HCM's. */
+static int upgrade_allowed(lg_hcm_stream_t *s, h2o_iovec_t type)
+{
+    const lg_hcm_config_t *cfg = s->conn->config;
+    const lg_route_t *r = s->route;
+    int route_enabled = 0;
+    if (r != NULL && r->kind == LG_ROUTE_FORWARD) {
+        for (size_t i = 0; i != r->action.n_upgrade_configs; ++i) {
+            const lg_upgrade_config_t *u = r->action.upgrade_configs + i;
+            if (h2o_lcstris(type.base, type.len, u->upgrade_type.base, u->upgrade_type.len)) {
+                if (!u->enabled)
+                    return 0;
+                route_enabled = 1;
+                break;
+            }
+        }
+    }
+    for (size_t i = 0; i != cfg->n_upgrades; ++i)
+        if (h2o_lcstris(type.base, type.len, cfg->upgrades[i].type.base, cfg->upgrades[i].type.len))
+            return cfg->upgrades[i].enabled || route_enabled;
+    return route_enabled;
+}
+
+/* RFC 8441: an HTTP/2 extended CONNECT reaches the rest of the proxy as an
+ * HTTP/1.1 upgrade (Envoy's transformUpgradeRequestFromH2toH1). */
+static void h2_ext_connect_to_upgrade(lg_hcm_stream_t *s, lg_req_head_t *req)
+{
+    lg_headers_set(&s->pool, &req->headers, LG_LIT("upgrade"), req->protocol);
+    lg_headers_set(&s->pool, &req->headers, LG_LIT("connection"), LG_LIT("upgrade"));
+    req->method = LG_LIT("GET");
+    req->protocol = h2o_iovec_init(NULL, 0);
+    s->h2_ext_connect = 1;
+}
+
+/* Returns 0 when the request may go on; otherwise it was answered (403). */
+static int check_upgrade(lg_hcm_stream_t *s, lg_req_head_t *req)
+{
+    int upgrade = is_upgrade_request(req);
+    int connect = !upgrade && h2o_memis(req->method.base, req->method.len, H2O_STRLIT("CONNECT"));
+    if (!upgrade && !connect)
+        return 0;
+    h2o_iovec_t type = upgrade ? lg_headers_get(&req->headers, H2O_STRLIT("upgrade")) : req->method;
+    if (!upgrade_allowed(s, type)) {
+        STAT_INC(s->conn, downstream_rq_ws_on_non_ws_route);
+        lg_hcm_send_local_reply(s, 403, h2o_iovec_init(NULL, 0), "upgrade_failed", 0);
+        return -1;
+    }
+    s->upgrade = upgrade;
+    s->connect = connect;
+    STAT_INC(s->conn, downstream_cx_upgrades_total);
+    STAT_INC(s->conn, downstream_cx_upgrades_active);
+    return 0;
+}
+
+/* Envoy's refreshIdleTimeout: the route's idle_timeout replaces the HCM's
+ * stream_idle_timeout; 0 disables the timer. */
+static void refresh_idle_timeout(lg_hcm_stream_t *s)
+{
+    const lg_route_t *r = s->route;
+    if (r == NULL || r->kind != LG_ROUTE_FORWARD || r->action.idle_timeout_ms < 0)
+        return;
+    s->idle_timeout_ms = (uint64_t)r->action.idle_timeout_ms;
+    if (s->idle_timeout_ms == 0)
+        lg_timer_stop(&s->idle_timer);
+    else
+        stream_touch(s);
+}
+
+/* Envoy's refreshDurationTimeout: with the route's grpc_timeout_header_max the
+ * grpc-timeout header (capped unless the cap is 0, minus the offset) limits
+ * the stream; otherwise the route's max_stream_duration (0: none), else the
+ * HCM's. With the route's MaxStreamDuration a gRPC request carries that limit
+ * upstream in its grpc-timeout header. */
+static void refresh_duration_timeout(lg_hcm_stream_t *s)
+{
+    const lg_route_t *r = s->route;
+    if (r == NULL || r->kind != LG_ROUTE_FORWARD)
+        return;
+    const lg_route_action_t *a = &r->action;
+    int64_t grpc = lg_hcm_grpc_timeout_ms(s->req);
+    uint64_t timeout;
+    if (grpc < 0 || a->grpc_timeout_header_max_ms < 0) {
+        if (a->max_stream_duration_ms >= 0)
+            timeout = (uint64_t)a->max_stream_duration_ms;
+        else
+            timeout = s->conn->config->max_stream_duration_ms;
+        if (timeout == 0) {
+            lg_timer_stop(&s->duration_timer);
+            return;
+        }
+    } else {
+        timeout = (uint64_t)grpc;
+        if (a->grpc_timeout_header_max_ms != 0 && timeout > (uint64_t)a->grpc_timeout_header_max_ms)
+            timeout = (uint64_t)a->grpc_timeout_header_max_ms;
+        if (timeout != 0 && a->grpc_timeout_header_offset_ms >= 0)
+            timeout =
+                (uint64_t)a->grpc_timeout_header_offset_ms < timeout ? timeout - (uint64_t)a->grpc_timeout_header_offset_ms : 0;
+    }
+    if (lg_hcm_route_uses_new_timeouts(r) && s->is_grpc)
+        lg_headers_set(&s->pool, &s->req->headers, LG_LIT("grpc-timeout"), lg_hcm_grpc_timeout_value(&s->pool, timeout));
+    uint64_t used = (lg_now_us() - s->info.start_us) / 1000;
+    lg_timer_start(&s->conn->worker->loop, &s->duration_timer, timeout > used ? timeout - used : 0, duration_timeout);
+}
+
 static void on_headers(lg_stream_t *ds, void *head, int end_stream)
 {
     lg_hcm_stream_t *s = ds->ctx;
@@ -457,10 +693,13 @@ static void on_headers(lg_stream_t *ds, void *head, int end_stream)
     stream_touch(s);
     if (c->config->request_timeout_ms != 0 && !end_stream)
         lg_timer_start(&c->worker->loop, &s->request_timer, c->config->request_timeout_ms, request_timeout);
-    h2o_iovec_t ct = lg_headers_get(&req->headers, H2O_STRLIT("content-type"));
-    s->is_grpc = ct.len >= 16 && h2o_memis(ct.base, 16, H2O_STRLIT("application/grpc"));
+    s->is_grpc = is_grpc_request(req);
 
     int is_connect = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("CONNECT"));
+    if (is_connect && req->protocol.len != 0) {
+        h2_ext_connect_to_upgrade(s, req);
+        is_connect = 0;
+    }
     if (!is_connect && !(req->path.len == 1 && req->path.base[0] == '*') && (req->path.len == 0 || req->path.base[0] != '/')) {
         STAT_INC(c, downstream_rq_non_relative_path);
         lg_hcm_send_local_reply(s, 404, h2o_iovec_init(NULL, 0), "absolute_path_rejected", 0);
@@ -473,6 +712,11 @@ static void on_headers(lg_stream_t *ds, void *head, int end_stream)
     }
     strip_host_port(s, req);
     mutate_request_headers(s, req);
+    lg_hcm_route(s);
+    refresh_idle_timeout(s);
+    refresh_duration_timeout(s);
+    if (check_upgrade(s, req) != 0)
+        return;
     decode_headers_from(s, 0);
 }
 
@@ -596,13 +840,21 @@ static void stream_destroy(lg_hcm_stream_t *s)
     s->destroyed = 1;
     lg_timer_stop(&s->idle_timer);
     lg_timer_stop(&s->request_timer);
+    lg_timer_stop(&s->duration_timer);
+    if (s->upgrade || s->connect)
+        STAT_DEC(c, downstream_cx_upgrades_active);
     for (size_t i = 0; i != s->n_filters; ++i)
         if (s->filters[i]->type->on_destroy != NULL)
             s->filters[i]->type->on_destroy(s->filters[i]);
-    if (s->downstream != NULL) {
-        lg_stream_t *ds = s->downstream;
-        s->downstream = NULL;
-        ds->ops->reset(ds, LG_RESET_LOCAL);
+    lg_stream_t *ds = s->downstream;
+    s->downstream = NULL;
+    lg_reset_reason_t why = LG_RESET_LOCAL;
+    if (ds != NULL) {
+        STAT_INC(c, downstream_rq_tx_reset);
+        /* RFC 9113 8.5: a CONNECT whose TCP connection failed is reset with CONNECT_ERROR (Envoy's doEndStream) */
+        if ((s->connect || s->h2_ext_connect) &&
+            (s->info.response_flags & (LG_RF(UPSTREAM_CONNECTION_FAILURE) | LG_RF(UPSTREAM_CONNECTION_TERMINATION))))
+            why = LG_RESET_CONNECTION_FAILURE;
     }
     lg_server_log_access(c->worker, c->listener, c->config, &s->info);
     h2o_linklist_unlink(&s->link);
@@ -611,6 +863,9 @@ static void stream_destroy(lg_hcm_stream_t *s)
     h2o_mem_clear_pool(&s->pool);
     free(s);
     conn_arm_idle(c);
+    /* Last: resetting an HTTP/1 stream closes its connection, which frees c. */
+    if (ds != NULL)
+        ds->ops->reset(ds, why);
 }
 
 void lg_hcm_reset_stream(lg_hcm_stream_t *s)
@@ -680,6 +935,16 @@ static void finalize_response_head(lg_hcm_stream_t *s, lg_resp_head_t *head)
         lg_headers_add(&s->pool, &head->headers, LG_LIT("x-request-id"), s->info.request_id);
 }
 
+/* The rest of Envoy's transformUpgradeResponseFromH1toH2 (the codec turns 101 into 200). */
+static void upgrade_response_to_h2(lg_resp_head_t *head)
+{
+    lg_headers_remove(&head->headers, H2O_STRLIT("upgrade"));
+    lg_headers_remove(&head->headers, H2O_STRLIT("connection"));
+    h2o_iovec_t cl = lg_headers_get(&head->headers, H2O_STRLIT("content-length"));
+    if (cl.len == 1 && cl.base[0] == '0')
+        lg_headers_remove(&head->headers, H2O_STRLIT("content-length"));
+}
+
 void lg_hcm_encode_headers(lg_hcm_stream_t *s, lg_resp_head_t *head, int end_stream)
 {
     if (s->destroyed || s->downstream == NULL)
@@ -689,7 +954,11 @@ void lg_hcm_encode_headers(lg_hcm_stream_t *s, lg_resp_head_t *head, int end_str
         if (f->type->encode_headers != NULL && !f->type->is_terminal)
             f->type->encode_headers(f, head, end_stream);
     }
+    if (s->h2_ext_connect)
+        upgrade_response_to_h2(head);
     finalize_response_head(s, head);
+    /* Envoy's request_timeout ends when the response starts. */
+    lg_timer_stop(&s->request_timer);
     s->resp = head;
     s->info.response = head;
     s->info.response_code = head->status;
@@ -769,8 +1038,18 @@ void lg_hcm_stat_inc(lg_hcm_stream_t *s, size_t idx)
     LG_STAT_INC(s->conn->config->stats, s->conn->worker->index, idx);
 }
 
+static void send_local_reply(lg_hcm_stream_t *s, int status, h2o_iovec_t body, const char *details, uint32_t flags,
+                             const lg_headers_t *extra, int grpc_status);
+
 void lg_hcm_send_local_reply_ex(lg_hcm_stream_t *s, int status, h2o_iovec_t body, const char *details, uint32_t flags,
                                 const lg_headers_t *extra)
+{
+    send_local_reply(s, status, body, details, flags, extra, -1);
+}
+
+/* Envoy's Utility::sendLocalReply; grpc_status -1 derives it from `status`. */
+static void send_local_reply(lg_hcm_stream_t *s, int status, h2o_iovec_t body, const char *details, uint32_t flags,
+                             const lg_headers_t *extra, int grpc_status)
 {
     if (s->destroyed)
         return;
@@ -788,12 +1067,12 @@ void lg_hcm_send_local_reply_ex(lg_hcm_stream_t *s, int status, h2o_iovec_t body
     if (s->is_grpc) {
         /* Trailers-only gRPC response, as Envoy's local replies to gRPC requests. */
         char *code = h2o_mem_alloc_pool(&s->pool, 8);
-        int n = snprintf(code, 8, "%d", http_to_grpc_status(status));
+        int n = snprintf(code, 8, "%d", grpc_status >= 0 ? grpc_status : http_to_grpc_status(status));
         head->status = 200;
         lg_headers_add(&s->pool, &head->headers, LG_LIT("content-type"), LG_LIT("application/grpc"));
         lg_headers_add(&s->pool, &head->headers, LG_LIT("grpc-status"), h2o_iovec_init(code, n));
-        if (body.len != 0)
-            lg_headers_add(&s->pool, &head->headers, LG_LIT("grpc-message"), body);
+        if (body.len != 0 && !head_only)
+            lg_headers_add(&s->pool, &head->headers, LG_LIT("grpc-message"), grpc_message_encode(&s->pool, body));
         body = h2o_iovec_init(NULL, 0);
     } else if (body.len != 0) {
         char *len = h2o_mem_alloc_pool(&s->pool, 24);
@@ -833,16 +1112,30 @@ void lg_hcm_send_local_reply_ex(lg_hcm_stream_t *s, int status, h2o_iovec_t body
     }
 }
 
+/* Envoy's maybeRequestTimeoutCode: 504 once the request is complete, else 408. */
+static int timeout_status(lg_hcm_stream_t *s)
+{
+    return s->request_ended ? 504 : 408;
+}
+
 static void stream_idle_timeout(lg_timer_t *t)
 {
     lg_hcm_stream_t *s = H2O_STRUCT_FROM_MEMBER(lg_hcm_stream_t, idle_timer, t);
     STAT_INC(s->conn, downstream_rq_idle_timeout);
-    lg_hcm_send_local_reply(s, 408, LG_LIT("stream timeout"), "stream_idle_timeout", LG_RF(STREAM_IDLE_TIMEOUT));
+    lg_hcm_send_local_reply(s, timeout_status(s), LG_LIT("stream timeout"), "stream_idle_timeout", LG_RF(STREAM_IDLE_TIMEOUT));
 }
 
 static void request_timeout(lg_timer_t *t)
 {
     lg_hcm_stream_t *s = H2O_STRUCT_FROM_MEMBER(lg_hcm_stream_t, request_timer, t);
     STAT_INC(s->conn, downstream_rq_timeout);
-    lg_hcm_send_local_reply(s, 408, LG_LIT("request timeout"), "request_overall_timeout", 0);
+    lg_hcm_send_local_reply(s, timeout_status(s), LG_LIT("request timeout"), "request_overall_timeout", 0);
+}
+
+static void duration_timeout(lg_timer_t *t)
+{
+    lg_hcm_stream_t *s = H2O_STRUCT_FROM_MEMBER(lg_hcm_stream_t, duration_timer, t);
+    STAT_INC(s->conn, downstream_rq_max_duration_reached);
+    send_local_reply(s, timeout_status(s), LG_LIT("downstream duration timeout"), "max_duration_timeout", 0, NULL,
+                     4 /* DEADLINE_EXCEEDED */);
 }

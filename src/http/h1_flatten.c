@@ -4,7 +4,6 @@
  * applies before forwarding. Every byte that goes out is checked so that a filter or
  * an h2 peer cannot inject CR/LF into an HTTP/1 head.
  */
-#include <stdio.h>
 #include <string.h>
 #include <h2o/string_.h>
 #include "legate/common.h"
@@ -60,9 +59,26 @@ static int is_token(h2o_iovec_t v)
     return 1;
 }
 
+/* Whether the 8 bytes of x hold one below 0x20 or 0x7f (exact as a yes/no: a borrow
+ * only runs upwards from a byte that already matched). */
+static int word_has_ctl(uint64_t x)
+{
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull, del = x ^ (0x7full * ones);
+    return ((((x - 0x20 * ones) & ~x) | ((del - ones) & ~del)) & highs) != 0;
+}
+
+/* Eight bytes at a time; bytewise only from a word that holds a control byte (HTAB is
+ * allowed in a value, CR, LF and NUL are not). */
 static int is_field_value(h2o_iovec_t v)
 {
-    for (size_t i = 0; i != v.len; ++i)
+    size_t i = 0;
+    for (; v.len - i >= 8; i += 8) {
+        uint64_t x;
+        memcpy(&x, v.base + i, 8);
+        if (word_has_ctl(x))
+            break;
+    }
+    for (; i != v.len; ++i)
         if (!lg_h1_is_value_char(v.base[i]))
             return 0;
     return 1;
@@ -71,19 +87,24 @@ static int is_field_value(h2o_iovec_t v)
 /* Pseudo-headers never go out; a request's host line is written from `authority`. The
  * codec owns the framing: Transfer-Encoding is only ever written from `flags`, and a
  * Content-Length is dropped when `flags` frame the body otherwise, so that no head
- * leaves with two framings. */
+ * leaves with two framings. Names are lower-case: dispatch on the first byte. */
 static int header_is_sent(const lg_header_t *h, int is_request, unsigned flags)
 {
-    if (h->name.len != 0 && h->name.base[0] == ':')
+    if (h->name.len == 0)
+        return 1;
+    switch (h->name.base[0]) {
+    case ':':
         return 0;
-    if (is_request && h2o_memis(h->name.base, h->name.len, H2O_STRLIT("host")))
-        return 0;
-    if (h2o_memis(h->name.base, h->name.len, H2O_STRLIT("transfer-encoding")))
-        return 0;
-    if ((flags & (LG_H1_ADD_CHUNKED_TE | LG_H1_ADD_CONTENT_LENGTH_ZERO)) != 0 &&
-        h2o_memis(h->name.base, h->name.len, H2O_STRLIT("content-length")))
-        return 0;
-    return 1;
+    case 'h':
+        return !(is_request && h2o_memis(h->name.base, h->name.len, H2O_STRLIT("host")));
+    case 't':
+        return !h2o_memis(h->name.base, h->name.len, H2O_STRLIT("transfer-encoding"));
+    case 'c':
+        return !((flags & (LG_H1_ADD_CHUNKED_TE | LG_H1_ADD_CONTENT_LENGTH_ZERO)) != 0 &&
+                 h2o_memis(h->name.base, h->name.len, H2O_STRLIT("content-length")));
+    default:
+        return 1;
+    }
 }
 
 /* Validates the headers that will be sent and returns their serialized size, or -1. */
@@ -164,10 +185,14 @@ int lg_h1_flatten_response_head(h2o_mem_pool_t *pool, const lg_resp_head_t *head
     const char *reason = lg_h1_reason_phrase(head->status);
     if (fields < 0 || head->status < 100 || head->status > 999)
         return -1;
-    size_t size = sizeof("HTTP/1.1 200 \r\n") - 1 + strlen(reason) + fields + FRAMING_MAX + 2;
+    size_t reason_len = strlen(reason), size = sizeof("HTTP/1.1 200 \r\n") - 1 + reason_len + fields + FRAMING_MAX + 2;
     char *buf = h2o_mem_alloc_pool(pool, size), *p = buf;
-    p += sprintf(p, "HTTP/1.%c %d ", head->version == LG_HTTP_10 ? '0' : '1', head->status);
-    p = append(p, reason, strlen(reason));
+    p = append(p, head->version == LG_HTTP_10 ? "HTTP/1.0 " : "HTTP/1.1 ", 9);
+    *p++ = (char)('0' + head->status / 100);
+    *p++ = (char)('0' + head->status / 10 % 10);
+    *p++ = (char)('0' + head->status % 10);
+    *p++ = ' ';
+    p = append(p, reason, reason_len);
     p = append(p, "\r\n", 2);
     p = append_fields_and_end(p, &head->headers, 0, flags);
     *out = h2o_iovec_init(buf, p - buf);
@@ -176,7 +201,18 @@ int lg_h1_flatten_response_head(h2o_mem_pool_t *pool, const lg_resp_head_t *head
 
 size_t lg_h1_chunk_header(char buf[LG_H1_CHUNK_HEADER_MAX], size_t len)
 {
-    return (size_t)snprintf(buf, LG_H1_CHUNK_HEADER_MAX, "%zx\r\n", len);
+    char digits[sizeof(size_t) * 2];
+    size_t n = 0;
+    do {
+        digits[n++] = "0123456789abcdef"[len & 0xf];
+        len >>= 4;
+    } while (len != 0);
+    for (size_t i = 0; i != n; ++i)
+        buf[i] = digits[n - 1 - i];
+    buf[n] = '\r';
+    buf[n + 1] = '\n';
+    buf[n + 2] = '\0';
+    return n + 2;
 }
 
 /* Framing fields are not forwarded as trailers (RFC 9110 section 6.5.1): a lax parser
@@ -268,11 +304,20 @@ const char *lg_h1_reason_phrase(int status)
 
 int lg_h1_is_hop_by_hop(h2o_iovec_t name)
 {
-    static const char *const names[] = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"};
-    for (size_t i = 0; i != LG_ARRAY_SIZE(names); ++i)
-        if (h2o_memis(name.base, name.len, names[i], strlen(names[i])))
-            return 1;
-    return 0;
+    switch (name.len) {
+    case 2:
+        return memcmp(name.base, "te", 2) == 0;
+    case 7:
+        return memcmp(name.base, "upgrade", 7) == 0;
+    case 10:
+        return memcmp(name.base, "connection", 10) == 0 || memcmp(name.base, "keep-alive", 10) == 0;
+    case 16:
+        return memcmp(name.base, "proxy-connection", 16) == 0;
+    case 17:
+        return memcmp(name.base, "transfer-encoding", 17) == 0;
+    default:
+        return 0;
+    }
 }
 
 /* Whether a header nominated by Connection is left to the fixed rules below (te,

@@ -38,13 +38,24 @@ const uint8_t lg_h1_char_class[256] = {
 };
 /* clang-format on */
 
-/* Envoy's BalsaParser method list (used unless allow_custom_methods). */
-static const char *const envoy_methods[] = {
-    "ACL",    "BIND",      "CHECKOUT",   "CONNECT",    "COPY",   "DELETE", "GET",         "HEAD",   "LINK",
-    "LOCK",   "MERGE",     "MKACTIVITY", "MKCALENDAR", "MKCOL",  "MOVE",   "MSEARCH",     "NOTIFY", "OPTIONS",
-    "PATCH",  "POST",      "PROPFIND",   "PROPPATCH",  "PURGE",  "PUT",    "REBIND",      "REPORT", "SEARCH",
-    "SOURCE", "SUBSCRIBE", "TRACE",      "UNBIND",     "UNLINK", "UNLOCK", "UNSUBSCRIBE",
+/* Envoy's BalsaParser method list (used unless allow_custom_methods), the common
+ * ones first. */
+/* clang-format off */
+#define METHOD(s) {s, sizeof(s) - 1}
+static const struct {
+    const char *name;
+    size_t len;
+} envoy_methods[] = {
+    METHOD("GET"),     METHOD("POST"),       METHOD("PUT"),        METHOD("HEAD"),      METHOD("DELETE"),
+    METHOD("OPTIONS"), METHOD("PATCH"),      METHOD("CONNECT"),    METHOD("TRACE"),     METHOD("ACL"),
+    METHOD("BIND"),    METHOD("CHECKOUT"),   METHOD("COPY"),       METHOD("LINK"),      METHOD("LOCK"),
+    METHOD("MERGE"),   METHOD("MKACTIVITY"), METHOD("MKCALENDAR"), METHOD("MKCOL"),     METHOD("MOVE"),
+    METHOD("MSEARCH"), METHOD("NOTIFY"),     METHOD("PROPFIND"),   METHOD("PROPPATCH"), METHOD("PURGE"),
+    METHOD("REBIND"),  METHOD("REPORT"),     METHOD("SEARCH"),     METHOD("SOURCE"),    METHOD("SUBSCRIBE"),
+    METHOD("UNBIND"),  METHOD("UNLINK"),     METHOD("UNLOCK"),     METHOD("UNSUBSCRIBE"),
 };
+/* clang-format on */
+#undef METHOD
 
 /* Envoy: Utility::sanitizeConnectionHeader limits. */
 #define MAX_CONNECTION_TOKENS 10
@@ -83,13 +94,39 @@ static int is_ows(char c)
     return c == ' ' || c == '\t';
 }
 
+/* Whether the 8 bytes of x hold one below 0x20 or 0x7f (exact as a yes/no: a borrow
+ * only runs upwards from a byte that already matched). */
+static int word_has_ctl(uint64_t x)
+{
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull, del = x ^ (0x7full * ones);
+    return ((((x - 0x20 * ones) & ~x) | ((del - ones) & ~del)) & highs) != 0;
+}
+
+/* Whether every byte of p[0..len) is allowed in a field value: eight bytes at a time,
+ * bytewise only in a word that holds a control byte (HTAB is allowed). */
+static int value_chars_are_valid(const char *p, size_t len)
+{
+    size_t i = 0;
+    for (; len - i >= 8; i += 8) {
+        uint64_t x;
+        memcpy(&x, p + i, 8);
+        if (word_has_ctl(x))
+            break;
+    }
+    for (; i != len; ++i)
+        if (!lg_h1_is_value_char(p[i]))
+            return 0;
+    return 1;
+}
+
 int lg__h1_parse_field_line(char *p, size_t len, h2o_iovec_t *name, h2o_iovec_t *value, lg_h1_error_t *err)
 {
     size_t i = 0, v, e;
     if (is_ows(p[0]))
         return lg__h1_error(err, 400, LG_H1_DETAIL_CODEC_ERROR, "obs-fold (line folding) is not allowed");
     for (; i != len && lg_h1_is_tchar(p[i]); ++i)
-        p[i] = (char)h2o_tolower(p[i]);
+        if ((unsigned)(p[i] - 'A') < 26)
+            p[i] |= 0x20;
     if (i == len)
         return lg__h1_error(err, 400, LG_H1_DETAIL_CODEC_ERROR, "header line has no colon");
     if (p[i] != ':') {
@@ -105,9 +142,8 @@ int lg__h1_parse_field_line(char *p, size_t len, h2o_iovec_t *name, h2o_iovec_t 
         ;
     for (e = len; e != v && is_ows(p[e - 1]); --e)
         ;
-    for (size_t j = v; j != e; ++j)
-        if (!lg_h1_is_value_char(p[j]))
-            return lg__h1_error(err, 400, LG_H1_DETAIL_INVALID_CHARACTERS, "header value contains invalid chars");
+    if (!value_chars_are_valid(p + v, e - v))
+        return lg__h1_error(err, 400, LG_H1_DETAIL_INVALID_CHARACTERS, "header value contains invalid chars");
     *name = h2o_iovec_init(p, i);
     *value = h2o_iovec_init(p + v, e - v);
     return 0;
@@ -221,7 +257,7 @@ static int method_is_valid(h2o_iovec_t m, const lg_h1_limits_t *lim)
     if (lim->allow_custom_methods)
         return 1; /* already a non-empty token */
     for (size_t i = 0; i != LG_ARRAY_SIZE(envoy_methods); ++i)
-        if (h2o_memis(m.base, m.len, envoy_methods[i], strlen(envoy_methods[i])))
+        if (h2o_memis(m.base, m.len, envoy_methods[i].name, envoy_methods[i].len))
             return 1;
     return 0;
 }

@@ -1,11 +1,13 @@
 /*
  * Listening sockets and accepted connections: one SO_REUSEPORT socket per
  * listener per worker (the kernel spreads connections over the workers),
- * filter chain selection, and the codec choice of HTTP connection managers
- * with codec_type AUTO (the HTTP/2 preface decides on cleartext).
+ * listener filters (tls_inspector), filter chain selection, the TLS
+ * handshake, and the codec choice of HTTP connection managers with
+ * codec_type AUTO (ALPN over TLS, else the HTTP/2 preface).
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/stat.h>
@@ -15,6 +17,10 @@
 #include "legate/listener_runtime.h"
 #include "legate/server.h"
 #include "legate/stats.h"
+#include "legate/tcp_proxy.h"
+#include "legate/address.h"
+#include "legate/timer.h"
+#include "legate/tls.h"
 
 #define H2_PREFACE "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -46,38 +52,268 @@ int lg_listen_socket_open(const lg_listener_config_t *l, lg_error_t *err)
     return fd;
 }
 
-/* A connection whose codec is not chosen yet (AUTO on cleartext). */
-typedef struct st_sniff_t {
-    lg_worker_t *worker;
-    lg_listener_config_t *listener;
-    const lg_filter_chain_t *chain;
-    lg_snapshot_t *snapshot;
-} sniff_t;
-
-static void start_hcm(lg_worker_t *w, lg_listener_config_t *l, const lg_filter_chain_t *chain, lg_snapshot_t *snap, h2o_socket_t *sock,
-                      int version)
+static void start_hcm(lg_worker_t *w, lg_listener_config_t *l, const lg_filter_chain_t *chain, lg_snapshot_t *snap,
+                      h2o_socket_t *sock, int version)
 {
     lg_hcm_conn_new(w, l, chain->hcm, snap, sock, version);
 }
 
+/* A chain ending in tcp_proxy: bytes are relayed as they are (TLS passes
+ * through when the chain does not terminate it); `server_name` is the SNI
+ * tls_inspector saw, or NULL. */
+static void start_tcp_proxy(lg_worker_t *w, lg_listener_config_t *l, const lg_filter_chain_t *chain, lg_snapshot_t *snap,
+                            h2o_socket_t *sock, const char *server_name)
+{
+    lg_tcp_proxy_conn_new(w, l, chain->tcp_proxy, snap, sock, server_name);
+}
+
+/* ---- from accept to the network filter ---- */
+
+/* A connection between accept and its network filter: listener filters
+ * (tls_inspector), filter chain selection, the TLS handshake and, for an
+ * HTTP connection manager with codec_type AUTO, the codec choice. It holds
+ * its snapshot (and so its listener and chain) until it is handed over. */
+typedef struct st_pending_conn_t {
+    lg_worker_t *worker;
+    lg_listener_config_t *listener;
+    lg_snapshot_t *snapshot;
+    h2o_socket_t *sock;
+    struct sockaddr_storage local, remote;
+    const lg_filter_chain_t *chain;
+    lg_tls_context_t *tls; /* during the handshake */
+    SSL_CTX *ssl_ctx;      /* during the handshake */
+    lg_timer_t timer;      /* listener_filters_timeout, then transport_socket_connect_timeout */
+    char server_name[256]; /* what tls_inspector found ("" = none) */
+    h2o_linklist_t link;   /* in this worker's pending list */
+} pending_conn_t;
+
+/* What tls_inspector may buffer before giving up (Envoy's limit). */
+#define CLIENT_HELLO_MAX (64 * 1024)
+
+/* this worker's pending connections (initialized on first use) */
+static __thread h2o_linklist_t pending_conns;
+
+static void sniff_codec(pending_conn_t *p);
+
+static pending_conn_t *pending_new(lg_worker_t *w, lg_listener_config_t *l, lg_snapshot_t *snap, h2o_socket_t *sock)
+{
+    pending_conn_t *p = lg_calloc(1, sizeof(*p));
+    socklen_t len = sizeof(p->local);
+    int fd = h2o_socket_get_fd(sock);
+    p->worker = w;
+    p->listener = l;
+    p->snapshot = snap;
+    p->sock = sock;
+    lg_snapshot_hold(w, snap);
+    getsockname(fd, (struct sockaddr *)&p->local, &len);
+    len = sizeof(p->remote);
+    getpeername(fd, (struct sockaddr *)&p->remote, &len);
+    if (l->addr.ss_family == AF_UNIX) {
+        p->local = l->addr;
+        p->remote.ss_family = AF_UNIX;
+    }
+    sock->data = p;
+    if (pending_conns.next == NULL)
+        h2o_linklist_init_anchor(&pending_conns);
+    h2o_linklist_insert(&pending_conns, &p->link);
+    return p;
+}
+
+/* Forgets p; the socket now belongs to someone else (or is closed when `close_sock`). */
+static void pending_free(pending_conn_t *p, int close_sock)
+{
+    lg_timer_stop(&p->timer);
+    h2o_linklist_unlink(&p->link);
+    if (p->ssl_ctx != NULL)
+        SSL_CTX_free(p->ssl_ctx);
+    lg_tls_context_release(p->tls);
+    if (close_sock) {
+        h2o_socket_read_stop(p->sock);
+        p->sock->data = NULL;
+        h2o_socket_close(p->sock);
+    }
+    lg_snapshot_release(p->worker, p->snapshot);
+    free(p);
+}
+
+void lg_listener_close_pending(void)
+{
+    while (pending_conns.next != NULL && !h2o_linklist_is_empty(&pending_conns))
+        pending_free(H2O_STRUCT_FROM_MEMBER(pending_conn_t, link, pending_conns.next), 1);
+}
+
+static void hand_over_hcm(pending_conn_t *p, int version)
+{
+    h2o_socket_t *sock = p->sock;
+    h2o_socket_read_stop(sock);
+    sock->data = NULL;
+    start_hcm(p->worker, p->listener, p->chain, p->snapshot, sock, version);
+    pending_free(p, 0);
+}
+
+/* The chain's network filter takes the connection. */
+static void start_network_filter(pending_conn_t *p)
+{
+    const lg_filter_chain_t *chain = p->chain;
+    if (chain->kind == LG_NETWORK_FILTER_TCP_PROXY) {
+        h2o_socket_t *sock = p->sock;
+        h2o_socket_read_stop(sock);
+        sock->data = NULL;
+        start_tcp_proxy(p->worker, p->listener, chain, p->snapshot, sock, p->server_name[0] != '\0' ? p->server_name : NULL);
+        pending_free(p, 0);
+        return;
+    }
+    switch (chain->hcm->codec_type) {
+    case LG_CODEC_HTTP1:
+        hand_over_hcm(p, LG_HTTP_11);
+        break;
+    case LG_CODEC_HTTP2:
+        hand_over_hcm(p, LG_HTTP_2);
+        break;
+    case LG_CODEC_AUTO: {
+        /* over TLS, ALPN decides when it was negotiated; otherwise the preface does */
+        h2o_iovec_t alpn = lg_tls_alpn(p->sock);
+        if (h2o_memis(alpn.base, alpn.len, H2O_STRLIT("h2")))
+            hand_over_hcm(p, LG_HTTP_2);
+        else if (alpn.len != 0)
+            hand_over_hcm(p, LG_HTTP_11);
+        else
+            sniff_codec(p);
+        break;
+    }
+    }
+}
+
 static void on_sniff_read(h2o_socket_t *sock, const char *err)
 {
-    sniff_t *s = sock->data;
+    pending_conn_t *p = sock->data;
     if (err != NULL) {
-        lg_snapshot_release(s->worker, s->snapshot);
-        free(s);
-        h2o_socket_close(sock);
+        pending_free(p, 1);
         return;
     }
     size_t n = sock->input->size < sizeof(H2_PREFACE) - 1 ? sock->input->size : sizeof(H2_PREFACE) - 1;
     int is_h2 = memcmp(sock->input->bytes, H2_PREFACE, n) == 0;
     if (is_h2 && n < sizeof(H2_PREFACE) - 1)
         return; /* could still be either */
-    h2o_socket_read_stop(sock);
-    sock->data = NULL;
-    start_hcm(s->worker, s->listener, s->chain, s->snapshot, sock, is_h2 ? LG_HTTP_2 : LG_HTTP_11);
-    lg_snapshot_release(s->worker, s->snapshot);
-    free(s);
+    hand_over_hcm(p, is_h2 ? LG_HTTP_2 : LG_HTTP_11);
+}
+
+/* Bytes already read (by tls_inspector, or decrypted with the last handshake
+ * record) are looked at first: no read event would announce them. */
+static void sniff_codec(pending_conn_t *p)
+{
+    h2o_socket_read_start(p->sock, on_sniff_read);
+    if (p->sock->input->size != 0)
+        on_sniff_read(p->sock, NULL);
+}
+
+static void on_handshake_timeout(lg_timer_t *t)
+{
+    pending_conn_t *p = H2O_STRUCT_FROM_MEMBER(pending_conn_t, timer, t);
+    LG_DEBUG(connection, "closing connection from %s: transport socket connect timeout", p->listener->address_str);
+    pending_free(p, 1);
+}
+
+static void on_handshake(h2o_socket_t *sock, const char *err)
+{
+    pending_conn_t *p = sock->data;
+    char reason[512];
+    lg_timer_stop(&p->timer);
+    if (lg_tls_handshake_done(p->tls, sock, err, reason, sizeof(reason)) != 0) {
+        char addr[128];
+        lg_address_format((struct sockaddr *)&p->remote, sizeof(p->remote), addr, sizeof(addr));
+        LG_DEBUG(connection, "remote address:%s,%s", addr, reason[0] != '\0' ? reason : err != NULL ? err : "handshake failed");
+        pending_free(p, 1);
+        return;
+    }
+    SSL_CTX_free(p->ssl_ctx);
+    p->ssl_ctx = NULL;
+    lg_tls_context_release(p->tls);
+    p->tls = NULL;
+    start_network_filter(p);
+}
+
+/* Terminates TLS with the chain's context; h2o takes the bytes already read
+ * as the start of the handshake. on_handshake may run before this returns. */
+static void start_handshake(pending_conn_t *p)
+{
+    p->tls = lg_tls_context_addref(p->chain->tls);
+    p->ssl_ctx = lg_tls_context_ssl_ctx(p->tls);
+    if (p->chain->transport_socket_connect_timeout_ms != 0)
+        lg_timer_start(&p->worker->loop, &p->timer, p->chain->transport_socket_connect_timeout_ms, on_handshake_timeout);
+    h2o_socket_ssl_handshake(p->sock, p->ssl_ctx, NULL, on_handshake);
+}
+
+/* Matches the filter chain with what is known of the connection, then sets
+ * up its transport socket. `hello` is the ClientHello tls_inspector parsed, or NULL. */
+static void select_chain(pending_conn_t *p, const lg_tls_client_hello_t *hello)
+{
+    lg_listener_config_t *l = p->listener;
+    h2o_socket_read_stop(p->sock);
+    lg_timer_stop(&p->timer);
+    lg_conn_match_info_t mi = {(struct sockaddr *)&p->local, (struct sockaddr *)&p->remote, NULL, "raw_buffer", NULL, 0};
+    if (hello != NULL) {
+        mi.server_name = hello->server_name[0] != '\0' ? hello->server_name : NULL;
+        mi.transport_protocol = "tls";
+        mi.alpn = hello->alpn;
+        mi.n_alpn = hello->n_alpn;
+        memcpy(p->server_name, hello->server_name, sizeof(p->server_name));
+    }
+    if ((p->chain = lg_listener_match_chain(l, &mi)) == NULL) {
+        LG_STAT_INC(l->stats, p->worker->index, LG_LISTENER_STAT_no_filter_chain_match);
+        LG_DEBUG(conn_handler, "closing connection from %s: no matching filter chain found", l->address_str);
+        pending_free(p, 1);
+        return;
+    }
+    if (p->chain->tls != NULL)
+        start_handshake(p);
+    else
+        start_network_filter(p);
+}
+
+static void inspector_count(pending_conn_t *p, size_t idx)
+{
+    LG_STAT_INC(p->listener->tls_inspector_stats, p->worker->index, idx);
+}
+
+static void on_inspect_read(h2o_socket_t *sock, const char *err)
+{
+    pending_conn_t *p = sock->data;
+    lg_tls_client_hello_t hello;
+    if (err != NULL) {
+        pending_free(p, 1);
+        return;
+    }
+    switch (lg_tls_client_hello_parse((const uint8_t *)sock->input->bytes, sock->input->size, CLIENT_HELLO_MAX, &hello)) {
+    case LG_TLS_HELLO_NEED_MORE:
+        if (sock->input->size <= CLIENT_HELLO_MAX + 5 * (CLIENT_HELLO_MAX / 16384 + 1))
+            return;
+        /* fallthrough */
+    case LG_TLS_HELLO_TOO_LARGE:
+        inspector_count(p, LG_TLS_INSPECTOR_STAT_client_hello_too_large);
+        pending_free(p, 1);
+        return;
+    case LG_TLS_HELLO_NOT_TLS:
+        inspector_count(p, LG_TLS_INSPECTOR_STAT_tls_not_found);
+        select_chain(p, NULL);
+        return;
+    case LG_TLS_HELLO_FOUND:
+        inspector_count(p, LG_TLS_INSPECTOR_STAT_tls_found);
+        inspector_count(p, hello.n_alpn != 0 ? LG_TLS_INSPECTOR_STAT_alpn_found : LG_TLS_INSPECTOR_STAT_alpn_not_found);
+        inspector_count(p, hello.server_name[0] != '\0' ? LG_TLS_INSPECTOR_STAT_sni_found : LG_TLS_INSPECTOR_STAT_sni_not_found);
+        select_chain(p, &hello);
+        return;
+    }
+}
+
+static void on_inspect_timeout(lg_timer_t *t)
+{
+    pending_conn_t *p = H2O_STRUCT_FROM_MEMBER(pending_conn_t, timer, t);
+    LG_DEBUG(conn_handler, "listener filter times out after %" PRIu64 " ms", p->listener->listener_filters_timeout_ms);
+    if (p->listener->continue_on_listener_filters_timeout)
+        select_chain(p, NULL);
+    else
+        pending_free(p, 1);
 }
 
 void lg_listener_accept(lg_worker_t *w, lg_listener_config_t *l, lg_snapshot_t *snap, h2o_socket_t *listener)
@@ -85,49 +321,25 @@ void lg_listener_accept(lg_worker_t *w, lg_listener_config_t *l, lg_snapshot_t *
     h2o_socket_t *sock;
     /* a bounded batch per wake-up so that one busy listener cannot starve the loop */
     for (int i = 0; i != 64 && (sock = h2o_evloop_socket_accept(listener)) != NULL; ++i) {
-        struct sockaddr_storage local, remote;
-        socklen_t len = sizeof(local);
-        int fd = h2o_socket_get_fd(sock), on = 1;
+        int on = 1;
         LG_STAT_INC(l->stats, w->index, LG_LISTENER_STAT_downstream_cx_total);
         if (l->addr.ss_family != AF_UNIX)
-            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
-        memset(&local, 0, sizeof(local));
-        memset(&remote, 0, sizeof(remote));
-        getsockname(fd, (struct sockaddr *)&local, &len);
-        len = sizeof(remote);
-        getpeername(fd, (struct sockaddr *)&remote, &len);
-        if (l->addr.ss_family == AF_UNIX) {
-            local = l->addr;
-            remote.ss_family = AF_UNIX;
-        }
-        lg_conn_match_info_t mi = {(struct sockaddr *)&local, (struct sockaddr *)&remote, NULL, "raw_buffer", NULL, 0};
-        const lg_filter_chain_t *chain = lg_listener_match_chain(l, &mi);
-        if (chain == NULL) {
-            LG_STAT_INC(l->stats, w->index, LG_LISTENER_STAT_no_filter_chain_match);
-            LG_DEBUG(conn_handler, "closing connection from %s: no matching filter chain found", l->address_str);
-            h2o_socket_close(sock);
-            continue;
-        }
-        switch (chain->hcm->codec_type) {
-        case LG_CODEC_HTTP1:
-            start_hcm(w, l, chain, snap, sock, LG_HTTP_11);
-            break;
-        case LG_CODEC_HTTP2:
-            start_hcm(w, l, chain, snap, sock, LG_HTTP_2);
-            break;
-        case LG_CODEC_AUTO: {
-            sniff_t *s = lg_malloc(sizeof(*s));
-            *s = (sniff_t){w, l, chain, snap};
-            lg_snapshot_hold(w, snap);
-            sock->data = s;
-            h2o_socket_read_start(sock, on_sniff_read);
-            break;
-        }
+            setsockopt(h2o_socket_get_fd(sock), IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+        pending_conn_t *p = pending_new(w, l, snap, sock);
+        if (l->tls_inspector) {
+            if (l->listener_filters_timeout_ms != 0)
+                lg_timer_start(&w->loop, &p->timer, l->listener_filters_timeout_ms, on_inspect_timeout);
+            h2o_socket_read_start(sock, on_inspect_read);
+        } else {
+            select_chain(p, NULL);
         }
     }
 }
 
 int lg_listener_is_tls(const lg_listener_config_t *l)
 {
-    return 0;
+    int tls = l->n_chains != 0 || l->default_chain != NULL;
+    for (size_t i = 0; i != l->n_chains; ++i)
+        tls &= l->chains[i].tls != NULL;
+    return tls && (l->default_chain == NULL || l->default_chain->tls != NULL);
 }

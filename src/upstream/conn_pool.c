@@ -16,6 +16,7 @@
 #include <unistd.h>
 #include "legate/h2.h"
 #include "legate/timer.h"
+#include "legate/tls.h"
 #include "upstream.h"
 
 typedef enum en_lg__conn_state_t { CONN_CONNECTING, CONN_READY, CONN_BUSY, CONN_DRAINING } lg__conn_state_t;
@@ -32,6 +33,7 @@ typedef struct st_lg__pool_conn_t {
     uint32_t active_streams;
     size_t rx_counted, tx_counted;
     int connect_errno;
+    SSL_CTX *ssl_ctx; /* during the TLS handshake */
     unsigned timed_out : 1, closing_local : 1;
 } lg__pool_conn_t;
 
@@ -213,6 +215,8 @@ static void conn_destroy(lg__pool_conn_t *pc)
         pool->connecting_capacity -= pc->stream_limit;
     h2o_linklist_unlink(&pc->link);
     lg_timer_stop(&pc->timer);
+    if (pc->ssl_ctx != NULL)
+        SSL_CTX_free(pc->ssl_ctx);
     lg__cluster_res_put(c, LG__RES_CONNECTIONS);
     lg__host_dec(pool->host, LG_HOST_STAT_cx_active);
     lg__cluster_dec(c, LG_CLUSTER_STAT_upstream_cx_active);
@@ -301,6 +305,13 @@ static void on_immediate_failure(lg_timer_t *t)
     connect_failed(pc, LG_POOL_CONNECT_FAILURE, detail);
 }
 
+/* auto_config: the codec ALPN chose (h2 or anything else). */
+static int negotiated_h2(h2o_socket_t *sock)
+{
+    h2o_iovec_t alpn = lg_tls_alpn(sock);
+    return h2o_memis(alpn.base, alpn.len, H2O_STRLIT("h2"));
+}
+
 static void on_connected(lg__pool_conn_t *pc)
 {
     lg_conn_pool_t *pool = pc->pool;
@@ -311,7 +322,7 @@ static void on_connected(lg__pool_conn_t *pc)
     pc->state = CONN_READY;
     h2o_linklist_unlink(&pc->link);
     h2o_linklist_insert(&pool->ready, &pc->link);
-    if (pool->version == LG_HTTP_2) {
+    if (pool->version == LG_HTTP_2 || (cfg->protocol == LG_UPSTREAM_AUTO && negotiated_h2(pc->sock))) {
         pc->conn = lg_h2_client_conn_new(loop, pc->sock, cfg->h2, &conn_cbs, pc);
     } else {
         pc->conn = lg_h1_client_conn_new(loop, pc->sock, &cfg->h1_limits, cfg->buffer_limit, &conn_cbs, pc);
@@ -328,6 +339,34 @@ static void on_connected(lg__pool_conn_t *pc)
     lg_worker_cluster_release(c);
 }
 
+/* ---- TLS ---- */
+
+/* The handshake counts as part of connecting (Envoy raises Connected after
+ * it): connect_timeout still runs, a failure is a connect failure. */
+static void on_tls_handshake(h2o_socket_t *sock, const char *err)
+{
+    lg__pool_conn_t *pc = sock->data;
+    char reason[512];
+    SSL_CTX_free(pc->ssl_ctx);
+    pc->ssl_ctx = NULL;
+    if (lg_tls_handshake_done(pool_config(pc->pool)->tls, sock, err, reason, sizeof(reason)) != 0) {
+        connect_failed(pc, LG_POOL_CONNECT_FAILURE, reason[0] != '\0' ? reason : err != NULL ? err : "TLS handshake failed");
+        return;
+    }
+    on_connected(pc);
+}
+
+/* ALPN: the context's alpn_protocols, else what the pool speaks. */
+static void start_tls(lg__pool_conn_t *pc)
+{
+    const lg_cluster_config_t *cfg = pool_config(pc->pool);
+    h2o_iovec_t alpn = cfg->protocol == LG_UPSTREAM_AUTO ? lg_tls_alpn_auto
+                       : pc->pool->version == LG_HTTP_2  ? lg_tls_alpn_h2
+                                                         : lg_tls_alpn_http11;
+    pc->ssl_ctx = lg_tls_context_ssl_ctx(cfg->tls);
+    lg_tls_client_handshake(cfg->tls, pc->sock, pc->ssl_ctx, cfg->tls->sni, alpn, on_tls_handshake);
+}
+
 static void on_connect_ready(h2o_socket_t *sock, const char *err)
 {
     lg__pool_conn_t *pc = sock->data;
@@ -341,7 +380,10 @@ static void on_connect_ready(h2o_socket_t *sock, const char *err)
         connect_failed(pc, LG_POOL_CONNECT_FAILURE, detail);
         return;
     }
-    on_connected(pc);
+    if (pool_config(pc->pool)->tls != NULL)
+        start_tls(pc);
+    else
+        on_connected(pc);
 }
 
 /* Starts a non-blocking connect. The socket is created without

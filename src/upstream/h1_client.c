@@ -21,6 +21,7 @@
  * delivery, completion, a reset) runs from a 0 ms timer.
  */
 #include <errno.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 #include "legate/h1.h"
 #include "legate/http.h"
@@ -64,6 +65,7 @@ typedef struct st_lg__h1c_stream_t {
     unsigned req_flags;
     lg__h1c_rx_t rx;
     unsigned chunk_body : 1, headers_sent : 1, end_queued : 1, request_done : 1, paused : 1, keep_alive : 1;
+    unsigned tunnel : 1; /* CONNECT 2xx or 101: the socket carries raw bytes */
 } lg__h1c_stream_t;
 
 struct st_lg__h1c_conn_t {
@@ -91,7 +93,7 @@ struct st_lg__h1c_conn_t {
     lg_reset_reason_t stream_reset_reason;
     const char *stream_reset_detail;
     unsigned reading : 1, run_due : 1, close_due : 1, closed : 1, peer_closed : 1, stream_failed : 1, write_done_due : 1,
-        write_failed : 1;
+        write_failed : 1, half_closed : 1;
 };
 
 static const lg_stream_ops_t stream_ops;
@@ -203,12 +205,18 @@ static int maybe_complete(lg__h1c_conn_t *conn)
     lg__h1c_stream_t *s = conn->stream;
     if (s == NULL || s->rx != RX_DONE || !s->request_done || conn->unconsumed != 0)
         return 0;
-    int keep = s->keep_alive && !conn->peer_closed && !conn->closed;
+    /* Bytes past the end of the response would be read as the next request's
+     * response (response queue poisoning): the connection is not reused and
+     * counts as a protocol error, as Envoy's codec client does. */
+    int extra = conn->sock->input->size != conn->parse_off;
+    int keep = s->keep_alive && !extra && !conn->peer_closed && !conn->closed;
     conn->stream = NULL;
     s->super.cbs->on_complete(&s->super);
     stream_free(s);
     conn->super.cbs->on_stream_done(&conn->super);
-    if (!keep)
+    if (extra)
+        conn_close(conn, LG_RESET_PROTOCOL_ERROR, LG_RESET_LOCAL, NULL);
+    else if (!keep)
         conn_close(conn, conn->peer_closed ? LG_RESET_CONNECTION_TERMINATION : LG_RESET_LOCAL, LG_RESET_LOCAL, NULL);
     return 1;
 }
@@ -297,6 +305,19 @@ static void flush(lg__h1c_conn_t *conn)
     h2o_socket_write(conn->sock, &v, 1, on_write_complete);
 }
 
+/* A tunnel's request side ended and everything was written: the upstream
+ * sees EOF (Envoy half-closes CONNECT and TCP tunnels the same way). h2o has
+ * no half-close for TLS, so a TLS tunnel stays open until either side closes. */
+static void maybe_half_close(lg__h1c_conn_t *conn)
+{
+    lg__h1c_stream_t *s = conn->stream;
+    if (s == NULL || !s->tunnel || !s->request_done || conn->half_closed || conn->closed || conn->inflight != NULL ||
+        conn->queue->size != 0 || conn->sock->ssl != NULL)
+        return;
+    conn->half_closed = 1;
+    shutdown(h2o_socket_get_fd(conn->sock), SHUT_WR);
+}
+
 static void write_done(lg__h1c_conn_t *conn, const char *err)
 {
     lg__h1c_batch_t *b = conn->inflight;
@@ -322,6 +343,7 @@ static void write_done(lg__h1c_conn_t *conn, const char *err)
     if (s != NULL && conn->stream == s)
         maybe_complete(conn);
     flush(conn);
+    maybe_half_close(conn);
 }
 
 static void on_write_complete(h2o_socket_t *sock, const char *err)
@@ -579,6 +601,7 @@ static void on_head(lg__h1c_stream_t *s, lg_resp_head_t *head, size_t len)
     default: /* until close, tunnel */
         s->rx = RX_BODY_UNTIL_CLOSE;
         s->keep_alive = 0;
+        s->tunnel = s->info.body == LG_H1_BODY_TUNNEL;
         break;
     }
     s->super.cbs->on_headers(&s->super, head, s->rx == RX_DONE);
@@ -701,6 +724,8 @@ static void run(lg__h1c_conn_t *conn)
         check_peer_closed(conn);
     if (!conn->closed)
         maybe_complete(conn);
+    if (!conn->closed)
+        maybe_half_close(conn);
     if (!conn->closed)
         update_reading(conn);
 }

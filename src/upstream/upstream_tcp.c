@@ -1,8 +1,11 @@
 /*
  * Raw TCP connections to a cluster's hosts, for tcp_proxy: what Envoy's TCP
  * connection pool does for a connection that is never reused (host choice,
- * the max_connections breaker, connect_timeout and the upstream_cx_* stats),
- * without the pool. The caller owns the socket once connected.
+ * the breakers, connect_timeout and the stats), without the pool. As in
+ * Envoy, the connection is also a "request": pending (upstream_rq_pending_*,
+ * max_pending_requests) while it connects, then active (upstream_rq_total,
+ * upstream_rq_active, max_requests, the host's rq_*) until it closes. The
+ * caller owns the socket once connected.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -17,10 +20,41 @@ struct st_lg_upstream_tcp_t {
     const lg_upstream_tcp_cbs_t *cbs;
     void *data;
     lg_timer_t timer; /* connect timeout, or the deferred report of an immediate failure */
-    size_t rx_counted, tx_counted;
+    size_t tx_counted;
     int connect_errno;
     unsigned connected : 1;
 };
+
+/* The request side of the connection: pending while connecting, then active. */
+static void pending_end(lg_worker_cluster_t *c)
+{
+    lg__cluster_dec(c, LG_CLUSTER_STAT_upstream_rq_pending_active);
+    lg__cluster_res_put(c, LG__RES_PENDING);
+}
+
+static int request_begin(lg_upstream_tcp_t *u)
+{
+    lg_worker_cluster_t *c = u->host->cluster;
+    pending_end(c);
+    if (!lg__cluster_res_try(c, LG__RES_REQUESTS)) {
+        lg__cluster_inc(c, LG_CLUSTER_STAT_upstream_rq_pending_overflow);
+        return -1;
+    }
+    u->connected = 1;
+    lg__cluster_inc(c, LG_CLUSTER_STAT_upstream_rq_total);
+    lg__cluster_inc(c, LG_CLUSTER_STAT_upstream_rq_active);
+    lg__host_inc(u->host, LG_HOST_STAT_rq_total);
+    lg__host_inc(u->host, LG_HOST_STAT_rq_active);
+    return 0;
+}
+
+static void request_end(lg_upstream_tcp_t *u)
+{
+    lg_worker_cluster_t *c = u->host->cluster;
+    lg__cluster_dec(c, LG_CLUSTER_STAT_upstream_rq_active);
+    lg__host_dec(u->host, LG_HOST_STAT_rq_active);
+    lg__cluster_res_put(c, LG__RES_REQUESTS);
+}
 
 static lg_loop_t *loop_of(lg_upstream_tcp_t *u)
 {
@@ -37,14 +71,14 @@ lg_host_t *lg_upstream_tcp_host(lg_upstream_tcp_t *u)
     return u->host;
 }
 
-void lg_upstream_tcp_count_bytes(lg_upstream_tcp_t *u)
+void lg_upstream_tcp_count_bytes(lg_upstream_tcp_t *u, size_t rx)
 {
+    lg_worker_cluster_t *c = u->host->cluster;
+    if (rx != 0)
+        lg__cluster_add(c, LG_CLUSTER_STAT_upstream_cx_rx_bytes_total, rx);
     if (u->sock == NULL)
         return;
-    lg_worker_cluster_t *c = u->host->cluster;
-    lg__cluster_add(c, LG_CLUSTER_STAT_upstream_cx_rx_bytes_total, u->sock->bytes_read - u->rx_counted);
     lg__cluster_add(c, LG_CLUSTER_STAT_upstream_cx_tx_bytes_total, u->sock->bytes_written - u->tx_counted);
-    u->rx_counted = u->sock->bytes_read;
     u->tx_counted = u->sock->bytes_written;
 }
 
@@ -52,12 +86,14 @@ void lg_upstream_tcp_count_bytes(lg_upstream_tcp_t *u)
 static void destroy(lg_upstream_tcp_t *u, int local)
 {
     lg_worker_cluster_t *c = u->host->cluster;
-    lg_upstream_tcp_count_bytes(u);
+    lg_upstream_tcp_count_bytes(u, 0);
     lg__cluster_inc(c, LG_CLUSTER_STAT_upstream_cx_destroy);
     lg__cluster_inc(c, local ? LG_CLUSTER_STAT_upstream_cx_destroy_local : LG_CLUSTER_STAT_upstream_cx_destroy_remote);
     lg__cluster_dec(c, LG_CLUSTER_STAT_upstream_cx_active);
     lg__host_dec(u->host, LG_HOST_STAT_cx_active);
     lg__cluster_res_put(c, LG__RES_CONNECTIONS);
+    if (u->connected)
+        request_end(u);
     lg_timer_stop(&u->timer);
     if (u->sock != NULL)
         h2o_socket_close(u->sock);
@@ -67,6 +103,10 @@ static void destroy(lg_upstream_tcp_t *u, int local)
 
 void lg_upstream_tcp_close(lg_upstream_tcp_t *u, int local)
 {
+    if (!u->connected) {
+        lg__cluster_inc(u->host->cluster, LG_CLUSTER_STAT_upstream_rq_cancelled);
+        pending_end(u->host->cluster);
+    }
     destroy(u, local);
 }
 
@@ -81,6 +121,8 @@ static void connect_failed(lg_upstream_tcp_t *u, lg_pool_failure_t reason, const
     LG_DEBUG(pool, "tcp connect to %s failed: %s", host->config->address, detail);
     lg__cluster_inc(c, LG_CLUSTER_STAT_upstream_cx_connect_fail);
     lg__host_inc(host, LG_HOST_STAT_cx_connect_fail);
+    lg__cluster_inc(c, LG_CLUSTER_STAT_upstream_rq_pending_failure_eject);
+    pending_end(c);
     lg_worker_cluster_addref(c);
     destroy(u, reason == LG_POOL_CONNECT_TIMEOUT);
     cbs->on_failure(data, reason, host, detail);
@@ -102,6 +144,20 @@ static void on_immediate_failure(lg_timer_t *t)
     connect_failed(u, LG_POOL_CONNECT_FAILURE, detail);
 }
 
+/* Connected, but the max_requests breaker is open: Envoy fails the stream
+ * with an overflow and closes the connection it no longer needs. */
+static void overflowed(lg_upstream_tcp_t *u)
+{
+    lg_host_t *host = u->host;
+    lg_worker_cluster_t *c = host->cluster;
+    const lg_upstream_tcp_cbs_t *cbs = u->cbs;
+    void *data = u->data;
+    lg_worker_cluster_addref(c);
+    destroy(u, 1);
+    cbs->on_failure(data, LG_POOL_OVERFLOW, host, "");
+    lg_worker_cluster_release(c);
+}
+
 static void on_connect_ready(h2o_socket_t *sock, const char *err)
 {
     lg_upstream_tcp_t *u = sock->data;
@@ -116,8 +172,11 @@ static void on_connect_ready(h2o_socket_t *sock, const char *err)
         return;
     }
     lg_timer_stop(&u->timer);
-    u->connected = 1;
     sock->data = NULL;
+    if (request_begin(u) != 0) {
+        overflowed(u);
+        return;
+    }
     u->cbs->on_connect(u, u->data);
 }
 
@@ -158,6 +217,14 @@ lg_upstream_tcp_t *lg_upstream_tcp_connect(lg_worker_cluster_t *c, const lg_lb_c
         *failure = LG_POOL_OVERFLOW;
         return NULL;
     }
+    if (!lg__cluster_res_try(c, LG__RES_PENDING)) {
+        lg__cluster_res_put(c, LG__RES_CONNECTIONS);
+        lg__cluster_inc(c, LG_CLUSTER_STAT_upstream_rq_pending_overflow);
+        *failure = LG_POOL_OVERFLOW;
+        return NULL;
+    }
+    lg__cluster_inc(c, LG_CLUSTER_STAT_upstream_rq_pending_total);
+    lg__cluster_inc(c, LG_CLUSTER_STAT_upstream_rq_pending_active);
     lg_upstream_tcp_t *u = lg_calloc(1, sizeof(*u));
     u->host = host;
     u->cbs = cbs;

@@ -19,6 +19,7 @@ source/common/http/conn_manager_impl.cc refreshDurationTimeout):
 """
 import hashlib
 import os
+import re
 import socket
 import threading
 import time
@@ -34,6 +35,85 @@ from lib import config as cfg
 from lib.grpcsvc import GrpcClient, GrpcServer, stream_message
 from lib.h2client import H2Client
 from lib.wait import wait_for
+
+
+class RawUpstream:
+    """An h2c upstream (python-h2) that breaks gRPC calls by method:
+
+    /test.Echo/ResetBefore  RST_STREAM(INTERNAL_ERROR) instead of a response
+    /test.Echo/ResetAfter   response headers and one message, then RST_STREAM(INTERNAL_ERROR)
+    /test.Echo/DropAfter    response headers and one message, then the connection is dropped
+    anything else           never answered (unlike grpcio, it ignores grpc-timeout)
+
+    `requests` keeps every request's headers, `resets_received` the stream ids the proxy reset.
+    """
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.resets_sent = 0
+        self.requests = []
+        self.resets_received = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, sock):
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        conn.initiate_connection()
+        sock.sendall(conn.data_to_send())
+        paths = {}
+        try:
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.RequestReceived):
+                        paths[ev.stream_id] = dict(ev.headers)[":path"]
+                        self.requests.append(dict(ev.headers))
+                    elif isinstance(ev, h2.events.StreamReset):
+                        self.resets_received.append(ev.stream_id)
+                    elif isinstance(ev, h2.events.DataReceived):
+                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    elif isinstance(ev, h2.events.StreamEnded):
+                        if self._answer(conn, sock, ev.stream_id, paths[ev.stream_id]):
+                            return
+                sock.sendall(conn.data_to_send())
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+    def _answer(self, conn, sock, sid, path):
+        """Returns True when the connection is to be dropped."""
+        if path.endswith("/ResetBefore"):
+            conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            self.resets_sent += 1
+            return False
+        if not path.endswith("After"):
+            return False
+        conn.send_headers(sid, [(":status", "200"), ("content-type", "application/grpc")])
+        conn.send_data(sid, b"\x00\x00\x00\x00\x07partial")
+        sock.sendall(conn.data_to_send())
+        time.sleep(0.2)  # the message reaches the client before the end
+        if path.endswith("/DropAfter"):
+            sock.shutdown(socket.SHUT_RDWR)
+            return True
+        conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        self.resets_sent += 1
+        return False
+
+    def close(self):
+        self.sock.close()
 
 
 @pytest.fixture
@@ -180,3 +260,204 @@ def test_client_deadline_cancels_upstream(legate, ports, grpc_server):
             c.hang(b"deadline", timeout=0.5)
     assert ei.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert srv.service.cancelled(b"deadline").wait(10)
+
+
+# ---- local replies to gRPC requests ----
+
+def grpc_frame(payload):
+    return b"\x00" + len(payload).to_bytes(4, "big") + payload
+
+
+def raw_grpc_call(lg, path, headers=(), payload=b"x", timeout=10):
+    """One gRPC call with python-h2, to look at the response headers as sent."""
+    with H2Client("127.0.0.1", lg.listener_port(), timeout=timeout) as c:
+        hdrs = [("content-type", "application/grpc"), ("te", "trailers")] + list(headers)
+        return c.wait_response(c.request("POST", path, headers=hdrs, body=grpc_frame(payload)))
+
+
+def assert_trailers_only(resp, grpc_status, message=None):
+    assert resp.status == 200, resp.headers
+    assert resp.header("content-type") == "application/grpc"
+    assert resp.header("grpc-status") == str(grpc_status), resp.headers
+    assert resp.header("grpc-message") == message, resp.headers
+    assert resp.body == b"" and resp.trailers == [] and resp.ended
+
+
+def test_no_route_is_unimplemented(legate, ports, grpc_server):
+    srv = grpc_server()
+    lg = start(legate, ports, srv.port, route_extra={"prefix": "/elsewhere"})
+    with client(lg) as c:
+        with pytest.raises(grpc.RpcError) as ei:
+            c.unary(b"x", timeout=10)
+    assert ei.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert_trailers_only(raw_grpc_call(lg, "/test.Echo/Unary"), 12)
+    assert lg.admin.stat("http.ingress_http.no_route") == 2
+
+
+def test_no_healthy_upstream_is_unavailable(legate, ports, grpc_server):
+    lg = legate(cfg.bootstrap(ports(), listeners=[cfg.http_listener("ingress", ports(), cfg.route_config(
+        [cfg.vhost("v", [cfg.route("empty")])]))], clusters=[cfg.cluster("empty", [], http2=True)]))
+    with client(lg) as c:
+        with pytest.raises(grpc.RpcError) as ei:
+            c.unary(b"x", timeout=10)
+    assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert ei.value.details() == "no healthy upstream"
+    assert_trailers_only(raw_grpc_call(lg, "/test.Echo/Unary"), 14, "no healthy upstream")
+
+
+@pytest.fixture
+def refused_port():
+    """A port bound without listening: a connect to it is refused, and nobody else gets it."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    yield s.getsockname()[1]
+    s.close()
+
+
+def test_upstream_unreachable_is_unavailable(legate, ports, refused_port):
+    lg = start(legate, ports, refused_port)
+    with client(lg) as c:
+        with pytest.raises(grpc.RpcError) as ei:
+            c.unary(b"x", timeout=10)
+    assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert ei.value.details().startswith(
+        "upstream connect error or disconnect/reset before headers. reset reason: connection failure"), ei.value.details()
+    resp = raw_grpc_call(lg, "/test.Echo/Unary")
+    assert resp.header("grpc-status") == "14" and resp.header("grpc-message").startswith("upstream connect error")
+
+
+def test_grpc_web_content_type_is_not_grpc(legate, ports, refused_port):
+    lg = start(legate, ports, refused_port, route_extra={"prefix": "/elsewhere"})
+    with H2Client("127.0.0.1", lg.listener_port()) as c:
+        resp = c.get("/x", headers=[("content-type", "application/grpc-web")])
+    assert resp.status == 404 and resp.header("grpc-status") is None
+
+
+def test_route_match_grpc(legate, ports, grpc_server, upstream):
+    srv = grpc_server()
+    rc = cfg.route_config([cfg.vhost("v", [cfg.route("grpc", match={"prefix": "/", "grpc": {}})])])
+    lg = legate(cfg.bootstrap(ports(), listeners=[cfg.http_listener("ingress", ports(), rc)],
+                              clusters=[cfg.cluster("grpc", [srv.port], http2=True)]))
+    with client(lg) as c:
+        assert c.unary(b"matched", timeout=10) == b"matched"
+    with H2Client("127.0.0.1", lg.listener_port()) as c:
+        assert c.get("/test.Echo/Unary").status == 404  # no application/grpc content-type: no match
+        assert c.get("/test.Echo/Unary", headers=[("content-type", "application/grpc-web")]).status == 404
+    assert lg.admin.stat("http.ingress_http.no_route") == 2
+
+
+# ---- grpc-timeout ----
+
+def grpc_timeout_ms(value):
+    m = re.fullmatch(r"(\d+)m", value or "")
+    assert m, value
+    return int(m.group(1))
+
+
+def test_grpc_timeout_header_max_limits_the_stream(legate, ports, raw_upstream):
+    lg = start(legate, ports, raw_upstream.port,
+               route_extra={"max_stream_duration": {"grpc_timeout_header_max": "0s",
+                                                    "grpc_timeout_header_offset": "2.5s"}})
+    with client(lg) as c:
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as ei:
+            c.hang(b"x", timeout=3)
+        took = time.monotonic() - t0
+    # legate's limit (3 s - 2.5 s) fires long before the client's own deadline
+    assert ei.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert ei.value.details() == "downstream duration timeout"
+    assert took < 2.5, took
+    # the upstream was told the limit in grpc-timeout, and was reset at its end
+    assert 400 <= grpc_timeout_ms(raw_upstream.requests[0].get("grpc-timeout")) <= 500
+    wait_for(lambda: raw_upstream.resets_received, what="upstream stream reset")
+    assert lg.admin.stat("http.ingress_http.downstream_rq_max_duration_reached") == 1
+
+
+def test_grpc_timeout_capped_by_grpc_timeout_header_max(legate, ports, raw_upstream):
+    lg = start(legate, ports, raw_upstream.port, route_extra={"max_stream_duration": {"grpc_timeout_header_max": "0.3s"}})
+    t0 = time.monotonic()
+    resp = raw_grpc_call(lg, "/test.Echo/Hang", headers=[("grpc-timeout", "20S")])
+    took = time.monotonic() - t0
+    assert_trailers_only(resp, 4, "downstream duration timeout")
+    assert took < 3, took
+    assert raw_upstream.requests[0]["grpc-timeout"] == "300m"
+
+
+def test_grpcio_server_sees_the_capped_deadline(legate, ports, grpc_server):
+    srv = grpc_server()
+    lg = start(legate, ports, srv.port, route_extra={"max_stream_duration": {"grpc_timeout_header_max": "0.3s"}})
+    with client(lg) as c:
+        with pytest.raises(grpc.RpcError) as ei:
+            c.sleep(b"5000", timeout=20)
+    # legate and the server both time out at 300 ms; either answer is DEADLINE_EXCEEDED
+    assert ei.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert srv.service.cancelled(b"5000").wait(10)
+    assert 0 < srv.service.time_remaining[b"5000"] <= 0.3
+
+
+def test_hcm_max_stream_duration(legate, ports, raw_upstream):
+    lg = start(legate, ports, raw_upstream.port, common_http_protocol_options={"max_stream_duration": "0.3s"})
+    resp = raw_grpc_call(lg, "/test.Echo/Hang", headers=[("grpc-timeout", "20S")])
+    assert_trailers_only(resp, 4, "downstream duration timeout")
+    assert raw_upstream.requests[0]["grpc-timeout"] == "20S"  # only the route's settings rewrite it
+    wait_for(lambda: raw_upstream.resets_received, what="upstream stream reset")
+
+
+def test_deprecated_max_grpc_timeout_is_the_router_timeout(legate, ports, raw_upstream):
+    lg = start(legate, ports, raw_upstream.port, route_extra={"max_grpc_timeout": "0s", "grpc_timeout_offset": "1.7s"})
+    with client(lg) as c:
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as ei:
+            c.hang(b"x", timeout=2)
+        took = time.monotonic() - t0
+    # the router's timeout (2 s - 1.7 s) is Envoy's "upstream request timeout", a 504: UNAVAILABLE
+    assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert ei.value.details() == "upstream request timeout"
+    assert took < 1.7, took
+    assert lg.admin.stat("cluster.backend.upstream_rq_timeout") == 1
+    # Envoy rewrites grpc-timeout (and x-envoy-expected-rq-timeout-ms) to the router's timeout
+    req = raw_upstream.requests[0]
+    assert 200 <= grpc_timeout_ms(req.get("grpc-timeout")) <= 300
+    assert str(grpc_timeout_ms(req["grpc-timeout"])) == req["x-envoy-expected-rq-timeout-ms"]
+
+
+def test_without_grpc_timeout_config_the_route_timeout_applies(legate, ports, grpc_server):
+    srv = grpc_server()
+    lg = start(legate, ports, srv.port, route_extra={"timeout": "0.3s"})
+    resp = raw_grpc_call(lg, "/test.Echo/Sleep", headers=[("grpc-timeout", "20S")], payload=b"3000")
+    assert_trailers_only(resp, 14, "upstream request timeout")
+
+
+# ---- upstream resets ----
+
+@pytest.fixture
+def raw_upstream():
+    u = RawUpstream()
+    yield u
+    u.close()
+
+
+def test_upstream_reset_before_response_is_unavailable(legate, ports, raw_upstream):
+    lg = start(legate, ports, raw_upstream.port)
+    with client(lg) as c:
+        with pytest.raises(grpc.RpcError) as ei:
+            c.method("/test.Echo/ResetBefore")(b"x", timeout=10)
+    assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert ei.value.details() == "upstream connect error or disconnect/reset before headers. reset reason: remote reset"
+    assert lg.admin.stat("cluster.backend.upstream_rq_rx_reset") == 1
+
+
+@pytest.mark.parametrize("method", ["ResetAfter", "DropAfter"])
+def test_upstream_reset_mid_stream_resets_the_client(legate, ports, raw_upstream, method):
+    lg = start(legate, ports, raw_upstream.port)
+    with client(lg) as c:
+        call = c.channel.unary_stream(f"/test.Echo/{method}")(b"x", timeout=10)
+        got = []
+        with pytest.raises(grpc.RpcError) as ei:
+            for msg in call:
+                got.append(msg)
+    assert got == [b"partial"]
+    # the response had started: Legate resets the downstream stream (RST_STREAM NO_ERROR),
+    # which grpc-core reports as INTERNAL
+    assert ei.value.code() == grpc.StatusCode.INTERNAL, ei.value
+    wait_for(lambda: lg.admin.stat("http.ingress_http.downstream_rq_tx_reset") >= 1, what="downstream_rq_tx_reset")

@@ -7,12 +7,19 @@
  * codec until the upstream codec has written them (and, while a retry is
  * still possible, until the response is committed); response chunks stay
  * owned by the upstream codec until the downstream codec has written them.
+ *
+ * Tunnels are streams like any other: an allowed upgrade keeps its Upgrade
+ * and Connection headers (and becomes an extended CONNECT towards an HTTP/2
+ * upstream), a CONNECT is proxied as a request, or terminated on a TCP
+ * connection of the cluster when the route has a connect_config (see
+ * legate/router_tcp.h). Tunnels are never retried.
  */
 #include "legate/cluster.h"
 #include "legate/h1.h"
 #include "legate/hcm.h"
 #include "legate/http.h"
 #include "legate/route.h"
+#include "legate/router_tcp.h"
 #include "legate/server.h"
 #include "legate/timer.h"
 
@@ -30,6 +37,7 @@ typedef struct st_router_t {
     lg_worker_cluster_t *cluster;
     lg_req_head_t upstream_req;
     lg_pool_request_t *pool_req;
+    lg_upstream_tcp_t *tcp_connecting; /* a terminated CONNECT's upstream, until connected */
     lg_stream_t *upstream;
     lg_host_t *host;
     const lg_host_t *attempted[8];
@@ -43,14 +51,17 @@ typedef struct st_router_t {
     uint64_t attempt_start_us;
     uint32_t retries_left;
     uint32_t attempts;
+    uint64_t timeout_ms; /* Envoy's global_timeout_ (finalTimeout); 0 = none */
     unsigned downstream_ended : 1;
-    unsigned retain_body : 1;   /* a retry may still need the body */
+    unsigned retain_body : 1; /* a retry may still need the body */
     unsigned response_started : 1;
     unsigned upstream_headers_sent : 1;
     unsigned retry_slot : 1;
     unsigned done : 1;
-    unsigned request_sent : 1;  /* end_stream went upstream */
-    unsigned response_ended : 1; /* end_stream came from upstream */
+    unsigned request_sent : 1;      /* end_stream went upstream */
+    unsigned response_ended : 1;    /* end_stream came from upstream */
+    unsigned terminate_connect : 1; /* CONNECT with the route's connect_config: a TCP tunnel to the host */
+    unsigned upgrade_over_h2 : 1;   /* an upgrade sent upstream as an HTTP/2 extended CONNECT */
 } router_t;
 
 static const lg_stream_cbs_t upstream_cbs;
@@ -116,6 +127,10 @@ static void detach_upstream(router_t *r, int reset)
     if (r->pool_req != NULL) {
         lg_pool_request_cancel(r->pool_req);
         r->pool_req = NULL;
+    }
+    if (r->tcp_connecting != NULL) {
+        lg_upstream_tcp_close(r->tcp_connecting, 1);
+        r->tcp_connecting = NULL;
     }
     if (r->upstream != NULL) {
         lg_stream_t *u = r->upstream;
@@ -221,9 +236,8 @@ static void global_timeout(lg_timer_t *t);
 
 static void arm_global_timer(router_t *r)
 {
-    uint64_t ms = r->route->action.timeout_ms;
-    if (ms != 0 && !lg_timer_is_active(&r->global_timer) && !r->done)
-        lg_timer_start(&lg_hcm_worker(r->stream)->loop, &r->global_timer, ms, global_timeout);
+    if (r->timeout_ms != 0 && !lg_timer_is_active(&r->global_timer) && !r->done)
+        lg_timer_start(&lg_hcm_worker(r->stream)->loop, &r->global_timer, r->timeout_ms, global_timeout);
 }
 
 static lg_filter_status_t decode_trailers(lg_http_filter_t *f, lg_headers_t *trailers)
@@ -242,6 +256,33 @@ static lg_filter_status_t decode_trailers(lg_http_filter_t *f, lg_headers_t *tra
 
 static void per_try_timeout(lg_timer_t *t);
 
+/* Envoy's transformUpgradeRequestFromH1toH2: an upgrade goes to an HTTP/2
+ * upstream as an extended CONNECT (RFC 8441). */
+static void upgrade_request_to_h2(router_t *r)
+{
+    lg_req_head_t *u = &r->upstream_req;
+    u->protocol = lg_headers_get(&u->headers, H2O_STRLIT("upgrade"));
+    u->method = LG_LIT("CONNECT");
+    lg_headers_remove(&u->headers, H2O_STRLIT("upgrade"));
+    lg_headers_remove(&u->headers, H2O_STRLIT("connection"));
+    h2o_iovec_t cl = lg_headers_get(&u->headers, H2O_STRLIT("content-length"));
+    if (cl.len == 1 && cl.base[0] == '0')
+        lg_headers_remove(&u->headers, H2O_STRLIT("content-length"));
+    r->upgrade_over_h2 = 1;
+}
+
+/* Envoy's transformUpgradeResponseFromH2toH1: the 200 to an extended CONNECT is the 101. */
+static void upgrade_response_from_h2(router_t *r, lg_resp_head_t *head)
+{
+    if (head->status != 200)
+        return;
+    head->status = 101;
+    lg_headers_set(pool_of(r), &head->headers, LG_LIT("upgrade"), r->upstream_req.protocol);
+    lg_headers_set(pool_of(r), &head->headers, LG_LIT("connection"), LG_LIT("upgrade"));
+}
+
+static void on_upstream_headers(lg_stream_t *u, void *head_, int end_stream);
+
 static void on_pool_ready(void *data, lg_stream_t *stream, lg_host_t *host)
 {
     router_t *r = data;
@@ -258,15 +299,28 @@ static void on_pool_ready(void *data, lg_stream_t *stream, lg_host_t *host)
     memcpy(&info->upstream_remote, host->config->sa, host->config->salen);
     if (r->route->action.auto_host_rewrite && host->config->hostname != NULL && host->config->hostname[0] != '\0')
         r->upstream_req.authority = h2o_iovec_init(host->config->hostname, strlen(host->config->hostname));
+    if (stream->version == LG_HTTP_2 && r->stream->upgrade && !r->upgrade_over_h2)
+        upgrade_request_to_h2(r);
     int end = r->downstream_ended && r->body.size == 0 && r->request_trailers == NULL;
     r->upstream_headers_sent = 1;
     r->body_sent = 0;
     r->request_sent = end;
     r->response_ended = 0;
-    stream->ops->send_headers(stream, &r->upstream_req, end);
+    if (r->terminate_connect) {
+        /* Envoy's TcpUpstream answers the CONNECT itself once connected */
+        lg_resp_head_t *ok = h2o_mem_alloc_pool(pool_of(r), sizeof(*ok));
+        *ok = (lg_resp_head_t){.status = 200, .version = LG_HTTP_11};
+        on_upstream_headers(stream, ok, 0);
+        if (r->upstream == NULL || r->done)
+            return;
+        if (end)
+            stream->ops->send_data(stream, h2o_iovec_init(NULL, 0), 1);
+    } else {
+        stream->ops->send_headers(stream, &r->upstream_req, end);
+    }
     if (r->upstream == NULL)
         return;
-    if (r->retry != NULL && r->retry->per_try_timeout_ms != 0)
+    if (r->retry != NULL && r->retry->per_try_timeout_ms != 0 && !r->response_started)
         lg_timer_start(&lg_hcm_worker(r->stream)->loop, &r->per_try_timer, r->retry->per_try_timeout_ms, per_try_timeout);
     send_pending_body(r);
 }
@@ -297,7 +351,8 @@ static void on_pool_failure(void *data, lg_pool_failure_t reason, lg_host_t *hos
         return;
     case LG_POOL_OVERFLOW:
         reply(r, 503, LG_LIT("upstream connect error or disconnect/reset before headers. reset reason: overflow"),
-              "upstream_reset_before_response_started{overflow}", LG_RF(UPSTREAM_OVERFLOW), LG_LIT("x-envoy-overloaded"), LG_LIT("true"));
+              "upstream_reset_before_response_started{overflow}", LG_RF(UPSTREAM_OVERFLOW), LG_LIT("x-envoy-overloaded"),
+              LG_LIT("true"));
         return;
     default:
         break;
@@ -306,7 +361,8 @@ static void on_pool_failure(void *data, lg_pool_failure_t reason, lg_host_t *hos
     if (tfr != NULL) {
         size_t n = strlen(tfr) + 160;
         body = h2o_mem_alloc_pool(pool_of(r), n);
-        snprintf(body, n, "upstream connect error or disconnect/reset before headers. reset reason: %s, transport failure reason: %s",
+        snprintf(body, n,
+                 "upstream connect error or disconnect/reset before headers. reset reason: %s, transport failure reason: %s",
                  pool_failure_reason(reason), tfr);
     } else {
         body = "upstream connect error or disconnect/reset before headers. reset reason: connection failure";
@@ -320,6 +376,23 @@ static void on_pool_failure(void *data, lg_pool_failure_t reason, lg_host_t *hos
 }
 
 static const lg_pool_cbs_t pool_cbs = {on_pool_ready, on_pool_failure};
+
+static void on_tcp_connect(lg_upstream_tcp_t *u, void *data)
+{
+    router_t *r = data;
+    r->tcp_connecting = NULL;
+    lg_stream_t *stream = lg_router_tcp_stream_new(&lg_hcm_worker(r->stream)->loop, u);
+    on_pool_ready(r, stream, lg_upstream_tcp_host(u));
+}
+
+static void on_tcp_failure(void *data, lg_pool_failure_t reason, lg_host_t *host, const char *detail)
+{
+    router_t *r = data;
+    r->tcp_connecting = NULL;
+    on_pool_failure(r, reason, host, detail);
+}
+
+static const lg_upstream_tcp_cbs_t tcp_cbs = {on_tcp_connect, on_tcp_failure};
 
 static int status_retriable(router_t *r, int status, const lg_resp_head_t *head)
 {
@@ -336,7 +409,8 @@ static int status_retriable(router_t *r, int status, const lg_resp_head_t *head)
         for (size_t i = 0; i != p->n_retriable_status_codes; ++i)
             if ((int)p->retriable_status_codes[i] == status)
                 return 1;
-    if ((p->retry_on & LG_RETRY_ON_ENVOY_RATE_LIMITED) && lg_headers_find(&head->headers, H2O_STRLIT("x-envoy-ratelimited"), 0) >= 0)
+    if ((p->retry_on & LG_RETRY_ON_ENVOY_RATE_LIMITED) &&
+        lg_headers_find(&head->headers, H2O_STRLIT("x-envoy-ratelimited"), 0) >= 0)
         return 1;
     if (p->retry_on & LG_RETRY_ON_RETRIABLE_HEADERS)
         for (size_t i = 0; i != p->n_retriable_headers; ++i)
@@ -399,6 +473,8 @@ static void on_upstream_headers(lg_stream_t *u, void *head_, int end_stream)
         cluster_stat(r, LG_CLUSTER_STAT_upstream_rq_retry_success);
     stop_retaining(r);
     lg_cluster_record_response(r->cluster, r->host, head->status);
+    if (r->upgrade_over_h2)
+        upgrade_response_from_h2(r, head);
     lg_h1_strip_hop_by_hop(&head->headers, head->status == 101);
     char *ms = h2o_mem_alloc_pool(pool_of(r), 24);
     int n = snprintf(ms, 24, "%llu", (unsigned long long)((lg_now_us() - r->attempt_start_us) / 1000));
@@ -470,7 +546,7 @@ static void on_upstream_reset(lg_stream_t *u, lg_reset_reason_t reason, const ch
     uint32_t cause = LG_RETRY_ON_RESET | LG_RETRY_ON_5XX | LG_RETRY_ON_GATEWAY_ERROR;
     if (reason == LG_RESET_REFUSED_STREAM)
         cause |= LG_RETRY_ON_REFUSED_STREAM;
-    try_retry_or_fail(r, cause, 503, body, det, flag);
+    try_retry_or_fail(r, cause, reason == LG_RESET_PROTOCOL_ERROR ? 502 : 503, body, det, flag);
 }
 
 static void on_upstream_complete(lg_stream_t *u)
@@ -529,9 +605,67 @@ static void start_attempt(router_t *r)
     }
     ++r->attempts;
     r->upstream_headers_sent = 0;
+    if (r->terminate_connect) {
+        lg_pool_failure_t failure;
+        if ((r->tcp_connecting = lg_upstream_tcp_connect(r->cluster, &ctx, &tcp_cbs, r, &failure)) == NULL)
+            on_pool_failure(r, failure, NULL, "");
+        return;
+    }
     lg_pool_request_t *req = lg_cluster_request_stream(r->cluster, r->stream->req->version, &ctx, &pool_cbs, r);
     if (req != NULL)
         r->pool_req = req;
+}
+
+/* Envoy's FilterUtility::finalTimeout (the x-envoy-upstream-rq-* headers
+ * aside): a route with max_stream_duration leaves timeouts to the HCM; a gRPC
+ * request on a route with max_grpc_timeout takes its grpc-timeout (0 when
+ * absent), less grpc_timeout_offset when that leaves some, capped unless the
+ * cap is 0; everything else the route's timeout. */
+static uint64_t final_timeout(router_t *r, const lg_req_head_t *req)
+{
+    const lg_route_action_t *a = &r->route->action;
+    if (lg_hcm_route_uses_new_timeouts(r->route))
+        return 0;
+    if (!r->stream->is_grpc || a->max_grpc_timeout_ms < 0)
+        return a->timeout_ms;
+    int64_t header = lg_hcm_grpc_timeout_ms(req);
+    uint64_t t = header >= 0 ? (uint64_t)header : 0;
+    if (a->grpc_timeout_offset_ms >= 0 && (uint64_t)a->grpc_timeout_offset_ms < t)
+        t -= (uint64_t)a->grpc_timeout_offset_ms;
+    if (a->max_grpc_timeout_ms != 0 && (t == 0 || t > (uint64_t)a->max_grpc_timeout_ms))
+        t = (uint64_t)a->max_grpc_timeout_ms;
+    return t;
+}
+
+/* Envoy's setTimeoutHeaders: x-envoy-expected-rq-timeout-ms is the per-try
+ * timeout (unless it is not below the global one) or the global timeout;
+ * with max_grpc_timeout the upstream's grpc-timeout says the same. */
+static void set_timeout_headers(router_t *r, lg_req_head_t *u)
+{
+    h2o_mem_pool_t *pool = pool_of(r);
+    uint64_t per_try = r->retry != NULL ? r->retry->per_try_timeout_ms : 0;
+    if (per_try >= r->timeout_ms && r->timeout_ms != 0)
+        per_try = 0;
+    uint64_t expected = per_try != 0 ? per_try : r->timeout_ms;
+    if (expected == 0)
+        return;
+    char *v = h2o_mem_alloc_pool(pool, 24);
+    int n = snprintf(v, 24, "%llu", (unsigned long long)expected);
+    lg_headers_set(pool, &u->headers, LG_LIT("x-envoy-expected-rq-timeout-ms"), h2o_iovec_init(v, n));
+    if (r->stream->is_grpc && !lg_hcm_route_uses_new_timeouts(r->route) && r->route->action.max_grpc_timeout_ms >= 0)
+        lg_headers_set(pool, &u->headers, LG_LIT("grpc-timeout"), lg_hcm_grpc_timeout_value(pool, expected));
+}
+
+/* A CONNECT on a route whose CONNECT upgrade_config has a connect_config is
+ * terminated here (Envoy's TCP upstream); any other CONNECT is proxied. */
+static int terminates_connect(const lg_route_t *route)
+{
+    for (size_t i = 0; i != route->action.n_upgrade_configs; ++i) {
+        const lg_upgrade_config_t *u = route->action.upgrade_configs + i;
+        if (h2o_memis(u->upgrade_type.base, u->upgrade_type.len, H2O_STRLIT("connect")))
+            return u->connect_has_config;
+    }
+    return 0;
 }
 
 static void build_upstream_request(router_t *r, lg_req_head_t *req)
@@ -544,7 +678,7 @@ static void build_upstream_request(router_t *r, lg_req_head_t *req)
     h2o_vector_reserve(pool, &u->headers, req->headers.size + 8);
     memcpy(u->headers.entries, req->headers.entries, sizeof(lg_header_t) * req->headers.size);
     u->headers.size = req->headers.size;
-    lg_h1_strip_hop_by_hop(&u->headers, 0);
+    lg_h1_strip_hop_by_hop(&u->headers, r->stream->upgrade);
     h2o_iovec_t te = lg_headers_get(&req->headers, H2O_STRLIT("te"));
     if (te.base != NULL && h2o_strstr(te.base, te.len, H2O_STRLIT("trailers")) != SIZE_MAX)
         lg_headers_add(pool, &u->headers, LG_LIT("te"), LG_LIT("trailers"));
@@ -557,14 +691,7 @@ static void build_upstream_request(router_t *r, lg_req_head_t *req)
     if (host.base != NULL) {
         u->authority = host;
     }
-    if (r->route->action.timeout_ms != 0) {
-        uint64_t expected = r->route->action.timeout_ms;
-        if (r->retry != NULL && r->retry->per_try_timeout_ms != 0 && r->retry->per_try_timeout_ms < expected)
-            expected = r->retry->per_try_timeout_ms;
-        char *v = h2o_mem_alloc_pool(pool, 24);
-        int n = snprintf(v, 24, "%llu", (unsigned long long)expected);
-        lg_headers_set(pool, &u->headers, LG_LIT("x-envoy-expected-rq-timeout-ms"), h2o_iovec_init(v, n));
-    }
+    set_timeout_headers(r, u);
     lg_route_apply_request_headers(r->route, r->wc, &u->headers, &r->stream->info, pool);
 }
 
@@ -592,7 +719,8 @@ static lg_filter_status_t decode_headers(lg_http_filter_t *f, lg_req_head_t *req
     case LG_ROUTE_REDIRECT:
         lg_hcm_stat_inc(s, LG_HCM_STAT_rq_redirect);
         r->done = 1;
-        reply(r, route->redirect.response_code, h2o_iovec_init(NULL, 0), "redirect", 0, LG_LIT("location"), lg_route_redirect_url(route, req, &s->pool));
+        reply(r, route->redirect.response_code, h2o_iovec_init(NULL, 0), "redirect", 0, LG_LIT("location"),
+              lg_route_redirect_url(route, req, &s->pool));
         return LG_FILTER_STOP;
     case LG_ROUTE_NON_FORWARDING:
         r->done = 1;
@@ -613,8 +741,11 @@ static lg_filter_status_t decode_headers(lg_http_filter_t *f, lg_req_head_t *req
     }
     lg_worker_cluster_addref(r->cluster);
     r->retry = route->action.retry_policy;
-    r->retries_left = r->retry != NULL ? r->retry->num_retries : 0;
+    /* a tunnel's bytes are not kept for a retry */
+    r->retries_left = r->retry != NULL && !s->upgrade && !s->connect ? r->retry->num_retries : 0;
     r->retain_body = r->retries_left != 0;
+    r->terminate_connect = s->connect && terminates_connect(route);
+    r->timeout_ms = final_timeout(r, req);
     build_upstream_request(r, req);
     if (end_stream)
         arm_global_timer(r);

@@ -21,14 +21,17 @@ static int compile_filters(lg_hcm_config_t *c, const hcm_proto_t *m, lg_error_t 
     for (size_t i = 0; i != m->n_http_filters; ++i) {
         const http_filter_proto_t *f = m->http_filters[i];
         const char *type_url = NULL;
-        if (f->config_type_case == ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_FILTER__CONFIG_TYPE_CONFIG_DISCOVERY)
+        if (f->config_type_case ==
+            ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_FILTER__CONFIG_TYPE_CONFIG_DISCOVERY)
             return lg_error(err, "http_filters[%zu].config_discovery: extension config discovery is not supported", i);
-        if (f->config_type_case == ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_FILTER__CONFIG_TYPE_TYPED_CONFIG)
+        if (f->config_type_case ==
+            ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_FILTER__CONFIG_TYPE_TYPED_CONFIG)
             type_url = f->typed_config->type_url;
         const lg_http_filter_type_t *type = lg_http_filter_find(f->name, type_url);
         if (type == NULL) {
             if (f->is_optional) {
-                LG_WARN(config, "Didn't find a registered implementation for '%s' with type URL: '%s'; skipped because it is optional",
+                LG_WARN(config,
+                        "Didn't find a registered implementation for '%s' with type URL: '%s'; skipped because it is optional",
                         f->name, type_url != NULL ? type_url : "");
                 continue;
             }
@@ -57,15 +60,16 @@ static int compile_filters(lg_hcm_config_t *c, const hcm_proto_t *m, lg_error_t 
     for (size_t i = 0; i != c->n_filters; ++i) {
         const lg_http_filter_config_t *fc = c->filters + i;
         if (fc->type->is_terminal && i + 1 != c->n_filters)
-            return lg_error(err,
-                            "http_filters: Error: terminal filter named %s of type %s must be the last filter in a http filter chain.",
-                            fc->name, fc->type->name);
+            return lg_error(
+                err, "http_filters: Error: terminal filter named %s of type %s must be the last filter in a http filter chain.",
+                fc->name, fc->type->name);
     }
     if (c->n_filters == 0 || !c->filters[c->n_filters - 1].type->is_terminal) {
         const lg_http_filter_config_t *last = c->n_filters ? c->filters + c->n_filters - 1 : NULL;
         if (last == NULL)
             return lg_error(err, "http_filters: the chain must end with a terminal filter (envoy.filters.http.router)");
-        return lg_error(err, "http_filters: Error: non-terminal filter named %s of type %s is the last filter in a http filter chain.",
+        return lg_error(err,
+                        "http_filters: Error: non-terminal filter named %s of type %s is the last filter in a http filter chain.",
                         last->name, last->type->name);
     }
     return 0;
@@ -104,11 +108,44 @@ static int compile_protocol_options(lg_hcm_config_t *c, const hcm_proto_t *m, lg
         c->h2.max_concurrent_streams = LG_WRAPPED(h2->max_concurrent_streams, c->h2.max_concurrent_streams);
         c->h2.initial_stream_window_size = LG_WRAPPED(h2->initial_stream_window_size, c->h2.initial_stream_window_size);
         c->h2.initial_connection_window_size = LG_WRAPPED(h2->initial_connection_window_size, c->h2.initial_connection_window_size);
+        c->h2_allow_connect = h2->allow_connect;
         if (c->h2.initial_stream_window_size < 65535 || c->h2.initial_stream_window_size > 2147483647)
-            return lg_error(err, "http2_protocol_options.initial_stream_window_size: value must be inside range [65535, 2147483647]");
-        if (c->h2.initial_connection_window_size < 65535 || c->h2.initial_connection_window_size > 2147483647)
             return lg_error(err,
-                            "http2_protocol_options.initial_connection_window_size: value must be inside range [65535, 2147483647]");
+                            "http2_protocol_options.initial_stream_window_size: value must be inside range [65535, 2147483647]");
+        if (c->h2.initial_connection_window_size < 65535 || c->h2.initial_connection_window_size > 2147483647)
+            return lg_error(
+                err, "http2_protocol_options.initial_connection_window_size: value must be inside range [65535, 2147483647]");
+    }
+    /* Envoy: the HTTP/2 override, else the HCM's setting, else the deprecated HTTP/2 field. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    c->h2_stream_error_on_invalid = h2 != NULL && h2->stream_error_on_invalid_http_messaging;
+#pragma GCC diagnostic pop
+    if (h2 != NULL && h2->override_stream_error_on_invalid_http_message != NULL)
+        c->h2_stream_error_on_invalid = h2->override_stream_error_on_invalid_http_message->value;
+    else if (m->stream_error_on_invalid_http_message != NULL)
+        c->h2_stream_error_on_invalid = m->stream_error_on_invalid_http_message->value;
+    return 0;
+}
+
+/* upgrade_configs: Envoy's upgrade_filter_factories_ without per-upgrade filter chains. */
+static int compile_upgrades(lg_hcm_config_t *c, const hcm_proto_t *m, lg_error_t *err)
+{
+    c->upgrades = lg_calloc(m->n_upgrade_configs ? m->n_upgrade_configs : 1, sizeof(*c->upgrades));
+    for (size_t i = 0; i != m->n_upgrade_configs; ++i) {
+        const Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager__UpgradeConfig *u =
+            m->upgrade_configs[i];
+        const char *type = u->upgrade_type != NULL ? u->upgrade_type : "";
+        if (u->n_filters != 0)
+            return lg_error(err, "upgrade_configs[%zu].filters: per-upgrade filter chains are not supported", i);
+        size_t len = strlen(type);
+        for (size_t j = 0; j != c->n_upgrades; ++j)
+            if (h2o_lcstris(type, len, c->upgrades[j].type.base, c->upgrades[j].type.len))
+                return lg_error(err, "upgrade_configs[%zu]: Error: multiple upgrade configs with the same name: '%s'", i, type);
+        lg_hcm_upgrade_t *up = c->upgrades + c->n_upgrades++;
+        up->type = h2o_iovec_init(lg_strndup(type, len), len);
+        h2o_strtolower(up->type.base, len);
+        up->enabled = LG_WRAPPED(u->enabled, 1);
     }
     return 0;
 }
@@ -121,12 +158,16 @@ lg_hcm_config_t *lg_hcm_config_compile(const hcm_proto_t *m, const lg_hcm_compil
         goto fail;
     }
     c->stat_prefix = lg_strdup(m->stat_prefix);
-    c->codec_type = m->codec_type == ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__CODEC_TYPE__HTTP1
-                        ? LG_CODEC_HTTP1
-                    : m->codec_type == ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__CODEC_TYPE__HTTP2
-                        ? LG_CODEC_HTTP2
-                        : LG_CODEC_AUTO;
-    if (m->codec_type == ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__CODEC_TYPE__HTTP3) {
+    c->codec_type =
+        m->codec_type ==
+                ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__CODEC_TYPE__HTTP1
+            ? LG_CODEC_HTTP1
+        : m->codec_type ==
+                ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__CODEC_TYPE__HTTP2
+            ? LG_CODEC_HTTP2
+            : LG_CODEC_AUTO;
+    if (m->codec_type ==
+        ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__CODEC_TYPE__HTTP3) {
         lg_error(err, "codec_type: HTTP3 is not supported");
         goto fail;
     }
@@ -142,11 +183,12 @@ lg_hcm_config_t *lg_hcm_config_compile(const hcm_proto_t *m, const lg_hcm_compil
     c->normalize_path = LG_WRAPPED(m->normalize_path, 0);
     c->merge_slashes = m->merge_slashes;
     c->escaped_slashes = m->path_with_escaped_slashes_action <= 1 ? LG_ESCAPED_SLASHES_KEEP
-                                                                   : (lg_escaped_slashes_t)(m->path_with_escaped_slashes_action - 1);
+                                                                  : (lg_escaped_slashes_t)(m->path_with_escaped_slashes_action - 1);
     c->strip_matching_host_port = m->strip_matching_host_port;
-    c->strip_any_host_port = m->strip_port_mode_case ==
-                                 ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__STRIP_PORT_MODE_STRIP_ANY_HOST_PORT &&
-                             m->strip_any_host_port;
+    c->strip_any_host_port =
+        m->strip_port_mode_case ==
+            ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__STRIP_PORT_MODE_STRIP_ANY_HOST_PORT &&
+        m->strip_any_host_port;
     if (m->internal_address_config != NULL) {
         const Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager__InternalAddressConfig *ia =
             m->internal_address_config;
@@ -168,8 +210,8 @@ lg_hcm_config_t *lg_hcm_config_compile(const hcm_proto_t *m, const lg_hcm_compil
     c->drain_timeout_ms = lg_duration_ms(m->drain_timeout, 5000);
     if (compile_protocol_options(c, m, err) != 0)
         goto fail;
-    if (m->n_upgrade_configs != 0)
-        LG_WARN(config, "upgrade_configs: upgrades are not supported yet; upgrade requests are proxied as plain requests");
+    if (compile_upgrades(c, m, err) != 0)
+        goto fail;
     if (m->tracing != NULL)
         LG_WARN(config, "tracing: tracing is not supported yet and is ignored");
     switch (m->route_specifier_case) {
@@ -187,8 +229,13 @@ lg_hcm_config_t *lg_hcm_config_compile(const hcm_proto_t *m, const lg_hcm_compil
         break;
     }
     case ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__ROUTE_SPECIFIER_RDS:
-        lg_error(err, "rds: RDS is not supported yet (use route_config)");
-        goto fail;
+        /* xDS (src/xds/) subscribes to it; requests find the table by name (lg_snapshot_route_table) */
+        if (m->rds->config_source == NULL) {
+            lg_error(err, "rds.config_source: value is required");
+            goto fail;
+        }
+        c->rds_route_config_name = lg_strdup(m->rds->route_config_name != NULL ? m->rds->route_config_name : "");
+        break;
     case ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__ROUTE_SPECIFIER_SCOPED_ROUTES:
         lg_error(err, "scoped_routes: scoped routes are not supported yet");
         goto fail;
@@ -224,6 +271,9 @@ void lg_hcm_config_free(lg_hcm_config_t *c)
     if (c->stats != NULL)
         lg_stats_block_release(c->stats);
     lg_access_logs_dispose(&c->access_logs);
+    for (size_t i = 0; i != c->n_upgrades; ++i)
+        free(c->upgrades[i].type.base);
+    free(c->upgrades);
     free(c->internal_cidrs);
     free(c->stat_prefix);
     free(c->server_name.base);

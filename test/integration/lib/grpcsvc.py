@@ -14,7 +14,7 @@ Messages are raw bytes (identity serializers). Service "test.Echo":
   Hang           never answers; records the call's cancellation (an Event
                  per request payload, see cancelled()).
   Sleep          request "<ms>": answers "slept" after ms milliseconds,
-                 unless cancelled first.
+                 unless cancelled first; records the call's deadline.
 """
 import hashlib
 import threading
@@ -37,6 +37,7 @@ class EchoService:
         self._cancelled = {}
         self.started = {}
         self.calls = []
+        self.time_remaining = {}  # Sleep payload -> the call's time left on arrival (None: no deadline)
 
     def _event(self, table, key):
         with self._lock:
@@ -97,6 +98,8 @@ class EchoService:
 
     def sleep(self, request, context):
         self._record("Sleep", context)
+        with self._lock:
+            self.time_remaining[request] = context.time_remaining()
         if self._wait_cancel(request, context, int(request.decode()) / 1000.0):
             return b"cancelled"
         return b"slept"

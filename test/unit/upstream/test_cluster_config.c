@@ -208,7 +208,8 @@ static void test_errors(void)
     expect_error("name: a\ncircuit_breakers: {per_host_thresholds: [{max_connections: 1}]}\n",
                  "circuit_breakers.per_host_thresholds: not supported");
     expect_error("name: a\ntransport_socket: {name: envoy.transport_sockets.tls}\n",
-                 "transport_socket: envoy.transport_sockets.tls is not supported yet");
+                 "transport_socket: typed_config: the TLS transport socket needs a typed_config "
+                 "(envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext)");
     expect_error(
         "name: a\nload_assignment:\n"
         "  endpoints:\n"
@@ -236,13 +237,6 @@ static void test_errors(void)
                  "    explicit_http_config: {http3_protocol_options: {}}\n",
                  "typed_extension_protocol_options[envoy.extensions.upstreams.http.v3.HttpProtocolOptions]"
                  ".explicit_http_config.http3_protocol_options: HTTP/3 upstreams are not supported");
-    expect_error("name: a\n"
-                 "typed_extension_protocol_options:\n"
-                 "  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n"
-                 "    '@type': type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n"
-                 "    auto_config: {}\n",
-                 "typed_extension_protocol_options[envoy.extensions.upstreams.http.v3.HttpProtocolOptions]"
-                 ".auto_config: ALPN protocol selection is not supported");
     expect_error("name: a\n"
                  "typed_extension_protocol_options:\n"
                  "  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n"

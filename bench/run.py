@@ -1,0 +1,1102 @@
+#!/usr/bin/python3
+"""Legate against nginx, HAProxy and h2o on this machine (issue 5).
+
+    bench/run.py                      every workload, 2 rounds (make bench)
+    bench/run.py --only 1,2a,8        some workloads
+    bench/run.py --proxies legate,nginx
+    BENCH_QUICK=1 bench/run.py        short runs, small sizes (a smoke run)
+    bench/run.py --self-test          workload 1 only, ~5 s per proxy, checks the table
+
+Each proxy runs one worker pinned to core 0; the load generator (h2load), the
+upstream (bench/upstream.c) and this script run on core 1. Workloads run per
+proxy interleaved (A B C A B C ...) for several rounds and the table shows the
+median of the rounds. Proxy CPU per request is the utime+stime delta of the
+proxy's processes (/proc/<pid>/stat, all threads and worker processes)
+divided by the requests h2load completed. Latency is measured open-loop at a
+fixed rate (h2load --rps, half the slowest proxy's saturated rate) from
+h2load's per-request log. Peak RSS is VmHWM summed over the proxy's processes.
+
+The table goes to bench/results/<date>.md (and .json) with the machine's
+description. The exit status is non-zero only when the harness itself fails
+(a tool or the Legate binary missing, a crash here); a slow figure or a proxy
+that fails one workload is reported in the table, never in the exit status.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import idle  # noqa: E402
+import proxies  # noqa: E402
+
+PROXY_CPU = "0"
+LOAD_CPU = "1"
+DEB_TOOLS = {"nginx": "/usr/sbin/nginx", "haproxy": "/usr/sbin/haproxy", "h2o": "/usr/bin/h2o",
+             "wrk": "/usr/bin/wrk", "nghttp2-client": "/usr/bin/h2load", "curl": "/usr/bin/curl",
+             "openssl": "/usr/bin/openssl", "libnghttp2-dev": "/usr/include/nghttp2/nghttp2.h",
+             "python3-yaml": "/usr/lib/python3/dist-packages/yaml/__init__.py"}
+# Same link line as the Makefile's LDLIBS (route_bench links liblegate.a).
+LDLIBS = ["-lh2o-evloop", "-lnghttp2", "-lprotobuf-c", "-lgrpc", "-lgpr", "-lssl", "-lcrypto", "-lcares", "-lyaml",
+          "-lre2", "-lstdc++", "-lpthread", "-lm"]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+GRPC_FRAME = b"\x00\x00\x00\x00\x0c" + b"\x0a\x0abench-ping"  # one length-prefixed message, 12 bytes
+
+
+class HarnessError(Exception):
+    """The harness cannot go on (missing tool, broken setup): exit non-zero."""
+
+
+class ProxyFailed(Exception):
+    """One proxy failed one run: reported in the table, the bench goes on."""
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---- processes ---------------------------------------------------------------------
+
+class Procs:
+    """Every process the bench starts, each in its own session (process group),
+    so that stop() and stop_all() also reach nginx's workers."""
+
+    def __init__(self):
+        self.live = []
+
+    def start(self, cmd, cpu, logdir, name, env=None):
+        out = open(os.path.join(logdir, f"{name}.log"), "ab")
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        p = subprocess.Popen(["taskset", "-c", cpu] + list(cmd), stdout=out, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True, env=full_env, cwd=logdir)
+        out.close()
+        p.bench_log = os.path.join(logdir, f"{name}.log")
+        self.live.append(p)
+        return p
+
+    def stop(self, p, grace=3.0):
+        if p in self.live:
+            self.live.remove(p)
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(p.pid, signal.SIGKILL)  # leftovers of the group (workers) too
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def stop_all(self):
+        for p in list(self.live):
+            self.stop(p, grace=1.0)
+
+
+PROCS = Procs()
+
+
+def on_signal(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# ---- /proc accounting ---------------------------------------------------------------
+
+def tree(pid):
+    """pid and all its descendants."""
+    kids = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        kids.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def cpu_seconds(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / CLK_TCK
+
+
+def mem_kib(pids, field):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith(field + ":"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+# ---- tools --------------------------------------------------------------------------
+
+def ensure_tools(names):
+    missing = [pkg for pkg in names if not os.path.exists(DEB_TOOLS[pkg])]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise HarnessError(f"missing Debian packages {missing} and not root to install them")
+    log(f"installing from Debian: {' '.join(missing)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    # policy-rc.d keeps the packages' services from starting (they would hold ports 80/443).
+    policy = "/usr/sbin/policy-rc.d"
+    made_policy = not os.path.exists(policy)
+    if made_policy:
+        with open(policy, "w") as f:
+            f.write("#!/bin/sh\nexit 101\n")
+        os.chmod(policy, 0o755)
+    try:
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends"] + missing, check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+    except subprocess.CalledProcessError as e:
+        raise HarnessError(f"apt-get failed: {e}") from None
+    finally:
+        if made_policy:
+            os.unlink(policy)
+    still = [pkg for pkg in names if not os.path.exists(DEB_TOOLS[pkg])]
+    if still:
+        raise HarnessError(f"still missing after apt-get: {still}")
+
+
+def build_helpers(build_dir):
+    """Compiles bench/upstream.c (and route_bench.c when liblegate.a exists)."""
+    os.makedirs(build_dir, exist_ok=True)
+    up = os.path.join(build_dir, "upstream")
+    src = os.path.join(HERE, "upstream.c")
+    if not os.path.exists(up) or os.path.getmtime(up) < os.path.getmtime(src):
+        subprocess.run(["cc", "-O2", "-g", "-Wall", "-o", up, src, "-lnghttp2"], check=True)
+    rb = os.path.join(build_dir, "route_bench")
+    lib = os.path.join(REPO, "build", "liblegate.a")
+    rsrc = os.path.join(HERE, "route_bench.c")
+    if os.path.exists(lib) and (not os.path.exists(rb) or os.path.getmtime(rb) < max(os.path.getmtime(rsrc),
+                                                                                          os.path.getmtime(lib))):
+        r = subprocess.run(["cc", "-O2", "-g", "-std=gnu11", "-pthread", "-Iinclude", "-Ibuild/gen",
+                            "-DH2O_USE_LIBUV=0", "-o", rb, rsrc, "build/liblegate.a", "build/libenvoyapi.a"] + LDLIBS,
+                           cwd=REPO, capture_output=True, text=True)
+        if r.returncode != 0:
+            log(f"route_bench did not build (route-match micro-benchmark skipped): {r.stderr[-400:]}")
+            return up, None
+    return up, (rb if os.path.exists(rb) else None)
+
+
+def make_cert(workdir):
+    cert, key = os.path.join(workdir, "cert.pem"), os.path.join(workdir, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "30", "-subj", "/CN=localhost"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10.0, proc=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.02)
+    return False
+
+
+def tail(path, n=600):
+    try:
+        with open(path, "rb") as f:
+            return f.read()[-n:].decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+# ---- load --------------------------------------------------------------------------
+
+def percentile(sorted_values, q):
+    if not sorted_values:
+        return None
+    i = min(len(sorted_values) - 1, max(0, int(round(q * (len(sorted_values) - 1)))))
+    return sorted_values[i]
+
+
+def h2load(url, clients, streams=1, duration=None, n=None, rps=None, h1=False, headers=(), data=None, logfile=None,
+           timeout=120):
+    """Runs h2load on the load core. Returns {done, ok, failed, rps, elapsed, lat_us (sorted) or None}."""
+    cmd = ["taskset", "-c", LOAD_CPU, "h2load", "-t", "1", "-c", str(clients), "-m", str(streams)]
+    if h1:
+        cmd.append("--h1")
+    if duration is not None:
+        cmd += ["-D", str(duration)]
+    if n is not None:
+        cmd += ["-n", str(n)]
+    if rps is not None:
+        cmd += ["--rps", str(rps)]
+    for h in headers:
+        cmd += ["-H", h]
+    if data is not None:
+        cmd += ["-d", data]
+    if logfile is not None:
+        cmd += ["--log-file", logfile]
+    cmd.append(url)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    PROCS.live.append(p)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        PROCS.stop(p, grace=0.5)
+        raise ProxyFailed(f"h2load did not finish within {timeout}s")
+    finally:
+        if p in PROCS.live:
+            PROCS.live.remove(p)
+    res = {"done": 0, "ok": 0, "failed": 0, "rps": 0.0, "elapsed": 0.0, "lat_us": None}
+    for line in out.splitlines():
+        if line.startswith("finished in"):
+            parts = line.replace(",", "").split()
+            res["elapsed"] = float(parts[2].rstrip("ms")) / (1000.0 if parts[2].endswith("ms") else 1.0)
+            res["rps"] = float(parts[3])
+        elif line.startswith("requests:"):
+            nums = [int(w) for w in line.replace(",", " ").split() if w.isdigit()]
+            # total, started, done, succeeded, failed, errored, timeout
+            res["done"], res["ok"] = nums[2], nums[3]
+            res["failed"] = nums[4] + nums[5] + nums[6]
+    if "requests:" not in out:
+        raise ProxyFailed(f"h2load produced no result: {out.strip()[-300:]}")
+    if logfile is not None and os.path.exists(logfile):
+        lat = []
+        with open(logfile) as f:
+            for line in f:
+                parts = line.split("\t")
+                if len(parts) >= 3 and parts[1] == "200":
+                    lat.append(int(parts[2]))
+        lat.sort()
+        res["lat_us"] = lat
+        os.unlink(logfile)
+    return res
+
+
+# ---- one proxy run -------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.quick = args.quick
+        self.build_dir = os.path.join(REPO, "build", "bench")
+        self.workdir = None
+        self.upstream = None
+        self.up_ports = {}
+        self.results = {}  # workload id -> result dict
+        self.legate_bin = os.path.abspath(os.environ.get("LEGATE_BIN") or os.path.join(REPO, "build", "legate"))
+        self.route_bench = None
+
+    # -- setup ------------------------------------------------------------------------
+
+    def setup(self):
+        if not os.path.exists(self.legate_bin):
+            raise HarnessError(f"{self.legate_bin} not found: run `make` first")
+        ensure_tools(list(DEB_TOOLS))
+        if len(os.sched_getaffinity(0)) < 2 or os.cpu_count() < 2:
+            raise HarnessError("the bench needs 2 cores (proxy on core 0, load on core 1)")
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        os.sched_setaffinity(0, {int(LOAD_CPU)})
+        up_bin, self.route_bench = build_helpers(self.build_dir)
+        self.workdir = tempfile.mkdtemp(prefix="run-", dir=self.build_dir)
+        os.chmod(self.workdir, 0o755)
+        self.cert, self.key = make_cert(self.workdir)
+        self.up_ports = {"h1": free_port(), "h2": free_port()}
+        self.up_ports["grpc"] = self.up_ports["h2"]
+        self.upstream = PROCS.start([up_bin, "--h1-port", str(self.up_ports["h1"]), "--h2-port",
+                                     str(self.up_ports["h2"])], LOAD_CPU, self.workdir, "upstream")
+        if not wait_port(self.up_ports["h1"], proc=self.upstream) or not wait_port(self.up_ports["h2"]):
+            raise HarnessError(f"upstream did not start: {tail(self.upstream.bench_log)}")
+        self.grpc_file = os.path.join(self.workdir, "grpc-request.bin")
+        with open(self.grpc_file, "wb") as f:
+            f.write(GRPC_FRAME)
+        all_p = proxies.all_proxies(self.legate_bin)
+        wanted = self.args.proxies.split(",") if self.args.proxies else [p.name for p in all_p]
+        self.proxies = [p for p in all_p if p.name in wanted]
+        if not self.proxies:
+            raise HarnessError(f"no proxy selected from {wanted}")
+
+    def variant(self, down, up, streaming=False):
+        return {"down": down, "up": up, "up_port": self.up_ports[up], "port": free_port(), "admin_port": free_port(),
+                "cert": self.cert, "key": self.key, "streaming": streaming}
+
+    def url(self, v, path="/"):
+        scheme = "https" if v["down"] == "tls" else "http"
+        return f"{scheme}://127.0.0.1:{v['port']}{path}"
+
+    def probe(self, v):
+        """One request through the proxy; True when it answered 200."""
+        cmd = ["curl", "-s", "-k", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2"]
+        if v["down"] == "h2c":
+            cmd.append("--http2-prior-knowledge")
+        if v["up"] == "grpc":
+            cmd += ["-H", "content-type: application/grpc", "-H", "te: trailers", "--data-binary",
+                    "@" + self.grpc_file]
+        r = subprocess.run(cmd + [self.url(v, "/bench.Echo/Ping" if v["up"] == "grpc" else "/")],
+                           capture_output=True, text=True)
+        return r.stdout.strip() == "200"
+
+    def start_proxy(self, proxy, v, bootstrap=None):
+        """Starts the proxy pinned to the proxy core and waits until a request passes.
+        Returns (process, pids). Raises Unsupported or ProxyFailed."""
+        proxy.check(v)
+        rundir = os.path.join(self.workdir, proxy.name)
+        os.makedirs(rundir, exist_ok=True)
+        cmd = proxy.command(rundir, v, bootstrap) if bootstrap is not None else proxy.command(rundir, v)
+        p = PROCS.start(cmd, PROXY_CPU, rundir, proxy.name)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if p.poll() is not None:
+                break
+            if wait_port(v["port"], timeout=0.2, proc=p) and self.probe(v):
+                time.sleep(0.1)  # nginx/h2o: let the workers finish starting
+                return p, tree(p.pid)
+            time.sleep(0.05)
+        msg = tail(p.bench_log)
+        PROCS.stop(p)
+        if proxy.name == "legate" and "not supported" in msg:
+            raise proxies.Unsupported("not supported yet: " + msg.splitlines()[-1][-160:] if msg else "not supported")
+        raise ProxyFailed(f"{proxy.name} did not start or does not proxy: {msg[-300:]}")
+
+    # -- request/response workloads ---------------------------------------------------------
+
+    def load_args(self, w, v):
+        a = {"clients": w["clients"], "streams": w.get("streams", 1), "h1": v["down"] in ("h1", "tls")}
+        if v["up"] == "grpc":
+            a["headers"] = ["content-type: application/grpc", "te: trailers"]
+            a["data"] = self.grpc_file
+        return a
+
+    def url_for(self, w, v):
+        return self.url(v, "/bench.Echo/Ping" if v["up"] == "grpc" else "/")
+
+    def run_saturation(self, w, proxy, v):
+        p, pids = self.start_proxy(proxy, v)
+        try:
+            a = self.load_args(w, v)
+            url = self.url_for(w, v)
+            h2load(url, duration=self.args.warmup, **a)
+            pids = tree(p.pid)
+            c0, t0 = cpu_seconds(pids), time.monotonic()
+            r = h2load(url, duration=self.args.duration, **a)
+            c1, t1 = cpu_seconds(pids), time.monotonic()
+            if p.poll() is not None:
+                raise ProxyFailed(f"{proxy.name} exited during the run: {tail(p.bench_log)}")
+            if r["ok"] == 0:
+                raise ProxyFailed(f"no successful request ({r['failed']} failed)")
+            return {"rps": r["rps"], "cpu_us": (c1 - c0) * 1e6 / r["ok"], "busy": (c1 - c0) / (t1 - t0),
+                    "hwm_kib": mem_kib(pids, "VmHWM"), "failed": r["failed"]}
+        finally:
+            PROCS.stop(p)
+
+    def run_latency(self, w, proxy, v, rate):
+        p, pids = self.start_proxy(proxy, v)
+        try:
+            a = self.load_args(w, v)
+            url = self.url_for(w, v)
+            h2load(url, duration=self.args.warmup, **a)
+            per_client = max(1, int(rate / a["clients"]))
+            logf = os.path.join(self.workdir, "latency.tsv")
+            r = h2load(url, duration=self.args.duration, rps=per_client, logfile=logf, **a)
+            lat = r["lat_us"] or []
+            return {"rate": per_client * a["clients"], "p50_ms": (percentile(lat, 0.5) or 0) / 1000.0,
+                    "p99_ms": (percentile(lat, 0.99) or 0) / 1000.0, "lat_failed": r["failed"],
+                    "lat_rps": r["rps"]}
+        finally:
+            PROCS.stop(p)
+
+    def run_churn(self, w, proxy, v):
+        p, pids = self.start_proxy(proxy, v)
+        try:
+            url = self.url(v)
+            hdr = ["Connection: close"]
+            h2load(url, n=w["n"] // 10, clients=w["clients"], h1=True, headers=hdr)
+            pids = tree(p.pid)
+            logf = os.path.join(self.workdir, "churn.tsv")
+            c0, t0 = cpu_seconds(pids), time.monotonic()
+            r = h2load(url, n=w["n"], clients=w["clients"], h1=True, headers=hdr, logfile=logf)
+            c1, t1 = cpu_seconds(pids), time.monotonic()
+            if r["ok"] == 0:
+                raise ProxyFailed(f"no successful request ({r['failed']} failed)")
+            lat = r["lat_us"] or []
+            return {"rps": r["rps"], "cpu_us": (c1 - c0) * 1e6 / r["ok"], "busy": (c1 - c0) / (t1 - t0),
+                    "hwm_kib": mem_kib(pids, "VmHWM"), "failed": r["failed"],
+                    "p50_ms": (percentile(lat, 0.5) or 0) / 1000.0, "p99_ms": (percentile(lat, 0.99) or 0) / 1000.0}
+        finally:
+            PROCS.stop(p)
+
+    def each_proxy(self, w, fn, rounds):
+        """Runs fn(proxy, variant) for every proxy, interleaved over rounds.
+        Returns {proxy: [result per round] | {"skip": why} | {"error": why}}."""
+        out = {}
+        for rnd in range(rounds):
+            for proxy in self.proxies:
+                if isinstance(out.get(proxy.name), dict):
+                    continue  # unsupported or failed before
+                v = self.variant(*w["variant"])
+                try:
+                    res = fn(proxy, v)
+                    out.setdefault(proxy.name, []).append(res)
+                except proxies.Unsupported as e:
+                    out[proxy.name] = {"skip": str(e)}
+                except ProxyFailed as e:
+                    log(f"  {proxy.name}: {e}")
+                    out[proxy.name] = {"error": str(e)}
+        return out
+
+    def workload_rr(self, w):
+        sat = self.each_proxy(w, lambda proxy, v: self.run_saturation(w, proxy, v), self.args.rounds)
+        rates = [statistics.median(r["rps"] for r in runs) for runs in sat.values() if isinstance(runs, list)]
+        rate = int(0.5 * min(rates)) if rates else 0
+        lat = {}
+        if rate > 0:
+            lat = self.each_proxy(w, lambda proxy, v: self.run_latency(w, proxy, v, rate), self.args.rounds)
+        rows = {}
+        for name, runs in sat.items():
+            if not isinstance(runs, list):
+                rows[name] = runs
+                continue
+            row = median_row(runs)
+            lruns = lat.get(name)
+            if isinstance(lruns, list):
+                row.update(median_row(lruns))
+            elif isinstance(lruns, dict):
+                row["lat_note"] = lruns.get("error") or lruns.get("skip")
+            rows[name] = row
+        return {"rows": rows, "rate": rate}
+
+    def workload_churn(self, w):
+        return {"rows": finish_rows(self.each_proxy(w, lambda proxy, v: self.run_churn(w, proxy, v),
+                                                    self.args.rounds))}
+
+    # -- streaming ---------------------------------------------------------------------
+
+    def transfer(self, base_url, size, upload_file):
+        """Downloads and uploads `size` bytes through base_url; returns MB/s for each."""
+        out = {}
+        r = subprocess.run(["taskset", "-c", LOAD_CPU, "curl", "-s", "-o", "/dev/null", "--max-time", "300", "-w",
+                            "%{http_code} %{size_download} %{time_total}", f"{base_url}/big/{size}"],
+                           capture_output=True, text=True)
+        code, got, secs = (r.stdout.split() + ["0", "0", "0"])[:3]
+        if code != "200" or int(got) != size:
+            raise ProxyFailed(f"download: status {code}, {got} of {size} bytes")
+        out["down_mbs"] = size / float(secs) / 1e6
+        r = subprocess.run(["taskset", "-c", LOAD_CPU, "curl", "-s", "--max-time", "300", "-H", "Expect:", "-T",
+                            upload_file, "-w",
+                            " %{http_code} %{time_total}", f"{base_url}/sink"], capture_output=True, text=True)
+        parts = r.stdout.split()
+        if len(parts) < 4 or parts[-2] != "200" or parts[1] != str(size):
+            raise ProxyFailed(f"upload: {r.stdout.strip()[-200:]!r}")
+        out["up_mbs"] = size / float(parts[-1]) / 1e6
+        return out
+
+    def workload_stream(self, w):
+        size = w["size"]
+        upload_file = os.path.join(self.workdir, "upload.bin")
+        with open(upload_file, "wb") as f:
+            f.truncate(size)  # sparse: reading it costs no disk
+        direct_runs = []
+
+        def direct(rnd):
+            direct_runs.append(self.transfer(f"http://127.0.0.1:{self.up_ports['h1']}", size, upload_file))
+
+        def through(proxy, v):
+            p, pids = self.start_proxy(proxy, v)
+            try:
+                rss0 = mem_kib(tree(p.pid), "VmRSS")
+                res = self.transfer(f"http://127.0.0.1:{v['port']}", size, upload_file)
+                pids = tree(p.pid)
+                res["growth_kib"] = mem_kib(pids, "VmHWM") - rss0
+                res["hwm_kib"] = mem_kib(pids, "VmHWM")
+                return res
+            finally:
+                PROCS.stop(p)
+
+        out = {}
+        for rnd in range(self.args.rounds):
+            direct(rnd)
+            part = self.each_proxy(dict(w, variant=("h1", "h1", True)), through, 1)
+            for name, runs in part.items():
+                if isinstance(runs, list):
+                    if not isinstance(out.get(name), dict):
+                        out.setdefault(name, []).extend(runs)
+                else:
+                    out[name] = runs
+        os.unlink(upload_file)
+        rows = finish_rows(out)
+        d = median_row(direct_runs)
+        for row in rows.values():
+            if "down_mbs" in row:
+                row["down_ratio"] = row["down_mbs"] / d["down_mbs"]
+                row["up_ratio"] = row["up_mbs"] / d["up_mbs"]
+        return {"rows": rows, "direct": d, "size": size}
+
+    # -- idle connections -----------------------------------------------------------------
+
+    def workload_idle(self, w):
+        count = w["count"]
+
+        def one(proxy, v, h2):
+            p, pids = self.start_proxy(proxy, v)
+            conns = []
+            try:
+                time.sleep(0.2)
+                pids = tree(p.pid)
+                rss0 = mem_kib(pids, "VmRSS")
+                t0 = time.monotonic()
+                conns, failures = idle.open_idle(v["port"], count, h2=h2)
+                opened = time.monotonic() - t0
+                time.sleep(0.5)
+                pids = tree(p.pid)
+                rss1 = mem_kib(pids, "VmRSS")
+                if p.poll() is not None:
+                    raise ProxyFailed(f"{proxy.name} exited: {tail(p.bench_log)}")
+                good = count - failures
+                if good < count * 0.95:
+                    raise ProxyFailed(f"only {good} of {count} idle connections were set up")
+                return {"bytes_per_conn": (rss1 - rss0) * 1024.0 / good, "conns": good, "open_s": opened,
+                        "rss_mib": rss1 / 1024.0}
+            finally:
+                idle.close_all(conns)
+                PROCS.stop(p)
+
+        h1 = finish_rows(self.each_proxy(dict(w, variant=("h1", "h1")), lambda pr, v: one(pr, v, False), 1))
+        h2 = finish_rows(self.each_proxy(dict(w, variant=("h2c", "h1")), lambda pr, v: one(pr, v, True), 1))
+        return {"h1": h1, "h2": h2, "count": count}
+
+    # -- config scale (Legate alone) ---------------------------------------------------------
+
+    def legate_start_timed(self, bootstrap_doc, admin_port, tag):
+        """Starts Legate on a generated bootstrap (JSON); returns (seconds to /ready, RSS KiB, HWM KiB)."""
+        rundir = os.path.join(self.workdir, "scale")
+        os.makedirs(rundir, exist_ok=True)
+        path = os.path.join(rundir, f"{tag}.json")
+        with open(path, "w") as f:
+            json.dump(bootstrap_doc, f)
+        cmd = [self.legate_bin, "-c", path, "--concurrency", "1", "-l", "warning", "--disable-hot-restart"]
+        t0 = time.monotonic()
+        p = PROCS.start(cmd, PROXY_CPU, rundir, f"legate-{tag}")
+        try:
+            deadline = t0 + 120
+            while time.monotonic() < deadline:
+                if p.poll() is not None:
+                    raise ProxyFailed(f"legate exited: {tail(p.bench_log)}")
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/ready", timeout=1) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                time.sleep(0.005)
+            else:
+                raise ProxyFailed("legate not ready within 120 s")
+            ready = time.monotonic() - t0
+            time.sleep(0.3)
+            pids = tree(p.pid)
+            stats_t0 = time.monotonic()
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/stats", timeout=60) as r:
+                stats_lines = r.read().count(b"\n")
+            stats_s = time.monotonic() - stats_t0
+            return {"ready_s": ready, "rss_kib": mem_kib(pids, "VmRSS"), "hwm_kib": mem_kib(pids, "VmHWM"),
+                    "stats_lines": stats_lines, "stats_s": stats_s, "proc": p, "pids": pids}
+        except BaseException:
+            PROCS.stop(p)
+            raise
+
+    def scale_clusters(self, counts):
+        out = {}
+        base = None
+        for n in [1] + list(counts):
+            admin_port, port = free_port(), free_port()
+            clusters = [proxies.legate_cluster(f"c{i}", self.up_ports["h1"]) for i in range(n)]
+            doc = proxies.legate_bootstrap(admin_port, port, clusters, [proxies.legate_route("c0")])
+            try:
+                r = self.legate_start_timed(doc, admin_port, f"clusters-{n}")
+                PROCS.stop(r.pop("proc"))
+                r.pop("pids")
+            except ProxyFailed as e:
+                out[n] = {"error": str(e)}
+                continue
+            if n == 1:
+                base = r
+                continue
+            if base is not None:
+                r["bytes_per_cluster"] = (r["rss_kib"] - base["rss_kib"]) * 1024.0 / (n - 1)
+            out[n] = r
+            log(f"  {n} clusters: ready in {r['ready_s']:.2f} s, RSS {r['rss_kib'] / 1024:.1f} MiB")
+        return out
+
+    def scale_routes(self, sizes):
+        """End-to-end: proxy CPU per request with N routes (the request hits the last one)."""
+        out = {}
+        for kind in ("prefix", "path"):
+            for n in sizes:
+                admin_port, port = free_port(), free_port()
+                if kind == "prefix":
+                    routes = [proxies.legate_route("up", match={"prefix": f"/r{i}/"}) for i in range(n)]
+                    target = f"/r{n - 1}/x"
+                else:
+                    routes = [proxies.legate_route("up", match={"path": f"/r{i}"}) for i in range(n)]
+                    target = f"/r{n - 1}"
+                doc = proxies.legate_bootstrap(admin_port, port, [proxies.legate_cluster("up", self.up_ports["h1"])],
+                                               routes)
+                try:
+                    r = self.legate_start_timed(doc, admin_port, f"routes-{kind}-{n}")
+                except ProxyFailed as e:
+                    out[f"{kind}/{n}"] = {"error": str(e)}
+                    continue
+                p, pids = r.pop("proc"), r.pop("pids")
+                try:
+                    url = f"http://127.0.0.1:{port}{target}"
+                    h2load(url, clients=32, h1=True, duration=self.args.warmup)
+                    c0 = cpu_seconds(pids)
+                    res = h2load(url, clients=32, h1=True, duration=self.args.route_duration)
+                    c1 = cpu_seconds(pids)
+                    if res["ok"] == 0:
+                        raise ProxyFailed(f"no successful request to {target} ({res['failed']} failed)")
+                    out[f"{kind}/{n}"] = {"cpu_us": (c1 - c0) * 1e6 / res["ok"], "rps": res["rps"],
+                                          "ready_s": r["ready_s"], "rss_kib": r["rss_kib"]}
+                except ProxyFailed as e:
+                    out[f"{kind}/{n}"] = {"error": str(e)}
+                finally:
+                    PROCS.stop(p)
+        return out
+
+    def route_micro(self, sizes):
+        out = {}
+        if self.route_bench is None:
+            return out
+        for kind in ("prefix", "path", "regex"):
+            for n in sizes:
+                if kind == "regex" and n > 1000:
+                    continue  # linear by design (Envoy too); 10k regexes take seconds per match
+                r = subprocess.run(["taskset", "-c", PROXY_CPU, self.route_bench, kind, str(n)], capture_output=True,
+                                   text=True, timeout=120)
+                if r.returncode != 0:
+                    out[f"{kind}/{n}"] = {"error": (r.stderr or r.stdout).strip()[-200:]}
+                    continue
+                kv = dict(item.split("=", 1) for item in r.stdout.split())
+                out[f"{kind}/{n}"] = {"ns": float(kv["ns_per_match"]), "load_ms": float(kv["load_ms"])}
+        return out
+
+    def workload_scale(self, w):
+        if not any(p.name == "legate" for p in self.proxies):
+            return {"skip": "legate not selected"}
+        log("  clusters")
+        clusters = self.scale_clusters(w["clusters"])
+        log("  routes (end to end)")
+        routes = self.scale_routes(w["routes"])
+        log("  routes (micro-benchmark)")
+        micro = self.route_micro(w["routes"])
+        return {"clusters": clusters, "routes": routes, "micro": micro}
+
+    # -- driver ----------------------------------------------------------------------------
+
+    def run(self, workloads):
+        for w in workloads:
+            log(f"workload {w['id']}: {w['title']}")
+            t0 = time.monotonic()
+            kind = w["kind"]
+            res = getattr(self, f"workload_{kind}")(w)
+            res["seconds"] = time.monotonic() - t0
+            self.results[w["id"]] = res
+            log(f"workload {w['id']} done in {res['seconds']:.0f} s")
+
+
+def median_row(runs):
+    row = {}
+    for k in runs[0]:
+        vals = [r[k] for r in runs if isinstance(r.get(k), (int, float))]
+        if vals:
+            row[k] = statistics.median(vals)
+    row["rounds"] = len(runs)
+    return row
+
+
+def finish_rows(per_proxy):
+    return {name: (median_row(runs) if isinstance(runs, list) else runs) for name, runs in per_proxy.items()}
+
+
+# ---- workloads -------------------------------------------------------------------------
+
+def workloads(quick):
+    return [
+        {"id": "1", "kind": "rr", "title": "HTTP/1.1 keep-alive, small GET, HTTP/1.1 upstream",
+         "variant": ("h1", "h1"), "clients": 32},
+        {"id": "2a", "kind": "rr", "title": "h2c downstream (10 streams/conn), HTTP/1.1 upstream",
+         "variant": ("h2c", "h1"), "clients": 8, "streams": 10},
+        {"id": "2b", "kind": "rr", "title": "h2c downstream (10 streams/conn), HTTP/2 upstream",
+         "variant": ("h2c", "h2"), "clients": 8, "streams": 10},
+        {"id": "3", "kind": "rr", "title": "gRPC unary, h2c both sides (echo upstream)",
+         "variant": ("h2c", "grpc"), "clients": 8, "streams": 10},
+        {"id": "4", "kind": "churn", "title": "new connection per request (HTTP/1.1, Connection: close)",
+         "variant": ("h1", "h1"), "clients": 16, "n": 3000 if quick else 20000},
+        {"id": "5a", "kind": "churn", "title": "TLS full handshake per request (ECDSA P-256, no resumption)",
+         "variant": ("tls", "h1"), "clients": 16, "n": 1000 if quick else 5000},
+        {"id": "5b", "kind": "rr", "title": "TLS keep-alive, small GET (HTTP/1.1 over TLS)",
+         "variant": ("tls", "h1"), "clients": 32},
+        {"id": "6", "kind": "stream", "title": "streaming upload and download through the proxy",
+         "size": (64 << 20) if quick else (1 << 30)},
+        {"id": "7", "kind": "idle", "title": "idle connections (HTTP/1.1 and h2c)",
+         "count": 1000 if quick else idle_count()},
+        {"id": "8", "kind": "scale", "title": "config scale (Legate alone)",
+         "clusters": [1000, 10000] if quick else [1000, 10000, 100000], "routes": [10, 1000, 10000]},
+    ]
+
+
+def idle_count():
+    """10,000 unless the fd hard limit is lower (HAProxy needs two fds per connection)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY or hard >= 20300:
+        return 10000
+    return max(100, (proxies.haproxy_maxconn() - 100) // 100 * 100)
+
+
+# ---- report ----------------------------------------------------------------------------
+
+def fmt(v, spec):
+    return format(v, spec) if isinstance(v, (int, float)) else "-"
+
+
+def note_of(row):
+    return row.get("skip") or row.get("error") or ""
+
+
+def ratio(a, b):
+    return a / b if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > 0 else None
+
+
+def best_peer(rows, key, peers=("nginx", "haproxy"), lower=True):
+    vals = [(rows[p][key], p) for p in peers if p in rows and isinstance(rows[p].get(key), (int, float))]
+    if not vals:
+        return None, None
+    return (min(vals) if lower else max(vals))
+
+
+def report_rr(w, res, lines, bar):
+    rows = res["rows"]
+    lines.append(f"\nFixed rate for latency: {res['rate']} req/s (half the slowest proxy's saturated rate).\n")
+    lines.append("| proxy | req/s (saturated) | CPU µs/req | proxy core busy | p50 ms | p99 ms | peak RSS MiB "
+                 "| Legate/peer CPU | note |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    lg = rows.get("legate", {})
+    for name, row in rows.items():
+        note = note_of(row) or row.get("lat_note", "")
+        if row.get("failed"):
+            note += f" {int(row['failed'])} failed requests"
+        r = ratio(lg.get("cpu_us"), row.get("cpu_us")) if name != "legate" else None
+        lines.append(f"| {name} | {fmt(row.get('rps'), ',.0f')} | {fmt(row.get('cpu_us'), '.2f')} | "
+                     f"{fmt(row.get('busy', 0) * 100 if 'busy' in row else None, '.0f')}% | "
+                     f"{fmt(row.get('p50_ms'), '.3f')} | {fmt(row.get('p99_ms'), '.3f')} | "
+                     f"{fmt(row.get('hwm_kib', 0) / 1024 if 'hwm_kib' in row else None, '.1f')} | "
+                     f"{fmt(r, '.2f')} | {note.strip()} |")
+    if w["id"] in ("1", "2a", "2b", "3"):
+        peers = ("nginx",) if w["id"] == "3" else ("nginx", "haproxy")
+        best, who = best_peer(rows, "cpu_us", peers)
+        r = ratio(lg.get("cpu_us"), best)
+        bp99, pwho = best_peer(rows, "p99_ms", peers)
+        if r is None:
+            bar.append(f"| {w['id']} CPU/req vs best of {'/'.join(peers)} | ≤ 0.80 | - | no figure |")
+        else:
+            bar.append(f"| {w['id']} CPU/req vs best of {'/'.join(peers)} ({who}) | ≤ 0.80 | {r:.2f} | "
+                       f"{'met' if r <= 0.8 else 'NOT met'} |")
+        if lg.get("p99_ms") is not None and bp99 is not None:
+            bar.append(f"| {w['id']} p99 at fixed rate vs {pwho} | ≤ 1.00 | {lg['p99_ms'] / bp99:.2f} | "
+                       f"{'met' if lg['p99_ms'] <= bp99 else 'NOT met'} |")
+
+
+def report_churn(w, res, lines, bar):
+    rows = res["rows"]
+    lines.append("\nClosed loop, 16 concurrent clients (h2load cannot pace reconnecting clients), so the "
+                 "latencies are at saturation.\n")
+    lines.append("| proxy | conn+req/s | CPU µs/req | proxy core busy | p50 ms | p99 ms | peak RSS MiB | "
+                 "Legate/peer CPU | note |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    lg = rows.get("legate", {})
+    for name, row in rows.items():
+        r = ratio(lg.get("cpu_us"), row.get("cpu_us")) if name != "legate" else None
+        note = note_of(row) + (f" {int(row['failed'])} failed" if row.get("failed") else "")
+        lines.append(f"| {name} | {fmt(row.get('rps'), ',.0f')} | {fmt(row.get('cpu_us'), '.2f')} | "
+                     f"{fmt(row.get('busy', 0) * 100 if 'busy' in row else None, '.0f')}% | "
+                     f"{fmt(row.get('p50_ms'), '.3f')} | {fmt(row.get('p99_ms'), '.3f')} | "
+                     f"{fmt(row.get('hwm_kib', 0) / 1024 if 'hwm_kib' in row else None, '.1f')} | "
+                     f"{fmt(r, '.2f')} | {note.strip()} |")
+
+
+def report_stream(w, res, lines, bar):
+    d = res["direct"]
+    lines.append(f"\n{res['size'] >> 20} MiB each way with curl; direct path (no proxy): download "
+                 f"{d['down_mbs']:.0f} MB/s, upload {d['up_mbs']:.0f} MB/s.\n")
+    lines.append("| proxy | download MB/s | vs direct | upload MB/s | vs direct | RSS growth MiB | note |")
+    lines.append("|---|---:|---:|---:|---:|---:|---|")
+    for name, row in res["rows"].items():
+        lines.append(f"| {name} | {fmt(row.get('down_mbs'), '.0f')} | {fmt(row.get('down_ratio'), '.2f')} | "
+                     f"{fmt(row.get('up_mbs'), '.0f')} | {fmt(row.get('up_ratio'), '.2f')} | "
+                     f"{fmt(row.get('growth_kib', 0) / 1024 if 'growth_kib' in row else None, '.1f')} | "
+                     f"{note_of(row)} |")
+    lg = res["rows"].get("legate", {})
+    if "down_ratio" in lg:
+        worst = min(lg["down_ratio"], lg["up_ratio"])
+        bar.append(f"| 6 throughput vs direct path (worse direction) | ≥ 0.90 | {worst:.2f} | "
+                   f"{'met' if worst >= 0.9 else 'NOT met'} |")
+        g = lg["growth_kib"] / 1024
+        bar.append(f"| 6 RSS growth MiB | < 16 | {g:.1f} | {'met' if g < 16 else 'NOT met'} |")
+
+
+def report_idle(w, res, lines, bar):
+    lines.append(f"\n{res['count']:,} connections, each after one request; RSS delta over the proxy's processes.\n")
+    lines.append("| proxy | HTTP/1.1 bytes/conn | h2c bytes/conn | RSS with h1 conns MiB | RSS with h2 conns MiB "
+                 "| note |")
+    lines.append("|---|---:|---:|---:|---:|---|")
+    names = list(dict.fromkeys(list(res["h1"]) + list(res["h2"])))
+    for name in names:
+        a, b = res["h1"].get(name, {}), res["h2"].get(name, {})
+        note = "; ".join(f"{proto}: {note_of(x)}" for proto, x in (("h1", a), ("h2", b)) if note_of(x))
+        lines.append(f"| {name} | {fmt(a.get('bytes_per_conn'), ',.0f')} | {fmt(b.get('bytes_per_conn'), ',.0f')} | "
+                     f"{fmt(a.get('rss_mib'), '.1f')} | {fmt(b.get('rss_mib'), '.1f')} | {note} |")
+    lg1, lg2 = res["h1"].get("legate", {}), res["h2"].get("legate", {})
+    ng = res["h1"].get("nginx", {})
+    if "bytes_per_conn" in lg1 and "bytes_per_conn" in ng:
+        met = lg1["bytes_per_conn"] <= ng["bytes_per_conn"]
+        bar.append(f"| 7 idle HTTP/1.1 bytes/conn vs nginx | ≤ {ng['bytes_per_conn']:,.0f} | "
+                   f"{lg1['bytes_per_conn']:,.0f} | {'met' if met else 'NOT met'} |")
+    if "bytes_per_conn" in lg2:
+        met = lg2["bytes_per_conn"] < 8192
+        bar.append(f"| 7 idle h2 bytes/conn | < 8,192 | {lg2['bytes_per_conn']:,.0f} | {'met' if met else 'NOT met'} |")
+
+
+def report_scale(w, res, lines, bar):
+    if "skip" in res:
+        lines.append(f"\nskipped: {res['skip']}")
+        return
+    lines.append("\nStatic clusters (one endpoint each), one listener; start-up = exec to GET /ready 200. "
+                 "Envoy's published figures: 35-42 KB per cluster, seconds for 10k clusters.\n")
+    lines.append("| clusters | start-up s | RSS MiB | bytes/cluster | /stats lines | /stats s | note |")
+    lines.append("|---:|---:|---:|---:|---:|---:|---|")
+    for n, r in res["clusters"].items():
+        lines.append(f"| {int(n):,} | {fmt(r.get('ready_s'), '.2f')} | "
+                     f"{fmt(r.get('rss_kib', 0) / 1024 if 'rss_kib' in r else None, '.1f')} | "
+                     f"{fmt(r.get('bytes_per_cluster'), ',.0f')} | {fmt(r.get('stats_lines'), ',')} | "
+                     f"{fmt(r.get('stats_s'), '.2f')} | {note_of(r)} |")
+    c10k = res["clusters"].get(10000) or res["clusters"].get("10000") or {}
+    if "ready_s" in c10k:
+        bar.append(f"| 8 10k clusters start-up s | < 1.0 | {c10k['ready_s']:.2f} | "
+                   f"{'met' if c10k['ready_s'] < 1.0 else 'NOT met'} |")
+        if "bytes_per_cluster" in c10k:
+            b = c10k["bytes_per_cluster"]
+            bar.append(f"| 8 bytes per cluster (10k, with stats) | < 2,048 | {b:,.0f} | "
+                       f"{'met' if b < 2048 else 'NOT met'} |")
+    lines.append("\nRoutes: one virtual host with N routes; the request hits the last route. End to end = "
+                 "Legate CPU per request (h2load, HTTP/1.1, 32 connections); micro = lg_route_match() alone "
+                 "(bench/route_bench.c, same compiler).\n")
+    lines.append("| match | routes | end-to-end CPU µs/req | vs 10 routes | micro ns/match | vs 10 routes | "
+                 "config load ms | note |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---|")
+    for kind in ("prefix", "path", "regex"):
+        base_e = res["routes"].get(f"{kind}/10", {}).get("cpu_us")
+        base_m = res["micro"].get(f"{kind}/10", {}).get("ns")
+        for key in sorted({k for k in list(res["routes"]) + list(res["micro"]) if k.startswith(kind + "/")},
+                          key=lambda k: int(k.split("/")[1])):
+            e, m = res["routes"].get(key, {}), res["micro"].get(key, {})
+            n = int(key.split("/")[1])
+            lines.append(f"| {kind} | {n:,} | {fmt(e.get('cpu_us'), '.2f')} | "
+                         f"{fmt(ratio(e.get('cpu_us'), base_e), '.2f')} | {fmt(m.get('ns'), '.0f')} | "
+                         f"{fmt(ratio(m.get('ns'), base_m), '.2f')} | {fmt(m.get('load_ms'), '.0f')} | "
+                         f"{'; '.join(x for x in (note_of(e), note_of(m)) if x)} |")
+        m10k = res["micro"].get(f"{kind}/10000", {}).get("ns")
+        if kind != "regex" and m10k is not None and base_m:
+            r = m10k / base_m
+            bar.append(f"| 8 {kind} route match 10k vs 10 routes | ≤ 2.00 | {r:.2f} | {'met' if r <= 2 else 'NOT met'} |")
+
+
+def machine_description():
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = "?"
+    try:
+        with open("/proc/meminfo") as f:
+            mem = f"{int(f.readline().split()[1]) / 1048576:.1f} GiB"
+    except (OSError, ValueError):
+        pass
+    distro = "?"
+    try:
+        with open("/etc/os-release") as f:
+            for line in f:
+                if line.startswith("PRETTY_NAME="):
+                    distro = line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    h2v = subprocess.run(["h2load", "--version"], capture_output=True, text=True).stdout.strip()
+    return {"host": platform.node(), "kernel": platform.release(), "cpu": cpu, "cores": os.cpu_count(), "memory": mem,
+            "distro": distro, "h2load": h2v, "python": platform.python_version()}
+
+
+def write_report(bench, workload_list, started, out_dir):
+    m = machine_description()
+    la0, la1 = getattr(bench, "loadavg_start", (0, 0, 0)), os.getloadavg()
+    lines = [f"# Legate bench, {started:%Y-%m-%d %H:%M:%S}", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}, {m['distro']}, kernel {m['kernel']}.",
+             f"Load: {m['h2load']} (1 thread), curl; upstream: bench/upstream.c (epoll, nghttp2). "
+             f"Proxy pinned to core {PROXY_CPU}; load generator and upstream to core {LOAD_CPU}. "
+             f"One worker per proxy. Rounds: {bench.args.rounds} (median), {bench.args.duration} s per run"
+             f"{' (BENCH_QUICK)' if bench.quick else ''}.",
+             f"Load average (1 min) at start {la0[0]:.2f}, at end {la1[0]:.2f}: anything above ~1 means other work "
+             f"shared the cores and the figures are noisy{f'; bench ran at nice {bench.args.nice}' if bench.args.nice else ''}.",
+             "", "Proxies:"]
+    for p in bench.proxies:
+        lines.append(f"- {p.version()}")
+    bar = ["| bar | target | Legate | |", "|---|---:|---:|---|"]
+    by_id = {w["id"]: w for w in workload_list}
+    for wid, res in bench.results.items():
+        w = by_id[wid]
+        lines.append(f"\n## {wid}. {w['title']}")
+        globals()[f"report_{w['kind']}"](w, res, lines, bar)
+    if len(bar) > 2:
+        lines += ["\n## The bar (issue 5), Legate against the best peer in this run", ""] + bar
+    text = "\n".join(lines) + "\n"
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.join(out_dir, f"{started:%Y%m%d-%H%M%S}")
+    with open(stem + ".md", "w") as f:
+        f.write(text)
+    with open(stem + ".json", "w") as f:
+        json.dump({"machine": m, "args": vars(bench.args), "results": bench.results}, f, indent=1, default=str)
+    return stem + ".md", text
+
+
+# ---- main -------------------------------------------------------------------------------
+
+def self_test_check(bench, text):
+    """The table for workload 1 must hold a figure for every proxy that ran."""
+    rows = bench.results.get("1", {}).get("rows", {})
+    problems = []
+    for p in bench.proxies:
+        row = rows.get(p.name)
+        if row is None:
+            problems.append(f"{p.name}: no row")
+        elif "error" in row:
+            problems.append(f"{p.name}: {row['error']}")
+        elif not (row.get("cpu_us", 0) > 0 and row.get("rps", 0) > 0 and row.get("p99_ms", 0) > 0):
+            problems.append(f"{p.name}: incomplete row {row}")
+        elif f"| {p.name} |" not in text:
+            problems.append(f"{p.name}: not in the table")
+    return problems
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", help="comma-separated workload ids (1,2a,2b,3,4,5a,5b,6,7,8)")
+    ap.add_argument("--proxies", help="comma-separated: legate,nginx,haproxy,h2o")
+    ap.add_argument("--rounds", type=int)
+    ap.add_argument("--duration", type=float, help="seconds per measured run")
+    ap.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1")
+    ap.add_argument("--self-test", action="store_true", help="workload 1 only, short runs; checks the table")
+    ap.add_argument("--out", help="results directory (default bench/results, build/bench for --self-test)")
+    ap.add_argument("--nice", type=int, default=int(os.environ.get("BENCH_NICE", "0")),
+                    help="nice value for the bench and everything it starts (e.g. -5 on a shared machine; root only)")
+    args = ap.parse_args()
+    if args.self_test:
+        args.quick = True
+        args.only = args.only or "1"
+    args.rounds = args.rounds or (1 if args.quick else 2)
+    args.duration = args.duration or (2 if args.quick else 5)
+    args.warmup = 1 if args.quick else 1
+    args.route_duration = 2 if args.quick else 3
+    out_dir = args.out or (os.path.join(REPO, "build", "bench") if args.self_test else os.path.join(HERE, "results"))
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    started = datetime.datetime.now()
+    all_w = workloads(args.quick)
+    chosen = all_w if not args.only else [w for w in all_w if w["id"] in args.only.split(",")]
+    if not chosen:
+        print(f"no workload matches --only {args.only}", file=sys.stderr)
+        return 2
+    if args.nice:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, args.nice)
+        except OSError as e:
+            log(f"cannot set nice {args.nice}: {e}")
+    bench = Bench(args)
+    bench.loadavg_start = os.getloadavg()
+    try:
+        bench.setup()
+        bench.run(chosen)
+        path, text = write_report(bench, all_w, started, out_dir)
+    except HarnessError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        print(f"bench: interrupted ({e})", file=sys.stderr)
+        return 130
+    finally:
+        PROCS.stop_all()
+        if bench.workdir and not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(bench.workdir, ignore_errors=True)
+    print(text)
+    log(f"table written to {os.path.relpath(path, REPO)} in {(datetime.datetime.now() - started).seconds} s")
+    if args.self_test:
+        problems = self_test_check(bench, text)
+        if problems:
+            print("self-test FAILED:\n  " + "\n  ".join(problems), file=sys.stderr)
+            return 1
+        print("self-test: table produced for " + ", ".join(p.name for p in bench.proxies))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

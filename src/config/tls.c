@@ -1,0 +1,1538 @@
+/*
+ * Compiles DownstreamTlsContext / UpstreamTlsContext into lg_tls_context_t and
+ * builds the OpenSSL SSL_CTX behind it; rebuilds it when a certificate file
+ * changes (lg_tls_reload_poll).
+ *
+ * Compile copies what a rebuild needs (file paths, inline bytes, matchers) so
+ * that the protos can be freed; building reads the files again each time.
+ */
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <sys/stat.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include "legate/pbjson.h"
+#include "legate/protobuf.h"
+#include "legate/route.h"
+#include "legate/stats.h"
+#include "legate/tls.h"
+#include "legate/worker-t.h"
+
+/* match_subject_alt_names and the certificate provider fields are deprecated but still honoured. */
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+
+typedef Envoy__Extensions__TransportSockets__Tls__V3__CommonTlsContext common_proto_t;
+typedef Envoy__Extensions__TransportSockets__Tls__V3__CertificateValidationContext cvc_proto_t;
+typedef Envoy__Extensions__TransportSockets__Tls__V3__TlsCertificate cert_proto_t;
+typedef Envoy__Extensions__TransportSockets__Tls__V3__TlsParameters params_proto_t;
+typedef Envoy__Extensions__TransportSockets__Tls__V3__SdsSecretConfig sds_proto_t;
+typedef Envoy__Extensions__TransportSockets__Tls__V3__Secret secret_proto_t;
+typedef Envoy__Config__Core__V3__DataSource source_proto_t;
+
+#define TLS_TYPE_DOWNSTREAM "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+#define TLS_TYPE_UPSTREAM "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+
+/* Envoy's defaults (BoringSSL equal-preference groups flattened for OpenSSL). */
+static const char default_ciphers[] = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256:"
+                                      "ECDHE-RSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384";
+static const char default_curves[] = "X25519:P-256";
+
+static const lg_stat_def_t tls_stat_defs[] = {LG_TLS_STATS(LG_STAT_DEF)};
+
+/* static_resources.secrets, installed with the bootstrap (lg_tls_secrets_install) */
+static pthread_mutex_t secrets_mutex = PTHREAD_MUTEX_INITIALIZER;
+static lg_tls_secrets_t *static_secrets;
+
+/* contexts built from files, for lg_tls_reload_poll */
+static pthread_mutex_t registry_mutex = PTHREAD_MUTEX_INITIALIZER;
+static lg_tls_context_t *registry_head;
+
+static SSL_CTX *build_ssl_ctx(lg_tls_context_t *t, lg_tls_watch_t **watches, size_t *n_watches, lg_error_t *err);
+
+/* lg_error_prefix that keeps field paths dotted: "a" + "b[0]: msg" gives
+ * "a.b[0]: msg"; a message that is not a path gets "a: msg". */
+static int __attribute__((format(printf, 2, 3))) path_prefix(lg_error_t *err, const char *fmt, ...)
+{
+    char prefix[512], old[LG_ERROR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof(prefix), fmt, ap);
+    va_end(ap);
+    memcpy(old, err->msg, sizeof(old));
+    size_t n = 0;
+    while (old[n] != '\0' && (islower((unsigned char)old[n]) || isdigit((unsigned char)old[n]) || strchr("_.[]", old[n]) != NULL))
+        ++n;
+    int is_path = n != 0 && old[n] == ':' && old[n + 1] == ' ';
+    size_t plen = strlen(prefix);
+    int room = (int)(sizeof(err->msg) > plen + 3 ? sizeof(err->msg) - plen - 3 : 0);
+    snprintf(err->msg, sizeof(err->msg), "%s%s%.*s", prefix, is_path ? "." : ": ", room, old);
+    return -1;
+}
+
+/* ---- data sources ---- */
+
+static void source_dispose(lg_tls_source_t *s)
+{
+    free(s->path);
+    free(s->bytes.base);
+    *s = (lg_tls_source_t){LG_TLS_SOURCE_NONE};
+}
+
+static int source_compile(lg_tls_source_t *out, const source_proto_t *m, lg_error_t *err)
+{
+    source_dispose(out);
+    if (m == NULL)
+        return 0;
+    switch (m->specifier_case) {
+    case ENVOY__CONFIG__CORE__V3__DATA_SOURCE__SPECIFIER_FILENAME:
+        if (m->filename[0] == '\0')
+            return lg_error(err, "filename: value length must be at least 1 characters");
+        out->kind = LG_TLS_SOURCE_FILE;
+        out->path = lg_strdup(m->filename);
+        return 0;
+    case ENVOY__CONFIG__CORE__V3__DATA_SOURCE__SPECIFIER_INLINE_BYTES:
+        out->kind = LG_TLS_SOURCE_BYTES;
+        out->bytes = h2o_iovec_init(lg_malloc(m->inline_bytes.len + 1), m->inline_bytes.len);
+        memcpy(out->bytes.base, m->inline_bytes.data, m->inline_bytes.len);
+        return 0;
+    case ENVOY__CONFIG__CORE__V3__DATA_SOURCE__SPECIFIER_INLINE_STRING:
+        out->kind = LG_TLS_SOURCE_BYTES;
+        out->bytes = h2o_iovec_init(lg_strdup(m->inline_string), strlen(m->inline_string));
+        return 0;
+    case ENVOY__CONFIG__CORE__V3__DATA_SOURCE__SPECIFIER_ENVIRONMENT_VARIABLE: {
+        const char *v = getenv(m->environment_variable);
+        if (v == NULL)
+            return lg_error(err, "environment_variable: Environment variable doesn't exist: %s", m->environment_variable);
+        out->kind = LG_TLS_SOURCE_BYTES;
+        out->bytes = h2o_iovec_init(lg_strdup(v), strlen(v));
+        return 0;
+    }
+    default:
+        return 0;
+    }
+}
+
+/* How Envoy names a source in its errors. */
+static const char *source_name(const lg_tls_source_t *s)
+{
+    return s->kind == LG_TLS_SOURCE_FILE ? s->path : "<inline>";
+}
+
+static void watch_add(lg_tls_watch_t **w, size_t *n, const char *path)
+{
+    struct stat st;
+    for (size_t i = 0; i != *n; ++i)
+        if (strcmp((*w)[i].path, path) == 0)
+            return;
+    *w = lg_realloc(*w, (*n + 1) * sizeof(**w));
+    lg_tls_watch_t *x = *w + (*n)++;
+    *x = (lg_tls_watch_t){lg_strdup(path)};
+    if (stat(path, &st) == 0) {
+        x->exists = 1;
+        x->dev = st.st_dev;
+        x->ino = st.st_ino;
+        x->size = st.st_size;
+        x->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+    }
+}
+
+static void watches_free(lg_tls_watch_t *w, size_t n)
+{
+    for (size_t i = 0; i != n; ++i)
+        free(w[i].path);
+    free(w);
+}
+
+/* Reads a source into a memory BIO; files are stat()ed before they are read so
+ * that a change during the read triggers another rebuild. */
+static BIO *source_bio(const lg_tls_source_t *s, lg_tls_watch_t **w, size_t *n, lg_error_t *err)
+{
+    if (s->kind == LG_TLS_SOURCE_BYTES)
+        return BIO_new_mem_buf(s->bytes.base, (int)s->bytes.len);
+    watch_add(w, n, s->path);
+    size_t len;
+    char *data = lg_read_file(s->path, &len, err);
+    if (data == NULL)
+        return NULL;
+    BIO *bio = BIO_new(BIO_s_mem());
+    BIO_write(bio, data, (int)len);
+    free(data);
+    return bio;
+}
+
+/* ---- compile ---- */
+
+/* Secrets are installed before anything that refers to them is compiled, on
+ * the same (control) thread: what this returns stays valid for the compile. */
+static const secret_proto_t *find_secret(const char *name, int type)
+{
+    const secret_proto_t *found = NULL;
+    pthread_mutex_lock(&secrets_mutex);
+    for (size_t i = 0; static_secrets != NULL && i != static_secrets->n && found == NULL; ++i)
+        if (strcmp(static_secrets->secrets[i]->name, name) == 0 && (int)static_secrets->secrets[i]->type_case == type)
+            found = static_secrets->secrets[i];
+    pthread_mutex_unlock(&secrets_mutex);
+    return found;
+}
+
+static int compile_cert(lg_tls_cert_source_t *c, const cert_proto_t *m, lg_error_t *err)
+{
+    if (m->pkcs12 != NULL)
+        return lg_error(err, "pkcs12: PKCS#12 certificates are not supported");
+    if (m->private_key_provider != NULL)
+        return lg_error(err, "private_key_provider: private key providers are not supported");
+    if (m->certificate_chain == NULL || m->certificate_chain->specifier_case == 0)
+        return lg_error(err, "certificate_chain: a TlsCertificate needs a certificate chain");
+    if (m->private_key == NULL || m->private_key->specifier_case == 0)
+        return lg_error(err, "private_key: a TlsCertificate needs a private key");
+    if (source_compile(&c->chain, m->certificate_chain, err) != 0)
+        return path_prefix(err, "certificate_chain");
+    if (source_compile(&c->key, m->private_key, err) != 0)
+        return path_prefix(err, "private_key");
+    if (source_compile(&c->password, m->password, err) != 0)
+        return path_prefix(err, "password");
+    if (m->ocsp_staple != NULL)
+        LG_WARN(config, "ocsp_staple is ignored: OCSP stapling is not supported");
+    return 0;
+}
+
+static int add_cert(lg_tls_context_t *t, const cert_proto_t *m, lg_error_t *err)
+{
+    t->certs = lg_realloc(t->certs, (t->n_certs + 1) * sizeof(*t->certs));
+    lg_tls_cert_source_t *c = t->certs + t->n_certs++;
+    memset(c, 0, sizeof(*c));
+    return compile_cert(c, m, err);
+}
+
+/* verify_certificate_hash: hex, optionally with ':' between bytes. */
+static int parse_hash(const char *s, uint8_t out[32])
+{
+    size_t n = 0;
+    for (const char *p = s; *p != '\0';) {
+        if (*p == ':') {
+            ++p;
+            continue;
+        }
+        char byte[3] = {p[0], p[0] != '\0' ? p[1] : '\0', '\0'};
+        char *end;
+        if (n == 32 || byte[1] == '\0' || !isxdigit((unsigned char)byte[0]) || !isxdigit((unsigned char)byte[1]))
+            return -1;
+        out[n++] = (uint8_t)strtoul(byte, &end, 16);
+        p += 2;
+    }
+    return n == 32 ? 0 : -1;
+}
+
+static int base64_decode_32(const char *s, uint8_t out[32])
+{
+    uint8_t buf[64];
+    size_t len = strlen(s);
+    if (len != 44)
+        return -1;
+    int n = EVP_DecodeBlock(buf, (const unsigned char *)s, (int)len);
+    /* EVP_DecodeBlock counts the padding bytes as output */
+    if (n != 33 || s[43] != '=')
+        return -1;
+    memcpy(out, buf, 32);
+    return 0;
+}
+
+static int compile_validation(lg_tls_context_t *t, const cvc_proto_t *m, lg_error_t *err)
+{
+    t->has_validation = 1;
+    if (m->ca_certificate_provider_instance != NULL)
+        return lg_error(err, "ca_certificate_provider_instance: certificate providers are not supported");
+    if (m->system_root_certs != NULL)
+        return lg_error(err, "system_root_certs: system root certificates are not supported");
+    if (m->custom_validator_config != NULL)
+        return lg_error(err, "custom_validator_config: custom certificate validators are not supported");
+    if (m->trusted_ca != NULL && source_compile(&t->trusted_ca, m->trusted_ca, err) != 0)
+        return path_prefix(err, "trusted_ca");
+    if (m->crl != NULL && source_compile(&t->crl, m->crl, err) != 0)
+        return path_prefix(err, "crl");
+    size_t nsans = m->n_match_typed_subject_alt_names + m->n_match_subject_alt_names;
+    t->sans = lg_realloc(t->sans, (t->n_sans + nsans + 1) * sizeof(*t->sans));
+    for (size_t i = 0; i != m->n_match_typed_subject_alt_names; ++i) {
+        const Envoy__Extensions__TransportSockets__Tls__V3__SubjectAltNameMatcher *x = m->match_typed_subject_alt_names[i];
+        if (x->san_type == 0 || x->san_type > 4)
+            return lg_error(err, "match_typed_subject_alt_names[%zu].san_type: %s", i,
+                            x->san_type == 0 ? "value must not be in list [SAN_TYPE_UNSPECIFIED]" : "OTHER_NAME is not supported");
+        if (x->matcher == NULL)
+            return lg_error(err, "match_typed_subject_alt_names[%zu].matcher: value is required", i);
+        lg_tls_san_matcher_t *sm = t->sans + t->n_sans;
+        memset(sm, 0, sizeof(*sm));
+        sm->san_type = (int)x->san_type;
+        if (lg_string_matcher_compile(x->matcher, &sm->match, err) != 0)
+            return path_prefix(err, "match_typed_subject_alt_names[%zu].matcher", i);
+        ++t->n_sans;
+    }
+    for (size_t i = 0; i != m->n_match_subject_alt_names; ++i) {
+        lg_tls_san_matcher_t *sm = t->sans + t->n_sans;
+        memset(sm, 0, sizeof(*sm));
+        if (lg_string_matcher_compile(m->match_subject_alt_names[i], &sm->match, err) != 0)
+            return path_prefix(err, "match_subject_alt_names[%zu]", i);
+        ++t->n_sans;
+    }
+    t->cert_hashes = lg_realloc(t->cert_hashes, (t->n_cert_hashes + m->n_verify_certificate_hash + 1) * 32);
+    for (size_t i = 0; i != m->n_verify_certificate_hash; ++i)
+        if (parse_hash(m->verify_certificate_hash[i], t->cert_hashes[t->n_cert_hashes++]) != 0)
+            return lg_error(err, "verify_certificate_hash[%zu]: Invalid hex-encoded SHA-256 %s", i, m->verify_certificate_hash[i]);
+    t->spki_hashes = lg_realloc(t->spki_hashes, (t->n_spki_hashes + m->n_verify_certificate_spki + 1) * 32);
+    for (size_t i = 0; i != m->n_verify_certificate_spki; ++i)
+        if (base64_decode_32(m->verify_certificate_spki[i], t->spki_hashes[t->n_spki_hashes++]) != 0)
+            return lg_error(err, "verify_certificate_spki[%zu]: Invalid base64-encoded SHA-256 %s", i,
+                            m->verify_certificate_spki[i]);
+    t->allow_expired |= m->allow_expired_certificate;
+    t->only_verify_leaf_crl |= m->only_verify_leaf_cert_crl;
+    t->accept_untrusted |=
+        m->trust_chain_verification ==
+        ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__CERTIFICATE_VALIDATION_CONTEXT__TRUST_CHAIN_VERIFICATION__ACCEPT_UNTRUSTED;
+    if (m->max_verify_depth != NULL)
+        t->max_verify_depth = m->max_verify_depth->value;
+    if (m->require_signed_certificate_timestamp != NULL && m->require_signed_certificate_timestamp->value)
+        return lg_error(err, "require_signed_certificate_timestamp: not supported");
+    return 0;
+}
+
+static int compile_validation_secret(lg_tls_context_t *t, const sds_proto_t *sds, lg_error_t *err)
+{
+    const secret_proto_t *s =
+        find_secret(sds->name, ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE_VALIDATION_CONTEXT);
+    if (s == NULL && sds->sds_config != NULL)
+        return lg_error(err, "sds_config: secret %s has not been received", sds->name);
+    if (s == NULL)
+        return lg_error(err, "Unknown static certificate validation context: %s", sds->name);
+    if (compile_validation(t, s->validation_context, err) != 0)
+        return path_prefix(err, "validation_context (secret %s)", sds->name);
+    return 0;
+}
+
+static int compile_validation_choice(lg_tls_context_t *t, const common_proto_t *m, lg_error_t *err)
+{
+    switch (m->validation_context_type_case) {
+    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__COMMON_TLS_CONTEXT__VALIDATION_CONTEXT_TYPE_VALIDATION_CONTEXT:
+        if (compile_validation(t, m->validation_context, err) != 0)
+            return path_prefix(err, "validation_context");
+        return 0;
+    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__COMMON_TLS_CONTEXT__VALIDATION_CONTEXT_TYPE_VALIDATION_CONTEXT_SDS_SECRET_CONFIG:
+        if (compile_validation_secret(t, m->validation_context_sds_secret_config, err) != 0)
+            return path_prefix(err, "validation_context_sds_secret_config");
+        return 0;
+    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__COMMON_TLS_CONTEXT__VALIDATION_CONTEXT_TYPE_COMBINED_VALIDATION_CONTEXT: {
+        const Envoy__Extensions__TransportSockets__Tls__V3__CommonTlsContext__CombinedCertificateValidationContext *c =
+            m->combined_validation_context;
+        if (c->default_validation_context == NULL)
+            return lg_error(err, "combined_validation_context.default_validation_context: value is required");
+        if (c->validation_context_sds_secret_config == NULL)
+            return lg_error(err, "combined_validation_context.validation_context_sds_secret_config: value is required");
+        if (compile_validation(t, c->default_validation_context, err) != 0)
+            return path_prefix(err, "combined_validation_context.default_validation_context");
+        if (compile_validation_secret(t, c->validation_context_sds_secret_config, err) != 0)
+            return path_prefix(err, "combined_validation_context.validation_context_sds_secret_config");
+        return 0;
+    }
+    case 0:
+        return 0;
+    default:
+        return lg_error(err, "validation_context_certificate_provider: certificate providers are not supported");
+    }
+}
+
+static int tls_version(int v, int def)
+{
+    static const int versions[] = {0, TLS1_VERSION, TLS1_1_VERSION, TLS1_2_VERSION, TLS1_3_VERSION};
+    return v > 0 && v < 5 ? versions[v] : def;
+}
+
+/* Joins config strings with ':', flattening BoringSSL's "[a|b]" groups. */
+static char *join_list(char **items, size_t n)
+{
+    lg_strbuf_t b = {NULL};
+    for (size_t i = 0; i != n; ++i) {
+        if (i != 0)
+            lg_strbuf_puts(&b, ":");
+        for (const char *p = items[i]; *p != '\0'; ++p)
+            if (*p == '|')
+                lg_strbuf_puts(&b, ":");
+            else if (*p != '[' && *p != ']')
+                lg_strbuf_append(&b, p, 1);
+    }
+    if (b.base == NULL)
+        lg_strbuf_puts(&b, "");
+    return b.base;
+}
+
+/* Checks cipher names one by one, as Envoy reports the rejected ones. */
+static int check_ciphers(char **items, size_t n, lg_error_t *err)
+{
+    SSL_CTX *tmp = SSL_CTX_new(TLS_method());
+    lg_strbuf_t bad = {NULL};
+    char *all = join_list(items, n);
+    char *save = NULL;
+    for (char *tok = strtok_r(all, ":", &save); tok != NULL; tok = strtok_r(NULL, ":", &save)) {
+        if (SSL_CTX_set_cipher_list(tmp, tok) != 1 || strncmp(tok, "TLS_", 4) == 0) {
+            if (bad.len != 0)
+                lg_strbuf_puts(&bad, ",");
+            lg_strbuf_puts(&bad, tok);
+        }
+    }
+    free(all);
+    SSL_CTX_free(tmp);
+    ERR_clear_error();
+    if (bad.len == 0)
+        return 0;
+    all = join_list(items, n);
+    lg_error(
+        err,
+        "cipher_suites: Failed to initialize cipher suites %s. The following ciphers were rejected when tried individually: %s",
+        all, bad.base);
+    free(all);
+    lg_strbuf_free(&bad);
+    return -1;
+}
+
+static int compile_params(lg_tls_context_t *t, const params_proto_t *m, lg_error_t *err)
+{
+    int server = t->role == LG_TLS_SERVER;
+    t->min_version = tls_version(m != NULL ? (int)m->tls_minimum_protocol_version : 0, TLS1_2_VERSION);
+    t->max_version = tls_version(m != NULL ? (int)m->tls_maximum_protocol_version : 0, server ? TLS1_3_VERSION : TLS1_2_VERSION);
+    if (t->min_version > t->max_version)
+        return lg_error(err, "tls_params: tls_minimum_protocol_version is greater than tls_maximum_protocol_version");
+    if (m != NULL && m->n_cipher_suites != 0) {
+        if (check_ciphers(m->cipher_suites, m->n_cipher_suites, err) != 0)
+            return path_prefix(err, "tls_params");
+        t->cipher_list = join_list(m->cipher_suites, m->n_cipher_suites);
+    } else {
+        t->cipher_list = lg_strdup(default_ciphers);
+    }
+    t->curves = m != NULL && m->n_ecdh_curves != 0 ? join_list(m->ecdh_curves, m->n_ecdh_curves) : lg_strdup(default_curves);
+    if (m != NULL && m->n_signature_algorithms != 0)
+        t->sigalgs = join_list(m->signature_algorithms, m->n_signature_algorithms);
+    return 0;
+}
+
+static int compile_alpn(lg_tls_context_t *t, char **protos, size_t n, lg_error_t *err)
+{
+    lg_strbuf_t b = {NULL};
+    for (size_t i = 0; i != n; ++i) {
+        size_t len = strlen(protos[i]);
+        if (len == 0 || len > 255) {
+            lg_strbuf_free(&b);
+            return lg_error(err, "alpn_protocols[%zu]: Invalid ALPN protocol string", i);
+        }
+        uint8_t l = (uint8_t)len;
+        lg_strbuf_append(&b, (const char *)&l, 1);
+        lg_strbuf_append(&b, protos[i], len);
+    }
+    t->alpn = h2o_iovec_init(b.base, b.len);
+    return 0;
+}
+
+static int compile_common(lg_tls_context_t *t, const common_proto_t *m, lg_error_t *err)
+{
+    if (m == NULL)
+        return 0;
+    if (m->tls_certificate_provider_instance != NULL || m->tls_certificate_certificate_provider != NULL ||
+        m->tls_certificate_certificate_provider_instance != NULL)
+        return lg_error(err, "tls_certificate_provider_instance: certificate providers are not supported");
+    if (m->custom_handshaker != NULL)
+        return lg_error(err, "custom_handshaker: custom handshakers are not supported");
+    if (m->key_log != NULL)
+        LG_WARN(config, "common_tls_context.key_log is ignored: TLS key logging is not supported");
+    if (compile_params(t, m->tls_params, err) != 0)
+        return -1;
+    for (size_t i = 0; i != m->n_tls_certificates; ++i)
+        if (add_cert(t, m->tls_certificates[i], err) != 0)
+            return path_prefix(err, "tls_certificates[%zu]", i);
+    for (size_t i = 0; i != m->n_tls_certificate_sds_secret_configs; ++i) {
+        const sds_proto_t *sds = m->tls_certificate_sds_secret_configs[i];
+        const secret_proto_t *s =
+            find_secret(sds->name, ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE_TLS_CERTIFICATE);
+        if (s == NULL && sds->sds_config != NULL)
+            return lg_error(err, "tls_certificate_sds_secret_configs[%zu].sds_config: secret %s has not been received", i,
+                            sds->name);
+        if (s == NULL)
+            return lg_error(err, "tls_certificate_sds_secret_configs[%zu]: Unknown static secret: %s", i, sds->name);
+        if (add_cert(t, s->tls_certificate, err) != 0)
+            return path_prefix(err, "tls_certificate_sds_secret_configs[%zu] (secret %s)", i, sds->name);
+    }
+    if (compile_alpn(t, m->alpn_protocols, m->n_alpn_protocols, err) != 0)
+        return -1;
+    return compile_validation_choice(t, m, err);
+}
+
+static lg_tls_context_t *context_new(lg_tls_role_t role, const char *stats_prefix)
+{
+    lg_tls_context_t *t = lg_calloc(1, sizeof(*t));
+    t->_refcnt = 1;
+    t->role = role;
+    pthread_mutex_init(&t->_mutex, NULL);
+    t->stats_prefix = lg_malloc(strlen(stats_prefix) + sizeof("ssl."));
+    sprintf(t->stats_prefix, "%sssl.", stats_prefix);
+    return t;
+}
+
+/* Checks what only the combination of fields tells, then builds the first SSL_CTX. */
+static int finish(lg_tls_context_t *t, lg_error_t *err)
+{
+    if ((t->n_sans != 0) && t->trusted_ca.kind == LG_TLS_SOURCE_NONE)
+        return lg_error(err, "SAN-based verification of peer certificates without trusted CA is insecure and not allowed");
+    if (t->crl.kind != LG_TLS_SOURCE_NONE && t->trusted_ca.kind == LG_TLS_SOURCE_NONE)
+        return lg_error(err, "Failed to load CRL from %s without trusted CA", source_name(&t->crl));
+    /* the session id context binds resumed sessions to this configuration */
+    unsigned int len = 0;
+    EVP_Digest(t->stats_prefix, strlen(t->stats_prefix), t->sid_ctx, &len, EVP_sha256(), NULL);
+    if ((t->_ssl_ctx = build_ssl_ctx(t, &t->_watches, &t->_n_watches, err)) == NULL)
+        return -1;
+    t->stats = lg_stats_block_new(t->stats_prefix, tls_stat_defs, LG_ARRAY_SIZE(tls_stat_defs));
+    if (t->_n_watches != 0) {
+        pthread_mutex_lock(&registry_mutex);
+        t->_next = registry_head;
+        if (registry_head != NULL)
+            registry_head->_pprev = &t->_next;
+        t->_pprev = &registry_head;
+        registry_head = t;
+        pthread_mutex_unlock(&registry_mutex);
+    }
+    return 0;
+}
+
+lg_tls_context_t *lg_tls_downstream_compile(const Envoy__Extensions__TransportSockets__Tls__V3__DownstreamTlsContext *m,
+                                            const char *stats_prefix, lg_error_t *err)
+{
+    lg_tls_context_t *t = context_new(LG_TLS_SERVER, stats_prefix);
+    if (m->common_tls_context == NULL) {
+        lg_error(err, "common_tls_context: No TLS certificates found for server context");
+        goto fail;
+    }
+    if (compile_common(t, m->common_tls_context, err) != 0) {
+        path_prefix(err, "common_tls_context");
+        goto fail;
+    }
+    if (t->n_certs == 0) {
+        lg_error(err, "No TLS certificates found for server context");
+        goto fail;
+    }
+    t->require_client_cert = LG_WRAPPED(m->require_client_certificate, 0);
+    if (m->require_sni != NULL && m->require_sni->value) {
+        lg_error(err, "require_sni: not supported");
+        goto fail;
+    }
+    t->disable_session_cache = m->disable_stateful_session_resumption;
+    if (m->session_timeout != NULL)
+        t->session_timeout_s = (uint32_t)m->session_timeout->seconds;
+    switch (m->session_ticket_keys_type_case) {
+    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__DOWNSTREAM_TLS_CONTEXT__SESSION_TICKET_KEYS_TYPE_DISABLE_STATELESS_SESSION_RESUMPTION:
+        t->disable_tickets = m->disable_stateless_session_resumption;
+        break;
+    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__DOWNSTREAM_TLS_CONTEXT__SESSION_TICKET_KEYS_TYPE_SESSION_TICKET_KEYS: {
+        const Envoy__Extensions__TransportSockets__Tls__V3__TlsSessionTicketKeys *k = m->session_ticket_keys;
+        t->ticket_keys = lg_calloc(k->n_keys + 1, 80);
+        for (size_t i = 0; i != k->n_keys; ++i) {
+            lg_tls_source_t s = {LG_TLS_SOURCE_NONE};
+            if (source_compile(&s, k->keys[i], err) != 0) {
+                path_prefix(err, "session_ticket_keys.keys[%zu]", i);
+                goto fail;
+            }
+            h2o_iovec_t v = s.bytes;
+            char *file = NULL;
+            if (s.kind == LG_TLS_SOURCE_FILE && (file = lg_read_file(s.path, &v.len, err)) == NULL) {
+                source_dispose(&s);
+                path_prefix(err, "session_ticket_keys.keys[%zu]", i);
+                goto fail;
+            }
+            if (file != NULL)
+                v.base = file;
+            if (v.len != 80) {
+                lg_error(err,
+                         "session_ticket_keys.keys[%zu]: Incorrect TLS session ticket key length. Length %zu, expected length 80.",
+                         i, v.len);
+                free(file);
+                source_dispose(&s);
+                goto fail;
+            }
+            memcpy(t->ticket_keys[t->n_ticket_keys++], v.base, 80);
+            free(file);
+            source_dispose(&s);
+        }
+        break;
+    }
+    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__DOWNSTREAM_TLS_CONTEXT__SESSION_TICKET_KEYS_TYPE_SESSION_TICKET_KEYS_SDS_SECRET_CONFIG:
+        lg_error(err, "session_ticket_keys_sds_secret_config: not supported");
+        goto fail;
+    default:
+        break;
+    }
+    if (m->ocsp_staple_policy ==
+        ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__DOWNSTREAM_TLS_CONTEXT__OCSP_STAPLE_POLICY__MUST_STAPLE) {
+        lg_error(err, "ocsp_staple_policy: MUST_STAPLE is not supported");
+        goto fail;
+    }
+    if (finish(t, err) != 0)
+        goto fail;
+    return t;
+fail:
+    lg_tls_context_release(t);
+    return NULL;
+}
+
+lg_tls_context_t *lg_tls_upstream_compile(const Envoy__Extensions__TransportSockets__Tls__V3__UpstreamTlsContext *m,
+                                          const char *stats_prefix, lg_error_t *err)
+{
+    lg_tls_context_t *t = context_new(LG_TLS_CLIENT, stats_prefix);
+    if (m->common_tls_context != NULL && compile_common(t, m->common_tls_context, err) != 0) {
+        path_prefix(err, "common_tls_context");
+        goto fail;
+    }
+    if (m->common_tls_context == NULL && compile_params(t, NULL, err) != 0)
+        goto fail;
+    if (t->n_certs > 1) {
+        lg_error(err, "common_tls_context: Multiple TLS certificates are not supported for client contexts");
+        goto fail;
+    }
+    if (m->sni != NULL && m->sni[0] != '\0') {
+        if (strlen(m->sni) > 255) {
+            lg_error(err, "sni: value length must be at most 255 bytes");
+            goto fail;
+        }
+        t->sni = lg_strdup(m->sni);
+    }
+    if (finish(t, err) != 0)
+        goto fail;
+    return t;
+fail:
+    lg_tls_context_release(t);
+    return NULL;
+}
+
+int lg_tls_transport_socket_compile(const Envoy__Config__Core__V3__TransportSocket *ts, lg_tls_role_t role,
+                                    const char *stats_prefix, lg_tls_context_t **out, lg_error_t *err)
+{
+    *out = NULL;
+    if (ts == NULL)
+        return 0;
+    const char *url = ts->config_type_case == ENVOY__CONFIG__CORE__V3__TRANSPORT_SOCKET__CONFIG_TYPE_TYPED_CONFIG
+                          ? ts->typed_config->type_url
+                          : "";
+    const char *slash = strrchr(url, '/'), *type = slash != NULL ? slash + 1 : url;
+    if (strcmp(type, "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer") == 0 ||
+        (type[0] == '\0' && (strcmp(ts->name, "envoy.transport_sockets.raw_buffer") == 0 || strcmp(ts->name, "raw_buffer") == 0)))
+        return 0;
+    const char *want = role == LG_TLS_SERVER ? TLS_TYPE_DOWNSTREAM : TLS_TYPE_UPSTREAM;
+    if (type[0] == '\0')
+        return lg_error(err, "typed_config: the TLS transport socket needs a typed_config (%s)", want);
+    if (strcmp(type, TLS_TYPE_DOWNSTREAM) != 0 && strcmp(type, TLS_TYPE_UPSTREAM) != 0)
+        return lg_error(err, "Didn't find a registered implementation for '%s' with type URL: '%s'", ts->name, type);
+    if (strcmp(type, want) != 0)
+        return lg_error(err, "typed_config: expected a %s, got type URL \"%s\"", want, url);
+    ProtobufCMessage *m;
+    if (role == LG_TLS_SERVER) {
+        if ((m = lg_any_unpack(ts->typed_config, &envoy__extensions__transport_sockets__tls__v3__downstream_tls_context__descriptor,
+                               err)) == NULL)
+            return path_prefix(err, "typed_config");
+        *out = lg_tls_downstream_compile((void *)m, stats_prefix, err);
+    } else {
+        if ((m = lg_any_unpack(ts->typed_config, &envoy__extensions__transport_sockets__tls__v3__upstream_tls_context__descriptor,
+                               err)) == NULL)
+            return path_prefix(err, "typed_config");
+        *out = lg_tls_upstream_compile((void *)m, stats_prefix, err);
+    }
+    protobuf_c_message_free_unpacked(m, NULL);
+    if (*out == NULL)
+        return path_prefix(err, "typed_config");
+    return 0;
+}
+
+lg_tls_context_t *lg_tls_context_addref(lg_tls_context_t *t)
+{
+    __atomic_add_fetch(&t->_refcnt, 1, __ATOMIC_RELAXED);
+    return t;
+}
+
+void lg_tls_context_release(lg_tls_context_t *t)
+{
+    if (t == NULL || __atomic_sub_fetch(&t->_refcnt, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
+    if (t->_pprev != NULL) {
+        pthread_mutex_lock(&registry_mutex);
+        *t->_pprev = t->_next;
+        if (t->_next != NULL)
+            t->_next->_pprev = t->_pprev;
+        pthread_mutex_unlock(&registry_mutex);
+    }
+    for (size_t i = 0; i != t->n_certs; ++i) {
+        source_dispose(&t->certs[i].chain);
+        source_dispose(&t->certs[i].key);
+        source_dispose(&t->certs[i].password);
+    }
+    free(t->certs);
+    source_dispose(&t->trusted_ca);
+    source_dispose(&t->crl);
+    for (size_t i = 0; i != t->n_sans; ++i)
+        lg_string_matcher_dispose(&t->sans[i].match);
+    free(t->sans);
+    free(t->cert_hashes);
+    free(t->spki_hashes);
+    free(t->cipher_list);
+    free(t->ciphersuites);
+    free(t->curves);
+    free(t->sigalgs);
+    free(t->alpn.base);
+    free(t->sni);
+    free(t->ticket_keys);
+    if (t->stats != NULL)
+        lg_stats_block_release(t->stats);
+    for (size_t i = 0; i != LG_TLS_DYN_MAX; ++i)
+        if (t->dyn[i] != NULL)
+            lg_stats_block_release(t->dyn[i]);
+    free(t->stats_prefix);
+    if (t->_ssl_ctx != NULL)
+        SSL_CTX_free(t->_ssl_ctx);
+    watches_free(t->_watches, t->_n_watches);
+    pthread_mutex_destroy(&t->_mutex);
+    free(t);
+}
+
+/* ---- secrets ---- */
+
+static void secrets_free(lg_tls_secrets_t *s)
+{
+    for (size_t i = 0; s != NULL && i != s->n; ++i)
+        protobuf_c_message_free_unpacked((ProtobufCMessage *)s->secrets[i], NULL);
+    if (s != NULL)
+        free(s->secrets);
+    free(s);
+}
+
+/* A deep copy that does not depend on the bootstrap message's lifetime. */
+static secret_proto_t *secret_copy(const secret_proto_t *m)
+{
+    size_t len = protobuf_c_message_get_packed_size(&m->base);
+    uint8_t *buf = lg_malloc(len + 1);
+    protobuf_c_message_pack(&m->base, buf);
+    secret_proto_t *copy = (secret_proto_t *)protobuf_c_message_unpack(m->base.descriptor, NULL, len, buf);
+    free(buf);
+    if (copy == NULL)
+        abort(); /* what protobuf-c just packed always unpacks, unless out of memory */
+    return copy;
+}
+
+static int secret_check(const secret_proto_t *const *all, size_t i, lg_error_t *err)
+{
+    const secret_proto_t *s = all[i];
+    if (s->name[0] == '\0')
+        return lg_error(err, "secrets[%zu].name: static secrets need a name", i);
+    for (size_t j = 0; j != i; ++j)
+        if (strcmp(all[j]->name, s->name) == 0)
+            return lg_error(err, "secrets[%zu]: Duplicate static secret name %s", i, s->name);
+    switch (s->type_case) {
+    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE_TLS_CERTIFICATE: {
+        lg_tls_cert_source_t c = {{0}};
+        int r = compile_cert(&c, s->tls_certificate, err);
+        source_dispose(&c.chain);
+        source_dispose(&c.key);
+        source_dispose(&c.password);
+        return r == 0 ? 0 : path_prefix(err, "secrets[%zu].tls_certificate", i);
+    }
+    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE_VALIDATION_CONTEXT:
+    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE_SESSION_TICKET_KEYS:
+    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE_GENERIC_SECRET:
+        return 0;
+    default:
+        return lg_error(err, "secrets[%zu]: Secret type not supported: %s", i, s->name);
+    }
+}
+
+int lg_tls_secrets_install(Envoy__Extensions__TransportSockets__Tls__V3__Secret **secrets, size_t n, lg_error_t *err)
+{
+    for (size_t i = 0; i != n; ++i)
+        if (secret_check((const secret_proto_t *const *)secrets, i, err) != 0)
+            return -1;
+    lg_tls_secrets_t *s = lg_calloc(1, sizeof(*s));
+    s->secrets = lg_calloc(n + 1, sizeof(*s->secrets));
+    for (size_t i = 0; i != n; ++i)
+        s->secrets[s->n++] = secret_copy(secrets[i]);
+    pthread_mutex_lock(&secrets_mutex);
+    lg_tls_secrets_t *old = static_secrets;
+    static_secrets = s;
+    pthread_mutex_unlock(&secrets_mutex);
+    secrets_free(old);
+    return 0;
+}
+
+int lg_tls_secret_upsert(const Envoy__Extensions__TransportSockets__Tls__V3__Secret *secret, lg_error_t *err)
+{
+    const secret_proto_t *one[] = {secret};
+    if (secret_check(one, 0, err) != 0)
+        return -1;
+    secret_proto_t *copy = secret_copy(secret);
+    pthread_mutex_lock(&secrets_mutex);
+    if (static_secrets == NULL)
+        static_secrets = lg_calloc(1, sizeof(*static_secrets));
+    size_t i = 0;
+    while (i != static_secrets->n && strcmp(static_secrets->secrets[i]->name, secret->name) != 0)
+        ++i;
+    secret_proto_t *old = i != static_secrets->n ? static_secrets->secrets[i] : NULL;
+    if (old == NULL) {
+        static_secrets->secrets = lg_realloc(static_secrets->secrets, (static_secrets->n + 1) * sizeof(*static_secrets->secrets));
+        ++static_secrets->n;
+    }
+    static_secrets->secrets[i] = copy;
+    pthread_mutex_unlock(&secrets_mutex);
+    if (old != NULL)
+        protobuf_c_message_free_unpacked(&old->base, NULL);
+    return 0;
+}
+
+void lg_tls_secrets_clear(void)
+{
+    pthread_mutex_lock(&secrets_mutex);
+    lg_tls_secrets_t *old = static_secrets;
+    static_secrets = NULL;
+    pthread_mutex_unlock(&secrets_mutex);
+    secrets_free(old);
+}
+
+/* ---- SSL_CTX ---- */
+
+static int ctx_index = -1;
+static pthread_once_t ctx_index_once = PTHREAD_ONCE_INIT;
+/* client ALPN/SNI for the handshake being started on this thread (lg_tls_client_handshake) */
+static __thread const h2o_iovec_t *client_alpn;
+
+static void init_ctx_index(void)
+{
+    ctx_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+/* The context an SSL belongs to; valid during its handshake (the handshake holds a reference). */
+static lg_tls_context_t *context_of(SSL *ssl)
+{
+    return SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ctx_index);
+}
+
+static void stat_inc(lg_tls_context_t *t, size_t idx)
+{
+    size_t row = lg_current_worker != NULL ? lg_current_worker->index : lg_stats_nworkers;
+    if (row == lg_stats_nworkers)
+        lg_stats_control_add(t->stats, idx, 1);
+    else
+        LG_STAT_INC(t->stats, row, idx);
+}
+
+/* Envoy's DNS SAN match: a "*." SAN in the certificate covers one label. */
+static int dns_match(const lg_string_matcher_t *m, const char *san, size_t len)
+{
+    if (m->kind == LG_STRING_MATCH_EXACT && len > 2 && san[0] == '*' && san[1] == '.') {
+        const char *dot = memchr(m->value.base, '.', m->value.len);
+        return dot != NULL && dot != m->value.base && (size_t)(m->value.base + m->value.len - dot) == len - 1 &&
+               strncasecmp(dot, san + 1, len - 1) == 0;
+    }
+    return lg_string_matcher_match(m, san, len);
+}
+
+static int san_entry_matches(const lg_tls_san_matcher_t *sm, const GENERAL_NAME *g)
+{
+    static const int gen_of_type[] = {-1, GEN_EMAIL, GEN_DNS, GEN_URI, GEN_IPADD};
+    if (sm->san_type != 0 && gen_of_type[sm->san_type] != g->type)
+        return 0;
+    char ip[INET6_ADDRSTRLEN];
+    switch (g->type) {
+    case GEN_DNS:
+        return dns_match(&sm->match, (const char *)ASN1_STRING_get0_data(g->d.dNSName), (size_t)ASN1_STRING_length(g->d.dNSName));
+    case GEN_URI:
+    case GEN_EMAIL: {
+        const ASN1_STRING *s = g->type == GEN_URI ? g->d.uniformResourceIdentifier : g->d.rfc822Name;
+        return lg_string_matcher_match(&sm->match, (const char *)ASN1_STRING_get0_data(s), (size_t)ASN1_STRING_length(s));
+    }
+    case GEN_IPADD: {
+        int len = ASN1_STRING_length(g->d.iPAddress);
+        if ((len != 4 && len != 16) ||
+            inet_ntop(len == 4 ? AF_INET : AF_INET6, ASN1_STRING_get0_data(g->d.iPAddress), ip, sizeof(ip)) == NULL)
+            return 0;
+        return lg_string_matcher_match(&sm->match, ip, strlen(ip));
+    }
+    default:
+        return 0;
+    }
+}
+
+static int san_matches(const lg_tls_context_t *t, X509 *cert)
+{
+    GENERAL_NAMES *names = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+    int found = 0;
+    for (size_t i = 0; names != NULL && i != t->n_sans && !found; ++i)
+        for (int j = 0; j != sk_GENERAL_NAME_num(names) && !found; ++j)
+            found = san_entry_matches(t->sans + i, sk_GENERAL_NAME_value(names, j));
+    GENERAL_NAMES_free(names);
+    return found;
+}
+
+static int hash_listed(uint8_t (*list)[32], size_t n, const uint8_t *h)
+{
+    for (size_t i = 0; i != n; ++i)
+        if (memcmp(list[i], h, 32) == 0)
+            return 1;
+    return 0;
+}
+
+static int hashes_match(const lg_tls_context_t *t, X509 *cert)
+{
+    uint8_t h[32];
+    unsigned int len = 32;
+    if (t->n_cert_hashes != 0 && X509_digest(cert, EVP_sha256(), h, &len) == 1 && hash_listed(t->cert_hashes, t->n_cert_hashes, h))
+        return 1;
+    if (t->n_spki_hashes != 0) {
+        unsigned char *der = NULL;
+        int dlen = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert), &der);
+        int ok = dlen > 0 && EVP_Digest(der, (size_t)dlen, h, &len, EVP_sha256(), NULL) == 1 &&
+                 hash_listed(t->spki_hashes, t->n_spki_hashes, h);
+        OPENSSL_free(der);
+        if (ok)
+            return 1;
+    }
+    return 0;
+}
+
+static int allow_expired_cb(int ok, X509_STORE_CTX *sctx)
+{
+    int e = X509_STORE_CTX_get_error(sctx);
+    return ok || e == X509_V_ERR_CERT_HAS_EXPIRED || e == X509_V_ERR_CERT_NOT_YET_VALID;
+}
+
+/* Envoy's DefaultCertValidator: the chain against trusted_ca, then the SAN
+ * matchers, then the hash/SPKI pins; each failure counts once and fails the
+ * handshake with CERTIFICATE_VERIFY_FAILED. */
+static int cert_verify_cb(X509_STORE_CTX *sctx, void *arg)
+{
+    lg_tls_context_t *t = arg;
+    X509 *leaf = X509_STORE_CTX_get0_cert(sctx);
+    if (t->trusted_ca.kind != LG_TLS_SOURCE_NONE) {
+        if (t->allow_expired)
+            X509_STORE_CTX_set_verify_cb(sctx, allow_expired_cb);
+        if (X509_verify_cert(sctx) <= 0 && !t->accept_untrusted) {
+            int e = X509_STORE_CTX_get_error(sctx);
+            LG_DEBUG(connection, "verify cert failed: X509_verify_cert: certificate verification error at depth %d: %s",
+                     X509_STORE_CTX_get_error_depth(sctx), X509_verify_cert_error_string(e));
+            stat_inc(t, LG_TLS_STAT_fail_verify_error);
+            return 0;
+        }
+    }
+    if (t->n_sans != 0 && !san_matches(t, leaf)) {
+        LG_DEBUG(connection, "verify cert failed: SAN matcher");
+        stat_inc(t, LG_TLS_STAT_fail_verify_san);
+        X509_STORE_CTX_set_error(sctx, X509_V_ERR_HOSTNAME_MISMATCH);
+        return 0;
+    }
+    if ((t->n_cert_hashes != 0 || t->n_spki_hashes != 0) && !hashes_match(t, leaf)) {
+        LG_DEBUG(connection, "verify cert failed: cert hash and spki");
+        stat_inc(t, LG_TLS_STAT_fail_verify_cert_hash);
+        X509_STORE_CTX_set_error(sctx, X509_V_ERR_APPLICATION_VERIFICATION);
+        return 0;
+    }
+    X509_STORE_CTX_set_error(sctx, X509_V_OK);
+    return 1;
+}
+
+static int alpn_select_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in, unsigned int inlen,
+                          void *arg)
+{
+    lg_tls_context_t *t = arg;
+    /* server preference, as Envoy */
+    for (size_t i = 0; i < t->alpn.len; i += 1 + (uint8_t)t->alpn.base[i]) {
+        const unsigned char *p = (const unsigned char *)t->alpn.base + i;
+        for (unsigned j = 0; j < inlen; j += 1 + in[j])
+            if (in[j] == p[0] && j + 1 + in[j] <= inlen && memcmp(in + j + 1, p + 1, p[0]) == 0) {
+                *out = in + j + 1;
+                *outlen = in[j];
+                return SSL_TLSEXT_ERR_OK;
+            }
+    }
+    return SSL_TLSEXT_ERR_NOACK;
+}
+
+static void client_info_cb(const SSL *ssl, int where, int ret)
+{
+    if ((where & SSL_CB_HANDSHAKE_START) != 0 && client_alpn != NULL && client_alpn->len != 0)
+        SSL_set_alpn_protos((SSL *)ssl, (const unsigned char *)client_alpn->base, (unsigned)client_alpn->len);
+}
+
+static int ticket_key_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *hctx, int enc)
+{
+    lg_tls_context_t *t = context_of(ssl);
+    const uint8_t *key = NULL;
+    if (enc) {
+        key = t->ticket_keys[0];
+        memcpy(name, key, 16);
+        if (RAND_bytes(iv, EVP_MAX_IV_LENGTH) != 1)
+            return -1;
+    } else {
+        for (size_t i = 0; i != t->n_ticket_keys && key == NULL; ++i)
+            if (memcmp(name, t->ticket_keys[i], 16) == 0)
+                key = t->ticket_keys[i];
+        if (key == NULL)
+            return 0;
+    }
+    OSSL_PARAM params[] = {OSSL_PARAM_construct_octet_string("key", (void *)(key + 16), 32),
+                           OSSL_PARAM_construct_utf8_string("digest", "SHA256", 0), OSSL_PARAM_construct_end()};
+    if (EVP_MAC_CTX_set_params(hctx, params) != 1)
+        return -1;
+    if ((enc ? EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, key + 48, iv)
+             : EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, key + 48, iv)) != 1)
+        return -1;
+    /* a ticket under an older key is renewed under the current one */
+    return enc || key == t->ticket_keys[0] ? 1 : 2;
+}
+
+/* The OpenSSL errors queued by a failed call, for config error messages. */
+static const char *crypto_error(char *buf, size_t cap)
+{
+    unsigned long e = ERR_peek_last_error();
+    buf[0] = '\0';
+    if (e != 0)
+        ERR_error_string_n(e, buf, cap);
+    ERR_clear_error();
+    return buf;
+}
+
+static int password_cb(char *buf, int size, int rwflag, void *u)
+{
+    const h2o_iovec_t *pw = u;
+    if (pw == NULL || pw->len > (size_t)size)
+        return -1;
+    memcpy(buf, pw->base, pw->len);
+    return (int)pw->len;
+}
+
+static int load_key(SSL_CTX *ctx, X509 *leaf, const lg_tls_cert_source_t *c, lg_tls_watch_t **w, size_t *n, lg_error_t *err)
+{
+    char ebuf[256];
+    h2o_iovec_t pw = {NULL};
+    char *pwfile = NULL;
+    if (c->password.kind == LG_TLS_SOURCE_BYTES)
+        pw = c->password.bytes;
+    else if (c->password.kind == LG_TLS_SOURCE_FILE && (pw.base = pwfile = lg_read_file(c->password.path, &pw.len, err)) == NULL)
+        return -1;
+    BIO *bio = source_bio(&c->key, w, n, err);
+    if (bio == NULL) {
+        free(pwfile);
+        return -1;
+    }
+    EVP_PKEY *key = PEM_read_bio_PrivateKey(bio, NULL, password_cb, pw.base != NULL ? &pw : NULL);
+    BIO_free(bio);
+    free(pwfile);
+    /* OpenSSL would file a key of another type under that type's (empty) slot */
+    int ok = key != NULL && X509_check_private_key(leaf, key) == 1 && SSL_CTX_use_PrivateKey(ctx, key) == 1;
+    EVP_PKEY_free(key);
+    if (!ok)
+        return lg_error(err, "Failed to load private key from %s, Cause: %s", source_name(&c->key),
+                        crypto_error(ebuf, sizeof(ebuf)));
+    return 0;
+}
+
+/* One certificate and its key; OpenSSL keeps one per key type and picks by
+ * the peer's signature algorithms. */
+static int load_cert(SSL_CTX *ctx, const lg_tls_cert_source_t *c, int *types, size_t *ntypes, lg_tls_watch_t **w, size_t *n,
+                     lg_error_t *err)
+{
+    char ebuf[256];
+    BIO *bio = source_bio(&c->chain, w, n, err);
+    if (bio == NULL)
+        return -1;
+    X509 *leaf = PEM_read_bio_X509_AUX(bio, NULL, NULL, NULL);
+    if (leaf == NULL) {
+        BIO_free(bio);
+        return lg_error(err, "Failed to load certificate chain from %s", source_name(&c->chain));
+    }
+    int type = EVP_PKEY_get_base_id(X509_get0_pubkey(leaf));
+    for (size_t i = 0; i != *ntypes; ++i)
+        if (types[i] == type) {
+            X509_free(leaf);
+            BIO_free(bio);
+            return lg_error(err,
+                            "Failed to load certificate chain from %s, at most one certificate of a given type may be specified",
+                            source_name(&c->chain));
+        }
+    types[(*ntypes)++] = type;
+    int ok = SSL_CTX_use_certificate(ctx, leaf) == 1 && SSL_CTX_clear_chain_certs(ctx) == 1;
+    X509 *x;
+    while (ok && (x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL)
+        if (SSL_CTX_add0_chain_cert(ctx, x) != 1) {
+            X509_free(x);
+            ok = 0;
+        }
+    BIO_free(bio);
+    unsigned long e = ERR_peek_last_error();
+    if (ok && e != 0 && ERR_GET_REASON(e) != PEM_R_NO_START_LINE)
+        ok = 0;
+    if (!ok) {
+        X509_free(leaf);
+        return lg_error(err, "Failed to load certificate chain from %s: %s", source_name(&c->chain),
+                        crypto_error(ebuf, sizeof(ebuf)));
+    }
+    ERR_clear_error();
+    int r = load_key(ctx, leaf, c, w, n, err);
+    X509_free(leaf);
+    return r;
+}
+
+static int load_validation(SSL_CTX *ctx, lg_tls_context_t *t, lg_tls_watch_t **w, size_t *n, lg_error_t *err)
+{
+    if (t->trusted_ca.kind != LG_TLS_SOURCE_NONE) {
+        BIO *bio = source_bio(&t->trusted_ca, w, n, err);
+        if (bio == NULL)
+            return -1;
+        X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+        STACK_OF(X509_INFO) *infos = PEM_X509_INFO_read_bio(bio, NULL, NULL, NULL);
+        BIO_free(bio);
+        int count = 0;
+        for (int i = 0; infos != NULL && i != sk_X509_INFO_num(infos); ++i) {
+            X509_INFO *info = sk_X509_INFO_value(infos, i);
+            if (info->x509 != NULL && X509_STORE_add_cert(store, info->x509) == 1)
+                ++count;
+        }
+        sk_X509_INFO_pop_free(infos, X509_INFO_free);
+        ERR_clear_error();
+        if (count == 0)
+            return lg_error(err, "Failed to load trusted CA certificates from %s", source_name(&t->trusted_ca));
+        if (t->max_verify_depth != 0)
+            X509_STORE_set_depth(store, (int)t->max_verify_depth);
+    }
+    if (t->crl.kind != LG_TLS_SOURCE_NONE) {
+        BIO *bio = source_bio(&t->crl, w, n, err);
+        if (bio == NULL)
+            return -1;
+        X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+        STACK_OF(X509_INFO) *infos = PEM_X509_INFO_read_bio(bio, NULL, NULL, NULL);
+        BIO_free(bio);
+        int count = 0;
+        for (int i = 0; infos != NULL && i != sk_X509_INFO_num(infos); ++i) {
+            X509_INFO *info = sk_X509_INFO_value(infos, i);
+            if (info->crl != NULL && X509_STORE_add_crl(store, info->crl) == 1)
+                ++count;
+        }
+        sk_X509_INFO_pop_free(infos, X509_INFO_free);
+        ERR_clear_error();
+        if (count == 0)
+            return lg_error(err, "Failed to load CRL from %s", source_name(&t->crl));
+        X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK | (t->only_verify_leaf_crl ? 0 : X509_V_FLAG_CRL_CHECK_ALL));
+    }
+    int mode = SSL_VERIFY_NONE;
+    if (t->role == LG_TLS_CLIENT)
+        mode = SSL_VERIFY_PEER;
+    else if (t->has_validation || t->require_client_cert)
+        mode = SSL_VERIFY_PEER | (t->require_client_cert ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0);
+    SSL_CTX_set_verify(ctx, mode, NULL);
+    if (mode != SSL_VERIFY_NONE)
+        SSL_CTX_set_cert_verify_callback(ctx, cert_verify_cb, t);
+    return 0;
+}
+
+static int apply_params(SSL_CTX *ctx, const lg_tls_context_t *t, lg_error_t *err)
+{
+    char ebuf[256];
+    SSL_CTX_set_min_proto_version(ctx, t->min_version);
+    SSL_CTX_set_max_proto_version(ctx, t->max_version);
+    if (t->min_version < TLS1_2_VERSION)
+        SSL_CTX_set_security_level(ctx, 0);
+    if (SSL_CTX_set_cipher_list(ctx, t->cipher_list) != 1)
+        return lg_error(err, "Failed to initialize cipher suites %s: %s", t->cipher_list, crypto_error(ebuf, sizeof(ebuf)));
+    if (SSL_CTX_set1_groups_list(ctx, t->curves) != 1)
+        return lg_error(err, "Failed to initialize ECDH curves %s", t->curves);
+    if (t->sigalgs != NULL && SSL_CTX_set1_sigalgs_list(ctx, t->sigalgs) != 1)
+        return lg_error(err, "Failed to initialize TLS signature algorithms %s", t->sigalgs);
+    ERR_clear_error();
+    return 0;
+}
+
+static void apply_server_session(SSL_CTX *ctx, lg_tls_context_t *t)
+{
+    SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_RENEGOTIATION);
+    SSL_CTX_set_session_id_context(ctx, t->sid_ctx, sizeof(t->sid_ctx));
+    SSL_CTX_set_session_cache_mode(ctx, t->disable_session_cache ? SSL_SESS_CACHE_OFF : SSL_SESS_CACHE_SERVER);
+    if (t->session_timeout_s != 0)
+        SSL_CTX_set_timeout(ctx, t->session_timeout_s);
+    if (t->disable_tickets)
+        SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+    else if (t->n_ticket_keys != 0)
+        SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_key_cb);
+    if (t->alpn.len != 0)
+        SSL_CTX_set_alpn_select_cb(ctx, alpn_select_cb, t);
+}
+
+static SSL_CTX *build_ssl_ctx(lg_tls_context_t *t, lg_tls_watch_t **watches, size_t *n_watches, lg_error_t *err)
+{
+    pthread_once(&ctx_index_once, init_ctx_index);
+    SSL_CTX *ctx = SSL_CTX_new(t->role == LG_TLS_SERVER ? TLS_server_method() : TLS_client_method());
+    int types[8];
+    size_t ntypes = 0;
+    *watches = NULL;
+    *n_watches = 0;
+    SSL_CTX_set_ex_data(ctx, ctx_index, t);
+    if (apply_params(ctx, t, err) != 0)
+        goto fail;
+    for (size_t i = 0; i != t->n_certs; ++i)
+        if (ntypes == LG_ARRAY_SIZE(types) || load_cert(ctx, t->certs + i, types, &ntypes, watches, n_watches, err) != 0)
+            goto fail;
+    if (load_validation(ctx, t, watches, n_watches, err) != 0)
+        goto fail;
+    if (t->role == LG_TLS_SERVER) {
+        apply_server_session(ctx, t);
+    } else {
+        SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+        SSL_CTX_set_info_callback(ctx, client_info_cb);
+    }
+    ERR_clear_error();
+    return ctx;
+fail:
+    ERR_clear_error();
+    SSL_CTX_free(ctx);
+    watches_free(*watches, *n_watches);
+    *watches = NULL;
+    *n_watches = 0;
+    return NULL;
+}
+
+/* ---- runtime access ---- */
+
+SSL_CTX *lg_tls_context_ssl_ctx(lg_tls_context_t *t)
+{
+    pthread_mutex_lock(&t->_mutex);
+    SSL_CTX *ctx = t->_ssl_ctx;
+    SSL_CTX_up_ref(ctx);
+    pthread_mutex_unlock(&t->_mutex);
+    return ctx;
+}
+
+const h2o_iovec_t lg_tls_alpn_h2 = {"\x02h2", 3}, lg_tls_alpn_http11 = {"\x08http/1.1", 9},
+                  lg_tls_alpn_auto = {"\x02h2\x08http/1.1", 12};
+
+void lg_tls_client_handshake(lg_tls_context_t *t, h2o_socket_t *sock, SSL_CTX *ctx, const char *sni, h2o_iovec_t default_alpn,
+                             h2o_socket_cb cb)
+{
+    h2o_iovec_t alpn = t->alpn.len != 0 ? t->alpn : default_alpn;
+    /* h2o builds and sends the ClientHello inside this call; the info callback
+     * sets the offer on the new SSL. An empty name sends no SNI. */
+    client_alpn = &alpn;
+    h2o_socket_ssl_handshake(sock, ctx, sni != NULL ? sni : "", cb);
+    client_alpn = NULL;
+}
+
+/* ---- reload ---- */
+
+static int watch_changed(const lg_tls_watch_t *x)
+{
+    struct stat st;
+    if (stat(x->path, &st) != 0)
+        return 0; /* a file being replaced: wait for it to come back */
+    int64_t mtime = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+    return !x->exists || st.st_dev != x->dev || st.st_ino != x->ino || st.st_size != x->size || mtime != x->mtime_ns;
+}
+
+static int rebuild(lg_tls_context_t *t)
+{
+    lg_error_t err = {{0}};
+    lg_tls_watch_t *watches;
+    size_t n;
+    SSL_CTX *ctx = build_ssl_ctx(t, &watches, &n, &err);
+    if (ctx == NULL) {
+        LG_WARN(config, "%s: failed to reload certificates (keeping the current ones): %s", t->stats_prefix, err.msg);
+        return 0;
+    }
+    pthread_mutex_lock(&t->_mutex);
+    SSL_CTX *old = t->_ssl_ctx;
+    lg_tls_watch_t *old_watches = t->_watches;
+    size_t old_n = t->_n_watches;
+    t->_ssl_ctx = ctx;
+    t->_watches = watches;
+    t->_n_watches = n;
+    ++t->_generation;
+    pthread_mutex_unlock(&t->_mutex);
+    SSL_CTX_free(old);
+    watches_free(old_watches, old_n);
+    LG_INFO(config, "%s: certificates reloaded", t->stats_prefix);
+    return 1;
+}
+
+size_t lg_tls_reload_poll(void)
+{
+    size_t rebuilt = 0;
+    pthread_mutex_lock(&registry_mutex);
+    for (lg_tls_context_t *t = registry_head; t != NULL; t = t->_next) {
+        int changed = 0;
+        /* _watches is replaced only here, on this thread */
+        for (size_t i = 0; i != t->_n_watches && !changed; ++i)
+            changed = watch_changed(t->_watches + i);
+        if (!changed)
+            continue;
+        if (rebuild(t)) {
+            ++rebuilt;
+        } else {
+            /* remember the broken state so that the next change triggers a retry */
+            for (size_t i = 0; i != t->_n_watches; ++i) {
+                char *path = t->_watches[i].path;
+                lg_tls_watch_t *ws = NULL;
+                size_t nw = 0;
+                watch_add(&ws, &nw, path);
+                free(t->_watches[i].path);
+                t->_watches[i] = ws[0];
+                free(ws);
+            }
+        }
+    }
+    pthread_mutex_unlock(&registry_mutex);
+    return rebuilt;
+}
+
+/* ---- handshakes ---- */
+
+/* libh2o 2.2.5 has no accessor for a socket's SSL: its private
+ * struct st_h2o_socket_ssl_t (lib/common/socket.c) starts with the SSL_CTX and
+ * the SSL, which is what this mirrors. */
+struct st_h2o_socket_ssl_prefix_t {
+    SSL_CTX *ssl_ctx;
+    SSL *ossl;
+};
+
+static SSL *ssl_of(h2o_socket_t *sock)
+{
+    return sock->ssl != NULL ? ((struct st_h2o_socket_ssl_prefix_t *)sock->ssl)->ossl : NULL;
+}
+
+/* Names of the dynamic counters; the index is the slot in lg_tls_context_t.dyn. */
+static const lg_stat_def_t dyn_defs[] = {
+    {"TLSv1", LG_STAT_COUNTER},
+    {"TLSv1.1", LG_STAT_COUNTER},
+    {"TLSv1.2", LG_STAT_COUNTER},
+    {"TLSv1.3", LG_STAT_COUNTER},
+    {"TLS_AES_128_GCM_SHA256", LG_STAT_COUNTER},
+    {"TLS_AES_256_GCM_SHA384", LG_STAT_COUNTER},
+    {"TLS_CHACHA20_POLY1305_SHA256", LG_STAT_COUNTER},
+    {"ECDHE-ECDSA-AES128-GCM-SHA256", LG_STAT_COUNTER},
+    {"ECDHE-ECDSA-AES256-GCM-SHA384", LG_STAT_COUNTER},
+    {"ECDHE-ECDSA-CHACHA20-POLY1305", LG_STAT_COUNTER},
+    {"ECDHE-RSA-AES128-GCM-SHA256", LG_STAT_COUNTER},
+    {"ECDHE-RSA-AES256-GCM-SHA384", LG_STAT_COUNTER},
+    {"ECDHE-RSA-CHACHA20-POLY1305", LG_STAT_COUNTER},
+    {"ECDHE-ECDSA-AES128-SHA", LG_STAT_COUNTER},
+    {"ECDHE-ECDSA-AES256-SHA", LG_STAT_COUNTER},
+    {"ECDHE-RSA-AES128-SHA", LG_STAT_COUNTER},
+    {"ECDHE-RSA-AES256-SHA", LG_STAT_COUNTER},
+    {"AES128-GCM-SHA256", LG_STAT_COUNTER},
+    {"AES256-GCM-SHA384", LG_STAT_COUNTER},
+    {"AES128-SHA", LG_STAT_COUNTER},
+    {"AES256-SHA", LG_STAT_COUNTER},
+    {"X25519", LG_STAT_COUNTER},
+    {"P-256", LG_STAT_COUNTER},
+    {"P-384", LG_STAT_COUNTER},
+    {"P-521", LG_STAT_COUNTER},
+    {"X448", LG_STAT_COUNTER},
+};
+enum { DYN_FIRST_VERSION = 0, DYN_FIRST_CIPHER = 4, DYN_FIRST_CURVE = 21, DYN_END = LG_ARRAY_SIZE(dyn_defs) };
+_Static_assert(LG_ARRAY_SIZE(dyn_defs) <= LG_TLS_DYN_MAX, "LG_TLS_DYN_MAX too small");
+
+/* Counts <prefix><kind>.<name>; names outside the table are not counted. The
+ * block is created on first use (a rare, locked path) and kept by the context. */
+static void dyn_inc(lg_tls_context_t *t, const char *kind, size_t from, size_t to, const char *name)
+{
+    static pthread_mutex_t create_mutex = PTHREAD_MUTEX_INITIALIZER;
+    size_t i = from;
+    while (i != to && (name == NULL || strcmp(dyn_defs[i].name, name) != 0))
+        ++i;
+    if (i == to)
+        return;
+    lg_stats_block_t *b = __atomic_load_n(&t->dyn[i], __ATOMIC_ACQUIRE);
+    if (b == NULL) {
+        pthread_mutex_lock(&create_mutex);
+        if ((b = __atomic_load_n(&t->dyn[i], __ATOMIC_ACQUIRE)) == NULL) {
+            char prefix[512];
+            snprintf(prefix, sizeof(prefix), "%s%s.", t->stats_prefix, kind);
+            b = lg_stats_block_new(prefix, dyn_defs + i, 1);
+            __atomic_store_n(&t->dyn[i], b, __ATOMIC_RELEASE);
+        }
+        pthread_mutex_unlock(&create_mutex);
+    }
+    size_t row = lg_current_worker != NULL ? lg_current_worker->index : lg_stats_nworkers;
+    if (row == lg_stats_nworkers)
+        lg_stats_control_add(b, 0, 1);
+    else
+        LG_STAT_INC(b, row, 0);
+}
+
+static const char *curve_name(int nid)
+{
+    switch (nid) {
+    case NID_X25519:
+        return "X25519";
+    case NID_X9_62_prime256v1:
+        return "P-256";
+    case NID_secp384r1:
+        return "P-384";
+    case NID_secp521r1:
+        return "P-521";
+    case NID_X448:
+        return "X448";
+    default:
+        return NULL;
+    }
+}
+
+/* BoringSSL's reason codes for the errors Envoy users see most, so that
+ * failure reasons read as Envoy's ("268435581:...:CERTIFICATE_VERIFY_FAILED"). */
+static const struct {
+    const char *name;
+    int code;
+} boring_reasons[] = {
+    {"CERTIFICATE_VERIFY_FAILED", 125},
+    {"DECRYPTION_FAILED_OR_BAD_RECORD_MAC", 139},
+    {"HTTP_REQUEST", 156},
+    {"NO_SHARED_CIPHER", 184},
+    {"PEER_DID_NOT_RETURN_A_CERTIFICATE", 192},
+    {"UNEXPECTED_MESSAGE", 223},
+    {"UNEXPECTED_RECORD", 225},
+    {"UNKNOWN_PROTOCOL", 233},
+    {"UNSUPPORTED_PROTOCOL", 240},
+    {"WRONG_VERSION_NUMBER", 247},
+    {"NO_COMMON_SIGNATURE_ALGORITHMS", 253},
+    {"NO_SHARED_GROUP", 266},
+    {"NO_APPLICATION_PROTOCOL", 307},
+};
+
+/* "certificate verify failed" -> "CERTIFICATE_VERIFY_FAILED" */
+static void reason_token(unsigned long e, char *out, size_t cap)
+{
+    const char *r = ERR_reason_error_string(e);
+    size_t n = 0;
+    for (; r != NULL && *r != '\0' && n + 1 < cap; ++r)
+        out[n++] = *r == ' ' ? '_' : (char)toupper((unsigned char)*r);
+    out[n] = '\0';
+    /* OpenSSL says TLSV13_ALERT_*, BoringSSL TLSV1_ALERT_* */
+    if (strncmp(out, "TLSV13_ALERT_", 13) == 0)
+        memmove(out + 5, out + 6, strlen(out + 6) + 1);
+}
+
+static void format_one(lg_strbuf_t *b, unsigned long e)
+{
+    char reason[128];
+    reason_token(e, reason, sizeof(reason));
+    if (ERR_GET_LIB(e) == ERR_LIB_SSL) {
+        int code = ERR_GET_REASON(e) >= SSL_AD_REASON_OFFSET ? ERR_GET_REASON(e) : -1;
+        for (size_t i = 0; code < 0 && i != LG_ARRAY_SIZE(boring_reasons); ++i)
+            if (strcmp(boring_reasons[i].name, reason) == 0)
+                code = boring_reasons[i].code;
+        if (code >= 0) {
+            lg_strbuf_printf(b, "|%lu:SSL routines:OPENSSL_internal:%s", (16UL << 24) | (unsigned long)code, reason);
+            return;
+        }
+    }
+    const char *lib = ERR_lib_error_string(e);
+    lg_strbuf_printf(b, "|%lu:%s:OPENSSL_internal:%s", e, lib != NULL ? lib : "", reason);
+}
+
+size_t lg_tls_format_error_queue(char *buf, size_t cap)
+{
+    lg_strbuf_t b = {NULL};
+    unsigned long e;
+    while ((e = ERR_get_error()) != 0) {
+        if (b.len == 0)
+            lg_strbuf_puts(&b, "TLS_error:");
+        format_one(&b, e);
+    }
+    if (b.len != 0)
+        lg_strbuf_puts(&b, ":TLS_error_end");
+    size_t n = b.len < cap ? b.len : cap - 1;
+    if (cap != 0) {
+        memcpy(buf, b.base != NULL ? b.base : "", n);
+        buf[n] = '\0';
+    }
+    lg_strbuf_free(&b);
+    return n;
+}
+
+/* Envoy's drainErrorQueue: verification failures and syscall errors are
+ * counted where they happen; anything else is a connection_error. */
+static void count_failure(lg_tls_context_t *t, char *reason, size_t cap)
+{
+    int saw_error = 0, counted = 0;
+    unsigned long e;
+    lg_strbuf_t b = {NULL};
+    while ((e = ERR_get_error()) != 0) {
+        if (ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) {
+            stat_inc(t, LG_TLS_STAT_fail_verify_no_cert);
+            counted = 1;
+        } else if ((ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) == SSL_R_CERTIFICATE_VERIFY_FAILED) ||
+                   ERR_GET_LIB(e) == ERR_LIB_SYS) {
+            counted = 1;
+        }
+        if (!saw_error)
+            lg_strbuf_puts(&b, "TLS_error:");
+        saw_error = 1;
+        format_one(&b, e);
+    }
+    if (saw_error)
+        lg_strbuf_puts(&b, ":TLS_error_end");
+    if (saw_error && !counted)
+        stat_inc(t, LG_TLS_STAT_connection_error);
+    size_t n = b.len < cap ? b.len : cap - 1;
+    if (cap != 0) {
+        memcpy(reason, b.base != NULL ? b.base : "", n);
+        reason[n] = '\0';
+    }
+    lg_strbuf_free(&b);
+}
+
+static void count_success(lg_tls_context_t *t, SSL *ssl)
+{
+    stat_inc(t, LG_TLS_STAT_handshake);
+    if (SSL_session_reused(ssl))
+        stat_inc(t, LG_TLS_STAT_session_reused);
+    X509 *peer = SSL_get0_peer_certificate(ssl);
+    if (peer == NULL)
+        stat_inc(t, LG_TLS_STAT_no_certificate);
+    dyn_inc(t, "versions", DYN_FIRST_VERSION, DYN_FIRST_CIPHER, SSL_get_version(ssl));
+    dyn_inc(t, "ciphers", DYN_FIRST_CIPHER, DYN_FIRST_CURVE, SSL_CIPHER_get_name(SSL_get_current_cipher(ssl)));
+    dyn_inc(t, "curves", DYN_FIRST_CURVE, DYN_END, curve_name(SSL_get_negotiated_group(ssl)));
+}
+
+int lg_tls_handshake_done(lg_tls_context_t *t, h2o_socket_t *sock, const char *err, char *reason, size_t cap)
+{
+    if (cap != 0)
+        reason[0] = '\0';
+    SSL *ssl = ssl_of(sock);
+    /* h2o checks the SNI against the server certificate on some client paths;
+     * Envoy does not (its validation ran in cert_verify_cb) */
+    if (err != NULL && t->role == LG_TLS_CLIENT && ssl != NULL && SSL_is_init_finished(ssl) &&
+        (err == h2o_socket_error_ssl_cert_name_mismatch || err == h2o_socket_error_ssl_cert_invalid ||
+         err == h2o_socket_error_ssl_no_cert))
+        err = NULL;
+    if (err != NULL || ssl == NULL) {
+        count_failure(t, reason, cap);
+        return -1;
+    }
+    ERR_clear_error();
+    count_success(t, ssl);
+    return 0;
+}
+
+h2o_iovec_t lg_tls_alpn(h2o_socket_t *sock)
+{
+    if (sock->ssl == NULL)
+        return h2o_iovec_init("", 0);
+    const unsigned char *p = NULL;
+    unsigned len = 0;
+    SSL_get0_alpn_selected(ssl_of(sock), &p, &len);
+    return p != NULL ? h2o_iovec_init(p, len) : h2o_iovec_init("", 0);
+}
+
+const char *lg_tls_server_name(h2o_socket_t *sock)
+{
+    SSL *ssl = ssl_of(sock);
+    return ssl != NULL ? SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name) : NULL;
+}

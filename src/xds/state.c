@@ -1,0 +1,983 @@
+/*
+ * The resource stores of the xDS client: what each accepted resource
+ * compiled to, what depends on what (listeners name RDS route configs,
+ * clusters name EDS load assignments), warming, and the snapshots built
+ * from it all.
+ *
+ * Compiled objects are never rebuilt for an unchanged resource (same
+ * serialized bytes), and a snapshot takes references to the objects of its
+ * predecessor, so a worker's view of an unchanged cluster keeps its pools
+ * and an unchanged listener keeps its sockets and connections.
+ */
+#include "xds_internal.h"
+#include "legate/pbjson.h"
+#include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb-c.h"
+
+#define HCM_TYPE "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+
+typedef Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager hcm_proto_t;
+
+static const char *cluster_key(const void *v)
+{
+    return ((const lg__xds_cluster_t *)v)->name;
+}
+
+static const char *listener_key(const void *v)
+{
+    return ((const lg__xds_listener_t *)v)->name;
+}
+
+static const char *dep_key(const void *v)
+{
+    return ((const lg__xds_dep_t *)v)->name;
+}
+
+static void replace_res(lg_xds_resource_t **slot, lg_xds_resource_t *r)
+{
+    lg_xds_resource_ref(r);
+    lg_xds_resource_release(*slot);
+    *slot = r;
+}
+
+static void replace_cluster(lg_cluster_config_t **slot, lg_cluster_config_t *c)
+{
+    if (c != NULL)
+        lg_cluster_config_addref(c);
+    lg_cluster_config_release(*slot);
+    *slot = c;
+}
+
+static void replace_listener(lg_listener_config_t **slot, lg_listener_config_t *l)
+{
+    if (l != NULL)
+        lg_listener_config_addref(l);
+    lg_listener_config_release(*slot);
+    *slot = l;
+}
+
+static void set_error(lg_xds_resource_t **failed, char **error, lg_xds_resource_t *res, const char *msg)
+{
+    replace_res(failed, res);
+    free(*error);
+    *error = msg != NULL ? lg_strdup(msg) : NULL;
+}
+
+/* ---- entries ---- */
+
+static lg__xds_cluster_t *cluster_add(lg_xds_t *x, const char *name)
+{
+    lg__xds_cluster_t *c = lg_calloc(1, sizeof(*c));
+    c->name = lg_strdup(name);
+    if (x->n_clusters == x->cap_clusters) {
+        x->cap_clusters = x->cap_clusters ? x->cap_clusters * 2 : 16;
+        x->clusters = lg_realloc(x->clusters, x->cap_clusters * sizeof(*x->clusters));
+    }
+    x->clusters[x->n_clusters++] = c;
+    lg__xds_map_put(&x->cluster_map, c);
+    return c;
+}
+
+static void cluster_free(lg__xds_cluster_t *c)
+{
+    lg_xds_resource_release(c->res);
+    lg_xds_resource_release(c->active_res);
+    lg_xds_resource_release(c->active_cla);
+    lg_cluster_config_release(c->compiled);
+    lg_cluster_config_release(c->active);
+    if (c->eds_stats != NULL)
+        lg_stats_block_release(c->eds_stats);
+    free(c->name);
+    free(c);
+}
+
+/* Unlists the entry; the vector slot is compacted by lg__xds_refresh(). */
+static void cluster_remove(lg_xds_t *x, lg__xds_cluster_t *c)
+{
+    lg__xds_map_del(&x->cluster_map, c->name);
+    if (c->eds != NULL && c->eds->user == c)
+        c->eds->user = NULL;
+    for (size_t i = 0; i != x->n_clusters; ++i)
+        if (x->clusters[i] == c)
+            x->clusters[i] = NULL;
+    cluster_free(c);
+    lg_stats_control_add(lg_stats_cluster_manager, LG_CLUSTER_MANAGER_STAT_cluster_removed, 1);
+    x->dirty = 1;
+}
+
+static lg__xds_listener_t *listener_add(lg_xds_t *x, const char *name)
+{
+    lg__xds_listener_t *l = lg_calloc(1, sizeof(*l));
+    l->name = lg_strdup(name);
+    if (x->n_listeners == x->cap_listeners) {
+        x->cap_listeners = x->cap_listeners ? x->cap_listeners * 2 : 16;
+        x->listeners = lg_realloc(x->listeners, x->cap_listeners * sizeof(*x->listeners));
+    }
+    x->listeners[x->n_listeners++] = l;
+    lg__xds_map_put(&x->listener_map, l);
+    return l;
+}
+
+static void rds_refs_free(lg__xds_rds_ref_t *refs, size_t n)
+{
+    for (size_t i = 0; i != n; ++i) {
+        free(refs[i].name);
+        lg_stats_block_release(refs[i].stats);
+    }
+    free(refs);
+}
+
+static void listener_free(lg__xds_listener_t *l)
+{
+    lg_xds_resource_release(l->res);
+    lg_xds_resource_release(l->active_res);
+    lg_xds_resource_release(l->published_res);
+    lg_xds_resource_release(l->failed);
+    lg_listener_config_release(l->compiled);
+    lg_listener_config_release(l->active);
+    lg_listener_config_release(l->published);
+    rds_refs_free(l->rds, l->n_rds);
+    free(l->error);
+    free(l->name);
+    free(l);
+}
+
+static void listener_remove(lg_xds_t *x, lg__xds_listener_t *l)
+{
+    lg__xds_map_del(&x->listener_map, l->name);
+    for (size_t i = 0; i != x->n_listeners; ++i)
+        if (x->listeners[i] == l)
+            x->listeners[i] = NULL;
+    listener_free(l);
+    x->dirty = 1;
+}
+
+static void dep_free(lg__xds_dep_t *d)
+{
+    if (d->compiled != NULL) {
+        if (d->type == LG_XDS_RDS)
+            lg_route_table_release(d->compiled);
+        else
+            protobuf_c_message_free_unpacked(d->compiled, NULL);
+    }
+    lg_xds_resource_release(d->res);
+    lg_xds_resource_release(d->failed);
+    free(d->error);
+    free(d->stats);
+    free(d->name);
+    free(d);
+}
+
+lg__xds_dep_t *lg__xds_dep_find(lg_xds_t *x, lg_xds_type_t type, const char *name)
+{
+    return lg__xds_map_get(&x->deps[type], name);
+}
+
+static lg__xds_dep_t *dep_get(lg_xds_t *x, lg_xds_type_t type, const char *name)
+{
+    lg__xds_dep_t *d = lg__xds_map_get(&x->deps[type], name);
+    if (d == NULL) {
+        d = lg_calloc(1, sizeof(*d));
+        d->name = lg_strdup(name);
+        d->type = type;
+        lg__xds_map_put(&x->deps[type], d);
+    }
+    return d;
+}
+
+static void dep_add_stats(lg__xds_dep_t *d, lg_stats_block_t *b)
+{
+    for (size_t i = 0; i != d->n_stats; ++i)
+        if (d->stats[i] == b)
+            return;
+    d->stats = lg_realloc(d->stats, (d->n_stats + 1) * sizeof(*d->stats));
+    d->stats[d->n_stats++] = b;
+}
+
+static void dep_count(lg__xds_dep_t *d, size_t idx)
+{
+    for (size_t i = 0; i != d->n_stats; ++i)
+        lg_stats_control_add(d->stats[i], idx, 1);
+}
+
+/* ---- init and dispose ---- */
+
+static int cluster_exists(void *ctx, const char *name)
+{
+    lg_xds_t *x = ctx;
+    return lg__xds_map_get(&x->cluster_map, name) != NULL;
+}
+
+static uint64_t listener_hash(Envoy__Config__Listener__V3__Listener *m);
+static int extract_rds(lg_xds_t *x, lg__xds_sub_t *parent, const Envoy__Config__Listener__V3__Listener *m, lg__xds_rds_ref_t **out,
+                       size_t *n, lg_error_t *err);
+
+void lg__xds_state_init(lg_xds_t *x, lg_snapshot_t *initial)
+{
+    lg__xds_map_init(&x->cluster_map, cluster_key);
+    lg__xds_map_init(&x->listener_map, listener_key);
+    for (size_t t = 0; t != LG_XDS__NTYPES; ++t)
+        lg__xds_map_init(&x->deps[t], dep_key);
+    for (size_t i = 0; i != initial->n_clusters; ++i) {
+        lg__xds_cluster_t *c = cluster_add(x, initial->clusters[i]->name);
+        c->is_static = 1;
+        replace_cluster(&c->compiled, initial->clusters[i]);
+        replace_cluster(&c->active, initial->clusters[i]);
+        c->compiled_gen = c->active_gen = 1;
+    }
+    for (size_t i = 0; i != initial->n_listeners; ++i) {
+        lg__xds_listener_t *l = listener_add(x, initial->listeners[i]->name);
+        l->is_static = 1;
+        replace_listener(&l->compiled, initial->listeners[i]);
+        replace_listener(&l->active, initial->listeners[i]);
+        replace_listener(&l->published, initial->listeners[i]);
+    }
+    x->published = lg_snapshot_ref(initial);
+}
+
+/* Static EDS clusters and RDS listeners subscribe like dynamic ones do; their
+ * config sources are read from the bootstrap. Errors name the bootstrap field. */
+int lg__xds_state_static_deps(lg_xds_t *x, lg_error_t *err)
+{
+    const Envoy__Config__Bootstrap__V3__Bootstrap__StaticResources *sr = x->bootstrap->static_resources;
+    for (size_t i = 0; sr != NULL && i != sr->n_clusters; ++i) {
+        const Envoy__Config__Cluster__V3__Cluster *m = sr->clusters[i];
+        lg__xds_cluster_t *c = lg__xds_map_get(&x->cluster_map, m->name);
+        if (c == NULL || c->compiled->discovery != LG_CLUSTER_EDS)
+            continue;
+        const Envoy__Config__Core__V3__ConfigSource *cs = m->eds_cluster_config != NULL ? m->eds_cluster_config->eds_config : NULL;
+        if (cs == NULL)
+            return lg_error(err, "static_resources.clusters[%zu].eds_cluster_config.eds_config: value is required", i);
+        if ((c->eds_sub = lg__xds_subscribe(x, LG_XDS_EDS, cs, NULL, err)) == NULL)
+            return lg_error_prefix(err, "static_resources.clusters[%zu].eds_cluster_config.eds_config", i);
+        c->eds_stats = lg_stats_block_new(lg_stats_block_prefix(lg_cluster_config_stats(c->compiled)), lg__xds_eds_stat_defs,
+                                          LG__XDS_EDS__COUNT);
+    }
+    for (size_t i = 0; sr != NULL && i != sr->n_listeners; ++i) {
+        const Envoy__Config__Listener__V3__Listener *m = sr->listeners[i];
+        lg__xds_listener_t *l = i < x->n_listeners ? x->listeners[i] : NULL;
+        if (l == NULL || !l->is_static)
+            continue;
+        if (extract_rds(x, NULL, m, &l->rds, &l->n_rds, err) != 0)
+            return lg_error_prefix(err, "static_resources.listeners[%zu]", i);
+    }
+    return 0;
+}
+
+void lg__xds_state_dispose(lg_xds_t *x)
+{
+    for (size_t i = 0; i != x->n_clusters; ++i)
+        if (x->clusters[i] != NULL)
+            cluster_free(x->clusters[i]);
+    for (size_t i = 0; i != x->n_listeners; ++i)
+        if (x->listeners[i] != NULL)
+            listener_free(x->listeners[i]);
+    for (size_t t = 0; t != LG_XDS__NTYPES; ++t) {
+        for (size_t i = 0; x->deps[t].slots != NULL && i <= x->deps[t].mask; ++i)
+            if (x->deps[t].slots[i] != NULL)
+                dep_free(x->deps[t].slots[i]);
+        lg__xds_map_dispose(&x->deps[t]);
+    }
+    free(x->clusters);
+    free(x->listeners);
+    lg__xds_map_dispose(&x->cluster_map);
+    lg__xds_map_dispose(&x->listener_map);
+    lg_snapshot_unref(x->published);
+}
+
+void lg__xds_foreach_dynamic(lg_xds_t *x, lg_xds_type_t type, void (*cb)(void *ctx, const char *name), void *ctx)
+{
+    if (type == LG_XDS_CDS) {
+        for (size_t i = 0; i != x->n_clusters; ++i)
+            if (x->clusters[i] != NULL && !x->clusters[i]->is_static && x->clusters[i]->res != NULL)
+                cb(ctx, x->clusters[i]->name);
+    } else if (type == LG_XDS_LDS) {
+        for (size_t i = 0; i != x->n_listeners; ++i)
+            if (x->listeners[i] != NULL && !x->listeners[i]->is_static && x->listeners[i]->compiled != NULL)
+                cb(ctx, x->listeners[i]->name);
+    }
+}
+
+/* ---- CDS ---- */
+
+static int same_res(const lg_xds_resource_t *a, const lg_xds_resource_t *b)
+{
+    return a != NULL && b != NULL && a->hash == b->hash && a->bytes.len == b->bytes.len &&
+           memcmp(a->bytes.data, b->bytes.data, a->bytes.len) == 0;
+}
+
+static int apply_cluster(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *err)
+{
+    lg_xds_t *x = sub->xds;
+    lg__xds_cluster_t *c = lg__xds_map_get(&x->cluster_map, ch->name);
+    if (c != NULL && c->is_static) {
+        LG_WARN(upstream, "cds: ignoring cluster '%s': a static cluster of that name exists", ch->name);
+        return 0;
+    }
+    if (ch->res == NULL) {
+        if (c != NULL) {
+            LG_INFO(upstream, "cds: removing cluster %s", ch->name);
+            cluster_remove(x, c);
+        }
+        return 0;
+    }
+    if (c != NULL && same_res(c->res, ch->res)) {
+        LG_DEBUG(upstream, "cds: cluster %s unchanged", ch->name);
+        return 0;
+    }
+    const Envoy__Config__Cluster__V3__Cluster *m = (const void *)ch->msg;
+    lg_cluster_config_t *cfg = lg_cluster_config_compile(m, err);
+    if (cfg == NULL)
+        return -1;
+    lg__xds_sub_t *eds_sub = NULL;
+    if (cfg->discovery == LG_CLUSTER_EDS) {
+        const Envoy__Config__Core__V3__ConfigSource *cs = m->eds_cluster_config != NULL ? m->eds_cluster_config->eds_config : NULL;
+        if (cs == NULL)
+            lg_error(err, "eds_cluster_config.eds_config: value is required");
+        else if ((eds_sub = lg__xds_subscribe(x, LG_XDS_EDS, cs, sub, err)) == NULL)
+            lg_error_prefix(err, "eds_cluster_config.eds_config");
+        if (eds_sub == NULL) {
+            lg_cluster_config_release(cfg);
+            return -1;
+        }
+    }
+    cfg->added_via_api = 1;
+    if (c == NULL) {
+        c = cluster_add(x, ch->name);
+        LG_INFO(upstream, "cds: add cluster %s", ch->name);
+        lg_stats_control_add(lg_stats_cluster_manager, LG_CLUSTER_MANAGER_STAT_cluster_added, 1);
+    } else {
+        LG_INFO(upstream, "cds: update cluster %s", ch->name);
+        lg_stats_control_add(lg_stats_cluster_manager, LG_CLUSTER_MANAGER_STAT_cluster_modified, 1);
+    }
+    replace_res(&c->res, ch->res);
+    lg_cluster_config_release(c->compiled);
+    c->compiled = cfg;
+    ++c->compiled_gen;
+    c->eds_sub = eds_sub;
+    if (c->eds_stats != NULL)
+        lg_stats_block_release(c->eds_stats);
+    c->eds_stats = eds_sub != NULL ? lg_stats_block_new(lg_stats_block_prefix(lg_cluster_config_stats(cfg)), lg__xds_eds_stat_defs,
+                                                        LG__XDS_EDS__COUNT)
+                                   : NULL;
+    x->dirty = 1;
+    return 0;
+}
+
+/* ---- EDS ---- */
+
+/* Makes c->active the cluster with the endpoints of `cla` (c's current compiled version). */
+static int activate_with_endpoints(lg__xds_cluster_t *c, const Envoy__Config__Endpoint__V3__ClusterLoadAssignment *cla,
+                                   lg_xds_resource_t *cla_res, lg_error_t *err)
+{
+    lg_cluster_config_t *n = lg_cluster_config_with_endpoints(c->compiled, cla, err);
+    if (n == NULL)
+        return -1;
+    if (c->active != NULL)
+        lg_cluster_config_adopt(n, c->active);
+    lg_cluster_config_release(c->active);
+    c->active = n;
+    replace_res(&c->active_res, c->res);
+    replace_res(&c->active_cla, cla_res);
+    c->active_gen = c->compiled_gen;
+    return 0;
+}
+
+static int apply_cla(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *err)
+{
+    lg_xds_t *x = sub->xds;
+    lg__xds_dep_t *d = lg__xds_dep_find(x, LG_XDS_EDS, ch->name);
+    if (d == NULL || !d->wanted) {
+        LG_DEBUG(upstream, "eds: ignoring unrequested load assignment '%s'", ch->name);
+        return 0;
+    }
+    if (ch->res == NULL) {
+        LG_DEBUG(upstream, "eds: load assignment '%s' removed; its clusters keep their endpoints", ch->name);
+        return 0;
+    }
+    dep_count(d, LG__XDS_EDS_update_attempt);
+    if (same_res(d->res, ch->res))
+        return 0;
+    lg__xds_cluster_t *user = d->user;
+    if (user != NULL && activate_with_endpoints(user, (const void *)ch->msg, ch->res, err) != 0) {
+        dep_count(d, LG__XDS_EDS_update_rejected);
+        set_error(&d->failed, &d->error, ch->res, err->msg);
+        return -1;
+    }
+    replace_res(&d->res, ch->res);
+    if (d->compiled != NULL)
+        protobuf_c_message_free_unpacked(d->compiled, NULL);
+    d->compiled = ch->msg;
+    ch->msg = NULL;
+    set_error(&d->failed, &d->error, NULL, NULL);
+    x->dirty = 1;
+    return 0;
+}
+
+/* ---- LDS ---- */
+
+static uint64_t listener_hash(Envoy__Config__Listener__V3__Listener *m)
+{
+    size_t n_chains = m->n_filter_chains;
+    Envoy__Config__Listener__V3__FilterChain *def = m->default_filter_chain;
+    m->n_filter_chains = 0;
+    m->default_filter_chain = NULL;
+    size_t len = protobuf_c_message_get_packed_size(&m->base);
+    uint8_t *buf = lg_malloc(len + 1);
+    protobuf_c_message_pack(&m->base, buf);
+    m->n_filter_chains = n_chains;
+    m->default_filter_chain = def;
+    uint64_t h = lg__xds_hash(buf, len);
+    free(buf);
+    return h;
+}
+
+static int add_rds_ref(lg_xds_t *x, lg__xds_sub_t *parent, const hcm_proto_t *hcm, lg__xds_rds_ref_t **out, size_t *n,
+                       lg_error_t *err)
+{
+    const char *name = hcm->rds->route_config_name != NULL ? hcm->rds->route_config_name : "";
+    if (hcm->rds->config_source == NULL)
+        return lg_error(err, "rds.config_source: value is required");
+    lg__xds_sub_t *sub = lg__xds_subscribe(x, LG_XDS_RDS, hcm->rds->config_source, parent, err);
+    if (sub == NULL)
+        return lg_error_prefix(err, "rds.config_source");
+    char *prefix = lg_malloc(strlen(hcm->stat_prefix) + strlen(name) + sizeof("http..rds.."));
+    sprintf(prefix, "http.%s.rds.%s.", hcm->stat_prefix, name);
+    lg_stats_block_t *stats = lg_stats_block_new(prefix, lg__xds_sub_stat_defs, LG__XDS_SUB__COUNT);
+    free(prefix);
+    *out = lg_realloc(*out, (*n + 1) * sizeof(**out));
+    (*out)[(*n)++] = (lg__xds_rds_ref_t){lg_strdup(name), sub, stats};
+    return 0;
+}
+
+static int chain_rds(lg_xds_t *x, lg__xds_sub_t *parent, const Envoy__Config__Listener__V3__FilterChain *fc,
+                     lg__xds_rds_ref_t **out, size_t *n, lg_error_t *err)
+{
+    for (size_t k = 0; fc != NULL && k != fc->n_filters; ++k) {
+        const Envoy__Config__Listener__V3__Filter *f = fc->filters[k];
+        if (f->config_type_case != ENVOY__CONFIG__LISTENER__V3__FILTER__CONFIG_TYPE_TYPED_CONFIG)
+            continue;
+        const char *slash = strrchr(f->typed_config->type_url, '/');
+        if (strcmp(slash != NULL ? slash + 1 : f->typed_config->type_url, HCM_TYPE) != 0)
+            continue;
+        hcm_proto_t *hcm = (void *)lg_any_unpack(
+            f->typed_config, &envoy__extensions__filters__network__http_connection_manager__v3__http_connection_manager__descriptor,
+            err);
+        if (hcm == NULL)
+            return lg_error_prefix(err, "filters[%zu].typed_config", k);
+        int rc = 0;
+        if (hcm->route_specifier_case ==
+                ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__ROUTE_SPECIFIER_RDS &&
+            add_rds_ref(x, parent, hcm, out, n, err) != 0)
+            rc = lg_error_prefix(err, "filters[%zu].typed_config", k);
+        protobuf_c_message_free_unpacked(&hcm->base, NULL);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* The RDS route configs the listener's connection managers name. */
+static int extract_rds(lg_xds_t *x, lg__xds_sub_t *parent, const Envoy__Config__Listener__V3__Listener *m, lg__xds_rds_ref_t **out,
+                       size_t *n, lg_error_t *err)
+{
+    *out = NULL;
+    *n = 0;
+    for (size_t i = 0; i != m->n_filter_chains; ++i)
+        if (chain_rds(x, parent, m->filter_chains[i], out, n, err) != 0) {
+            rds_refs_free(*out, *n);
+            return lg_error_prefix(err, "filter_chains[%zu]", i);
+        }
+    if (chain_rds(x, parent, m->default_filter_chain, out, n, err) != 0) {
+        rds_refs_free(*out, *n);
+        return lg_error_prefix(err, "default_filter_chain");
+    }
+    return 0;
+}
+
+static int check_address(lg_xds_t *x, const lg__xds_listener_t *self, const lg_listener_config_t *l, lg_error_t *err)
+{
+    for (size_t i = 0; i != x->n_listeners; ++i) {
+        const lg__xds_listener_t *o = x->listeners[i];
+        if (o == NULL || o == self || o->compiled == NULL)
+            continue;
+        const lg_listener_config_t *ol = o->compiled;
+        if (ol->addrlen == l->addrlen && memcmp(&ol->addr, &l->addr, l->addrlen) == 0)
+            return lg_error(err, "error adding listener '%s': a listener with the same address already exists ('%s')",
+                            l->address_str, o->name);
+    }
+    return 0;
+}
+
+static int apply_listener(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *err)
+{
+    lg_xds_t *x = sub->xds;
+    lg__xds_listener_t *e = lg__xds_map_get(&x->listener_map, ch->name);
+    if (e != NULL && e->is_static) {
+        LG_WARN(config, "lds: ignoring listener '%s': a static listener of that name exists", ch->name);
+        return 0;
+    }
+    if (ch->res == NULL) {
+        if (e != NULL) {
+            LG_INFO(config, "lds: removing listener '%s'", ch->name);
+            lg_stats_control_add(lg_stats_listener_manager, LG_LISTENER_MANAGER_STAT_listener_removed, 1);
+            listener_remove(x, e);
+        }
+        return 0;
+    }
+    if (e != NULL && same_res(e->res, ch->res))
+        return 0;
+    Envoy__Config__Listener__V3__Listener *m = (void *)ch->msg;
+    lg__xds_rds_ref_t *rds;
+    size_t n_rds;
+    if (extract_rds(x, sub, m, &rds, &n_rds, err) != 0)
+        goto fail;
+    lg_hcm_compile_ctx_t ctx = {cluster_exists, x, 0};
+    lg_listener_config_t *l = lg_listener_config_compile(m, &ctx, err);
+    if (l == NULL || check_address(x, e, l, err) != 0) {
+        lg_listener_config_release(l);
+        rds_refs_free(rds, n_rds);
+        goto fail;
+    }
+    l->hash = listener_hash(m);
+    if (e == NULL) {
+        e = listener_add(x, ch->name);
+        LG_INFO(config, "lds: add listener '%s'", ch->name);
+        lg_stats_control_add(lg_stats_listener_manager, LG_LISTENER_MANAGER_STAT_listener_added, 1);
+    } else if (e->compiled != NULL) {
+        LG_INFO(config, "lds: update listener '%s'", ch->name);
+        lg_stats_control_add(lg_stats_listener_manager, LG_LISTENER_MANAGER_STAT_listener_modified, 1);
+    }
+    replace_res(&e->res, ch->res);
+    lg_listener_config_release(e->compiled);
+    e->compiled = l;
+    rds_refs_free(e->rds, e->n_rds);
+    e->rds = rds;
+    e->n_rds = n_rds;
+    set_error(&e->failed, &e->error, NULL, NULL);
+    x->dirty = 1;
+    return 0;
+fail:
+    lg_stats_control_add(lg_stats_listener_manager, LG_LISTENER_MANAGER_STAT_listener_create_failure, 1);
+    if (e == NULL)
+        e = listener_add(x, ch->name);
+    set_error(&e->failed, &e->error, ch->res, err->msg);
+    x->dirty = 1;
+    return -1;
+}
+
+/* ---- RDS ---- */
+
+static int apply_routes(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *err)
+{
+    lg_xds_t *x = sub->xds;
+    lg__xds_dep_t *d = lg__xds_dep_find(x, LG_XDS_RDS, ch->name);
+    if (d == NULL || !d->wanted) {
+        LG_DEBUG(config, "rds: ignoring unrequested route configuration '%s'", ch->name);
+        return 0;
+    }
+    if (ch->res == NULL) {
+        /* Envoy falls back to an empty route configuration */
+        if (d->compiled != NULL) {
+            lg_route_table_release(d->compiled);
+            d->compiled = NULL;
+            lg_xds_resource_release(d->res);
+            d->res = NULL;
+            x->dirty = 1;
+        }
+        return 0;
+    }
+    dep_count(d, LG__XDS_SUB_update_attempt);
+    if (same_res(d->res, ch->res)) {
+        dep_count(d, LG__XDS_SUB_update_success);
+        return 0;
+    }
+    lg_route_compile_opts_t opts = {.validate_clusters = 0, .cluster_exists = cluster_exists, .ctx = x};
+    lg_route_table_t *t = lg_route_table_compile((const void *)ch->msg, &opts, err);
+    if (t == NULL) {
+        dep_count(d, LG__XDS_SUB_update_rejected);
+        set_error(&d->failed, &d->error, ch->res, err->msg);
+        return -1;
+    }
+    if (d->compiled != NULL)
+        lg_route_table_release(d->compiled);
+    d->compiled = t;
+    replace_res(&d->res, ch->res);
+    set_error(&d->failed, &d->error, NULL, NULL);
+    dep_count(d, LG__XDS_SUB_update_success);
+    for (size_t i = 0; i != d->n_stats; ++i) {
+        lg_stats_text_set(d->stats[i], LG__XDS_SUB_version_text, ch->res->version);
+        lg_stats_gauge_set(d->stats[i], LG__XDS_SUB_version, lg__xds_hash(ch->res->version, strlen(ch->res->version)));
+        lg_stats_gauge_set(d->stats[i], LG__XDS_SUB_update_time, lg_wall_us() / 1000);
+    }
+    x->dirty = 1;
+    return 0;
+}
+
+/* ---- dispatch ---- */
+
+size_t lg__xds_apply(lg__xds_sub_t *sub, lg__xds_change_t *changes, size_t n, lg_strbuf_t *errors)
+{
+    static int (*const apply[LG_XDS__NTYPES])(lg__xds_sub_t *, lg__xds_change_t *,
+                                              lg_error_t *) = {apply_cluster, apply_cla, apply_listener, apply_routes, NULL};
+    size_t rejected = 0;
+    for (size_t i = 0; i != n; ++i) {
+        lg_error_t err = {{0}};
+        if (apply[sub->type] == NULL || apply[sub->type](sub, changes + i, &err) == 0)
+            continue;
+        LG_WARN(config, "%s: rejected '%s': %s", lg_xds_type_names[sub->type], changes[i].name, err.msg);
+        lg_strbuf_printf(errors, "%s%s: %s", rejected++ ? ", " : "", changes[i].name, err.msg);
+    }
+    return rejected;
+}
+
+/* ---- dependencies, warming, snapshots ---- */
+
+static void want(lg_xds_t *x, lg_xds_type_t type, const char *name, lg__xds_sub_t *sub, lg_stats_block_t *stats, uint64_t now)
+{
+    lg__xds_dep_t *d = dep_get(x, type, name);
+    if (!d->wanted) {
+        d->wanted = 1;
+        if (d->sub != sub) {
+            if (d->sub != NULL)
+                lg__xds_interest(d->sub);
+            d->sub = sub;
+            d->since_ms = 0;
+            d->timed_out = 0;
+            lg__xds_interest(sub);
+        }
+        if (d->since_ms == 0)
+            d->since_ms = now;
+    }
+    dep_add_stats(d, stats);
+}
+
+/* Marks what listeners and clusters name; forgets what nothing names. */
+static void update_deps(lg_xds_t *x)
+{
+    uint64_t now = lg_now_ms();
+    for (size_t t = 0; t != LG_XDS__NTYPES; ++t)
+        for (size_t i = 0; x->deps[t].slots != NULL && i <= x->deps[t].mask; ++i) {
+            lg__xds_dep_t *d = x->deps[t].slots[i];
+            if (d != NULL) {
+                d->wanted = 0;
+                d->n_stats = 0;
+                d->user = NULL;
+            }
+        }
+    for (size_t i = 0; i != x->n_listeners; ++i) {
+        lg__xds_listener_t *l = x->listeners[i];
+        for (size_t j = 0; l != NULL && j != l->n_rds; ++j)
+            want(x, LG_XDS_RDS, l->rds[j].name, l->rds[j].sub, l->rds[j].stats, now);
+    }
+    for (size_t i = 0; i != x->n_clusters; ++i) {
+        lg__xds_cluster_t *c = x->clusters[i];
+        if (c == NULL)
+            continue;
+        c->eds = NULL;
+        if (c->eds_sub != NULL) {
+            want(x, LG_XDS_EDS, c->compiled->eds_service_name, c->eds_sub, c->eds_stats, now);
+            c->eds = lg__xds_dep_find(x, LG_XDS_EDS, c->compiled->eds_service_name);
+            if (c->eds->user == NULL)
+                c->eds->user = c;
+        }
+    }
+    for (size_t t = 0; t != LG_XDS__NTYPES; ++t) {
+        lg__xds_dep_t **gone = NULL;
+        size_t n = 0;
+        for (size_t i = 0; x->deps[t].slots != NULL && i <= x->deps[t].mask; ++i) {
+            lg__xds_dep_t *d = x->deps[t].slots[i];
+            if (d != NULL && !d->wanted) {
+                gone = lg_realloc(gone, (n + 1) * sizeof(*gone));
+                gone[n++] = d;
+            }
+        }
+        for (size_t i = 0; i != n; ++i) {
+            lg__xds_map_del(&x->deps[t], gone[i]->name);
+            if (gone[i]->sub != NULL)
+                lg__xds_interest(gone[i]->sub);
+            if (gone[i]->compiled != NULL)
+                x->dirty = 1;
+            dep_free(gone[i]);
+        }
+        free(gone);
+    }
+}
+
+static int dep_ready(const lg__xds_dep_t *d)
+{
+    return d != NULL && (d->compiled != NULL || d->timed_out);
+}
+
+static void warm_clusters(lg_xds_t *x)
+{
+    for (size_t i = 0; i != x->n_clusters; ++i) {
+        lg__xds_cluster_t *c = x->clusters[i];
+        if (c == NULL || c->compiled == NULL)
+            continue;
+        if (c->eds_sub == NULL) {
+            if (c->active_gen != c->compiled_gen) {
+                if (c->active != NULL)
+                    lg_cluster_config_adopt(c->compiled, c->active);
+                replace_cluster(&c->active, c->compiled);
+                replace_res(&c->active_res, c->res);
+                c->active_gen = c->compiled_gen;
+                x->dirty = 1;
+            }
+            continue;
+        }
+        lg__xds_dep_t *d = c->eds;
+        if (d != NULL && d->compiled != NULL) {
+            if (c->active_gen != c->compiled_gen || c->active_cla != d->res) {
+                lg_error_t err;
+                if (activate_with_endpoints(c, d->compiled, d->res, &err) != 0)
+                    LG_WARN(upstream, "cluster %s: cannot apply its endpoints: %s", c->name, err.msg);
+                x->dirty = 1;
+            }
+        } else if (dep_ready(d) && c->active_gen != c->compiled_gen) {
+            LG_INFO(upstream, "cluster %s: initial fetch of its endpoints timed out; it starts without hosts", c->name);
+            replace_cluster(&c->active, c->compiled);
+            replace_res(&c->active_res, c->res);
+            replace_res(&c->active_cla, NULL);
+            c->active_gen = c->compiled_gen;
+            x->dirty = 1;
+        }
+    }
+}
+
+static void warm_listeners(lg_xds_t *x)
+{
+    for (size_t i = 0; i != x->n_listeners; ++i) {
+        lg__xds_listener_t *l = x->listeners[i];
+        if (l == NULL || l->compiled == NULL || l->active == l->compiled)
+            continue;
+        size_t j = 0;
+        while (j != l->n_rds && dep_ready(lg__xds_dep_find(x, LG_XDS_RDS, l->rds[j].name)))
+            ++j;
+        if (j != l->n_rds)
+            continue;
+        replace_listener(&l->active, l->compiled);
+        replace_res(&l->active_res, l->res);
+        x->dirty = 1;
+    }
+}
+
+int lg__xds_warmed(lg_xds_t *x, lg_xds_type_t type)
+{
+    if (type == LG_XDS_CDS) {
+        for (size_t i = 0; i != x->n_clusters; ++i) {
+            const lg__xds_cluster_t *c = x->clusters[i];
+            if (c != NULL && c->compiled != NULL && c->active_gen != c->compiled_gen)
+                return 0;
+            if (c != NULL && c->eds_sub != NULL && !dep_ready(c->eds))
+                return 0;
+        }
+    } else {
+        for (size_t i = 0; i != x->n_listeners; ++i) {
+            const lg__xds_listener_t *l = x->listeners[i];
+            if (l != NULL && l->compiled != NULL && l->active != l->compiled)
+                return 0;
+            for (size_t j = 0; l != NULL && j != l->n_rds; ++j)
+                if (!dep_ready(lg__xds_dep_find(x, LG_XDS_RDS, l->rds[j].name)))
+                    return 0;
+        }
+    }
+    return 1;
+}
+
+int lg__xds_check_timeouts(lg_xds_t *x, uint64_t now)
+{
+    int any = 0;
+    for (size_t t = 0; t != LG_XDS__NTYPES; ++t)
+        for (size_t i = 0; x->deps[t].slots != NULL && i <= x->deps[t].mask; ++i) {
+            lg__xds_dep_t *d = x->deps[t].slots[i];
+            if (d == NULL || !d->wanted || d->res != NULL || d->timed_out || d->sub == NULL || !d->sub->started ||
+                d->sub->init_timeout_ms == 0 || now < d->since_ms + d->sub->init_timeout_ms)
+                continue;
+            LG_WARN(config, "%s: initial fetch of '%s' timed out", lg_xds_type_names[t], d->name);
+            d->timed_out = 1;
+            dep_count(d, t == LG_XDS_EDS ? LG__XDS_EDS_init_fetch_timeout : LG__XDS_SUB_init_fetch_timeout);
+            any = 1;
+        }
+    return any;
+}
+
+static void compact(lg_xds_t *x)
+{
+    size_t o = 0;
+    for (size_t i = 0; i != x->n_clusters; ++i)
+        if (x->clusters[i] != NULL)
+            x->clusters[o++] = x->clusters[i];
+    x->n_clusters = o;
+    o = 0;
+    for (size_t i = 0; i != x->n_listeners; ++i)
+        if (x->listeners[i] != NULL)
+            x->listeners[o++] = x->listeners[i];
+    x->n_listeners = o;
+}
+
+/* ---- the dump (for /config_dump) ---- */
+
+static lg_xds_dump_item_t *dump_add(lg_xds_dump_t *d, lg_xds_type_t t, size_t *cap, const char *name)
+{
+    if (d->n_items[t] == *cap) {
+        *cap = *cap ? *cap * 2 : 16;
+        d->items[t] = lg_realloc(d->items[t], *cap * sizeof(*d->items[t]));
+    }
+    lg_xds_dump_item_t *it = d->items[t] + d->n_items[t]++;
+    *it = (lg_xds_dump_item_t){lg_strdup(name)};
+    return it;
+}
+
+static void dump_version(lg_xds_t *x, lg_xds_dump_t *d, lg_xds_type_t t)
+{
+    const char *v = "";
+    for (size_t i = 0; i != x->n_subs; ++i)
+        if (x->subs[i]->type == t && x->subs[i]->version_info[0] != '\0') {
+            v = x->subs[i]->version_info;
+            break;
+        }
+    d->version_info[t] = lg_strdup(v);
+}
+
+static lg_xds_dump_t *build_dump(lg_xds_t *x)
+{
+    lg_xds_dump_t *d = lg_calloc(1, sizeof(*d));
+    size_t cap[LG_XDS__NTYPES] = {0};
+    d->refcnt = 1;
+    for (size_t t = 0; t != LG_XDS__NTYPES; ++t)
+        dump_version(x, d, t);
+    for (size_t i = 0; i != x->n_clusters; ++i) {
+        const lg__xds_cluster_t *c = x->clusters[i];
+        if (c == NULL || c->is_static || c->res == NULL)
+            continue;
+        lg_xds_dump_item_t *it = dump_add(d, LG_XDS_CDS, cap + LG_XDS_CDS, c->name);
+        it->active = c->active != NULL ? lg_xds_resource_ref(c->active_res) : NULL;
+        it->warming = c->active_res != c->res ? lg_xds_resource_ref(c->res) : NULL;
+    }
+    for (size_t i = 0; i != x->n_listeners; ++i) {
+        const lg__xds_listener_t *l = x->listeners[i];
+        if (l == NULL || l->is_static)
+            continue;
+        lg_xds_dump_item_t *it = dump_add(d, LG_XDS_LDS, cap + LG_XDS_LDS, l->name);
+        it->active = l->active != NULL ? lg_xds_resource_ref(l->active_res) : NULL;
+        it->warming = l->compiled != NULL && l->active != l->compiled ? lg_xds_resource_ref(l->res) : NULL;
+        it->failed = lg_xds_resource_ref(l->failed);
+        it->error = l->error != NULL ? lg_strdup(l->error) : NULL;
+    }
+    static const lg_xds_type_t dep_types[] = {LG_XDS_EDS, LG_XDS_RDS};
+    for (size_t k = 0; k != LG_ARRAY_SIZE(dep_types); ++k) {
+        lg_xds_type_t t = dep_types[k];
+        for (size_t i = 0; x->deps[t].slots != NULL && i <= x->deps[t].mask; ++i) {
+            const lg__xds_dep_t *dep = x->deps[t].slots[i];
+            if (dep == NULL || (dep->res == NULL && dep->failed == NULL))
+                continue;
+            lg_xds_dump_item_t *it = dump_add(d, t, cap + t, dep->name);
+            it->active = lg_xds_resource_ref(dep->res);
+            it->failed = lg_xds_resource_ref(dep->failed);
+            it->error = dep->error != NULL ? lg_strdup(dep->error) : NULL;
+        }
+    }
+    return d;
+}
+
+/* ---- snapshots ---- */
+
+static lg_snapshot_t *build_snapshot(lg_xds_t *x)
+{
+    size_t nl = 0, nc = 0, nr = 0;
+    for (size_t i = 0; i != x->n_listeners; ++i)
+        nl += x->listeners[i]->active != NULL;
+    for (size_t i = 0; i != x->n_clusters; ++i)
+        nc += x->clusters[i]->active != NULL;
+    nr = x->deps[LG_XDS_RDS].n;
+    lg_snapshot_t *s = lg_snapshot_new(nl, nc, nr);
+    for (size_t i = 0; i != x->n_listeners; ++i)
+        if (x->listeners[i]->active != NULL)
+            s->listeners[s->n_listeners++] = lg_listener_config_addref(x->listeners[i]->active);
+    for (size_t i = 0; i != x->n_clusters; ++i)
+        if (x->clusters[i]->active != NULL)
+            s->clusters[s->n_clusters++] = lg_cluster_config_addref(x->clusters[i]->active);
+    for (size_t i = 0; x->deps[LG_XDS_RDS].slots != NULL && i <= x->deps[LG_XDS_RDS].mask; ++i) {
+        lg__xds_dep_t *d = x->deps[LG_XDS_RDS].slots[i];
+        if (d != NULL && d->compiled != NULL)
+            s->routes[s->n_routes++] = lg_route_table_retain(d->compiled);
+    }
+    lg_snapshot_seal(s);
+    s->bootstrap = &x->bootstrap->base;
+    s->last_updated_wall_us = x->published->last_updated_wall_us;
+    s->xds = build_dump(x);
+    return s;
+}
+
+/* A listener whose sockets cannot be opened goes back to the version that was published. */
+static void unbind_listener(lg_xds_t *x, const lg_listener_config_t *failed, const char *msg)
+{
+    for (size_t i = 0; i != x->n_listeners; ++i) {
+        lg__xds_listener_t *l = x->listeners[i];
+        if (l->active != failed)
+            continue;
+        LG_WARN(config, "lds: listener '%s': %s", l->name, msg);
+        lg_stats_control_add(lg_stats_listener_manager, LG_LISTENER_MANAGER_STAT_listener_create_failure, 1);
+        if (x->errors != NULL)
+            lg_strbuf_printf(x->errors, "%s%s: %s", x->errors->len ? ", " : "", l->name, msg);
+        set_error(&l->failed, &l->error, l->res, msg);
+        replace_listener(&l->compiled, l->published);
+        replace_listener(&l->active, l->published);
+        replace_res(&l->res, l->published_res);
+        replace_res(&l->active_res, l->published_res);
+        if (l->published == NULL) {
+            rds_refs_free(l->rds, l->n_rds);
+            l->rds = NULL;
+            l->n_rds = 0;
+        }
+        return;
+    }
+}
+
+static void update_gauges(lg_xds_t *x)
+{
+    size_t warming_c = 0, warming_l = 0, active_l = 0;
+    for (size_t i = 0; i != x->n_clusters; ++i)
+        warming_c += x->clusters[i]->compiled != NULL && x->clusters[i]->active_gen != x->clusters[i]->compiled_gen;
+    for (size_t i = 0; i != x->n_listeners; ++i) {
+        warming_l += x->listeners[i]->compiled != NULL && x->listeners[i]->active != x->listeners[i]->compiled;
+        active_l += x->listeners[i]->active != NULL;
+    }
+    lg_stats_gauge_set(lg_stats_cluster_manager, LG_CLUSTER_MANAGER_STAT_warming_clusters, warming_c);
+    lg_stats_gauge_set(lg_stats_cluster_manager, LG_CLUSTER_MANAGER_STAT_active_clusters, x->published->n_clusters);
+    lg_stats_gauge_set(lg_stats_listener_manager, LG_LISTENER_MANAGER_STAT_total_listeners_warming, warming_l);
+    lg_stats_gauge_set(lg_stats_listener_manager, LG_LISTENER_MANAGER_STAT_total_listeners_active, active_l);
+}
+
+static void publish(lg_xds_t *x)
+{
+    for (size_t attempt = 0; attempt <= x->n_listeners; ++attempt) {
+        lg_snapshot_t *s = build_snapshot(x);
+        size_t failed;
+        lg_error_t err = {{0}};
+        if (lg_server_publish(s, &failed, &err) == 0) {
+            lg_snapshot_unref(x->published);
+            x->published = s;
+            for (size_t i = 0; i != x->n_listeners; ++i) {
+                replace_listener(&x->listeners[i]->published, x->listeners[i]->active);
+                replace_res(&x->listeners[i]->published_res, x->listeners[i]->active_res);
+            }
+            return;
+        }
+        unbind_listener(x, s->listeners[failed], err.msg);
+        lg_snapshot_unref(s);
+    }
+}
+
+void lg__xds_refresh(lg_xds_t *x)
+{
+    update_deps(x);
+    warm_clusters(x);
+    warm_listeners(x);
+    compact(x);
+    if (x->dirty) {
+        x->dirty = 0;
+        publish(x);
+    }
+    update_gauges(x);
+}

@@ -1,0 +1,279 @@
+/*
+ * One response of a transport, SotW or delta, turned into decoded changes:
+ * the Resource wrapper is unwrapped, type URLs are checked, duplicate names
+ * reject the whole response, and SotW removes the wildcard resources a
+ * response leaves out. Counts the subscription stats Envoy counts.
+ */
+#include "xds_internal.h"
+#include "legate/pbjson.h"
+#include "envoy/extensions/transport_sockets/tls/v3/secret.pb-c.h"
+
+#define RESOURCE_URL "type.googleapis.com/envoy.service.discovery.v3.Resource"
+
+const lg_stat_def_t lg__xds_sub_stat_defs[LG__XDS_SUB__COUNT] = {LG__XDS_SUB_STATS(LG_STAT_DEF)};
+const lg_stat_def_t lg__xds_eds_stat_defs[LG__XDS_EDS__COUNT] = {LG__XDS_EDS_STATS(LG_STAT_DEF)};
+
+static const ProtobufCMessageDescriptor *const descriptors[LG_XDS__NTYPES] = {
+    &envoy__config__cluster__v3__cluster__descriptor,
+    &envoy__config__endpoint__v3__cluster_load_assignment__descriptor,
+    &envoy__config__listener__v3__listener__descriptor,
+    &envoy__config__route__v3__route_configuration__descriptor,
+    &envoy__extensions__transport_sockets__tls__v3__secret__descriptor,
+};
+
+/* What Envoy calls each type in its duplicate-name errors. */
+static const char *const nouns[LG_XDS__NTYPES] = {"cluster", "cluster load assignment", "listener", "route configuration",
+                                                  "secret"};
+
+uint64_t lg__xds_hash(const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i != n; ++i)
+        h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+static const char *resource_name(lg_xds_type_t type, const ProtobufCMessage *m)
+{
+    switch (type) {
+    case LG_XDS_CDS:
+        return ((const Envoy__Config__Cluster__V3__Cluster *)m)->name;
+    case LG_XDS_EDS:
+        return ((const Envoy__Config__Endpoint__V3__ClusterLoadAssignment *)m)->cluster_name;
+    case LG_XDS_LDS:
+        return ((const Envoy__Config__Listener__V3__Listener *)m)->name;
+    case LG_XDS_RDS:
+        return ((const Envoy__Config__Route__V3__RouteConfiguration *)m)->name;
+    default:
+        return ((const Envoy__Extensions__TransportSockets__Tls__V3__Secret *)m)->name;
+    }
+}
+
+static lg_xds_resource_t *resource_new(lg_xds_type_t type, const char *name, const char *version, const ProtobufCBinaryData *bytes,
+                                       uint64_t ttl_ms)
+{
+    lg_xds_resource_t *r = lg_calloc(1, sizeof(*r));
+    r->refcnt = 1;
+    r->type = type;
+    r->name = lg_strdup(name);
+    r->version = lg_strdup(version != NULL ? version : "");
+    r->last_updated_wall_us = lg_wall_us();
+    r->bytes.len = bytes->len;
+    r->bytes.data = lg_malloc(bytes->len + 1);
+    memcpy(r->bytes.data, bytes->data, bytes->len);
+    r->hash = lg__xds_hash(bytes->data, bytes->len);
+    r->ttl_ms = ttl_ms;
+    return r;
+}
+
+/* Decodes `any` (a resource of sub's type) into *out. */
+static int decode(lg__xds_sub_t *sub, const Google__Protobuf__Any *any, const char *version, uint64_t ttl_ms, lg__xds_change_t *out,
+                  lg_error_t *err)
+{
+    if (strcmp(any->type_url, lg_xds_type_urls[sub->type]) != 0)
+        return lg_error(err, "%s does not match the message-wide type URL %s in DiscoveryResponse", any->type_url,
+                        lg_xds_type_urls[sub->type]);
+    ProtobufCMessage *m = protobuf_c_message_unpack(descriptors[sub->type], NULL, any->value.len, any->value.data);
+    if (m == NULL)
+        return lg_error(err, "cannot parse a %s resource (%zu bytes)", nouns[sub->type], any->value.len);
+    const char *name = resource_name(sub->type, m);
+    out->name = lg_strdup(name);
+    out->msg = m;
+    out->res = resource_new(sub->type, name, version, &any->value, ttl_ms);
+    return 0;
+}
+
+static uint64_t ttl_of(const Google__Protobuf__Duration *d)
+{
+    return d != NULL ? (uint64_t)d->seconds * 1000 + (uint64_t)d->nanos / 1000000 : 0;
+}
+
+/* A SotW resource: the type itself, or a Resource wrapping it (TTL). Sets
+ * out->name NULL for a wrapper without a body (a TTL heartbeat). */
+static int decode_sotw(lg__xds_sub_t *sub, const Google__Protobuf__Any *any, const char *version, lg__xds_change_t *out,
+                       lg_error_t *err)
+{
+    if (strcmp(any->type_url, RESOURCE_URL) != 0)
+        return decode(sub, any, version, 0, out, err);
+    Envoy__Service__Discovery__V3__Resource *r = (void *)protobuf_c_message_unpack(
+        &envoy__service__discovery__v3__resource__descriptor, NULL, any->value.len, any->value.data);
+    if (r == NULL)
+        return lg_error(err, "cannot parse a Resource wrapper");
+    int rc = r->resource != NULL ? decode(sub, r->resource, version, ttl_of(r->ttl), out, err) : 0;
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    return rc;
+}
+
+static void changes_free(lg__xds_change_t *c, size_t n)
+{
+    for (size_t i = 0; i != n; ++i) {
+        free(c[i].name);
+        lg_xds_resource_release(c[i].res);
+        if (c[i].msg != NULL)
+            protobuf_c_message_free_unpacked(c[i].msg, NULL);
+    }
+    free(c);
+}
+
+static const char *change_key(const void *v)
+{
+    return ((const lg__xds_change_t *)v)->name;
+}
+
+/* Drops heartbeats (no name); fails on a name that appears twice. */
+static int check_names(lg__xds_sub_t *sub, lg__xds_change_t *c, size_t *n, lg_error_t *err)
+{
+    lg__xds_map_t seen;
+    size_t o = 0;
+    int rc = 0;
+    lg__xds_map_init(&seen, change_key);
+    for (size_t i = 0; i != *n; ++i) {
+        if (c[i].name == NULL)
+            continue;
+        if (rc == 0 && lg__xds_map_get(&seen, c[i].name) != NULL)
+            rc = lg_error(err, "duplicate %s %s found", nouns[sub->type], c[i].name);
+        c[o++] = c[i];
+        lg__xds_map_put(&seen, c + o - 1);
+    }
+    *n = o;
+    lg__xds_map_dispose(&seen);
+    return rc;
+}
+
+typedef struct st_removals_t {
+    const lg__xds_map_t *present;
+    char **names;
+    size_t n;
+} removals_t;
+
+static void add_removal(void *ctx, const char *name)
+{
+    removals_t *r = ctx;
+    if (lg__xds_map_get(r->present, name) != NULL)
+        return;
+    r->names = lg_realloc(r->names, (r->n + 1) * sizeof(*r->names));
+    r->names[r->n++] = lg_strdup(name);
+}
+
+/* SotW for LDS and CDS: what the response leaves out is removed. */
+static lg__xds_change_t *add_removals(lg__xds_sub_t *sub, lg__xds_change_t *c, size_t *n)
+{
+    lg__xds_map_t present;
+    lg__xds_map_init(&present, change_key);
+    for (size_t i = 0; i != *n; ++i)
+        lg__xds_map_put(&present, c + i);
+    removals_t r = {&present, NULL, 0};
+    lg__xds_foreach_dynamic(sub->xds, sub->type, add_removal, &r);
+    lg__xds_map_dispose(&present);
+    c = lg_realloc(c, (*n + r.n + 1) * sizeof(*c));
+    for (size_t i = 0; i != r.n; ++i)
+        c[(*n)++] = (lg__xds_change_t){r.names[i], NULL, NULL};
+    free(r.names);
+    return c;
+}
+
+static void count(lg__xds_sub_t *sub, size_t idx)
+{
+    if (sub->stats != NULL)
+        lg_stats_control_add(sub->stats, idx, 1);
+}
+
+/* Applies the changes and accounts for the outcome; takes `c`. */
+static int finish(lg__xds_sub_t *sub, const char *version, lg__xds_change_t *c, size_t n, lg_strbuf_t *nack)
+{
+    lg_xds_t *x = sub->xds;
+    size_t rejected = lg__xds_apply(sub, c, n, nack);
+    changes_free(c, n);
+    x->errors = nack;
+    lg__xds_refresh(x);
+    x->errors = NULL;
+    sub->initialized = 1;
+    if (rejected != 0 || nack->len != 0) {
+        count(sub, LG__XDS_SUB_update_rejected);
+        if (sub->type == LG_XDS_CDS || sub->type == LG_XDS_LDS) {
+            /* Envoy's message for partially applied cluster and listener updates */
+            char *detail = lg_strdup(nack->base);
+            nack->len = 0;
+            lg_strbuf_printf(nack, "Error adding/updating %s(s) %s", sub->type == LG_XDS_CDS ? "cluster" : "listener", detail);
+            free(detail);
+        }
+    } else {
+        free(sub->version_info);
+        sub->version_info = lg_strdup(version);
+        count(sub, LG__XDS_SUB_update_success);
+        if (sub->stats != NULL) {
+            lg_stats_text_set(sub->stats, LG__XDS_SUB_version_text, version);
+            lg_stats_gauge_set(sub->stats, LG__XDS_SUB_version, lg__xds_hash(version, strlen(version)));
+            lg_stats_gauge_set(sub->stats, LG__XDS_SUB_update_time, lg_wall_us() / 1000);
+        }
+    }
+    lg__xds_after_update(x);
+    return nack->len != 0 ? -1 : 0;
+}
+
+static int reject(lg__xds_sub_t *sub, lg__xds_change_t *c, size_t n, const lg_error_t *err, lg_strbuf_t *nack)
+{
+    LG_WARN(config, "%s: rejected a response: %s", lg_xds_type_names[sub->type], err->msg);
+    changes_free(c, n);
+    lg_strbuf_puts(nack, err->msg);
+    count(sub, LG__XDS_SUB_update_rejected);
+    sub->initialized = 1;
+    lg__xds_after_update(sub->xds);
+    return -1;
+}
+
+int lg__xds_sotw_update(lg__xds_sub_t *sub, const char *version_info, Google__Protobuf__Any **resources, size_t n,
+                        lg_strbuf_t *nack)
+{
+    lg_error_t err = {{0}};
+    lg__xds_change_t *c = lg_calloc(n + 1, sizeof(*c));
+    size_t nc = 0;
+    count(sub, LG__XDS_SUB_update_attempt);
+    for (; nc != n; ++nc)
+        if (decode_sotw(sub, resources[nc], version_info, c + nc, &err) != 0)
+            return reject(sub, c, nc + 1, &err, nack);
+    if (check_names(sub, c, &nc, &err) != 0)
+        return reject(sub, c, nc, &err, nack);
+    if (sub->wildcard)
+        c = add_removals(sub, c, &nc);
+    return finish(sub, version_info, c, nc, nack);
+}
+
+int lg__xds_delta_update(lg__xds_sub_t *sub, const char *system_version_info, Envoy__Service__Discovery__V3__Resource **resources,
+                         size_t n, char **removed, size_t n_removed, lg_strbuf_t *nack)
+{
+    lg_error_t err = {{0}};
+    lg__xds_change_t *c = lg_calloc(n + n_removed + 1, sizeof(*c));
+    size_t nc = 0;
+    count(sub, LG__XDS_SUB_update_attempt);
+    for (size_t i = 0; i != n; ++i, ++nc) {
+        const Envoy__Service__Discovery__V3__Resource *r = resources[i];
+        if (r->resource == NULL)
+            continue; /* a TTL heartbeat */
+        if (decode(sub, r->resource, r->version, ttl_of(r->ttl), c + nc, &err) != 0)
+            return reject(sub, c, nc + 1, &err, nack);
+        if (r->name != NULL && r->name[0] != '\0' && strcmp(r->name, c[nc].name) != 0) {
+            lg_error(&err, "resource name %s does not match the name %s in the %s", r->name, c[nc].name, nouns[sub->type]);
+            return reject(sub, c, nc + 1, &err, nack);
+        }
+    }
+    for (size_t i = 0; i != n_removed; ++i)
+        c[nc++] = (lg__xds_change_t){lg_strdup(removed[i]), NULL, NULL};
+    if (check_names(sub, c, &nc, &err) != 0)
+        return reject(sub, c, nc, &err, nack);
+    return finish(sub, system_version_info != NULL ? system_version_info : "", c, nc, nack);
+}
+
+void lg__xds_update_failed(lg__xds_sub_t *sub)
+{
+    count(sub, LG__XDS_SUB_update_failure);
+    lg_xds_t *x = sub->xds;
+    for (size_t i = 0; x->deps[sub->type].slots != NULL && i <= x->deps[sub->type].mask; ++i) {
+        lg__xds_dep_t *d = x->deps[sub->type].slots[i];
+        if (d == NULL || d->sub != sub)
+            continue;
+        for (size_t k = 0; k != d->n_stats; ++k)
+            lg_stats_control_add(d->stats[k], sub->type == LG_XDS_EDS ? LG__XDS_EDS_update_failure : LG__XDS_SUB_update_failure, 1);
+    }
+}

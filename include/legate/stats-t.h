@@ -86,6 +86,8 @@ struct st_lg_stats_block_t {
     uint64_t *_seen_used;     /* gauges seen non-zero by a reader (bitmap) */
     char **_texts;            /* text readouts (ndefs), or NULL */
     struct st_lg_stats_block_t *_next, **_pprev;
+    struct st_lg_stats_block_t *_hnext; /* the registry's by-prefix index chain */
+    uint32_t _hash;
 };
 
 /* One stat as read by the admin thread (lg_stats_snapshot). */

@@ -126,6 +126,15 @@ typedef struct st_lg_tls_context_t {
     lg_stats_block_t *stats; /* "<owner>.ssl." */
     char *stats_prefix;
     lg_stats_block_t *_Atomic dyn[LG_TLS_DYN_MAX];
+    /* SDS: the secrets named with an sds_config. Such a context keeps a copy
+     * of its CommonTlsContext (_common) and builds every SSL_CTX from a fresh
+     * compile of it with the secrets installed at that time
+     * (lg_tls_secret_upsert rebuilds it); until all of them arrived its
+     * SSL_CTX fails every handshake, as Envoy resets such connections. */
+    char **sds_names;
+    size_t n_sds_names;
+    void *_common;
+    size_t _sds_missing; /* while compiling: named secrets not installed */
     /* the live SSL_CTX and the files it came from; guarded by _mutex */
     pthread_mutex_t _mutex;
     SSL_CTX *_ssl_ctx;

@@ -32,9 +32,12 @@ void lg_tls_context_release(lg_tls_context_t *t);
 int lg_tls_secrets_install(Envoy__Extensions__TransportSockets__Tls__V3__Secret **secrets, size_t n, lg_error_t *err);
 void lg_tls_secrets_clear(void);
 /* Adds or replaces one secret by name (an SDS update): SdsSecretConfigs with
- * an sds_config resolve against the same names. Contexts already compiled
- * keep what they were built from; recompile them to use the new secret.
- * Control thread; -1 with err relative to the secret. */
+ * an sds_config resolve against the same names. The secret is loaded first
+ * (PEM, key matching the certificate, CA bundle): -1 with err when it cannot
+ * be used, and nothing changes. Then every live context that names it with
+ * an sds_config gets a new SSL_CTX for new handshakes (those under way keep
+ * theirs); a context still missing another secret stays not ready.
+ * Control thread. */
 int lg_tls_secret_upsert(const Envoy__Extensions__TransportSockets__Tls__V3__Secret *secret, lg_error_t *err);
 
 /* ---- runtime ---- */

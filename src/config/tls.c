@@ -53,7 +53,7 @@ static lg_tls_secrets_t *static_secrets;
 static pthread_mutex_t registry_mutex = PTHREAD_MUTEX_INITIALIZER;
 static lg_tls_context_t *registry_head;
 
-static SSL_CTX *build_ssl_ctx(lg_tls_context_t *t, lg_tls_watch_t **watches, size_t *n_watches, lg_error_t *err);
+static SSL_CTX *build(lg_tls_context_t *t, lg_tls_watch_t **watches, size_t *n_watches, lg_error_t *err);
 
 /* lg_error_prefix that keeps field paths dotted: "a" + "b[0]: msg" gives
  * "a.b[0]: msg"; a message that is not a path gets "a: msg". */
@@ -300,12 +300,32 @@ static int compile_validation(lg_tls_context_t *t, const cvc_proto_t *m, lg_erro
     return 0;
 }
 
+/* Notes an SdsSecretConfig with an sds_config; returns non-zero when its secret is not installed yet. */
+static int sds_missing(lg_tls_context_t *t, const sds_proto_t *sds, const secret_proto_t *s)
+{
+    if (sds->sds_config == NULL)
+        return 0;
+    size_t i = 0;
+    while (i != t->n_sds_names && strcmp(t->sds_names[i], sds->name) != 0)
+        ++i;
+    if (i == t->n_sds_names) {
+        t->sds_names = lg_realloc(t->sds_names, (t->n_sds_names + 1) * sizeof(*t->sds_names));
+        t->sds_names[t->n_sds_names++] = lg_strdup(sds->name);
+    }
+    if (s != NULL)
+        return 0;
+    ++t->_sds_missing;
+    return 1;
+}
+
 static int compile_validation_secret(lg_tls_context_t *t, const sds_proto_t *sds, lg_error_t *err)
 {
     const secret_proto_t *s =
         find_secret(sds->name, ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE_VALIDATION_CONTEXT);
-    if (s == NULL && sds->sds_config != NULL)
-        return lg_error(err, "sds_config: secret %s has not been received", sds->name);
+    if (sds_missing(t, sds, s)) {
+        t->has_validation = 1;
+        return 0;
+    }
     if (s == NULL)
         return lg_error(err, "Unknown static certificate validation context: %s", sds->name);
     if (compile_validation(t, s->validation_context, err) != 0)
@@ -454,9 +474,8 @@ static int compile_common(lg_tls_context_t *t, const common_proto_t *m, lg_error
         const sds_proto_t *sds = m->tls_certificate_sds_secret_configs[i];
         const secret_proto_t *s =
             find_secret(sds->name, ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE_TLS_CERTIFICATE);
-        if (s == NULL && sds->sds_config != NULL)
-            return lg_error(err, "tls_certificate_sds_secret_configs[%zu].sds_config: secret %s has not been received", i,
-                            sds->name);
+        if (sds_missing(t, sds, s))
+            continue;
         if (s == NULL)
             return lg_error(err, "tls_certificate_sds_secret_configs[%zu]: Unknown static secret: %s", i, sds->name);
         if (add_cert(t, s->tls_certificate, err) != 0)
@@ -478,20 +497,40 @@ static lg_tls_context_t *context_new(lg_tls_role_t role, const char *stats_prefi
     return t;
 }
 
-/* Checks what only the combination of fields tells, then builds the first SSL_CTX. */
-static int finish(lg_tls_context_t *t, lg_error_t *err)
+/* What only the combination of fields tells (with SDS: of the secrets too). */
+static int check_combination(const lg_tls_context_t *t, lg_error_t *err)
 {
     if ((t->n_sans != 0) && t->trusted_ca.kind == LG_TLS_SOURCE_NONE)
         return lg_error(err, "SAN-based verification of peer certificates without trusted CA is insecure and not allowed");
     if (t->crl.kind != LG_TLS_SOURCE_NONE && t->trusted_ca.kind == LG_TLS_SOURCE_NONE)
         return lg_error(err, "Failed to load CRL from %s without trusted CA", source_name(&t->crl));
+    return 0;
+}
+
+static ProtobufCMessage *message_copy(const ProtobufCMessage *m)
+{
+    size_t len = protobuf_c_message_get_packed_size(m);
+    uint8_t *buf = lg_malloc(len + 1);
+    protobuf_c_message_pack(m, buf);
+    ProtobufCMessage *copy = protobuf_c_message_unpack(m->descriptor, NULL, len, buf);
+    free(buf);
+    return copy;
+}
+
+/* Checks, then builds the first SSL_CTX. */
+static int finish(lg_tls_context_t *t, const common_proto_t *common, lg_error_t *err)
+{
+    if (t->_sds_missing == 0 && check_combination(t, err) != 0)
+        return -1;
+    if (t->n_sds_names != 0)
+        t->_common = message_copy(&common->base);
     /* the session id context binds resumed sessions to this configuration */
     unsigned int len = 0;
     EVP_Digest(t->stats_prefix, strlen(t->stats_prefix), t->sid_ctx, &len, EVP_sha256(), NULL);
-    if ((t->_ssl_ctx = build_ssl_ctx(t, &t->_watches, &t->_n_watches, err)) == NULL)
+    if ((t->_ssl_ctx = build(t, &t->_watches, &t->_n_watches, err)) == NULL)
         return -1;
     t->stats = lg_stats_block_new(t->stats_prefix, tls_stat_defs, LG_ARRAY_SIZE(tls_stat_defs));
-    if (t->_n_watches != 0) {
+    if (t->_n_watches != 0 || t->_common != NULL) {
         pthread_mutex_lock(&registry_mutex);
         t->_next = registry_head;
         if (registry_head != NULL)
@@ -515,7 +554,7 @@ lg_tls_context_t *lg_tls_downstream_compile(const Envoy__Extensions__TransportSo
         path_prefix(err, "common_tls_context");
         goto fail;
     }
-    if (t->n_certs == 0) {
+    if (t->n_certs == 0 && t->_sds_missing == 0) {
         lg_error(err, "No TLS certificates found for server context");
         goto fail;
     }
@@ -574,7 +613,7 @@ lg_tls_context_t *lg_tls_downstream_compile(const Envoy__Extensions__TransportSo
         lg_error(err, "ocsp_staple_policy: MUST_STAPLE is not supported");
         goto fail;
     }
-    if (finish(t, err) != 0)
+    if (finish(t, m->common_tls_context, err) != 0)
         goto fail;
     return t;
 fail:
@@ -603,7 +642,7 @@ lg_tls_context_t *lg_tls_upstream_compile(const Envoy__Extensions__TransportSock
         }
         t->sni = lg_strdup(m->sni);
     }
-    if (finish(t, err) != 0)
+    if (finish(t, m->common_tls_context, err) != 0)
         goto fail;
     return t;
 fail:
@@ -686,6 +725,11 @@ void lg_tls_context_release(lg_tls_context_t *t)
     free(t->alpn.base);
     free(t->sni);
     free(t->ticket_keys);
+    for (size_t i = 0; i != t->n_sds_names; ++i)
+        free(t->sds_names[i]);
+    free(t->sds_names);
+    if (t->_common != NULL)
+        protobuf_c_message_free_unpacked(t->_common, NULL);
     if (t->stats != NULL)
         lg_stats_block_release(t->stats);
     for (size_t i = 0; i != LG_TLS_DYN_MAX; ++i)
@@ -766,10 +810,49 @@ int lg_tls_secrets_install(Envoy__Extensions__TransportSockets__Tls__V3__Secret 
     return 0;
 }
 
+static SSL_CTX *build_ssl_ctx(lg_tls_context_t *t, lg_tls_context_t *src, lg_tls_watch_t **watches, size_t *n_watches,
+                              lg_error_t *err);
+static int rebuild(lg_tls_context_t *t);
+
+/* Loads what a certificate or validation secret holds, as a context using it would. */
+static int secret_load(const secret_proto_t *s, lg_error_t *err)
+{
+    int is_cert = s->type_case == ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE_TLS_CERTIFICATE;
+    if (!is_cert && s->type_case != ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE_VALIDATION_CONTEXT)
+        return 0;
+    lg_tls_context_t *t = context_new(LG_TLS_CLIENT, "");
+    lg_tls_watch_t *w = NULL;
+    size_t n = 0;
+    int rc = compile_params(t, NULL, err);
+    if (rc == 0)
+        rc = is_cert ? add_cert(t, s->tls_certificate, err) : compile_validation(t, s->validation_context, err);
+    if (rc == 0) {
+        SSL_CTX *ctx = build_ssl_ctx(t, t, &w, &n, err);
+        rc = ctx != NULL ? 0 : -1;
+        SSL_CTX_free(ctx);
+        watches_free(w, n);
+    }
+    lg_tls_context_release(t);
+    return rc;
+}
+
+/* Rebuilds the SSL_CTX of every live SDS context naming the secret. */
+static void rebuild_users(const char *name)
+{
+    pthread_mutex_lock(&registry_mutex);
+    for (lg_tls_context_t *t = registry_head; t != NULL; t = t->_next)
+        for (size_t i = 0; i != t->n_sds_names; ++i)
+            if (strcmp(t->sds_names[i], name) == 0) {
+                rebuild(t);
+                break;
+            }
+    pthread_mutex_unlock(&registry_mutex);
+}
+
 int lg_tls_secret_upsert(const Envoy__Extensions__TransportSockets__Tls__V3__Secret *secret, lg_error_t *err)
 {
     const secret_proto_t *one[] = {secret};
-    if (secret_check(one, 0, err) != 0)
+    if (secret_check(one, 0, err) != 0 || secret_load(secret, err) != 0)
         return -1;
     secret_proto_t *copy = secret_copy(secret);
     pthread_mutex_lock(&secrets_mutex);
@@ -787,6 +870,7 @@ int lg_tls_secret_upsert(const Envoy__Extensions__TransportSockets__Tls__V3__Sec
     pthread_mutex_unlock(&secrets_mutex);
     if (old != NULL)
         protobuf_c_message_free_unpacked(&old->base, NULL);
+    rebuild_users(secret->name);
     return 0;
 }
 
@@ -801,14 +885,22 @@ void lg_tls_secrets_clear(void)
 
 /* ---- SSL_CTX ---- */
 
-static int ctx_index = -1;
+static int ctx_index = -1, src_index = -1;
 static pthread_once_t ctx_index_once = PTHREAD_ONCE_INIT;
 /* client ALPN/SNI for the handshake being started on this thread (lg_tls_client_handshake) */
 static __thread const h2o_iovec_t *client_alpn;
 
+/* An SSL_CTX of an SDS context owns the compile it was built from (the verify callback reads it). */
+static void src_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
+{
+    (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
+    lg_tls_context_release(ptr);
+}
+
 static void init_ctx_index(void)
 {
     ctx_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    src_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, src_free);
 }
 
 /* The context an SSL belongs to; valid during its handshake (the handshake holds a reference). */
@@ -911,7 +1003,9 @@ static int allow_expired_cb(int ok, X509_STORE_CTX *sctx)
  * handshake with CERTIFICATE_VERIFY_FAILED. */
 static int cert_verify_cb(X509_STORE_CTX *sctx, void *arg)
 {
-    lg_tls_context_t *t = arg;
+    lg_tls_context_t *t = arg; /* what to verify against (the SDS compile of an SDS context) */
+    SSL *ssl = X509_STORE_CTX_get_ex_data(sctx, SSL_get_ex_data_X509_STORE_CTX_idx());
+    lg_tls_context_t *owner = ssl != NULL ? context_of(ssl) : t;
     X509 *leaf = X509_STORE_CTX_get0_cert(sctx);
     if (t->trusted_ca.kind != LG_TLS_SOURCE_NONE) {
         if (t->allow_expired)
@@ -920,19 +1014,19 @@ static int cert_verify_cb(X509_STORE_CTX *sctx, void *arg)
             int e = X509_STORE_CTX_get_error(sctx);
             LG_DEBUG(connection, "verify cert failed: X509_verify_cert: certificate verification error at depth %d: %s",
                      X509_STORE_CTX_get_error_depth(sctx), X509_verify_cert_error_string(e));
-            stat_inc(t, LG_TLS_STAT_fail_verify_error);
+            stat_inc(owner, LG_TLS_STAT_fail_verify_error);
             return 0;
         }
     }
     if (t->n_sans != 0 && !san_matches(t, leaf)) {
         LG_DEBUG(connection, "verify cert failed: SAN matcher");
-        stat_inc(t, LG_TLS_STAT_fail_verify_san);
+        stat_inc(owner, LG_TLS_STAT_fail_verify_san);
         X509_STORE_CTX_set_error(sctx, X509_V_ERR_HOSTNAME_MISMATCH);
         return 0;
     }
     if ((t->n_cert_hashes != 0 || t->n_spki_hashes != 0) && !hashes_match(t, leaf)) {
         LG_DEBUG(connection, "verify cert failed: cert hash and spki");
-        stat_inc(t, LG_TLS_STAT_fail_verify_cert_hash);
+        stat_inc(owner, LG_TLS_STAT_fail_verify_cert_hash);
         X509_STORE_CTX_set_error(sctx, X509_V_ERR_APPLICATION_VERIFICATION);
         return 0;
     }
@@ -1082,10 +1176,12 @@ static int load_cert(SSL_CTX *ctx, const lg_tls_cert_source_t *c, int *types, si
     return r;
 }
 
-static int load_validation(SSL_CTX *ctx, lg_tls_context_t *t, lg_tls_watch_t **w, size_t *n, lg_error_t *err)
+/* The verification of `src` (t itself, or the SDS compile of t) with t's role and client certificate policy. */
+static int load_validation(SSL_CTX *ctx, const lg_tls_context_t *t, lg_tls_context_t *src, lg_tls_watch_t **w, size_t *n,
+                           lg_error_t *err)
 {
-    if (t->trusted_ca.kind != LG_TLS_SOURCE_NONE) {
-        BIO *bio = source_bio(&t->trusted_ca, w, n, err);
+    if (src->trusted_ca.kind != LG_TLS_SOURCE_NONE) {
+        BIO *bio = source_bio(&src->trusted_ca, w, n, err);
         if (bio == NULL)
             return -1;
         X509_STORE *store = SSL_CTX_get_cert_store(ctx);
@@ -1100,12 +1196,12 @@ static int load_validation(SSL_CTX *ctx, lg_tls_context_t *t, lg_tls_watch_t **w
         sk_X509_INFO_pop_free(infos, X509_INFO_free);
         ERR_clear_error();
         if (count == 0)
-            return lg_error(err, "Failed to load trusted CA certificates from %s", source_name(&t->trusted_ca));
-        if (t->max_verify_depth != 0)
-            X509_STORE_set_depth(store, (int)t->max_verify_depth);
+            return lg_error(err, "Failed to load trusted CA certificates from %s", source_name(&src->trusted_ca));
+        if (src->max_verify_depth != 0)
+            X509_STORE_set_depth(store, (int)src->max_verify_depth);
     }
-    if (t->crl.kind != LG_TLS_SOURCE_NONE) {
-        BIO *bio = source_bio(&t->crl, w, n, err);
+    if (src->crl.kind != LG_TLS_SOURCE_NONE) {
+        BIO *bio = source_bio(&src->crl, w, n, err);
         if (bio == NULL)
             return -1;
         X509_STORE *store = SSL_CTX_get_cert_store(ctx);
@@ -1120,17 +1216,17 @@ static int load_validation(SSL_CTX *ctx, lg_tls_context_t *t, lg_tls_watch_t **w
         sk_X509_INFO_pop_free(infos, X509_INFO_free);
         ERR_clear_error();
         if (count == 0)
-            return lg_error(err, "Failed to load CRL from %s", source_name(&t->crl));
-        X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK | (t->only_verify_leaf_crl ? 0 : X509_V_FLAG_CRL_CHECK_ALL));
+            return lg_error(err, "Failed to load CRL from %s", source_name(&src->crl));
+        X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK | (src->only_verify_leaf_crl ? 0 : X509_V_FLAG_CRL_CHECK_ALL));
     }
     int mode = SSL_VERIFY_NONE;
     if (t->role == LG_TLS_CLIENT)
         mode = SSL_VERIFY_PEER;
-    else if (t->has_validation || t->require_client_cert)
+    else if (src->has_validation || t->require_client_cert)
         mode = SSL_VERIFY_PEER | (t->require_client_cert ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0);
     SSL_CTX_set_verify(ctx, mode, NULL);
     if (mode != SSL_VERIFY_NONE)
-        SSL_CTX_set_cert_verify_callback(ctx, cert_verify_cb, t);
+        SSL_CTX_set_cert_verify_callback(ctx, cert_verify_cb, src);
     return 0;
 }
 
@@ -1166,7 +1262,9 @@ static void apply_server_session(SSL_CTX *ctx, lg_tls_context_t *t)
         SSL_CTX_set_alpn_select_cb(ctx, alpn_select_cb, t);
 }
 
-static SSL_CTX *build_ssl_ctx(lg_tls_context_t *t, lg_tls_watch_t **watches, size_t *n_watches, lg_error_t *err)
+/* The SSL_CTX of t with the certificates and validation of src (t itself, or the SDS compile of t). */
+static SSL_CTX *build_ssl_ctx(lg_tls_context_t *t, lg_tls_context_t *src, lg_tls_watch_t **watches, size_t *n_watches,
+                              lg_error_t *err)
 {
     pthread_once(&ctx_index_once, init_ctx_index);
     SSL_CTX *ctx = SSL_CTX_new(t->role == LG_TLS_SERVER ? TLS_server_method() : TLS_client_method());
@@ -1175,12 +1273,14 @@ static SSL_CTX *build_ssl_ctx(lg_tls_context_t *t, lg_tls_watch_t **watches, siz
     *watches = NULL;
     *n_watches = 0;
     SSL_CTX_set_ex_data(ctx, ctx_index, t);
+    if (src != t)
+        SSL_CTX_set_ex_data(ctx, src_index, lg_tls_context_addref(src));
     if (apply_params(ctx, t, err) != 0)
         goto fail;
-    for (size_t i = 0; i != t->n_certs; ++i)
-        if (ntypes == LG_ARRAY_SIZE(types) || load_cert(ctx, t->certs + i, types, &ntypes, watches, n_watches, err) != 0)
+    for (size_t i = 0; i != src->n_certs; ++i)
+        if (ntypes == LG_ARRAY_SIZE(types) || load_cert(ctx, src->certs + i, types, &ntypes, watches, n_watches, err) != 0)
             goto fail;
-    if (load_validation(ctx, t, watches, n_watches, err) != 0)
+    if (load_validation(ctx, t, src, watches, n_watches, err) != 0)
         goto fail;
     if (t->role == LG_TLS_SERVER) {
         apply_server_session(ctx, t);
@@ -1198,6 +1298,53 @@ fail:
     *watches = NULL;
     *n_watches = 0;
     return NULL;
+}
+
+static int not_ready_verify_cb(X509_STORE_CTX *sctx, void *arg)
+{
+    (void)arg;
+    X509_STORE_CTX_set_error(sctx, X509_V_ERR_APPLICATION_VERIFICATION);
+    return 0;
+}
+
+/* An SDS context whose secrets have not all arrived: a server has no
+ * certificate and a client accepts no peer, so every handshake fails. */
+static SSL_CTX *build_not_ready(lg_tls_context_t *t)
+{
+    pthread_once(&ctx_index_once, init_ctx_index);
+    SSL_CTX *ctx = SSL_CTX_new(t->role == LG_TLS_SERVER ? TLS_server_method() : TLS_client_method());
+    SSL_CTX_set_ex_data(ctx, ctx_index, t);
+    if (t->role == LG_TLS_CLIENT) {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+        SSL_CTX_set_cert_verify_callback(ctx, not_ready_verify_cb, NULL);
+        SSL_CTX_set_info_callback(ctx, client_info_cb);
+    }
+    ERR_clear_error();
+    return ctx;
+}
+
+static SSL_CTX *build(lg_tls_context_t *t, lg_tls_watch_t **watches, size_t *n_watches, lg_error_t *err)
+{
+    if (t->_common == NULL)
+        return build_ssl_ctx(t, t, watches, n_watches, err);
+    *watches = NULL;
+    *n_watches = 0;
+    lg_tls_context_t *src = context_new(t->role, t->stats_prefix);
+    SSL_CTX *ctx = NULL;
+    if (compile_common(src, t->_common, err) != 0) {
+        path_prefix(err, "common_tls_context");
+    } else if (src->_sds_missing != 0) {
+        LG_DEBUG(config, "%s: waiting for %zu SDS secret(s)", t->stats_prefix, src->_sds_missing);
+        ctx = build_not_ready(t);
+    } else if (t->role == LG_TLS_SERVER && src->n_certs == 0) {
+        lg_error(err, "No TLS certificates found for server context");
+    } else if (t->role == LG_TLS_CLIENT && src->n_certs > 1) {
+        lg_error(err, "common_tls_context: Multiple TLS certificates are not supported for client contexts");
+    } else if (check_combination(src, err) == 0) {
+        ctx = build_ssl_ctx(t, src, watches, n_watches, err);
+    }
+    lg_tls_context_release(src);
+    return ctx;
 }
 
 /* ---- runtime access ---- */
@@ -1241,7 +1388,7 @@ static int rebuild(lg_tls_context_t *t)
     lg_error_t err = {{0}};
     lg_tls_watch_t *watches;
     size_t n;
-    SSL_CTX *ctx = build_ssl_ctx(t, &watches, &n, &err);
+    SSL_CTX *ctx = build(t, &watches, &n, &err);
     if (ctx == NULL) {
         LG_WARN(config, "%s: failed to reload certificates (keeping the current ones): %s", t->stats_prefix, err.msg);
         return 0;

@@ -761,7 +761,9 @@ static void check_finished(lg__h2_conn_t *conn)
         lg__h2_stream_t *s = H2O_STRUCT_FROM_MEMBER(lg__h2_stream_t, link, l);
         if (!s->closed) {
             s->closed = 1;
-            s->reason_override = LG_RESET_CONNECTION_TERMINATION + 1;
+            s->reason_override = (!conn->is_server && conn->codec_error != NULL ? LG_RESET_PROTOCOL_ERROR
+                                                                                : LG_RESET_CONNECTION_TERMINATION) +
+                                 1;
             s->detail = conn->close_detail != NULL ? conn->close_detail : LG_H2_DETAIL_CONNECTION_TERMINATION;
             mark_dirty(s);
         }
@@ -815,7 +817,12 @@ static void close_now(lg__h2_conn_t *conn)
     const char *detail = conn->close_detail != NULL ? conn->close_detail : LG_H2_DETAIL_CONNECTION_TERMINATION;
     while (!h2o_linklist_is_empty(&conn->streams)) {
         lg__h2_stream_t *s = H2O_STRUCT_FROM_MEMBER(lg__h2_stream_t, link, conn->streams.next);
-        stream_retire(s, 0, LG_RESET_CONNECTION_TERMINATION, detail);
+        /* an upstream that broke the protocol is Envoy's 502 UPE, not a plain termination */
+        stream_retire(s, 0,
+                      !conn->is_server && (conn->codec_error != NULL || conn->close_reason == LG_RESET_PROTOCOL_ERROR)
+                          ? LG_RESET_PROTOCOL_ERROR
+                          : LG_RESET_CONNECTION_TERMINATION,
+                      detail);
     }
     if (conn->is_server)
         conn->super.server.cbs->on_close(&conn->super.server);

@@ -17,8 +17,6 @@ what the exchange held, and other connections never notice.
   connection; clients that vanish mid-request or mid-response leave no
   active request behind.
 
-Tests marked `known_bug` reproduce bugs in files owned elsewhere; they run
-when LEGATE_RUN_KNOWN_BUGS=1 (see each docstring for the bug).
 """
 import os
 import socket
@@ -33,9 +31,6 @@ from lib.h2client import (FLAG_ACK, FLAG_END_HEADERS, FLAG_END_STREAM, FRAME_CON
                           H2Client, frame, goaway_of, hpack_headers, raw_connect, read_frames)
 from lib.rawhttp import RawHTTP, one_shot
 from lib.wait import wait_for
-
-known_bug = pytest.mark.skipif(os.environ.get("LEGATE_RUN_KNOWN_BUGS") != "1",
-                               reason="known bug in a file owned elsewhere (set LEGATE_RUN_KNOWN_BUGS=1)")
 
 PROTO_ERR = "http.ingress_http.downstream_cx_protocol_error"
 UP_PROTO_ERR = "cluster.backend.upstream_cx_protocol_error"
@@ -246,7 +241,6 @@ def test_upstream_fails_mid_body_h1_downstream(legate, ports, scripted, script):
     assert get(lg, "/after").status == 200
 
 
-@known_bug
 def test_downstream_gone_after_upstream_response_ended_frees_upstream(legate, ports, upstream):
     """router.c detach_upstream: an upstream stream whose response has ended
     is orphaned without consuming the bytes it delivered that the downstream
@@ -404,7 +398,6 @@ def test_h2_upstream_misbehaving_leaves_proxy_healthy(legate, ports, raw_h2_upst
              what="no active request")
 
 
-@known_bug
 @pytest.mark.parametrize("name", sorted(H2_BAD_UPSTREAM))
 def test_h2_upstream_protocol_error_is_502(legate, ports, raw_h2_upstream, name):
     """h2_common.c close_now / check_finished retire every stream with

@@ -60,6 +60,7 @@ typedef struct st_router_t {
     unsigned done : 1;
     unsigned request_sent : 1;      /* end_stream went upstream */
     unsigned response_ended : 1;    /* end_stream came from upstream */
+    size_t response_unconsumed;     /* response bytes delivered by the upstream codec, not yet consumed */
     unsigned terminate_connect : 1; /* CONNECT with the route's connect_config: a TCP tunnel to the host */
     unsigned upgrade_over_h2 : 1;   /* an upgrade sent upstream as an HTTP/2 extended CONNECT */
 } router_t;
@@ -136,6 +137,11 @@ static void detach_upstream(router_t *r, int reset)
         lg_stream_t *u = r->upstream;
         r->upstream = NULL;
         if (r->request_sent && r->response_ended) {
+            /* give back what the downstream never wrote, so that the upstream
+             * stream can complete and its connection (and breaker slot) return */
+            if (r->response_unconsumed != 0)
+                u->ops->consume(u, r->response_unconsumed);
+            r->response_unconsumed = 0;
             u->cbs = &orphan_cbs;
             u->ctx = NULL;
         } else if (reset) {
@@ -306,6 +312,7 @@ static void on_pool_ready(void *data, lg_stream_t *stream, lg_host_t *host)
     r->body_sent = 0;
     r->request_sent = end;
     r->response_ended = 0;
+    r->response_unconsumed = 0;
     if (r->terminate_connect) {
         /* Envoy's TcpUpstream answers the CONNECT itself once connected */
         lg_resp_head_t *ok = h2o_mem_alloc_pool(pool_of(r), sizeof(*ok));
@@ -491,6 +498,7 @@ static void on_upstream_headers(lg_stream_t *u, void *head_, int end_stream)
 static void on_upstream_data(lg_stream_t *u, h2o_iovec_t data, int end_stream)
 {
     router_t *r = u->ctx;
+    r->response_unconsumed += data.len;
     if (end_stream) {
         lg_timer_stop(&r->global_timer);
         r->response_ended = 1;
@@ -764,8 +772,10 @@ static lg_filter_status_t decode_data_and_arm(lg_http_filter_t *f, h2o_iovec_t d
 static void on_encode_data_sent(lg_http_filter_t *f, size_t bytes)
 {
     router_t *r = (router_t *)f;
-    if (r->upstream != NULL)
+    if (r->upstream != NULL) {
+        r->response_unconsumed -= bytes < r->response_unconsumed ? bytes : r->response_unconsumed;
         r->upstream->ops->consume(r->upstream, bytes);
+    }
 }
 
 static void on_destroy(lg_http_filter_t *f)

@@ -18,7 +18,6 @@ what the exchange held, and other connections never notice.
   active request behind.
 
 """
-import os
 import socket
 import struct
 import threading

@@ -18,7 +18,7 @@ LDFLAGS  += $(SAN)
 
 DEB_PKGS := build-essential pkg-config libh2o-evloop-dev libnghttp2-dev libprotobuf-c-dev \
             protobuf-c-compiler protobuf-compiler libprotobuf-dev libgrpc-dev libssl-dev \
-            libc-ares-dev libyaml-dev libre2-dev npm nghttp2-client curl openssl \
+            libc-ares-dev libyaml-dev libre2-dev nghttp2-client curl openssl \
             python3 python3-pytest python3-yaml python3-grpcio python3-websockets python3-h2 python3-protobuf \
             libclang-rt-14-dev procps
 
@@ -37,6 +37,7 @@ all: $(B)/legate
 # Installs the Debian packages the build and the tests need, when any is missing.
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:" $$missing; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \

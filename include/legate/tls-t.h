@@ -135,6 +135,10 @@ typedef struct st_lg_tls_context_t {
     size_t n_sds_names;
     void *_common;
     size_t _sds_missing; /* while compiling: named secrets not installed */
+    int _not_ready;      /* the SSL_CTX is the one that fails every handshake; guarded by _mutex */
+    /* "<owner>.server_ssl_socket_factory." / "<owner>.client_ssl_socket_factory.":
+     * ssl_context_update_by_sds, then downstream_/upstream_context_secrets_not_ready */
+    lg_stats_block_t *factory_stats;
     /* the live SSL_CTX and the files it came from; guarded by _mutex */
     pthread_mutex_t _mutex;
     SSL_CTX *_ssl_ctx;

@@ -2,6 +2,7 @@
  * /config_dump: Envoy's envoy.admin.v3.ConfigDump, built as a message and
  * printed by the proto3 JSON encoder so that its shape is Envoy's: the
  * bootstrap, then clusters, endpoints (?include_eds), listeners and routes,
+ * then secrets (private keys and passwords redacted as Envoy does),
  * each an Any; the static resources come from the bootstrap, the dynamic
  * ones (with their version_info, last_updated, warming and error states)
  * from the xDS dump of the snapshot.
@@ -13,6 +14,7 @@
 #include "envoy/admin/v3/config_dump.pb-c.h"
 #include "envoy/admin/v3/config_dump_shared.pb-c.h"
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb-c.h"
+#include "envoy/extensions/transport_sockets/tls/v3/secret.pb-c.h"
 #include "google/protobuf/timestamp.pb-c.h"
 
 #define TYPE_PREFIX "type.googleapis.com/"
@@ -248,6 +250,99 @@ static ProtobufCMessage *routes_dump(const lg_config_dump_src_t *src)
     return &d->base;
 }
 
+/* ---- secrets ---- */
+
+typedef Envoy__Extensions__TransportSockets__Tls__V3__Secret secret_proto_t;
+
+/* Envoy's redactSecret: inline key material becomes "[redacted]"; file names stay. */
+static void redact_source(Envoy__Config__Core__V3__DataSource *ds)
+{
+    if (ds == NULL || ds->specifier_case == ENVOY__CONFIG__CORE__V3__DATA_SOURCE__SPECIFIER_FILENAME)
+        return;
+    if (ds->specifier_case == ENVOY__CONFIG__CORE__V3__DATA_SOURCE__SPECIFIER_INLINE_BYTES)
+        free(ds->inline_bytes.data);
+    else if (ds->specifier_case != ENVOY__CONFIG__CORE__V3__DATA_SOURCE__SPECIFIER__NOT_SET)
+        free(ds->inline_string); /* inline_string and environment_variable share the union */
+    ds->specifier_case = ENVOY__CONFIG__CORE__V3__DATA_SOURCE__SPECIFIER_INLINE_STRING;
+    ds->inline_string = lg_strdup("[redacted]");
+}
+
+/* The Any of a secret with its key material redacted. */
+static Google__Protobuf__Any *redacted_secret(const secret_proto_t *in)
+{
+    Google__Protobuf__Any *a = any_of(&in->base);
+    secret_proto_t *s = (void *)protobuf_c_message_unpack(in->base.descriptor, NULL, a->value.len, a->value.data);
+    protobuf_c_message_free_unpacked(&a->base, NULL);
+    switch (s->type_case) {
+    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE_TLS_CERTIFICATE:
+        redact_source(s->tls_certificate->private_key);
+        redact_source(s->tls_certificate->password);
+        break;
+    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE_SESSION_TICKET_KEYS:
+        for (size_t i = 0; i != s->session_ticket_keys->n_keys; ++i)
+            redact_source(s->session_ticket_keys->keys[i]);
+        break;
+    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE_GENERIC_SECRET:
+        redact_source(s->generic_secret->secret);
+        break;
+    default:
+        break;
+    }
+    a = any_of(&s->base);
+    protobuf_c_message_free_unpacked(&s->base, NULL);
+    return a;
+}
+
+static Envoy__Admin__V3__SecretsConfigDump__DynamicSecret *dynamic_secret(const lg_xds_dump_item_t *it)
+{
+    Envoy__Admin__V3__SecretsConfigDump__DynamicSecret *d = lg_malloc(sizeof(*d));
+    envoy__admin__v3__secrets_config_dump__dynamic_secret__init(d);
+    d->name = lg_strdup(it->name);
+    secret_proto_t *s = NULL;
+    if (it->active != NULL) {
+        d->version_info = lg_strdup(it->active->version);
+        d->last_updated = timestamp(it->active->last_updated_wall_us);
+        s = (void *)protobuf_c_message_unpack(&envoy__extensions__transport_sockets__tls__v3__secret__descriptor, NULL,
+                                              it->active->bytes.len, it->active->bytes.data);
+    } else {
+        d->version_info = lg_strdup("");
+        d->last_updated = timestamp(0);
+    }
+    if (s == NULL) { /* warming: Envoy shows a secret with the name only */
+        s = lg_malloc(sizeof(*s));
+        envoy__extensions__transport_sockets__tls__v3__secret__init(s);
+        s->name = lg_strdup(it->name);
+    }
+    d->secret = redacted_secret(s);
+    protobuf_c_message_free_unpacked(&s->base, NULL);
+    return d;
+}
+
+static ProtobufCMessage *secrets_dump(const lg_config_dump_src_t *src)
+{
+    const Envoy__Config__Bootstrap__V3__Bootstrap *b = (const void *)src->bootstrap;
+    Envoy__Admin__V3__SecretsConfigDump *d = lg_malloc(sizeof(*d));
+    envoy__admin__v3__secrets_config_dump__init(d);
+    size_t n = b->static_resources != NULL ? b->static_resources->n_secrets : 0;
+    for (size_t i = 0; i != n; ++i) {
+        const secret_proto_t *m = b->static_resources->secrets[i];
+        Envoy__Admin__V3__SecretsConfigDump__StaticSecret *s = lg_malloc(sizeof(*s));
+        envoy__admin__v3__secrets_config_dump__static_secret__init(s);
+        s->name = lg_strdup(m->name);
+        s->last_updated = timestamp(src->last_updated_wall_us);
+        s->secret = redacted_secret(m);
+        APPEND(d->static_secrets, d->n_static_secrets, s);
+    }
+    for (size_t i = 0; src->xds != NULL && i != src->xds->n_items[LG_XDS_SDS]; ++i) {
+        const lg_xds_dump_item_t *it = src->xds->items[LG_XDS_SDS] + i;
+        if (it->active != NULL)
+            APPEND(d->dynamic_active_secrets, d->n_dynamic_active_secrets, dynamic_secret(it));
+        else
+            APPEND(d->dynamic_warming_secrets, d->n_dynamic_warming_secrets, dynamic_secret(it));
+    }
+    return &d->base;
+}
+
 /* ---- ?mask= and ?resource= ---- */
 
 static void put_varint(lg_strbuf_t *b, uint64_t v)
@@ -376,7 +471,7 @@ static void add_resources(Envoy__Admin__V3__ConfigDump *dump, const ProtobufCMes
 void lg_config_dump(lg_strbuf_t *out, const lg_config_dump_src_t *src)
 {
     ProtobufCMessage *(*const parts[])(const lg_config_dump_src_t *) = {bootstrap_dump, clusters_dump, endpoints_dump,
-                                                                        listeners_dump, routes_dump};
+                                                                        listeners_dump, routes_dump,   secrets_dump};
     Envoy__Admin__V3__ConfigDump dump;
     envoy__admin__v3__config_dump__init(&dump);
     for (size_t i = 0; i != LG_ARRAY_SIZE(parts); ++i) {

@@ -44,6 +44,12 @@ static const char default_ciphers[] = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA
 static const char default_curves[] = "X25519:P-256";
 
 static const lg_stat_def_t tls_stat_defs[] = {LG_TLS_STATS(LG_STAT_DEF)};
+/* Envoy's SSL socket factory stats (secret.rst "Statistics") */
+enum { FACTORY_update_by_sds, FACTORY_not_ready, FACTORY__COUNT };
+static const lg_stat_def_t server_factory_defs[] = {{"ssl_context_update_by_sds", LG_STAT_COUNTER},
+                                                    {"downstream_context_secrets_not_ready", LG_STAT_COUNTER}};
+static const lg_stat_def_t client_factory_defs[] = {{"ssl_context_update_by_sds", LG_STAT_COUNTER},
+                                                    {"upstream_context_secrets_not_ready", LG_STAT_COUNTER}};
 
 /* static_resources.secrets, installed with the bootstrap (lg_tls_secrets_install) */
 static pthread_mutex_t secrets_mutex = PTHREAD_MUTEX_INITIALIZER;
@@ -53,7 +59,7 @@ static lg_tls_secrets_t *static_secrets;
 static pthread_mutex_t registry_mutex = PTHREAD_MUTEX_INITIALIZER;
 static lg_tls_context_t *registry_head;
 
-static SSL_CTX *build(lg_tls_context_t *t, lg_tls_watch_t **watches, size_t *n_watches, lg_error_t *err);
+static SSL_CTX *build(lg_tls_context_t *t, lg_tls_watch_t **watches, size_t *n_watches, int *not_ready, lg_error_t *err);
 
 /* lg_error_prefix that keeps field paths dotted: "a" + "b[0]: msg" gives
  * "a.b[0]: msg"; a message that is not a path gets "a: msg". */
@@ -527,9 +533,15 @@ static int finish(lg_tls_context_t *t, const common_proto_t *common, lg_error_t 
     /* the session id context binds resumed sessions to this configuration */
     unsigned int len = 0;
     EVP_Digest(t->stats_prefix, strlen(t->stats_prefix), t->sid_ctx, &len, EVP_sha256(), NULL);
-    if ((t->_ssl_ctx = build(t, &t->_watches, &t->_n_watches, err)) == NULL)
+    if ((t->_ssl_ctx = build(t, &t->_watches, &t->_n_watches, &t->_not_ready, err)) == NULL)
         return -1;
     t->stats = lg_stats_block_new(t->stats_prefix, tls_stat_defs, LG_ARRAY_SIZE(tls_stat_defs));
+    size_t owner_len = strlen(t->stats_prefix) - strlen("ssl.");
+    char *factory = lg_malloc(owner_len + sizeof("server_ssl_socket_factory."));
+    sprintf(factory, "%.*s%s_ssl_socket_factory.", (int)owner_len, t->stats_prefix, t->role == LG_TLS_SERVER ? "server" : "client");
+    t->factory_stats =
+        lg_stats_block_new(factory, t->role == LG_TLS_SERVER ? server_factory_defs : client_factory_defs, FACTORY__COUNT);
+    free(factory);
     if (t->_n_watches != 0 || t->_common != NULL) {
         pthread_mutex_lock(&registry_mutex);
         t->_next = registry_head;
@@ -732,6 +744,8 @@ void lg_tls_context_release(lg_tls_context_t *t)
         protobuf_c_message_free_unpacked(t->_common, NULL);
     if (t->stats != NULL)
         lg_stats_block_release(t->stats);
+    if (t->factory_stats != NULL)
+        lg_stats_block_release(t->factory_stats);
     for (size_t i = 0; i != LG_TLS_DYN_MAX; ++i)
         if (t->dyn[i] != NULL)
             lg_stats_block_release(t->dyn[i]);
@@ -843,7 +857,8 @@ static void rebuild_users(const char *name)
     for (lg_tls_context_t *t = registry_head; t != NULL; t = t->_next)
         for (size_t i = 0; i != t->n_sds_names; ++i)
             if (strcmp(t->sds_names[i], name) == 0) {
-                rebuild(t);
+                if (rebuild(t))
+                    lg_stats_control_add(t->factory_stats, FACTORY_update_by_sds, 1);
                 break;
             }
     pthread_mutex_unlock(&registry_mutex);
@@ -909,13 +924,18 @@ static lg_tls_context_t *context_of(SSL *ssl)
     return SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ctx_index);
 }
 
-static void stat_inc(lg_tls_context_t *t, size_t idx)
+static void block_inc(lg_stats_block_t *b, size_t idx)
 {
     size_t row = lg_current_worker != NULL ? lg_current_worker->index : lg_stats_nworkers;
     if (row == lg_stats_nworkers)
-        lg_stats_control_add(t->stats, idx, 1);
+        lg_stats_control_add(b, idx, 1);
     else
-        LG_STAT_INC(t->stats, row, idx);
+        LG_STAT_INC(b, row, idx);
+}
+
+static void stat_inc(lg_tls_context_t *t, size_t idx)
+{
+    block_inc(t->stats, idx);
 }
 
 /* Envoy's DNS SAN match: a "*." SAN in the certificate covers one label. */
@@ -1323,8 +1343,9 @@ static SSL_CTX *build_not_ready(lg_tls_context_t *t)
     return ctx;
 }
 
-static SSL_CTX *build(lg_tls_context_t *t, lg_tls_watch_t **watches, size_t *n_watches, lg_error_t *err)
+static SSL_CTX *build(lg_tls_context_t *t, lg_tls_watch_t **watches, size_t *n_watches, int *not_ready, lg_error_t *err)
 {
+    *not_ready = 0;
     if (t->_common == NULL)
         return build_ssl_ctx(t, t, watches, n_watches, err);
     *watches = NULL;
@@ -1336,6 +1357,7 @@ static SSL_CTX *build(lg_tls_context_t *t, lg_tls_watch_t **watches, size_t *n_w
     } else if (src->_sds_missing != 0) {
         LG_DEBUG(config, "%s: waiting for %zu SDS secret(s)", t->stats_prefix, src->_sds_missing);
         ctx = build_not_ready(t);
+        *not_ready = 1;
     } else if (t->role == LG_TLS_SERVER && src->n_certs == 0) {
         lg_error(err, "No TLS certificates found for server context");
     } else if (t->role == LG_TLS_CLIENT && src->n_certs > 1) {
@@ -1353,8 +1375,11 @@ SSL_CTX *lg_tls_context_ssl_ctx(lg_tls_context_t *t)
 {
     pthread_mutex_lock(&t->_mutex);
     SSL_CTX *ctx = t->_ssl_ctx;
+    int not_ready = t->_not_ready;
     SSL_CTX_up_ref(ctx);
     pthread_mutex_unlock(&t->_mutex);
+    if (not_ready)
+        block_inc(t->factory_stats, FACTORY_not_ready);
     return ctx;
 }
 
@@ -1388,7 +1413,8 @@ static int rebuild(lg_tls_context_t *t)
     lg_error_t err = {{0}};
     lg_tls_watch_t *watches;
     size_t n;
-    SSL_CTX *ctx = build(t, &watches, &n, &err);
+    int not_ready;
+    SSL_CTX *ctx = build(t, &watches, &n, &not_ready, &err);
     if (ctx == NULL) {
         LG_WARN(config, "%s: failed to reload certificates (keeping the current ones): %s", t->stats_prefix, err.msg);
         return 0;
@@ -1400,6 +1426,7 @@ static int rebuild(lg_tls_context_t *t)
     t->_ssl_ctx = ctx;
     t->_watches = watches;
     t->_n_watches = n;
+    t->_not_ready = not_ready;
     ++t->_generation;
     pthread_mutex_unlock(&t->_mutex);
     SSL_CTX_free(old);

@@ -1168,6 +1168,8 @@ int lg__h2_conn_init(lg__h2_conn_t *conn, int is_server, lg_loop_t *loop, h2o_so
         abort();
     /* Windows reopen only as the driver consumes (back-pressure). */
     nghttp2_option_set_no_auto_window_update(opt, 1);
+    /* as Envoy: nghttp2 would otherwise keep every closed stream of a long-lived connection */
+    nghttp2_option_set_no_closed_streams(opt, 1);
     nghttp2_option_set_max_outbound_ack(opt, MAX_OUTBOUND_CONTROL_FRAMES);
     int rv = is_server ? nghttp2_session_server_new2(&conn->session, cbs, conn, opt)
                        : nghttp2_session_client_new2(&conn->session, cbs, conn, opt);

@@ -11,6 +11,7 @@
  */
 #include "xds_internal.h"
 #include "legate/pbjson.h"
+#include "legate/tls.h"
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb-c.h"
 
 #define HCM_TYPE "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -86,6 +87,7 @@ static void cluster_free(lg__xds_cluster_t *c)
     lg_cluster_config_release(c->active);
     if (c->eds_stats != NULL)
         lg_stats_block_release(c->eds_stats);
+    lg__xds_refs_free(c->sds, c->n_sds);
     free(c->name);
     free(c);
 }
@@ -117,7 +119,7 @@ static lg__xds_listener_t *listener_add(lg_xds_t *x, const char *name)
     return l;
 }
 
-static void rds_refs_free(lg__xds_rds_ref_t *refs, size_t n)
+void lg__xds_refs_free(lg__xds_rds_ref_t *refs, size_t n)
 {
     for (size_t i = 0; i != n; ++i) {
         free(refs[i].name);
@@ -135,7 +137,8 @@ static void listener_free(lg__xds_listener_t *l)
     lg_listener_config_release(l->compiled);
     lg_listener_config_release(l->active);
     lg_listener_config_release(l->published);
-    rds_refs_free(l->rds, l->n_rds);
+    lg__xds_refs_free(l->rds, l->n_rds);
+    lg__xds_refs_free(l->sds, l->n_sds);
     free(l->error);
     free(l->name);
     free(l);
@@ -242,7 +245,11 @@ int lg__xds_state_static_deps(lg_xds_t *x, lg_error_t *err)
     for (size_t i = 0; sr != NULL && i != sr->n_clusters; ++i) {
         const Envoy__Config__Cluster__V3__Cluster *m = sr->clusters[i];
         lg__xds_cluster_t *c = lg__xds_map_get(&x->cluster_map, m->name);
-        if (c == NULL || c->compiled->discovery != LG_CLUSTER_EDS)
+        if (c == NULL)
+            continue;
+        if (c->sds == NULL && lg__xds_cluster_sds(x, NULL, m, &c->sds, &c->n_sds, err) != 0)
+            return lg_error_prefix(err, "static_resources.clusters[%zu]", i);
+        if (c->compiled->discovery != LG_CLUSTER_EDS)
             continue;
         const Envoy__Config__Core__V3__ConfigSource *cs = m->eds_cluster_config != NULL ? m->eds_cluster_config->eds_config : NULL;
         if (cs == NULL)
@@ -257,7 +264,7 @@ int lg__xds_state_static_deps(lg_xds_t *x, lg_error_t *err)
         lg__xds_listener_t *l = i < x->n_listeners ? x->listeners[i] : NULL;
         if (l == NULL || !l->is_static)
             continue;
-        if (extract_rds(x, NULL, m, &l->rds, &l->n_rds, err) != 0)
+        if (extract_rds(x, NULL, m, &l->rds, &l->n_rds, err) != 0 || lg__xds_listener_sds(x, NULL, m, &l->sds, &l->n_sds, err) != 0)
             return lg_error_prefix(err, "static_resources.listeners[%zu]", i);
     }
     return 0;
@@ -325,9 +332,15 @@ static int apply_cluster(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *e
         return 0;
     }
     const Envoy__Config__Cluster__V3__Cluster *m = (const void *)ch->msg;
-    lg_cluster_config_t *cfg = lg_cluster_config_compile(m, err);
-    if (cfg == NULL)
+    lg__xds_rds_ref_t *sds;
+    size_t n_sds;
+    if (lg__xds_cluster_sds(x, sub, m, &sds, &n_sds, err) != 0)
         return -1;
+    lg_cluster_config_t *cfg = lg_cluster_config_compile(m, err);
+    if (cfg == NULL) {
+        lg__xds_refs_free(sds, n_sds);
+        return -1;
+    }
     lg__xds_sub_t *eds_sub = NULL;
     if (cfg->discovery == LG_CLUSTER_EDS) {
         const Envoy__Config__Core__V3__ConfigSource *cs = m->eds_cluster_config != NULL ? m->eds_cluster_config->eds_config : NULL;
@@ -337,6 +350,7 @@ static int apply_cluster(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *e
             lg_error_prefix(err, "eds_cluster_config.eds_config");
         if (eds_sub == NULL) {
             lg_cluster_config_release(cfg);
+            lg__xds_refs_free(sds, n_sds);
             return -1;
         }
     }
@@ -354,6 +368,9 @@ static int apply_cluster(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *e
     c->compiled = cfg;
     ++c->compiled_gen;
     c->eds_sub = eds_sub;
+    lg__xds_refs_free(c->sds, c->n_sds);
+    c->sds = sds;
+    c->n_sds = n_sds;
     if (c->eds_stats != NULL)
         lg_stats_block_release(c->eds_stats);
     c->eds_stats = eds_sub != NULL ? lg_stats_block_new(lg_stats_block_prefix(lg_cluster_config_stats(cfg)), lg__xds_eds_stat_defs,
@@ -484,11 +501,11 @@ static int extract_rds(lg_xds_t *x, lg__xds_sub_t *parent, const Envoy__Config__
     *n = 0;
     for (size_t i = 0; i != m->n_filter_chains; ++i)
         if (chain_rds(x, parent, m->filter_chains[i], out, n, err) != 0) {
-            rds_refs_free(*out, *n);
+            lg__xds_refs_free(*out, *n);
             return lg_error_prefix(err, "filter_chains[%zu]", i);
         }
     if (chain_rds(x, parent, m->default_filter_chain, out, n, err) != 0) {
-        rds_refs_free(*out, *n);
+        lg__xds_refs_free(*out, *n);
         return lg_error_prefix(err, "default_filter_chain");
     }
     return 0;
@@ -529,13 +546,20 @@ static int apply_listener(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *
     Envoy__Config__Listener__V3__Listener *m = (void *)ch->msg;
     lg__xds_rds_ref_t *rds;
     size_t n_rds;
+    lg__xds_rds_ref_t *sds;
+    size_t n_sds;
     if (extract_rds(x, sub, m, &rds, &n_rds, err) != 0)
         goto fail;
+    if (lg__xds_listener_sds(x, sub, m, &sds, &n_sds, err) != 0) {
+        lg__xds_refs_free(rds, n_rds);
+        goto fail;
+    }
     lg_hcm_compile_ctx_t ctx = {cluster_exists, x, 0};
     lg_listener_config_t *l = lg_listener_config_compile(m, &ctx, err);
     if (l == NULL || check_address(x, e, l, err) != 0) {
         lg_listener_config_release(l);
-        rds_refs_free(rds, n_rds);
+        lg__xds_refs_free(rds, n_rds);
+        lg__xds_refs_free(sds, n_sds);
         goto fail;
     }
     l->hash = listener_hash(m);
@@ -550,9 +574,12 @@ static int apply_listener(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *
     replace_res(&e->res, ch->res);
     lg_listener_config_release(e->compiled);
     e->compiled = l;
-    rds_refs_free(e->rds, e->n_rds);
+    lg__xds_refs_free(e->rds, e->n_rds);
     e->rds = rds;
     e->n_rds = n_rds;
+    lg__xds_refs_free(e->sds, e->n_sds);
+    e->sds = sds;
+    e->n_sds = n_sds;
     set_error(&e->failed, &e->error, NULL, NULL);
     x->dirty = 1;
     return 0;
@@ -613,12 +640,55 @@ static int apply_routes(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *er
     return 0;
 }
 
+/* ---- SDS ---- */
+
+/* A secret goes into the TLS secret store, which rebuilds the SSL_CTX of
+ * every context naming it: connections keep theirs, new handshakes use it. */
+static int apply_secret(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *err)
+{
+    lg_xds_t *x = sub->xds;
+    lg__xds_dep_t *d = lg__xds_dep_find(x, LG_XDS_SDS, ch->name);
+    if (d == NULL || !d->wanted) {
+        LG_DEBUG(config, "sds: ignoring unrequested secret '%s'", ch->name);
+        return 0;
+    }
+    if (ch->res == NULL) {
+        LG_DEBUG(config, "sds: secret '%s' removed; its contexts keep it", ch->name);
+        return 0;
+    }
+    dep_count(d, LG__XDS_SUB_update_attempt);
+    if (same_res(d->res, ch->res)) {
+        dep_count(d, LG__XDS_SUB_update_success);
+        return 0;
+    }
+    if (lg_tls_secret_upsert((const void *)ch->msg, err) != 0) {
+        dep_count(d, LG__XDS_SUB_update_rejected);
+        set_error(&d->failed, &d->error, ch->res, err->msg);
+        return -1;
+    }
+    LG_INFO(config, "sds: secret '%s' updated (version %s)", ch->name, ch->res->version);
+    if (d->compiled != NULL)
+        protobuf_c_message_free_unpacked(d->compiled, NULL);
+    d->compiled = ch->msg;
+    ch->msg = NULL;
+    replace_res(&d->res, ch->res);
+    set_error(&d->failed, &d->error, NULL, NULL);
+    dep_count(d, LG__XDS_SUB_update_success);
+    for (size_t i = 0; i != d->n_stats; ++i) {
+        lg_stats_text_set(d->stats[i], LG__XDS_SUB_version_text, ch->res->version);
+        lg_stats_gauge_set(d->stats[i], LG__XDS_SUB_version, lg__xds_hash(ch->res->version, strlen(ch->res->version)));
+        lg_stats_gauge_set(d->stats[i], LG__XDS_SUB_update_time, lg_wall_us() / 1000);
+    }
+    x->dirty = 1;
+    return 0;
+}
+
 /* ---- dispatch ---- */
 
 size_t lg__xds_apply(lg__xds_sub_t *sub, lg__xds_change_t *changes, size_t n, lg_strbuf_t *errors)
 {
-    static int (*const apply[LG_XDS__NTYPES])(lg__xds_sub_t *, lg__xds_change_t *,
-                                              lg_error_t *) = {apply_cluster, apply_cla, apply_listener, apply_routes, NULL};
+    static int (*const apply[LG_XDS__NTYPES])(lg__xds_sub_t *, lg__xds_change_t *, lg_error_t *) = {
+        apply_cluster, apply_cla, apply_listener, apply_routes, apply_secret};
     size_t rejected = 0;
     for (size_t i = 0; i != n; ++i) {
         lg_error_t err = {{0}};
@@ -644,6 +714,9 @@ static void want(lg_xds_t *x, lg_xds_type_t type, const char *name, lg__xds_sub_
             d->since_ms = 0;
             d->timed_out = 0;
             lg__xds_interest(sub);
+            /* a new secret name is listed as warming in /config_dump */
+            if (type == LG_XDS_SDS)
+                x->dirty = 1;
         }
         if (d->since_ms == 0)
             d->since_ms = now;
@@ -668,11 +741,15 @@ static void update_deps(lg_xds_t *x)
         lg__xds_listener_t *l = x->listeners[i];
         for (size_t j = 0; l != NULL && j != l->n_rds; ++j)
             want(x, LG_XDS_RDS, l->rds[j].name, l->rds[j].sub, l->rds[j].stats, now);
+        for (size_t j = 0; l != NULL && j != l->n_sds; ++j)
+            want(x, LG_XDS_SDS, l->sds[j].name, l->sds[j].sub, l->sds[j].stats, now);
     }
     for (size_t i = 0; i != x->n_clusters; ++i) {
         lg__xds_cluster_t *c = x->clusters[i];
         if (c == NULL)
             continue;
+        for (size_t j = 0; j != c->n_sds; ++j)
+            want(x, LG_XDS_SDS, c->sds[j].name, c->sds[j].sub, c->sds[j].stats, now);
         c->eds = NULL;
         if (c->eds_sub != NULL) {
             want(x, LG_XDS_EDS, c->compiled->eds_service_name, c->eds_sub, c->eds_stats, now);
@@ -708,11 +785,20 @@ static int dep_ready(const lg__xds_dep_t *d)
     return d != NULL && (d->compiled != NULL || d->timed_out);
 }
 
+/* Whether every ref has arrived or timed out. */
+static int refs_ready(lg_xds_t *x, lg_xds_type_t type, const lg__xds_rds_ref_t *refs, size_t n)
+{
+    for (size_t i = 0; i != n; ++i)
+        if (!dep_ready(lg__xds_dep_find(x, type, refs[i].name)))
+            return 0;
+    return 1;
+}
+
 static void warm_clusters(lg_xds_t *x)
 {
     for (size_t i = 0; i != x->n_clusters; ++i) {
         lg__xds_cluster_t *c = x->clusters[i];
-        if (c == NULL || c->compiled == NULL)
+        if (c == NULL || c->compiled == NULL || !refs_ready(x, LG_XDS_SDS, c->sds, c->n_sds))
             continue;
         if (c->eds_sub == NULL) {
             if (c->active_gen != c->compiled_gen) {
@@ -750,10 +836,7 @@ static void warm_listeners(lg_xds_t *x)
         lg__xds_listener_t *l = x->listeners[i];
         if (l == NULL || l->compiled == NULL || l->active == l->compiled)
             continue;
-        size_t j = 0;
-        while (j != l->n_rds && dep_ready(lg__xds_dep_find(x, LG_XDS_RDS, l->rds[j].name)))
-            ++j;
-        if (j != l->n_rds)
+        if (!refs_ready(x, LG_XDS_RDS, l->rds, l->n_rds) || !refs_ready(x, LG_XDS_SDS, l->sds, l->n_sds))
             continue;
         replace_listener(&l->active, l->compiled);
         replace_res(&l->active_res, l->res);
@@ -770,15 +853,16 @@ int lg__xds_warmed(lg_xds_t *x, lg_xds_type_t type)
                 return 0;
             if (c != NULL && c->eds_sub != NULL && !dep_ready(c->eds))
                 return 0;
+            if (c != NULL && !refs_ready(x, LG_XDS_SDS, c->sds, c->n_sds))
+                return 0;
         }
     } else {
         for (size_t i = 0; i != x->n_listeners; ++i) {
             const lg__xds_listener_t *l = x->listeners[i];
             if (l != NULL && l->compiled != NULL && l->active != l->compiled)
                 return 0;
-            for (size_t j = 0; l != NULL && j != l->n_rds; ++j)
-                if (!dep_ready(lg__xds_dep_find(x, LG_XDS_RDS, l->rds[j].name)))
-                    return 0;
+            if (l != NULL && (!refs_ready(x, LG_XDS_RDS, l->rds, l->n_rds) || !refs_ready(x, LG_XDS_SDS, l->sds, l->n_sds)))
+                return 0;
         }
     }
     return 1;
@@ -864,12 +948,13 @@ static lg_xds_dump_t *build_dump(lg_xds_t *x)
         it->failed = lg_xds_resource_ref(l->failed);
         it->error = l->error != NULL ? lg_strdup(l->error) : NULL;
     }
-    static const lg_xds_type_t dep_types[] = {LG_XDS_EDS, LG_XDS_RDS};
+    static const lg_xds_type_t dep_types[] = {LG_XDS_EDS, LG_XDS_RDS, LG_XDS_SDS};
     for (size_t k = 0; k != LG_ARRAY_SIZE(dep_types); ++k) {
         lg_xds_type_t t = dep_types[k];
         for (size_t i = 0; x->deps[t].slots != NULL && i <= x->deps[t].mask; ++i) {
             const lg__xds_dep_t *dep = x->deps[t].slots[i];
-            if (dep == NULL || (dep->res == NULL && dep->failed == NULL))
+            /* a wanted secret not received yet is Envoy's dynamic_warming_secrets */
+            if (dep == NULL || (dep->res == NULL && dep->failed == NULL && !(t == LG_XDS_SDS && dep->wanted)))
                 continue;
             lg_xds_dump_item_t *it = dump_add(d, t, cap + t, dep->name);
             it->active = lg_xds_resource_ref(dep->res);
@@ -926,9 +1011,12 @@ static void unbind_listener(lg_xds_t *x, const lg_listener_config_t *failed, con
         replace_res(&l->res, l->published_res);
         replace_res(&l->active_res, l->published_res);
         if (l->published == NULL) {
-            rds_refs_free(l->rds, l->n_rds);
+            lg__xds_refs_free(l->rds, l->n_rds);
             l->rds = NULL;
             l->n_rds = 0;
+            lg__xds_refs_free(l->sds, l->n_sds);
+            l->sds = NULL;
+            l->n_sds = 0;
         }
         return;
     }

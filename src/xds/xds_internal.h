@@ -110,7 +110,7 @@ typedef struct st_lg__xds_dep_t {
     lg_xds_type_t type;
     lg__xds_sub_t *sub;     /* where it is requested */
     lg_xds_resource_t *res; /* received, or NULL */
-    void *compiled;         /* RDS: lg_route_table_t *; EDS: the ClusterLoadAssignment message */
+    void *compiled;         /* RDS: lg_route_table_t *; EDS: the ClusterLoadAssignment message; SDS: the Secret message */
     uint64_t since_ms;      /* when it was first wanted (initial_fetch_timeout) */
     unsigned wanted : 1;
     unsigned timed_out : 1;
@@ -131,17 +131,20 @@ typedef struct st_lg__xds_cluster_t {
     lg__xds_sub_t *eds_sub; /* EDS clusters: where their endpoints come from */
     lg__xds_dep_t *eds;     /* set by the dependency pass */
     lg_stats_block_t *eds_stats;
+    struct st_lg__xds_rds_ref_t *sds; /* the SDS secrets its TLS contexts name with an sds_config */
+    size_t n_sds;
     lg_cluster_config_t *active; /* what snapshots use; NULL while warming for the first time */
     lg_xds_resource_t *active_res;
     uint64_t active_gen;           /* compiled_gen of what active derives from */
     lg_xds_resource_t *active_cla; /* the ClusterLoadAssignment applied to active */
 } lg__xds_cluster_t;
 
-/* An RDS route config a listener's HTTP connection manager names. */
+/* An RDS route config a listener's HTTP connection manager names, or an SDS
+ * secret a listener's or cluster's TLS context names with an sds_config. */
 typedef struct st_lg__xds_rds_ref_t {
     char *name;
     lg__xds_sub_t *sub;
-    lg_stats_block_t *stats; /* http.<stat_prefix>.rds.<name>. */
+    lg_stats_block_t *stats; /* http.<stat_prefix>.rds.<name>. or sds.<name>. */
 } lg__xds_rds_ref_t;
 
 /* A listener from LDS or from static_resources. */
@@ -152,6 +155,8 @@ typedef struct st_lg__xds_listener_t {
     lg_listener_config_t *compiled;
     lg__xds_rds_ref_t *rds;
     size_t n_rds;
+    lg__xds_rds_ref_t *sds; /* SDS secrets of its filter chains' TLS contexts */
+    size_t n_sds;
     lg_listener_config_t *active; /* warmed; NULL while the first version warms */
     lg_xds_resource_t *active_res;
     lg_listener_config_t *published; /* in the last published snapshot (restored when a bind fails) */
@@ -244,6 +249,18 @@ int lg__xds_warmed(lg_xds_t *x, lg_xds_type_t type);
 /* Marks deps whose initial fetch timed out; returns non-zero if any did. */
 int lg__xds_check_timeouts(lg_xds_t *x, uint64_t now_ms);
 lg__xds_dep_t *lg__xds_dep_find(lg_xds_t *x, lg_xds_type_t type, const char *name);
+
+/* Frees RDS or SDS refs and releases their stats blocks. */
+void lg__xds_refs_free(lg__xds_rds_ref_t *refs, size_t n);
+
+/* ---- sds.c ---- */
+
+/* The SDS secrets (with an sds_config) that a listener's filter chains or a
+ * cluster's transport sockets name, subscribed; err names the field. */
+int lg__xds_listener_sds(lg_xds_t *x, lg__xds_sub_t *parent, const Envoy__Config__Listener__V3__Listener *m,
+                         lg__xds_rds_ref_t **out, size_t *n, lg_error_t *err);
+int lg__xds_cluster_sds(lg_xds_t *x, lg__xds_sub_t *parent, const Envoy__Config__Cluster__V3__Cluster *m, lg__xds_rds_ref_t **out,
+                        size_t *n, lg_error_t *err);
 
 /* ---- transports ---- */
 

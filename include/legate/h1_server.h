@@ -35,6 +35,10 @@ typedef struct st_lg_h1_server_settings_t {
      * and input is drained for up to this long, so that a client still sending
      * does not get a TCP RST that destroys the response. 0: close at once. */
     uint32_t delayed_close_timeout_ms;
+    /* HttpConnectionManager.request_headers_timeout (default 0: none): from the
+     * first byte of a request head until its end; on expiry the codec answers
+     * 408 and closes, reporting "request_header_timeout" to on_codec_error. */
+    uint32_t request_headers_timeout_ms;
     /* `server` header of the codec's own error replies (400, 431 ...), which no
      * connection manager sees: HttpConnectionManager.server_name. Empty: none.
      * Not copied. Every other response gets its headers from the caller. */

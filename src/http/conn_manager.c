@@ -132,7 +132,12 @@ lg_hcm_conn_t *lg_hcm_conn_new(lg_worker_t *w, const lg_listener_config_t *l, co
                                 .stream_error_on_invalid_http_messaging = cfg->h2_stream_error_on_invalid};
         c->codec = lg_h2_server_conn_new_ex(&w->loop, sock, &cfg->h2, &opts, &conn_cbs, c);
     } else {
-        lg_h1_server_settings_t s = {.limits = cfg->h1, .buffer_limit = l->buffer_limit};
+        lg_h1_server_settings_t s;
+        lg_h1_server_settings_init(&s);
+        s.limits = cfg->h1;
+        s.buffer_limit = l->buffer_limit;
+        s.server_name = cfg->server_name;
+        s.request_headers_timeout_ms = (uint32_t)cfg->request_headers_timeout_ms;
         STAT_INC(c, downstream_cx_http1_total);
         STAT_INC(c, downstream_cx_http1_active);
         c->codec = lg_h1_server_conn_new(&w->loop, sock, &s, &conn_cbs, c);
@@ -169,14 +174,18 @@ static void on_conn_close(lg_server_conn_t *codec)
 static void on_codec_error(lg_server_conn_t *codec, int status, const char *details)
 {
     lg_hcm_conn_t *c = codec->ctx;
-    STAT_INC(c, downstream_cx_protocol_error);
+    if (status == 408)
+        STAT_INC(c, downstream_rq_header_timeout);
+    else
+        STAT_INC(c, downstream_cx_protocol_error);
     if (status >= 400) {
         STAT_INC(c, downstream_rq_total);
         if (status == 431 || status == 413)
             STAT_INC(c, downstream_rq_too_large);
-        STAT_INC(c, downstream_rq_4xx);
         if (status >= 500)
             STAT_INC(c, downstream_rq_5xx);
+        else
+            STAT_INC(c, downstream_rq_4xx);
     }
     LG_DEBUG(http, "[C%llu] codec error: %d %s", (unsigned long long)c->id, status, details != NULL ? details : "");
 }

@@ -72,7 +72,7 @@ struct st_lg_h1_server_conn_t {
     size_t unconsumed; /* delivered body bytes not consumed yet */
     lg_h1_outbuf_t out[2];
     lg_h1_outbuf_t *pending, *inflight;
-    lg_timer_t resume_timer, linger_timer;
+    lg_timer_t resume_timer, linger_timer, headers_timer;
     unsigned depth;
     unsigned peer_eof : 1;
     unsigned draining : 1;
@@ -158,6 +158,7 @@ static void close_now(lg_h1_server_conn_t *c, lg_reset_reason_t reason, const ch
     c->closed = 1;
     lg_timer_stop(&c->resume_timer);
     lg_timer_stop(&c->linger_timer);
+    lg_timer_stop(&c->headers_timer);
     h2o_socket_close(c->sock);
     c->sock = NULL;
     c->inflight = NULL;
@@ -520,6 +521,17 @@ static void start_stream(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s, size_
     s->super.cbs->on_headers(&s->super, &s->head, s->req_done);
 }
 
+static void on_headers_timeout(lg_timer_t *t)
+{
+    lg_h1_server_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_h1_server_conn_t, headers_timer, t);
+    lg_h1_error_t err = {408, "request_header_timeout", "request headers not received in time"};
+    if (c->closed || c->stream != NULL)
+        return;
+    enter(c);
+    codec_error(c, &err);
+    leave(c);
+}
+
 /* Returns whether a stream was started. */
 static int parse_head(lg_h1_server_conn_t *c)
 {
@@ -531,9 +543,12 @@ static int parse_head(lg_h1_server_conn_t *c)
     ssize_t r = lg_h1_parse_request(&s->pool, in->bytes, in->size, c->last_len, &c->settings.limits, &s->head, &s->info, &err);
     if (r == -2) {
         c->last_len = in->size;
+        if (c->settings.request_headers_timeout_ms != 0 && !lg_timer_is_active(&c->headers_timer))
+            lg_timer_start(c->loop, &c->headers_timer, c->settings.request_headers_timeout_ms, on_headers_timeout);
         return 0;
     }
     c->last_len = 0;
+    lg_timer_stop(&c->headers_timer);
     if (r < 0) {
         codec_error(c, &err);
         return 0;

@@ -1,0 +1,36 @@
+"""HTTP connection manager timeouts on the downstream side."""
+from lib import config as cfg
+from lib.rawhttp import RawHTTP
+
+
+def test_request_headers_timeout_answers_408_and_counts(legate, ports, upstream):
+    """request_headers_timeout: a head that never completes gets 408 and the
+    connection closes; a complete head on another connection is unaffected."""
+    up = upstream()
+    lg = legate(cfg.simple_proxy(ports(), ports(), [up.port], request_headers_timeout="0.3s"))
+    with RawHTTP("127.0.0.1", lg.listener_port(), timeout=10) as slow:
+        slow.send(b"GET /never-finished HTTP/1.1\r\nHost: x\r\n")
+        with RawHTTP("127.0.0.1", lg.listener_port(), timeout=10) as fast:
+            fast.request("GET", "/ok")
+            assert fast.read_response().status == 200
+        r = slow.read_response(timeout=10)
+        assert r.status == 408
+        assert (r.header("connection") or "").lower() == "close"
+        assert slow.closed_by_peer(timeout=5)
+    assert lg.admin.stat("http.ingress_http.downstream_rq_header_timeout") == 1
+    assert [x["path"] for x in up.requests] == ["/ok"]
+
+
+def test_request_headers_timeout_off_by_default(legate, ports, upstream):
+    """Without request_headers_timeout a slow head still completes."""
+    up = upstream()
+    lg = legate(cfg.simple_proxy(ports(), ports(), [up.port], stream_idle_timeout="30s"))
+    with RawHTTP("127.0.0.1", lg.listener_port(), timeout=10) as c:
+        c.send(b"GET /slow HTTP/1.1\r\nHost: x\r\n")
+        # a full request on another connection proves legate had time to act on the partial one
+        with RawHTTP("127.0.0.1", lg.listener_port(), timeout=10) as other:
+            other.request("GET", "/other")
+            assert other.read_response().status == 200
+        c.send(b"\r\n")
+        assert c.read_response().status == 200
+    assert lg.admin.stat("http.ingress_http.downstream_rq_header_timeout") == 0

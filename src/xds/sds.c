@@ -75,7 +75,6 @@ static int transport_refs(refs_t *r, const Envoy__Config__Core__V3__TransportSoc
     ProtobufCMessage *m = lg_any_unpack(ts->typed_config, desc, &ignored);
     if (m == NULL)
         return 0;
-    /* both messages have common_tls_context as their first field */
     const common_proto_t *c = desc == &envoy__extensions__transport_sockets__tls__v3__downstream_tls_context__descriptor
                                   ? ((Envoy__Extensions__TransportSockets__Tls__V3__DownstreamTlsContext *)m)->common_tls_context
                                   : ((Envoy__Extensions__TransportSockets__Tls__V3__UpstreamTlsContext *)m)->common_tls_context;

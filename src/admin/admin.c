@@ -9,6 +9,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <strings.h>
 #include <sys/socket.h>
@@ -68,6 +69,8 @@ typedef struct st_conn_t {
 } conn_t;
 
 static struct {
+    int listen_fd;
+    sem_t ready; /* the thread has made its loop and queue */
     h2o_evloop_t *loop;
     h2o_socket_t *listener;
     h2o_multithread_queue_t *queue;
@@ -578,6 +581,15 @@ static void on_stop_message(h2o_multithread_receiver_t *receiver, h2o_linklist_t
 
 static void *admin_main(void *unused)
 {
+    /* The loop, the listener and the queue (whose wake-up pipe is a socket
+     * this thread reads) are made here: libh2o binds a socket's buffers to
+     * the thread-local allocator of the thread that creates it. */
+    admin.loop = h2o_evloop_create();
+    admin.listener = h2o_evloop_socket_create(admin.loop, admin.listen_fd, H2O_SOCKET_FLAG_DONT_READ);
+    h2o_socket_read_start(admin.listener, on_accept);
+    admin.queue = h2o_multithread_create_queue(admin.loop);
+    h2o_multithread_register_receiver(admin.queue, &admin.receiver, on_stop_message);
+    sem_post(&admin.ready);
     while (!admin.stopping)
         h2o_evloop_run(admin.loop, INT32_MAX);
     while (!h2o_linklist_is_empty(&admin.conns))
@@ -603,13 +615,10 @@ static int start_on_fd(int fd, lg_error_t *err)
     }
     admin.stats = lg_stats_block_new_ex("http.admin.", admin_stat_defs, ADMIN_STAT__COUNT,
                                         &(lg_stats_block_opts_t){.code_prefix = "downstream_rq_"});
-    admin.loop = h2o_evloop_create();
-    admin.listener = h2o_evloop_socket_create(admin.loop, fd, H2O_SOCKET_FLAG_DONT_READ);
-    h2o_socket_read_start(admin.listener, on_accept);
-    admin.queue = h2o_multithread_create_queue(admin.loop);
-    h2o_multithread_register_receiver(admin.queue, &admin.receiver, on_stop_message);
+    admin.listen_fd = fd;
     h2o_linklist_init_anchor(&admin.conns);
     admin.stopping = 0;
+    sem_init(&admin.ready, 0, 0);
     /* The thread starts with the process signals blocked, whatever the
      * caller's mask: they are for the control thread's sigtimedwait, and one
      * delivered here would kill the process without a drain. */
@@ -629,6 +638,10 @@ static int start_on_fd(int fd, lg_error_t *err)
         return -1;
     }
     pthread_setname_np(admin.thread, "admin");
+    /* lg_admin_stop posts to the queue the thread creates */
+    while (sem_wait(&admin.ready) != 0)
+        ;
+    sem_destroy(&admin.ready);
     admin.running = 1;
     LG_INFO(admin, "admin address: %s", admin.bound);
     return 0;

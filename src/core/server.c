@@ -10,6 +10,7 @@
  * closes its accept sockets to match each snapshot's listeners.
  */
 #include <errno.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <unistd.h>
 #include "legate/address.h"
@@ -57,13 +58,15 @@ typedef struct st_worker_state_t {
     size_t n_conns; /* written by the worker, read by the control thread */
     lg_worker_clusters_t *clusters;
     int stop;
-    int draining; /* listeners stay closed */
+    int draining;          /* listeners stay closed */
+    lg_snapshot_t *initial; /* the snapshot the worker starts on (applied on its thread) */
 } worker_state_t;
 
 static struct {
     lg_options_t opts;
     lg_worker_t *workers;
     size_t n_workers;
+    sem_t workers_ready;            /* start_workers waits for every worker's loop */
     lg_snapshot_t *snapshot;        /* current; control thread */
     pthread_mutex_t snapshot_mutex; /* guards `snapshot` for the admin thread */
     lg_xds_t *xds;
@@ -327,6 +330,16 @@ static void *worker_main(void *arg)
     lg_worker_t *w = arg;
     worker_state_t *st = state_of(w);
     lg_current_worker = w;
+    /* The loop, its message queue and the first snapshot's sockets are made on
+     * this thread: libh2o binds a socket's buffers to the thread-local
+     * allocator of the thread that creates it (the queue's wake-up pipe is a
+     * socket that this thread reads), and those allocators are not shared. */
+    lg_loop_init(&w->loop, (h2o_loop_t *)h2o_evloop_create());
+    w->queue = h2o_multithread_create_queue(w->loop.loop);
+    h2o_multithread_register_receiver(w->queue, &w->config_receiver, on_worker_message);
+    worker_apply_snapshot(w, st->initial);
+    st->initial = NULL;
+    sem_post(&srv.workers_ready);
     while (!st->stop || !h2o_linklist_is_empty(&st->conns) || lg_tcp_proxy_active_connections() != 0) {
         h2o_evloop_run(w->loop.loop, st->stop ? 10 : INT32_MAX);
         count_conns(w);
@@ -367,16 +380,17 @@ static void start_workers(lg_snapshot_t *snap)
         worker_state_t *st = lg_calloc(1, sizeof(*st));
         w->index = k;
         w->data = st;
-        lg_loop_init(&w->loop, (h2o_loop_t *)h2o_evloop_create());
-        w->queue = h2o_multithread_create_queue(w->loop.loop);
-        h2o_multithread_register_receiver(w->queue, &w->config_receiver, on_worker_message);
         h2o_linklist_init_anchor(&st->conns);
-        lg_current_worker = w;
-        worker_apply_snapshot(w, snap);
-        lg_current_worker = NULL;
+        st->initial = snap;
     }
+    sem_init(&srv.workers_ready, 0, 0);
     for (size_t k = 0; k != srv.n_workers; ++k)
         pthread_create(&srv.workers[k].thread, NULL, worker_main, srv.workers + k);
+    /* nothing is posted to a worker before its queue exists */
+    for (size_t k = 0; k != srv.n_workers; ++k)
+        while (sem_wait(&srv.workers_ready) != 0)
+            ;
+    sem_destroy(&srv.workers_ready);
 }
 
 static void stop_workers(void)

@@ -1196,45 +1196,47 @@ static int load_cert(SSL_CTX *ctx, const lg_tls_cert_source_t *c, int *types, si
     return r;
 }
 
+/* Adds the certificates (or, with `crls`, the CRLs) of a PEM source to a
+ * store; returns how many were added, or -1 with err set. */
+static int add_pem_to_store(X509_STORE *store, const lg_tls_source_t *source, int crls, lg_tls_watch_t **w, size_t *n,
+                            lg_error_t *err)
+{
+    BIO *bio = source_bio(source, w, n, err);
+    if (bio == NULL)
+        return -1;
+    STACK_OF(X509_INFO) *infos = PEM_X509_INFO_read_bio(bio, NULL, NULL, NULL);
+    BIO_free(bio);
+    int count = 0;
+    for (int i = 0; infos != NULL && i != sk_X509_INFO_num(infos); ++i) {
+        X509_INFO *info = sk_X509_INFO_value(infos, i);
+        if (crls ? info->crl != NULL && X509_STORE_add_crl(store, info->crl) == 1
+                 : info->x509 != NULL && X509_STORE_add_cert(store, info->x509) == 1)
+            ++count;
+    }
+    sk_X509_INFO_pop_free(infos, X509_INFO_free);
+    ERR_clear_error();
+    return count;
+}
+
 /* The verification of `src` (t itself, or the SDS compile of t) with t's role and client certificate policy. */
 static int load_validation(SSL_CTX *ctx, const lg_tls_context_t *t, lg_tls_context_t *src, lg_tls_watch_t **w, size_t *n,
                            lg_error_t *err)
 {
     if (src->trusted_ca.kind != LG_TLS_SOURCE_NONE) {
-        BIO *bio = source_bio(&src->trusted_ca, w, n, err);
-        if (bio == NULL)
-            return -1;
         X509_STORE *store = SSL_CTX_get_cert_store(ctx);
-        STACK_OF(X509_INFO) *infos = PEM_X509_INFO_read_bio(bio, NULL, NULL, NULL);
-        BIO_free(bio);
-        int count = 0;
-        for (int i = 0; infos != NULL && i != sk_X509_INFO_num(infos); ++i) {
-            X509_INFO *info = sk_X509_INFO_value(infos, i);
-            if (info->x509 != NULL && X509_STORE_add_cert(store, info->x509) == 1)
-                ++count;
-        }
-        sk_X509_INFO_pop_free(infos, X509_INFO_free);
-        ERR_clear_error();
+        int count = add_pem_to_store(store, &src->trusted_ca, 0, w, n, err);
+        if (count < 0)
+            return -1;
         if (count == 0)
             return lg_error(err, "Failed to load trusted CA certificates from %s", source_name(&src->trusted_ca));
         if (src->max_verify_depth != 0)
             X509_STORE_set_depth(store, (int)src->max_verify_depth);
     }
     if (src->crl.kind != LG_TLS_SOURCE_NONE) {
-        BIO *bio = source_bio(&src->crl, w, n, err);
-        if (bio == NULL)
-            return -1;
         X509_STORE *store = SSL_CTX_get_cert_store(ctx);
-        STACK_OF(X509_INFO) *infos = PEM_X509_INFO_read_bio(bio, NULL, NULL, NULL);
-        BIO_free(bio);
-        int count = 0;
-        for (int i = 0; infos != NULL && i != sk_X509_INFO_num(infos); ++i) {
-            X509_INFO *info = sk_X509_INFO_value(infos, i);
-            if (info->crl != NULL && X509_STORE_add_crl(store, info->crl) == 1)
-                ++count;
-        }
-        sk_X509_INFO_pop_free(infos, X509_INFO_free);
-        ERR_clear_error();
+        int count = add_pem_to_store(store, &src->crl, 1, w, n, err);
+        if (count < 0)
+            return -1;
         if (count == 0)
             return lg_error(err, "Failed to load CRL from %s", source_name(&src->crl));
         X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK | (src->only_verify_leaf_crl ? 0 : X509_V_FLAG_CRL_CHECK_ALL));

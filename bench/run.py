@@ -614,14 +614,14 @@ class Bench:
 
     # -- config scale (Legate alone) ---------------------------------------------------------
 
-    def legate_start_timed(self, bootstrap_doc, admin_port, tag):
+    def legate_start_timed(self, bootstrap_doc, admin_port, tag, concurrency=1):
         """Starts Legate on a generated bootstrap (JSON); returns (seconds to /ready, RSS KiB, HWM KiB)."""
         rundir = os.path.join(self.workdir, "scale")
         os.makedirs(rundir, exist_ok=True)
         path = os.path.join(rundir, f"{tag}.json")
         with open(path, "w") as f:
             json.dump(bootstrap_doc, f)
-        cmd = [self.legate_bin, "-c", path, "--concurrency", "1", "-l", "warning", "--disable-hot-restart"]
+        cmd = [self.legate_bin, "-c", path, "--concurrency", str(concurrency), "-l", "warning", "--disable-hot-restart"]
         t0 = time.monotonic()
         p = PROCS.start(cmd, PROXY_CPU, rundir, f"legate-{tag}")
         try:
@@ -639,19 +639,21 @@ class Bench:
             else:
                 raise ProxyFailed("legate not ready within 120 s")
             ready = time.monotonic() - t0
+            cpu = cpu_seconds(tree(p.pid))
             time.sleep(0.3)
             pids = tree(p.pid)
             stats_t0 = time.monotonic()
             with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/stats", timeout=60) as r:
                 stats_lines = r.read().count(b"\n")
             stats_s = time.monotonic() - stats_t0
-            return {"ready_s": ready, "rss_kib": mem_kib(pids, "VmRSS"), "hwm_kib": mem_kib(pids, "VmHWM"),
+            return {"ready_s": ready, "cpu_s": cpu, "rss_kib": mem_kib(pids, "VmRSS"), "hwm_kib": mem_kib(pids, "VmHWM"),
                     "stats_lines": stats_lines, "stats_s": stats_s, "proc": p, "pids": pids}
         except BaseException:
             PROCS.stop(p)
             raise
 
     def scale_clusters(self, counts):
+        """Static clusters at concurrency 2 (the bar's setting: per-worker state counts twice)."""
         out = {}
         base = None
         for n in [1] + list(counts):
@@ -659,7 +661,7 @@ class Bench:
             clusters = [proxies.legate_cluster(f"c{i}", self.up_ports["h1"]) for i in range(n)]
             doc = proxies.legate_bootstrap(admin_port, port, clusters, [proxies.legate_route("c0")])
             try:
-                r = self.legate_start_timed(doc, admin_port, f"clusters-{n}")
+                r = self.legate_start_timed(doc, admin_port, f"clusters-{n}", concurrency=2)
                 PROCS.stop(r.pop("proc"))
                 r.pop("pids")
             except ProxyFailed as e:
@@ -727,16 +729,91 @@ class Bench:
                 out[f"{kind}/{n}"] = {"ns": float(kv["ns_per_match"]), "load_ms": float(kv["load_ms"])}
         return out
 
+    def scale_xds(self, n_clusters, n_routes):
+        """N EDS clusters pushed over ADS (CDS then EDS), then an RDS update of M routes, from the
+        test control plane (tools/xds_control) in this process. Apply time = from the control
+        plane's send of a response to Legate's ACK of it (Legate ACKs once the update is compiled
+        and published); the control plane's own time to build and serialize is left out."""
+        sys.path.insert(0, os.path.join(REPO, "tools"))
+        from xds_control import resources as rs
+        from xds_control.server import XdsServer
+        srv = XdsServer(port=0).start()
+        admin_port = free_port()
+        sa = {"socket_address": {"address": "127.0.0.1", "port_value": srv.port}}
+        ads = {"ads": {}, "resource_api_version": "V3"}
+        doc = {"admin": {"address": proxies.sockaddr(admin_port)}, "node": {"id": "bench", "cluster": "bench"},
+               "static_resources": {"clusters": [{
+                   "name": "xds", "type": "STATIC", "connect_timeout": "1s",
+                   "typed_extension_protocol_options": {proxies.HPO_KEY: {
+                       "@type": proxies.HPO_TYPE, "explicit_http_config": {"http2_protocol_options": {}}}},
+                   "load_assignment": {"cluster_name": "xds", "endpoints": [{"lb_endpoints": [
+                       {"endpoint": {"address": sa}}]}]}}]},
+               "dynamic_resources": {"ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
+                                                    "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}]},
+                                     "cds_config": ads, "lds_config": ads}}
+        out = {}
+        r = None
+        try:
+            srv.update(clusters=[], listeners=[])
+            r = self.legate_start_timed(doc, admin_port, "xds", concurrency=2)
+            srv.wait_ack(rs.CLUSTER, timeout=30)
+            up = {"socket_address": {"address": "127.0.0.1", "port_value": self.up_ports["h1"]}}
+            clusters = [{"name": f"c{i}", "type": "EDS", "connect_timeout": "1s", "eds_cluster_config": {"eds_config": ads}}
+                        for i in range(n_clusters)]
+            clas = [{"cluster_name": f"c{i}", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": up}}]}]}
+                    for i in range(n_clusters)]
+            mark = srv.mark()
+            vs = srv.update(clusters=clusters, endpoints=clas)
+            cds = srv.wait_ack(rs.CLUSTER, version=vs[rs.CLUSTER], since=mark, timeout=120)
+            eds = srv.wait_ack(rs.ENDPOINT, version=vs[rs.ENDPOINT], since=mark, timeout=120)
+            sent = [s for s in srv.sent if s["seq"] > mark]
+            cds_sent = max(s["time"] for s in sent if s["type_url"] == rs.CLUSTER and s["version_info"] == vs[rs.CLUSTER])
+            eds_sent = max(s["time"] for s in sent if s["type_url"] == rs.ENDPOINT and s["version_info"] == vs[rs.ENDPOINT])
+            out["cds_s"], out["eds_s"] = cds["time"] - cds_sent, eds["time"] - eds_sent
+            out["clusters"] = n_clusters
+            out["rss_kib"] = mem_kib(r["pids"], "VmRSS")
+            listener = {"name": "l", "address": proxies.sockaddr(free_port()), "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager", "typed_config": {
+                    "@type": proxies.HCM_TYPE, "stat_prefix": "l", "rds": {"route_config_name": "r", "config_source": ads},
+                    "http_filters": [{"name": "envoy.filters.http.router",
+                                      "typed_config": {"@type": proxies.ROUTER_TYPE}}]}}]}]}
+
+            def route_config(n, tag):
+                routes = [proxies.legate_route("c0", match={"prefix": f"/r{i}/"}) for i in range(n)]
+                routes.append(proxies.legate_route("c0", match={"prefix": f"/{tag}"}))
+                return {"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": routes}]}
+
+            srv.update(listeners=[listener], routes=[route_config(1, "first")])
+            srv.wait_ack(rs.ROUTE, timeout=30)
+            times = []
+            for k in range(3):  # the first update replaces a one-route table, the next ones a full one
+                mark = srv.mark()
+                v = srv.update(routes=[route_config(n_routes, f"u{k}")])[rs.ROUTE]
+                ack = srv.wait_ack(rs.ROUTE, version=v, since=mark, timeout=60)
+                times.append(ack["time"] - max(s["time"] for s in srv.sent if s["seq"] > mark and s["type_url"] == rs.ROUTE))
+            out["rds_ms"] = statistics.median(times) * 1000
+            out["routes"] = n_routes
+        except (ProxyFailed, AssertionError) as e:
+            out["error"] = str(e)[:300]
+        finally:
+            if r is not None:
+                PROCS.stop(r["proc"])
+            srv.close()
+        log(f"  xDS: {out}")
+        return out
+
     def workload_scale(self, w):
         if not any(p.name == "legate" for p in self.proxies):
             return {"skip": "legate not selected"}
         log("  clusters")
         clusters = self.scale_clusters(w["clusters"])
+        log("  clusters and routes over xDS")
+        xds = self.scale_xds(w["xds_clusters"], w["xds_routes"])
         log("  routes (end to end)")
         routes = self.scale_routes(w["routes"])
         log("  routes (micro-benchmark)")
         micro = self.route_micro(w["routes"])
-        return {"clusters": clusters, "routes": routes, "micro": micro}
+        return {"clusters": clusters, "xds": xds, "routes": routes, "micro": micro}
 
     # -- driver ----------------------------------------------------------------------------
 
@@ -788,7 +865,8 @@ def workloads(quick):
         {"id": "7", "kind": "idle", "title": "idle connections (HTTP/1.1 and h2c)",
          "count": 1000 if quick else idle_count()},
         {"id": "8", "kind": "scale", "title": "config scale (Legate alone)",
-         "clusters": [1000, 10000] if quick else [1000, 10000, 100000], "routes": [10, 1000, 10000]},
+         "clusters": [1000, 10000] if quick else [1000, 10000, 100000], "routes": [10, 1000, 10000],
+         "xds_clusters": 10000, "xds_routes": 10000},
     ]
 
 
@@ -917,12 +995,13 @@ def report_scale(w, res, lines, bar):
     if "skip" in res:
         lines.append(f"\nskipped: {res['skip']}")
         return
-    lines.append("\nStatic clusters (one endpoint each), one listener; start-up = exec to GET /ready 200. "
-                 "Envoy's published figures: 35-42 KB per cluster, seconds for 10k clusters.\n")
-    lines.append("| clusters | start-up s | RSS MiB | bytes/cluster | /stats lines | /stats s | note |")
-    lines.append("|---:|---:|---:|---:|---:|---:|---|")
+    lines.append("\nStatic clusters (one endpoint each), one listener, --concurrency 2; start-up = exec to GET /ready "
+                 "200 (CPU s: Legate's CPU time until then); RSS after one GET /stats. Envoy's published figures: "
+                 "35-42 KB per cluster, seconds for 10k clusters.\n")
+    lines.append("| clusters | start-up s | CPU s | RSS MiB | bytes/cluster | /stats lines | /stats s | note |")
+    lines.append("|---:|---:|---:|---:|---:|---:|---:|---|")
     for n, r in res["clusters"].items():
-        lines.append(f"| {int(n):,} | {fmt(r.get('ready_s'), '.2f')} | "
+        lines.append(f"| {int(n):,} | {fmt(r.get('ready_s'), '.2f')} | {fmt(r.get('cpu_s'), '.2f')} | "
                      f"{fmt(r.get('rss_kib', 0) / 1024 if 'rss_kib' in r else None, '.1f')} | "
                      f"{fmt(r.get('bytes_per_cluster'), ',.0f')} | {fmt(r.get('stats_lines'), ',')} | "
                      f"{fmt(r.get('stats_s'), '.2f')} | {note_of(r)} |")
@@ -934,6 +1013,24 @@ def report_scale(w, res, lines, bar):
             b = c10k["bytes_per_cluster"]
             bar.append(f"| 8 bytes per cluster (10k, with stats) | < 2,048 | {b:,.0f} | "
                        f"{'met' if b < 2048 else 'NOT met'} |")
+    c100k = res["clusters"].get(100000) or res["clusters"].get("100000")
+    if c100k is not None:
+        bar.append(f"| 8 100k static clusters load | loads | {'yes' if 'ready_s' in c100k else 'no'} | "
+                   f"{'met' if 'ready_s' in c100k else 'NOT met'} |")
+    x = res.get("xds") or {}
+    lines.append("\nOver ADS (--concurrency 2): N EDS clusters in one CDS response, then their endpoints in one EDS "
+                 "response; then RDS updates of one route table. Apply = control plane's send of the response to "
+                 "Legate's ACK (median of 3 for RDS).\n")
+    lines.append("| clusters | CDS apply s | EDS apply s | RSS MiB | routes | RDS apply ms | note |")
+    lines.append("|---:|---:|---:|---:|---:|---:|---|")
+    lines.append(f"| {fmt(x.get('clusters'), ',')} | {fmt(x.get('cds_s'), '.3f')} | {fmt(x.get('eds_s'), '.3f')} | "
+                 f"{fmt(x.get('rss_kib', 0) / 1024 if 'rss_kib' in x else None, '.1f')} | {fmt(x.get('routes'), ',')} | "
+                 f"{fmt(x.get('rds_ms'), '.0f')} | {note_of(x)} |")
+    if "eds_s" in x:
+        t = x["cds_s"] + x["eds_s"]
+        bar.append(f"| 8 10k clusters over CDS+EDS s | < 1.0 | {t:.2f} | {'met' if t < 1.0 else 'NOT met'} |")
+    if "rds_ms" in x:
+        bar.append(f"| 8 10k-route RDS update ms | < 200 | {x['rds_ms']:.0f} | {'met' if x['rds_ms'] < 200 else 'NOT met'} |")
     lines.append("\nRoutes: one virtual host with N routes; the request hits the last route. End to end = "
                  "Legate CPU per request (h2load, HTTP/1.1, 32 connections); micro = lg_route_match() alone "
                  "(bench/route_bench.c, same compiler).\n")

@@ -167,6 +167,13 @@ typedef struct st_lg_cluster_config_t {
     size_t n_hosts;
     uint32_t n_healthy;
     uint32_t added_via_api : 1;
+    /* UpstreamHttpProtocolOptions: the TLS name of a connection comes from the
+     * request (override_auto_sni_header's value, else :authority, without the
+     * port): auto_sni sends it as the SNI (unless it is an IP address),
+     * auto_san_validation checks the server certificate's SANs against it. */
+    uint32_t auto_sni : 1;
+    uint32_t auto_san_validation : 1;
+    char *override_auto_sni_header; /* lower case; NULL when unset */
     /* Shared, mutable: see the file comment. */
     struct st_lg_cluster_shared_t *shared;
 } lg_cluster_config_t;
@@ -189,6 +196,10 @@ typedef struct st_lg_host_t {
     uint32_t weight;
     uint32_t active_requests; /* this worker's streams on this host (least request) */
     lg_conn_pool_t *pools[2]; /* [0] HTTP/1.1, [1] HTTP/2; created on first use */
+    /* auto_sni / auto_san_validation: pools keyed by the request's TLS name
+     * (a connection made for one name never serves another); a list, each
+     * pool freed once it has no connection left. */
+    lg_conn_pool_t *named_pools;
 } lg_host_t;
 
 /*
@@ -221,6 +232,8 @@ typedef struct st_lg_lb_context_t {
     size_t n_excluded;
     uint32_t host_selection_retry_max_attempts;
     int priority; /* 0 DEFAULT, 1 HIGH (only DEFAULT thresholds are enforced for now) */
+    /* The downstream request (NULL: none), for auto_sni / auto_san_validation. */
+    const struct st_lg_req_head_t *request;
 } lg_lb_context_t;
 
 /* Why lg_cluster_request_stream() could not produce a stream. */

@@ -73,8 +73,12 @@ static inline uint64_t lg_lb_random_next(uint64_t *state)
 /*
  * Builds worker w's view of clusters cfgs[0..n) (names unique). A cluster
  * whose config pointer is also in `previous` is carried over with its hosts,
- * pools and connections. Call lg_worker_clusters_free(previous) afterwards:
- * clusters that were not carried over then drain (idle connections close,
+ * pools and connections. A new config of a cluster in `previous` (same name)
+ * takes over the pools of the hosts it keeps (same address), with their
+ * connections, in-flight streams, pending requests and breaker slots, unless
+ * the change affects connections (protocol or its options, the TLS context,
+ * auto_sni keying, the stats name). Call lg_worker_clusters_free(previous)
+ * afterwards: what was not taken over then drains (idle connections close,
  * busy ones close when their streams end).
  */
 lg_worker_clusters_t *lg_worker_clusters_new(lg_worker_t *w, lg_cluster_config_t **cfgs, size_t n, lg_worker_clusters_t *previous);

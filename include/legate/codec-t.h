@@ -73,6 +73,17 @@ struct st_lg_stream_t {
     void *ctx;                  /* the driver's */
     uint32_t id;                /* h2 stream id, or the h1 request sequence number */
     int version;                /* LG_HTTP_11 / LG_HTTP_2 ... */
+    /* The request's memory pool, so that one request uses one pool (optional,
+     * NULL: each side keeps its own).
+     *  - server stream: set by the codec before on_new_stream to the pool the
+     *    request head lives in; it stays valid until the stream completes or is
+     *    reset, and the driver may keep its per-request state in it;
+     *  - client stream: set by the driver before send_headers; the codec then
+     *    allocates its per-stream memory (heads, decoder state) from it instead
+     *    of a pool of its own. The driver keeps it valid until the stream
+     *    completes or is reset, or until the stream can no longer need it (the
+     *    request was sent and the response ended). */
+    h2o_mem_pool_t *pool;
 };
 
 /* A server connection (downstream). The codec asks the connection manager

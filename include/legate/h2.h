@@ -11,9 +11,11 @@
  *    header and the caller's bytes are written with one sendmsg(). What the
  *    kernel does not take (or everything, on TLS sockets, where h2o encrypts
  *    into its own buffer) is copied before the write call returns, so the
- *    codec never holds a caller's bytes past its own return; on_data_sent is
- *    reported then. A stream's bytes are only taken while no write is in
- *    flight, so a slow peer still pushes back on the sender.
+ *    codec never holds a caller's bytes past its own return. on_data_sent is
+ *    reported only once the socket took every byte of that write, and a
+ *    stream's bytes are only taken while no write is in flight (and as far as
+ *    the peer's flow-control windows allow), so a slow peer pushes back on
+ *    the sender: it never has more than its own limit unreported.
  *  - on_complete fires once both END_STREAMs are through *and* every
  *    delivered byte has been consumed (delivered chunks live in the stream).
  *  - No driver callback runs from inside nghttp2 or from inside an op: ops
@@ -26,6 +28,11 @@
  *    Envoy's details ("http2.invalid.header.field", ...). Too many headers or
  *    too large a header list resets the stream (INTERNAL_ERROR,
  *    "http2.too_many_headers"), as Envoy does.
+ *  - Idle memory: 100 ms after a connection went idle (no stream, nothing
+ *    being written) it frees its write batch and the socket's input buffer,
+ *    and drops the pages of nghttp2's frame buffer and empty stream map
+ *    (nghttp2 gets them from mmap through the connection's nghttp2_mem).
+ *    What stays is nghttp2's session and HPACK tables (~6 KB).
  *  - Flood protection: nghttp2's own limits (queued SETTINGS/PING ACKs, the
  *    RST_STREAM rate limit, CONTINUATION count) plus Envoy's defaults for
  *    queued outbound frames (10000), consecutive empty DATA frames (1),
@@ -55,6 +62,11 @@
 typedef struct st_lg_h2_options_t {
     int allow_connect;                          /* advertise SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441) */
     int stream_error_on_invalid_http_messaging; /* reset the stream instead of closing the connection */
+    /* HttpConnectionManager.request_headers_timeout (0: none). A request whose
+     * header block has not ended this long after it began is answered 408 and
+     * reset (NO_ERROR), and reported as on_codec_error(408,
+     * "request_header_timeout"), as Envoy's onRequestHeaderTimeout. */
+    uint32_t request_headers_timeout_ms;
 } lg_h2_options_t;
 
 /* Envoy's defaults (Http2ProtocolOptions and HttpConnectionManager). */
@@ -97,6 +109,15 @@ typedef struct st_lg__h2_seg_t {
     size_t off, len;
 } lg__h2_seg_t;
 
+/* A block nghttp2 allocated through the connection's nghttp2_mem on pages of
+ * its own (mmap: the frame buffer, the stream map), whose pages an idle
+ * connection gives back to the kernel. */
+#define LG__H2_MAX_BIG 6
+typedef struct st_lg__h2_big_t {
+    void *p;
+    size_t size;
+} lg__h2_big_t;
+
 typedef struct st_lg__h2_batch_t {
     char *buf;
     size_t len, cap;
@@ -129,17 +150,21 @@ struct st_lg__h2_stream_t {
     /* outbound body: the caller's chunks not yet framed / written */
     h2o_iovec_t *sendq;
     size_t sendq_head, sendq_size, sendq_cap, sendq_off;
-    size_t queued, framed; /* bytes queued by send_data / reserved for DATA frames by nghttp2 */
-    size_t sent_unreported;
+    size_t queued, framed;  /* bytes queued by send_data / reserved for DATA frames by nghttp2 */
+    size_t sent_writing;    /* framed into the write in flight (or being built): reported once it completes */
+    size_t sent_unreported; /* written, on_data_sent due */
+    h2o_linklist_t writing; /* conn->writing while sent_writing != 0 */
     lg_headers_t *send_trailers;
+    lg_timer_t headers_timer; /* request_headers_timeout (server streams) */
     /* terminal state */
     uint32_t close_error;
     const char *detail;
     int reason_override; /* lg_reset_reason_t + 1, or 0 */
     /* visible: the driver knows the stream (server: after on_new_stream); closed: nghttp2 closed it;
-     * local_end: the driver ended its side; done: terminal callback given or ops->reset called. */
+     * local_end: the driver ended its side; done: terminal callback given or ops->reset called;
+     * timed_out: answered 408 by request_headers_timeout (RST_STREAM follows the 408). */
     unsigned visible : 1, head_ready : 1, head_delivered : 1, remote_end : 1, remote_end_delivered : 1, headers_sent : 1,
-        local_end : 1, local_end_sent : 1, deferred : 1, paused : 1, closed : 1, rst_received : 1, done : 1;
+        local_end : 1, local_end_sent : 1, deferred : 1, paused : 1, closed : 1, rst_received : 1, done : 1, timed_out : 1;
 };
 
 typedef enum en_lg__h2_state_t {
@@ -158,7 +183,8 @@ struct st_lg__h2_conn_t {
     nghttp2_session *session;
     lg_h2_settings_t settings;
     lg_h2_options_t options;
-    lg_timer_t run_timer, linger_timer;
+    lg_timer_t run_timer;
+    lg_timer_t linger_timer; /* open: the idle trim; closed: the linger before the free */
     unsigned depth;
     lg__h2_state_t state;
     int close_requested, peer_gone, write_in_flight, pending_read, goaway_received, goaway_notified, drain_sent, done_pending;
@@ -167,8 +193,11 @@ struct st_lg__h2_conn_t {
     const char *codec_error;  /* set when on_codec_error is due */
     int final_goaway;         /* error code of the GOAWAY to write on close, or -1 */
     lg__h2_batch_t batch;
-    char *tail; /* bytes the socket did not take, in flight */
-    h2o_linklist_t streams, dirty, graveyard;
+    char *tail;                       /* bytes the socket did not take, in flight */
+    lg__h2_stream_t *hdr_stream;      /* the stream whose header block is being received (on_header's lookup) */
+    lg__h2_big_t big[LG__H2_MAX_BIG]; /* nghttp2's blocks on pages of their own */
+    size_t nbig;
+    h2o_linklist_t streams, dirty, graveyard, writing;
     size_t num_streams;
     struct {
         uint64_t streams_opened, data_frames_sent, priority_frames, window_update_frames;

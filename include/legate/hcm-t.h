@@ -20,6 +20,8 @@ typedef struct st_lg_route_t lg_route_t;
 typedef struct st_lg_vhost_t lg_vhost_t;
 typedef struct st_lg_stats_block_t lg_stats_block_t;
 typedef struct st_lg_snapshot_t lg_snapshot_t;
+typedef struct st_lg_scope_key_builder_t lg_scope_key_builder_t;
+typedef struct st_lg_scoped_routes_t lg_scoped_routes_t;
 
 typedef enum en_lg_codec_type_t { LG_CODEC_AUTO, LG_CODEC_HTTP1, LG_CODEC_HTTP2 } lg_codec_type_t;
 typedef enum en_lg_server_header_t { LG_SERVER_OVERWRITE, LG_SERVER_APPEND_IF_ABSENT, LG_SERVER_PASS_THROUGH } lg_server_header_t;
@@ -128,6 +130,15 @@ struct st_lg_hcm_config_t {
     size_t n_filters;
     lg_stats_block_t *stats; /* http.<stat_prefix>. */
     lg_access_logs_t access_logs;
+
+    /* ---- scoped_routes (include/legate/scoped_routes.h); scope_keys is set iff the
+     * route_specifier is scoped_routes, and then route_table and rds_route_config_name
+     * are NULL. ---- */
+    lg_scope_key_builder_t *scope_keys;
+    lg_scoped_routes_t *scoped_inline; /* scoped_route_configurations_list; NULL with scoped_rds */
+    char *scoped_routes_name;          /* ScopedRoutes.name */
+    unsigned scoped_rds : 1;           /* scopes come from SRDS (ScopedRoutes.scoped_rds) */
+    unsigned scoped_rds_config_source : 1; /* ScopedRoutes.rds_config_source is set (SRDS scopes' RDS) */
 };
 
 /* One downstream connection handled by an HCM. */
@@ -149,7 +160,10 @@ typedef struct st_lg_hcm_conn_t {
 } lg_hcm_conn_t;
 
 struct st_lg_hcm_stream_t {
-    h2o_mem_pool_t pool;
+    /* The request's pool: the downstream codec's (lg_stream_t.pool) when it lends
+     * one, else own_pool. Upstream codecs borrow it too (see the router). */
+    h2o_mem_pool_t *pool;
+    h2o_mem_pool_t own_pool;
     lg_hcm_conn_t *conn;
     lg_stream_t *downstream;
     lg_req_head_t *req;

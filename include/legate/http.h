@@ -19,4 +19,22 @@ size_t lg_headers_remove(lg_headers_t *h, const char *name, size_t name_len);
 
 #define LG_LIT(s) h2o_iovec_init(H2O_STRLIT(s))
 
+/* Writes `v` in decimal to buf (at least 20 bytes, not NUL-terminated); returns the length. */
+size_t lg_u64_to_dec(char *buf, uint64_t v);
+/* `v` in decimal, allocated from the pool. */
+h2o_iovec_t lg_u64_to_dec_pool(h2o_mem_pool_t *pool, uint64_t v);
+
+/* Per-thread caches of per-request objects (streams of the connection manager
+ * and of the h1 codecs), so that a request does not go through malloc for
+ * them. An object's class fixes its size; lg_http_cache_alloc() returns it
+ * zeroed. What a thread keeps is freed when it exits. */
+typedef enum en_lg_http_cache_class_t {
+    LG_HTTP_CACHE_HCM_STREAM,
+    LG_HTTP_CACHE_H1_SERVER_STREAM,
+    LG_HTTP_CACHE_H1_CLIENT_STREAM,
+    LG_HTTP_CACHE_NUM_CLASSES
+} lg_http_cache_class_t;
+void *lg_http_cache_alloc(lg_http_cache_class_t cls, size_t size);
+void lg_http_cache_free(lg_http_cache_class_t cls, void *p);
+
 #endif

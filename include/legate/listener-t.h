@@ -13,25 +13,28 @@ typedef struct st_lg_hcm_config_t lg_hcm_config_t;
 typedef struct st_lg_tcp_proxy_config_t lg_tcp_proxy_config_t;
 typedef struct st_lg_tls_context_t lg_tls_context_t;
 
-/* listener.<address>.* stats, in this order in the listener's stats block. */
-#define LG_LISTENER_STATS(X)                                                                                                       \
-    X(COUNTER, downstream_cx_total)                                                                                                \
-    X(GAUGE, downstream_cx_active)                                                                                                 \
-    X(COUNTER, downstream_cx_destroy)                                                                                              \
-    X(COUNTER, no_filter_chain_match)                                                                                              \
+/* listener.<address>.* stats, in this order in the listener's stats block. The
+ * downstream_cx_* ones count a connection from its filter chain match until its
+ * socket closes, whoever owns it then (Envoy's ActiveTcpConnection). */
+#define LG_LISTENER_STATS(X)              \
+    X(COUNTER, downstream_cx_total)       \
+    X(GAUGE, downstream_cx_active)        \
+    X(COUNTER, downstream_cx_destroy)     \
+    X(HISTOGRAM, downstream_cx_length_ms) \
+    X(COUNTER, no_filter_chain_match)     \
     X(COUNTER, downstream_cx_overflow)
 #define LG__LISTENER_STAT_ENUM(type, name) LG_LISTENER_STAT_##name,
 enum { LG_LISTENER_STATS(LG__LISTENER_STAT_ENUM) LG_LISTENER_STAT__COUNT };
 #undef LG__LISTENER_STAT_ENUM
 
 /* tls_inspector.* stats (one block for the process, as Envoy's are not per listener). */
-#define LG_TLS_INSPECTOR_STATS(X)                                                                                                  \
-    X(COUNTER, client_hello_too_large)                                                                                             \
-    X(COUNTER, tls_found)                                                                                                          \
-    X(COUNTER, tls_not_found)                                                                                                      \
-    X(COUNTER, alpn_found)                                                                                                         \
-    X(COUNTER, alpn_not_found)                                                                                                     \
-    X(COUNTER, sni_found)                                                                                                          \
+#define LG_TLS_INSPECTOR_STATS(X)      \
+    X(COUNTER, client_hello_too_large) \
+    X(COUNTER, tls_found)              \
+    X(COUNTER, tls_not_found)          \
+    X(COUNTER, alpn_found)             \
+    X(COUNTER, alpn_not_found)         \
+    X(COUNTER, sni_found)              \
     X(COUNTER, sni_not_found)
 #define LG__TLS_INSPECTOR_STAT_ENUM(type, name) LG_TLS_INSPECTOR_STAT_##name,
 enum { LG_TLS_INSPECTOR_STATS(LG__TLS_INSPECTOR_STAT_ENUM) LG_TLS_INSPECTOR_STAT__COUNT };
@@ -76,8 +79,8 @@ typedef struct st_lg_filter_chain_t {
     lg_network_filter_kind_t kind;
     lg_hcm_config_t *hcm;
     lg_tcp_proxy_config_t *tcp_proxy; /* LG_NETWORK_FILTER_TCP_PROXY */
-    uint64_t hash; /* of the serialized FilterChain: an LDS update drains only the chains whose hash changed */
-    lg_tls_context_t *tls;                        /* transport_socket: NULL = raw_buffer */
+    uint64_t hash;                    /* of the serialized FilterChain: an LDS update drains only the chains whose hash changed */
+    lg_tls_context_t *tls;            /* transport_socket: NULL = raw_buffer */
     uint64_t transport_socket_connect_timeout_ms; /* 0 = none */
 } lg_filter_chain_t;
 
@@ -95,9 +98,9 @@ typedef struct st_lg_listener_config_t {
     /* listener filters: tls_inspector reads the ClientHello before chain selection */
     unsigned tls_inspector : 1;
     unsigned continue_on_listener_filters_timeout : 1;
-    uint64_t listener_filters_timeout_ms; /* 0 = none; Envoy's default 15 s */
+    uint64_t listener_filters_timeout_ms;  /* 0 = none; Envoy's default 15 s */
     lg_stats_block_t *tls_inspector_stats; /* "tls_inspector.", when tls_inspector is set */
-    uint64_t hash;                    /* of the serialized Listener proto, for "unchanged" checks */
+    uint64_t hash;                         /* of the serialized Listener proto, for "unchanged" checks */
 } lg_listener_config_t;
 
 #endif

@@ -14,5 +14,8 @@ void lg_listener_accept(lg_worker_t *w, lg_listener_config_t *l, lg_snapshot_t *
  * yet (in tls_inspector, the TLS handshake or codec sniffing): call on the
  * worker's thread before it exits, so that they release their snapshot. */
 void lg_listener_close_pending(void);
+/* This worker's accepted sockets not yet disposed (their owners may have let
+ * them go already: a socket lingers a little after its close). */
+size_t lg_listener_counted_sockets(void);
 
 #endif

@@ -24,9 +24,16 @@ typedef enum en_lg_scalar_style_t {
     LG_SCALAR_QUOTED,
 } lg_scalar_style_t;
 
-/* The name of the document a node came from, shared by its nodes. */
+typedef struct st_lg_node_chunk_t lg_node_chunk_t;
+
+/* The document a node came from, shared by its nodes: its name ("" when it has
+ * none) and the arena its nodes and their arrays live in, freed with the last
+ * node (a parsed tree is freed as a whole, so nothing is freed node by node and
+ * the memory goes back to the system at once). */
 typedef struct st_lg_node_source_t {
     unsigned refcnt;
+    lg_node_chunk_t *chunks;
+    char *cur, *end; /* free space in the newest chunk */
     char name[1];
 } lg_node_source_t;
 
@@ -45,6 +52,7 @@ struct st_lg_node_t {
     lg_node_type_t type;
     unsigned line; /* 1-based */
     unsigned refcnt;
+    unsigned _heap_items; /* the pairs/items array is malloc'ed, not in the source's arena */
     size_t weight;
     lg_node_source_t *source; /* NULL when the document has no name */
     union {

@@ -18,7 +18,8 @@
 
 /* ---- document tree ---- */
 
-/* Upper bounds on what a document may expand to (alias bombs, deep nesting). */
+/* Upper bounds on the nodes that aliases may add to a document (alias bombs; plain
+ * nodes are bounded by the input size) and on its nesting. */
 #define LG_NODE_MAX_WEIGHT (1u << 22)
 #define LG_NODE_MAX_DEPTH 100
 
@@ -89,6 +90,22 @@ ProtobufCMessage *lg_pbjson_load_file(const ProtobufCMessageDescriptor *desc, co
 /* Unpacks an Any holding a `want`; fails when the type URL names another
  * type or the bytes do not parse. Free with protobuf_c_message_free_unpacked(). */
 ProtobufCMessage *lg_any_unpack(const Google__Protobuf__Any *any, const ProtobufCMessageDescriptor *want, lg_error_t *err);
+
+/* ---- compacted repeated fields ---- */
+
+/* Replaces the elements of a repeated message field of `msg` by their wire bytes,
+ * kept as unknown fields of `msg` under the field's number: a retained config
+ * message (the bootstrap's static_resources.clusters: about 1.2 KB unpacked, 80
+ * bytes packed per cluster) costs its serialized size. protobuf-c packs unknown
+ * fields after the known ones, so `msg` still packs to the same elements (an
+ * unpacked copy has them back in the field) and protobuf_c_message_free_unpacked
+ * frees them. The field reads empty afterwards: holders read the elements with
+ * lg_pb_compacted_next(). Control thread, before other threads read `msg`. */
+void lg_pb_compact_repeated(ProtobufCMessage *msg, const char *field);
+/* Iterates over the compacted elements of `field` in order: sets *out to the
+ * wire bytes of the next one from *pos (0 to start) and returns 1, or returns 0
+ * at the end. */
+int lg_pb_compacted_next(const ProtobufCMessage *msg, const char *field, size_t *pos, ProtobufCBinaryData *out);
 
 /* ---- encoding ---- */
 

@@ -22,6 +22,19 @@
 
 typedef struct st_lg_cluster_config_t lg_cluster_config_t;
 typedef struct st_lg_xds_dump_t lg_xds_dump_t;
+typedef struct st_lg_runtime_t lg_runtime_t;
+typedef struct st_lg_ecds_filter_t lg_ecds_filter_t;
+typedef struct st_lg_scoped_routes_t lg_scoped_routes_t;
+
+/* The SRDS scopes of one ScopedRoutes.name, compiled (scoped_routes.h) with a
+ * key builder of its own: the set and the builder are only touched by the
+ * last release of this wrapper, whose count is atomic (snapshots are released
+ * on worker threads). */
+typedef struct st_lg_snapshot_scopes_t {
+    size_t refcnt; /* atomic */
+    char *name;    /* ScopedRoutes.name */
+    lg_scoped_routes_t *set;
+} lg_snapshot_scopes_t;
 /* The accept sockets of one listener, one per worker (server.c). */
 typedef struct st_lg_listener_socks_t lg_listener_socks_t;
 typedef struct st_lg_snapshot_pins_t lg_snapshot_pins_t;
@@ -38,6 +51,11 @@ struct st_lg_snapshot_t {
     size_t n_routes;
     const ProtobufCMessage *bootstrap; /* as loaded, for /config_dump; owned by the server */
     lg_xds_dump_t *xds;                /* dynamic resources for /config_dump, or NULL */
+    lg_runtime_t *runtime;             /* the runtime (layered_runtime) when built, or NULL: defaults */
+    lg_ecds_filter_t **ecds;           /* discovered HTTP filter configs (ECDS), sorted by name (xds_ecds.h) */
+    size_t n_ecds;
+    lg_snapshot_scopes_t **scopes; /* SRDS scope sets, sorted by name */
+    size_t n_scopes;
     uint64_t last_updated_wall_us;     /* of the static resources */
     /* worker-local use counts and route table pins, one per worker (only that worker touches its slot) */
     size_t *worker_uses;
@@ -63,6 +81,18 @@ void lg_snapshot_release(lg_worker_t *w, lg_snapshot_t *s);
  * unknown (not received yet): Envoy answers 404 then.
  */
 const lg_route_table_t *lg_snapshot_route_table(lg_snapshot_t *s, const lg_hcm_config_t *hcm);
+/* The newest discovered config of the ECDS filter `name`, or NULL. */
+lg_ecds_filter_t *lg_snapshot_find_ecds(const lg_snapshot_t *s, const char *name);
+/*
+ * The route table of a request on an HCM: lg_snapshot_route_table(), or for
+ * scoped_routes the table of the scope the request's key selects (inline
+ * scopes; SRDS scopes from the worker's newest snapshot, pinned like RDS
+ * tables). NULL (Envoy: 404 NR) when no scope matches or its table is unknown.
+ */
+const lg_route_table_t *lg_snapshot_route_table_for(lg_snapshot_t *s, const lg_hcm_config_t *hcm, const lg_req_head_t *req);
+lg_snapshot_scopes_t *lg_snapshot_scopes_new(const char *name, lg_scoped_routes_t *set);
+lg_snapshot_scopes_t *lg_snapshot_scopes_ref(lg_snapshot_scopes_t *sc);
+void lg_snapshot_scopes_release(lg_snapshot_scopes_t *sc);
 /* NULL when the snapshot has no RDS table of that name. */
 lg_route_table_t *lg_snapshot_find_routes(const lg_snapshot_t *s, const char *name);
 /* Pins: a worker marks the snapshots of connections that have streams, then
@@ -88,6 +118,13 @@ lg_snapshot_t *lg_server_current_snapshot(void);
 void lg_listener_socks_release(lg_listener_socks_t *socks);
 
 uint64_t lg_server_next_connection_id(void);
+/* Envoy's drainClose(), asked by the HCM before each response: whether the
+ * connection should drain now (h1 `connection: close` on this response, h2
+ * GOAWAY). True while a drain covers it (SIGTERM, /drain_listeners, an LDS
+ * update of its chain): always with the immediate strategy, with the gradual
+ * one with a probability growing from 0 to 1 over the drain time; and while
+ * health checks fail. */
+int lg_server_drain_close(const lg_hcm_conn_t *c);
 void lg_worker_add_connection(lg_worker_t *w, h2o_linklist_t *link);
 /* Access logs (issue: access logs); called when a stream ends. */
 void lg_server_log_access(lg_worker_t *w, const lg_listener_config_t *l, const lg_hcm_config_t *hcm, const lg_stream_info_t *info);

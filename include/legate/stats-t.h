@@ -67,32 +67,47 @@ typedef struct st_lg_stats_block_opts_t {
 
 typedef struct st_lg_stats_block_t lg_stats_block_t;
 
+/* What a block's set of stats needs beyond the per-row words: baselines of
+ * /reset_counters and text readouts. Allocated on first use (most blocks never
+ * have either); guarded by the registry mutex. */
+typedef struct st_lg_stats_block_extra_t {
+    uint64_t *baseline;      /* counter sums at the last /reset_counters (ndefs + 5), or NULL */
+    uint64_t *code_baseline; /* 500, or NULL */
+    char **texts;            /* text readouts (ndefs), or NULL */
+} lg_stats_block_extra_t;
+
+/* A block costs one allocation (this struct, its row pointers, the seen-used
+ * bitmap and the prefix) until a thread writes a stat: each row is allocated by
+ * the first write into it, so 10,000 clusters that no request reaches hold no
+ * worker rows. */
 struct st_lg_stats_block_t {
     /* Read on the request path; immutable after creation. */
-    uint64_t *rows;     /* nrows * row_words, each row 64-byte aligned */
-    size_t row_words;   /* multiple of 8 */
-    size_t class_off;   /* first of 5 class counters, or SIZE_MAX */
-    size_t used_off;    /* gauge "used" bitmap words */
-    uint16_t *hist_off; /* per def: first word of a histogram's region */
-    uint64_t **codes;   /* nrows * 5 lazily allocated arrays of 100 words, or NULL */
+    uint32_t row_words;       /* multiple of 8 */
+    uint32_t class_off;       /* first of 5 class counters, or UINT32_MAX */
+    uint32_t used_off;        /* gauge "used" bitmap words */
+    uint32_t each_code : 1;   /* counts each response code (codes) */
+    const uint16_t *hist_off; /* per def: first word of a histogram's region; NULL without histograms */
+    uint64_t **codes;         /* nrows * 5 lazily allocated arrays of 100 words; the array itself lazily too */
     /* Control side: immutable, or guarded by the registry mutex. */
-    char *_prefix;
+    const char *_prefix; /* in the block's allocation */
     const lg_stat_def_t *_defs;
-    size_t _ndefs;
+    uint32_t _ndefs;
+    uint32_t _nrows; /* lg_stats_nworkers + 1 when created */
+    uint32_t _hash;
     lg_stats_block_opts_t _opts;
-    size_t _refcnt;           /* atomic */
-    uint64_t *_baseline;      /* counter sums at the last /reset_counters (ndefs + 5), or NULL */
-    uint64_t *_code_baseline; /* 500, or NULL */
-    uint64_t *_seen_used;     /* gauges seen non-zero by a reader (bitmap) */
-    char **_texts;            /* text readouts (ndefs), or NULL */
+    size_t _refcnt; /* atomic */
+    lg_stats_block_extra_t *_extra;
+    uint64_t *_seen_used; /* gauges seen non-zero by a reader (bitmap, in the block's allocation) */
     struct st_lg_stats_block_t *_next, **_pprev;
     struct st_lg_stats_block_t *_hnext; /* the registry's by-prefix index chain */
-    uint32_t _hash;
+    /* Row r (0..nworkers; nworkers is the control row), NULL until written: owned by
+     * its writer, published with a release store (lg_stats__row_alloc). */
+    uint64_t *rows[];
 };
 
 /* One stat as read by the admin thread (lg_stats_snapshot). */
 typedef struct st_lg_stat_sample_t {
-    char *name;
+    char *name; /* in the snapshot's name buffer */
     lg_stat_type_t type;
     int used;
     uint64_t value; /* counters (minus the reset baseline) and gauges */
@@ -103,6 +118,7 @@ typedef struct st_lg_stat_sample_t {
 typedef struct st_lg_stats_snapshot_t {
     lg_stat_sample_t *samples;
     size_t count, cap;
+    char *_names; /* every sample's name, one allocation (10,000 clusters make 470,000 samples) */
 } lg_stats_snapshot_t;
 
 /* Returns non-zero to keep a stat in a snapshot. */

@@ -31,9 +31,16 @@ void lg_stats_block_retain(lg_stats_block_t *b);
 void lg_stats_block_release(lg_stats_block_t *b);
 const char *lg_stats_block_prefix(const lg_stats_block_t *b);
 
+uint64_t *lg_stats__row_alloc(lg_stats_block_t *b, size_t row);
+
+/* The row of a writer (allocated on its first write). Workers, and the control
+ * and admin threads for the control row, only. */
 static inline uint64_t *lg_stats_block_row(lg_stats_block_t *b, size_t row)
 {
-    return b->rows + row * b->row_words;
+    uint64_t *r = __atomic_load_n(&b->rows[row], __ATOMIC_ACQUIRE);
+    if (__builtin_expect(r == NULL, 0))
+        r = lg_stats__row_alloc(b, row);
+    return r;
 }
 
 /* The word of stat `idx` (a counter or gauge) in `row`. Only the owner of the row writes it. */
@@ -79,18 +86,20 @@ static inline void lg_stats_histogram_record(lg_stats_block_t *b, size_t row, si
     lg_stats__add(h + LG_STATS_HIST_BUCKETS + 1, value);
 }
 
+/* The code counters of class `cls` in `row`, allocated on first use. */
 uint64_t *lg_stats__code_slots(lg_stats_block_t *b, size_t row, size_t cls);
 
 /* Counts a response code: the class counter <code_prefix>Nxx, and <code_prefix><code>
  * when the block counts each code. Codes outside 100..599 are ignored. */
 static inline void lg_stats_block_code(lg_stats_block_t *b, size_t row, unsigned code)
 {
-    if (code < 100 || code > 599 || b->class_off == SIZE_MAX)
+    if (code < 100 || code > 599 || b->class_off == UINT32_MAX)
         return;
     size_t cls = code / 100 - 1;
     lg_stats__add(lg_stats_block_row(b, row) + b->class_off + cls, 1);
-    if (b->codes != NULL) {
-        uint64_t *slots = b->codes[row * 5 + cls];
+    if (b->each_code) {
+        uint64_t **codes = __atomic_load_n(&b->codes, __ATOMIC_ACQUIRE);
+        uint64_t *slots = codes != NULL ? __atomic_load_n(&codes[row * 5 + cls], __ATOMIC_ACQUIRE) : NULL;
         if (slots == NULL)
             slots = lg_stats__code_slots(b, row, cls);
         lg_stats__add(slots + code % 100, 1);

@@ -82,5 +82,8 @@ void lg_tcp_proxy_conn_close(lg_tcp_proxy_conn_t *c);
  * connections when a drain starts, only when the drain time is over. */
 size_t lg_tcp_proxy_active_connections(void);
 void lg_tcp_proxy_close_all(void);
+/* The number of this worker's connections on the chain of `cfg`; with
+ * `close` they are closed too (the end of the chain's drain). */
+size_t lg_tcp_proxy_on_config(const lg_tcp_proxy_config_t *cfg, int close);
 
 #endif

@@ -107,8 +107,7 @@ typedef struct st_lg_tls_context_t {
     unsigned only_verify_leaf_crl : 1;
     unsigned disable_tickets : 1;
     unsigned disable_session_cache : 1;
-    unsigned auto_sni_san_validation : 1; /* client: match the SNI against the DNS SANs */
-    uint32_t max_verify_depth;            /* 0 = OpenSSL's default */
+    uint32_t max_verify_depth; /* 0 = OpenSSL's default */
     /* tls_params */
     int min_version, max_version; /* TLS1_2_VERSION ... */
     char *cipher_list;            /* TLS <= 1.2 (OpenSSL syntax); NULL = OpenSSL's */
@@ -118,6 +117,8 @@ typedef struct st_lg_tls_context_t {
     /* ALPN in wire format (length-prefixed): server preference / client offer */
     h2o_iovec_t alpn;
     char *sni;                  /* client: UpstreamTlsContext.sni, NULL when empty */
+    uint8_t config_hash[32];    /* client: SHA-256 of the UpstreamTlsContext and the owner (lg_tls_context_same) */
+    uint32_t max_session_keys;  /* client: sessions kept for resumption (default 1; 0 = no resumption) */
     uint32_t session_timeout_s; /* server: 0 = OpenSSL's default */
     uint8_t (*ticket_keys)[80]; /* server: session_ticket_keys (name 16, hmac 32, aes 32) */
     size_t n_ticket_keys;
@@ -144,7 +145,11 @@ typedef struct st_lg_tls_context_t {
     SSL_CTX *_ssl_ctx;
     lg_tls_watch_t *_watches;
     size_t _n_watches;
-    uint64_t _generation;                        /* +1 per rebuild */
+    uint64_t _generation; /* +1 per rebuild */
+    /* client: the sessions kept for resumption, newest first, each for the
+     * SNI and verified name it was made with; guarded by _mutex */
+    struct st_lg_tls_session_t *_sessions;
+    size_t _n_sessions;
     struct st_lg_tls_context_t *_next, **_pprev; /* reload registry, when _n_watches != 0 */
 } lg_tls_context_t;
 

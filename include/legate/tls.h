@@ -22,6 +22,9 @@ lg_tls_context_t *lg_tls_downstream_compile(const Envoy__Extensions__TransportSo
 lg_tls_context_t *lg_tls_upstream_compile(const Envoy__Extensions__TransportSockets__Tls__V3__UpstreamTlsContext *m,
                                           const char *stats_prefix, lg_error_t *err);
 lg_tls_context_t *lg_tls_context_addref(lg_tls_context_t *t);
+/* Whether two client contexts were compiled from the same UpstreamTlsContext
+ * for the same owner (connections made with one may serve the other). */
+int lg_tls_context_same(const lg_tls_context_t *a, const lg_tls_context_t *b);
 /* Drops a reference from any thread (NULL is fine). */
 void lg_tls_context_release(lg_tls_context_t *t);
 
@@ -55,16 +58,23 @@ SSL_CTX *lg_tls_context_ssl_ctx(lg_tls_context_t *t);
 int lg_tls_handshake_done(lg_tls_context_t *t, h2o_socket_t *sock, const char *err, char *reason, size_t cap);
 /* The ALPN protocol negotiated on sock ("" when none). */
 h2o_iovec_t lg_tls_alpn(h2o_socket_t *sock);
+/* After a failed handshake, before the socket is closed: writes the alert
+ * OpenSSL queued, which libh2o 2.2.5 would drop. */
+void lg_tls_send_pending_alert(h2o_socket_t *sock);
 /* The SNI the client sent on a server-side TLS socket, or NULL. */
 const char *lg_tls_server_name(h2o_socket_t *sock);
 /* Wire-format ALPN list for a client handshake when the context has none:
  * "h2", "http/1.1" or both (auto). */
 extern const h2o_iovec_t lg_tls_alpn_h2, lg_tls_alpn_http11, lg_tls_alpn_auto;
-/* Sets the ALPN offer and SNI on a client socket before its handshake runs
- * (call right after h2o_socket_ssl_handshake would be too late: use
- * lg_tls_client_handshake). `sni` may be NULL. */
-void lg_tls_client_handshake(lg_tls_context_t *t, h2o_socket_t *sock, SSL_CTX *ctx, const char *sni, h2o_iovec_t default_alpn,
-                             h2o_socket_cb cb);
+/* Starts a client handshake with the ALPN offer and SNI set (after
+ * h2o_socket_ssl_handshake would be too late: it sends the ClientHello).
+ * `sni` may be NULL. `verify_name` (auto_san_validation; may be NULL)
+ * replaces the context's SAN matchers: the certificate must have a DNS SAN
+ * covering it (wildcards as Envoy) or an IP SAN equal to it. The handshake
+ * offers the newest session kept for the same SNI and verify_name
+ * (max_session_keys); a TLS 1.3 session is offered once. */
+void lg_tls_client_handshake(lg_tls_context_t *t, h2o_socket_t *sock, SSL_CTX *ctx, const char *sni, const char *verify_name,
+                             h2o_iovec_t default_alpn, h2o_socket_cb cb);
 
 /* ---- certificate reload ---- */
 

@@ -13,8 +13,19 @@
 #include <stdint.h>
 #include <protobuf-c/protobuf-c.h>
 
-/* The resource types, in the order Envoy subscribes to them on ADS. */
-typedef enum en_lg_xds_type_t { LG_XDS_CDS, LG_XDS_EDS, LG_XDS_LDS, LG_XDS_RDS, LG_XDS_SDS, LG_XDS__NTYPES } lg_xds_type_t;
+/* The resource types, in the order Envoy subscribes to them on ADS (then
+ * RTDS: Runtime, ECDS: TypedExtensionConfig, SRDS: ScopedRouteConfiguration). */
+typedef enum en_lg_xds_type_t {
+    LG_XDS_CDS,
+    LG_XDS_EDS,
+    LG_XDS_LDS,
+    LG_XDS_RDS,
+    LG_XDS_SDS,
+    LG_XDS_RTDS,
+    LG_XDS_ECDS,
+    LG_XDS_SRDS,
+    LG_XDS__NTYPES
+} lg_xds_type_t;
 
 /* One version of one resource as the control plane sent it. */
 typedef struct st_lg_xds_resource_t {

@@ -20,6 +20,7 @@
 #include <h2o/multithread.h>
 #include <h2o/socket.h>
 #include <h2o/time_.h>
+#include "legate/listener-t.h"
 #include "legate/stats.h"
 #include "admin_internal.h"
 
@@ -53,10 +54,13 @@ static size_t nhandlers;
 static int builtins_registered;
 
 /* http.admin.* (written by the admin thread only, into the control row). */
-#define ADMIN_STATS(X) X(COUNTER, downstream_cx_total) X(GAUGE, downstream_cx_active) X(COUNTER, downstream_rq_total)
+#define ADMIN_STATS(X) \
+    X(COUNTER, downstream_cx_total) X(GAUGE, downstream_cx_active) X(COUNTER, downstream_cx_destroy) X(COUNTER, downstream_rq_total)
 #define ADMIN_STAT_ENUM(type, name) ADMIN_STAT_##name,
 enum { ADMIN_STATS(ADMIN_STAT_ENUM) ADMIN_STAT__COUNT };
 static const lg_stat_def_t admin_stat_defs[] = {ADMIN_STATS(LG_STAT_DEF)};
+/* listener.admin.*: Envoy counts the admin listener like any other (admin thread only). */
+static const lg_stat_def_t admin_listener_stat_defs[] = {LG_LISTENER_STATS(LG_STAT_DEF)};
 
 typedef struct st_conn_t {
     h2o_socket_t *sock;
@@ -66,6 +70,7 @@ typedef struct st_conn_t {
     int writing;
     int close_after;
     int continue_sent; /* "100 Continue" answered the current request's Expect */
+    uint64_t start_ms;
 } conn_t;
 
 static struct {
@@ -83,6 +88,7 @@ static struct {
     uint16_t port;
     char *bound; /* what --admin-address-path receives */
     lg_stats_block_t *stats;
+    lg_stats_block_t *listener_stats;
 } admin;
 
 /* ---- handler registry -------------------------------------------------------------------------------------------------------- */
@@ -374,11 +380,17 @@ static const char *reason_phrase(int status)
 
 static void close_conn(conn_t *c)
 {
+    uint64_t start_ms = c->start_ms;
     h2o_linklist_unlink(&c->link);
     h2o_socket_close(c->sock);
     lg_strbuf_free(&c->out);
     free(c);
     LG_STAT_DEC(admin.stats, lg_stats_nworkers, ADMIN_STAT_downstream_cx_active);
+    LG_STAT_INC(admin.stats, lg_stats_nworkers, ADMIN_STAT_downstream_cx_destroy);
+    LG_STAT_DEC(admin.listener_stats, lg_stats_nworkers, LG_LISTENER_STAT_downstream_cx_active);
+    LG_STAT_INC(admin.listener_stats, lg_stats_nworkers, LG_LISTENER_STAT_downstream_cx_destroy);
+    lg_stats_histogram_record(admin.listener_stats, lg_stats_nworkers, LG_LISTENER_STAT_downstream_cx_length_ms,
+                              lg_now_ms() - start_ms);
 }
 
 static void handle_input(conn_t *c);
@@ -566,6 +578,9 @@ static void on_accept(h2o_socket_t *listener, const char *err)
         h2o_linklist_insert(&admin.conns, &c->link);
         LG_STAT_INC(admin.stats, lg_stats_nworkers, ADMIN_STAT_downstream_cx_total);
         LG_STAT_INC(admin.stats, lg_stats_nworkers, ADMIN_STAT_downstream_cx_active);
+        LG_STAT_INC(admin.listener_stats, lg_stats_nworkers, LG_LISTENER_STAT_downstream_cx_total);
+        LG_STAT_INC(admin.listener_stats, lg_stats_nworkers, LG_LISTENER_STAT_downstream_cx_active);
+        c->start_ms = lg_now_ms();
         h2o_socket_read_start(sock, on_read);
     }
 }
@@ -615,6 +630,7 @@ static int start_on_fd(int fd, lg_error_t *err)
     }
     admin.stats = lg_stats_block_new_ex("http.admin.", admin_stat_defs, ADMIN_STAT__COUNT,
                                         &(lg_stats_block_opts_t){.code_prefix = "downstream_rq_"});
+    admin.listener_stats = lg_stats_block_new("listener.admin.", admin_listener_stat_defs, LG_ARRAY_SIZE(admin_listener_stat_defs));
     admin.listen_fd = fd;
     h2o_linklist_init_anchor(&admin.conns);
     admin.stopping = 0;
@@ -742,6 +758,8 @@ void lg_admin_stop(void)
     lg__admin_basic_handlers_dispose();
     lg_stats_block_release(admin.stats);
     admin.stats = NULL;
+    lg_stats_block_release(admin.listener_stats);
+    admin.listener_stats = NULL;
     free(admin.bound);
     admin.bound = NULL;
     admin.port = 0;

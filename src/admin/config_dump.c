@@ -42,6 +42,21 @@ static Google__Protobuf__Timestamp *timestamp(uint64_t wall_us)
     return t;
 }
 
+/* An Any of a message's wire bytes (copied). */
+static Google__Protobuf__Any *any_of_bytes(const ProtobufCMessageDescriptor *desc, ProtobufCBinaryData bytes)
+{
+    Google__Protobuf__Any *a = lg_malloc(sizeof(*a));
+    google__protobuf__any__init(a);
+    size_t n = strlen(desc->name);
+    a->type_url = lg_malloc(sizeof(TYPE_PREFIX) + n);
+    memcpy(a->type_url, TYPE_PREFIX, sizeof(TYPE_PREFIX) - 1);
+    memcpy(a->type_url + sizeof(TYPE_PREFIX) - 1, desc->name, n + 1);
+    a->value.len = bytes.len;
+    a->value.data = lg_malloc(bytes.len + 1);
+    memcpy(a->value.data, bytes.data, bytes.len);
+    return a;
+}
+
 /* The Any of a resource as the control plane sent it. */
 static Google__Protobuf__Any *any_of_res(const lg_xds_resource_t *r)
 {
@@ -167,20 +182,33 @@ static ProtobufCMessage *bootstrap_dump(const lg_config_dump_src_t *src)
     return &d->base;
 }
 
+static Envoy__Admin__V3__ClustersConfigDump__StaticCluster *static_cluster(Google__Protobuf__Any *any,
+                                                                           const lg_config_dump_src_t *src)
+{
+    Envoy__Admin__V3__ClustersConfigDump__StaticCluster *c = lg_malloc(sizeof(*c));
+    envoy__admin__v3__clusters_config_dump__static_cluster__init(c);
+    c->cluster = any;
+    c->last_updated = timestamp(src->last_updated_wall_us);
+    return c;
+}
+
 static ProtobufCMessage *clusters_dump(const lg_config_dump_src_t *src)
 {
     const Envoy__Config__Bootstrap__V3__Bootstrap *b = (const void *)src->bootstrap;
     Envoy__Admin__V3__ClustersConfigDump *d = lg_malloc(sizeof(*d));
     envoy__admin__v3__clusters_config_dump__init(d);
-    size_t n = b->static_resources != NULL ? b->static_resources->n_clusters : 0;
+    const Envoy__Config__Bootstrap__V3__Bootstrap__StaticResources *sr = b->static_resources;
+    /* the server keeps static clusters compacted once compiled (lg_pb_compact_repeated) */
+    size_t n = sr != NULL ? sr->n_clusters : 0, pos = 0;
+    ProtobufCBinaryData bytes;
+    while (sr != NULL && lg_pb_compacted_next(&sr->base, "clusters", &pos, &bytes))
+        ++n;
     d->static_clusters = lg_calloc(n ? n : 1, sizeof(*d->static_clusters));
-    for (size_t i = 0; i != n; ++i) {
-        Envoy__Admin__V3__ClustersConfigDump__StaticCluster *c = lg_malloc(sizeof(*c));
-        envoy__admin__v3__clusters_config_dump__static_cluster__init(c);
-        c->cluster = any_of(&b->static_resources->clusters[i]->base);
-        c->last_updated = timestamp(src->last_updated_wall_us);
-        d->static_clusters[d->n_static_clusters++] = c;
-    }
+    for (size_t i = 0; sr != NULL && i != sr->n_clusters; ++i)
+        d->static_clusters[d->n_static_clusters++] = static_cluster(any_of(&sr->clusters[i]->base), src);
+    for (pos = 0; sr != NULL && lg_pb_compacted_next(&sr->base, "clusters", &pos, &bytes);)
+        d->static_clusters[d->n_static_clusters++] =
+            static_cluster(any_of_bytes(&envoy__config__cluster__v3__cluster__descriptor, bytes), src);
     if (src->xds != NULL)
         dynamic_clusters(d, src->xds);
     return &d->base;
@@ -343,6 +371,50 @@ static ProtobufCMessage *secrets_dump(const lg_config_dump_src_t *src)
     return &d->base;
 }
 
+/* ECDS: Envoy's ecds_filter_http, present only when HTTP filters use config_discovery. */
+static ProtobufCMessage *ecds_dump(const lg_config_dump_src_t *src)
+{
+    if (src->xds == NULL || src->xds->n_items[LG_XDS_ECDS] == 0)
+        return NULL;
+    Envoy__Admin__V3__EcdsConfigDump *d = lg_malloc(sizeof(*d));
+    envoy__admin__v3__ecds_config_dump__init(d);
+    for (size_t i = 0; i != src->xds->n_items[LG_XDS_ECDS]; ++i) {
+        const lg_xds_dump_item_t *it = src->xds->items[LG_XDS_ECDS] + i;
+        const lg_xds_resource_t *r = it->active != NULL ? it->active : it->failed;
+        Envoy__Admin__V3__EcdsConfigDump__EcdsFilterConfig *f = lg_malloc(sizeof(*f));
+        envoy__admin__v3__ecds_config_dump__ecds_filter_config__init(f);
+        f->version_info = lg_strdup(r->version);
+        f->ecds_filter = any_of_res(r);
+        f->last_updated = timestamp(r->last_updated_wall_us);
+        f->error_state = failure_state(it);
+        APPEND(d->ecds_filters, d->n_ecds_filters, f);
+    }
+    return &d->base;
+}
+
+/* SRDS: Envoy's scoped_routes, one DynamicScopedRouteConfigs per ScopedRoutes.name. */
+static ProtobufCMessage *scoped_routes_dump(const lg_config_dump_src_t *src)
+{
+    if (src->xds == NULL || src->xds->n_items[LG_XDS_SRDS] == 0)
+        return NULL;
+    Envoy__Admin__V3__ScopedRoutesConfigDump *d = lg_malloc(sizeof(*d));
+    envoy__admin__v3__scoped_routes_config_dump__init(d);
+    Envoy__Admin__V3__ScopedRoutesConfigDump__DynamicScopedRouteConfigs *g = NULL;
+    for (size_t i = 0; i != src->xds->n_items[LG_XDS_SRDS]; ++i) {
+        const lg_xds_dump_item_t *it = src->xds->items[LG_XDS_SRDS] + i;
+        if (g == NULL || strcmp(g->name, it->name) != 0) {
+            g = lg_malloc(sizeof(*g));
+            envoy__admin__v3__scoped_routes_config_dump__dynamic_scoped_route_configs__init(g);
+            g->name = lg_strdup(it->name);
+            g->version_info = lg_strdup(src->xds->version_info[LG_XDS_SRDS]);
+            g->last_updated = timestamp(it->active->last_updated_wall_us);
+            APPEND(d->dynamic_scoped_route_configs, d->n_dynamic_scoped_route_configs, g);
+        }
+        APPEND(g->scoped_route_configs, g->n_scoped_route_configs, any_of_res(it->active));
+    }
+    return &d->base;
+}
+
 /* ---- ?mask= and ?resource= ---- */
 
 static void put_varint(lg_strbuf_t *b, uint64_t v)
@@ -470,14 +542,16 @@ static void add_resources(Envoy__Admin__V3__ConfigDump *dump, const ProtobufCMes
 
 void lg_config_dump(lg_strbuf_t *out, const lg_config_dump_src_t *src)
 {
-    ProtobufCMessage *(*const parts[])(const lg_config_dump_src_t *) = {bootstrap_dump, clusters_dump, endpoints_dump,
-                                                                        listeners_dump, routes_dump,   secrets_dump};
+    ProtobufCMessage *(*const parts[])(const lg_config_dump_src_t *) = {
+        bootstrap_dump, clusters_dump, ecds_dump, endpoints_dump, listeners_dump, scoped_routes_dump, routes_dump, secrets_dump};
     Envoy__Admin__V3__ConfigDump dump;
     envoy__admin__v3__config_dump__init(&dump);
     for (size_t i = 0; i != LG_ARRAY_SIZE(parts); ++i) {
         if (parts[i] == endpoints_dump && !src->include_eds)
             continue;
         ProtobufCMessage *m = parts[i](src);
+        if (m == NULL)
+            continue;
         if (src->resource != NULL)
             add_resources(&dump, m, src->resource, src->mask);
         else

@@ -3,6 +3,7 @@
  * Envoy's output shapes: text readouts, then counters and gauges, then
  * histograms, each sorted by name; Prometheus groups by tag-extracted name.
  */
+#include <malloc.h>
 #include <math.h>
 #include <regex.h>
 #include "legate/stats.h"
@@ -346,6 +347,7 @@ static void render(const lg_admin_request_t *req, lg_admin_response_t *res, stat
     lg_stats_snapshot_t snap;
     lg_stats_server_refresh(lg_admin_healthcheck_failed());
     lg_stats_snapshot(&snap, keep_stat, p);
+    size_t snap_count = snap.count;
     switch (p->format) {
     case FORMAT_TEXT:
         render_text(&res->body, &snap);
@@ -359,6 +361,9 @@ static void render(const lg_admin_request_t *req, lg_admin_response_t *res, stat
         break;
     }
     lg_stats_snapshot_free(&snap);
+    /* a snapshot of 10,000 clusters takes tens of MB for a moment: give the pages back */
+    if (snap_count > 10000)
+        malloc_trim(0);
 }
 
 static void handle_stats(const lg_admin_request_t *req, lg_admin_response_t *res, void *ctx)

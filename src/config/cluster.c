@@ -2,6 +2,7 @@
  * Compiles envoy.config.cluster.v3.Cluster into an immutable
  * lg_cluster_config_t. Runs on the control thread.
  */
+#include <ctype.h>
 #include <sys/un.h>
 #include "legate/address.h"
 #include "legate/cluster.h"
@@ -315,15 +316,27 @@ static int compile_auto_config(lg_cluster_config_t *cfg, const auto_config_proto
     return compile_h2(cfg, a->http2_protocol_options, sub, err);
 }
 
-/* auto_sni and auto_san_validation need connection pools keyed by the SNI
- * (the request's host), which the pools do not have yet. */
-static int check_upstream_http_options(const Envoy__Config__Core__V3__UpstreamHttpProtocolOptions *u, const char *path,
-                                       lg_error_t *err)
+/* auto_sni, auto_san_validation, override_auto_sni_header (the pools key
+ * connections by the request's name). */
+static int compile_upstream_http_options(lg_cluster_config_t *cfg, const Envoy__Config__Core__V3__UpstreamHttpProtocolOptions *u,
+                                         const char *path, lg_error_t *err)
 {
-    if (u != NULL && u->auto_sni)
-        return lg_error(err, "%s.upstream_http_protocol_options.auto_sni: not supported yet", path);
-    if (u != NULL && u->auto_san_validation)
-        return lg_error(err, "%s.upstream_http_protocol_options.auto_san_validation: not supported yet", path);
+    if (u == NULL)
+        return 0;
+    cfg->auto_sni = u->auto_sni != 0;
+    cfg->auto_san_validation = u->auto_san_validation != 0;
+    free(cfg->override_auto_sni_header);
+    cfg->override_auto_sni_header = NULL;
+    if (u->override_auto_sni_header != NULL && u->override_auto_sni_header[0] != '\0') {
+        const char *h = u->override_auto_sni_header;
+        for (const char *p = h; *p != '\0'; ++p)
+            if (*p <= ' ' || *p == ':' || *p >= 0x7f)
+                return lg_error(err, "%s.upstream_http_protocol_options.override_auto_sni_header: invalid header name \"%s\"", path,
+                                h);
+        cfg->override_auto_sni_header = lg_strdup(h);
+        for (char *p = cfg->override_auto_sni_header; *p != '\0'; ++p)
+            *p = (char)tolower((unsigned char)*p);
+    }
     return 0;
 }
 
@@ -400,7 +413,7 @@ static int compile_http_protocol_options(lg_cluster_config_t *cfg, const Google_
     default:
         break;
     }
-    if (check_upstream_http_options(o->upstream_http_protocol_options, path, err) != 0)
+    if (compile_upstream_http_options(cfg, o->upstream_http_protocol_options, path, err) != 0)
         goto Exit;
     ret = 0;
 Exit:
@@ -660,6 +673,7 @@ lg_cluster_config_t *lg_cluster_config_with_endpoints(const lg_cluster_config_t 
     set_hosts(n, &hosts);
     if (n->tls != NULL)
         lg_tls_context_addref(n->tls);
+    n->override_auto_sni_header = cfg->override_auto_sni_header != NULL ? lg_strdup(cfg->override_auto_sni_header) : NULL;
     n->shared = shared_addref(cfg->shared);
     carry_host_stats(n, cfg);
     publish_membership(n, !same_hosts(n, cfg));
@@ -688,6 +702,7 @@ void lg_cluster_config_release(lg_cluster_config_t *cfg)
     free(cfg->hosts);
     free(cfg->h2);
     lg_tls_context_release(cfg->tls);
+    free(cfg->override_auto_sni_header);
     free((char *)cfg->name);
     free((char *)cfg->stat_name);
     free((char *)cfg->eds_service_name);

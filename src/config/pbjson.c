@@ -33,7 +33,7 @@ static int decode_field(dec_t *d, ProtobufCMessage *m, const lg_pbfield_t *f, co
 
 static void location(const lg_node_t *n, char *buf, size_t size)
 {
-    if (n->source != NULL)
+    if (n->source != NULL && n->source->name[0] != '\0')
         snprintf(buf, size, "%s:%u", n->source->name, n->line);
     else
         snprintf(buf, size, "line %u", n->line);
@@ -1174,4 +1174,64 @@ ProtobufCMessage *lg_any_unpack(const Google__Protobuf__Any *any, const Protobuf
     if (m == NULL)
         lg_error(err, "unable to unpack %s from its Any", want->name);
     return m;
+}
+
+/* ---- compacted repeated fields ---- */
+
+static const ProtobufCFieldDescriptor *repeated_message_field(const ProtobufCMessage *msg, const char *field)
+{
+    const ProtobufCFieldDescriptor *fd = protobuf_c_message_descriptor_get_field_by_name(msg->descriptor, field);
+    if (fd == NULL || fd->label != PROTOBUF_C_LABEL_REPEATED || fd->type != PROTOBUF_C_TYPE_MESSAGE) {
+        fprintf(stderr, "legate: %s.%s is not a repeated message field\n", msg->descriptor->name, field);
+        abort();
+    }
+    return fd;
+}
+
+void lg_pb_compact_repeated(ProtobufCMessage *msg, const char *field)
+{
+    const ProtobufCFieldDescriptor *fd = repeated_message_field(msg, field);
+    size_t *n = &MEMBER(size_t, msg, fd->quantifier_offset);
+    ProtobufCMessage **items = MEMBER(ProtobufCMessage **, msg, fd->offset);
+    if (*n == 0)
+        return;
+    msg->unknown_fields = lg_realloc(msg->unknown_fields, (msg->n_unknown_fields + *n) * sizeof(*msg->unknown_fields));
+    for (size_t i = 0; i != *n; ++i) {
+        /* protobuf-c keeps (and packs) an unknown field as the bytes after its tag:
+         * for a length-delimited one, the varint length and the bytes */
+        size_t len = protobuf_c_message_get_packed_size(items[i]), prefix = 0;
+        uint8_t *data = lg_malloc(10 + len);
+        for (size_t v = len; v >= 0x80; v >>= 7)
+            data[prefix++] = (uint8_t)(v | 0x80);
+        data[prefix] = (uint8_t)(len >> (7 * prefix));
+        ++prefix;
+        protobuf_c_message_pack(items[i], data + prefix);
+        msg->unknown_fields[msg->n_unknown_fields++] =
+            (ProtobufCMessageUnknownField){fd->id, PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED, prefix + len, data};
+    }
+    /* freed only once all are packed: the bytes do not land in the holes of the
+     * messages, whose memory is then contiguous and can go back to the system */
+    for (size_t i = 0; i != *n; ++i)
+        protobuf_c_message_free_unpacked(items[i], NULL);
+    free(items);
+    MEMBER(ProtobufCMessage **, msg, fd->offset) = NULL;
+    *n = 0;
+}
+
+int lg_pb_compacted_next(const ProtobufCMessage *msg, const char *field, size_t *pos, ProtobufCBinaryData *out)
+{
+    const ProtobufCFieldDescriptor *fd = repeated_message_field(msg, field);
+    for (; *pos < msg->n_unknown_fields; ++*pos) {
+        const ProtobufCMessageUnknownField *u = msg->unknown_fields + *pos;
+        if (u->tag != fd->id || u->wire_type != PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED)
+            continue;
+        size_t prefix = 0;
+        while (prefix < u->len && (u->data[prefix] & 0x80) != 0)
+            ++prefix;
+        ++prefix; /* the varint length written by lg_pb_compact_repeated */
+        *out = (ProtobufCBinaryData){u->len - prefix, u->data + prefix};
+        ++*pos;
+        return 1;
+    }
+    return 0;
 }

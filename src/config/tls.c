@@ -10,7 +10,10 @@
 #include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <h2o/cache.h>
+#include <h2o/version.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -633,6 +636,27 @@ fail:
     return NULL;
 }
 
+/* What lg_tls_context_same compares: the message's encoding (protobuf-c
+ * packs fields in number order) and the owner. */
+static void hash_upstream_config(lg_tls_context_t *t, const Envoy__Extensions__TransportSockets__Tls__V3__UpstreamTlsContext *m)
+{
+    size_t len = protobuf_c_message_get_packed_size(&m->base);
+    uint8_t *buf = lg_malloc(len + 1);
+    protobuf_c_message_pack(&m->base, buf);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+    EVP_DigestUpdate(md, buf, len);
+    EVP_DigestUpdate(md, t->stats_prefix, strlen(t->stats_prefix) + 1);
+    EVP_DigestFinal_ex(md, t->config_hash, NULL);
+    EVP_MD_CTX_free(md);
+    free(buf);
+}
+
+int lg_tls_context_same(const lg_tls_context_t *a, const lg_tls_context_t *b)
+{
+    return a == b || (a->role == LG_TLS_CLIENT && b->role == LG_TLS_CLIENT && memcmp(a->config_hash, b->config_hash, 32) == 0);
+}
+
 lg_tls_context_t *lg_tls_upstream_compile(const Envoy__Extensions__TransportSockets__Tls__V3__UpstreamTlsContext *m,
                                           const char *stats_prefix, lg_error_t *err)
 {
@@ -654,6 +678,8 @@ lg_tls_context_t *lg_tls_upstream_compile(const Envoy__Extensions__TransportSock
         }
         t->sni = lg_strdup(m->sni);
     }
+    t->max_session_keys = LG_WRAPPED(m->max_session_keys, 1);
+    hash_upstream_config(t, m);
     if (finish(t, m->common_tls_context, err) != 0)
         goto fail;
     return t;
@@ -698,6 +724,77 @@ int lg_tls_transport_socket_compile(const Envoy__Config__Core__V3__TransportSock
     if (*out == NULL)
         return path_prefix(err, "typed_config");
     return 0;
+}
+
+/* ---- client sessions (max_session_keys) ---- */
+
+typedef struct st_lg_tls_session_t {
+    char *sni, *verify_name; /* NULL when none */
+    SSL_SESSION *session;
+} lg_tls_session_t;
+
+static void session_dispose(lg_tls_session_t *e)
+{
+    free(e->sni);
+    free(e->verify_name);
+    SSL_SESSION_free(e->session);
+}
+
+/* Call with _mutex held, or when no one else can see t. */
+static void sessions_clear(lg_tls_context_t *t)
+{
+    for (size_t i = 0; i != t->_n_sessions; ++i)
+        session_dispose(t->_sessions + i);
+    t->_n_sessions = 0;
+}
+
+static int same_name(const char *a, const char *b)
+{
+    return (a == NULL || *a == '\0') ? (b == NULL || *b == '\0') : b != NULL && strcmp(a, b) == 0;
+}
+
+/* Keeps a new session of ssl (newest first, at most max_session_keys);
+ * returns whether it took the reference. Sessions of an SSL_CTX that a
+ * reload replaced are dropped. */
+static int keep_session(lg_tls_context_t *t, SSL *ssl, SSL_SESSION *session, const char *verify_name)
+{
+    const char *sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    pthread_mutex_lock(&t->_mutex);
+    int kept = SSL_get_SSL_CTX(ssl) == t->_ssl_ctx && t->max_session_keys != 0;
+    if (kept) {
+        if (t->_n_sessions == t->max_session_keys)
+            session_dispose(t->_sessions + --t->_n_sessions);
+        t->_sessions = lg_realloc(t->_sessions, (t->_n_sessions + 1) * sizeof(t->_sessions[0]));
+        memmove(t->_sessions + 1, t->_sessions, t->_n_sessions * sizeof(t->_sessions[0]));
+        t->_sessions[0] =
+            (lg_tls_session_t){sni != NULL ? lg_strdup(sni) : NULL, verify_name != NULL ? lg_strdup(verify_name) : NULL, session};
+        ++t->_n_sessions;
+    }
+    pthread_mutex_unlock(&t->_mutex);
+    return kept;
+}
+
+/* The newest session kept for (sni, verify_name), with a reference, or
+ * NULL. A TLS 1.3 session is handed out once (Envoy: single use). */
+static SSL_SESSION *take_session(lg_tls_context_t *t, const char *sni, const char *verify_name)
+{
+    SSL_SESSION *found = NULL;
+    pthread_mutex_lock(&t->_mutex);
+    for (size_t i = 0; i != t->_n_sessions && found == NULL; ++i) {
+        lg_tls_session_t *e = t->_sessions + i;
+        if (!same_name(e->sni, sni) || !same_name(e->verify_name, verify_name) || !SSL_SESSION_is_resumable(e->session))
+            continue;
+        found = e->session;
+        if (SSL_SESSION_get_protocol_version(found) >= TLS1_3_VERSION) {
+            free(e->sni);
+            free(e->verify_name);
+            memmove(e, e + 1, (--t->_n_sessions - i) * sizeof(*e));
+        } else {
+            SSL_SESSION_up_ref(found);
+        }
+    }
+    pthread_mutex_unlock(&t->_mutex);
+    return found;
 }
 
 lg_tls_context_t *lg_tls_context_addref(lg_tls_context_t *t)
@@ -753,6 +850,8 @@ void lg_tls_context_release(lg_tls_context_t *t)
     if (t->_ssl_ctx != NULL)
         SSL_CTX_free(t->_ssl_ctx);
     watches_free(t->_watches, t->_n_watches);
+    sessions_clear(t);
+    free(t->_sessions);
     pthread_mutex_destroy(&t->_mutex);
     free(t);
 }
@@ -900,10 +999,14 @@ void lg_tls_secrets_clear(void)
 
 /* ---- SSL_CTX ---- */
 
-static int ctx_index = -1, src_index = -1;
+static int ctx_index = -1, src_index = -1, verify_name_index = -1;
 static pthread_once_t ctx_index_once = PTHREAD_ONCE_INIT;
-/* client ALPN/SNI for the handshake being started on this thread (lg_tls_client_handshake) */
-static __thread const h2o_iovec_t *client_alpn;
+/* what lg_tls_client_handshake gives the handshake it starts on this thread */
+typedef struct st_client_start_t {
+    h2o_iovec_t alpn;
+    const char *sni, *verify_name;
+} client_start_t;
+static __thread const client_start_t *client_start;
 
 /* An SSL_CTX of an SDS context owns the compile it was built from (the verify callback reads it). */
 static void src_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
@@ -912,10 +1015,18 @@ static void src_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long 
     lg_tls_context_release(ptr);
 }
 
+/* An SSL's auto_san_validation name (malloc'ed). */
+static void verify_name_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
+{
+    (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
+    free(ptr);
+}
+
 static void init_ctx_index(void)
 {
     ctx_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
     src_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, src_free);
+    verify_name_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, verify_name_free);
 }
 
 /* The context an SSL belongs to; valid during its handshake (the handshake holds a reference). */
@@ -986,6 +1097,39 @@ static int san_matches(const lg_tls_context_t *t, X509 *cert)
     return found;
 }
 
+/* Envoy's dnsNameMatch: equal (ignoring case), or a "*." SAN covering the
+ * first label. */
+static int dns_name_match(const char *name, const char *san, size_t san_len)
+{
+    size_t len = strlen(name);
+    if (len == san_len && strncasecmp(name, san, len) == 0)
+        return 1;
+    if (san_len > 1 && san[0] == '*' && san[1] == '.' && len > san_len - 1) {
+        size_t off = len - (san_len - 1);
+        return memchr(name, '.', off) == NULL && strncasecmp(name + off, san + 1, san_len - 1) == 0;
+    }
+    return 0;
+}
+
+/* auto_san_validation: a DNS SAN covering `name`, or an IP SAN equal to it. */
+static int name_in_sans(X509 *cert, const char *name)
+{
+    unsigned char ip[16];
+    int ip_len = inet_pton(AF_INET, name, ip) == 1 ? 4 : inet_pton(AF_INET6, name, ip) == 1 ? 16 : 0;
+    GENERAL_NAMES *names = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+    int found = 0;
+    for (int j = 0; names != NULL && j != sk_GENERAL_NAME_num(names) && !found; ++j) {
+        const GENERAL_NAME *g = sk_GENERAL_NAME_value(names, j);
+        if (g->type == GEN_DNS && ip_len == 0)
+            found =
+                dns_name_match(name, (const char *)ASN1_STRING_get0_data(g->d.dNSName), (size_t)ASN1_STRING_length(g->d.dNSName));
+        else if (g->type == GEN_IPADD && ip_len != 0)
+            found = ASN1_STRING_length(g->d.iPAddress) == ip_len && memcmp(ASN1_STRING_get0_data(g->d.iPAddress), ip, ip_len) == 0;
+    }
+    GENERAL_NAMES_free(names);
+    return found;
+}
+
 static int hash_listed(uint8_t (*list)[32], size_t n, const uint8_t *h)
 {
     for (size_t i = 0; i != n; ++i)
@@ -1038,7 +1182,8 @@ static int cert_verify_cb(X509_STORE_CTX *sctx, void *arg)
             return 0;
         }
     }
-    if (t->n_sans != 0 && !san_matches(t, leaf)) {
+    const char *verify_name = ssl != NULL ? SSL_get_ex_data(ssl, verify_name_index) : NULL;
+    if (verify_name != NULL ? !name_in_sans(leaf, verify_name) : t->n_sans != 0 && !san_matches(t, leaf)) {
         LG_DEBUG(connection, "verify cert failed: SAN matcher");
         stat_inc(owner, LG_TLS_STAT_fail_verify_san);
         X509_STORE_CTX_set_error(sctx, X509_V_ERR_HOSTNAME_MISMATCH);
@@ -1071,10 +1216,32 @@ static int alpn_select_cb(SSL *ssl, const unsigned char **out, unsigned char *ou
     return SSL_TLSEXT_ERR_NOACK;
 }
 
-static void client_info_cb(const SSL *ssl, int where, int ret)
+/* The first step of a handshake lg_tls_client_handshake starts: the
+ * ClientHello is not built yet, so the ALPN offer, the name to verify and the
+ * session to resume still apply. */
+static void client_info_cb(const SSL *cssl, int where, int ret)
 {
-    if ((where & SSL_CB_HANDSHAKE_START) != 0 && client_alpn != NULL && client_alpn->len != 0)
-        SSL_set_alpn_protos((SSL *)ssl, (const unsigned char *)client_alpn->base, (unsigned)client_alpn->len);
+    const client_start_t *start = client_start;
+    if ((where & SSL_CB_HANDSHAKE_START) == 0 || start == NULL)
+        return;
+    client_start = NULL; /* once per handshake */
+    SSL *ssl = (SSL *)cssl;
+    if (start->alpn.len != 0)
+        SSL_set_alpn_protos(ssl, (const unsigned char *)start->alpn.base, (unsigned)start->alpn.len);
+    if (start->verify_name != NULL)
+        SSL_set_ex_data(ssl, verify_name_index, lg_strdup(start->verify_name));
+    lg_tls_context_t *t = context_of(ssl);
+    SSL_SESSION *session = t != NULL && t->max_session_keys != 0 ? take_session(t, start->sni, start->verify_name) : NULL;
+    if (session != NULL) {
+        SSL_set_session(ssl, session);
+        SSL_SESSION_free(session);
+    }
+}
+
+static int new_session_cb(SSL *ssl, SSL_SESSION *session)
+{
+    lg_tls_context_t *t = context_of(ssl);
+    return t != NULL && keep_session(t, ssl, session, SSL_get_ex_data(ssl, verify_name_index));
 }
 
 static int ticket_key_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *hctx, int enc)
@@ -1308,7 +1475,12 @@ static SSL_CTX *build_ssl_ctx(lg_tls_context_t *t, lg_tls_context_t *src, lg_tls
         apply_server_session(ctx, t);
     } else {
         SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
-        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+        if (t->max_session_keys != 0) {
+            SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+            SSL_CTX_sess_set_new_cb(ctx, new_session_cb);
+        } else {
+            SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+        }
         SSL_CTX_set_info_callback(ctx, client_info_cb);
     }
     ERR_clear_error();
@@ -1388,15 +1560,15 @@ SSL_CTX *lg_tls_context_ssl_ctx(lg_tls_context_t *t)
 const h2o_iovec_t lg_tls_alpn_h2 = {"\x02h2", 3}, lg_tls_alpn_http11 = {"\x08http/1.1", 9},
                   lg_tls_alpn_auto = {"\x02h2\x08http/1.1", 12};
 
-void lg_tls_client_handshake(lg_tls_context_t *t, h2o_socket_t *sock, SSL_CTX *ctx, const char *sni, h2o_iovec_t default_alpn,
-                             h2o_socket_cb cb)
+void lg_tls_client_handshake(lg_tls_context_t *t, h2o_socket_t *sock, SSL_CTX *ctx, const char *sni, const char *verify_name,
+                             h2o_iovec_t default_alpn, h2o_socket_cb cb)
 {
-    h2o_iovec_t alpn = t->alpn.len != 0 ? t->alpn : default_alpn;
+    client_start_t start = {t->alpn.len != 0 ? t->alpn : default_alpn, sni, verify_name};
     /* h2o builds and sends the ClientHello inside this call; the info callback
-     * sets the offer on the new SSL. An empty name sends no SNI. */
-    client_alpn = &alpn;
+     * applies `start` to the new SSL. An empty name sends no SNI. */
+    client_start = &start;
     h2o_socket_ssl_handshake(sock, ctx, sni != NULL ? sni : "", cb);
-    client_alpn = NULL;
+    client_start = NULL;
 }
 
 /* ---- reload ---- */
@@ -1430,6 +1602,7 @@ static int rebuild(lg_tls_context_t *t)
     t->_n_watches = n;
     t->_not_ready = not_ready;
     ++t->_generation;
+    sessions_clear(t); /* sessions of the old certificates and trust */
     pthread_mutex_unlock(&t->_mutex);
     SSL_CTX_free(old);
     watches_free(old_watches, old_n);
@@ -1469,17 +1642,70 @@ size_t lg_tls_reload_poll(void)
 
 /* ---- handshakes ---- */
 
-/* libh2o 2.2.5 has no accessor for a socket's SSL: its private
- * struct st_h2o_socket_ssl_t (lib/common/socket.c) starts with the SSL_CTX and
- * the SSL, which is what this mirrors. */
-struct st_h2o_socket_ssl_prefix_t {
+/* libh2o 2.2.5 has no accessor for a socket's SSL, nor for the TLS bytes it
+ * has not written yet: this mirrors its private struct st_h2o_socket_ssl_t
+ * (lib/common/socket.c, as Debian builds it: without picotls). */
+#if H2O_LIBRARY_VERSION_MAJOR != 0 || H2O_LIBRARY_VERSION_MINOR != 13
+#error "struct st_h2o_socket_ssl_mirror_t mirrors libh2o 0.13 (h2o 2.2): check lib/common/socket.c"
+#endif
+struct st_h2o_socket_ssl_mirror_t {
     SSL_CTX *ssl_ctx;
     SSL *ossl;
+    int *did_write_in_read;
+    size_t record_overhead;
+    struct {
+        h2o_socket_cb cb;
+        union {
+            struct {
+                int async_resumption_state;
+                SSL_SESSION *async_resumption_session_data;
+            } server;
+            struct {
+                char *server_name;
+                h2o_cache_t *session_cache;
+                h2o_iovec_t session_cache_key;
+                h2o_cache_hashcode_t session_cache_key_hash;
+            } client;
+        };
+    } handshake;
+    struct {
+        h2o_buffer_t *encrypted;
+    } input;
+    struct {
+        H2O_VECTOR(h2o_iovec_t) bufs;
+        h2o_mem_pool_t pool;
+    } output;
 };
 
 static SSL *ssl_of(h2o_socket_t *sock)
 {
-    return sock->ssl != NULL ? ((struct st_h2o_socket_ssl_prefix_t *)sock->ssl)->ossl : NULL;
+    return sock->ssl != NULL ? ((struct st_h2o_socket_ssl_mirror_t *)sock->ssl)->ossl : NULL;
+}
+
+/* libh2o 2.2.5 ends a failed handshake without writing what OpenSSL produced
+ * last, which is the alert ("handshake failure", "certificate required",
+ * "unknown ca"...): a peer saw the connection close without a reason. The
+ * bytes are written here, directly (a few bytes: the socket takes them), and
+ * dropped from h2o's queue so that nothing sends them twice. */
+void lg_tls_send_pending_alert(h2o_socket_t *sock)
+{
+    struct st_h2o_socket_ssl_mirror_t *ssl = (struct st_h2o_socket_ssl_mirror_t *)sock->ssl;
+    if (ssl == NULL || h2o_socket_is_writing(sock))
+        return;
+    int fd = h2o_socket_get_fd(sock);
+    for (size_t i = 0; i != ssl->output.bufs.size; ++i) {
+        h2o_iovec_t b = ssl->output.bufs.entries[i];
+        for (size_t off = 0; off != b.len;) {
+            ssize_t n = send(fd, b.base + off, b.len - off, MSG_NOSIGNAL);
+            if (n <= 0 && errno == EINTR)
+                continue;
+            if (n <= 0)
+                goto done;
+            off += (size_t)n;
+        }
+    }
+done:
+    ssl->output.bufs.size = 0;
 }
 
 /* Names of the dynamic counters; the index is the slot in lg_tls_context_t.dyn. */

@@ -10,6 +10,7 @@
  * closes its accept sockets to match each snapshot's listeners.
  */
 #include <errno.h>
+#include <malloc.h>
 #include <semaphore.h>
 #include <signal.h>
 #include <unistd.h>
@@ -21,6 +22,7 @@
 #include "legate/listener.h"
 #include "legate/listener_runtime.h"
 #include "legate/pbjson.h"
+#include "legate/runtime.h"
 #include "legate/server.h"
 #include "legate/stats.h"
 #include "legate/tcp_proxy.h"
@@ -28,12 +30,14 @@
 #include "legate/tls.h"
 #include "legate/xds.h"
 
-typedef enum en_msg_type_t { MSG_SNAPSHOT, MSG_DRAIN, MSG_STOP } msg_type_t;
+/* MSG_DRAIN stops the listeners at once, MSG_DRAIN_GRACEFUL at the end of the drain. */
+typedef enum en_msg_type_t { MSG_SNAPSHOT, MSG_DRAIN, MSG_DRAIN_GRACEFUL, MSG_STOP } msg_type_t;
 
 typedef struct st_worker_msg_t {
     h2o_multithread_message_t super;
     msg_type_t type;
     lg_snapshot_t *snapshot;
+    uint64_t drain_end_ms; /* MSG_SNAPSHOT (for the chains it drains) and MSG_DRAIN*: when what drains is closed */
 } worker_msg_t;
 
 /* The accept sockets of a listener: opened on the control thread, one per
@@ -52,15 +56,48 @@ typedef struct st_worker_listener_t {
 } worker_listener_t;
 
 typedef struct st_worker_state_t {
+    lg_worker_t *worker;
     worker_listener_t **listeners;
     size_t n_listeners;
     h2o_linklist_t conns;
     size_t n_conns; /* written by the worker, read by the control thread */
     lg_worker_clusters_t *clusters;
     int stop;
-    int draining;          /* listeners stay closed */
+    int draining;           /* listeners stay closed */
     lg_snapshot_t *initial; /* the snapshot the worker starts on (applied on its thread) */
+    /* The snapshots applied here that connections may still be on, each held
+     * once more: an update drains the chains of all of them that it changes. */
+    H2O_VECTOR(lg_snapshot_t *) applied;
+    h2o_linklist_t drains; /* drain_t */
+    lg_timer_t drain_timer;
 } worker_state_t;
+
+/* A drain sequence on one worker (Envoy's DrainManager, for the server or for
+ * the chains an LDS update changed or removed). Its HTTP connections are told
+ * to drain (GOAWAY, or `connection: close` on the next response): with the
+ * immediate strategy at once; with the gradual one each at a time spread
+ * evenly over the drain time, and on each response with a probability that
+ * grows from 0 to 1 over it (lg_server_drain_close). What it covers is closed
+ * at its end, tcp_proxy connections included. */
+typedef struct st_drain_t {
+    h2o_linklist_t link;
+    uint64_t start_ms, end_ms, last_tick_ms;
+    uint64_t first_new_id; /* connections from this id on came during the drain: no proactive drain */
+    /* The drained chains (unless `all`), and the snapshots that own them,
+     * held so that no new chain can take one of their addresses. */
+    unsigned all : 1; /* SIGTERM, /drain_listeners: every connection */
+    const lg_filter_chain_t **chains;
+    size_t n_chains;
+    lg_snapshot_t **snapshots;
+    size_t n_snapshots;
+    unsigned stop_listening_at_end : 1;
+} drain_t;
+
+/* The pending drops of listener_manager.total_{listeners,filter_chains}_draining (control thread). */
+typedef struct st_gauge_drain_t {
+    uint64_t end_ms;
+    size_t listeners, chains;
+} gauge_drain_t;
 
 static struct {
     lg_options_t opts;
@@ -74,6 +111,8 @@ static struct {
     uint64_t next_conn_id;
     lg_stats_block_t *server_stats, *listener_manager_stats, *cluster_manager_stats;
     uint64_t start_wall_us;
+    H2O_VECTOR(gauge_drain_t) gauge_drains;
+    int drain_started; /* atomic: SIGTERM or /drain_listeners */
 } srv = {.snapshot_mutex = PTHREAD_MUTEX_INITIALIZER};
 
 uint64_t lg_server_next_connection_id(void)
@@ -93,6 +132,8 @@ void lg_worker_add_connection(lg_worker_t *w, h2o_linklist_t *link)
     __atomic_store_n(&st->n_conns, st->n_conns + 1, __ATOMIC_RELAXED);
 }
 
+static void prune_applied(lg_worker_t *w);
+
 /* After every loop iteration: the connection count for the control thread,
  * and the route table pins of snapshots whose connections are all idle. */
 static void count_conns(lg_worker_t *w)
@@ -106,6 +147,7 @@ static void count_conns(lg_worker_t *w)
         ++n;
     }
     lg_snapshot_sweep_pins(w);
+    prune_applied(w);
     n += lg_tcp_proxy_active_connections();
     __atomic_store_n(&st->n_conns, n, __ATOMIC_RELAXED);
 }
@@ -208,69 +250,6 @@ static void worker_sync_listeners(lg_worker_t *w, lg_snapshot_t *snap)
     st->n_listeners = snap->n_listeners;
 }
 
-static const lg_filter_chain_t *chain_of(const lg_listener_config_t *l, const lg_hcm_config_t *hcm)
-{
-    for (size_t i = 0; i != l->n_chains; ++i)
-        if (l->chains[i].hcm == hcm)
-            return l->chains + i;
-    return l->default_chain != NULL && l->default_chain->hcm == hcm ? l->default_chain : NULL;
-}
-
-static int has_chain(const lg_listener_config_t *l, uint64_t hash)
-{
-    for (size_t i = 0; i != l->n_chains; ++i)
-        if (l->chains[i].hash == hash)
-            return 1;
-    return l->default_chain != NULL && l->default_chain->hash == hash;
-}
-
-/* Envoy's listener update rules for a connection accepted by `old`: it lives
- * on while its listener keeps its address and the rest of its config, and
- * its filter chain is still there unchanged; otherwise it drains. */
-static int conn_survives(const lg_listener_config_t *old, const lg_hcm_config_t *hcm, lg_snapshot_t *snap)
-{
-    const lg_listener_config_t *now = NULL;
-    for (size_t i = 0; i != snap->n_listeners && now == NULL; ++i)
-        if (strcmp(snap->listeners[i]->name, old->name) == 0)
-            now = snap->listeners[i];
-    if (now == old)
-        return 1;
-    if (now == NULL || !same_address(now, old) || now->hash != old->hash)
-        return 0;
-    const lg_filter_chain_t *c = chain_of(old, hcm);
-    return c != NULL && has_chain(now, c->hash);
-}
-
-static void worker_drain_changed(lg_worker_t *w, lg_snapshot_t *snap)
-{
-    worker_state_t *st = state_of(w);
-    for (h2o_linklist_t *l = st->conns.next, *next; l != &st->conns; l = next) {
-        next = l->next;
-        lg_hcm_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_hcm_conn_t, worker_link, l);
-        if (!c->draining && !conn_survives(c->listener, c->config, snap)) {
-            LG_DEBUG(conn_handler, "[C%llu] draining: its listener '%s' changed", (unsigned long long)c->id, c->listener->name);
-            lg_hcm_conn_drain(c);
-        }
-    }
-}
-
-static void worker_apply_snapshot(lg_worker_t *w, lg_snapshot_t *snap)
-{
-    worker_state_t *st = state_of(w);
-    lg_worker_clusters_t *prev = st->clusters;
-    st->clusters = lg_worker_clusters_new(w, snap->clusters, snap->n_clusters, prev);
-    if (prev != NULL)
-        lg_worker_clusters_free(prev);
-    worker_sync_listeners(w, snap);
-    lg_snapshot_t *old = w->snapshot;
-    w->snapshot = snap;
-    lg_snapshot_hold(w, snap);
-    if (old != NULL) {
-        worker_drain_changed(w, snap);
-        lg_snapshot_release(w, old);
-    }
-}
-
 static void worker_stop_listening(lg_worker_t *w)
 {
     worker_state_t *st = state_of(w);
@@ -284,15 +263,304 @@ static void worker_stop_listening(lg_worker_t *w)
     }
 }
 
-static void worker_drain(lg_worker_t *w)
+/* The listener of `snap` that takes over from `old` (same name), or NULL. */
+static const lg_listener_config_t *successor(const lg_listener_config_t *old, const lg_snapshot_t *snap)
+{
+    for (size_t i = 0; i != snap->n_listeners; ++i)
+        if (strcmp(snap->listeners[i]->name, old->name) == 0)
+            return snap->listeners[i];
+    return NULL;
+}
+
+/* Whether `snap` keeps `old` as a listener (address and all but its filter
+ * chains unchanged), so that an update only drains the chains it changed. */
+static int listener_kept(const lg_listener_config_t *old, const lg_listener_config_t *now)
+{
+    return now != NULL && same_address(now, old) && now->hash == old->hash;
+}
+
+static int has_chain(const lg_listener_config_t *l, uint64_t hash)
+{
+    for (size_t i = 0; i != l->n_chains; ++i)
+        if (l->chains[i].hash == hash)
+            return 1;
+    return l->default_chain != NULL && l->default_chain->hash == hash;
+}
+
+/* Envoy's listener update rules for the connections on chain `c` of `old`:
+ * they live on while the listener is kept and the chain is still there
+ * unchanged; otherwise they drain. */
+static int chain_survives(const lg_listener_config_t *old, const lg_filter_chain_t *c, const lg_snapshot_t *snap)
+{
+    const lg_listener_config_t *now = successor(old, snap);
+    return now == old || (listener_kept(old, now) && has_chain(now, c->hash));
+}
+
+static int drain_covers(const drain_t *d, lg_network_filter_kind_t kind, const void *config)
+{
+    if (d->all)
+        return 1;
+    for (size_t i = 0; i != d->n_chains; ++i)
+        if (d->chains[i]->kind == kind &&
+            (kind == LG_NETWORK_FILTER_HCM ? (const void *)d->chains[i]->hcm : (const void *)d->chains[i]->tcp_proxy) == config)
+            return 1;
+    return 0;
+}
+
+/* Frees `d` (not or no longer in the worker's list). */
+static void drain_release(lg_worker_t *w, drain_t *d)
+{
+    for (size_t i = 0; i != d->n_snapshots; ++i)
+        lg_snapshot_release(w, d->snapshots[i]);
+    free(d->snapshots);
+    free(d->chains);
+    free(d);
+}
+
+static void drain_free(lg_worker_t *w, drain_t *d)
+{
+    h2o_linklist_unlink(&d->link);
+    drain_release(w, d);
+}
+
+static void drain_conn(lg_hcm_conn_t *c, const char *why)
+{
+    LG_DEBUG(conn_handler, "[C%llu] draining: %s", (unsigned long long)c->id, why);
+    lg_hcm_conn_drain(c);
+}
+
+/* The end of a drain: what it still covers is closed. */
+static void drain_finish(lg_worker_t *w, drain_t *d)
 {
     worker_state_t *st = state_of(w);
-    st->draining = 1;
-    worker_stop_listening(w);
+    if (d->stop_listening_at_end) {
+        st->draining = 1;
+        worker_stop_listening(w);
+    }
     for (h2o_linklist_t *l = st->conns.next, *next; l != &st->conns; l = next) {
         next = l->next;
-        lg_hcm_conn_drain(H2O_STRUCT_FROM_MEMBER(lg_hcm_conn_t, worker_link, l));
+        lg_hcm_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_hcm_conn_t, worker_link, l);
+        if (!c->closed && drain_covers(d, LG_NETWORK_FILTER_HCM, c->config)) {
+            LG_DEBUG(conn_handler, "[C%llu] closing: the drain time is over", (unsigned long long)c->id);
+            c->codec->ops->close(c->codec);
+        }
     }
+    if (d->all)
+        lg_tcp_proxy_close_all();
+    for (size_t i = 0; i != d->n_chains; ++i)
+        if (d->chains[i]->kind == LG_NETWORK_FILTER_TCP_PROXY)
+            lg_tcp_proxy_on_config(d->chains[i]->tcp_proxy, 1);
+    drain_free(w, d);
+}
+
+/* Whether a connection is still on one of the chains `d` drains: one that
+ * covers none is dropped early, with the snapshots it holds. */
+static int drain_in_use(lg_worker_t *w, const drain_t *d)
+{
+    worker_state_t *st = state_of(w);
+    if (d->all)
+        return 1;
+    for (h2o_linklist_t *l = st->conns.next; l != &st->conns; l = l->next)
+        if (drain_covers(d, LG_NETWORK_FILTER_HCM, H2O_STRUCT_FROM_MEMBER(lg_hcm_conn_t, worker_link, l)->config))
+            return 1;
+    for (size_t i = 0; i != d->n_chains; ++i)
+        if (d->chains[i]->kind == LG_NETWORK_FILTER_TCP_PROXY && lg_tcp_proxy_on_config(d->chains[i]->tcp_proxy, 0) != 0)
+            return 1;
+    return 0;
+}
+
+/* The gradual strategy's proactive part: between two ticks, a connection not
+ * told yet is told with probability (now - last) / (end - last), so that the
+ * chance it has been told by time t is (t - start) / (end - start). An idle
+ * HTTP/1.1 connection is left to its next response (telling it would close
+ * it under a client that may be sending a request) or to the end. */
+static void drain_tick(lg_worker_t *w, drain_t *d, uint64_t now)
+{
+    worker_state_t *st = state_of(w);
+    uint64_t left = d->end_ms - d->last_tick_ms, step = now - d->last_tick_ms;
+    d->last_tick_ms = now;
+    for (h2o_linklist_t *l = st->conns.next, *next; l != &st->conns; l = next) {
+        next = l->next;
+        lg_hcm_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_hcm_conn_t, worker_link, l);
+        if (!c->draining && c->id < d->first_new_id && (c->codec->version == LG_HTTP_2 || c->n_streams != 0) &&
+            drain_covers(d, LG_NETWORK_FILTER_HCM, c->config) && lg_random() % left < step)
+            drain_conn(c, "gradual drain");
+    }
+}
+
+static void on_drain_timer(lg_timer_t *t);
+
+/* The next tick: a drain's end, the gradual strategy's next step, or at
+ * least once a second the check that a chain drain still covers something. */
+static void drain_arm(worker_state_t *st, uint64_t now)
+{
+    uint64_t next = UINT64_MAX;
+    for (h2o_linklist_t *l = st->drains.next; l != &st->drains; l = l->next) {
+        drain_t *d = H2O_STRUCT_FROM_MEMBER(drain_t, link, l);
+        uint64_t step = (d->end_ms - d->start_ms) / 32;
+        step = srv.opts.drain_strategy_immediate || step > 1000 ? 1000 : step < 20 ? 20 : step;
+        uint64_t at = d->all && srv.opts.drain_strategy_immediate ? d->end_ms : now + step;
+        if (d->end_ms < at)
+            at = d->end_ms;
+        if (at < next)
+            next = at;
+    }
+    if (next != UINT64_MAX)
+        lg_timer_start(&st->worker->loop, &st->drain_timer, next > now ? next - now : 0, on_drain_timer);
+    else
+        lg_timer_stop(&st->drain_timer);
+}
+
+static void on_drain_timer(lg_timer_t *t)
+{
+    worker_state_t *st = H2O_STRUCT_FROM_MEMBER(worker_state_t, drain_timer, t);
+    uint64_t now = lg_now_ms();
+    for (h2o_linklist_t *l = st->drains.next, *next; l != &st->drains; l = next) {
+        next = l->next;
+        drain_t *d = H2O_STRUCT_FROM_MEMBER(drain_t, link, l);
+        if (now >= d->end_ms)
+            drain_finish(st->worker, d);
+        else if (!drain_in_use(st->worker, d))
+            drain_free(st->worker, d);
+        else if (!srv.opts.drain_strategy_immediate)
+            drain_tick(st->worker, d, now);
+    }
+    drain_arm(st, now);
+}
+
+/* Starts `d` (its chains, snapshots and end set); with the immediate strategy
+ * every connection it covers is told now. */
+static void drain_start(lg_worker_t *w, drain_t *d, const char *why)
+{
+    worker_state_t *st = state_of(w);
+    uint64_t now = lg_now_ms();
+    d->start_ms = d->last_tick_ms = now;
+    if (d->end_ms < now)
+        d->end_ms = now;
+    d->first_new_id = __atomic_load_n(&srv.next_conn_id, __ATOMIC_RELAXED);
+    h2o_linklist_insert(&st->drains, &d->link);
+    if (srv.opts.drain_strategy_immediate || d->end_ms == now)
+        for (h2o_linklist_t *l = st->conns.next, *next; l != &st->conns; l = next) {
+            next = l->next;
+            lg_hcm_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_hcm_conn_t, worker_link, l);
+            if (!c->draining && drain_covers(d, LG_NETWORK_FILTER_HCM, c->config))
+                drain_conn(c, why);
+        }
+    drain_arm(st, now);
+}
+
+int lg_server_drain_close(const lg_hcm_conn_t *c)
+{
+    if (lg_admin_healthcheck_failed())
+        return 1; /* Envoy's drainClose() while health checks fail (drain_type DEFAULT) */
+    worker_state_t *st = state_of(c->worker);
+    uint64_t now = 0;
+    for (h2o_linklist_t *l = st->drains.next; l != &st->drains; l = l->next) {
+        drain_t *d = H2O_STRUCT_FROM_MEMBER(drain_t, link, l);
+        if (!drain_covers(d, LG_NETWORK_FILTER_HCM, c->config))
+            continue;
+        if (now == 0)
+            now = lg_now_ms();
+        if (srv.opts.drain_strategy_immediate || now >= d->end_ms || lg_random() % (d->end_ms - d->start_ms) < now - d->start_ms)
+            return 1;
+    }
+    return 0;
+}
+
+static void add_chain(drain_t *d, const lg_filter_chain_t *c)
+{
+    for (size_t i = 0; i != d->n_chains; ++i)
+        if (d->chains[i] == c)
+            return;
+    d->chains = lg_realloc(d->chains, (d->n_chains + 1) * sizeof(*d->chains));
+    d->chains[d->n_chains++] = c;
+}
+
+/* Adds the chains of `s` that do not survive in `snap`; 1 when there was one. */
+static int add_changed_chains(drain_t *d, const lg_snapshot_t *s, const lg_snapshot_t *snap)
+{
+    size_t n = d->n_chains;
+    for (size_t i = 0; i != s->n_listeners; ++i) {
+        const lg_listener_config_t *l = s->listeners[i];
+        for (size_t j = 0; j != l->n_chains; ++j)
+            if (!chain_survives(l, l->chains + j, snap))
+                add_chain(d, l->chains + j);
+        if (l->default_chain != NULL && !chain_survives(l, l->default_chain, snap))
+            add_chain(d, l->default_chain);
+    }
+    return d->n_chains != n;
+}
+
+/* An update to `snap`: connections on the chains it changes or removes drain
+ * until `end_ms`. They may be on any snapshot applied since they came. */
+static void worker_drain_changed(lg_worker_t *w, lg_snapshot_t *snap, uint64_t end_ms)
+{
+    worker_state_t *st = state_of(w);
+    drain_t *d = lg_calloc(1, sizeof(*d));
+    d->end_ms = end_ms;
+    for (size_t i = 0; i != st->applied.size; ++i)
+        if (add_changed_chains(d, st->applied.entries[i], snap)) {
+            d->snapshots = lg_realloc(d->snapshots, (d->n_snapshots + 1) * sizeof(*d->snapshots));
+            d->snapshots[d->n_snapshots++] = st->applied.entries[i];
+            lg_snapshot_hold(w, st->applied.entries[i]);
+        }
+    if (!drain_in_use(w, d)) {
+        drain_release(w, d);
+        return;
+    }
+    drain_start(w, d, "its listener changed");
+}
+
+/* Drops the applied snapshots (but the current one) that only the list holds. */
+static void prune_applied(lg_worker_t *w)
+{
+    worker_state_t *st = state_of(w);
+    for (size_t i = 0; i != st->applied.size;) {
+        lg_snapshot_t *s = st->applied.entries[i];
+        if (s != w->snapshot && s->worker_uses[w->index] == 1) {
+            st->applied.entries[i] = st->applied.entries[--st->applied.size];
+            lg_snapshot_release(w, s);
+        } else {
+            ++i;
+        }
+    }
+}
+
+static void worker_apply_snapshot(lg_worker_t *w, lg_snapshot_t *snap, uint64_t drain_end_ms)
+{
+    worker_state_t *st = state_of(w);
+    lg_worker_clusters_t *prev = st->clusters;
+    st->clusters = lg_worker_clusters_new(w, snap->clusters, snap->n_clusters, prev);
+    if (prev != NULL)
+        lg_worker_clusters_free(prev);
+    worker_sync_listeners(w, snap);
+    lg_snapshot_t *old = w->snapshot;
+    w->snapshot = snap;
+    lg_snapshot_hold(w, snap);
+    if (old != NULL) {
+        worker_drain_changed(w, snap, drain_end_ms);
+        lg_snapshot_release(w, old);
+    }
+    h2o_vector_reserve(NULL, &st->applied, st->applied.size + 1);
+    st->applied.entries[st->applied.size++] = snap;
+    lg_snapshot_hold(w, snap);
+    prune_applied(w);
+}
+
+/* SIGTERM or /drain_listeners: every connection drains; the listeners close
+ * now, or at the end when `graceful`. */
+static void worker_drain(lg_worker_t *w, uint64_t end_ms, int graceful)
+{
+    worker_state_t *st = state_of(w);
+    drain_t *d = lg_calloc(1, sizeof(*d));
+    d->all = 1;
+    d->end_ms = end_ms;
+    d->stop_listening_at_end = graceful;
+    if (!graceful) {
+        st->draining = 1;
+        worker_stop_listening(w);
+    }
+    drain_start(w, d, "the server drains");
 }
 
 static void on_worker_message(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
@@ -303,11 +571,12 @@ static void on_worker_message(h2o_multithread_receiver_t *receiver, h2o_linklist
         h2o_linklist_unlink(&m->super.link);
         switch (m->type) {
         case MSG_SNAPSHOT:
-            worker_apply_snapshot(w, m->snapshot);
+            worker_apply_snapshot(w, m->snapshot, m->drain_end_ms);
             lg_snapshot_unref(m->snapshot);
             break;
         case MSG_DRAIN:
-            worker_drain(w);
+        case MSG_DRAIN_GRACEFUL:
+            worker_drain(w, m->drain_end_ms, m->type == MSG_DRAIN_GRACEFUL);
             break;
         case MSG_STOP:
             state_of(w)->stop = 1;
@@ -317,12 +586,43 @@ static void on_worker_message(h2o_multithread_receiver_t *receiver, h2o_linklist
     }
 }
 
-static void post(lg_worker_t *w, msg_type_t type, lg_snapshot_t *snap)
+static void post(lg_worker_t *w, msg_type_t type, lg_snapshot_t *snap, uint64_t drain_end_ms)
 {
     worker_msg_t *m = lg_calloc(1, sizeof(*m));
     m->type = type;
     m->snapshot = snap != NULL ? lg_snapshot_ref(snap) : NULL;
+    m->drain_end_ms = drain_end_ms;
     h2o_multithread_send_message(&w->config_receiver, &m->super);
+}
+
+/* When the drain that starts now ends. */
+static uint64_t drain_end(void)
+{
+    return lg_now_ms() + (uint64_t)srv.opts.drain_time_s * 1000;
+}
+
+/* After the stop, the sockets its connections let go of get a little time to
+ * finish closing (a TLS close_notify, a final GOAWAY). */
+static int sockets_closing(uint64_t *until)
+{
+    if (lg_listener_counted_sockets() == 0)
+        return 0;
+    if (*until == 0)
+        *until = lg_now_ms() + 2000;
+    return lg_now_ms() < *until;
+}
+
+/* Releases what the worker holds for drains, before its last snapshot. */
+static void worker_drop_drains(lg_worker_t *w)
+{
+    worker_state_t *st = state_of(w);
+    lg_timer_stop(&st->drain_timer);
+    while (!h2o_linklist_is_empty(&st->drains))
+        drain_free(w, H2O_STRUCT_FROM_MEMBER(drain_t, link, st->drains.next));
+    for (size_t i = 0; i != st->applied.size; ++i)
+        lg_snapshot_release(w, st->applied.entries[i]);
+    free(st->applied.entries);
+    memset(&st->applied, 0, sizeof(st->applied));
 }
 
 static void *worker_main(void *arg)
@@ -337,10 +637,12 @@ static void *worker_main(void *arg)
     lg_loop_init(&w->loop, (h2o_loop_t *)h2o_evloop_create());
     w->queue = h2o_multithread_create_queue(w->loop.loop);
     h2o_multithread_register_receiver(w->queue, &w->config_receiver, on_worker_message);
-    worker_apply_snapshot(w, st->initial);
+    worker_apply_snapshot(w, st->initial, 0);
     st->initial = NULL;
     sem_post(&srv.workers_ready);
-    while (!st->stop || !h2o_linklist_is_empty(&st->conns) || lg_tcp_proxy_active_connections() != 0) {
+    uint64_t closing_until = 0;
+    while (!st->stop || !h2o_linklist_is_empty(&st->conns) || lg_tcp_proxy_active_connections() != 0 ||
+           sockets_closing(&closing_until)) {
         h2o_evloop_run(w->loop.loop, st->stop ? 10 : INT32_MAX);
         count_conns(w);
         if (st->stop) {
@@ -351,10 +653,12 @@ static void *worker_main(void *arg)
                 c->codec->ops->close(c->codec);
             }
             lg_tcp_proxy_close_all();
+            lg_listener_close_pending();
         }
     }
     /* connections still in the TLS inspector or handshake hold a snapshot */
     lg_listener_close_pending();
+    worker_drop_drains(w);
     worker_stop_listening(w);
     /* let closed sockets' callbacks run */
     for (int i = 0; i != 4; ++i)
@@ -381,6 +685,8 @@ static void start_workers(lg_snapshot_t *snap)
         w->index = k;
         w->data = st;
         h2o_linklist_init_anchor(&st->conns);
+        h2o_linklist_init_anchor(&st->drains);
+        st->worker = w;
         st->initial = snap;
     }
     sem_init(&srv.workers_ready, 0, 0);
@@ -396,7 +702,7 @@ static void start_workers(lg_snapshot_t *snap)
 static void stop_workers(void)
 {
     for (size_t k = 0; k != srv.n_workers; ++k)
-        post(srv.workers + k, MSG_STOP, NULL);
+        post(srv.workers + k, MSG_STOP, NULL, 0);
     for (size_t k = 0; k != srv.n_workers; ++k) {
         lg_worker_t *w = srv.workers + k;
         worker_state_t *st = state_of(w);
@@ -416,6 +722,50 @@ static void stop_workers(void)
 }
 
 /* ---- publishing snapshots ---- */
+
+/* listener_manager's view of an update from `old` to `now` (Envoy's
+ * ListenerManagerImpl): a listener removed or changed beyond its filter
+ * chains drains as a whole; one changed in place drains the chains that
+ * changed. The gauges drop when the drain ends (expire_listener_drains). */
+static void count_listener_drains(const lg_snapshot_t *old, const lg_snapshot_t *now, uint64_t end_ms)
+{
+    gauge_drain_t g = {end_ms, 0, 0};
+    for (size_t i = 0; i != old->n_listeners; ++i) {
+        const lg_listener_config_t *l = old->listeners[i], *next = successor(l, now);
+        if (next == l)
+            continue;
+        if (!listener_kept(l, next)) {
+            ++g.listeners;
+            continue;
+        }
+        lg_stats_control_add(srv.listener_manager_stats, LG_LISTENER_MANAGER_STAT_listener_in_place_updated, 1);
+        for (size_t j = 0; j != l->n_chains; ++j)
+            g.chains += !has_chain(next, l->chains[j].hash);
+        if (l->default_chain != NULL)
+            g.chains += !has_chain(next, l->default_chain->hash);
+    }
+    if (g.listeners == 0 && g.chains == 0)
+        return;
+    lg_stats_control_add(srv.listener_manager_stats, LG_LISTENER_MANAGER_STAT_total_listeners_draining, (int64_t)g.listeners);
+    lg_stats_control_add(srv.listener_manager_stats, LG_LISTENER_MANAGER_STAT_total_filter_chains_draining, (int64_t)g.chains);
+    h2o_vector_reserve(NULL, &srv.gauge_drains, srv.gauge_drains.size + 1);
+    srv.gauge_drains.entries[srv.gauge_drains.size++] = g;
+}
+
+static void expire_listener_drains(uint64_t now)
+{
+    for (size_t i = 0; i != srv.gauge_drains.size;) {
+        gauge_drain_t *g = srv.gauge_drains.entries + i;
+        if (now < g->end_ms) {
+            ++i;
+            continue;
+        }
+        lg_stats_control_add(srv.listener_manager_stats, LG_LISTENER_MANAGER_STAT_total_listeners_draining, -(int64_t)g->listeners);
+        lg_stats_control_add(srv.listener_manager_stats, LG_LISTENER_MANAGER_STAT_total_filter_chains_draining,
+                             -(int64_t)g->chains);
+        *g = srv.gauge_drains.entries[--srv.gauge_drains.size];
+    }
+}
 
 /* The sockets of a listener of the current snapshot with the same name and address, if any. */
 static lg_listener_socks_t *current_socks(const lg_listener_config_t *l)
@@ -444,12 +794,15 @@ int lg_server_publish(lg_snapshot_t *s, size_t *failed, lg_error_t *err)
         }
     }
     s->generation = srv.snapshot != NULL ? srv.snapshot->generation + 1 : 1;
+    uint64_t end_ms = drain_end();
+    if (srv.snapshot != NULL)
+        count_listener_drains(srv.snapshot, s, end_ms);
     pthread_mutex_lock(&srv.snapshot_mutex);
     lg_snapshot_t *old = srv.snapshot;
     srv.snapshot = lg_snapshot_ref(s);
     pthread_mutex_unlock(&srv.snapshot_mutex);
     for (size_t k = 0; srv.workers != NULL && k != srv.n_workers; ++k)
-        post(srv.workers + k, MSG_SNAPSHOT, s);
+        post(srv.workers + k, MSG_SNAPSHOT, s, end_ms);
     lg_snapshot_unref(old);
     lg_stats_gauge_set(lg_stats_listener_manager, LG_LISTENER_MANAGER_STAT_total_listeners_active, s->n_listeners);
     lg_stats_gauge_set(lg_stats_cluster_manager, LG_CLUSTER_MANAGER_STAT_active_clusters, s->n_clusters);
@@ -533,10 +886,18 @@ static void admin_config_dump(const lg_admin_request_t *req, lg_admin_response_t
     lg_snapshot_unref(s);
 }
 
+/* Envoy's /drain_listeners: the listeners stop now, or with `graceful` after
+ * a drain (ignored when a drain has started already). Either way the
+ * connections drain and what is left at the end of the drain time closes. */
 static void admin_drain_listeners(const lg_admin_request_t *req, lg_admin_response_t *res, void *ctx)
 {
-    for (size_t k = 0; k != srv.n_workers; ++k)
-        post(srv.workers + k, MSG_DRAIN, NULL);
+    int graceful = lg_admin_param(req, "graceful") != NULL;
+    int started = __atomic_exchange_n(&srv.drain_started, 1, __ATOMIC_ACQ_REL);
+    if (!graceful || !started) {
+        uint64_t end_ms = drain_end();
+        for (size_t k = 0; k != srv.n_workers; ++k)
+            post(srv.workers + k, graceful ? MSG_DRAIN_GRACEFUL : MSG_DRAIN, NULL, end_ms);
+    }
     lg_strbuf_puts(&res->body, "OK\n");
 }
 
@@ -562,6 +923,7 @@ static void register_admin(void)
     lg_admin_register("/drain_listeners", "drain listeners", 1, admin_drain_listeners, NULL);
     lg_admin_add_param("/drain_listeners", "graceful", "When draining listeners, enter a graceful drain period prior to closing");
     lg_admin_on_quit(on_quit);
+    lg_runtime_register_admin(); /* /runtime, /runtime_modify */
 }
 
 /* ---- startup ---- */
@@ -707,13 +1069,15 @@ static void control_loop(void)
         } else if ((sig == SIGTERM || sig == SIGINT) && drain_deadline == 0) {
             LG_INFO(main, "caught %s: draining for up to %us", sig == SIGTERM ? "SIGTERM" : "SIGINT", srv.opts.drain_time_s);
             lg_stats_server_set_state(LG_SERVER_DRAINING);
+            __atomic_store_n(&srv.drain_started, 1, __ATOMIC_RELEASE);
+            drain_deadline = drain_end();
             for (size_t k = 0; k != srv.n_workers; ++k)
-                post(srv.workers + k, MSG_DRAIN, NULL);
-            drain_deadline = lg_now_ms() + (uint64_t)srv.opts.drain_time_s * 1000;
+                post(srv.workers + k, MSG_DRAIN, NULL, drain_deadline);
         } else if (sig == SIGTERM || sig == SIGINT) {
             LG_INFO(main, "caught a second signal: exiting now");
             return;
         }
+        expire_listener_drains(lg_now_ms());
         if (srv.quit) {
             LG_INFO(main, "shutting down: /quitquitquit");
             return;
@@ -742,14 +1106,24 @@ int lg_server_run(const lg_options_t *o)
         goto fail_early;
     lg_access_log_configure(srv.n_workers, o->file_flush_interval_msec); /* access logs: before any config compiles */
     lg_stats_init(srv.n_workers);
+    /* a fixed threshold: big transient buffers (config files, /stats of 10,000 clusters)
+     * are mmapped and go back to the system when freed, instead of glibc raising the
+     * threshold after the first one and keeping the next ones in the heap */
+    mallopt(M_MMAP_THRESHOLD, 256 << 10);
 
     ProtobufCMessage *bootstrap = load_bootstrap(o, &err);
     if (bootstrap == NULL)
         goto fail_config;
     Envoy__Config__Bootstrap__V3__Bootstrap *b = (Envoy__Config__Bootstrap__V3__Bootstrap *)bootstrap;
     apply_node_flags(o, b);
+    /* runtime (layered_runtime): before the snapshot, which carries it */
+    if (lg_runtime_init(b->layered_runtime, b->node != NULL ? b->node->cluster : NULL, &err) != 0) {
+        protobuf_c_message_free_unpacked(bootstrap, NULL);
+        goto fail_config;
+    }
     lg_snapshot_t *snap = lg_snapshot_compile_bootstrap(bootstrap, o, &err);
     if (snap == NULL) {
+        lg_runtime_shutdown();
         protobuf_c_message_free_unpacked(bootstrap, NULL);
         goto fail_config;
     }
@@ -757,6 +1131,7 @@ int lg_server_run(const lg_options_t *o)
         lg_xds_t *x = lg_xds_new(b, o, snap, &err);
         lg_xds_free(x);
         lg_snapshot_unref(snap);
+        lg_runtime_shutdown();
         protobuf_c_message_free_unpacked(bootstrap, NULL);
         if (x == NULL)
             goto fail_config;
@@ -777,6 +1152,11 @@ int lg_server_run(const lg_options_t *o)
     lg_snapshot_unref(snap);
     if ((srv.xds = lg_xds_new(b, o, snap, &err)) == NULL)
         goto fail_early_config;
+    /* compiled and subscribed: the static clusters are kept as their wire bytes
+     * (/config_dump, envoy_grpc targets), not as ~1.2 KB unpacked messages each */
+    if (b->static_resources != NULL)
+        lg_pb_compact_repeated(&b->static_resources->base, "clusters");
+    malloc_trim(0); /* the pages of what loading and compiling freed */
     /* blocked in every thread (admin, workers, gRPC's) before any starts: the control loop takes them */
     sigset_t set;
     sigemptyset(&set);
@@ -810,7 +1190,9 @@ int lg_server_run(const lg_options_t *o)
     lg_snapshot_unref(srv.snapshot);
     srv.snapshot = NULL;
     pthread_mutex_unlock(&srv.snapshot_mutex);
+    lg_runtime_shutdown();
     protobuf_c_message_free_unpacked(bootstrap, NULL);
+    free(srv.gauge_drains.entries);
     lg_stats_shutdown();
     LG_INFO(main, "exiting");
     return 0;

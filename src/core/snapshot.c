@@ -6,10 +6,13 @@
 #include "legate/listener.h"
 #include "legate/pbjson.h"
 #include "legate/route.h"
+#include "legate/runtime.h"
+#include "legate/scoped_routes.h"
 #include "legate/server.h"
 #include "legate/stats.h"
 #include "legate/tls.h"
 #include "legate/xds.h"
+#include "legate/xds_ecds.h"
 
 /* The newer snapshots whose route tables streams on connections of one
  * snapshot use, on one worker (see lg_snapshot_route_table). */
@@ -44,9 +47,60 @@ static int route_cmp(const void *a, const void *b)
     return strcmp(lg_route_table_name(*(lg_route_table_t *const *)a), lg_route_table_name(*(lg_route_table_t *const *)b));
 }
 
+static int scopes_cmp(const void *a, const void *b)
+{
+    return strcmp((*(lg_snapshot_scopes_t *const *)a)->name, (*(lg_snapshot_scopes_t *const *)b)->name);
+}
+
+static int ecds_cmp(const void *a, const void *b)
+{
+    return strcmp((*(lg_ecds_filter_t *const *)a)->name, (*(lg_ecds_filter_t *const *)b)->name);
+}
+
 void lg_snapshot_seal(lg_snapshot_t *s)
 {
     qsort(s->routes, s->n_routes, sizeof(*s->routes), route_cmp);
+    if (s->n_ecds != 0)
+        qsort(s->ecds, s->n_ecds, sizeof(*s->ecds), ecds_cmp);
+    if (s->n_scopes != 0)
+        qsort(s->scopes, s->n_scopes, sizeof(*s->scopes), scopes_cmp);
+}
+
+/* Binary search for `name` in items sorted by name_of(). */
+static void *find_sorted(void *const *items, size_t n, const char *name, const char *(*name_of)(const void *))
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        int c = strcmp(name, name_of(items[mid]));
+        if (c == 0)
+            return items[mid];
+        if (c < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return NULL;
+}
+
+static const char *ecds_name(const void *p)
+{
+    return ((const lg_ecds_filter_t *)p)->name;
+}
+
+static const char *routes_name(const void *p)
+{
+    return lg_route_table_name(p);
+}
+
+static const char *scopes_name(const void *p)
+{
+    return ((const lg_snapshot_scopes_t *)p)->name;
+}
+
+lg_ecds_filter_t *lg_snapshot_find_ecds(const lg_snapshot_t *s, const char *name)
+{
+    return find_sorted((void *const *)s->ecds, s->n_ecds, name, ecds_name);
 }
 
 lg_snapshot_t *lg_snapshot_ref(lg_snapshot_t *s)
@@ -71,6 +125,13 @@ void lg_snapshot_unref(lg_snapshot_t *s)
     for (size_t i = 0; i != lg_stats_nworkers + 1; ++i)
         free(s->pins[i].items);
     lg_xds_dump_release(s->xds);
+    lg_runtime_release(s->runtime);
+    for (size_t i = 0; i != s->n_ecds; ++i)
+        lg_ecds_filter_release(s->ecds[i]);
+    free(s->ecds);
+    for (size_t i = 0; i != s->n_scopes; ++i)
+        lg_snapshot_scopes_release(s->scopes[i]);
+    free(s->scopes);
     free(s->listeners);
     free(s->listener_socks);
     free(s->clusters);
@@ -157,18 +218,7 @@ void lg_snapshot_sweep_pins(lg_worker_t *w)
 
 lg_route_table_t *lg_snapshot_find_routes(const lg_snapshot_t *s, const char *name)
 {
-    size_t lo = 0, hi = s->n_routes;
-    while (lo < hi) {
-        size_t mid = (lo + hi) / 2;
-        int c = strcmp(name, lg_route_table_name(s->routes[mid]));
-        if (c == 0)
-            return s->routes[mid];
-        if (c < 0)
-            hi = mid;
-        else
-            lo = mid + 1;
-    }
-    return NULL;
+    return find_sorted((void *const *)s->routes, s->n_routes, name, routes_name);
 }
 
 const lg_route_table_t *lg_snapshot_route_table(lg_snapshot_t *s, const lg_hcm_config_t *hcm)
@@ -186,38 +236,119 @@ const lg_route_table_t *lg_snapshot_route_table(lg_snapshot_t *s, const lg_hcm_c
     return lg_snapshot_find_routes(s, hcm->rds_route_config_name);
 }
 
+/* ---- scoped routes ---- */
+
+lg_snapshot_scopes_t *lg_snapshot_scopes_new(const char *name, lg_scoped_routes_t *set)
+{
+    lg_snapshot_scopes_t *sc = lg_calloc(1, sizeof(*sc));
+    sc->refcnt = 1;
+    sc->name = lg_strdup(name);
+    sc->set = set;
+    return sc;
+}
+
+lg_snapshot_scopes_t *lg_snapshot_scopes_ref(lg_snapshot_scopes_t *sc)
+{
+    __atomic_add_fetch(&sc->refcnt, 1, __ATOMIC_RELAXED);
+    return sc;
+}
+
+void lg_snapshot_scopes_release(lg_snapshot_scopes_t *sc)
+{
+    if (sc == NULL || __atomic_sub_fetch(&sc->refcnt, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
+    lg_scoped_routes_release(sc->set);
+    free(sc->name);
+    free(sc);
+}
+
+static const lg_snapshot_scopes_t *find_scopes(const lg_snapshot_t *s, const char *name)
+{
+    return find_sorted((void *const *)s->scopes, s->n_scopes, name, scopes_name);
+}
+
+/* SRDS: the scope set and the route table of the same snapshot. */
+static const lg_route_table_t *scoped_table(const lg_snapshot_t *s, const lg_hcm_config_t *hcm, const lg_req_head_t *req,
+                                            int *known)
+{
+    const lg_snapshot_scopes_t *sc = find_scopes(s, hcm->scoped_routes_name);
+    *known = sc != NULL;
+    const char *name = sc != NULL ? lg_scoped_routes_find(sc->set, req) : NULL;
+    return name != NULL ? lg_snapshot_find_routes(s, name) : NULL;
+}
+
+const lg_route_table_t *lg_snapshot_route_table_for(lg_snapshot_t *s, const lg_hcm_config_t *hcm, const lg_req_head_t *req)
+{
+    if (hcm->scope_keys == NULL)
+        return lg_snapshot_route_table(s, hcm);
+    if (!hcm->scoped_rds)
+        return hcm->scoped_inline != NULL ? lg_scoped_routes_find_table(hcm->scoped_inline, req) : NULL;
+    lg_worker_t *w = lg_current_worker;
+    int known;
+    if (w != NULL && w->snapshot != s) {
+        const lg_route_table_t *t = scoped_table(w->snapshot, hcm, req, &known);
+        if (known) {
+            if (t != NULL)
+                pin(w, s, w->snapshot);
+            return t;
+        }
+    }
+    return scoped_table(s, hcm, req, &known);
+}
+
 /* ---- static resources ---- */
+
+/* The static clusters by name: an open-addressing set over s->clusters, so that
+ * 100,000 clusters compile without a quadratic duplicate check or lookup. */
+typedef struct st_cluster_set_t {
+    const lg_cluster_config_t **slots;
+    size_t mask;
+} cluster_set_t;
+
+static uint32_t name_hash(const char *s)
+{
+    uint32_t h = 2166136261u;
+    for (; *s != '\0'; ++s)
+        h = (h ^ (uint8_t)*s) * 16777619u;
+    return h;
+}
+
+/* Returns the slot of `name`: the cluster of that name, or the empty slot for it. */
+static const lg_cluster_config_t **cluster_set_slot(const cluster_set_t *set, const char *name)
+{
+    for (size_t i = name_hash(name) & set->mask;; i = (i + 1) & set->mask)
+        if (set->slots[i] == NULL || strcmp(set->slots[i]->name, name) == 0)
+            return set->slots + i;
+}
 
 static int cluster_exists(void *ctx, const char *name)
 {
-    lg_snapshot_t *s = ctx;
-    for (size_t i = 0; i != s->n_clusters; ++i)
-        if (strcmp((s->clusters[i])->name, name) == 0)
-            return 1;
-    return 0;
+    return *cluster_set_slot(ctx, name) != NULL;
 }
 
-static int compile_clusters(lg_snapshot_t *s, const Envoy__Config__Bootstrap__V3__Bootstrap__StaticResources *sr, lg_error_t *err)
+static int compile_clusters(lg_snapshot_t *s, const Envoy__Config__Bootstrap__V3__Bootstrap__StaticResources *sr,
+                            cluster_set_t *set, lg_error_t *err)
 {
     for (size_t i = 0; i != sr->n_clusters; ++i) {
         lg_cluster_config_t *c = lg_cluster_config_compile(sr->clusters[i], err);
         if (c == NULL)
             return lg_error_prefix(err, "static_resources.clusters[%zu]", i);
-        for (size_t j = 0; j != s->n_clusters; ++j)
-            if (strcmp((s->clusters[j])->name, (c)->name) == 0) {
-                lg_error(err, "static_resources.clusters[%zu]: cluster manager: duplicate cluster '%s' found", i, (c)->name);
-                lg_cluster_config_release(c);
-                return -1;
-            }
+        const lg_cluster_config_t **slot = cluster_set_slot(set, c->name);
+        if (*slot != NULL) {
+            lg_error(err, "static_resources.clusters[%zu]: cluster manager: duplicate cluster '%s' found", i, c->name);
+            lg_cluster_config_release(c);
+            return -1;
+        }
+        *slot = c;
         s->clusters[s->n_clusters++] = c;
     }
     return 0;
 }
 
-static int compile_listeners(lg_snapshot_t *s, const Envoy__Config__Bootstrap__V3__Bootstrap__StaticResources *sr, int flags,
-                             lg_error_t *err)
+static int compile_listeners(lg_snapshot_t *s, const Envoy__Config__Bootstrap__V3__Bootstrap__StaticResources *sr,
+                             cluster_set_t *set, int flags, lg_error_t *err)
 {
-    lg_hcm_compile_ctx_t ctx = {cluster_exists, s, flags};
+    lg_hcm_compile_ctx_t ctx = {cluster_exists, set, flags};
     for (size_t i = 0; i != sr->n_listeners; ++i) {
         lg_listener_config_t *l = lg_listener_config_compile(sr->listeners[i], &ctx, err);
         if (l == NULL)
@@ -252,10 +383,17 @@ lg_snapshot_t *lg_snapshot_compile_bootstrap(ProtobufCMessage *msg, const lg_opt
             lg_error_prefix(err, "static_resources");
             goto fail;
         }
-        if (compile_clusters(s, sr, err) != 0 || compile_listeners(s, sr, flags, err) != 0)
+        size_t cap = 16;
+        while (cap < sr->n_clusters * 2)
+            cap *= 2;
+        cluster_set_t set = {lg_calloc(cap, sizeof(*set.slots)), cap - 1};
+        int ret = compile_clusters(s, sr, &set, err) != 0 || compile_listeners(s, sr, &set, flags, err) != 0 ? -1 : 0;
+        free(set.slots);
+        if (ret != 0)
             goto fail;
     }
     s->bootstrap = msg;
+    s->runtime = lg_runtime_loader_snapshot();
     return s;
 fail:
     lg_snapshot_unref(s);

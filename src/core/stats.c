@@ -118,12 +118,12 @@ static lg_stats_block_t *find_shared(const char *prefix, const lg_stat_def_t *de
 static void layout(lg_stats_block_t *b)
 {
     size_t words = b->_ndefs;
-    b->class_off = SIZE_MAX;
+    b->class_off = UINT32_MAX;
     if (b->_opts.code_prefix != NULL) {
-        b->class_off = words;
+        b->class_off = (uint32_t)words;
         words += 5;
     }
-    b->hist_off = lg_calloc(b->_ndefs == 0 ? 1 : b->_ndefs, sizeof(*b->hist_off));
+    uint16_t *hist_off = NULL;
     for (size_t i = 0; i != b->_ndefs; ++i) {
         if (b->_defs[i].type != LG_STAT_HISTOGRAM)
             continue;
@@ -131,34 +131,54 @@ static void layout(lg_stats_block_t *b)
             fprintf(stderr, "legate: stats block %s has too many histograms\n", b->_prefix);
             abort();
         }
-        b->hist_off[i] = (uint16_t)words;
+        if (hist_off == NULL)
+            hist_off = lg_calloc(b->_ndefs, sizeof(*hist_off));
+        hist_off[i] = (uint16_t)words;
         words += LG_STATS_HIST_WORDS;
     }
-    b->used_off = words;
+    b->hist_off = hist_off;
+    b->used_off = (uint32_t)words;
     words += (b->_ndefs + 63) / 64;
-    b->row_words = (words + 7) & ~(size_t)7;
+    b->row_words = (uint32_t)((words + 7) & ~(size_t)7);
 }
 
+/* One allocation: the block, its row pointers, the seen-used bitmap, the prefix. */
 static lg_stats_block_t *block_create(const char *prefix, const lg_stat_def_t *defs, size_t ndefs,
                                       const lg_stats_block_opts_t *opts)
 {
-    lg_stats_block_t *b = lg_calloc(1, sizeof(*b));
-    b->_prefix = lg_strdup(prefix);
+    size_t rows = nrows(), seen_words = (ndefs + 63) / 64, plen = strlen(prefix);
+    lg_stats_block_t *b = lg_calloc(1, sizeof(*b) + rows * sizeof(b->rows[0]) + seen_words * sizeof(uint64_t) + plen + 1);
+    b->_seen_used = (uint64_t *)(b->rows + rows);
+    char *p = (char *)(b->_seen_used + seen_words);
+    memcpy(p, prefix, plen + 1);
+    b->_prefix = p;
     b->_defs = defs;
-    b->_ndefs = ndefs;
+    b->_ndefs = (uint32_t)ndefs;
+    b->_nrows = (uint32_t)rows;
     b->_opts = *opts;
     b->_refcnt = 1;
+    b->each_code = opts->code_prefix != NULL && opts->each_code;
     layout(b);
-    size_t bytes = nrows() * b->row_words * sizeof(uint64_t);
-    if ((b->rows = aligned_alloc(64, bytes)) == NULL) {
+    return b;
+}
+
+/* Worker rows are cache-line aligned so that two workers never write one line;
+ * the control row is written off the request path and needs no alignment. */
+uint64_t *lg_stats__row_alloc(lg_stats_block_t *b, size_t row)
+{
+    size_t bytes = b->row_words * sizeof(uint64_t);
+    uint64_t *r = row == lg_stats_nworkers ? malloc(bytes) : aligned_alloc(64, bytes), *expected = NULL;
+    if (r == NULL) {
         fprintf(stderr, "legate: out of memory allocating %zu bytes\n", bytes);
         abort();
     }
-    memset(b->rows, 0, bytes);
-    if (opts->code_prefix != NULL && opts->each_code)
-        b->codes = lg_calloc(nrows() * 5, sizeof(*b->codes));
-    b->_seen_used = lg_calloc((ndefs + 63) / 64 + 1, sizeof(uint64_t));
-    return b;
+    memset(r, 0, bytes);
+    /* the control row has two writers (control and admin threads): the first one wins */
+    if (!__atomic_compare_exchange_n(&b->rows[row], &expected, r, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        free(r);
+        r = expected;
+    }
+    return r;
 }
 
 lg_stats_block_t *lg_stats_block_new_ex(const char *prefix, const lg_stat_def_t *defs, size_t ndefs,
@@ -195,24 +215,29 @@ void lg_stats_block_retain(lg_stats_block_t *b)
     __atomic_add_fetch(&b->_refcnt, 1, __ATOMIC_RELAXED);
 }
 
+static void extra_free(lg_stats_block_t *b, lg_stats_block_extra_t *x)
+{
+    if (x == NULL)
+        return;
+    for (size_t i = 0; x->texts != NULL && i != b->_ndefs; ++i)
+        free(x->texts[i]);
+    free(x->texts);
+    free(x->baseline);
+    free(x->code_baseline);
+    free(x);
+}
+
 static void block_free(lg_stats_block_t *b)
 {
     if (b->codes != NULL) {
-        for (size_t i = 0; i != nrows() * 5; ++i)
+        for (size_t i = 0; i != (size_t)b->_nrows * 5; ++i)
             free(b->codes[i]);
         free(b->codes);
     }
-    if (b->_texts != NULL) {
-        for (size_t i = 0; i != b->_ndefs; ++i)
-            free(b->_texts[i]);
-        free(b->_texts);
-    }
-    free(b->rows);
-    free(b->hist_off);
-    free(b->_baseline);
-    free(b->_code_baseline);
-    free(b->_seen_used);
-    free(b->_prefix);
+    for (size_t r = 0; r != b->_nrows; ++r)
+        free(b->rows[r]);
+    extra_free(b, b->_extra);
+    free((void *)b->hist_off);
     free(b);
 }
 
@@ -235,11 +260,33 @@ const char *lg_stats_block_prefix(const lg_stats_block_t *b)
     return b->_prefix;
 }
 
+/* Installs *slot = fresh unless another thread did first; returns the installed pointer. */
+static void *install(void **slot, void *fresh)
+{
+    void *expected = NULL;
+    if (__atomic_compare_exchange_n(slot, &expected, fresh, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        return fresh;
+    free(fresh);
+    return expected;
+}
+
 uint64_t *lg_stats__code_slots(lg_stats_block_t *b, size_t row, size_t cls)
 {
-    uint64_t *slots = lg_calloc(100, sizeof(uint64_t));
-    __atomic_store_n(&b->codes[row * 5 + cls], slots, __ATOMIC_RELEASE);
+    uint64_t **codes = __atomic_load_n(&b->codes, __ATOMIC_ACQUIRE);
+    if (codes == NULL)
+        codes = install((void **)&b->codes, lg_calloc((size_t)b->_nrows * 5, sizeof(*codes)));
+    uint64_t *slots = __atomic_load_n(&codes[row * 5 + cls], __ATOMIC_ACQUIRE);
+    if (slots == NULL)
+        slots = install((void **)&codes[row * 5 + cls], lg_calloc(100, sizeof(uint64_t)));
     return slots;
+}
+
+/* The block's rarely used parts (registry mutex held). */
+static lg_stats_block_extra_t *extra_of(lg_stats_block_t *b)
+{
+    if (b->_extra == NULL)
+        b->_extra = lg_calloc(1, sizeof(*b->_extra));
+    return b->_extra;
 }
 
 /* ---- control-side writes ----------------------------------------------------------------------------------------------------- */
@@ -262,10 +309,11 @@ void lg_stats_gauge_set(lg_stats_block_t *b, size_t idx, uint64_t value)
 void lg_stats_text_set(lg_stats_block_t *b, size_t idx, const char *value)
 {
     pthread_mutex_lock(&registry_mutex);
-    if (b->_texts == NULL)
-        b->_texts = lg_calloc(b->_ndefs, sizeof(char *));
-    free(b->_texts[idx]);
-    b->_texts[idx] = lg_strdup(value);
+    lg_stats_block_extra_t *x = extra_of(b);
+    if (x->texts == NULL)
+        x->texts = lg_calloc(b->_ndefs, sizeof(char *));
+    free(x->texts[idx]);
+    x->texts[idx] = lg_strdup(value);
     pthread_mutex_unlock(&registry_mutex);
 }
 
@@ -274,8 +322,11 @@ void lg_stats_text_set(lg_stats_block_t *b, size_t idx, const char *value)
 static uint64_t sum_word(const lg_stats_block_t *b, size_t off)
 {
     uint64_t sum = 0;
-    for (size_t r = 0; r != nrows(); ++r)
-        sum += __atomic_load_n(b->rows + r * b->row_words + off, __ATOMIC_RELAXED);
+    for (size_t r = 0; r != b->_nrows; ++r) {
+        const uint64_t *row = __atomic_load_n(&b->rows[r], __ATOMIC_ACQUIRE);
+        if (row != NULL)
+            sum += __atomic_load_n(row + off, __ATOMIC_RELAXED);
+    }
     return sum;
 }
 
@@ -283,8 +334,9 @@ static uint64_t sum_code(const lg_stats_block_t *b, unsigned code)
 {
     uint64_t sum = 0;
     size_t cls = code / 100 - 1;
-    for (size_t r = 0; r != nrows(); ++r) {
-        uint64_t *slots = __atomic_load_n(&b->codes[r * 5 + cls], __ATOMIC_ACQUIRE);
+    uint64_t **codes = __atomic_load_n(&b->codes, __ATOMIC_ACQUIRE);
+    for (size_t r = 0; codes != NULL && r != b->_nrows; ++r) {
+        uint64_t *slots = __atomic_load_n(&codes[r * 5 + cls], __ATOMIC_ACQUIRE);
         if (slots != NULL)
             sum += __atomic_load_n(slots + code % 100, __ATOMIC_RELAXED);
     }
@@ -304,16 +356,29 @@ static int gauge_used(lg_stats_block_t *b, size_t idx, uint64_t value)
     if ((b->_seen_used[idx / 64] & bit) != 0)
         return 1;
     int used = value != 0;
-    for (size_t r = 0; !used && r != nrows(); ++r)
-        used = (__atomic_load_n(b->rows + r * b->row_words + b->used_off + idx / 64, __ATOMIC_RELAXED) & bit) != 0;
+    for (size_t r = 0; !used && r != b->_nrows; ++r) {
+        const uint64_t *row = __atomic_load_n(&b->rows[r], __ATOMIC_ACQUIRE);
+        used = row != NULL && (__atomic_load_n(row + b->used_off + idx / 64, __ATOMIC_RELAXED) & bit) != 0;
+    }
     if (used)
         b->_seen_used[idx / 64] |= bit;
     return used;
 }
 
+/* Counter sums at the last /reset_counters (registry mutex held). */
+static uint64_t baseline(const lg_stats_block_t *b, size_t i)
+{
+    return b->_extra != NULL && b->_extra->baseline != NULL ? b->_extra->baseline[i] : 0;
+}
+
+static uint64_t code_baseline(const lg_stats_block_t *b, unsigned code)
+{
+    return b->_extra != NULL && b->_extra->code_baseline != NULL ? b->_extra->code_baseline[code - 100] : 0;
+}
+
 static uint64_t counter_value(const lg_stats_block_t *b, size_t idx)
 {
-    return sum_word(b, idx) - (b->_baseline != NULL ? b->_baseline[idx] : 0);
+    return sum_word(b, idx) - baseline(b, idx);
 }
 
 uint64_t lg_stats_block_value(lg_stats_block_t *b, size_t idx)
@@ -326,20 +391,20 @@ uint64_t lg_stats_block_value(lg_stats_block_t *b, size_t idx)
 
 uint64_t lg_stats_block_class_value(lg_stats_block_t *b, unsigned cls)
 {
-    if (b->class_off == SIZE_MAX || cls < 1 || cls > 5)
+    if (b->class_off == UINT32_MAX || cls < 1 || cls > 5)
         return 0;
     pthread_mutex_lock(&registry_mutex);
-    uint64_t v = sum_word(b, b->class_off + cls - 1) - (b->_baseline != NULL ? b->_baseline[b->_ndefs + cls - 1] : 0);
+    uint64_t v = sum_word(b, b->class_off + cls - 1) - baseline(b, b->_ndefs + cls - 1);
     pthread_mutex_unlock(&registry_mutex);
     return v;
 }
 
 uint64_t lg_stats_block_code_value(lg_stats_block_t *b, unsigned code)
 {
-    if (b->codes == NULL || code < 100 || code > 599)
+    if (!b->each_code || code < 100 || code > 599)
         return 0;
     pthread_mutex_lock(&registry_mutex);
-    uint64_t v = sum_code(b, code) - (b->_code_baseline != NULL ? b->_code_baseline[code - 100] : 0);
+    uint64_t v = sum_code(b, code) - code_baseline(b, code);
     pthread_mutex_unlock(&registry_mutex);
     return v;
 }
@@ -351,6 +416,7 @@ typedef struct st_collect_t {
     lg_stats_filter_cb filter;
     void *ctx;
     lg_strbuf_t name;
+    lg_strbuf_t names; /* the kept names, NUL-terminated; samples hold offsets until collected */
 } collect_t;
 
 static void set_name(collect_t *c, const lg_stats_block_t *b, const char *mid, const char *suffix)
@@ -372,7 +438,8 @@ static lg_stat_sample_t *push(collect_t *c, lg_stat_type_t type, int used)
         s->samples = lg_realloc(s->samples, s->cap * sizeof(*s->samples));
     }
     lg_stat_sample_t *x = s->samples + s->count++;
-    *x = (lg_stat_sample_t){lg_strndup(c->name.base, c->name.len), type, used};
+    *x = (lg_stat_sample_t){(char *)(uintptr_t)c->names.len, type, used};
+    lg_strbuf_append(&c->names, c->name.base, c->name.len + 1);
     return x;
 }
 
@@ -393,7 +460,7 @@ static void collect_def(collect_t *c, lg_stats_block_t *b, size_t i)
             x->value = v;
     } break;
     case LG_STAT_TEXT_READOUT: {
-        const char *t = b->_texts != NULL ? b->_texts[i] : NULL;
+        const char *t = b->_extra != NULL && b->_extra->texts != NULL ? b->_extra->texts[i] : NULL;
         if ((x = push(c, d->type, t != NULL)) != NULL)
             x->text = lg_strdup(t != NULL ? t : "");
     } break;
@@ -419,9 +486,9 @@ static void collect_codes(collect_t *c, lg_stats_block_t *b)
         set_name(c, b, b->_opts.code_prefix, suffix);
         lg_stat_sample_t *x = push(c, LG_STAT_COUNTER, raw != 0);
         if (x != NULL)
-            x->value = raw - (b->_baseline != NULL ? b->_baseline[b->_ndefs + cls - 1] : 0);
+            x->value = raw - baseline(b, b->_ndefs + cls - 1);
     }
-    for (unsigned code = 100; b->codes != NULL && code != 600; ++code) {
+    for (unsigned code = 100; __atomic_load_n(&b->codes, __ATOMIC_ACQUIRE) != NULL && code != 600; ++code) {
         uint64_t raw = sum_code(b, code);
         if (raw == 0)
             continue;
@@ -429,7 +496,7 @@ static void collect_codes(collect_t *c, lg_stats_block_t *b)
         set_name(c, b, b->_opts.code_prefix, suffix);
         lg_stat_sample_t *x = push(c, LG_STAT_COUNTER, 1);
         if (x != NULL)
-            x->value = raw - (b->_code_baseline != NULL ? b->_code_baseline[code - 100] : 0);
+            x->value = raw - code_baseline(b, code);
     }
 }
 
@@ -440,7 +507,6 @@ static int sample_cmp(const void *a, const void *b)
 
 static void sample_free(lg_stat_sample_t *x)
 {
-    free(x->name);
     free(x->text);
     free(x->hist);
 }
@@ -480,11 +546,14 @@ void lg_stats_snapshot(lg_stats_snapshot_t *snap, lg_stats_filter_cb filter, voi
     for (lg_stats_block_t *b = registry_head; b != NULL; b = b->_next) {
         for (size_t i = 0; i != b->_ndefs; ++i)
             collect_def(&c, b, i);
-        if (b->class_off != SIZE_MAX)
+        if (b->class_off != UINT32_MAX)
             collect_codes(&c, b);
     }
     pthread_mutex_unlock(&registry_mutex);
     lg_strbuf_free(&c.name);
+    snap->_names = c.names.base;
+    for (size_t i = 0; i != snap->count; ++i)
+        snap->samples[i].name = snap->_names + (uintptr_t)snap->samples[i].name;
     sort_and_merge(snap);
 }
 
@@ -493,6 +562,7 @@ void lg_stats_snapshot_free(lg_stats_snapshot_t *snap)
     for (size_t i = 0; i != snap->count; ++i)
         sample_free(snap->samples + i);
     free(snap->samples);
+    free(snap->_names);
     *snap = (lg_stats_snapshot_t){NULL};
 }
 
@@ -516,19 +586,20 @@ void lg_stats_reset_counters(void)
 {
     pthread_mutex_lock(&registry_mutex);
     for (lg_stats_block_t *b = registry_head; b != NULL; b = b->_next) {
-        if (b->_baseline == NULL)
-            b->_baseline = lg_calloc(b->_ndefs + 5, sizeof(uint64_t));
+        lg_stats_block_extra_t *x = extra_of(b);
+        if (x->baseline == NULL)
+            x->baseline = lg_calloc(b->_ndefs + 5, sizeof(uint64_t));
         for (size_t i = 0; i != b->_ndefs; ++i)
             if (b->_defs[i].type == LG_STAT_COUNTER)
-                b->_baseline[i] = sum_word(b, i);
-        for (size_t cls = 0; b->class_off != SIZE_MAX && cls != 5; ++cls)
-            b->_baseline[b->_ndefs + cls] = sum_word(b, b->class_off + cls);
-        if (b->codes == NULL)
+                x->baseline[i] = sum_word(b, i);
+        for (size_t cls = 0; b->class_off != UINT32_MAX && cls != 5; ++cls)
+            x->baseline[b->_ndefs + cls] = sum_word(b, b->class_off + cls);
+        if (__atomic_load_n(&b->codes, __ATOMIC_ACQUIRE) == NULL)
             continue;
-        if (b->_code_baseline == NULL)
-            b->_code_baseline = lg_calloc(500, sizeof(uint64_t));
+        if (x->code_baseline == NULL)
+            x->code_baseline = lg_calloc(500, sizeof(uint64_t));
         for (unsigned code = 100; code != 600; ++code)
-            b->_code_baseline[code - 100] = sum_code(b, code);
+            x->code_baseline[code - 100] = sum_code(b, code);
     }
     pthread_mutex_unlock(&registry_mutex);
 }

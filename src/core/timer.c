@@ -67,6 +67,13 @@ void lg_timer_start(lg_loop_t *l, lg_timer_t *t, uint64_t ms, lg_timer_cb cb)
     h2o_timeout_link(l->loop, timeout_for(l, ms), &t->_entry);
 }
 
+void lg_timer_touch(lg_loop_t *l, lg_timer_t *t, uint64_t ms, lg_timer_cb cb)
+{
+    if (h2o_linklist_is_linked(&t->_entry._link) && t->cb == cb && t->_entry.registered_at == h2o_now(l->loop))
+        return;
+    lg_timer_start(l, t, ms, cb);
+}
+
 void lg_timer_stop(lg_timer_t *t)
 {
     if (h2o_linklist_is_linked(&t->_entry._link))

@@ -129,7 +129,8 @@ lg_hcm_conn_t *lg_hcm_conn_new(lg_worker_t *w, const lg_listener_config_t *l, co
         STAT_INC(c, downstream_cx_http2_total);
         STAT_INC(c, downstream_cx_http2_active);
         lg_h2_options_t opts = {.allow_connect = cfg->h2_allow_connect,
-                                .stream_error_on_invalid_http_messaging = cfg->h2_stream_error_on_invalid};
+                                .stream_error_on_invalid_http_messaging = cfg->h2_stream_error_on_invalid,
+                                .request_headers_timeout_ms = (uint32_t)cfg->request_headers_timeout_ms};
         c->codec = lg_h2_server_conn_new_ex(&w->loop, sock, &cfg->h2, &opts, &conn_cbs, c);
     } else {
         lg_h1_server_settings_t s;
@@ -199,15 +200,20 @@ static void duration_timeout(lg_timer_t *t);
 static void stream_touch(lg_hcm_stream_t *s)
 {
     if (s->idle_timeout_ms != 0 && !s->destroyed)
-        lg_timer_start(&s->conn->worker->loop, &s->idle_timer, s->idle_timeout_ms, stream_idle_timeout);
+        lg_timer_touch(&s->conn->worker->loop, &s->idle_timer, s->idle_timeout_ms, stream_idle_timeout);
 }
 
 static void on_new_stream(lg_server_conn_t *codec, lg_stream_t *ds)
 {
     lg_hcm_conn_t *c = codec->ctx;
     const lg_hcm_config_t *cfg = c->config;
-    lg_hcm_stream_t *s = lg_calloc(1, sizeof(*s));
-    h2o_mem_init_pool(&s->pool);
+    lg_hcm_stream_t *s = lg_http_cache_alloc(LG_HTTP_CACHE_HCM_STREAM, sizeof(*s));
+    if (ds->pool != NULL) {
+        s->pool = ds->pool;
+    } else {
+        h2o_mem_init_pool(&s->own_pool);
+        s->pool = &s->own_pool;
+    }
     s->conn = c;
     s->downstream = ds;
     ds->cbs = &downstream_cbs;
@@ -221,10 +227,10 @@ static void on_new_stream(lg_server_conn_t *codec, lg_stream_t *ds)
     s->info.protocol = ds->version;
     s->idle_timeout_ms = cfg->stream_idle_timeout_ms;
     s->n_filters = cfg->n_filters;
-    s->filters = h2o_mem_alloc_pool(&s->pool, sizeof(*s->filters) * (cfg->n_filters ? cfg->n_filters : 1));
+    s->filters = h2o_mem_alloc_pool(s->pool, sizeof(*s->filters) * (cfg->n_filters ? cfg->n_filters : 1));
     for (size_t i = 0; i != cfg->n_filters; ++i) {
         const lg_http_filter_type_t *type = cfg->filters[i].type;
-        lg_http_filter_t *f = h2o_mem_alloc_pool(&s->pool, sizeof(*f) + type->state_size);
+        lg_http_filter_t *f = h2o_mem_alloc_pool(s->pool, sizeof(*f) + type->state_size);
         memset(f, 0, sizeof(*f) + type->state_size);
         *f = (lg_http_filter_t){type, cfg->filters[i].config, s, i};
         s->filters[i] = f;
@@ -314,9 +320,9 @@ static void mutate_request_headers(lg_hcm_stream_t *s, lg_req_head_t *req)
         char ip[INET6_ADDRSTRLEN + 8];
         size_t n = lg_address_format_ip((struct sockaddr *)&c->peer, ip, sizeof(ip));
         if (!cfg->skip_xff_append && c->peer.ss_family != AF_UNIX) {
-            h2o_iovec_t v = xff.base == NULL ? h2o_strdup(&s->pool, ip, n)
-                                             : h2o_concat(&s->pool, xff, h2o_iovec_init(H2O_STRLIT(",")), h2o_iovec_init(ip, n));
-            lg_headers_set(&s->pool, &req->headers, LG_LIT("x-forwarded-for"), v);
+            h2o_iovec_t v = xff.base == NULL ? h2o_strdup(s->pool, ip, n)
+                                             : h2o_concat(s->pool, xff, h2o_iovec_init(H2O_STRLIT(",")), h2o_iovec_init(ip, n));
+            lg_headers_set(s->pool, &req->headers, LG_LIT("x-forwarded-for"), v);
         }
         internal = is_internal_address(cfg, (struct sockaddr *)&c->peer);
     } else {
@@ -331,7 +337,7 @@ static void mutate_request_headers(lg_hcm_stream_t *s, lg_req_head_t *req)
     int edge = cfg->use_remote_address && !internal;
     if (cfg->use_remote_address) {
         if (internal)
-            lg_headers_set(&s->pool, &req->headers, LG_LIT("x-envoy-internal"), LG_LIT("true"));
+            lg_headers_set(s->pool, &req->headers, LG_LIT("x-envoy-internal"), LG_LIT("true"));
         else
             lg_headers_remove(&req->headers, H2O_STRLIT("x-envoy-internal"));
     }
@@ -359,20 +365,20 @@ static void mutate_request_headers(lg_hcm_stream_t *s, lg_req_head_t *req)
             lg_headers_remove(&req->headers, strip[i], strlen(strip[i]));
         char ip[INET6_ADDRSTRLEN + 8];
         size_t n = lg_address_format_ip((struct sockaddr *)&c->peer, ip, sizeof(ip));
-        lg_headers_set(&s->pool, &req->headers, LG_LIT("x-envoy-external-address"), h2o_strdup(&s->pool, ip, n));
+        lg_headers_set(s->pool, &req->headers, LG_LIT("x-envoy-external-address"), h2o_strdup(s->pool, ip, n));
     }
     /* x-forwarded-proto: overwritten at the edge, defaulted elsewhere. */
     h2o_iovec_t scheme = c->tls ? LG_LIT("https") : LG_LIT("http");
     if (cfg->use_remote_address || lg_headers_find(&req->headers, H2O_STRLIT("x-forwarded-proto"), 0) < 0)
-        lg_headers_set(&s->pool, &req->headers, LG_LIT("x-forwarded-proto"), scheme);
+        lg_headers_set(s->pool, &req->headers, LG_LIT("x-forwarded-proto"), scheme);
     if (req->scheme.base == NULL || req->scheme.len == 0)
         req->scheme = scheme;
     /* x-request-id */
     if (cfg->generate_request_id) {
         ssize_t i = lg_headers_find(&req->headers, H2O_STRLIT("x-request-id"), 0);
         if (i < 0 || (edge && !cfg->preserve_external_request_id)) {
-            h2o_iovec_t id = uuid4(&s->pool);
-            lg_headers_set(&s->pool, &req->headers, LG_LIT("x-request-id"), id);
+            h2o_iovec_t id = uuid4(s->pool);
+            lg_headers_set(s->pool, &req->headers, LG_LIT("x-request-id"), id);
             s->info.request_id = id;
         } else {
             s->info.request_id = req->headers.entries[i].value;
@@ -421,7 +427,7 @@ static int normalize_path(lg_hcm_stream_t *s, lg_req_head_t *req)
                 if (cfg->escaped_slashes == LG_ESCAPED_SLASHES_REJECT)
                     return -1;
                 /* UNESCAPE_AND_FORWARD (and REDIRECT, which is forwarded unescaped here) */
-                char *b = h2o_mem_alloc_pool(&s->pool, p.len);
+                char *b = h2o_mem_alloc_pool(s->pool, p.len);
                 size_t o = 0;
                 for (size_t j = 0; j < p.len; ++j) {
                     if (j + 2 < p.len && p.base[j] == '%' && p.base[j + 1] == '2' && (p.base[j + 2] | 0x20) == 'f') {
@@ -442,10 +448,10 @@ static int normalize_path(lg_hcm_stream_t *s, lg_req_head_t *req)
         if (p.len == 0 || p.base[0] != '/')
             return -1;
         size_t qat;
-        p = h2o_url_normalize_path(&s->pool, p.base, p.len, &qat, NULL);
+        p = h2o_url_normalize_path(s->pool, p.base, p.len, &qat, NULL);
     }
     if (cfg->merge_slashes) {
-        char *b = h2o_mem_alloc_pool(&s->pool, p.len + 1);
+        char *b = h2o_mem_alloc_pool(s->pool, p.len + 1);
         size_t o = 0;
         for (size_t i = 0; i != p.len; ++i)
             if (!(p.base[i] == '/' && o != 0 && b[o - 1] == '/'))
@@ -453,7 +459,7 @@ static int normalize_path(lg_hcm_stream_t *s, lg_req_head_t *req)
         p = h2o_iovec_init(b, o);
     }
     if (p.base != path.base || p.len != qpos)
-        req->path = q.len == 0 ? p : h2o_concat(&s->pool, p, q);
+        req->path = q.len == 0 ? p : h2o_concat(s->pool, p, q);
     return 0;
 }
 
@@ -461,7 +467,7 @@ const lg_route_t *lg_hcm_route(lg_hcm_stream_t *s)
 {
     if (!s->route_resolved) {
         s->route_resolved = 1;
-        const lg_route_table_t *t = lg_snapshot_route_table(s->conn->snapshot, s->conn->config);
+        const lg_route_table_t *t = lg_snapshot_route_table_for(s->conn->snapshot, s->conn->config, s->req);
         s->route = t != NULL ? lg_route_match(t, s->req, lg_random(), &s->vhost) : NULL;
         if (s->route != NULL)
             s->info.route_name = s->route->name;
@@ -538,9 +544,10 @@ h2o_iovec_t lg_hcm_grpc_timeout_value(h2o_mem_pool_t *pool, uint64_t ms)
         ms /= 60;
         ++unit;
     }
-    char *buf = h2o_mem_alloc_pool(pool, 16);
-    int n = snprintf(buf, 16, "%llu%c", (unsigned long long)ms, *unit);
-    return h2o_iovec_init(buf, (size_t)n);
+    char *buf = h2o_mem_alloc_pool(pool, 24);
+    size_t n = lg_u64_to_dec(buf, ms);
+    buf[n++] = *unit;
+    return h2o_iovec_init(buf, n);
 }
 
 /* grpc-message is percent-encoded (PROTOCOL-HTTP2.md), as Envoy's PercentEncoding::encode:
@@ -611,8 +618,8 @@ static int upgrade_allowed(lg_hcm_stream_t *s, h2o_iovec_t type)
  * HTTP/1.1 upgrade (Envoy's transformUpgradeRequestFromH2toH1). */
 static void h2_ext_connect_to_upgrade(lg_hcm_stream_t *s, lg_req_head_t *req)
 {
-    lg_headers_set(&s->pool, &req->headers, LG_LIT("upgrade"), req->protocol);
-    lg_headers_set(&s->pool, &req->headers, LG_LIT("connection"), LG_LIT("upgrade"));
+    lg_headers_set(s->pool, &req->headers, LG_LIT("upgrade"), req->protocol);
+    lg_headers_set(s->pool, &req->headers, LG_LIT("connection"), LG_LIT("upgrade"));
     req->method = LG_LIT("GET");
     req->protocol = h2o_iovec_init(NULL, 0);
     s->h2_ext_connect = 1;
@@ -648,8 +655,8 @@ static void refresh_idle_timeout(lg_hcm_stream_t *s)
     s->idle_timeout_ms = (uint64_t)r->action.idle_timeout_ms;
     if (s->idle_timeout_ms == 0)
         lg_timer_stop(&s->idle_timer);
-    else
-        stream_touch(s);
+    else if (!s->destroyed) /* the duration changed: a full re-arm */
+        lg_timer_start(&s->conn->worker->loop, &s->idle_timer, s->idle_timeout_ms, stream_idle_timeout);
 }
 
 /* Envoy's refreshDurationTimeout: with the route's grpc_timeout_header_max the
@@ -683,7 +690,7 @@ static void refresh_duration_timeout(lg_hcm_stream_t *s)
                 (uint64_t)a->grpc_timeout_header_offset_ms < timeout ? timeout - (uint64_t)a->grpc_timeout_header_offset_ms : 0;
     }
     if (lg_hcm_route_uses_new_timeouts(r) && s->is_grpc)
-        lg_headers_set(&s->pool, &s->req->headers, LG_LIT("grpc-timeout"), lg_hcm_grpc_timeout_value(&s->pool, timeout));
+        lg_headers_set(s->pool, &s->req->headers, LG_LIT("grpc-timeout"), lg_hcm_grpc_timeout_value(s->pool, timeout));
     uint64_t used = (lg_now_us() - s->info.start_us) / 1000;
     lg_timer_start(&s->conn->worker->loop, &s->duration_timer, timeout > used ? timeout - used : 0, duration_timeout);
 }
@@ -869,8 +876,9 @@ static void stream_destroy(lg_hcm_stream_t *s)
     h2o_linklist_unlink(&s->link);
     --c->n_streams;
     STAT_DEC(c, downstream_rq_active);
-    h2o_mem_clear_pool(&s->pool);
-    free(s);
+    if (s->pool == &s->own_pool)
+        h2o_mem_clear_pool(&s->own_pool);
+    lg_http_cache_free(LG_HTTP_CACHE_HCM_STREAM, s);
     conn_arm_idle(c);
     /* Last: resetting an HTTP/1 stream closes its connection, which frees c. */
     if (ds != NULL)
@@ -926,22 +934,34 @@ static void count_response(lg_hcm_stream_t *s, int status)
 static void finalize_response_head(lg_hcm_stream_t *s, lg_resp_head_t *head)
 {
     const lg_hcm_config_t *cfg = s->conn->config;
+    int has_server = 0, has_date = 0, has_request_id = 0;
+    for (size_t i = 0; i != head->headers.size; ++i) { /* one pass for the three lookups */
+        h2o_iovec_t n = head->headers.entries[i].name;
+        if (h2o_memis(n.base, n.len, H2O_STRLIT("server")))
+            has_server = 1;
+        else if (h2o_memis(n.base, n.len, H2O_STRLIT("date")))
+            has_date = 1;
+        else if (h2o_memis(n.base, n.len, H2O_STRLIT("x-request-id")))
+            has_request_id = 1;
+    }
     switch (cfg->server_header_transformation) {
     case LG_SERVER_OVERWRITE:
-        lg_headers_set(&s->pool, &head->headers, LG_LIT("server"), cfg->server_name);
+        if (has_server)
+            lg_headers_set(s->pool, &head->headers, LG_LIT("server"), cfg->server_name);
+        else
+            lg_headers_add(s->pool, &head->headers, LG_LIT("server"), cfg->server_name);
         break;
     case LG_SERVER_APPEND_IF_ABSENT:
-        if (lg_headers_find(&head->headers, H2O_STRLIT("server"), 0) < 0)
-            lg_headers_add(&s->pool, &head->headers, LG_LIT("server"), cfg->server_name);
+        if (!has_server)
+            lg_headers_add(s->pool, &head->headers, LG_LIT("server"), cfg->server_name);
         break;
     case LG_SERVER_PASS_THROUGH:
         break;
     }
-    if (lg_headers_find(&head->headers, H2O_STRLIT("date"), 0) < 0)
-        lg_headers_add(&s->pool, &head->headers, LG_LIT("date"), h2o_strdup(&s->pool, date_header().base, H2O_TIMESTR_RFC1123_LEN));
-    if (cfg->always_set_request_id_in_response && s->info.request_id.base != NULL &&
-        lg_headers_find(&head->headers, H2O_STRLIT("x-request-id"), 0) < 0)
-        lg_headers_add(&s->pool, &head->headers, LG_LIT("x-request-id"), s->info.request_id);
+    if (!has_date)
+        lg_headers_add(s->pool, &head->headers, LG_LIT("date"), h2o_strdup(s->pool, date_header().base, H2O_TIMESTR_RFC1123_LEN));
+    if (cfg->always_set_request_id_in_response && s->info.request_id.base != NULL && !has_request_id)
+        lg_headers_add(s->pool, &head->headers, LG_LIT("x-request-id"), s->info.request_id);
 }
 
 /* The rest of Envoy's transformUpgradeResponseFromH1toH2 (the codec turns 101 into 200). */
@@ -979,6 +999,9 @@ void lg_hcm_encode_headers(lg_hcm_stream_t *s, lg_resp_head_t *head, int end_str
     stream_touch(s);
     if (end_stream)
         s->info.last_downstream_tx_us = lg_now_us();
+    /* Envoy's drainClose() check (src/core/server.c): this response may tell the connection to drain */
+    if (!s->conn->draining && lg_server_drain_close(s->conn))
+        lg_hcm_conn_drain(s->conn);
     s->downstream->ops->send_headers(s->downstream, head, end_stream);
 }
 
@@ -1070,29 +1093,27 @@ static void send_local_reply(lg_hcm_stream_t *s, int status, h2o_iovec_t body, c
         return;
     }
     s->local_reply = 1;
-    lg_resp_head_t *head = h2o_mem_alloc_pool(&s->pool, sizeof(*head));
+    lg_resp_head_t *head = h2o_mem_alloc_pool(s->pool, sizeof(*head));
     *head = (lg_resp_head_t){.status = status, .version = s->downstream->version};
     int head_only = s->req != NULL && h2o_memis(s->req->method.base, s->req->method.len, H2O_STRLIT("HEAD"));
     if (s->is_grpc) {
         /* Trailers-only gRPC response, as Envoy's local replies to gRPC requests. */
-        char *code = h2o_mem_alloc_pool(&s->pool, 8);
+        char *code = h2o_mem_alloc_pool(s->pool, 8);
         int n = snprintf(code, 8, "%d", grpc_status >= 0 ? grpc_status : http_to_grpc_status(status));
         head->status = 200;
-        lg_headers_add(&s->pool, &head->headers, LG_LIT("content-type"), LG_LIT("application/grpc"));
-        lg_headers_add(&s->pool, &head->headers, LG_LIT("grpc-status"), h2o_iovec_init(code, n));
+        lg_headers_add(s->pool, &head->headers, LG_LIT("content-type"), LG_LIT("application/grpc"));
+        lg_headers_add(s->pool, &head->headers, LG_LIT("grpc-status"), h2o_iovec_init(code, n));
         if (body.len != 0 && !head_only)
-            lg_headers_add(&s->pool, &head->headers, LG_LIT("grpc-message"), grpc_message_encode(&s->pool, body));
+            lg_headers_add(s->pool, &head->headers, LG_LIT("grpc-message"), grpc_message_encode(s->pool, body));
         body = h2o_iovec_init(NULL, 0);
     } else if (body.len != 0) {
-        char *len = h2o_mem_alloc_pool(&s->pool, 24);
-        int n = snprintf(len, 24, "%zu", body.len);
-        lg_headers_add(&s->pool, &head->headers, LG_LIT("content-length"), h2o_iovec_init(len, n));
-        lg_headers_add(&s->pool, &head->headers, LG_LIT("content-type"), LG_LIT("text/plain"));
+        lg_headers_add(s->pool, &head->headers, LG_LIT("content-length"), lg_u64_to_dec_pool(s->pool, body.len));
+        lg_headers_add(s->pool, &head->headers, LG_LIT("content-type"), LG_LIT("text/plain"));
     } else if (status >= 200 && status != 204 && status != 304) {
-        lg_headers_add(&s->pool, &head->headers, LG_LIT("content-length"), LG_LIT("0"));
+        lg_headers_add(s->pool, &head->headers, LG_LIT("content-length"), LG_LIT("0"));
     }
     for (size_t i = 0; extra != NULL && i != extra->size; ++i)
-        lg_headers_add(&s->pool, &head->headers, extra->entries[i].name, extra->entries[i].value);
+        lg_headers_add(s->pool, &head->headers, extra->entries[i].name, extra->entries[i].value);
     if (head_only)
         body = h2o_iovec_init(NULL, 0);
     /* The encode filters see local replies too (Envoy runs them). */

@@ -338,7 +338,8 @@ static int parse_fields(h2o_mem_pool_t *pool, char *p, const char *end, const lg
     h2o_iovec_t line, name, value;
     for (const char *q = p; (q = memchr(q, '\n', end - q)) != NULL; ++q)
         ++lines;
-    h2o_vector_reserve(pool, headers, lines < lim->max_headers_count ? lines : lim->max_headers_count);
+    /* room for what a proxy adds (x-forwarded-proto, date, server ...) without regrowing the vector */
+    h2o_vector_reserve(pool, headers, (lines < lim->max_headers_count ? lines : lim->max_headers_count) + 6);
     while ((line = take_line(&p, end)).len != 0) {
         if (lg__h1_parse_field_line(line.base, line.len, &name, &value, err) != 0)
             return -1;

@@ -72,13 +72,18 @@ struct st_lg_h1_server_conn_t {
     size_t unconsumed; /* delivered body bytes not consumed yet */
     lg_h1_outbuf_t out[2];
     lg_h1_outbuf_t *pending, *inflight;
-    lg_timer_t resume_timer, linger_timer, headers_timer;
+    /* request_headers_timeout while a head is incomplete; once lingering (no head is
+     * parsed any more), delayed_close_timeout */
+    lg_timer_t timer;
+    lg_timer_t defer_timer; /* 0 ms: work for the end of this loop turn (resume_due, flush_due) */
     unsigned depth;
     unsigned peer_eof : 1;
     unsigned draining : 1;
     unsigned close_after_write : 1; /* no new request: close once the output is flushed */
     unsigned lingering : 1;         /* write side shut, draining input until EOF or timeout */
     unsigned closed : 1;
+    unsigned resume_due : 1; /* parse again (input was held back) */
+    unsigned flush_due : 1;  /* a response head waits for its first body bytes */
 };
 
 static const lg_stream_ops_t stream_ops;
@@ -101,7 +106,7 @@ static void enter(lg_h1_server_conn_t *c)
 static void stream_free(lg_h1_server_stream_t *s)
 {
     h2o_mem_clear_pool(&s->pool);
-    free(s);
+    lg_http_cache_free(LG_HTTP_CACHE_H1_SERVER_STREAM, s);
 }
 
 static void destroy(lg_h1_server_conn_t *c)
@@ -156,9 +161,8 @@ static void close_now(lg_h1_server_conn_t *c, lg_reset_reason_t reason, const ch
         return;
     lg_h1_server_stream_t *s = c->stream != NULL ? detach_stream(c) : NULL;
     c->closed = 1;
-    lg_timer_stop(&c->resume_timer);
-    lg_timer_stop(&c->linger_timer);
-    lg_timer_stop(&c->headers_timer);
+    lg_timer_stop(&c->timer);
+    lg_timer_stop(&c->defer_timer);
     h2o_socket_close(c->sock);
     c->sock = NULL;
     c->inflight = NULL;
@@ -169,7 +173,7 @@ static void close_now(lg_h1_server_conn_t *c, lg_reset_reason_t reason, const ch
 
 static void on_linger_timeout(lg_timer_t *t)
 {
-    lg_h1_server_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_h1_server_conn_t, linger_timer, t);
+    lg_h1_server_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_h1_server_conn_t, timer, t);
     enter(c);
     close_now(c, LG_RESET_CONNECTION_TERMINATION, "delayed_close_timeout");
     leave(c);
@@ -188,7 +192,7 @@ static void start_linger(lg_h1_server_conn_t *c)
     c->lingering = 1;
     shutdown(h2o_socket_get_fd(c->sock), SHUT_WR);
     h2o_buffer_consume(&c->sock->input, c->sock->input->size);
-    lg_timer_start(c->loop, &c->linger_timer, c->settings.delayed_close_timeout_ms, on_linger_timeout);
+    lg_timer_start(c->loop, &c->timer, c->settings.delayed_close_timeout_ms, on_linger_timeout); /* replaces a headers timeout */
     if (!h2o_socket_is_reading(c->sock))
         h2o_socket_read_start(c->sock, on_read);
 }
@@ -222,19 +226,34 @@ static void update_reading(lg_h1_server_conn_t *c)
         h2o_socket_read_stop(c->sock);
 }
 
-static void on_resume(lg_timer_t *t)
+static void flush(lg_h1_server_conn_t *c);
+
+static void on_defer(lg_timer_t *t)
 {
-    lg_h1_server_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_h1_server_conn_t, resume_timer, t);
+    lg_h1_server_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_h1_server_conn_t, defer_timer, t);
     enter(c);
-    process_input(c);
+    if (c->flush_due)
+        flush(c);
+    if (c->resume_due && !c->closed) {
+        c->resume_due = 0;
+        process_input(c);
+    }
     leave(c);
+}
+
+static void defer(lg_h1_server_conn_t *c)
+{
+    if (!lg_timer_is_active(&c->defer_timer))
+        lg_timer_start(c->loop, &c->defer_timer, 0, on_defer);
 }
 
 /* Parsing resumes on the next loop turn, never inside the caller's op. */
 static void schedule_resume(lg_h1_server_conn_t *c)
 {
-    if (!c->closed && !lg_timer_is_active(&c->resume_timer))
-        lg_timer_start(c->loop, &c->resume_timer, 0, on_resume);
+    if (c->closed)
+        return;
+    c->resume_due = 1;
+    defer(c);
 }
 
 /* Output */
@@ -258,11 +277,27 @@ static void on_write_complete(h2o_socket_t *sock, const char *err);
 
 static void flush(lg_h1_server_conn_t *c)
 {
+    if (c->flush_due) { /* whatever happens below, nothing waits for the timer any more */
+        c->flush_due = 0;
+        if (!c->resume_due)
+            lg_timer_stop(&c->defer_timer);
+    }
     if (c->closed || c->lingering || c->inflight != NULL || !c->pending->dirty)
         return;
     c->inflight = c->pending;
     c->pending = c->inflight == &c->out[0] ? &c->out[1] : &c->out[0];
     h2o_socket_write(c->sock, c->inflight->bufs.entries, c->inflight->bufs.size, on_write_complete);
+}
+
+/* A response head without end_stream waits for the first body bytes (or
+ * trailers), so that both leave in one write; at the latest it goes at the
+ * end of this loop turn (a 0 ms timer runs after the turn's I/O callbacks). */
+static void flush_later(lg_h1_server_conn_t *c)
+{
+    if (c->closed)
+        return;
+    c->flush_due = 1;
+    defer(c);
 }
 
 static void finish_stream(lg_h1_server_conn_t *c)
@@ -311,11 +346,24 @@ static void on_write_complete(h2o_socket_t *sock, const char *err)
     leave(c);
 }
 
-static int is_upgrade_head(const lg_headers_t *headers)
+/* One pass over a response head: whether it has a content-length, and whether it
+ * is an upgrade (an upgrade header, and "upgrade" in the first connection header). */
+static void scan_head(const lg_headers_t *headers, int *has_cl, int *is_upgrade)
 {
-    h2o_iovec_t conn = lg_headers_get(headers, H2O_STRLIT("connection"));
-    return lg_headers_find(headers, H2O_STRLIT("upgrade"), 0) >= 0 && conn.base != NULL &&
-           h2o_contains_token(conn.base, conn.len, H2O_STRLIT("upgrade"), ',');
+    const h2o_iovec_t *conn = NULL;
+    int upgrade = 0;
+    *has_cl = 0;
+    for (size_t i = 0; i != headers->size; ++i) {
+        h2o_iovec_t n = headers->entries[i].name;
+        if (h2o_memis(n.base, n.len, H2O_STRLIT("content-length")))
+            *has_cl = 1;
+        else if (h2o_memis(n.base, n.len, H2O_STRLIT("upgrade")))
+            upgrade = 1;
+        else if (conn == NULL && h2o_memis(n.base, n.len, H2O_STRLIT("connection")))
+            conn = &headers->entries[i].value;
+    }
+    *is_upgrade =
+        upgrade && conn != NULL && conn->base != NULL && h2o_contains_token(conn->base, conn->len, H2O_STRLIT("upgrade"), ',');
 }
 
 /* Copies `head` as it goes on the wire: HTTP version of the request, no
@@ -337,10 +385,10 @@ static void wire_head(h2o_mem_pool_t *pool, const lg_resp_head_t *head, int vers
 }
 
 /* Queues a flattened head; a head that would break the framing kills the connection. */
-static int queue_head(lg_h1_server_conn_t *c, const lg_resp_head_t *head, unsigned flags)
+static int queue_head(lg_h1_server_conn_t *c, h2o_mem_pool_t *pool, const lg_resp_head_t *head, unsigned flags)
 {
     h2o_iovec_t out;
-    if (lg_h1_flatten_response_head(&c->pending->pool, head, flags, &out) != 0) {
+    if (lg_h1_flatten_response_head(pool, head, flags, &out) != 0) {
         LG_ERROR(http, "h1: response head with a status %d would break the framing; closing the connection", head->status);
         close_now(c, LG_RESET_LOCAL, "invalid_response_header");
         return -1;
@@ -357,7 +405,7 @@ static void send_interim(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s, const
         return;
     lg_resp_head_t wire;
     wire_head(&c->pending->pool, head, LG_HTTP_11, NULL, &wire);
-    if (queue_head(c, &wire, 0) == 0 && head->status == 100)
+    if (queue_head(c, &c->pending->pool, &wire, 0) == 0 && head->status == 100)
         s->sent_100 = 1;
 }
 
@@ -367,14 +415,15 @@ static void send_final_head(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s, co
 {
     int status = head->status, http10 = s->head.version == LG_HTTP_10;
     int tunnel = s->info.is_connect ? status >= 200 && status < 300 : s->info.upgrade && status == 101;
-    int has_cl = lg_headers_find(&head->headers, H2O_STRLIT("content-length"), 0) >= 0;
+    int has_cl, is_upgrade;
+    scan_head(&head->headers, &has_cl, &is_upgrade);
     lg_h1_encode_ctx_t ectx = {.status = status,
                                .has_content_length = has_cl,
                                .end_stream = end_stream,
                                .is_http10 = http10,
                                .is_head_response = s->info.is_head,
                                .is_connect = s->info.is_connect && status < 300,
-                               .is_upgrade = is_upgrade_head(&head->headers)};
+                               .is_upgrade = is_upgrade};
     unsigned flags = lg_h1_encode_framing(&ectx);
 
     s->resp_started = 1;
@@ -389,9 +438,11 @@ static void send_final_head(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s, co
     else if (http10 && !s->will_close)
         connection = "keep-alive";
 
+    /* the stream's pool: the head is written before the stream completes, and a
+     * reset closes the connection (queued output is dropped) */
     lg_resp_head_t wire;
-    wire_head(&c->pending->pool, head, s->head.version, connection, &wire);
-    if (queue_head(c, &wire, flags & (LG_H1_ADD_CHUNKED_TE | LG_H1_ADD_CONTENT_LENGTH_ZERO)) != 0)
+    wire_head(&s->pool, head, s->head.version, connection, &wire);
+    if (queue_head(c, &s->pool, &wire, flags & (LG_H1_ADD_CHUNKED_TE | LG_H1_ADD_CONTENT_LENGTH_ZERO)) != 0)
         return;
     if (end_stream)
         s->resp_done = 1;
@@ -415,7 +466,7 @@ static void send_codec_error_reply(lg_h1_server_conn_t *c, int status)
     if (c->settings.server_name.len != 0)
         lg_headers_add(pool, &head.headers, LG_LIT("server"), c->settings.server_name);
     lg_headers_add(pool, &head.headers, LG_LIT("connection"), LG_LIT("close"));
-    if (queue_head(c, &head, 0) == 0)
+    if (queue_head(c, pool, &head, 0) == 0)
         outbuf_push(c->pending, h2o_iovec_init(reason, strlen(reason)));
 }
 
@@ -452,7 +503,7 @@ static void body_error(lg_h1_server_conn_t *c, const lg_h1_error_t *err)
 static lg_h1_server_stream_t *spare_stream(lg_h1_server_conn_t *c)
 {
     if (c->spare == NULL) {
-        c->spare = lg_calloc(1, sizeof(*c->spare));
+        c->spare = lg_http_cache_alloc(LG_HTTP_CACHE_H1_SERVER_STREAM, sizeof(*c->spare));
         h2o_mem_init_pool(&c->spare->pool);
     } else {
         h2o_mem_clear_pool(&c->spare->pool);
@@ -491,7 +542,7 @@ static void start_stream(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s, size_
     c->spare = NULL;
     own_head(s, c->sock->input->bytes, head_len);
     h2o_buffer_consume(&c->sock->input, head_len);
-    s->super = (lg_stream_t){&stream_ops, NULL, NULL, ++c->seq, s->head.version};
+    s->super = (lg_stream_t){&stream_ops, NULL, NULL, ++c->seq, s->head.version, &s->pool};
     s->conn = c;
     switch (s->info.body) {
     case LG_H1_BODY_CONTENT_LENGTH:
@@ -523,7 +574,7 @@ static void start_stream(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s, size_
 
 static void on_headers_timeout(lg_timer_t *t)
 {
-    lg_h1_server_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_h1_server_conn_t, headers_timer, t);
+    lg_h1_server_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_h1_server_conn_t, timer, t);
     lg_h1_error_t err = {408, "request_header_timeout", "request headers not received in time"};
     if (c->closed || c->stream != NULL)
         return;
@@ -543,12 +594,12 @@ static int parse_head(lg_h1_server_conn_t *c)
     ssize_t r = lg_h1_parse_request(&s->pool, in->bytes, in->size, c->last_len, &c->settings.limits, &s->head, &s->info, &err);
     if (r == -2) {
         c->last_len = in->size;
-        if (c->settings.request_headers_timeout_ms != 0 && !lg_timer_is_active(&c->headers_timer))
-            lg_timer_start(c->loop, &c->headers_timer, c->settings.request_headers_timeout_ms, on_headers_timeout);
+        if (c->settings.request_headers_timeout_ms != 0 && !lg_timer_is_active(&c->timer))
+            lg_timer_start(c->loop, &c->timer, c->settings.request_headers_timeout_ms, on_headers_timeout);
         return 0;
     }
     c->last_len = 0;
-    lg_timer_stop(&c->headers_timer);
+    lg_timer_stop(&c->timer); /* not lingering here: the headers timeout */
     if (r < 0) {
         codec_error(c, &err);
         return 0;
@@ -677,11 +728,15 @@ static void stream_send_headers(lg_stream_t *_s, void *_head, int end_stream)
     enter(c);
     if (head->status < 200 && head->status != 101) {
         send_interim(c, s, head);
+        flush(c);
     } else {
         assert(!s->resp_started);
         send_final_head(c, s, head, end_stream);
+        if (end_stream)
+            flush(c);
+        else
+            flush_later(c);
     }
-    flush(c);
     leave(c);
 }
 

@@ -9,6 +9,8 @@
  * a callback stays valid until the entry point returns.
  */
 #include <errno.h>
+#include <unistd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <h2o/string_.h>
@@ -20,6 +22,10 @@
 #define BATCH_MAX_SEGS 512
 #define BLOCK_SIZE 16384
 #define LINGER_MS 1000
+#define TRIM_MS 100 /* an idle connection gives its buffers back after this */
+/* nghttp2's outbound frame buffer (NGHTTP2_FRAMEBUF_CHUNKLEN): its bytes are
+ * dead whenever nothing is being sent. */
+#define NGHTTP2_FRAMEBUF_LEN (9 + 1 + 16384)
 #define MAX_IOV 1024 /* Linux's IOV_MAX */
 /* Envoy's Http2ProtocolOptions defaults for flood protection. */
 #define MAX_OUTBOUND_FRAMES 10000
@@ -41,6 +47,120 @@ void lg_h2_settings_init(lg_h2_settings_t *settings)
         .max_header_list_bytes = 60 * 1024,
         .buffer_limit = 1024 * 1024,
     };
+}
+
+/* ---- nghttp2's memory --------------------------------------------------- */
+
+/* Small blocks go to malloc. Blocks of a page or more (the 16 KiB outbound
+ * frame buffer, the stream map) get pages of their own (mmap) and are
+ * recorded, so that trim_big_blocks() can drop their pages: an idle session
+ * then holds only its small state (HPACK tables, settings). mmap rather than
+ * posix_memalign: aligned heap blocks leave up to a page of fragments each,
+ * and untouched mmap pages cost nothing (the frame buffer's tail is only
+ * touched by large HEADERS frames). */
+static size_t page_size(void)
+{
+    static size_t ps;
+    if (ps == 0)
+        ps = (size_t)sysconf(_SC_PAGESIZE);
+    return ps;
+}
+
+static lg__h2_big_t *big_find(lg__h2_conn_t *conn, void *p)
+{
+    if (((uintptr_t)p & (page_size() - 1)) != 0)
+        return NULL;
+    for (size_t i = 0; i != conn->nbig; ++i)
+        if (conn->big[i].p == p)
+            return conn->big + i;
+    return NULL;
+}
+
+/* `paged`: give the block pages of its own. Sets *zeroed when it comes from fresh pages. */
+static void *mem_alloc(lg__h2_conn_t *conn, size_t size, int paged, int *zeroed)
+{
+    *zeroed = 0;
+    if (!paged || size < page_size() || conn->nbig == LG__H2_MAX_BIG)
+        return malloc(size);
+    size_t rounded = (size + page_size() - 1) & ~(page_size() - 1);
+    void *p = mmap(NULL, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    conn->big[conn->nbig++] = (lg__h2_big_t){p, size};
+    *zeroed = 1;
+    return p;
+}
+
+/* Only the frame buffer is paged among malloc'ed blocks: large header values
+ * (also >= a page) come and go with every request and would cost syscalls. */
+static void *mem_malloc(size_t size, void *user_data)
+{
+    int zeroed;
+    return mem_alloc(user_data, size, size == NGHTTP2_FRAMEBUF_LEN, &zeroed);
+}
+
+static void mem_free(void *p, void *user_data)
+{
+    lg__h2_conn_t *conn = user_data;
+    lg__h2_big_t *b = p != NULL ? big_find(conn, p) : NULL;
+    if (b != NULL) {
+        munmap(p, (b->size + page_size() - 1) & ~(page_size() - 1));
+        *b = conn->big[--conn->nbig];
+        return;
+    }
+    free(p);
+}
+
+static void *mem_calloc(size_t n, size_t size, void *user_data)
+{
+    if (size != 0 && n > SIZE_MAX / size)
+        return NULL;
+    int zeroed;
+    void *p = mem_alloc(user_data, n * size, 1, &zeroed); /* the stream map's table */
+    if (p != NULL && !zeroed)
+        memset(p, 0, n * size);
+    return p;
+}
+
+static void *mem_realloc(void *p, size_t size, void *user_data)
+{
+    lg__h2_conn_t *conn = user_data;
+    lg__h2_big_t *b = p != NULL ? big_find(conn, p) : NULL;
+    if (p == NULL)
+        return mem_malloc(size, user_data);
+    if (b == NULL)
+        return realloc(p, size);
+    void *q = mem_malloc(size, user_data);
+    if (q == NULL)
+        return NULL;
+    memcpy(q, p, b->size < size ? b->size : size);
+    mem_free(p, user_data);
+    return q;
+}
+
+/* Drops the pages of nghttp2's big blocks that hold nothing live: every page
+ * of an all-zero stretch (an empty stream map reads back the same) and the
+ * whole frame buffer while no frame is being sent. */
+static void trim_big_blocks(lg__h2_conn_t *conn)
+{
+    size_t ps = page_size();
+    int framebuf_dead = !nghttp2_session_want_write(conn->session);
+    for (size_t i = 0; i != conn->nbig; ++i) {
+        char *p = conn->big[i].p;
+        size_t len = (conn->big[i].size + ps - 1) & ~(ps - 1);
+        if (framebuf_dead && conn->big[i].size == NGHTTP2_FRAMEBUF_LEN) {
+            madvise(p, len, MADV_DONTNEED);
+            continue;
+        }
+        for (size_t off = 0; off != len; off += ps) {
+            const uint64_t *w = (const uint64_t *)(p + off);
+            size_t k = 0;
+            while (k != ps / sizeof(*w) && w[k] == 0)
+                ++k;
+            if (k == ps / sizeof(*w))
+                madvise(p + off, ps, MADV_DONTNEED);
+        }
+    }
 }
 
 /* ---- streams ---------------------------------------------------------- */
@@ -67,6 +187,8 @@ lg__h2_stream_t *lg__h2_stream_new(lg__h2_conn_t *conn, int32_t stream_id)
     s->super.version = LG_HTTP_2;
     s->conn = conn;
     h2o_mem_init_pool(&s->pool);
+    if (conn->is_server)
+        s->super.pool = &s->pool; /* the request's one pool: lent to the driver, freed after its terminal callback */
     h2o_linklist_insert(&conn->streams, &s->link);
     ++conn->num_streams;
     if (stream_id > 0)
@@ -76,6 +198,9 @@ lg__h2_stream_t *lg__h2_stream_new(lg__h2_conn_t *conn, int32_t stream_id)
 
 static void stream_free(lg__h2_conn_t *conn, lg__h2_stream_t *s)
 {
+    lg_timer_stop(&s->headers_timer);
+    if (conn->hdr_stream == s)
+        conn->hdr_stream = NULL;
     size_t held = s->unconsumed + s->undelivered;
     /* Bytes the driver will never consume still count against the connection window. */
     if (held != 0 && conn->session != NULL && s->super.id != 0)
@@ -109,6 +234,8 @@ static void stream_retire(lg__h2_stream_t *s, int complete, lg_reset_reason_t re
     h2o_linklist_insert(&conn->graveyard, &s->link);
     if (h2o_linklist_is_linked(&s->dirty))
         h2o_linklist_unlink(&s->dirty);
+    if (h2o_linklist_is_linked(&s->writing))
+        h2o_linklist_unlink(&s->writing); /* its in-flight bytes are copies (write_batch): nothing to report */
     --conn->num_streams;
     if (s->super.id != 0 && !s->closed && conn->session != NULL)
         nghttp2_session_set_stream_user_data(conn->session, (int32_t)s->super.id, NULL);
@@ -215,7 +342,9 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
                      const uint8_t *value, size_t valuelen, uint8_t flags, void *user_data)
 {
     lg__h2_conn_t *conn = user_data;
-    lg__h2_stream_t *s = get_stream(conn, frame->hd.stream_id);
+    lg__h2_stream_t *s = conn->hdr_stream;
+    if (s == NULL || s->super.id != (uint32_t)frame->hd.stream_id || s->done)
+        s = get_stream(conn, frame->hd.stream_id);
     if (s == NULL || s->building == NULL)
         return 0;
     s->header_bytes += namelen + valuelen;
@@ -267,6 +396,27 @@ static int finish_response_head(lg__h2_stream_t *s)
     return 1;
 }
 
+/* Envoy's onRequestHeaderTimeout: 408 and the stream reset, before the driver ever saw it. */
+static void on_headers_timeout(lg_timer_t *t)
+{
+    lg__h2_stream_t *s = H2O_STRUCT_FROM_MEMBER(lg__h2_stream_t, headers_timer, t);
+    lg__h2_conn_t *conn = s->conn;
+    if (s->done || s->head_ready || s->closed || conn->state != LG__H2_OPEN)
+        return;
+    lg__h2_enter(conn);
+    static const nghttp2_nv status = {(uint8_t *)":status", (uint8_t *)"408", 7, 3,
+                                      NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE};
+    int32_t id = (int32_t)s->super.id;
+    s->building = NULL; /* the rest of the block is decoded and dropped */
+    /* RST_STREAM follows once the 408 is out (on_frame_send): queued now, it would cancel the 408 */
+    s->timed_out = 1;
+    if (nghttp2_submit_response(conn->session, id, &status, 1, NULL) != 0)
+        nghttp2_submit_rst_stream(conn->session, NGHTTP2_FLAG_NONE, id, NGHTTP2_NO_ERROR);
+    if (conn->super.server.cbs->on_codec_error != NULL)
+        conn->super.server.cbs->on_codec_error(&conn->super.server, 408, "request_header_timeout");
+    lg__h2_leave(conn);
+}
+
 static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
 {
     lg__h2_conn_t *conn = user_data;
@@ -276,9 +426,12 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     if (conn->is_server && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
         ++conn->flood.streams_opened;
         s = lg__h2_stream_new(conn, frame->hd.stream_id);
+        if (conn->options.request_headers_timeout_ms != 0)
+            lg_timer_start(conn->loop, &s->headers_timer, conn->options.request_headers_timeout_ms, on_headers_timeout);
     } else if ((s = get_stream(conn, frame->hd.stream_id)) == NULL) {
         return 0;
     }
+    conn->hdr_stream = s;
     s->header_count = 0;
     s->header_bytes = 0;
     if (s->head_ready) {
@@ -298,6 +451,7 @@ static void on_headers_frame(lg__h2_conn_t *conn, lg__h2_stream_t *s, int end_st
     if (s->building == s->trailers) {
         s->remote_end = 1;
     } else if (conn->is_server) {
+        lg_timer_stop(&s->headers_timer);
         finish_request_head(s);
         s->head_ready = 1;
         s->remote_end = end_stream;
@@ -410,6 +564,8 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
             lg__h2_stream_t *s = get_stream(conn, frame->hd.stream_id);
             if (s != NULL)
                 s->local_end_sent = 1;
+            if (s != NULL && s->timed_out)
+                nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR);
         }
         break;
     case NGHTTP2_GOAWAY:
@@ -523,8 +679,9 @@ static int on_send_data(nghttp2_session *session, nghttp2_frame *frame, const ui
             s->sendq_off = 0;
         }
     }
-    s->sent_unreported += length;
-    mark_dirty(s);
+    s->sent_writing += length;
+    if (!h2o_linklist_is_linked(&s->writing))
+        h2o_linklist_insert(&conn->writing, &s->writing);
     return 0;
 }
 
@@ -560,8 +717,24 @@ nghttp2_data_provider lg__h2_data_provider(lg__h2_stream_t *s)
     return (nghttp2_data_provider){.source.ptr = s, .read_callback = on_read_data};
 }
 
+/* The write that carried the streams' framed bytes is complete: they become
+ * on_data_sent, which lets the drivers send (and read upstream) more. */
+static void writes_done(lg__h2_conn_t *conn)
+{
+    while (!h2o_linklist_is_empty(&conn->writing)) {
+        lg__h2_stream_t *s = H2O_STRUCT_FROM_MEMBER(lg__h2_stream_t, writing, conn->writing.next);
+        h2o_linklist_unlink(&s->writing);
+        s->sent_unreported += s->sent_writing;
+        s->sent_writing = 0;
+        mark_dirty(s);
+    }
+}
+
 /* Writes what the kernel takes now and copies the rest, so that no caller's
- * byte is referenced once this returns. TLS sockets copy in h2o_socket_write. */
+ * byte is referenced once this returns (a stream reset meanwhile frees
+ * them). TLS sockets copy in h2o_socket_write. Bytes are reported as sent
+ * only once the socket took all of them, so that a slow peer holds at most
+ * one batch per connection and the drivers' own limits do the rest. */
 static void write_batch(lg__h2_conn_t *conn)
 {
     lg__h2_batch_t *b = &conn->batch;
@@ -602,6 +775,8 @@ static void write_batch(lg__h2_conn_t *conn)
             h2o_iovec_t v = h2o_iovec_init(conn->tail, left);
             conn->write_in_flight = 1;
             h2o_socket_write(conn->sock, &v, 1, on_write_complete);
+        } else {
+            writes_done(conn);
         }
     } else {
         conn->write_in_flight = 1;
@@ -704,7 +879,7 @@ static void deliver_terminal(lg__h2_conn_t *conn, lg__h2_stream_t *s)
     int complete = s->close_error == NGHTTP2_NO_ERROR && s->reason_override == 0 && s->remote_end &&
                    (s->local_end_sent || (!conn->is_server && s->rst_received));
     if (complete) {
-        if (s->remote_end_delivered && s->unconsumed == 0 && s->undelivered == 0 && s->sent_unreported == 0)
+        if (s->remote_end_delivered && s->unconsumed == 0 && s->undelivered == 0 && s->sent_unreported == 0 && s->sent_writing == 0)
             stream_retire(s, 1, LG_RESET_LOCAL, NULL);
         return;
     }
@@ -761,9 +936,8 @@ static void check_finished(lg__h2_conn_t *conn)
         lg__h2_stream_t *s = H2O_STRUCT_FROM_MEMBER(lg__h2_stream_t, link, l);
         if (!s->closed) {
             s->closed = 1;
-            s->reason_override = (!conn->is_server && conn->codec_error != NULL ? LG_RESET_PROTOCOL_ERROR
-                                                                                : LG_RESET_CONNECTION_TERMINATION) +
-                                 1;
+            s->reason_override =
+                (!conn->is_server && conn->codec_error != NULL ? LG_RESET_PROTOCOL_ERROR : LG_RESET_CONNECTION_TERMINATION) + 1;
             s->detail = conn->close_detail != NULL ? conn->close_detail : LG_H2_DETAIL_CONNECTION_TERMINATION;
             mark_dirty(s);
         }
@@ -812,6 +986,7 @@ static void close_now(lg__h2_conn_t *conn)
 {
     conn->state = LG__H2_CLOSED;
     lg_timer_stop(&conn->run_timer);
+    lg_timer_stop(&conn->linger_timer); /* the trim timer until now */
     if (conn->is_server && conn->codec_error != NULL && conn->super.server.cbs->on_codec_error != NULL)
         conn->super.server.cbs->on_codec_error(&conn->super.server, 0, conn->codec_error);
     const char *detail = conn->close_detail != NULL ? conn->close_detail : LG_H2_DETAIL_CONNECTION_TERMINATION;
@@ -852,6 +1027,31 @@ void lg__h2_request_close(lg__h2_conn_t *conn, lg_reset_reason_t reason, const c
     conn->final_goaway = goaway_code;
 }
 
+/* An idle connection (no stream, nothing being written) keeps only what it
+ * needs to take the next request: the write batch, the socket's input buffer
+ * and nghttp2's frame buffer are given back, and re-made on demand. */
+static void on_trim_timer(lg_timer_t *t)
+{
+    lg__h2_conn_t *conn = H2O_STRUCT_FROM_MEMBER(lg__h2_conn_t, linger_timer, t);
+    if (conn->state != LG__H2_OPEN || conn->num_streams != 0 || conn->write_in_flight || conn->batch.total != 0)
+        return; /* the next idle moment arms it again */
+    free(conn->batch.buf);
+    free(conn->batch.segs);
+    free(conn->batch.vecs);
+    conn->batch = (lg__h2_batch_t){NULL};
+    if (conn->sock->input->size == 0 && conn->sock->input->bytes != NULL) {
+        h2o_buffer_dispose(&conn->sock->input);
+        h2o_buffer_init(&conn->sock->input, &h2o_socket_buffer_prototype);
+    }
+    trim_big_blocks(conn);
+}
+
+static void arm_trim(lg__h2_conn_t *conn)
+{
+    if (conn->num_streams == 0 && !conn->write_in_flight && !lg_timer_is_active(&conn->linger_timer))
+        lg_timer_start(conn->loop, &conn->linger_timer, TRIM_MS, on_trim_timer);
+}
+
 void lg__h2_enter(lg__h2_conn_t *conn)
 {
     ++conn->depth;
@@ -876,6 +1076,7 @@ void lg__h2_leave(lg__h2_conn_t *conn)
             close_now(conn); /* frees conn, or leaves it lingering without the driver */
             return;
         }
+        arm_trim(conn);
     }
     --conn->depth;
 }
@@ -951,6 +1152,8 @@ static void on_write_complete(h2o_socket_t *sock, const char *err)
         conn->peer_gone = 1;
         if (conn->close_detail == NULL)
             conn->close_detail = err;
+    } else {
+        writes_done(conn);
     }
     lg__h2_leave(conn);
 }
@@ -1161,6 +1364,7 @@ int lg__h2_conn_init(lg__h2_conn_t *conn, int is_server, lg_loop_t *loop, h2o_so
     h2o_linklist_init_anchor(&conn->streams);
     h2o_linklist_init_anchor(&conn->dirty);
     h2o_linklist_init_anchor(&conn->graveyard);
+    h2o_linklist_init_anchor(&conn->writing);
 
     nghttp2_session_callbacks *cbs = new_callbacks();
     nghttp2_option *opt;
@@ -1171,8 +1375,9 @@ int lg__h2_conn_init(lg__h2_conn_t *conn, int is_server, lg_loop_t *loop, h2o_so
     /* as Envoy: nghttp2 would otherwise keep every closed stream of a long-lived connection */
     nghttp2_option_set_no_closed_streams(opt, 1);
     nghttp2_option_set_max_outbound_ack(opt, MAX_OUTBOUND_CONTROL_FRAMES);
-    int rv = is_server ? nghttp2_session_server_new2(&conn->session, cbs, conn, opt)
-                       : nghttp2_session_client_new2(&conn->session, cbs, conn, opt);
+    nghttp2_mem mem = {conn, mem_malloc, mem_free, mem_calloc, mem_realloc};
+    int rv = is_server ? nghttp2_session_server_new3(&conn->session, cbs, conn, opt, &mem)
+                       : nghttp2_session_client_new3(&conn->session, cbs, conn, opt, &mem);
     nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cbs);
     if (rv != 0)

@@ -67,6 +67,49 @@ static void start_tcp_proxy(lg_worker_t *w, lg_listener_config_t *l, const lg_fi
     lg_tcp_proxy_conn_new(w, l, chain->tcp_proxy, snap, sock, server_name);
 }
 
+/* ---- listener.<address>.downstream_cx_* ---- */
+
+/* A connection as its listener counts it (Envoy's ActiveTcpConnection): from
+ * its filter chain match until its socket is disposed, whoever owns the
+ * socket by then (HCM, tcp_proxy, or the handshake that failed). It holds a
+ * reference to the stats block, as the socket may outlive its listener. */
+typedef struct st_counted_conn_t {
+    lg_stats_block_t *stats;
+    size_t row;
+    uint64_t start_ms;
+} counted_conn_t;
+
+/* this worker's sockets still counted (lg_listener_counted_sockets) */
+static __thread size_t n_counted;
+
+static void on_counted_close(void *data)
+{
+    counted_conn_t *cc = data;
+    LG_STAT_DEC(cc->stats, cc->row, LG_LISTENER_STAT_downstream_cx_active);
+    LG_STAT_INC(cc->stats, cc->row, LG_LISTENER_STAT_downstream_cx_destroy);
+    lg_stats_histogram_record(cc->stats, cc->row, LG_LISTENER_STAT_downstream_cx_length_ms, lg_now_ms() - cc->start_ms);
+    lg_stats_block_release(cc->stats);
+    free(cc);
+    --n_counted;
+}
+
+static void count_conn(lg_worker_t *w, lg_listener_config_t *l, h2o_socket_t *sock)
+{
+    counted_conn_t *cc = lg_malloc(sizeof(*cc));
+    lg_stats_block_retain(l->stats);
+    *cc = (counted_conn_t){l->stats, w->index, lg_now_ms()};
+    LG_STAT_INC(l->stats, w->index, LG_LISTENER_STAT_downstream_cx_total);
+    LG_STAT_INC(l->stats, w->index, LG_LISTENER_STAT_downstream_cx_active);
+    sock->on_close.cb = on_counted_close;
+    sock->on_close.data = cc;
+    ++n_counted;
+}
+
+size_t lg_listener_counted_sockets(void)
+{
+    return n_counted;
+}
+
 /* ---- from accept to the network filter ---- */
 
 /* A connection between accept and its network filter: listener filters
@@ -223,6 +266,7 @@ static void on_handshake(h2o_socket_t *sock, const char *err)
         char addr[128];
         lg_address_format((struct sockaddr *)&p->remote, sizeof(p->remote), addr, sizeof(addr));
         LG_DEBUG(connection, "remote address:%s,%s", addr, reason[0] != '\0' ? reason : err != NULL ? err : "handshake failed");
+        lg_tls_send_pending_alert(sock);
         pending_free(p, 1);
         return;
     }
@@ -265,6 +309,7 @@ static void select_chain(pending_conn_t *p, const lg_tls_client_hello_t *hello)
         pending_free(p, 1);
         return;
     }
+    count_conn(p->worker, l, p->sock);
     if (p->chain->tls != NULL)
         start_handshake(p);
     else
@@ -322,7 +367,6 @@ void lg_listener_accept(lg_worker_t *w, lg_listener_config_t *l, lg_snapshot_t *
     /* a bounded batch per wake-up so that one busy listener cannot starve the loop */
     for (int i = 0; i != 64 && (sock = h2o_evloop_socket_accept(listener)) != NULL; ++i) {
         int on = 1;
-        LG_STAT_INC(l->stats, w->index, LG_LISTENER_STAT_downstream_cx_total);
         if (l->addr.ss_family != AF_UNIX)
             setsockopt(h2o_socket_get_fd(sock), IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
         pending_conn_t *p = pending_new(w, l, snap, sock);

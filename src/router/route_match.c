@@ -12,6 +12,7 @@
 #include "legate/format.h"
 #include "legate/http.h"
 #include "legate/route.h"
+#include "legate/runtime.h"
 
 /* ---- domain index ---- */
 
@@ -395,10 +396,21 @@ static int is_connect(const lg_req_head_t *req)
     return h2o_memis(req->method.base, req->method.len, H2O_STRLIT("CONNECT")) && req->protocol.len == 0;
 }
 
+/* runtime_fraction: the runtime value of runtime_key overrides the default (Envoy's featureEnabled). */
+static int fraction_matches(const lg_route_t *r, uint64_t random)
+{
+    const Envoy__Config__Core__V3__RuntimeFractionalPercent *rf =
+        r->pb != NULL && r->pb->match != NULL ? r->pb->match->runtime_fraction : NULL;
+    if (rf == NULL || rf->runtime_key[0] == '\0')
+        return random % r->fraction_denominator < r->fraction_numerator;
+    return lg_runtime_feature_enabled(lg_runtime_current(), rf->runtime_key, r->fraction_numerator, r->fraction_denominator,
+                                      random);
+}
+
 /* Everything but the path (RouteEntryImplBase::matchRoute). */
 static int rest_matches(const lg_route_t *r, const lg_req_head_t *req, uint64_t random)
 {
-    if (r->has_runtime_fraction && random % r->fraction_denominator >= r->fraction_numerator)
+    if (r->has_runtime_fraction && !fraction_matches(r, random))
         return 0;
     if (r->grpc && !is_grpc(req))
         return 0;

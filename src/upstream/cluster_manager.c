@@ -4,6 +4,8 @@
  * pools, built lazily on first use. Everything here runs on the owning
  * worker's thread, except the breaker counts, which are shared atomics.
  */
+#include "legate/http.h"
+#include "legate/tls.h"
 #include "upstream.h"
 
 struct st_lg_worker_clusters_t {
@@ -37,12 +39,24 @@ static lg_worker_cluster_t *worker_cluster_new(lg_worker_t *w, lg_cluster_config
     return c;
 }
 
+/* Calls fn on every pool of c's hosts (fn may free the pool). */
+static void for_each_pool(lg_worker_cluster_t *c, void (*fn)(lg_conn_pool_t *))
+{
+    for (size_t i = 0; c->hosts != NULL && i != c->config->n_hosts; ++i) {
+        lg_host_t *h = c->hosts + i;
+        for (size_t j = 0; j != 2; ++j)
+            if (h->pools[j] != NULL)
+                fn(h->pools[j]);
+        for (lg_conn_pool_t *p = h->named_pools, *next; p != NULL; p = next) {
+            next = lg__conn_pool_next_named(p);
+            fn(p);
+        }
+    }
+}
+
 static void worker_cluster_free(lg_worker_cluster_t *c)
 {
-    for (size_t i = 0; c->hosts != NULL && i != c->config->n_hosts; ++i)
-        for (size_t j = 0; j != 2; ++j)
-            if (c->hosts[i].pools[j] != NULL)
-                lg__conn_pool_free(c->hosts[i].pools[j]);
+    for_each_pool(c, lg__conn_pool_free);
     if (c->lb_healthy != NULL)
         c->config->lb->destroy(c->lb_healthy);
     if (c->lb_all != NULL)
@@ -68,10 +82,7 @@ void lg_worker_cluster_release(lg_worker_cluster_t *c)
 static void worker_cluster_drain(lg_worker_cluster_t *c)
 {
     lg_worker_cluster_addref(c);
-    for (size_t i = 0; c->hosts != NULL && i != c->config->n_hosts; ++i)
-        for (size_t j = 0; j != 2; ++j)
-            if (c->hosts[i].pools[j] != NULL)
-                lg__conn_pool_drain(c->hosts[i].pools[j]);
+    for_each_pool(c, lg__conn_pool_drain);
     lg_worker_cluster_release(c);
 }
 
@@ -100,6 +111,118 @@ void lg_host_addref(lg_host_t *h)
 void lg_host_release(lg_host_t *h)
 {
     lg_worker_cluster_release(h->cluster);
+}
+
+static void ensure_hosts(lg_worker_cluster_t *c);
+
+/* ---- carrying pools over a cluster update ---- */
+
+static int same_str(const char *a, const char *b)
+{
+    return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+/* Whether connections made under `a` can serve `b`, the next version of the
+ * same cluster: what a connection is (protocol, codec settings, TLS, the
+ * auto_sni keying) and where it counts (the stats block) must not change;
+ * timeouts, the load balancer, breaker thresholds and hosts may. */
+static int pools_compatible(const lg_cluster_config_t *a, const lg_cluster_config_t *b)
+{
+    if (lg_cluster_config_stats(a) != lg_cluster_config_stats(b) || a->protocol != b->protocol || a->auto_sni != b->auto_sni ||
+        a->auto_san_validation != b->auto_san_validation || !same_str(a->override_auto_sni_header, b->override_auto_sni_header))
+        return 0;
+    if ((a->h2 == NULL) != (b->h2 == NULL) || (a->h2 != NULL && memcmp(a->h2, b->h2, sizeof(*a->h2)) != 0))
+        return 0;
+    if (memcmp(&a->h1_limits, &b->h1_limits, sizeof(a->h1_limits)) != 0 || a->buffer_limit != b->buffer_limit)
+        return 0;
+    if ((a->tls == NULL) != (b->tls == NULL))
+        return 0;
+    return a->tls == NULL || lg_tls_context_same(a->tls, b->tls);
+}
+
+/* Positions of cfg's hosts by address: open addressing, `mask + 1` slots of
+ * index + 1 (0 = empty). The first of duplicate addresses wins. */
+typedef struct st_host_index_t {
+    uint32_t *slots;
+    size_t mask;
+} host_index_t;
+
+static uint32_t *host_index_slot(const host_index_t *x, const lg_cluster_config_t *cfg, const char *address)
+{
+    for (size_t i = name_hash(address, strlen(address)) & x->mask;; i = (i + 1) & x->mask)
+        if (x->slots[i] == 0 || strcmp(cfg->hosts[x->slots[i] - 1]->address, address) == 0)
+            return x->slots + i;
+}
+
+static void host_index_init(host_index_t *x, const lg_cluster_config_t *cfg)
+{
+    size_t cap = 8;
+    while (cap < cfg->n_hosts * 2)
+        cap *= 2;
+    x->slots = lg_calloc(cap, sizeof(x->slots[0]));
+    x->mask = cap - 1;
+    for (size_t i = 0; i != cfg->n_hosts; ++i) {
+        uint32_t *slot = host_index_slot(x, cfg, cfg->hosts[i]->address);
+        if (*slot == 0)
+            *slot = (uint32_t)i + 1;
+    }
+}
+
+/* Continues this worker's row of a host's counters (only this worker writes
+ * it, so the copy is exact, unlike the control thread's copy made before the
+ * worker switched). The gauges follow the connections: they carry over with
+ * the pools, else they stay with the old host, where those connections end. */
+static void continue_host_row(lg_worker_cluster_t *c, const lg_host_config_t *to, const lg_host_config_t *from, int pools_moved)
+{
+    size_t row = c->worker->index * LG_HOST_STAT__COUNT;
+    for (size_t k = 0; k != LG_HOST_STAT__COUNT; ++k) {
+        int gauge = k == LG_HOST_STAT_cx_active || k == LG_HOST_STAT_rq_active;
+        uint64_t v = gauge && !pools_moved ? 0 : __atomic_load_n(&from->stats[row + k], __ATOMIC_RELAXED);
+        __atomic_store_n(&to->stats[row + k], v, __ATOMIC_RELAXED);
+    }
+}
+
+static void move_host_pools(lg_host_t *from, lg_host_t *to)
+{
+    for (size_t j = 0; j != 2; ++j) {
+        if (from->pools[j] != NULL && to->pools[j] == NULL) {
+            lg__conn_pool_move(from->pools[j], to);
+            to->pools[j] = from->pools[j];
+            from->pools[j] = NULL;
+        }
+    }
+    if (from->named_pools != NULL && to->named_pools == NULL) {
+        for (lg_conn_pool_t *p = from->named_pools; p != NULL; p = lg__conn_pool_next_named(p))
+            lg__conn_pool_move(p, to);
+        to->named_pools = from->named_pools;
+        from->named_pools = NULL;
+    }
+}
+
+/* c replaces prev (same name, another config): the pools of hosts that
+ * remain move to c when the change does not affect them (Envoy keeps a
+ * host's pools); what stays with prev drains when prev leaves its view. */
+static void adopt_pools(lg_worker_cluster_t *c, lg_worker_cluster_t *prev)
+{
+    const lg_cluster_config_t *cfg = c->config, *old = prev->config;
+    if (cfg->n_hosts == 0 || old->n_hosts == 0)
+        return;
+    int compatible = prev->hosts != NULL && pools_compatible(old, cfg);
+    host_index_t index;
+    host_index_init(&index, cfg);
+    for (size_t j = 0; j != old->n_hosts; ++j) {
+        uint32_t i = *host_index_slot(&index, cfg, old->hosts[j]->address);
+        if (i-- == 0 || cfg->hosts[i] == old->hosts[j])
+            continue;
+        lg_host_t *from = compatible ? prev->hosts + j : NULL;
+        int moved = from != NULL && (from->pools[0] != NULL || from->pools[1] != NULL || from->named_pools != NULL);
+        if (moved) {
+            ensure_hosts(c);
+            move_host_pools(from, c->hosts + i);
+        }
+        continue_host_row(c, cfg->hosts[i], old->hosts[j], moved);
+    }
+    free(index.slots);
 }
 
 /* ---- views ---- */
@@ -137,6 +260,8 @@ lg_worker_clusters_t *lg_worker_clusters_new(lg_worker_t *w, lg_cluster_config_t
             ++c->view_refs;
         } else {
             c = worker_cluster_new(w, cfgs[i]);
+            if (prev != NULL)
+                adopt_pools(c, prev);
         }
         lg_worker_cluster_t **slot = table_slot(v, name, strlen(name));
         if (*slot != NULL) { /* duplicate name: the caller broke the contract; keep the first */
@@ -240,6 +365,50 @@ lg_host_t *lg__cluster_choose_host(lg_worker_cluster_t *c, const lg_lb_context_t
     return choose_host(c, ctx);
 }
 
+/* A host name without its port; an IPv6 literal without its brackets
+ * ("[::1]:80" -> "::1"). */
+static h2o_iovec_t strip_port(h2o_iovec_t v)
+{
+    if (v.len > 1 && v.base[0] == '[') {
+        const char *end = memchr(v.base, ']', v.len);
+        return end != NULL ? h2o_iovec_init(v.base + 1, end - v.base - 1) : h2o_iovec_init(NULL, 0);
+    }
+    const char *colon = memchr(v.base, ':', v.len);
+    if (colon != NULL && memchr(colon + 1, ':', v.len - (colon + 1 - v.base)) == NULL)
+        v.len = colon - v.base; /* one colon: host:port; more: an IPv6 literal */
+    return v;
+}
+
+/* Envoy's auto_sni / auto_san_validation name of a request: the
+ * override_auto_sni_header's value when present and not empty, else the
+ * :authority, without the port. Empty when the cluster uses none. */
+static h2o_iovec_t request_tls_name(const lg_cluster_config_t *cfg, const lg_lb_context_t *ctx)
+{
+    if (cfg->tls == NULL || !(cfg->auto_sni || cfg->auto_san_validation) || ctx == NULL || ctx->request == NULL)
+        return h2o_iovec_init(NULL, 0);
+    h2o_iovec_t v = ctx->request->authority;
+    if (cfg->override_auto_sni_header != NULL) {
+        h2o_iovec_t o =
+            lg_headers_get(&ctx->request->headers, cfg->override_auto_sni_header, strlen(cfg->override_auto_sni_header));
+        if (o.len != 0)
+            v = o;
+    }
+    if (v.base == NULL)
+        return h2o_iovec_init(NULL, 0);
+    v = strip_port(v);
+    return v.len <= 255 ? v : h2o_iovec_init(NULL, 0); /* longer is no DNS name (SNI allows 255) */
+}
+
+/* A pool of a cluster that left every view (a retry of a stream that began
+ * on it) drains from the start: its connections close once idle. */
+static lg_conn_pool_t *pool_new(lg_worker_cluster_t *c, lg_host_t *h, int version, h2o_iovec_t name)
+{
+    lg_conn_pool_t *pool = lg__conn_pool_new(h, version, name.base, name.len);
+    if (c->view_refs == 0)
+        lg__conn_pool_drain(pool);
+    return pool;
+}
+
 lg_pool_request_t *lg_cluster_request_stream(lg_worker_cluster_t *c, int downstream_version, const lg_lb_context_t *ctx,
                                              const lg_pool_cbs_t *cbs, void *data)
 {
@@ -251,8 +420,16 @@ lg_pool_request_t *lg_cluster_request_stream(lg_worker_cluster_t *c, int downstr
     }
     int h2 = c->config->protocol == LG_UPSTREAM_HTTP2 ||
              (c->config->protocol == LG_UPSTREAM_USE_DOWNSTREAM && downstream_version >= LG_HTTP_2);
+    int version = h2 ? LG_HTTP_2 : LG_HTTP_11;
+    h2o_iovec_t name = request_tls_name(c->config, ctx);
+    if (name.len != 0) {
+        lg_conn_pool_t *pool = lg__conn_pool_find_named(h, version, name.base, name.len);
+        if (pool == NULL)
+            pool = pool_new(c, h, version, name);
+        return lg__conn_pool_request(pool, cbs, data);
+    }
     if (h->pools[h2] == NULL)
-        h->pools[h2] = lg__conn_pool_new(h, h2 ? LG_HTTP_2 : LG_HTTP_11);
+        h->pools[h2] = pool_new(c, h, version, h2o_iovec_init(NULL, 0));
     return lg__conn_pool_request(h->pools[h2], cbs, data);
 }
 

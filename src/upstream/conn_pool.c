@@ -10,10 +10,7 @@
  * that a codec event makes possible (a stream slot freed) is done on the
  * next loop turn.
  */
-#include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <unistd.h>
+#include <arpa/inet.h>
 #include "legate/h2.h"
 #include "legate/timer.h"
 #include "legate/tls.h"
@@ -25,15 +22,20 @@ typedef struct st_lg__pool_conn_t {
     h2o_linklist_t link; /* pool->connecting, ->ready or ->busy (BUSY and DRAINING) */
     lg_conn_pool_t *pool;
     lg__conn_state_t state;
-    h2o_socket_t *sock; /* owned by the codec once connected */
+    /* cn.sock is owned by the codec once connected; cn.timer is the connect
+     * timeout, then the idle timeout or the deferred close */
+    lg__connect_t cn;
+    /* The config the connection was made under (a reference): its codec
+     * settings, TLS context and limits, which outlive a cluster update that
+     * hands the pool to a new config. */
+    lg_cluster_config_t *config;
     lg_client_conn_t *conn;
-    lg_timer_t timer;           /* connect timeout; then idle timeout or deferred close */
     uint64_t remaining_streams; /* max_requests_per_connection countdown */
     uint64_t stream_limit;      /* what it counts for in connecting_capacity */
     uint32_t active_streams;
-    size_t rx_counted, tx_counted;
-    int connect_errno;
-    SSL_CTX *ssl_ctx; /* during the TLS handshake */
+    uint64_t rx_counted, tx_counted;
+    lg_timer_t rx_timer; /* the next read of the received byte count */
+    SSL_CTX *ssl_ctx;    /* during the TLS handshake */
     unsigned timed_out : 1, closing_local : 1;
 } lg__pool_conn_t;
 
@@ -46,6 +48,11 @@ struct st_lg_conn_pool_t {
     uint64_t connecting_capacity; /* streams the CONNECTING connections will take */
     lg_timer_t ready_timer;       /* deferred attach of pending requests */
     unsigned draining : 1;
+    unsigned tls_name_is_ip : 1;
+    /* named pools (host->named_pools) only */
+    char *tls_name;
+    lg_conn_pool_t *next_named;
+    lg_timer_t gc_timer; /* frees the pool once it is empty */
 };
 
 struct st_lg_pool_request_t {
@@ -75,7 +82,13 @@ static lg_loop_t *pool_loop(lg_conn_pool_t *pool)
     return &pool->host->cluster->worker->loop;
 }
 
-lg_conn_pool_t *lg__conn_pool_new(lg_host_t *host, int version)
+static int is_ip_literal(const char *s)
+{
+    unsigned char buf[16];
+    return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
+}
+
+lg_conn_pool_t *lg__conn_pool_new(lg_host_t *host, int version, const char *tls_name, size_t tls_name_len)
 {
     lg_conn_pool_t *pool = lg_calloc(1, sizeof(*pool));
     pool->host = host;
@@ -84,6 +97,14 @@ lg_conn_pool_t *lg__conn_pool_new(lg_host_t *host, int version)
     h2o_linklist_init_anchor(&pool->ready);
     h2o_linklist_init_anchor(&pool->busy);
     h2o_linklist_init_anchor(&pool->pending);
+    if (tls_name != NULL) {
+        pool->tls_name = lg_malloc(tls_name_len + 1);
+        memcpy(pool->tls_name, tls_name, tls_name_len);
+        pool->tls_name[tls_name_len] = '\0';
+        pool->tls_name_is_ip = is_ip_literal(pool->tls_name);
+        pool->next_named = host->named_pools;
+        host->named_pools = pool;
+    }
     return pool;
 }
 
@@ -91,7 +112,47 @@ void lg__conn_pool_free(lg_conn_pool_t *pool)
 {
     /* connections and pending requests hold the cluster, so an unreferenced cluster's pools are empty */
     lg_timer_stop(&pool->ready_timer);
+    lg_timer_stop(&pool->gc_timer);
+    free(pool->tls_name);
     free(pool);
+}
+
+lg_conn_pool_t *lg__conn_pool_find_named(lg_host_t *host, int version, const char *name, size_t len)
+{
+    for (lg_conn_pool_t *p = host->named_pools; p != NULL; p = p->next_named)
+        if (p->version == version && strncmp(p->tls_name, name, len) == 0 && p->tls_name[len] == '\0')
+            return p;
+    return NULL;
+}
+
+lg_conn_pool_t *lg__conn_pool_next_named(lg_conn_pool_t *pool)
+{
+    return pool->next_named;
+}
+
+static int pool_is_empty(lg_conn_pool_t *pool)
+{
+    return h2o_linklist_is_empty(&pool->connecting) && h2o_linklist_is_empty(&pool->ready) && h2o_linklist_is_empty(&pool->busy);
+}
+
+static void on_gc_timer(lg_timer_t *t)
+{
+    lg_conn_pool_t *pool = H2O_STRUCT_FROM_MEMBER(lg_conn_pool_t, gc_timer, t);
+    if (!pool_is_empty(pool) || pool->n_pending != 0)
+        return;
+    lg_conn_pool_t **p = &pool->host->named_pools;
+    while (*p != pool)
+        p = &(*p)->next_named;
+    *p = pool->next_named;
+    lg__conn_pool_free(pool);
+}
+
+/* A named pool goes once it is empty (one per request host name would
+ * otherwise pile up), on a later turn: its caller may still be using it. */
+static void maybe_gc(lg_conn_pool_t *pool)
+{
+    if (pool->tls_name != NULL && pool->n_pending == 0 && pool_is_empty(pool) && !lg_timer_is_active(&pool->gc_timer))
+        lg_timer_start(&pool->host->cluster->worker->loop, &pool->gc_timer, 0, on_gc_timer);
 }
 
 static void schedule_upstream_ready(lg_conn_pool_t *pool)
@@ -126,6 +187,7 @@ static void pending_remove(lg_pool_request_t *req)
     lg__cluster_dec(c, LG_CLUSTER_STAT_upstream_rq_pending_active);
     lg__cluster_res_put(c, LG__RES_PENDING);
     free(req);
+    maybe_gc(pool);
 }
 
 void lg_pool_request_cancel(lg_pool_request_t *req)
@@ -183,15 +245,39 @@ static void set_state(lg__pool_conn_t *pc, lg__conn_state_t state)
     pc->state = state;
 }
 
-static void count_bytes(lg__pool_conn_t *pc)
+static void count_tx(lg__pool_conn_t *pc)
 {
-    if (pc->sock == NULL)
-        return;
-    lg_worker_cluster_t *c = pool_cluster(pc->pool);
-    lg__cluster_add(c, LG_CLUSTER_STAT_upstream_cx_rx_bytes_total, pc->sock->bytes_read - pc->rx_counted);
-    lg__cluster_add(c, LG_CLUSTER_STAT_upstream_cx_tx_bytes_total, pc->sock->bytes_written - pc->tx_counted);
-    pc->rx_counted = pc->sock->bytes_read;
-    pc->tx_counted = pc->sock->bytes_written;
+    if (pc->cn.sock->bytes_written > pc->tx_counted) {
+        lg__cluster_add(pool_cluster(pc->pool), LG_CLUSTER_STAT_upstream_cx_tx_bytes_total,
+                        pc->cn.sock->bytes_written - pc->tx_counted);
+        pc->tx_counted = pc->cn.sock->bytes_written;
+    }
+}
+
+/* Received bytes come from the kernel (libh2o 2.2.5's bytes_read is the
+ * last read's only), which costs a syscall: at most one per connection per
+ * RX_COUNT_MS while it has traffic, and one when it closes. */
+#define RX_COUNT_MS 100
+
+static void count_rx(lg__pool_conn_t *pc)
+{
+    uint64_t rx = lg__socket_rx_bytes(pc->cn.sock);
+    if (rx > pc->rx_counted) {
+        lg__cluster_add(pool_cluster(pc->pool), LG_CLUSTER_STAT_upstream_cx_rx_bytes_total, rx - pc->rx_counted);
+        pc->rx_counted = rx;
+    }
+}
+
+static void on_rx_timer(lg_timer_t *t)
+{
+    count_rx(H2O_STRUCT_FROM_MEMBER(lg__pool_conn_t, rx_timer, t));
+}
+
+static void count_bytes_later(lg__pool_conn_t *pc)
+{
+    count_tx(pc);
+    if (!lg_timer_is_active(&pc->rx_timer))
+        lg_timer_start(pool_loop(pc->pool), &pc->rx_timer, RX_COUNT_MS, on_rx_timer);
 }
 
 /* A stream of pc ended (or its connection went away under it). */
@@ -214,13 +300,16 @@ static void conn_destroy(lg__pool_conn_t *pc)
     if (pc->state == CONN_CONNECTING)
         pool->connecting_capacity -= pc->stream_limit;
     h2o_linklist_unlink(&pc->link);
-    lg_timer_stop(&pc->timer);
+    lg_timer_stop(&pc->cn.timer);
+    lg_timer_stop(&pc->rx_timer);
     if (pc->ssl_ctx != NULL)
         SSL_CTX_free(pc->ssl_ctx);
     lg__cluster_res_put(c, LG__RES_CONNECTIONS);
     lg__host_dec(pool->host, LG_HOST_STAT_cx_active);
     lg__cluster_dec(c, LG_CLUSTER_STAT_upstream_cx_active);
+    lg_cluster_config_release(pc->config);
     free(pc);
+    maybe_gc(pool);
     lg_worker_cluster_release(c);
 }
 
@@ -241,18 +330,18 @@ static void conn_close(lg__pool_conn_t *pc)
 {
     set_state(pc, CONN_DRAINING);
     pc->closing_local = 1;
-    lg_timer_stop(&pc->timer);
+    lg_timer_stop(&pc->cn.timer);
     pc->conn->ops->close(pc->conn);
 }
 
 static void on_close_timer(lg_timer_t *t)
 {
-    conn_close(H2O_STRUCT_FROM_MEMBER(lg__pool_conn_t, timer, t));
+    conn_close(H2O_STRUCT_FROM_MEMBER(lg__pool_conn_t, cn.timer, t));
 }
 
 static void on_idle_timeout(lg_timer_t *t)
 {
-    lg__pool_conn_t *pc = H2O_STRUCT_FROM_MEMBER(lg__pool_conn_t, timer, t);
+    lg__pool_conn_t *pc = H2O_STRUCT_FROM_MEMBER(lg__pool_conn_t, cn.timer, t);
     lg__cluster_inc(pool_cluster(pc->pool), LG_CLUSTER_STAT_upstream_cx_idle_timeout);
     conn_close(pc);
 }
@@ -263,9 +352,9 @@ static void check_idle(lg__pool_conn_t *pc)
     if (pc->active_streams != 0 || pc->state == CONN_CONNECTING)
         return;
     if (pc->state == CONN_DRAINING || pc->pool->draining) {
-        lg_timer_start(pool_loop(pc->pool), &pc->timer, 0, on_close_timer);
+        lg_timer_start(pool_loop(pc->pool), &pc->cn.timer, 0, on_close_timer);
     } else if (pool_config(pc->pool)->idle_timeout_ms != 0) {
-        lg_timer_start(pool_loop(pc->pool), &pc->timer, pool_config(pc->pool)->idle_timeout_ms, on_idle_timeout);
+        lg_timer_start(pool_loop(pc->pool), &pc->cn.timer, pool_config(pc->pool)->idle_timeout_ms, on_idle_timeout);
     }
 }
 
@@ -277,32 +366,20 @@ static void connect_failed(lg__pool_conn_t *pc, lg_pool_failure_t reason, const 
     lg_worker_cluster_t *c = pool_cluster(pool);
     lg_worker_cluster_addref(c);
     LG_DEBUG(pool, "connect to %s failed: %s", pool->host->config->address, detail);
+    if (reason == LG_POOL_CONNECT_TIMEOUT) {
+        lg__cluster_inc(c, LG_CLUSTER_STAT_upstream_cx_connect_timeout);
+        pc->timed_out = 1;
+    }
     lg__cluster_inc(c, LG_CLUSTER_STAT_upstream_cx_connect_fail);
     lg__host_inc(pool->host, LG_HOST_STAT_cx_connect_fail);
     count_destroy(pc, pc->timed_out);
-    if (pc->sock != NULL)
-        h2o_socket_close(pc->sock);
+    if (pc->cn.sock != NULL)
+        h2o_socket_close(pc->cn.sock);
     conn_destroy(pc);
     purge_pending(pool, reason, detail);
     if (pool->n_pending != 0)
         try_create_connections(pool);
     lg_worker_cluster_release(c);
-}
-
-static void on_connect_timeout(lg_timer_t *t)
-{
-    lg__pool_conn_t *pc = H2O_STRUCT_FROM_MEMBER(lg__pool_conn_t, timer, t);
-    lg__cluster_inc(pool_cluster(pc->pool), LG_CLUSTER_STAT_upstream_cx_connect_timeout);
-    pc->timed_out = 1;
-    connect_failed(pc, LG_POOL_CONNECT_TIMEOUT, "");
-}
-
-static void on_immediate_failure(lg_timer_t *t)
-{
-    lg__pool_conn_t *pc = H2O_STRUCT_FROM_MEMBER(lg__pool_conn_t, timer, t);
-    char detail[128];
-    snprintf(detail, sizeof(detail), "immediate connect error: %s", strerror(pc->connect_errno));
-    connect_failed(pc, LG_POOL_CONNECT_FAILURE, detail);
 }
 
 /* auto_config: the codec ALPN chose (h2 or anything else). */
@@ -315,17 +392,17 @@ static int negotiated_h2(h2o_socket_t *sock)
 static void on_connected(lg__pool_conn_t *pc)
 {
     lg_conn_pool_t *pool = pc->pool;
-    const lg_cluster_config_t *cfg = pool_config(pool);
+    const lg_cluster_config_t *cfg = pc->config;
     lg_loop_t *loop = pool_loop(pool);
-    lg_timer_stop(&pc->timer);
+    lg_timer_stop(&pc->cn.timer);
     pool->connecting_capacity -= pc->stream_limit;
     pc->state = CONN_READY;
     h2o_linklist_unlink(&pc->link);
     h2o_linklist_insert(&pool->ready, &pc->link);
-    if (pool->version == LG_HTTP_2 || (cfg->protocol == LG_UPSTREAM_AUTO && negotiated_h2(pc->sock))) {
-        pc->conn = lg_h2_client_conn_new(loop, pc->sock, cfg->h2, &conn_cbs, pc);
+    if (pool->version == LG_HTTP_2 || (cfg->protocol == LG_UPSTREAM_AUTO && negotiated_h2(pc->cn.sock))) {
+        pc->conn = lg_h2_client_conn_new(loop, pc->cn.sock, cfg->h2, &conn_cbs, pc);
     } else {
-        pc->conn = lg_h1_client_conn_new(loop, pc->sock, &cfg->h1_limits, cfg->buffer_limit, &conn_cbs, pc);
+        pc->conn = lg_h1_client_conn_new(loop, pc->cn.sock, &cfg->h1_limits, cfg->buffer_limit, &conn_cbs, pc);
     }
     lg_worker_cluster_t *c = pool_cluster(pool);
     lg_worker_cluster_addref(c);
@@ -333,7 +410,7 @@ static void on_connected(lg__pool_conn_t *pc)
     /* pc may be gone by now (a router reset its stream at once): arm whatever is idle */
     for (h2o_linklist_t *l = pool->ready.next; l != &pool->ready; l = l->next) {
         lg__pool_conn_t *idle = H2O_STRUCT_FROM_MEMBER(lg__pool_conn_t, link, l);
-        if (!lg_timer_is_active(&idle->timer))
+        if (!lg_timer_is_active(&idle->cn.timer))
             check_idle(idle);
     }
     lg_worker_cluster_release(c);
@@ -341,74 +418,55 @@ static void on_connected(lg__pool_conn_t *pc)
 
 /* ---- TLS ---- */
 
+static lg__pool_conn_t *conn_of_socket(h2o_socket_t *sock)
+{
+    return H2O_STRUCT_FROM_MEMBER(lg__pool_conn_t, cn, sock->data);
+}
+
 /* The handshake counts as part of connecting (Envoy raises Connected after
  * it): connect_timeout still runs, a failure is a connect failure. */
 static void on_tls_handshake(h2o_socket_t *sock, const char *err)
 {
-    lg__pool_conn_t *pc = sock->data;
+    lg__pool_conn_t *pc = conn_of_socket(sock);
     char reason[512];
     SSL_CTX_free(pc->ssl_ctx);
     pc->ssl_ctx = NULL;
-    if (lg_tls_handshake_done(pool_config(pc->pool)->tls, sock, err, reason, sizeof(reason)) != 0) {
+    if (lg_tls_handshake_done(pc->config->tls, sock, err, reason, sizeof(reason)) != 0) {
         connect_failed(pc, LG_POOL_CONNECT_FAILURE, reason[0] != '\0' ? reason : err != NULL ? err : "TLS handshake failed");
         return;
     }
     on_connected(pc);
 }
 
-/* ALPN: the context's alpn_protocols, else what the pool speaks. */
+/* ALPN: the context's alpn_protocols, else what the pool speaks. The SNI:
+ * the request's name (auto_sni, unless an IP address), else the context's;
+ * auto_san_validation checks the certificate against the request's name. */
 static void start_tls(lg__pool_conn_t *pc)
 {
-    const lg_cluster_config_t *cfg = pool_config(pc->pool);
+    const lg_cluster_config_t *cfg = pc->config;
+    lg_conn_pool_t *pool = pc->pool;
     h2o_iovec_t alpn = cfg->protocol == LG_UPSTREAM_AUTO ? lg_tls_alpn_auto
-                       : pc->pool->version == LG_HTTP_2  ? lg_tls_alpn_h2
+                       : pool->version == LG_HTTP_2      ? lg_tls_alpn_h2
                                                          : lg_tls_alpn_http11;
+    const char *sni = cfg->tls->sni, *verify_name = NULL;
+    if (pool->tls_name != NULL && cfg->auto_sni && !pool->tls_name_is_ip)
+        sni = pool->tls_name;
+    if (pool->tls_name != NULL && cfg->auto_san_validation)
+        verify_name = pool->tls_name;
     pc->ssl_ctx = lg_tls_context_ssl_ctx(cfg->tls);
-    lg_tls_client_handshake(cfg->tls, pc->sock, pc->ssl_ctx, cfg->tls->sni, alpn, on_tls_handshake);
+    lg_tls_client_handshake(cfg->tls, pc->cn.sock, pc->ssl_ctx, sni, verify_name, alpn, on_tls_handshake);
 }
 
-static void on_connect_ready(h2o_socket_t *sock, const char *err)
+static void on_connect_done(lg__connect_t *cn, lg_pool_failure_t failure, const char *detail)
 {
-    lg__pool_conn_t *pc = sock->data;
-    int so_err = 0;
-    socklen_t l = sizeof(so_err);
-    if (err == NULL && getsockopt(h2o_socket_get_fd(sock), SOL_SOCKET, SO_ERROR, &so_err, &l) != 0)
-        so_err = errno;
-    if (err != NULL || so_err != 0) {
-        char detail[128];
-        snprintf(detail, sizeof(detail), "delayed connect error: %s", err != NULL ? err : strerror(so_err));
-        connect_failed(pc, LG_POOL_CONNECT_FAILURE, detail);
-        return;
-    }
-    if (pool_config(pc->pool)->tls != NULL)
+    lg__pool_conn_t *pc = H2O_STRUCT_FROM_MEMBER(lg__pool_conn_t, cn, cn);
+    if (detail != NULL) {
+        connect_failed(pc, failure, detail);
+    } else if (pc->config->tls != NULL) {
         start_tls(pc);
-    else
+    } else {
         on_connected(pc);
-}
-
-/* Starts a non-blocking connect. The socket is created without
- * H2O_SOCKET_FLAG_IS_CONNECTING so that the completion callback can read
- * SO_ERROR itself (h2o would consume it and report a generic error). */
-static void start_connect(lg__pool_conn_t *pc)
-{
-    const lg_host_config_t *h = pc->pool->host->config;
-    lg_loop_t *loop = pool_loop(pc->pool);
-    int fd = socket(h->sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd != -1 && h->sa->sa_family != AF_UNIX) {
-        int on = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
     }
-    if (fd == -1 || (connect(fd, h->sa, h->salen) != 0 && errno != EINPROGRESS)) {
-        pc->connect_errno = errno;
-        if (fd != -1)
-            close(fd);
-        lg_timer_start(loop, &pc->timer, 0, on_immediate_failure);
-        return;
-    }
-    pc->sock = h2o_evloop_socket_create(loop->loop, fd, 0);
-    pc->sock->data = pc;
-    h2o_socket_notify_write(pc->sock, on_connect_ready);
-    lg_timer_start(loop, &pc->timer, pool_config(pc->pool)->connect_timeout_ms, on_connect_timeout);
 }
 
 /* A new connection; the CONNECTIONS resource is already taken. */
@@ -418,6 +476,7 @@ static void conn_create(lg_conn_pool_t *pool)
     const lg_cluster_config_t *cfg = pool_config(pool);
     lg__pool_conn_t *pc = lg_calloc(1, sizeof(*pc));
     pc->pool = pool;
+    pc->config = lg_cluster_config_addref(c->config);
     pc->state = CONN_CONNECTING;
     pc->remaining_streams = cfg->max_requests_per_connection != 0 ? cfg->max_requests_per_connection : UINT64_MAX;
     pc->stream_limit = stream_limit_of(pool);
@@ -430,12 +489,7 @@ static void conn_create(lg_conn_pool_t *pool)
     lg__cluster_inc(c, LG_CLUSTER_STAT_upstream_cx_active);
     lg__cluster_inc(c,
                     pool->version == LG_HTTP_2 ? LG_CLUSTER_STAT_upstream_cx_http2_total : LG_CLUSTER_STAT_upstream_cx_http1_total);
-    start_connect(pc);
-}
-
-static int pool_is_empty(lg_conn_pool_t *pool)
-{
-    return h2o_linklist_is_empty(&pool->connecting) && h2o_linklist_is_empty(&pool->ready) && h2o_linklist_is_empty(&pool->busy);
+    lg__connect_start(&pc->cn, pool_loop(pool), pool->host->config, cfg->connect_timeout_ms, on_connect_done);
 }
 
 /* Opens connections while the pending requests outnumber what the connecting
@@ -485,7 +539,7 @@ static void attach(lg__pool_conn_t *pc, const lg_pool_cbs_t *cbs, void *data)
     } else if (pc->conn->ops->capacity(pc->conn) == 0) {
         set_state(pc, CONN_BUSY);
     }
-    lg_timer_stop(&pc->timer);
+    lg_timer_stop(&pc->cn.timer);
     ++pc->active_streams;
     ++host->active_requests;
     lg__host_inc(host, LG_HOST_STAT_rq_total);
@@ -540,7 +594,10 @@ lg_pool_request_t *lg__conn_pool_request(lg_conn_pool_t *pool, const lg_pool_cbs
     }
     if (!lg__cluster_res_try(c, LG__RES_PENDING)) {
         lg__cluster_inc(c, LG_CLUSTER_STAT_upstream_rq_pending_overflow);
+        lg_worker_cluster_addref(c); /* the callback may drop the last other reference */
         cbs->on_failure(data, LG_POOL_OVERFLOW, pool->host, "");
+        maybe_gc(pool);
+        lg_worker_cluster_release(c);
         return NULL;
     }
     lg_pool_request_t *req = pending_new(pool, cbs, data);
@@ -562,10 +619,46 @@ void lg__conn_pool_drain(lg_conn_pool_t *pool)
     while (pool->n_pending == 0 && !h2o_linklist_is_empty(&pool->connecting)) {
         lg__pool_conn_t *pc = H2O_STRUCT_FROM_MEMBER(lg__pool_conn_t, link, pool->connecting.next);
         count_destroy(pc, 1);
-        if (pc->sock != NULL)
-            h2o_socket_close(pc->sock);
+        if (pc->cn.sock != NULL)
+            h2o_socket_close(pc->cn.sock);
         conn_destroy(pc);
     }
+}
+
+/* Moves what one holder of the pool holds on `from` to `to`: a cluster
+ * reference and, when the two do not share their breaker counts (a CDS
+ * update), a slot of resource `which`. */
+static void move_hold(lg_worker_cluster_t *from, lg_worker_cluster_t *to, int which)
+{
+    lg_worker_cluster_addref(to);
+    if (from->config->shared != to->config->shared) {
+        lg__cluster_res_put(from, which);
+        lg__cluster_res_force(to, which);
+    }
+    lg_worker_cluster_release(from);
+}
+
+void lg__conn_pool_move(lg_conn_pool_t *pool, lg_host_t *to)
+{
+    lg_worker_cluster_t *from = pool_cluster(pool), *c = to->cluster;
+    h2o_linklist_t *lists[] = {&pool->connecting, &pool->ready, &pool->busy};
+    for (size_t i = 0; i != LG_ARRAY_SIZE(lists); ++i) {
+        for (h2o_linklist_t *l = lists[i]->next; l != lists[i]; l = l->next) {
+            lg__pool_conn_t *pc = H2O_STRUCT_FROM_MEMBER(lg__pool_conn_t, link, l);
+            move_hold(from, c, LG__RES_CONNECTIONS);
+            for (uint32_t j = 0; j != pc->active_streams; ++j) {
+                if (from->config->shared != c->config->shared) {
+                    lg__cluster_res_put(from, LG__RES_REQUESTS);
+                    lg__cluster_res_force(c, LG__RES_REQUESTS);
+                }
+            }
+            pool->host->active_requests -= pc->active_streams;
+            to->active_requests += pc->active_streams;
+        }
+    }
+    for (size_t i = 0; i != pool->n_pending; ++i)
+        move_hold(from, c, LG__RES_PENDING);
+    pool->host = to;
 }
 
 /* ---- codec callbacks ---- */
@@ -575,7 +668,7 @@ void lg__conn_pool_drain(lg_conn_pool_t *pool)
 static void on_stream_done(lg_client_conn_t *conn)
 {
     lg__pool_conn_t *pc = conn->ctx;
-    count_bytes(pc);
+    count_bytes_later(pc);
     size_t active = conn->ops->active_streams(conn);
     while (pc->active_streams > active)
         stream_closed(pc);
@@ -599,8 +692,9 @@ static void on_conn_close(lg_client_conn_t *conn, lg_reset_reason_t reason)
     lg_conn_pool_t *pool = pc->pool;
     lg_worker_cluster_t *c = pool_cluster(pool);
     lg_worker_cluster_addref(c);
-    if (pool->version == LG_HTTP_11)
-        count_bytes(pc); /* the h1 client still has its socket here */
+    /* both codecs close their socket after this callback */
+    count_tx(pc);
+    count_rx(pc);
     if (reason == LG_RESET_PROTOCOL_ERROR)
         lg__cluster_inc(c, LG_CLUSTER_STAT_upstream_cx_protocol_error);
     count_destroy(pc, pc->closing_local || reason == LG_RESET_LOCAL);

@@ -32,6 +32,7 @@ typedef struct st_lg__h1c_pin_t {
     struct st_lg__h1c_pin_t *next;
     h2o_buffer_t *buf;
     size_t unconsumed;
+    int has_head; /* a head parsed in it may be in use until the stream ends */
 } lg__h1c_pin_t;
 
 /* A write batch: iovecs plus the pool their chunk headers live in. */
@@ -57,7 +58,7 @@ typedef struct st_lg__h1c_conn_t lg__h1c_conn_t;
 typedef struct st_lg__h1c_stream_t {
     lg_stream_t super;
     lg__h1c_conn_t *conn;
-    h2o_mem_pool_t pool;
+    h2o_mem_pool_t pool; /* used when the driver lends none */
     lg_resp_head_t head;
     lg_h1_msg_info_t info;
     lg_h1_chunked_decoder_t chunked;
@@ -148,7 +149,13 @@ static void stream_free(lg__h1c_stream_t *s)
 {
     pins_free(s->conn);
     h2o_mem_clear_pool(&s->pool);
-    free(s);
+    lg_http_cache_free(LG_HTTP_CACHE_H1_CLIENT_STREAM, s);
+}
+
+/* The driver's request pool when it lends one (lg_stream_t.pool), else the stream's own. */
+static h2o_mem_pool_t *stream_pool(lg__h1c_stream_t *s)
+{
+    return s->super.pool != NULL ? s->super.pool : &s->pool;
 }
 
 /* Starts closing the connection with `reason` for the pool; a live stream is
@@ -278,6 +285,24 @@ static size_t write_now(lg__h1c_conn_t *conn, h2o_iovec_t *bufs, size_t cnt, siz
     return i;
 }
 
+/* A batch the kernel took at once, with nothing for on_data_sent: the end
+ * of the request is recorded now; completion or a half-close (which may not
+ * run from inside an op) waits for the timer. */
+static void batch_complete_quietly(lg__h1c_conn_t *conn, lg__h1c_batch_t *b)
+{
+    int end = b->has_end;
+    conn->inflight = NULL;
+    b->size = 0;
+    b->has_end = 0;
+    h2o_mem_clear_pool(&b->pool);
+    lg__h1c_stream_t *s = conn->stream;
+    if (s != NULL && end) {
+        s->request_done = 1;
+        if (s->rx == RX_DONE || s->tunnel)
+            schedule(conn);
+    }
+}
+
 static void flush(lg__h1c_conn_t *conn)
 {
     if (conn->inflight != NULL || conn->queue->size == 0 || conn->closed)
@@ -286,6 +311,11 @@ static void flush(lg__h1c_conn_t *conn)
     conn->inflight = b;
     conn->queue = b == &conn->batches[0] ? &conn->batches[1] : &conn->batches[0];
     size_t off, done = write_now(conn, b->bufs, b->size, &off);
+    if (done == b->size && !conn->write_failed && b->body_bytes == 0) {
+        /* all written and no caller bytes to report: done here, without a deferred completion */
+        batch_complete_quietly(conn, b);
+        return;
+    }
     if (done == b->size || conn->write_failed) {
         conn->write_done_due = 1;
         schedule(conn);
@@ -354,14 +384,22 @@ static void on_write_complete(h2o_socket_t *sock, const char *err)
     leave(conn);
 }
 
-static int header_is(const lg_headers_t *h, const char *name, size_t len, const char *token)
+/* One pass over the request headers: content-length present; an upgrade (an
+ * upgrade header and "upgrade" in a connection header). */
+static void scan_request(const lg_headers_t *h, lg_h1_encode_ctx_t *ctx)
 {
-    for (ssize_t i = -1; (i = lg_headers_find(h, name, len, i + 1)) != -1;) {
-        h2o_iovec_t v = h->entries[i].value;
-        if (token == NULL || h2o_contains_token(v.base, v.len, token, strlen(token), ','))
-            return 1;
+    int upgrade = 0, conn_upgrade = 0;
+    for (size_t i = 0; i != h->size; ++i) {
+        h2o_iovec_t n = h->entries[i].name, v = h->entries[i].value;
+        if (h2o_memis(n.base, n.len, H2O_STRLIT("content-length")))
+            ctx->has_content_length = 1;
+        else if (h2o_memis(n.base, n.len, H2O_STRLIT("upgrade")))
+            upgrade = 1;
+        else if (h2o_memis(n.base, n.len, H2O_STRLIT("connection")) &&
+                 h2o_contains_token(v.base, v.len, H2O_STRLIT("upgrade"), ','))
+            conn_upgrade = 1;
     }
-    return 0;
+    ctx->is_upgrade = upgrade && conn_upgrade;
 }
 
 static int is_method(const lg_req_head_t *head, const char *m)
@@ -375,11 +413,9 @@ static void send_headers(lg_stream_t *_s, void *_head, int end_stream)
     lg__h1c_conn_t *conn = s->conn;
     const lg_req_head_t *head = _head;
     lg_h1_encode_ctx_t ctx = {0};
-    ctx.has_content_length = lg_headers_find(&head->headers, H2O_STRLIT("content-length"), 0) != -1;
+    scan_request(&head->headers, &ctx);
     ctx.end_stream = end_stream != 0;
     ctx.is_connect = is_method(head, "CONNECT");
-    ctx.is_upgrade = header_is(&head->headers, H2O_STRLIT("connection"), "upgrade") &&
-                     lg_headers_find(&head->headers, H2O_STRLIT("upgrade"), 0) != -1;
     ctx.is_bodiless_method = is_method(head, "GET") || is_method(head, "HEAD") || is_method(head, "DELETE") ||
                              is_method(head, "TRACE") || ctx.is_connect;
     unsigned flags = lg_h1_encode_framing(&ctx);
@@ -388,7 +424,8 @@ static void send_headers(lg_stream_t *_s, void *_head, int end_stream)
                    (ctx.is_upgrade ? LG_H1_REQ_UPGRADE : 0);
     s->headers_sent = 1;
     h2o_iovec_t out;
-    if (lg_h1_flatten_request_head(&s->pool, head, flags & (LG_H1_ADD_CHUNKED_TE | LG_H1_ADD_CONTENT_LENGTH_ZERO), &out) != 0) {
+    if (lg_h1_flatten_request_head(stream_pool(s), head, flags & (LG_H1_ADD_CHUNKED_TE | LG_H1_ADD_CONTENT_LENGTH_ZERO), &out) !=
+        0) {
         /* the head would break the framing: nothing was sent; reset from the timer */
         conn->stream_failed = 1;
         conn->stream_reset_reason = LG_RESET_LOCAL;
@@ -400,8 +437,11 @@ static void send_headers(lg_stream_t *_s, void *_head, int end_stream)
     if (end_stream) {
         s->end_queued = 1;
         conn->queue->has_end = 1;
+        flush(conn);
+    } else {
+        /* the head waits for the first body bytes (one write for both), at the latest until the timer */
+        schedule(conn);
     }
-    flush(conn);
 }
 
 static void send_data(lg_stream_t *_s, h2o_iovec_t data, int end_stream)
@@ -458,6 +498,24 @@ static void send_trailers(lg_stream_t *_s, lg_headers_t *trailers)
 
 static void update_reading(lg__h1c_conn_t *conn);
 
+/* Frees the pins whose bytes were all consumed, except those holding a head
+ * (freed when the stream ends): a long body keeps no more than what is unconsumed. */
+static void release_pins(lg__h1c_conn_t *conn)
+{
+    for (lg__h1c_pin_t **p = &conn->pins; *p != NULL;) {
+        lg__h1c_pin_t *pin = *p;
+        if (pin->unconsumed != 0 || pin->has_head) {
+            p = &pin->next;
+            continue;
+        }
+        *p = pin->next;
+        if (conn->pins_tail == &pin->next)
+            conn->pins_tail = p;
+        h2o_buffer_dispose(&pin->buf);
+        free(pin);
+    }
+}
+
 static void consume(lg_stream_t *_s, size_t bytes)
 {
     lg__h1c_stream_t *s = (lg__h1c_stream_t *)_s;
@@ -472,7 +530,7 @@ static void consume(lg_stream_t *_s, size_t bytes)
         p = &(*p)->next;
     }
     conn->cur_unconsumed -= bytes;
-    /* pins are only freed when the stream ends (they may hold its head) */
+    release_pins(conn);
     if (conn->depth == 0) {
         conn->run_due = 1;
         schedule(conn);
@@ -505,7 +563,7 @@ static void detach_input(lg__h1c_conn_t *conn)
 {
     h2o_buffer_t *old = conn->sock->input;
     lg__h1c_pin_t *pin = lg_malloc(sizeof(*pin));
-    *pin = (lg__h1c_pin_t){NULL, old, conn->cur_unconsumed};
+    *pin = (lg__h1c_pin_t){NULL, old, conn->cur_unconsumed, conn->cur_pinned};
     *conn->pins_tail = pin;
     conn->pins_tail = &pin->next;
     h2o_buffer_init(&conn->sock->input, &h2o_socket_buffer_prototype);
@@ -596,7 +654,7 @@ static void on_head(lg__h1c_stream_t *s, lg_resp_head_t *head, size_t len)
         break;
     case LG_H1_BODY_CHUNKED:
         s->rx = RX_BODY_CHUNKED;
-        lg_h1_chunked_decoder_init(&s->chunked, conn->lim, 0, &s->pool, NULL);
+        lg_h1_chunked_decoder_init(&s->chunked, conn->lim, 0, stream_pool(s), NULL);
         break;
     default: /* until close, tunnel */
         s->rx = RX_BODY_UNTIL_CLOSE;
@@ -616,9 +674,9 @@ static int parse_step(lg__h1c_stream_t *s)
     lg_h1_error_t err = {0};
     switch (s->rx) {
     case RX_HEAD: {
-        lg_resp_head_t *head = s->head.status == 0 ? &s->head : h2o_mem_alloc_pool(&s->pool, sizeof(*head));
+        lg_resp_head_t *head = s->head.status == 0 ? &s->head : h2o_mem_alloc_pool(stream_pool(s), sizeof(*head));
         *head = (lg_resp_head_t){0};
-        ssize_t r = lg_h1_parse_response(&s->pool, buf, avail, conn->last_len, conn->lim, s->req_flags, head, &s->info, &err);
+        ssize_t r = lg_h1_parse_response(stream_pool(s), buf, avail, conn->last_len, conn->lim, s->req_flags, head, &s->info, &err);
         if (r == -2) {
             conn->last_len = avail;
             return 0;
@@ -628,7 +686,7 @@ static int parse_step(lg__h1c_stream_t *s)
             return 0;
         }
         if (s->info.is_interim && head == &s->head) { /* keep s->head for the final response */
-            lg_resp_head_t *copy = h2o_mem_alloc_pool(&s->pool, sizeof(*copy));
+            lg_resp_head_t *copy = h2o_mem_alloc_pool(stream_pool(s), sizeof(*copy));
             *copy = *head;
             *head = (lg_resp_head_t){0};
             head = copy;
@@ -718,6 +776,7 @@ static void run(lg__h1c_conn_t *conn)
         conn_close(conn, LG_RESET_LOCAL, conn->stream_reset_reason, conn->stream_reset_detail);
         return;
     }
+    flush(conn);
     if (!conn->closed)
         process(conn);
     if (!conn->closed && conn->peer_closed)
@@ -756,7 +815,7 @@ static lg_stream_t *new_stream(lg_client_conn_t *_conn)
     lg__h1c_conn_t *conn = (lg__h1c_conn_t *)_conn;
     if (conn->stream != NULL || conn->closed || conn->peer_closed)
         return NULL;
-    lg__h1c_stream_t *s = lg_calloc(1, sizeof(*s));
+    lg__h1c_stream_t *s = lg_http_cache_alloc(LG_HTTP_CACHE_H1_CLIENT_STREAM, sizeof(*s));
     s->super.ops = &stream_ops;
     s->super.id = ++conn->seq;
     s->super.version = LG_HTTP_11;

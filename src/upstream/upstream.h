@@ -8,6 +8,7 @@
 
 #include "legate/cluster.h"
 #include "legate/stats.h"
+#include "legate/timer.h"
 
 /* ---- EDF scheduler (edf.c) ---- */
 
@@ -105,11 +106,45 @@ void lg__cluster_res_force(lg_worker_cluster_t *c, int which);
 void lg__cluster_res_put(lg_worker_cluster_t *c, int which);
 int lg__cluster_res_available(lg_worker_cluster_t *c, int which);
 
+/* ---- connecting (connect.c) ---- */
+
+/* A connect in progress; embedded in what connects (a pool connection, a
+ * raw TCP connection). */
+typedef struct st_lg__connect_t lg__connect_t;
+/* failure 0 and detail NULL: connected (the timer still runs: a TLS
+ * handshake counts as connecting; stop it when done). Otherwise
+ * LG_POOL_CONNECT_FAILURE / LG_POOL_CONNECT_TIMEOUT with Envoy's
+ * transport failure reason ("" for a timeout); `sock` (maybe NULL) is still
+ * open then: the callee closes it. */
+typedef void (*lg__connect_cb)(lg__connect_t *cn, lg_pool_failure_t failure, const char *detail);
+struct st_lg__connect_t {
+    h2o_socket_t *sock; /* NULL until connect() started; sock->data is the connect while connecting */
+    lg_timer_t timer;   /* the connect timeout; free for other uses once connected */
+    lg__connect_cb cb;
+    int connect_errno;
+};
+/* Starts connecting to h; cb fires later (never from inside this call). */
+void lg__connect_start(lg__connect_t *cn, lg_loop_t *loop, const lg_host_config_t *h, uint32_t timeout_ms, lg__connect_cb cb);
+/* Bytes received on a TCP socket so far (TCP_INFO; 0 for unix sockets):
+ * libh2o 2.2.5 does not count sock->bytes_read on plain sockets. */
+uint64_t lg__socket_rx_bytes(h2o_socket_t *sock);
+
 /* ---- connection pools (conn_pool.c) ---- */
 
-lg_conn_pool_t *lg__conn_pool_new(lg_host_t *host, int version);
+/* `tls_name` (copied; NULL for the cluster's own pools) is the per-request
+ * TLS name of auto_sni / auto_san_validation pools. */
+lg_conn_pool_t *lg__conn_pool_new(lg_host_t *host, int version, const char *tls_name, size_t tls_name_len);
 /* Frees an empty pool (no connection, no pending request). */
 void lg__conn_pool_free(lg_conn_pool_t *pool);
+/* The next pool of host->named_pools. */
+lg_conn_pool_t *lg__conn_pool_next_named(lg_conn_pool_t *pool);
+/* The named pool of host for (version, name), or NULL. */
+lg_conn_pool_t *lg__conn_pool_find_named(lg_host_t *host, int version, const char *name, size_t len);
+/* Gives `pool` (of a host of one worker cluster) to host `to` of another
+ * (a cluster update that keeps the host): the cluster references, breaker
+ * slots and host counts its connections, streams and pending requests hold
+ * move with it. */
+void lg__conn_pool_move(lg_conn_pool_t *pool, lg_host_t *to);
 /* Envoy's newStream on a picked host; see lg_cluster_request_stream(). */
 lg_pool_request_t *lg__conn_pool_request(lg_conn_pool_t *pool, const lg_pool_cbs_t *cbs, void *data);
 /* Closes idle connections; the others close once their streams end. */

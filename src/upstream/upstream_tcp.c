@@ -7,21 +7,14 @@
  * upstream_rq_active, max_requests, the host's rq_*) until it closes. The
  * caller owns the socket once connected.
  */
-#include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <unistd.h>
-#include "legate/timer.h"
 #include "upstream.h"
 
 struct st_lg_upstream_tcp_t {
-    lg_host_t *host; /* holds a reference to its cluster */
-    h2o_socket_t *sock;
+    lg_host_t *host;  /* holds a reference to its cluster */
+    lg__connect_t cn; /* cn.sock: the socket, the caller's once connected */
     const lg_upstream_tcp_cbs_t *cbs;
     void *data;
-    lg_timer_t timer; /* connect timeout, or the deferred report of an immediate failure */
     size_t tx_counted;
-    int connect_errno;
     unsigned connected : 1;
 };
 
@@ -56,14 +49,9 @@ static void request_end(lg_upstream_tcp_t *u)
     lg__cluster_res_put(c, LG__RES_REQUESTS);
 }
 
-static lg_loop_t *loop_of(lg_upstream_tcp_t *u)
-{
-    return &u->host->cluster->worker->loop;
-}
-
 h2o_socket_t *lg_upstream_tcp_socket(lg_upstream_tcp_t *u)
 {
-    return u->connected ? u->sock : NULL;
+    return u->connected ? u->cn.sock : NULL;
 }
 
 lg_host_t *lg_upstream_tcp_host(lg_upstream_tcp_t *u)
@@ -76,10 +64,10 @@ void lg_upstream_tcp_count_bytes(lg_upstream_tcp_t *u, size_t rx)
     lg_worker_cluster_t *c = u->host->cluster;
     if (rx != 0)
         lg__cluster_add(c, LG_CLUSTER_STAT_upstream_cx_rx_bytes_total, rx);
-    if (u->sock == NULL)
+    if (u->cn.sock == NULL)
         return;
-    lg__cluster_add(c, LG_CLUSTER_STAT_upstream_cx_tx_bytes_total, u->sock->bytes_written - u->tx_counted);
-    u->tx_counted = u->sock->bytes_written;
+    lg__cluster_add(c, LG_CLUSTER_STAT_upstream_cx_tx_bytes_total, u->cn.sock->bytes_written - u->tx_counted);
+    u->tx_counted = u->cn.sock->bytes_written;
 }
 
 /* Counts the end of the connection, closes the socket and frees u. */
@@ -94,9 +82,9 @@ static void destroy(lg_upstream_tcp_t *u, int local)
     lg__cluster_res_put(c, LG__RES_CONNECTIONS);
     if (u->connected)
         request_end(u);
-    lg_timer_stop(&u->timer);
-    if (u->sock != NULL)
-        h2o_socket_close(u->sock);
+    lg_timer_stop(&u->cn.timer);
+    if (u->cn.sock != NULL)
+        h2o_socket_close(u->cn.sock);
     free(u);
     lg_worker_cluster_release(c);
 }
@@ -129,21 +117,6 @@ static void connect_failed(lg_upstream_tcp_t *u, lg_pool_failure_t reason, const
     lg_worker_cluster_release(c);
 }
 
-static void on_connect_timeout(lg_timer_t *t)
-{
-    lg_upstream_tcp_t *u = H2O_STRUCT_FROM_MEMBER(lg_upstream_tcp_t, timer, t);
-    lg__cluster_inc(u->host->cluster, LG_CLUSTER_STAT_upstream_cx_connect_timeout);
-    connect_failed(u, LG_POOL_CONNECT_TIMEOUT, "");
-}
-
-static void on_immediate_failure(lg_timer_t *t)
-{
-    lg_upstream_tcp_t *u = H2O_STRUCT_FROM_MEMBER(lg_upstream_tcp_t, timer, t);
-    char detail[128];
-    snprintf(detail, sizeof(detail), "immediate connect error: %s", strerror(u->connect_errno));
-    connect_failed(u, LG_POOL_CONNECT_FAILURE, detail);
-}
-
 /* Connected, but the max_requests breaker is open: Envoy fails the stream
  * with an overflow and closes the connection it no longer needs. */
 static void overflowed(lg_upstream_tcp_t *u)
@@ -158,49 +131,22 @@ static void overflowed(lg_upstream_tcp_t *u)
     lg_worker_cluster_release(c);
 }
 
-static void on_connect_ready(h2o_socket_t *sock, const char *err)
+static void on_connect_done(lg__connect_t *cn, lg_pool_failure_t failure, const char *detail)
 {
-    lg_upstream_tcp_t *u = sock->data;
-    int so_err = 0;
-    socklen_t l = sizeof(so_err);
-    if (err == NULL && getsockopt(h2o_socket_get_fd(sock), SOL_SOCKET, SO_ERROR, &so_err, &l) != 0)
-        so_err = errno;
-    if (err != NULL || so_err != 0) {
-        char detail[128];
-        snprintf(detail, sizeof(detail), "delayed connect error: %s", err != NULL ? err : strerror(so_err));
-        connect_failed(u, LG_POOL_CONNECT_FAILURE, detail);
+    lg_upstream_tcp_t *u = H2O_STRUCT_FROM_MEMBER(lg_upstream_tcp_t, cn, cn);
+    if (detail != NULL) {
+        if (failure == LG_POOL_CONNECT_TIMEOUT)
+            lg__cluster_inc(u->host->cluster, LG_CLUSTER_STAT_upstream_cx_connect_timeout);
+        connect_failed(u, failure, detail);
         return;
     }
-    lg_timer_stop(&u->timer);
-    sock->data = NULL;
+    lg_timer_stop(&u->cn.timer);
+    u->cn.sock->data = NULL;
     if (request_begin(u) != 0) {
         overflowed(u);
         return;
     }
     u->cbs->on_connect(u, u->data);
-}
-
-/* As conn_pool.c: the socket is created without H2O_SOCKET_FLAG_IS_CONNECTING
- * so that the completion callback reads SO_ERROR itself. */
-static void start_connect(lg_upstream_tcp_t *u)
-{
-    const lg_host_config_t *h = u->host->config;
-    int fd = socket(h->sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd != -1 && h->sa->sa_family != AF_UNIX) {
-        int on = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
-    }
-    if (fd == -1 || (connect(fd, h->sa, h->salen) != 0 && errno != EINPROGRESS)) {
-        u->connect_errno = errno;
-        if (fd != -1)
-            close(fd);
-        lg_timer_start(loop_of(u), &u->timer, 0, on_immediate_failure);
-        return;
-    }
-    u->sock = h2o_evloop_socket_create(loop_of(u)->loop, fd, 0);
-    u->sock->data = u;
-    h2o_socket_notify_write(u->sock, on_connect_ready);
-    lg_timer_start(loop_of(u), &u->timer, u->host->cluster->config->connect_timeout_ms, on_connect_timeout);
 }
 
 lg_upstream_tcp_t *lg_upstream_tcp_connect(lg_worker_cluster_t *c, const lg_lb_context_t *ctx, const lg_upstream_tcp_cbs_t *cbs,
@@ -234,6 +180,6 @@ lg_upstream_tcp_t *lg_upstream_tcp_connect(lg_worker_cluster_t *c, const lg_lb_c
     lg__host_inc(host, LG_HOST_STAT_cx_active);
     lg__cluster_inc(c, LG_CLUSTER_STAT_upstream_cx_total);
     lg__cluster_inc(c, LG_CLUSTER_STAT_upstream_cx_active);
-    start_connect(u);
+    lg__connect_start(&u->cn, &c->worker->loop, host->config, c->config->connect_timeout_ms, on_connect_done);
     return u;
 }

@@ -23,6 +23,7 @@
 #include <grpc/grpc_security.h>
 #include <grpc/support/alloc.h>
 #include "xds_internal.h"
+#include "legate/pbjson.h"
 #include "legate/protobuf.h"
 #include "google/rpc/status.pb-c.h"
 
@@ -97,6 +98,9 @@ static const char *const sotw_methods[LG_XDS__NTYPES] = {
     "/envoy.service.listener.v3.ListenerDiscoveryService/StreamListeners",
     "/envoy.service.route.v3.RouteDiscoveryService/StreamRoutes",
     "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets",
+    "/envoy.service.runtime.v3.RuntimeDiscoveryService/StreamRuntime",
+    "/envoy.service.extension.v3.ExtensionConfigDiscoveryService/StreamExtensionConfigs",
+    "/envoy.service.route.v3.ScopedRoutesDiscoveryService/StreamScopedRoutes",
 };
 static const char *const delta_methods[LG_XDS__NTYPES] = {
     "/envoy.service.cluster.v3.ClusterDiscoveryService/DeltaClusters",
@@ -104,6 +108,9 @@ static const char *const delta_methods[LG_XDS__NTYPES] = {
     "/envoy.service.listener.v3.ListenerDiscoveryService/DeltaListeners",
     "/envoy.service.route.v3.RouteDiscoveryService/DeltaRoutes",
     "/envoy.service.secret.v3.SecretDiscoveryService/DeltaSecrets",
+    "/envoy.service.runtime.v3.RuntimeDiscoveryService/DeltaRuntime",
+    "/envoy.service.extension.v3.ExtensionConfigDiscoveryService/DeltaExtensionConfigs",
+    "/envoy.service.route.v3.ScopedRoutesDiscoveryService/DeltaScopedRoutes",
 };
 #define ADS_SOTW "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 #define ADS_DELTA "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
@@ -215,40 +222,54 @@ static char *read_data_source(const Envoy__Config__Core__V3__DataSource *d, lg_e
     }
 }
 
-/* envoy_grpc: the first endpoint of a static cluster, as a gRPC target URI. */
+/* The first endpoint of a static cluster as a gRPC target URI, or NULL. */
+static char *target_of(const Envoy__Config__Cluster__V3__Cluster *c)
+{
+    const Envoy__Config__Endpoint__V3__ClusterLoadAssignment *la = c->load_assignment;
+    if (la == NULL || la->n_endpoints == 0 || la->endpoints[0]->n_lb_endpoints == 0 ||
+        la->endpoints[0]->lb_endpoints[0]->endpoint == NULL || la->endpoints[0]->lb_endpoints[0]->endpoint->address == NULL)
+        return NULL;
+    const Envoy__Config__Core__V3__Address *a = la->endpoints[0]->lb_endpoints[0]->endpoint->address;
+    char *t = NULL;
+    if (a->address_case == ENVOY__CONFIG__CORE__V3__ADDRESS__ADDRESS_PIPE) {
+        t = lg_malloc(strlen(a->pipe->path) + sizeof("unix:"));
+        sprintf(t, "unix:%s", a->pipe->path);
+    } else if (a->address_case == ENVOY__CONFIG__CORE__V3__ADDRESS__ADDRESS_SOCKET_ADDRESS) {
+        const char *host = a->socket_address->address;
+        t = lg_malloc(strlen(host) + 32);
+        if (strchr(host, ':') != NULL)
+            sprintf(t, "ipv6:[%s]:%u", host, a->socket_address->port_value);
+        else if (c->type == ENVOY__CONFIG__CLUSTER__V3__CLUSTER__DISCOVERY_TYPE__STATIC)
+            sprintf(t, "ipv4:%s:%u", host, a->socket_address->port_value);
+        else
+            sprintf(t, "dns:///%s:%u", host, a->socket_address->port_value);
+    }
+    return t;
+}
+
+/* envoy_grpc: the first endpoint of a static cluster, as a gRPC target URI. The
+ * server compacts the static clusters once started (lg_pb_compact_repeated). */
 static char *cluster_target(lg_xds_t *x, const char *name, lg_error_t *err)
 {
     const Envoy__Config__Bootstrap__V3__Bootstrap__StaticResources *sr = x->bootstrap->static_resources;
-    for (size_t i = 0; sr != NULL && i != sr->n_clusters; ++i) {
-        const Envoy__Config__Cluster__V3__Cluster *c = sr->clusters[i];
-        if (strcmp(c->name, name) != 0)
+    char *t = NULL;
+    int found = 0;
+    for (size_t i = 0; sr != NULL && !found && i != sr->n_clusters; ++i)
+        if ((found = strcmp(sr->clusters[i]->name, name) == 0))
+            t = target_of(sr->clusters[i]);
+    ProtobufCBinaryData bytes;
+    for (size_t pos = 0; sr != NULL && !found && lg_pb_compacted_next(&sr->base, "clusters", &pos, &bytes);) {
+        Envoy__Config__Cluster__V3__Cluster *c = envoy__config__cluster__v3__cluster__unpack(NULL, bytes.len, bytes.data);
+        if (c == NULL)
             continue;
-        const Envoy__Config__Endpoint__V3__ClusterLoadAssignment *la = c->load_assignment;
-        if (la == NULL || la->n_endpoints == 0 || la->endpoints[0]->n_lb_endpoints == 0 ||
-            la->endpoints[0]->lb_endpoints[0]->endpoint == NULL || la->endpoints[0]->lb_endpoints[0]->endpoint->address == NULL)
-            break;
-        const Envoy__Config__Core__V3__Address *a = la->endpoints[0]->lb_endpoints[0]->endpoint->address;
-        char *t = NULL;
-        if (a->address_case == ENVOY__CONFIG__CORE__V3__ADDRESS__ADDRESS_PIPE) {
-            t = lg_malloc(strlen(a->pipe->path) + sizeof("unix:"));
-            sprintf(t, "unix:%s", a->pipe->path);
-        } else if (a->address_case == ENVOY__CONFIG__CORE__V3__ADDRESS__ADDRESS_SOCKET_ADDRESS) {
-            const char *host = a->socket_address->address;
-            t = lg_malloc(strlen(host) + 32);
-            if (strchr(host, ':') != NULL)
-                sprintf(t, "ipv6:[%s]:%u", host, a->socket_address->port_value);
-            else if (c->type == ENVOY__CONFIG__CLUSTER__V3__CLUSTER__DISCOVERY_TYPE__STATIC)
-                sprintf(t, "ipv4:%s:%u", host, a->socket_address->port_value);
-            else
-                sprintf(t, "dns:///%s:%u", host, a->socket_address->port_value);
-        }
-        if (t != NULL)
-            return t;
-        break;
+        if ((found = strcmp(c->name, name) == 0))
+            t = target_of(c);
+        protobuf_c_message_free_unpacked(&c->base, NULL);
     }
-    lg_error(err, "envoy_grpc.cluster_name: unknown gRPC client cluster '%s' (a static cluster with an endpoint is required)",
-             name);
-    return NULL;
+    if (t == NULL)
+        lg_error(err, "envoy_grpc.cluster_name: unknown gRPC client cluster '%s' (a static cluster with an endpoint is required)",
+                 name);
+    return t;
 }
 
 static int configure_service(grpc_mux_t *m, const Envoy__Config__Core__V3__GrpcService *gs, lg_error_t *err)

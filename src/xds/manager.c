@@ -8,6 +8,7 @@
 #include "xds_internal.h"
 #include "legate/pbjson.h"
 #include "legate/protobuf.h"
+#include "legate/runtime.h"
 
 #define CONTROL_PLANE_STATS(X) \
     X(GAUGE, connected_state) X(TEXT_READOUT, identifier) X(GAUGE, pending_requests) X(COUNTER, rate_limit_enforced)
@@ -109,6 +110,11 @@ static lg__xds_mux_t *mux_for(lg_xds_t *x, lg_xds_type_t type, const Envoy__Conf
     }
 }
 
+static int starts_at_once(const lg__xds_sub_t *sub)
+{
+    return sub->type != LG_XDS_CDS && sub->type != LG_XDS_LDS;
+}
+
 lg__xds_sub_t *lg__xds_subscribe(lg_xds_t *x, lg_xds_type_t type, const Envoy__Config__Core__V3__ConfigSource *cs,
                                  lg__xds_sub_t *parent, lg_error_t *err)
 {
@@ -121,7 +127,7 @@ lg__xds_sub_t *lg__xds_subscribe(lg_xds_t *x, lg_xds_type_t type, const Envoy__C
     sub->xds = x;
     sub->mux = m;
     sub->type = type;
-    sub->wildcard = type == LG_XDS_CDS || type == LG_XDS_LDS;
+    sub->wildcard = type == LG_XDS_CDS || type == LG_XDS_LDS || type == LG_XDS_SRDS;
     sub->init_timeout_ms =
         cs->initial_fetch_timeout != NULL ? lg_duration_ms(cs->initial_fetch_timeout, 0) : DEFAULT_INITIAL_FETCH_TIMEOUT_MS;
     sub->version_info = lg_strdup("");
@@ -129,13 +135,16 @@ lg__xds_sub_t *lg__xds_subscribe(lg_xds_t *x, lg_xds_type_t type, const Envoy__C
         sub->stats = lg_stats_block_new("cluster_manager.cds.", lg__xds_sub_stat_defs, LG__XDS_SUB__COUNT);
     else if (type == LG_XDS_LDS)
         sub->stats = lg_stats_block_new("listener_manager.lds.", lg__xds_sub_stat_defs, LG__XDS_SUB__COUNT);
+    else if (type == LG_XDS_RTDS)
+        sub->stats = lg_stats_block_new("runtime.", lg__xds_sub_stat_defs, LG__XDS_SUB__COUNT);
     m->subs[type] = sub;
     x->subs = lg_realloc(x->subs, (x->n_subs + 1) * sizeof(*x->subs));
     x->subs[x->n_subs++] = sub;
-    /* RDS and EDS subscriptions made after the start begin at once */
-    if (!sub->wildcard && x->started) {
+    /* RDS, EDS, SRDS... subscriptions made after the start begin at once (LDS and CDS follow the init phases) */
+    if (starts_at_once(sub) && x->started) {
         sub->started = 1;
         sub->started_ms = lg_now_ms();
+        sub->interest = sub->wildcard; /* SRDS: its wildcard request; named types ask once names are wanted */
     }
     return sub;
 }
@@ -199,6 +208,9 @@ void lg__xds_set_identifier(lg_xds_t *x, const char *id)
 
 static void advance(lg_xds_t *x)
 {
+    /* Envoy starts CDS once the RTDS layers have their first version (or timed out) */
+    if (x->phase == 0 && x->started && x->cds != NULL && !x->cds->started && lg__xds_runtime_ready(x))
+        start_sub(x->cds);
     if (x->phase == 0 && (x->cds == NULL || x->cds->initialized) && lg__xds_warmed(x, LG_XDS_CDS)) {
         LG_INFO(upstream, "cm init: all clusters initialized");
         x->phase = 1;
@@ -234,6 +246,24 @@ static int check_sub_timeouts(lg_xds_t *x, uint64_t now)
     return any;
 }
 
+/* The RTDS layers of the bootstrap's layered_runtime. */
+static int subscribe_rtds(lg_xds_t *x, const Envoy__Config__Bootstrap__V3__LayeredRuntime *lr, lg_error_t *err)
+{
+    for (size_t i = 0; lr != NULL && i != lr->n_layers; ++i) {
+        const Envoy__Config__Bootstrap__V3__RuntimeLayer *l = lr->layers[i];
+        if (l->layer_specifier_case != ENVOY__CONFIG__BOOTSTRAP__V3__RUNTIME_LAYER__LAYER_SPECIFIER_RTDS_LAYER)
+            continue;
+        if (l->rtds_layer->rtds_config == NULL)
+            return lg_error(err, "layered_runtime.layers[%zu].rtds_layer.rtds_config: value is required", i);
+        lg__xds_sub_t *sub = lg__xds_subscribe(x, LG_XDS_RTDS, l->rtds_layer->rtds_config, NULL, err);
+        if (sub == NULL)
+            return lg_error_prefix(err, "layered_runtime.layers[%zu].rtds_layer.rtds_config", i);
+        x->rtds = lg_realloc(x->rtds, (x->n_rtds + 1) * sizeof(*x->rtds));
+        x->rtds[x->n_rtds++] = (lg__xds_rds_ref_t){lg_strdup(l->rtds_layer->name), sub, NULL};
+    }
+    return 0;
+}
+
 /* ---- public API ---- */
 
 lg_xds_t *lg_xds_new(const Envoy__Config__Bootstrap__V3__Bootstrap *b, const lg_options_t *o, lg_snapshot_t *initial,
@@ -245,6 +275,7 @@ lg_xds_t *lg_xds_new(const Envoy__Config__Bootstrap__V3__Bootstrap *b, const lg_
     x->opts = o;
     x->control_plane = lg_stats_block_new("control_plane.", control_plane_defs, CONTROL_PLANE__COUNT);
     lg__xds_state_init(x, initial);
+    lg__xds_ttl_init(x);
     if (dr != NULL && dr->ads_config != NULL) {
         if ((x->ads = lg__xds_grpc_mux_new(x, dr->ads_config, 1, err)) == NULL) {
             lg_error_prefix(err, "dynamic_resources.ads_config");
@@ -260,7 +291,7 @@ lg_xds_t *lg_xds_new(const Envoy__Config__Bootstrap__V3__Bootstrap *b, const lg_
         lg_error_prefix(err, "dynamic_resources.lds_config");
         goto fail;
     }
-    if (lg__xds_state_static_deps(x, err) != 0)
+    if (lg__xds_state_static_deps(x, err) != 0 || subscribe_rtds(x, b->layered_runtime, err) != 0)
         goto fail;
     return x;
 fail:
@@ -270,9 +301,8 @@ fail:
 
 void lg_xds_start(lg_xds_t *x)
 {
-    start_sub(x->cds);
     for (size_t i = 0; i != x->n_subs; ++i)
-        if (!x->subs[i]->wildcard)
+        if (starts_at_once(x->subs[i]))
             start_sub(x->subs[i]);
     x->started = 1;
     lg__xds_after_update(x);
@@ -289,8 +319,11 @@ void lg_xds_poll(lg_xds_t *x, uint64_t max_wait_ms)
     uint64_t now = lg_now_ms();
     for (size_t i = 0; i != x->n_muxes; ++i)
         x->muxes[i]->ops->tick(x->muxes[i], now);
-    int a = check_sub_timeouts(x, now), b = lg__xds_check_timeouts(x, now);
-    if (a || b)
+    int a = check_sub_timeouts(x, now), b = lg__xds_check_timeouts(x, now), c = lg__xds_ttl_expire(x, now);
+    /* /runtime_modify changed the admin layer (admin thread): a new snapshot carries it */
+    if (lg_runtime_loader_generation() != x->runtime_gen)
+        x->dirty = 1;
+    if (a || b || c || x->dirty)
         lg__xds_after_update(x);
 }
 
@@ -310,6 +343,8 @@ void lg_xds_free(lg_xds_t *x)
     }
     free(x->muxes);
     lg__xds_state_dispose(x);
+    lg__xds_ttl_dispose(x);
+    lg__xds_refs_free(x->rtds, x->n_rtds);
     for (size_t i = 0; i != x->n_subs; ++i) {
         if (x->subs[i]->stats != NULL)
             lg_stats_block_release(x->subs[i]->stats);

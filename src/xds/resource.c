@@ -10,9 +10,12 @@ const char *const lg_xds_type_urls[LG_XDS__NTYPES] = {
     "type.googleapis.com/envoy.config.listener.v3.Listener",
     "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+    "type.googleapis.com/envoy.service.runtime.v3.Runtime",
+    "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+    "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration",
 };
 
-const char *const lg_xds_type_names[LG_XDS__NTYPES] = {"cds", "eds", "lds", "rds", "sds"};
+const char *const lg_xds_type_names[LG_XDS__NTYPES] = {"cds", "eds", "lds", "rds", "sds", "rtds", "ecds", "srds"};
 
 int lg_xds_type_of_url(const char *url)
 {

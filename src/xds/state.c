@@ -11,8 +11,12 @@
  */
 #include "xds_internal.h"
 #include "legate/pbjson.h"
+#include "legate/runtime.h"
+#include "legate/scoped_routes.h"
 #include "legate/tls.h"
+#include "legate/xds_ecds.h"
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb-c.h"
+#include "envoy/service/runtime/v3/rtds.pb-c.h"
 
 #define HCM_TYPE "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
@@ -123,7 +127,12 @@ void lg__xds_refs_free(lg__xds_rds_ref_t *refs, size_t n)
 {
     for (size_t i = 0; i != n; ++i) {
         free(refs[i].name);
-        lg_stats_block_release(refs[i].stats);
+        if (refs[i].stats != NULL)
+            lg_stats_block_release(refs[i].stats);
+        for (size_t k = 0; k != refs[i].n_type_urls; ++k)
+            free(refs[i].type_urls[k]);
+        free(refs[i].type_urls);
+        free(refs[i].kb.data);
     }
     free(refs);
 }
@@ -154,14 +163,34 @@ static void listener_remove(lg_xds_t *x, lg__xds_listener_t *l)
     x->dirty = 1;
 }
 
+static void dep_set_type_urls(lg__xds_dep_t *d, char *const *urls, size_t n)
+{
+    for (size_t i = 0; i != d->n_type_urls; ++i)
+        free(d->type_urls[i]);
+    free(d->type_urls);
+    d->type_urls = n != 0 ? lg_malloc(n * sizeof(*d->type_urls)) : NULL;
+    d->n_type_urls = n;
+    for (size_t i = 0; i != n; ++i)
+        d->type_urls[i] = lg_strdup(urls[i]);
+}
+
+static void dep_compiled_free(lg__xds_dep_t *d)
+{
+    if (d->compiled == NULL)
+        return;
+    if (d->type == LG_XDS_RDS)
+        lg_route_table_release(d->compiled);
+    else if (d->type == LG_XDS_ECDS)
+        lg_ecds_filter_release(d->compiled);
+    else
+        protobuf_c_message_free_unpacked(d->compiled, NULL);
+    d->compiled = NULL;
+}
+
 static void dep_free(lg__xds_dep_t *d)
 {
-    if (d->compiled != NULL) {
-        if (d->type == LG_XDS_RDS)
-            lg_route_table_release(d->compiled);
-        else
-            protobuf_c_message_free_unpacked(d->compiled, NULL);
-    }
+    dep_compiled_free(d);
+    dep_set_type_urls(d, NULL, 0);
     lg_xds_resource_release(d->res);
     lg_xds_resource_release(d->failed);
     free(d->error);
@@ -189,6 +218,8 @@ static lg__xds_dep_t *dep_get(lg_xds_t *x, lg_xds_type_t type, const char *name)
 
 static void dep_add_stats(lg__xds_dep_t *d, lg_stats_block_t *b)
 {
+    if (b == NULL)
+        return;
     for (size_t i = 0; i != d->n_stats; ++i)
         if (d->stats[i] == b)
             return;
@@ -200,6 +231,39 @@ static void dep_count(lg__xds_dep_t *d, size_t idx)
 {
     for (size_t i = 0; i != d->n_stats; ++i)
         lg_stats_control_add(d->stats[i], idx, 1);
+}
+
+/* The wanted dep a change of a named type (EDS, RDS, SDS, RTDS, ECDS) is for, or NULL: not requested. */
+static lg__xds_dep_t *wanted_dep(lg__xds_sub_t *sub, const lg__xds_change_t *ch)
+{
+    lg__xds_dep_t *d = lg__xds_dep_find(sub->xds, sub->type, ch->name);
+    if (d == NULL || !d->wanted) {
+        LG_DEBUG(xds, "%s: ignoring unrequested resource '%s'", lg_xds_type_names[sub->type], ch->name);
+        return NULL;
+    }
+    return d;
+}
+
+/* A new version of a dep is in use: its record, error state and Envoy's
+ * subscription stats (update_success, version, version_text, update_time). */
+static void dep_accept(lg_xds_t *x, lg__xds_dep_t *d, lg_xds_resource_t *res)
+{
+    replace_res(&d->res, res);
+    set_error(&d->failed, &d->error, NULL, NULL);
+    dep_count(d, LG__XDS_SUB_update_success);
+    for (size_t i = 0; i != d->n_stats; ++i) {
+        lg_stats_text_set(d->stats[i], LG__XDS_SUB_version_text, res->version);
+        lg_stats_gauge_set(d->stats[i], LG__XDS_SUB_version, lg__xds_hash(res->version, strlen(res->version)));
+        lg_stats_gauge_set(d->stats[i], LG__XDS_SUB_update_time, lg_wall_us() / 1000);
+    }
+    x->dirty = 1;
+}
+
+/* A version of a dep was rejected: counted, and kept for /config_dump's error_state. */
+static void dep_reject(lg__xds_dep_t *d, lg_xds_resource_t *res, const char *msg)
+{
+    dep_count(d, d->type == LG_XDS_EDS ? LG__XDS_EDS_update_rejected : LG__XDS_SUB_update_rejected);
+    set_error(&d->failed, &d->error, res, msg);
 }
 
 /* ---- init and dispose ---- */
@@ -235,6 +299,7 @@ void lg__xds_state_init(lg_xds_t *x, lg_snapshot_t *initial)
         replace_listener(&l->published, initial->listeners[i]);
     }
     x->published = lg_snapshot_ref(initial);
+    x->runtime_gen = initial->runtime != NULL ? initial->runtime->generation : lg_runtime_loader_generation();
 }
 
 /* Static EDS clusters and RDS listeners subscribe like dynamic ones do; their
@@ -291,9 +356,17 @@ void lg__xds_state_dispose(lg_xds_t *x)
     lg_snapshot_unref(x->published);
 }
 
-void lg__xds_foreach_dynamic(lg_xds_t *x, lg_xds_type_t type, void (*cb)(void *ctx, const char *name), void *ctx)
+void lg__xds_foreach_dynamic(lg__xds_sub_t *sub, void (*cb)(void *ctx, const char *name), void *ctx)
 {
-    if (type == LG_XDS_CDS) {
+    lg_xds_t *x = sub->xds;
+    lg_xds_type_t type = sub->type;
+    if (type == LG_XDS_SRDS) {
+        for (size_t i = 0; x->deps[type].slots != NULL && i <= x->deps[type].mask; ++i) {
+            const lg__xds_dep_t *d = x->deps[type].slots[i];
+            if (d != NULL && d->sub == sub && d->res != NULL)
+                cb(ctx, d->name);
+        }
+    } else if (type == LG_XDS_CDS) {
         for (size_t i = 0; i != x->n_clusters; ++i)
             if (x->clusters[i] != NULL && !x->clusters[i]->is_static && x->clusters[i]->res != NULL)
                 cb(ctx, x->clusters[i]->name);
@@ -402,11 +475,9 @@ static int activate_with_endpoints(lg__xds_cluster_t *c, const Envoy__Config__En
 static int apply_cla(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *err)
 {
     lg_xds_t *x = sub->xds;
-    lg__xds_dep_t *d = lg__xds_dep_find(x, LG_XDS_EDS, ch->name);
-    if (d == NULL || !d->wanted) {
-        LG_DEBUG(upstream, "eds: ignoring unrequested load assignment '%s'", ch->name);
+    lg__xds_dep_t *d = wanted_dep(sub, ch);
+    if (d == NULL)
         return 0;
-    }
     if (ch->res == NULL) {
         LG_DEBUG(upstream, "eds: load assignment '%s' removed; its clusters keep their endpoints", ch->name);
         return 0;
@@ -416,8 +487,7 @@ static int apply_cla(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *err)
         return 0;
     lg__xds_cluster_t *user = d->user;
     if (user != NULL && activate_with_endpoints(user, (const void *)ch->msg, ch->res, err) != 0) {
-        dep_count(d, LG__XDS_EDS_update_rejected);
-        set_error(&d->failed, &d->error, ch->res, err->msg);
+        dep_reject(d, ch->res, err->msg);
         return -1;
     }
     replace_res(&d->res, ch->res);
@@ -466,6 +536,67 @@ static int add_rds_ref(lg_xds_t *x, lg__xds_sub_t *parent, const hcm_proto_t *hc
     return 0;
 }
 
+/* SRDS: the HCM's scoped_rds subscription (wildcard: every scope of its
+ * source) and where the scopes' route configurations come from. */
+static int add_srds_ref(lg_xds_t *x, lg__xds_sub_t *parent, const hcm_proto_t *hcm, lg__xds_rds_ref_t **out, size_t *n,
+                        lg_error_t *err)
+{
+    const Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__ScopedRoutes *sr = hcm->scoped_routes;
+    if (sr->config_specifier_case !=
+        ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__SCOPED_ROUTES__CONFIG_SPECIFIER_SCOPED_RDS)
+        return 0;
+    if (sr->scoped_rds->scoped_rds_config_source == NULL)
+        return lg_error(err, "scoped_routes.scoped_rds.scoped_rds_config_source: value is required");
+    if (sr->rds_config_source == NULL)
+        return lg_error(err, "scoped_routes.rds_config_source: value is required");
+    if (sr->scope_key_builder == NULL)
+        return lg_error(err, "scoped_routes.scope_key_builder: value is required");
+    lg__xds_sub_t *sub = lg__xds_subscribe(x, LG_XDS_SRDS, sr->scoped_rds->scoped_rds_config_source, parent, err);
+    if (sub == NULL)
+        return lg_error_prefix(err, "scoped_routes.scoped_rds.scoped_rds_config_source");
+    lg__xds_sub_t *rds_sub = lg__xds_subscribe(x, LG_XDS_RDS, sr->rds_config_source, parent, err);
+    if (rds_sub == NULL)
+        return lg_error_prefix(err, "scoped_routes.rds_config_source");
+    lg__xds_rds_ref_t r = {lg_strdup(sr->name), sub, NULL};
+    r.rds_sub = rds_sub;
+    r.kb.len = protobuf_c_message_get_packed_size(&sr->scope_key_builder->base);
+    r.kb.data = lg_malloc(r.kb.len + 1);
+    protobuf_c_message_pack(&sr->scope_key_builder->base, r.kb.data);
+    *out = lg_realloc(*out, (*n + 1) * sizeof(**out));
+    (*out)[(*n)++] = r;
+    return 0;
+}
+
+/* The ECDS filter configs of the HCM's http_filters with config_discovery. */
+static int add_ecds_refs(lg_xds_t *x, lg__xds_sub_t *parent, const hcm_proto_t *hcm, lg__xds_rds_ref_t **out, size_t *n,
+                         lg_error_t *err)
+{
+    for (size_t i = 0; i != hcm->n_http_filters; ++i) {
+        const Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpFilter *f = hcm->http_filters[i];
+        if (f->config_type_case !=
+                ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_FILTER__CONFIG_TYPE_CONFIG_DISCOVERY ||
+            f->disabled)
+            continue;
+        const Envoy__Config__Core__V3__ExtensionConfigSource *cd = f->config_discovery;
+        if (cd->config_source == NULL)
+            return lg_error(err, "http_filters[%zu].config_discovery.config_source: value is required", i);
+        lg__xds_sub_t *sub = lg__xds_subscribe(x, LG_XDS_ECDS, cd->config_source, parent, err);
+        if (sub == NULL)
+            return lg_error_prefix(err, "http_filters[%zu].config_discovery.config_source", i);
+        char *prefix = lg_malloc(strlen(f->name) + sizeof("extension_config_discovery.http_filter.."));
+        sprintf(prefix, "extension_config_discovery.http_filter.%s.", f->name);
+        lg__xds_rds_ref_t r = {lg_strdup(f->name), sub, lg_stats_block_new(prefix, lg__xds_ecds_stat_defs, LG__XDS_ECDS__COUNT)};
+        free(prefix);
+        r.type_urls = lg_calloc(cd->n_type_urls + 1, sizeof(*r.type_urls));
+        for (size_t k = 0; k != cd->n_type_urls; ++k)
+            r.type_urls[r.n_type_urls++] = lg_strdup(cd->type_urls[k]);
+        r.no_warm = cd->apply_default_config_without_warming && cd->default_config != NULL;
+        *out = lg_realloc(*out, (*n + 1) * sizeof(**out));
+        (*out)[(*n)++] = r;
+    }
+    return 0;
+}
+
 static int chain_rds(lg_xds_t *x, lg__xds_sub_t *parent, const Envoy__Config__Listener__V3__FilterChain *fc,
                      lg__xds_rds_ref_t **out, size_t *n, lg_error_t *err)
 {
@@ -486,6 +617,13 @@ static int chain_rds(lg_xds_t *x, lg__xds_sub_t *parent, const Envoy__Config__Li
                 ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__ROUTE_SPECIFIER_RDS &&
             add_rds_ref(x, parent, hcm, out, n, err) != 0)
             rc = lg_error_prefix(err, "filters[%zu].typed_config", k);
+        else if (
+            hcm->route_specifier_case ==
+                ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__ROUTE_SPECIFIER_SCOPED_ROUTES &&
+            add_srds_ref(x, parent, hcm, out, n, err) != 0)
+            rc = lg_error_prefix(err, "filters[%zu].typed_config", k);
+        else if (add_ecds_refs(x, parent, hcm, out, n, err) != 0)
+            rc = lg_error_prefix(err, "filters[%zu].typed_config", k);
         protobuf_c_message_free_unpacked(&hcm->base, NULL);
         if (rc != 0)
             return rc;
@@ -493,7 +631,7 @@ static int chain_rds(lg_xds_t *x, lg__xds_sub_t *parent, const Envoy__Config__Li
     return 0;
 }
 
-/* The RDS route configs the listener's connection managers name. */
+/* What the listener's connection managers name: RDS route configs, ECDS filter configs. */
 static int extract_rds(lg_xds_t *x, lg__xds_sub_t *parent, const Envoy__Config__Listener__V3__Listener *m, lg__xds_rds_ref_t **out,
                        size_t *n, lg_error_t *err)
 {
@@ -597,11 +735,9 @@ fail:
 static int apply_routes(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *err)
 {
     lg_xds_t *x = sub->xds;
-    lg__xds_dep_t *d = lg__xds_dep_find(x, LG_XDS_RDS, ch->name);
-    if (d == NULL || !d->wanted) {
-        LG_DEBUG(config, "rds: ignoring unrequested route configuration '%s'", ch->name);
+    lg__xds_dep_t *d = wanted_dep(sub, ch);
+    if (d == NULL)
         return 0;
-    }
     if (ch->res == NULL) {
         /* Envoy falls back to an empty route configuration */
         if (d->compiled != NULL) {
@@ -621,22 +757,13 @@ static int apply_routes(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *er
     lg_route_compile_opts_t opts = {.validate_clusters = 0, .cluster_exists = cluster_exists, .ctx = x};
     lg_route_table_t *t = lg_route_table_compile((const void *)ch->msg, &opts, err);
     if (t == NULL) {
-        dep_count(d, LG__XDS_SUB_update_rejected);
-        set_error(&d->failed, &d->error, ch->res, err->msg);
+        dep_reject(d, ch->res, err->msg);
         return -1;
     }
     if (d->compiled != NULL)
         lg_route_table_release(d->compiled);
     d->compiled = t;
-    replace_res(&d->res, ch->res);
-    set_error(&d->failed, &d->error, NULL, NULL);
-    dep_count(d, LG__XDS_SUB_update_success);
-    for (size_t i = 0; i != d->n_stats; ++i) {
-        lg_stats_text_set(d->stats[i], LG__XDS_SUB_version_text, ch->res->version);
-        lg_stats_gauge_set(d->stats[i], LG__XDS_SUB_version, lg__xds_hash(ch->res->version, strlen(ch->res->version)));
-        lg_stats_gauge_set(d->stats[i], LG__XDS_SUB_update_time, lg_wall_us() / 1000);
-    }
-    x->dirty = 1;
+    dep_accept(x, d, ch->res);
     return 0;
 }
 
@@ -647,11 +774,9 @@ static int apply_routes(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *er
 static int apply_secret(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *err)
 {
     lg_xds_t *x = sub->xds;
-    lg__xds_dep_t *d = lg__xds_dep_find(x, LG_XDS_SDS, ch->name);
-    if (d == NULL || !d->wanted) {
-        LG_DEBUG(config, "sds: ignoring unrequested secret '%s'", ch->name);
+    lg__xds_dep_t *d = wanted_dep(sub, ch);
+    if (d == NULL)
         return 0;
-    }
     if (ch->res == NULL) {
         LG_DEBUG(config, "sds: secret '%s' removed; its contexts keep it", ch->name);
         return 0;
@@ -662,8 +787,7 @@ static int apply_secret(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *er
         return 0;
     }
     if (lg_tls_secret_upsert((const void *)ch->msg, err) != 0) {
-        dep_count(d, LG__XDS_SUB_update_rejected);
-        set_error(&d->failed, &d->error, ch->res, err->msg);
+        dep_reject(d, ch->res, err->msg);
         return -1;
     }
     LG_INFO(config, "sds: secret '%s' updated (version %s)", ch->name, ch->res->version);
@@ -671,16 +795,274 @@ static int apply_secret(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *er
         protobuf_c_message_free_unpacked(d->compiled, NULL);
     d->compiled = ch->msg;
     ch->msg = NULL;
+    dep_accept(x, d, ch->res);
+    return 0;
+}
+
+/* ---- RTDS ---- */
+
+static int dep_ready(const lg__xds_dep_t *d);
+
+/* A Runtime resource replaces the content of the RTDS layers subscribed to
+ * it (Envoy's RtdsSubscription); its removal empties them. */
+static int apply_runtime(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *err)
+{
+    lg_xds_t *x = sub->xds;
+    lg__xds_dep_t *d = wanted_dep(sub, ch);
+    if (d == NULL)
+        return 0;
+    if (ch->res == NULL) {
+        if (d->res != NULL) {
+            LG_INFO(runtime, "rtds: runtime '%s' removed: its layers are empty", ch->name);
+            lg_runtime_apply_rtds(ch->name, NULL, err);
+            replace_res(&d->res, NULL);
+            x->dirty = 1;
+        }
+        return 0;
+    }
+    if (same_res(d->res, ch->res)) {
+        replace_res(&d->res, ch->res); /* a refresh (TTL) */
+        return 0;
+    }
+    const Envoy__Service__Runtime__V3__Runtime *rt = (const void *)ch->msg;
+    if (lg_runtime_apply_rtds(ch->name, rt->layer != NULL ? &rt->layer->base : NULL, err) != 0) {
+        set_error(&d->failed, &d->error, ch->res, err->msg);
+        return -1;
+    }
+    LG_INFO(runtime, "rtds: runtime '%s' updated (version %s)", ch->name, ch->res->version);
+    if (d->compiled != NULL)
+        protobuf_c_message_free_unpacked(d->compiled, NULL);
+    d->compiled = ch->msg;
+    ch->msg = NULL;
     replace_res(&d->res, ch->res);
     set_error(&d->failed, &d->error, NULL, NULL);
-    dep_count(d, LG__XDS_SUB_update_success);
-    for (size_t i = 0; i != d->n_stats; ++i) {
-        lg_stats_text_set(d->stats[i], LG__XDS_SUB_version_text, ch->res->version);
-        lg_stats_gauge_set(d->stats[i], LG__XDS_SUB_version, lg__xds_hash(ch->res->version, strlen(ch->res->version)));
-        lg_stats_gauge_set(d->stats[i], LG__XDS_SUB_update_time, lg_wall_us() / 1000);
-    }
     x->dirty = 1;
     return 0;
+}
+
+int lg__xds_runtime_ready(lg_xds_t *x)
+{
+    for (size_t i = 0; i != x->n_rtds; ++i)
+        if (!dep_ready(lg__xds_dep_find(x, LG_XDS_RTDS, x->rtds[i].name)))
+            return 0;
+    return 1;
+}
+
+/* ---- ECDS ---- */
+
+/* A TypedExtensionConfig compiles into the filter config that new streams of
+ * the HCMs naming it use; its removal leaves them the default_config. */
+static int apply_extension(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *err)
+{
+    lg_xds_t *x = sub->xds;
+    lg__xds_dep_t *d = wanted_dep(sub, ch);
+    if (d == NULL)
+        return 0;
+    if (ch->res == NULL) {
+        if (d->res != NULL) {
+            LG_INFO(config, "ecds: extension config '%s' removed: its filters use their default config", ch->name);
+            dep_compiled_free(d);
+            replace_res(&d->res, NULL);
+            x->dirty = 1;
+        }
+        return 0;
+    }
+    dep_count(d, LG__XDS_SUB_update_attempt);
+    if (same_res(d->res, ch->res)) {
+        replace_res(&d->res, ch->res);
+        dep_count(d, LG__XDS_SUB_update_success);
+        return 0;
+    }
+    const Envoy__Config__Core__V3__TypedExtensionConfig *m = (const void *)ch->msg;
+    lg_ecds_filter_t *f = lg_ecds_filter_compile(ch->name, m->typed_config, d->type_urls, d->n_type_urls, err);
+    if (f == NULL) {
+        dep_reject(d, ch->res, err->msg);
+        dep_count(d, LG__XDS_ECDS_config_fail);
+        x->dirty = 1; /* /config_dump shows the error_state */
+        return -1;
+    }
+    LG_INFO(config, "ecds: extension config '%s' updated (version %s)", ch->name, ch->res->version);
+    dep_compiled_free(d);
+    d->compiled = f;
+    dep_accept(x, d, ch->res);
+    dep_count(d, LG__XDS_ECDS_config_reload);
+    return 0;
+}
+
+/* ---- SRDS ---- */
+
+static void want(lg_xds_t *x, lg_xds_type_t type, const char *name, lg__xds_sub_t *sub, lg_stats_block_t *stats, uint64_t now);
+
+typedef Envoy__Config__Route__V3__ScopedRouteConfiguration scope_proto_t;
+
+static int scope_cmp(const void *a, const void *b)
+{
+    return strcmp((*(scope_proto_t *const *)a)->name, (*(scope_proto_t *const *)b)->name);
+}
+
+/* The scopes held for `sub` (sorted by name), with `extra` in place of the
+ * scope of its name. Free the array, not the scopes. */
+static size_t scopes_of(lg_xds_t *x, const lg__xds_sub_t *sub, scope_proto_t *extra, scope_proto_t ***out)
+{
+    const lg__xds_map_t *m = &x->deps[LG_XDS_SRDS];
+    size_t n = 0;
+    *out = lg_malloc((m->n + 2) * sizeof(**out));
+    for (size_t i = 0; m->slots != NULL && i <= m->mask; ++i) {
+        const lg__xds_dep_t *d = m->slots[i];
+        if (d != NULL && d->sub == sub && d->compiled != NULL && (extra == NULL || strcmp(d->name, extra->name) != 0))
+            (*out)[n++] = d->compiled;
+    }
+    if (extra != NULL)
+        (*out)[n++] = extra;
+    qsort(*out, n, sizeof(**out), scope_cmp);
+    return n;
+}
+
+/* Compiles scopes with the key builder of an SRDS ref (a builder of the set's own). */
+static lg_scoped_routes_t *compile_scopes(const lg__xds_rds_ref_t *ref, scope_proto_t *const *confs, size_t n, lg_error_t *err)
+{
+    ProtobufCMessage *m = protobuf_c_message_unpack(
+        &envoy__extensions__filters__network__http_connection_manager__v3__scoped_routes__scope_key_builder__descriptor, NULL,
+        ref->kb.len, ref->kb.data);
+    if (m == NULL) {
+        lg_error(err, "scope_key_builder: cannot decode");
+        return NULL;
+    }
+    lg_scope_key_builder_t *kb = lg_scope_key_builder_compile((const void *)m, "scope_key_builder", err);
+    protobuf_c_message_free_unpacked(m, NULL);
+    if (kb == NULL)
+        return NULL;
+    lg_scoped_routes_t *set = lg_scoped_routes_compile(kb, confs, n, NULL, "scoped_route_configurations", err);
+    lg_scope_key_builder_release(kb);
+    return set;
+}
+
+/* Whether every HCM using `sub` accepts its scopes with `extra`. */
+static int check_scopes(lg_xds_t *x, lg__xds_sub_t *sub, scope_proto_t *extra, lg_error_t *err)
+{
+    scope_proto_t **confs;
+    size_t n = scopes_of(x, sub, extra, &confs);
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i != x->n_listeners; ++i) {
+        const lg__xds_listener_t *l = x->listeners[i];
+        for (size_t j = 0; rc == 0 && l != NULL && j != l->n_rds; ++j) {
+            if (l->rds[j].sub != sub)
+                continue;
+            lg_scoped_routes_t *set = compile_scopes(l->rds + j, confs, n, err);
+            rc = set != NULL ? 0 : -1;
+            lg_scoped_routes_release(set);
+        }
+    }
+    free(confs);
+    return rc;
+}
+
+/* A ScopedRouteConfiguration joins the scope set of its source; the route
+ * configuration it names is subscribed on the HCM's rds_config_source. */
+static int apply_scoped(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *err)
+{
+    lg_xds_t *x = sub->xds;
+    lg__xds_dep_t *d = lg__xds_dep_find(x, LG_XDS_SRDS, ch->name);
+    if (ch->res == NULL) {
+        if (d != NULL && d->sub == sub) {
+            LG_INFO(config, "srds: removing scope '%s'", ch->name);
+            lg__xds_map_del(&x->deps[LG_XDS_SRDS], ch->name);
+            dep_free(d);
+            ++x->srds_gen;
+            x->dirty = 1;
+        }
+        return 0;
+    }
+    if (d != NULL && d->sub == sub && same_res(d->res, ch->res)) {
+        replace_res(&d->res, ch->res);
+        return 0;
+    }
+    scope_proto_t *m = (void *)ch->msg;
+    if (m->route_configuration_name[0] == '\0')
+        return lg_error(err, "route_configuration_name: value length must be at least 1 characters");
+    if (m->key == NULL || m->key->n_fragments == 0)
+        return lg_error(err, "key.fragments: value must contain at least 1 item(s)");
+    if (d != NULL && d->sub != sub && d->res != NULL)
+        return lg_error(err, "scope '%s' is already delivered by another scoped RDS source", ch->name);
+    if (check_scopes(x, sub, m, err) != 0)
+        return -1;
+    LG_INFO(config, "srds: scope '%s' -> route configuration '%s' (version %s)", ch->name, m->route_configuration_name,
+            ch->res->version);
+    if (d == NULL)
+        d = dep_get(x, LG_XDS_SRDS, ch->name);
+    d->sub = sub;
+    d->wanted = 1;
+    dep_compiled_free(d);
+    d->compiled = ch->msg;
+    ch->msg = NULL;
+    replace_res(&d->res, ch->res);
+    set_error(&d->failed, &d->error, NULL, NULL);
+    ++x->srds_gen;
+    x->dirty = 1;
+    return 0;
+}
+
+/* The SRDS scope sets of the snapshot: one per ScopedRoutes.name (its first HCM's key builder). */
+static void build_scope_sets(lg_xds_t *x, lg_snapshot_t *s)
+{
+    for (size_t i = 0; i != x->n_listeners; ++i) {
+        const lg__xds_listener_t *l = x->listeners[i];
+        for (size_t j = 0; j != l->n_rds; ++j) {
+            const lg__xds_rds_ref_t *r = l->rds + j;
+            int seen = r->sub->type != LG_XDS_SRDS;
+            for (size_t k = 0; !seen && k != s->n_scopes; ++k)
+                seen = strcmp(s->scopes[k]->name, r->name) == 0;
+            if (seen)
+                continue;
+            scope_proto_t **confs;
+            size_t n = scopes_of(x, r->sub, NULL, &confs);
+            lg_error_t err = {{0}};
+            lg_scoped_routes_t *set = compile_scopes(r, confs, n, &err);
+            free(confs);
+            if (set == NULL) {
+                LG_WARN(config, "srds: scoped routes '%s': %s", r->name, err.msg);
+                continue;
+            }
+            s->scopes = lg_realloc(s->scopes, (s->n_scopes + 1) * sizeof(*s->scopes));
+            s->scopes[s->n_scopes++] = lg_snapshot_scopes_new(r->name, set);
+        }
+    }
+}
+
+/* SRDS deps stay while an HCM uses their source; the route configurations of their scopes are wanted. */
+static void want_scopes(lg_xds_t *x, uint64_t now)
+{
+    lg__xds_map_t *m = &x->deps[LG_XDS_SRDS];
+    for (size_t i = 0; i != x->n_listeners; ++i) {
+        const lg__xds_listener_t *l = x->listeners[i];
+        for (size_t j = 0; l != NULL && j != l->n_rds; ++j) {
+            const lg__xds_rds_ref_t *r = l->rds + j;
+            if (r->sub->type != LG_XDS_SRDS)
+                continue;
+            for (size_t k = 0; m->slots != NULL && k <= m->mask; ++k) {
+                lg__xds_dep_t *d = m->slots[k];
+                if (d == NULL || d->sub != r->sub || d->compiled == NULL)
+                    continue;
+                d->wanted = 1;
+                want(x, LG_XDS_RDS, ((scope_proto_t *)d->compiled)->route_configuration_name, r->rds_sub, NULL, now);
+            }
+        }
+    }
+}
+
+/* An SRDS ref is ready once its source answered (or timed out) and every scope's routes arrived. */
+static int scopes_ready(lg_xds_t *x, const lg__xds_rds_ref_t *r)
+{
+    const lg__xds_map_t *m = &x->deps[LG_XDS_SRDS];
+    if (!r->sub->initialized)
+        return 0;
+    for (size_t k = 0; m->slots != NULL && k <= m->mask; ++k) {
+        const lg__xds_dep_t *d = m->slots[k];
+        if (d != NULL && d->sub == r->sub && d->compiled != NULL &&
+            !dep_ready(lg__xds_dep_find(x, LG_XDS_RDS, ((scope_proto_t *)d->compiled)->route_configuration_name)))
+            return 0;
+    }
+    return 1;
 }
 
 /* ---- dispatch ---- */
@@ -688,7 +1070,7 @@ static int apply_secret(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *er
 size_t lg__xds_apply(lg__xds_sub_t *sub, lg__xds_change_t *changes, size_t n, lg_strbuf_t *errors)
 {
     static int (*const apply[LG_XDS__NTYPES])(lg__xds_sub_t *, lg__xds_change_t *, lg_error_t *) = {
-        apply_cluster, apply_cla, apply_listener, apply_routes, apply_secret};
+        apply_cluster, apply_cla, apply_listener, apply_routes, apply_secret, apply_runtime, apply_extension, apply_scoped};
     size_t rejected = 0;
     for (size_t i = 0; i != n; ++i) {
         lg_error_t err = {{0}};
@@ -735,15 +1117,26 @@ static void update_deps(lg_xds_t *x)
                 d->wanted = 0;
                 d->n_stats = 0;
                 d->user = NULL;
+                dep_set_type_urls(d, NULL, 0);
             }
         }
     for (size_t i = 0; i != x->n_listeners; ++i) {
         lg__xds_listener_t *l = x->listeners[i];
-        for (size_t j = 0; l != NULL && j != l->n_rds; ++j)
-            want(x, LG_XDS_RDS, l->rds[j].name, l->rds[j].sub, l->rds[j].stats, now);
+        for (size_t j = 0; l != NULL && j != l->n_rds; ++j) {
+            lg__xds_rds_ref_t *r = l->rds + j;
+            if (r->sub->type == LG_XDS_SRDS)
+                continue; /* want_scopes() */
+            want(x, r->sub->type, r->name, r->sub, r->stats, now);
+            lg__xds_dep_t *d = lg__xds_dep_find(x, r->sub->type, r->name);
+            if (r->n_type_urls != 0 && d->type_urls == NULL)
+                dep_set_type_urls(d, r->type_urls, r->n_type_urls);
+        }
         for (size_t j = 0; l != NULL && j != l->n_sds; ++j)
             want(x, LG_XDS_SDS, l->sds[j].name, l->sds[j].sub, l->sds[j].stats, now);
     }
+    want_scopes(x, now);
+    for (size_t i = 0; i != x->n_rtds; ++i)
+        want(x, LG_XDS_RTDS, x->rtds[i].name, x->rtds[i].sub, NULL, now);
     for (size_t i = 0; i != x->n_clusters; ++i) {
         lg__xds_cluster_t *c = x->clusters[i];
         if (c == NULL)
@@ -785,12 +1178,17 @@ static int dep_ready(const lg__xds_dep_t *d)
     return d != NULL && (d->compiled != NULL || d->timed_out);
 }
 
-/* Whether every ref has arrived or timed out. */
-static int refs_ready(lg_xds_t *x, lg_xds_type_t type, const lg__xds_rds_ref_t *refs, size_t n)
+/* Whether every ref (of its subscription's type) has arrived or timed out. */
+static int refs_ready(lg_xds_t *x, const lg__xds_rds_ref_t *refs, size_t n)
 {
-    for (size_t i = 0; i != n; ++i)
-        if (!dep_ready(lg__xds_dep_find(x, type, refs[i].name)))
+    for (size_t i = 0; i != n; ++i) {
+        if (refs[i].sub->type == LG_XDS_SRDS) {
+            if (!scopes_ready(x, refs + i))
+                return 0;
+        } else if (!refs[i].no_warm && !dep_ready(lg__xds_dep_find(x, refs[i].sub->type, refs[i].name))) {
             return 0;
+        }
+    }
     return 1;
 }
 
@@ -798,7 +1196,7 @@ static void warm_clusters(lg_xds_t *x)
 {
     for (size_t i = 0; i != x->n_clusters; ++i) {
         lg__xds_cluster_t *c = x->clusters[i];
-        if (c == NULL || c->compiled == NULL || !refs_ready(x, LG_XDS_SDS, c->sds, c->n_sds))
+        if (c == NULL || c->compiled == NULL || !refs_ready(x, c->sds, c->n_sds))
             continue;
         if (c->eds_sub == NULL) {
             if (c->active_gen != c->compiled_gen) {
@@ -836,7 +1234,7 @@ static void warm_listeners(lg_xds_t *x)
         lg__xds_listener_t *l = x->listeners[i];
         if (l == NULL || l->compiled == NULL || l->active == l->compiled)
             continue;
-        if (!refs_ready(x, LG_XDS_RDS, l->rds, l->n_rds) || !refs_ready(x, LG_XDS_SDS, l->sds, l->n_sds))
+        if (!refs_ready(x, l->rds, l->n_rds) || !refs_ready(x, l->sds, l->n_sds))
             continue;
         replace_listener(&l->active, l->compiled);
         replace_res(&l->active_res, l->res);
@@ -853,7 +1251,7 @@ int lg__xds_warmed(lg_xds_t *x, lg_xds_type_t type)
                 return 0;
             if (c != NULL && c->eds_sub != NULL && !dep_ready(c->eds))
                 return 0;
-            if (c != NULL && !refs_ready(x, LG_XDS_SDS, c->sds, c->n_sds))
+            if (c != NULL && !refs_ready(x, c->sds, c->n_sds))
                 return 0;
         }
     } else {
@@ -861,7 +1259,7 @@ int lg__xds_warmed(lg_xds_t *x, lg_xds_type_t type)
             const lg__xds_listener_t *l = x->listeners[i];
             if (l != NULL && l->compiled != NULL && l->active != l->compiled)
                 return 0;
-            if (l != NULL && (!refs_ready(x, LG_XDS_RDS, l->rds, l->n_rds) || !refs_ready(x, LG_XDS_SDS, l->sds, l->n_sds)))
+            if (l != NULL && (!refs_ready(x, l->rds, l->n_rds) || !refs_ready(x, l->sds, l->n_sds)))
                 return 0;
         }
     }
@@ -923,6 +1321,26 @@ static void dump_version(lg_xds_t *x, lg_xds_dump_t *d, lg_xds_type_t t)
     d->version_info[t] = lg_strdup(v);
 }
 
+/* SRDS: one item per scope, named by its ScopedRoutes.name (config_dump groups them). */
+static void dump_scopes(lg_xds_t *x, lg_xds_dump_t *d, size_t *cap)
+{
+    const lg__xds_map_t *m = &x->deps[LG_XDS_SRDS];
+    for (size_t i = 0; i != x->n_listeners; ++i) {
+        const lg__xds_listener_t *l = x->listeners[i];
+        for (size_t j = 0; l != NULL && j != l->n_rds; ++j) {
+            const lg__xds_rds_ref_t *r = l->rds + j;
+            int seen = r->sub->type != LG_XDS_SRDS;
+            for (size_t k = 0; !seen && k != d->n_items[LG_XDS_SRDS]; ++k)
+                seen = strcmp(d->items[LG_XDS_SRDS][k].name, r->name) == 0;
+            for (size_t k = 0; !seen && m->slots != NULL && k <= m->mask; ++k) {
+                const lg__xds_dep_t *dep = m->slots[k];
+                if (dep != NULL && dep->sub == r->sub && dep->res != NULL)
+                    dump_add(d, LG_XDS_SRDS, cap, r->name)->active = lg_xds_resource_ref(dep->res);
+            }
+        }
+    }
+}
+
 static lg_xds_dump_t *build_dump(lg_xds_t *x)
 {
     lg_xds_dump_t *d = lg_calloc(1, sizeof(*d));
@@ -948,7 +1366,8 @@ static lg_xds_dump_t *build_dump(lg_xds_t *x)
         it->failed = lg_xds_resource_ref(l->failed);
         it->error = l->error != NULL ? lg_strdup(l->error) : NULL;
     }
-    static const lg_xds_type_t dep_types[] = {LG_XDS_EDS, LG_XDS_RDS, LG_XDS_SDS};
+    dump_scopes(x, d, cap + LG_XDS_SRDS);
+    static const lg_xds_type_t dep_types[] = {LG_XDS_EDS, LG_XDS_RDS, LG_XDS_SDS, LG_XDS_ECDS};
     for (size_t k = 0; k != LG_ARRAY_SIZE(dep_types); ++k) {
         lg_xds_type_t t = dep_types[k];
         for (size_t i = 0; x->deps[t].slots != NULL && i <= x->deps[t].mask; ++i) {
@@ -976,6 +1395,12 @@ static lg_snapshot_t *build_snapshot(lg_xds_t *x)
         nc += x->clusters[i]->active != NULL;
     nr = x->deps[LG_XDS_RDS].n;
     lg_snapshot_t *s = lg_snapshot_new(nl, nc, nr);
+    s->ecds = lg_calloc(x->deps[LG_XDS_ECDS].n + 1, sizeof(*s->ecds));
+    for (size_t i = 0; x->deps[LG_XDS_ECDS].slots != NULL && i <= x->deps[LG_XDS_ECDS].mask; ++i) {
+        lg__xds_dep_t *d = x->deps[LG_XDS_ECDS].slots[i];
+        if (d != NULL && d->compiled != NULL)
+            s->ecds[s->n_ecds++] = lg_ecds_filter_ref(d->compiled);
+    }
     for (size_t i = 0; i != x->n_listeners; ++i)
         if (x->listeners[i]->active != NULL)
             s->listeners[s->n_listeners++] = lg_listener_config_addref(x->listeners[i]->active);
@@ -987,10 +1412,13 @@ static lg_snapshot_t *build_snapshot(lg_xds_t *x)
         if (d != NULL && d->compiled != NULL)
             s->routes[s->n_routes++] = lg_route_table_retain(d->compiled);
     }
+    build_scope_sets(x, s);
     lg_snapshot_seal(s);
     s->bootstrap = &x->bootstrap->base;
     s->last_updated_wall_us = x->published->last_updated_wall_us;
     s->xds = build_dump(x);
+    s->runtime = lg_runtime_loader_snapshot();
+    x->runtime_gen = s->runtime != NULL ? s->runtime->generation : 0;
     return s;
 }
 

@@ -6,12 +6,16 @@
  */
 #include "xds_internal.h"
 #include "legate/pbjson.h"
+#include "envoy/config/core/v3/extension.pb-c.h"
+#include "envoy/config/route/v3/scoped_route.pb-c.h"
 #include "envoy/extensions/transport_sockets/tls/v3/secret.pb-c.h"
+#include "envoy/service/runtime/v3/rtds.pb-c.h"
 
 #define RESOURCE_URL "type.googleapis.com/envoy.service.discovery.v3.Resource"
 
 const lg_stat_def_t lg__xds_sub_stat_defs[LG__XDS_SUB__COUNT] = {LG__XDS_SUB_STATS(LG_STAT_DEF)};
 const lg_stat_def_t lg__xds_eds_stat_defs[LG__XDS_EDS__COUNT] = {LG__XDS_EDS_STATS(LG_STAT_DEF)};
+const lg_stat_def_t lg__xds_ecds_stat_defs[LG__XDS_ECDS__COUNT] = {LG__XDS_ECDS_STATS(LG_STAT_DEF)};
 
 static const ProtobufCMessageDescriptor *const descriptors[LG_XDS__NTYPES] = {
     &envoy__config__cluster__v3__cluster__descriptor,
@@ -19,11 +23,15 @@ static const ProtobufCMessageDescriptor *const descriptors[LG_XDS__NTYPES] = {
     &envoy__config__listener__v3__listener__descriptor,
     &envoy__config__route__v3__route_configuration__descriptor,
     &envoy__extensions__transport_sockets__tls__v3__secret__descriptor,
+    &envoy__service__runtime__v3__runtime__descriptor,
+    &envoy__config__core__v3__typed_extension_config__descriptor,
+    &envoy__config__route__v3__scoped_route_configuration__descriptor,
 };
 
 /* What Envoy calls each type in its duplicate-name errors. */
-static const char *const nouns[LG_XDS__NTYPES] = {"cluster", "cluster load assignment", "listener", "route configuration",
-                                                  "secret"};
+static const char *const nouns[LG_XDS__NTYPES] = {
+    "cluster",          "cluster load assignment",   "listener", "route configuration", "secret", "runtime",
+    "extension config", "scoped route configuration"};
 
 uint64_t lg__xds_hash(const void *p, size_t n)
 {
@@ -45,8 +53,14 @@ static const char *resource_name(lg_xds_type_t type, const ProtobufCMessage *m)
         return ((const Envoy__Config__Listener__V3__Listener *)m)->name;
     case LG_XDS_RDS:
         return ((const Envoy__Config__Route__V3__RouteConfiguration *)m)->name;
-    default:
+    case LG_XDS_SDS:
         return ((const Envoy__Extensions__TransportSockets__Tls__V3__Secret *)m)->name;
+    case LG_XDS_RTDS:
+        return ((const Envoy__Service__Runtime__V3__Runtime *)m)->name;
+    case LG_XDS_ECDS:
+        return ((const Envoy__Config__Core__V3__TypedExtensionConfig *)m)->name;
+    default:
+        return ((const Envoy__Config__Route__V3__ScopedRouteConfiguration *)m)->name;
     }
 }
 
@@ -90,7 +104,7 @@ static uint64_t ttl_of(const Google__Protobuf__Duration *d)
 }
 
 /* A SotW resource: the type itself, or a Resource wrapping it (TTL). Sets
- * out->name NULL for a wrapper without a body (a TTL heartbeat). */
+ * out->name NULL for a wrapper without a body (a TTL heartbeat, applied here). */
 static int decode_sotw(lg__xds_sub_t *sub, const Google__Protobuf__Any *any, const char *version, lg__xds_change_t *out,
                        lg_error_t *err)
 {
@@ -100,7 +114,13 @@ static int decode_sotw(lg__xds_sub_t *sub, const Google__Protobuf__Any *any, con
         &envoy__service__discovery__v3__resource__descriptor, NULL, any->value.len, any->value.data);
     if (r == NULL)
         return lg_error(err, "cannot parse a Resource wrapper");
-    int rc = r->resource != NULL ? decode(sub, r->resource, version, ttl_of(r->ttl), out, err) : 0;
+    int rc = 0;
+    if (r->resource != NULL) {
+        if ((rc = decode(sub, r->resource, version, ttl_of(r->ttl), out, err)) == 0 && r->version[0] != '\0')
+            out->ttl_version = lg_strdup(r->version);
+    } else if (r->name[0] != '\0') {
+        lg__xds_ttl_heartbeat(sub, r->name, r->version, ttl_of(r->ttl));
+    }
     protobuf_c_message_free_unpacked(&r->base, NULL);
     return rc;
 }
@@ -109,6 +129,7 @@ static void changes_free(lg__xds_change_t *c, size_t n)
 {
     for (size_t i = 0; i != n; ++i) {
         free(c[i].name);
+        free(c[i].ttl_version);
         lg_xds_resource_release(c[i].res);
         if (c[i].msg != NULL)
             protobuf_c_message_free_unpacked(c[i].msg, NULL);
@@ -156,7 +177,7 @@ static void add_removal(void *ctx, const char *name)
     r->names[r->n++] = lg_strdup(name);
 }
 
-/* SotW for LDS and CDS: what the response leaves out is removed. */
+/* SotW for LDS, CDS and SRDS: what the response leaves out is removed. */
 static lg__xds_change_t *add_removals(lg__xds_sub_t *sub, lg__xds_change_t *c, size_t *n)
 {
     lg__xds_map_t present;
@@ -164,7 +185,7 @@ static lg__xds_change_t *add_removals(lg__xds_sub_t *sub, lg__xds_change_t *c, s
     for (size_t i = 0; i != *n; ++i)
         lg__xds_map_put(&present, c + i);
     removals_t r = {&present, NULL, 0};
-    lg__xds_foreach_dynamic(sub->xds, sub->type, add_removal, &r);
+    lg__xds_foreach_dynamic(sub, add_removal, &r);
     lg__xds_map_dispose(&present);
     c = lg_realloc(c, (*n + r.n + 1) * sizeof(*c));
     for (size_t i = 0; i != r.n; ++i)
@@ -184,6 +205,7 @@ static int finish(lg__xds_sub_t *sub, const char *version, lg__xds_change_t *c, 
 {
     lg_xds_t *x = sub->xds;
     size_t rejected = lg__xds_apply(sub, c, n, nack);
+    lg__xds_ttl_track(sub, c, n);
     changes_free(c, n);
     x->errors = nack;
     lg__xds_refresh(x);
@@ -249,8 +271,11 @@ int lg__xds_delta_update(lg__xds_sub_t *sub, const char *system_version_info, En
     count(sub, LG__XDS_SUB_update_attempt);
     for (size_t i = 0; i != n; ++i, ++nc) {
         const Envoy__Service__Discovery__V3__Resource *r = resources[i];
-        if (r->resource == NULL)
-            continue; /* a TTL heartbeat */
+        if (r->resource == NULL) {
+            if (r->name[0] != '\0')
+                lg__xds_ttl_heartbeat(sub, r->name, r->version, ttl_of(r->ttl));
+            continue; /* its slot stays empty: check_names drops it */
+        }
         if (decode(sub, r->resource, r->version, ttl_of(r->ttl), c + nc, &err) != 0)
             return reject(sub, c, nc + 1, &err, nack);
         if (r->name != NULL && r->name[0] != '\0' && strcmp(r->name, c[nc].name) != 0) {

@@ -11,6 +11,7 @@
  *              snapshot that shares every unchanged compiled object
  *   file.c     path_config_source: a DiscoveryResponse file, reloaded on change
  *   grpc.c     gRPC streams (ADS and per-type, SotW and delta) over gRPC core
+ *   ttl.c      Resource.ttl: expiry removes a resource, heartbeats refresh it
  *   map.c      a string-keyed hash map
  *
  * Everything runs on the control thread.
@@ -65,11 +66,17 @@ enum { LG__XDS_SUB_STATS(LG__XDS_SUB_STAT_ENUM) LG__XDS_SUB__COUNT };
     X(COUNTER, update_attempt) X(COUNTER, update_failure) X(COUNTER, update_rejected) X(COUNTER, init_fetch_timeout)
 #define LG__XDS_EDS_STAT_ENUM(type, name) LG__XDS_EDS_##name,
 enum { LG__XDS_EDS_STATS(LG__XDS_EDS_STAT_ENUM) LG__XDS_EDS__COUNT };
+/* ECDS: extension_config_discovery.http_filter.<name>.: the subscription stats, then Envoy's ECDS counters. */
+#define LG__XDS_ECDS_STATS(X) LG__XDS_SUB_STATS(X) X(COUNTER, config_reload) X(COUNTER, config_fail) X(COUNTER, config_conflict)
+#define LG__XDS_ECDS_STAT_ENUM(type, name) LG__XDS_ECDS_##name,
+enum { LG__XDS_ECDS_STATS(LG__XDS_ECDS_STAT_ENUM) LG__XDS_ECDS__COUNT };
+#undef LG__XDS_ECDS_STAT_ENUM
 #undef LG__XDS_SUB_STAT_ENUM
 #undef LG__XDS_EDS_STAT_ENUM
 
 extern const lg_stat_def_t lg__xds_sub_stat_defs[LG__XDS_SUB__COUNT];
 extern const lg_stat_def_t lg__xds_eds_stat_defs[LG__XDS_EDS__COUNT];
+extern const lg_stat_def_t lg__xds_ecds_stat_defs[LG__XDS_ECDS__COUNT];
 
 /* One resource type on one transport. */
 struct st_lg__xds_sub_t {
@@ -110,7 +117,8 @@ typedef struct st_lg__xds_dep_t {
     lg_xds_type_t type;
     lg__xds_sub_t *sub;     /* where it is requested */
     lg_xds_resource_t *res; /* received, or NULL */
-    void *compiled;         /* RDS: lg_route_table_t *; EDS: the ClusterLoadAssignment message; SDS: the Secret message */
+    void *compiled;         /* RDS: lg_route_table_t *; otherwise the decoded message (EDS: ClusterLoadAssignment, SDS: Secret,
+                               RTDS: Runtime) */
     uint64_t since_ms;      /* when it was first wanted (initial_fetch_timeout) */
     unsigned wanted : 1;
     unsigned timed_out : 1;
@@ -119,6 +127,8 @@ typedef struct st_lg__xds_dep_t {
     size_t n_stats;
     lg_xds_resource_t *failed; /* last rejected version and why, for /config_dump */
     char *error;
+    char **type_urls; /* ECDS: the type URLs its users accept (the first user's) */
+    size_t n_type_urls;
 } lg__xds_dep_t;
 
 /* A cluster from CDS or from static_resources. */
@@ -139,12 +149,18 @@ typedef struct st_lg__xds_cluster_t {
     lg_xds_resource_t *active_cla; /* the ClusterLoadAssignment applied to active */
 } lg__xds_cluster_t;
 
-/* An RDS route config a listener's HTTP connection manager names, or an SDS
- * secret a listener's or cluster's TLS context names with an sds_config. */
+/* A resource a listener's HTTP connection manager names (an RDS route
+ * config, an ECDS filter config, an SRDS scope set: sub->type tells), or an
+ * SDS secret a listener's or cluster's TLS context names with an sds_config. */
 typedef struct st_lg__xds_rds_ref_t {
     char *name;
     lg__xds_sub_t *sub;
-    lg_stats_block_t *stats; /* http.<stat_prefix>.rds.<name>. or sds.<name>. */
+    lg_stats_block_t *stats; /* http.<stat_prefix>.rds.<name>., sds.<name>., extension_config_discovery.http_filter.<name>. */
+    char **type_urls;        /* ECDS: config_discovery.type_urls */
+    size_t n_type_urls;
+    unsigned no_warm : 1;   /* ECDS: apply_default_config_without_warming */
+    lg__xds_sub_t *rds_sub; /* SRDS: where the scopes' route configurations come from (rds_config_source) */
+    ProtobufCBinaryData kb; /* SRDS: the serialized ScopeKeyBuilder (each compiled scope set gets its own) */
 } lg__xds_rds_ref_t;
 
 /* A listener from LDS or from static_resources. */
@@ -153,7 +169,7 @@ typedef struct st_lg__xds_listener_t {
     unsigned is_static : 1;
     lg_xds_resource_t *res;
     lg_listener_config_t *compiled;
-    lg__xds_rds_ref_t *rds;
+    lg__xds_rds_ref_t *rds; /* what its HTTP connection managers name: RDS, ECDS, SRDS */
     size_t n_rds;
     lg__xds_rds_ref_t *sds; /* SDS secrets of its filter chains' TLS contexts */
     size_t n_sds;
@@ -170,6 +186,7 @@ typedef struct st_lg__xds_change_t {
     char *name;
     lg_xds_resource_t *res; /* NULL: removal */
     ProtobufCMessage *msg;  /* the decoded resource */
+    char *ttl_version;      /* the Resource wrapper's version (what heartbeats name), or NULL */
 } lg__xds_change_t;
 
 struct st_lg_xds_t {
@@ -183,6 +200,7 @@ struct st_lg_xds_t {
     size_t n_listeners, cap_listeners;
     lg__xds_map_t listener_map;
     lg__xds_map_t deps[LG_XDS__NTYPES];
+    lg__xds_map_t ttls[LG_XDS__NTYPES]; /* ttl.c: resources delivered with a TTL */
     lg_snapshot_t *published;
     /* transports and subscriptions (manager.c) */
     lg__xds_mux_t **muxes;
@@ -191,8 +209,15 @@ struct st_lg_xds_t {
     lg__xds_sub_t *cds, *lds;
     lg__xds_sub_t **subs;
     size_t n_subs;
-    int phase; /* 0: clusters initializing, 1: listeners initializing, 2: initialized */
-    void *cq;  /* grpc_completion_queue *, NULL until a gRPC transport starts */
+    int phase;               /* 0: clusters initializing, 1: listeners initializing, 2: initialized */
+    void *cq;                /* grpc_completion_queue *, NULL until a gRPC transport starts */
+    lg__xds_rds_ref_t *rtds; /* the RTDS layers' resources (layered_runtime), in layer order */
+    size_t n_rtds;
+    uint64_t runtime_gen; /* of the runtime in the last built snapshot */
+    /* SRDS: the compiled scope set of each ScopedRoutes.name, rebuilt when scopes change (state.c) */
+    struct st_lg_snapshot_scopes_t **scope_sets;
+    size_t n_scope_sets;
+    uint64_t srds_gen, scope_sets_gen;
     lg_stats_block_t *control_plane;
     lg_strbuf_t *errors; /* where apply-time errors (bind failures) go during an update, or NULL */
     unsigned dirty : 1;  /* a new snapshot is due */
@@ -239,8 +264,8 @@ void lg__xds_state_dispose(lg_xds_t *x);
  * ("name: message", comma separated) and counted per resource. Returns the
  * number of rejected resources. */
 size_t lg__xds_apply(lg__xds_sub_t *sub, lg__xds_change_t *changes, size_t n, lg_strbuf_t *errors);
-/* The names of the resources of a wildcard type that are not static. */
-void lg__xds_foreach_dynamic(lg_xds_t *x, lg_xds_type_t type, void (*cb)(void *ctx, const char *name), void *ctx);
+/* The names of the resources of a wildcard subscription that are not static. */
+void lg__xds_foreach_dynamic(lg__xds_sub_t *sub, void (*cb)(void *ctx, const char *name), void *ctx);
 /* Recomputes dependencies, warming and the subscriptions' names; publishes
  * a new snapshot when anything changed. */
 void lg__xds_refresh(lg_xds_t *x);
@@ -249,9 +274,25 @@ int lg__xds_warmed(lg_xds_t *x, lg_xds_type_t type);
 /* Marks deps whose initial fetch timed out; returns non-zero if any did. */
 int lg__xds_check_timeouts(lg_xds_t *x, uint64_t now_ms);
 lg__xds_dep_t *lg__xds_dep_find(lg_xds_t *x, lg_xds_type_t type, const char *name);
+/* Whether every RTDS layer has its first version (or timed out). */
+int lg__xds_runtime_ready(lg_xds_t *x);
 
 /* Frees RDS or SDS refs and releases their stats blocks. */
 void lg__xds_refs_free(lg__xds_rds_ref_t *refs, size_t n);
+
+/* ---- ttl.c ---- */
+
+void lg__xds_ttl_init(lg_xds_t *x);
+void lg__xds_ttl_dispose(lg_xds_t *x);
+/* After changes of `sub` were applied: a resource with a TTL expires at
+ * now + ttl, one without forgets its TTL, a removal forgets it. */
+void lg__xds_ttl_track(lg__xds_sub_t *sub, const lg__xds_change_t *changes, size_t n);
+/* A heartbeat (a Resource without a body): refreshes the TTL of `name` when
+ * `version` is the version it was delivered with. */
+void lg__xds_ttl_heartbeat(lg__xds_sub_t *sub, const char *name, const char *version, uint64_t ttl_ms);
+/* Removes the resources whose TTL expired (Envoy: as if the server removed
+ * them); returns non-zero if any did. */
+int lg__xds_ttl_expire(lg_xds_t *x, uint64_t now_ms);
 
 /* ---- sds.c ---- */
 

@@ -291,3 +291,20 @@ def test_config_errors_name_the_field(tmp_path):
     assert "access_log[0]: Didn't find a registered implementation for 'my.logger'" in r.stderr, r.stderr
     r = validate(tmp_path, [file_log(tmp_path / "no-such-dir" / "x.log")])
     assert r.returncode == 1 and "unable to open file" in r.stderr, r.stderr
+
+
+def test_response_headers_logged_for_bodiless_responses(legate, ports, upstream, tmp_path):
+    """%RESP()% of a response that ends with its headers (204, HEAD): the upstream
+    stream may finish before the downstream write does; the logged values must
+    still be the upstream's (the ASan run catches a read of freed memory)."""
+    up = upstream()
+    log = tmp_path / "bodiless.log"
+    fmt = "%RESPONSE_CODE% %REQ(:METHOD)% [%RESP(X-UPSTREAM)%] [%RESP(SERVER)%] [%RESP(CONTENT-TYPE)%]\n"
+    lg = legate(proxy(ports, up.port, [file_log(log, text(fmt))]), args=FLUSH_ARGS)
+    assert get(lg, "/status/204").status == 204
+    r = curl(lg.url("/status/200"), "-I")
+    assert r.rc == 0, r.stderr
+    assert get(lg, "/status/304").status == 304
+    # each worker buffers its own entries: the order across connections is not fixed
+    assert sorted(wait_lines(log, 3)) == ["200 HEAD [upstream] [envoy] [application/json]",
+                                          "204 GET [upstream] [envoy] [-]", "304 GET [upstream] [envoy] [-]"]

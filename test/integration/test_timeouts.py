@@ -34,3 +34,31 @@ def test_request_headers_timeout_off_by_default(legate, ports, upstream):
         c.send(b"\r\n")
         assert c.read_response().status == 200
     assert lg.admin.stat("http.ingress_http.downstream_rq_header_timeout") == 0
+
+
+def test_request_headers_timeout_on_http2(legate, ports, upstream):
+    """request_headers_timeout on an HTTP/2 stream whose header block never ends
+    (HEADERS without END_HEADERS, no CONTINUATION): Envoy answers that stream 408
+    and counts downstream_rq_header_timeout; other connections are unaffected."""
+    import hpack
+    from lib.h2client import FRAME_HEADERS, FRAME_RST_STREAM, H2Client, frame, hpack_headers, raw_connect, read_frames
+
+    up = upstream()
+    lg = legate(cfg.simple_proxy(ports(), ports(), [up.port], codec_type="HTTP2", request_headers_timeout="0.3s"))
+    s = raw_connect("127.0.0.1", lg.listener_port())
+    try:
+        block = hpack_headers([(":method", "GET"), (":scheme", "http"), (":authority", "x"), (":path", "/never")])
+        s.sendall(frame(FRAME_HEADERS, 0x1, 1, block))  # END_STREAM, no END_HEADERS
+        with H2Client("127.0.0.1", lg.listener_port()) as other:
+            assert other.get("/ok").status == 200
+        frames = read_frames(s, timeout=10, until=lambda f: f[0] == FRAME_RST_STREAM or
+                             (f[0] == FRAME_HEADERS and f[2] == 1 and f[1] & 0x1))
+    finally:
+        s.close()
+    heads = [dict(hpack.Decoder().decode(p)) for t, _, sid, p in frames if t == FRAME_HEADERS and sid == 1]
+    resets = [sid for t, _, sid, _ in frames if t == FRAME_RST_STREAM]
+    assert heads or resets, frames
+    if heads:
+        assert heads[0].get(":status") == "408", heads
+    assert lg.admin.stat("http.ingress_http.downstream_rq_header_timeout") == 1
+    assert [x["path"] for x in up.requests] == ["/ok"]

@@ -653,3 +653,52 @@ def test_config_errors(legate, ports, pki, tmp_path):
     r = run_legate(["-c", path, "--mode", "validate"])
     assert r.returncode != 0
     assert "static_resources.listeners[0]" in r.stderr and "missing.pem" in r.stderr, r.stderr
+
+
+# ---- TLS alerts on failed downstream handshakes (helper F) ------------------------------------
+#
+# Envoy (BoringSSL) answers a handshake it refuses with a fatal alert that names the reason;
+# libh2o 2.2.5 drops the alert OpenSSL queues, Legate writes it before closing
+# (lg_tls_send_pending_alert). openssl s_client prints the alert it received.
+
+
+def mtls_proxy(legate, ports, upstream, pki, **tls_params):
+    up = upstream("a")
+    ts = downstream_ts([pki.server], validation={"trusted_ca": {"filename": pki.ca_cert}}, require_client_certificate=True)
+    if tls_params:
+        ts["typed_config"]["common_tls_context"]["tls_params"] = tls_params
+    return tls_proxy(legate, ports, up.port, ts)
+
+
+def test_alert_no_shared_cipher(legate, ports, upstream, pki):
+    up = upstream("a")
+    ts = downstream_ts([pki.server])
+    ts["typed_config"]["common_tls_context"]["tls_params"] = {
+        "tls_maximum_protocol_version": "TLSv1_2", "cipher_suites": ["ECDHE-RSA-AES256-GCM-SHA384"]}
+    lg = tls_proxy(legate, ports, up.port, ts)
+    rc, out = s_client(lg.listener_port(), ["-servername", "localhost", "-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256"])
+    assert rc != 0
+    assert "alert handshake failure" in out, out
+
+
+def test_alert_certificate_required_tls13(legate, ports, upstream, pki):
+    lg = mtls_proxy(legate, ports, upstream, pki)
+    # TLS 1.3: the client's side of the handshake is over before the server refuses its
+    # (missing) certificate; -ign_eof keeps s_client reading until the alert and the close
+    rc, out = s_client(lg.listener_port(), ["-tls1_3", "-ign_eof", "-CAfile", pki.ca_cert, "-servername", "localhost"])
+    assert "alert certificate required" in out, out
+
+
+def test_alert_no_client_certificate_tls12(legate, ports, upstream, pki):
+    lg = mtls_proxy(legate, ports, upstream, pki)
+    rc, out = s_client(lg.listener_port(), ["-tls1_2", "-CAfile", pki.ca_cert, "-servername", "localhost"])
+    assert rc != 0
+    assert "alert handshake failure" in out, out
+
+
+@pytest.mark.parametrize("version", ["-tls1_2", "-tls1_3"])
+def test_alert_unknown_ca(legate, ports, upstream, pki, version):
+    lg = mtls_proxy(legate, ports, upstream, pki)
+    rc, out = s_client(lg.listener_port(), [version, "-ign_eof", "-CAfile", pki.ca_cert, "-servername", "localhost",
+                                             "-cert", pki.untrusted.cert, "-key", pki.untrusted.key])
+    assert "alert unknown ca" in out, out

@@ -481,7 +481,6 @@ def test_resources_wrapped_with_ttl_are_applied(xds_server, legate, ports, upstr
     wait_upstream(port, "b", timeout=5 * T)
 
 
-@pytest.mark.skip(reason="RTDS (runtime layers) is not implemented yet")
 def test_rtds_layer_over_ads(xds_server, legate, ports, upstream):
     from lib.xds import RUNTIME
 

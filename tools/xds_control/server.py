@@ -36,11 +36,22 @@ class Entry:
     def __init__(self, name, any_msg, version, ttl=None):
         self.name, self.any, self.version, self.ttl = name, any_msg, version, ttl
 
-    def _resource(self, discovery_pb2):
-        r = discovery_pb2.Resource(name=self.name, version=self.version, resource=self.any)
+    def _resource(self, discovery_pb2, heartbeat=False):
+        r = discovery_pb2.Resource(name=self.name, version=self.version)
+        if not heartbeat:
+            r.resource.CopyFrom(self.any)
         if self.ttl is not None:
             r.ttl.FromNanoseconds(int(self.ttl * 1e9))
         return r
+
+    def heartbeat_any(self, discovery_pb2):
+        """A TTL heartbeat: the Resource wrapper with name, version and ttl but no resource."""
+        a = type(self.any)()
+        a.Pack(self._resource(discovery_pb2, heartbeat=True))
+        return a
+
+    def heartbeat_resource(self, discovery_pb2):
+        return self._resource(discovery_pb2, heartbeat=True)
 
     def sotw_any(self, discovery_pb2):
         """SotW sends the bare resource, or the Resource wrapper when a TTL is set."""
@@ -245,6 +256,18 @@ class XdsServer:
             self._push_locked(type_url, force=force)
             return f"v{self._versions[type_url]}"
 
+    def heartbeat(self, type_url, names=None):
+        """Sends TTL heartbeats (Resource wrappers without a body, same version and ttl) for the
+        named resources of a type (default: every one stored with a TTL) on every stream
+        subscribed to them, without changing the store. Returns the names sent."""
+        with self._lock:
+            entries = [e for n, e in self._resources(type_url).items()
+                       if (names is None and e.ttl is not None) or (names is not None and n in names)]
+            for s in list(self._streams.values()):
+                if type_url in s.types:
+                    s.heartbeat(type_url, entries)
+            return [e.name for e in entries]
+
     def _entries(self, type_url, resources, ttl):
         out = []
         for r in resources:
@@ -432,11 +455,11 @@ class XdsServer:
         self._cond.notify_all()
         return rec
 
-    def _record_sent(self, stream, type_url, version, nonce, names, removed, injected=False):
+    def _record_sent(self, stream, type_url, version, nonce, names, removed, injected=False, heartbeat=False):
         self._seq += 1
         self.sent.append({"seq": self._seq, "time": time.monotonic(), "stream": stream.id, "delta": stream.delta,
                           "type_url": type_url, "version_info": version, "nonce": nonce, "resources": names,
-                          "removed": removed, "injected": injected})
+                          "removed": removed, "injected": injected, "heartbeat": heartbeat})
         self._cond.notify_all()
 
     # ---- queries for tests -------------------------------------------------------------------

@@ -208,6 +208,32 @@ class Stream:
                                  removed)
         self._queue.put(resp)
 
+    # ---- TTL heartbeats ---------------------------------------------------------
+
+    def heartbeat(self, type_url, entries):
+        """Sends heartbeats for the entries this stream subscribes to (xds_protocol "TTL"):
+        SotW: a response with the current version_info whose resources are body-less
+        Resource wrappers; delta: body-less Resources. Nothing when none is subscribed."""
+        st = self.types[type_url]
+        entries = [e for e in entries if st.wildcard or e.name in st.names]
+        if not entries:
+            return
+        discovery_pb2 = self.server.pb
+        nonce = self.server._next_nonce()
+        version = st.version if st.version is not None else self.server.version(type_url)
+        if self.delta:
+            resp = discovery_pb2.DeltaDiscoveryResponse(system_version_info=version, type_url=type_url, nonce=nonce)
+            for e in entries:
+                resp.resources.append(e.heartbeat_resource(discovery_pb2))
+        else:
+            resp = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url, nonce=nonce)
+            for e in entries:
+                resp.resources.append(e.heartbeat_any(discovery_pb2))
+        resp.control_plane.identifier = self.server.identifier
+        st.nonce, st.version = nonce, version
+        self.server._record_sent(self, type_url, version, nonce, [e.name for e in entries], [], heartbeat=True)
+        self._queue.put(resp)
+
     # ---- injected responses (bad input tests) ----------------------------------
 
     def inject(self, type_url, anys, names, version):

@@ -72,7 +72,7 @@ static void try_retry_or_fail(router_t *r, uint32_t cause_bit, int status, const
 
 static h2o_mem_pool_t *pool_of(router_t *r)
 {
-    return &r->stream->pool;
+    return r->stream->pool;
 }
 
 static void cluster_stat(router_t *r, size_t idx)
@@ -300,6 +300,7 @@ static void on_pool_ready(void *data, lg_stream_t *stream, lg_host_t *host)
         r->attempted[r->n_attempted++] = host;
     stream->cbs = &upstream_cbs;
     stream->ctx = r;
+    stream->pool = pool_of(r); /* detach_upstream() orphans a stream only once it cannot need it */
     r->attempt_start_us = lg_now_us();
     lg_stream_info_t *info = &r->stream->info;
     memcpy(&info->upstream_remote, host->config->sa, host->config->salen);
@@ -483,9 +484,8 @@ static void on_upstream_headers(lg_stream_t *u, void *head_, int end_stream)
     if (r->upgrade_over_h2)
         upgrade_response_from_h2(r, head);
     lg_h1_strip_hop_by_hop(&head->headers, head->status == 101);
-    char *ms = h2o_mem_alloc_pool(pool_of(r), 24);
-    int n = snprintf(ms, 24, "%llu", (unsigned long long)((lg_now_us() - r->attempt_start_us) / 1000));
-    lg_headers_set(pool_of(r), &head->headers, LG_LIT("x-envoy-upstream-service-time"), h2o_iovec_init(ms, n));
+    lg_headers_set(pool_of(r), &head->headers, LG_LIT("x-envoy-upstream-service-time"),
+                   lg_u64_to_dec_pool(pool_of(r), (lg_now_us() - r->attempt_start_us) / 1000));
     lg_route_apply_response_headers(r->route, r->wc, &head->headers, info, pool_of(r));
     head->version = r->stream->downstream != NULL ? r->stream->downstream->version : head->version;
     if (end_stream) {
@@ -606,6 +606,7 @@ static void per_try_timeout(lg_timer_t *t)
 static void start_attempt(router_t *r)
 {
     lg_lb_context_t ctx = {0};
+    ctx.request = r->stream->req;
     if (r->retry != NULL && r->retry->previous_hosts) {
         ctx.excluded = r->attempted;
         ctx.n_excluded = r->n_attempted;
@@ -657,9 +658,7 @@ static void set_timeout_headers(router_t *r, lg_req_head_t *u)
     uint64_t expected = per_try != 0 ? per_try : r->timeout_ms;
     if (expected == 0)
         return;
-    char *v = h2o_mem_alloc_pool(pool, 24);
-    int n = snprintf(v, 24, "%llu", (unsigned long long)expected);
-    lg_headers_set(pool, &u->headers, LG_LIT("x-envoy-expected-rq-timeout-ms"), h2o_iovec_init(v, n));
+    lg_headers_set(pool, &u->headers, LG_LIT("x-envoy-expected-rq-timeout-ms"), lg_u64_to_dec_pool(pool, expected));
     if (r->stream->is_grpc && !lg_hcm_route_uses_new_timeouts(r->route) && r->route->action.max_grpc_timeout_ms >= 0)
         lg_headers_set(pool, &u->headers, LG_LIT("grpc-timeout"), lg_hcm_grpc_timeout_value(pool, expected));
 }
@@ -728,7 +727,7 @@ static lg_filter_status_t decode_headers(lg_http_filter_t *f, lg_req_head_t *req
         lg_hcm_stat_inc(s, LG_HCM_STAT_rq_redirect);
         r->done = 1;
         reply(r, route->redirect.response_code, h2o_iovec_init(NULL, 0), "redirect", 0, LG_LIT("location"),
-              lg_route_redirect_url(route, req, &s->pool));
+              lg_route_redirect_url(route, req, s->pool));
         return LG_FILTER_STOP;
     case LG_ROUTE_NON_FORWARDING:
         r->done = 1;

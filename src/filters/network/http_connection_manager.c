@@ -8,7 +8,9 @@
 #include "legate/h1.h"
 #include "legate/pbjson.h"
 #include "legate/route.h"
+#include "legate/scoped_routes.h"
 #include "legate/stats.h"
+#include "legate/xds_ecds.h"
 
 typedef Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager hcm_proto_t;
 typedef Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpFilter http_filter_proto_t;
@@ -22,8 +24,15 @@ static int compile_filters(lg_hcm_config_t *c, const hcm_proto_t *m, lg_error_t 
         const http_filter_proto_t *f = m->http_filters[i];
         const char *type_url = NULL;
         if (f->config_type_case ==
-            ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_FILTER__CONFIG_TYPE_CONFIG_DISCOVERY)
-            return lg_error(err, "http_filters[%zu].config_discovery: extension config discovery is not supported", i);
+            ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_FILTER__CONFIG_TYPE_CONFIG_DISCOVERY) {
+            /* ECDS: a wrapper that takes the discovered config at stream start (xds_ecds.h) */
+            if (f->disabled)
+                continue;
+            if (lg_ecds_http_filter_config(f, c->filters + c->n_filters, err) != 0)
+                return lg_error_prefix(err, "http_filters[%zu]", i);
+            ++c->n_filters;
+            continue;
+        }
         if (f->config_type_case ==
             ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_FILTER__CONFIG_TYPE_TYPED_CONFIG)
             type_url = f->typed_config->type_url;
@@ -150,6 +159,44 @@ static int compile_upgrades(lg_hcm_config_t *c, const hcm_proto_t *m, lg_error_t
     return 0;
 }
 
+/* ---- scoped_routes (include/legate/scoped_routes.h) ---- */
+
+/* The key builder and, for scoped_route_configurations_list, the compiled scopes
+ * with their inline route tables (Envoy validates their clusters by default). For
+ * scoped_rds, xDS (src/xds/) compiles the SRDS scopes against c->scope_keys. */
+static int compile_scoped_routes(lg_hcm_config_t *c,
+                                 const Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__ScopedRoutes *m,
+                                 const lg_hcm_compile_ctx_t *ctx, lg_error_t *err)
+{
+    static const char list_path[] = "scoped_routes.scoped_route_configurations_list.scoped_route_configurations";
+    if (m->name == NULL || m->name[0] == '\0')
+        return lg_error(err, "scoped_routes.name: value length must be at least 1 characters");
+    if ((c->scope_keys = lg_scope_key_builder_compile(m->scope_key_builder, "scoped_routes.scope_key_builder", err)) == NULL)
+        return -1;
+    c->scoped_routes_name = lg_strdup(m->name);
+    c->scoped_rds_config_source = m->rds_config_source != NULL;
+    switch (m->config_specifier_case) {
+    case ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__SCOPED_ROUTES__CONFIG_SPECIFIER_SCOPED_ROUTE_CONFIGURATIONS_LIST: {
+        const Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__ScopedRouteConfigurationsList *l =
+            m->scoped_route_configurations_list;
+        if (l->n_scoped_route_configurations == 0)
+            return lg_error(err, "%s: value must contain at least 1 item(s)", list_path);
+        lg_route_compile_opts_t ro = {.validate_clusters = 1, .cluster_exists = ctx->cluster_exists, .ctx = ctx->ctx};
+        lg_scoped_routes_opts_t so = {.inline_routes = 1, .route_opts = &ro};
+        c->scoped_inline = lg_scoped_routes_compile(c->scope_keys, l->scoped_route_configurations, l->n_scoped_route_configurations,
+                                                    &so, list_path, err);
+        return c->scoped_inline != NULL ? 0 : -1;
+    }
+    case ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__SCOPED_ROUTES__CONFIG_SPECIFIER_SCOPED_RDS:
+        if (m->scoped_rds->scoped_rds_config_source == NULL)
+            return lg_error(err, "scoped_routes.scoped_rds.scoped_rds_config_source: value is required");
+        c->scoped_rds = 1;
+        return 0;
+    default:
+        return lg_error(err, "scoped_routes.config_specifier: one of scoped_route_configurations_list or scoped_rds must be set");
+    }
+}
+
 lg_hcm_config_t *lg_hcm_config_compile(const hcm_proto_t *m, const lg_hcm_compile_ctx_t *ctx, lg_error_t *err)
 {
     lg_hcm_config_t *c = lg_calloc(1, sizeof(*c));
@@ -237,8 +284,9 @@ lg_hcm_config_t *lg_hcm_config_compile(const hcm_proto_t *m, const lg_hcm_compil
         c->rds_route_config_name = lg_strdup(m->rds->route_config_name != NULL ? m->rds->route_config_name : "");
         break;
     case ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__ROUTE_SPECIFIER_SCOPED_ROUTES:
-        lg_error(err, "scoped_routes: scoped routes are not supported yet");
-        goto fail;
+        if (compile_scoped_routes(c, m->scoped_routes, ctx, err) != 0)
+            goto fail;
+        break;
     default:
         lg_error(err, "route_specifier: one of route_config, rds or scoped_routes must be set");
         goto fail;
@@ -278,5 +326,8 @@ void lg_hcm_config_free(lg_hcm_config_t *c)
     free(c->stat_prefix);
     free(c->server_name.base);
     free(c->rds_route_config_name);
+    lg_scoped_routes_release(c->scoped_inline);
+    lg_scope_key_builder_release(c->scope_keys);
+    free(c->scoped_routes_name);
     free(c);
 }

@@ -676,3 +676,22 @@ void lg_tcp_proxy_conn_new(lg_worker_t *w, const lg_listener_config_t *l, const 
     h2o_socket_read_start(sock, on_read);
     connect_upstream(c);
 }
+
+/* ---- drains (src/core/server.c) ---- */
+
+size_t lg_tcp_proxy_on_config(const lg_tcp_proxy_config_t *cfg, int close)
+{
+    size_t n = 0;
+    if (n_live_conns == 0)
+        return 0;
+    for (h2o_linklist_t *l = live_conns.next, *next; l != &live_conns; l = next) {
+        next = l->next;
+        lg_tcp_proxy_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_tcp_proxy_conn_t, live_link, l);
+        if (c->config == cfg) {
+            ++n;
+            if (close)
+                lg_tcp_proxy_conn_close(c);
+        }
+    }
+    return n;
+}

@@ -223,6 +223,44 @@ static void test_bootstrap(void)
     protobuf_c_message_free_unpacked(&b->base, NULL);
 }
 
+/* Static clusters kept as wire bytes: the bootstrap packs (and so dumps) the same. */
+static void test_compact_repeated(void)
+{
+    lg_error_t err;
+    bootstrap_t *b = (bootstrap_t *)decode(&envoy__config__bootstrap__v3__bootstrap__descriptor,
+                                           "static_resources:\n  clusters:\n  - {name: a, connect_timeout: 1s}\n"
+                                           "  - {name: b, type: STRICT_DNS}\n  - name: c\n  listeners:\n  - name: l\n",
+                                           &err);
+    lg_strbuf_t before = {NULL}, after = {NULL};
+    lg_pbjson_encode(&before, &b->base, 0);
+    lg_pb_compact_repeated(&b->static_resources->base, "clusters");
+    ok(b->static_resources->n_clusters == 0 && b->static_resources->clusters == NULL, "compacted field reads empty");
+    ok(b->static_resources->n_listeners == 1, "other fields untouched");
+    const char *names[] = {"a", "b", "c"};
+    size_t pos = 0, i = 0;
+    ProtobufCBinaryData bytes;
+    while (lg_pb_compacted_next(&b->static_resources->base, "clusters", &pos, &bytes)) {
+        Envoy__Config__Cluster__V3__Cluster *c = envoy__config__cluster__v3__cluster__unpack(NULL, bytes.len, bytes.data);
+        ok(c != NULL && i < 3 && strcmp(c->name, names[i]) == 0, "compacted element %zu in order", i);
+        protobuf_c_message_free_unpacked(&c->base, NULL);
+        ++i;
+    }
+    ok(i == 3, "three compacted elements");
+    size_t len = protobuf_c_message_get_packed_size(&b->base);
+    uint8_t *wire = malloc(len);
+    protobuf_c_message_pack(&b->base, wire);
+    bootstrap_t *copy =
+        (bootstrap_t *)protobuf_c_message_unpack(&envoy__config__bootstrap__v3__bootstrap__descriptor, NULL, len, wire);
+    ok(copy != NULL && copy->static_resources->n_clusters == 3, "a packed copy has the elements back");
+    lg_pbjson_encode(&after, &copy->base, 0);
+    ok_str(after.base, before.base);
+    protobuf_c_message_free_unpacked(&copy->base, NULL);
+    free(wire);
+    lg_strbuf_free(&before);
+    lg_strbuf_free(&after);
+    protobuf_c_message_free_unpacked(&b->base, NULL);
+}
+
 static void test_duration(void)
 {
     static const struct {
@@ -575,7 +613,8 @@ static void test_yaml(void)
         lg_strbuf_printf(&bomb, "a%d: &a%d [*a%d, *a%d, *a%d, *a%d, *a%d, *a%d, *a%d, *a%d]\n", i, i, i - 1, i - 1, i - 1, i - 1,
                          i - 1, i - 1, i - 1, i - 1);
     n = lg_yaml_parse(bomb.base, bomb.len, "bomb.yaml", &err);
-    ok(n == NULL && strstr(err.msg, "too large") != NULL, "alias bomb: %s", err.msg);
+    ok(n == NULL && strstr(err.msg, "bomb.yaml:") == err.msg && strstr(err.msg, "aliases expand to more than") != NULL,
+       "alias bomb: %s", err.msg);
     lg_strbuf_free(&bomb);
     /* the same through merge keys */
     lg_strbuf_puts(&bomb, "a0: &a0 [x, x, x, x, x, x, x, x]\n");
@@ -587,6 +626,28 @@ static void test_yaml(void)
     ok(n == NULL && strstr(err.msg, "too large") != NULL, "merge key bomb: %s", err.msg);
     lg_node_free(n);
     lg_strbuf_free(&bomb);
+    /* aliases that expand to just under the cap are fine */
+    lg_strbuf_puts(&bomb, "a0: &a0 [x, x, x, x, x, x, x, x]\n");
+    for (int i = 1; i != 7; ++i)
+        lg_strbuf_printf(&bomb, "a%d: &a%d [*a%d, *a%d, *a%d, *a%d, *a%d, *a%d, *a%d, *a%d]\n", i, i, i - 1, i - 1, i - 1, i - 1,
+                         i - 1, i - 1, i - 1, i - 1);
+    n = lg_yaml_parse(bomb.base, bomb.len, "bomb.yaml", &err);
+    ok(n != NULL && n->weight > (1u << 21) && n->weight < LG_NODE_MAX_WEIGHT, "aliases under the cap: %s",
+       n != NULL ? "" : err.msg);
+    lg_node_free(n);
+    lg_strbuf_free(&bomb);
+
+    /* plain nodes are bounded by the file size, not by the alias cap (100,000 clusters are ~4M nodes) */
+    lg_strbuf_t big = {NULL};
+    lg_strbuf_puts(&big, "[");
+    for (size_t i = 0; i != LG_NODE_MAX_WEIGHT + 1000; ++i)
+        lg_strbuf_puts(&big, "0,");
+    lg_strbuf_puts(&big, "1]");
+    n = lg_yaml_parse(big.base, big.len, "big.json", &err);
+    ok(n != NULL && n->type == LG_NODE_SEQ && n->seq.n == LG_NODE_MAX_WEIGHT + 1001 && n->weight > LG_NODE_MAX_WEIGHT,
+       "a plain document above the alias cap loads: %s", n != NULL ? "" : err.msg);
+    lg_node_free(n);
+    lg_strbuf_free(&big);
 
     /* deep nesting is refused */
     lg_strbuf_t deep = {NULL};
@@ -599,6 +660,83 @@ static void test_yaml(void)
     n = parse("", "empty.yaml");
     ok(n != NULL && lg_node_is_null(n), "empty document is null");
     lg_node_free(n);
+}
+
+/* Same tree, scalar styles, weights and lines (b's lines shifted by `dline`). */
+static int same_tree(const lg_node_t *a, const lg_node_t *b, unsigned dline)
+{
+    if (a->type != b->type || a->weight != b->weight || a->line + dline != b->line)
+        return 0;
+    switch (a->type) {
+    case LG_NODE_SCALAR:
+        return a->scalar.len == b->scalar.len && memcmp(a->scalar.str, b->scalar.str, a->scalar.len) == 0 &&
+               a->scalar.style == b->scalar.style;
+    case LG_NODE_MAP:
+        if (a->map.n != b->map.n)
+            return 0;
+        for (size_t i = 0; i != a->map.n; ++i)
+            if (!same_tree(a->map.pairs[i].key, b->map.pairs[i].key, dline) ||
+                !same_tree(a->map.pairs[i].value, b->map.pairs[i].value, dline))
+                return 0;
+        return 1;
+    case LG_NODE_SEQ:
+        if (a->seq.n != b->seq.n)
+            return 0;
+        for (size_t i = 0; i != a->seq.n; ++i)
+            if (!same_tree(a->seq.items[i], b->seq.items[i], dline))
+                return 0;
+        return 1;
+    }
+    return 0;
+}
+
+static lg_node_t *parse_str(const char *text, lg_error_t *err)
+{
+    return lg_yaml_parse(text, strlen(text), "f.json", err);
+}
+
+/* Strict JSON takes a faster parser than libyaml's: the trees must be the ones libyaml builds. */
+static void test_json_fast_path(void)
+{
+    static const char *const docs[] = {
+        "\n {\"a\" :\t[1,\t2] }\n\n",
+        "{\"a\": 1, \"b\": [true, false, null, -0.5e+3, 12], \"c\": {}, \"d\": [], \"e\": \"x\"}",
+        "{\n  \"esc\": \"q\\\" b\\\\ s\\/ n\\n t\\t r\\r f\\f b\\b u\\u00e9\\u20ac nul\\u0000\",\n  "
+        "\"k\":\n[\n{\"x\":\"y\"},\n[[1],[2]]\n]\n}",
+        "[{\"dup\": 1, \"dup\": 2}, \"\", \"<<\", 0, 1E5]",
+    };
+    lg_error_t err;
+    for (size_t i = 0; i != sizeof(docs) / sizeof(docs[0]); ++i) {
+        lg_strbuf_t yaml = {NULL};
+        lg_strbuf_printf(&yaml, "---\n%s", docs[i]); /* not JSON at its start: libyaml builds it */
+        lg_node_t *fast = lg_yaml_parse(docs[i], strlen(docs[i]), "f.json", &err);
+        lg_node_t *slow = lg_yaml_parse(yaml.base, yaml.len, "f.json", &err);
+        ok(fast != NULL && slow != NULL && same_tree(fast, slow, 1), "JSON fast path builds libyaml's tree (doc %zu)", i);
+        lg_node_free(fast);
+        lg_node_free(slow);
+        lg_strbuf_free(&yaml);
+    }
+    /* not strict JSON: libyaml's reading and errors */
+    lg_node_t *n = parse_str("{a: 1, \"b\": [x y]}", &err);
+    ok(n != NULL && n->map.n == 2 && strcmp(lg_node_get(n, "b")->seq.items[0]->scalar.str, "x y") == 0, "YAML flow falls back");
+    lg_node_free(n);
+    n = parse_str("{\"a\": \"caf\xc3\xa9\"}", &err);
+    ok(n != NULL && strcmp(lg_node_get(n, "a")->scalar.str, "caf\xc3\xa9") == 0, "UTF-8 text falls back");
+    lg_node_free(n);
+    n = parse_str("{\"a\": 1,}", &err);
+    ok(n != NULL || strstr(err.msg, "f.json:") != NULL, "invalid JSON goes to libyaml");
+    lg_node_free(n);
+    n = parse_str("{\"a\": \"\\ud800\"}", &err);
+    ok(n == NULL && strstr(err.msg, "f.json:1:") != NULL, "a lone surrogate is libyaml's error: %s", err.msg);
+    /* where YAML reads strict JSON otherwise, libyaml decides (found by a differential fuzz) */
+    n = parse_str("{\"a\"\n: 1}", &err);
+    ok(n == NULL && strstr(err.msg, "f.json:2:") != NULL, "a key's colon on the next line: %s", err.msg);
+    n = parse_str("\t{\"a\": 1}", &err);
+    ok(n == NULL && strstr(err.msg, "f.json:1:") != NULL, "a tab before the document: %s", err.msg);
+    n = parse_str("{\"a\": \"\x7f\"}", &err);
+    ok(n == NULL && strstr(err.msg, "control characters") != NULL, "DEL in a string: %s", err.msg);
+    n = parse_str("{\"a\": [1, 2}", &err);
+    ok(n == NULL && strstr(err.msg, "f.json:1:") != NULL, "unbalanced: libyaml's error: %s", err.msg);
 }
 
 static void test_merge(void)
@@ -732,6 +870,7 @@ static void test_many_clusters(void)
 int main(void)
 {
     test_bootstrap();
+    test_compact_repeated();
     test_duration();
     test_timestamp();
     test_wrappers();
@@ -741,6 +880,7 @@ int main(void)
     test_unknown_fields();
     test_int64();
     test_yaml();
+    test_json_fast_path();
     test_merge();
     test_many_clusters();
     return done();

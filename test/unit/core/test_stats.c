@@ -274,6 +274,29 @@ static void test_concurrent_rows(void)
     lg_stats_block_release(b);
 }
 
+/* Rows and code arrays exist only once written: an idle block is one allocation. */
+static void test_lazy_rows(void)
+{
+    lg_stats_block_t *b = lg_stats_block_new_ex("cluster.idle.", cluster_defs, C__COUNT, &cluster_opts);
+    ok(b->rows[0] == NULL && b->rows[1] == NULL && b->rows[2] == NULL && b->codes == NULL, "fresh block has no rows");
+    lg_stats_snapshot_t snap;
+    lg_stats_snapshot(&snap, NULL, NULL);
+    lg_stats_snapshot_free(&snap);
+    ok(value_of("cluster.idle.upstream_rq_total") == 0 && lg_stats_block_code_value(b, 200) == 0, "unwritten block reads zero");
+    ok(b->rows[0] == NULL && b->rows[1] == NULL && b->rows[2] == NULL && b->codes == NULL, "reading allocates nothing");
+    LG_STAT_INC(b, 1, C_upstream_rq_total);
+    ok(b->rows[0] == NULL && b->rows[1] != NULL && b->rows[2] == NULL, "a write allocates its own row only");
+    lg_stats_gauge_set(b, C_upstream_cx_active, 3);
+    ok(b->rows[0] == NULL && b->rows[2] != NULL, "a control write allocates the control row");
+    lg_stats_block_code(b, 0, 503);
+    ok(b->codes != NULL && b->codes[0 * 5 + 4] != NULL && b->codes[1 * 5 + 4] == NULL && b->codes[0 * 5 + 1] == NULL,
+       "code counters allocated per row and class on first use");
+    ok(value_of("cluster.idle.upstream_rq_total") == 1 && value_of("cluster.idle.upstream_cx_active") == 3 &&
+           lg_stats_block_code_value(b, 503) == 1 && lg_stats_block_class_value(b, 5) == 1,
+       "lazily allocated rows are summed");
+    lg_stats_block_release(b);
+}
+
 int main(void)
 {
     lg_stats_init(2);
@@ -288,6 +311,7 @@ int main(void)
     test_tags();
     test_server();
     test_concurrent_rows();
+    test_lazy_rows();
     lg_stats_block_release(b);
     ok(value_of("cluster.backend.upstream_rq_total") == UINT64_MAX, "last release unlists");
     lg_stats_shutdown();

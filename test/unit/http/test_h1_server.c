@@ -825,6 +825,48 @@ static void test_drain_and_reset(void)
     teardown();
 }
 
+/* A head sent without end_stream waits for its first body bytes, so that both
+ * leave in one write; with no body it still goes out at the end of the loop turn.
+ * Also: the stream lends its pool (the request head lives there). */
+static void test_head_waits_for_body(void)
+{
+    resp_t r = {0};
+    setup(NULL);
+    drv.hold = 1;
+    SEND("GET /w HTTP/1.1\r\nHost: x\r\n\r\n");
+    ok(RUN_UNTIL(drv.cur != NULL), "request");
+    tstream_t *ts = drv.cur;
+    ok(ts->s->pool != NULL, "the stream lends its pool");
+    ts->responded = 1;
+    ts->resp = (lg_resp_head_t){200, LG_HTTP_11};
+    set_header(ts, "content-length", "5");
+    size_t before = rx.len;
+    ts->s->ops->send_headers(ts->s, &ts->resp, 0);
+    pump();
+    ok(rx.len == before, "the head is not written on its own");
+    ts->s->ops->send_data(ts->s, LG_LIT("hello"), 1);
+    pump();
+    ok(rx.len > before + 5 && memcmp(rx.base + rx.len - 9, "\r\n\r\nhello", 9) == 0, "head and body written together");
+    ok(RUN_UNTIL(next_response(&r, 0)) && r.status == 200 && r.body.len == 5, "response");
+    ok(RUN_UNTIL(drv.completes == 1), "completes");
+
+    drv.cur = NULL;
+    SEND("GET /w2 HTTP/1.1\r\nHost: x\r\n\r\n");
+    ok(RUN_UNTIL(drv.cur != NULL), "second request");
+    ts = drv.cur;
+    ts->responded = 1;
+    ts->resp = (lg_resp_head_t){200, LG_HTTP_11};
+    set_header(ts, "content-length", "3");
+    ts->s->ops->send_headers(ts->s, &ts->resp, 0);
+    ok(RUN_UNTIL(memmem(rx.base + rx_off, rx.len - rx_off, "\r\n\r\n", 4) != NULL),
+       "a head without body goes out at the end of the turn");
+    ts->s->ops->send_data(ts->s, LG_LIT("abc"), 1);
+    ok(RUN_UNTIL(next_response(&r, 0)) && r.body.len == 3, "body follows");
+    ok(RUN_UNTIL(drv.completes == 2), "completes");
+    resp_free(&r);
+    teardown();
+}
+
 static void test_preread_input(void)
 {
     resp_t r = {0};
@@ -872,6 +914,7 @@ int main(void)
     test_early_response();
     test_drain_and_reset();
     test_preread_input();
+    test_head_waits_for_body();
     lg_strbuf_free(&rx);
     lg_loop_dispose(&loop);
     h2o_evloop_destroy(evloop);

@@ -4,6 +4,7 @@
  * peers.
  */
 #include <fcntl.h>
+#include <sys/ioctl.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -886,6 +887,126 @@ static void test_malformed(void)
     raw_close();
 }
 
+static int srv_stream_done(void)
+{
+    return nsrv == 1 && srv_t[0]->s == NULL;
+}
+
+/* Reads what the raw peer has received into its session. */
+static void raw_drain(void)
+{
+    char buf[65536];
+    ssize_t r;
+    fcntl(raw.fd, F_SETFL, O_NONBLOCK);
+    while ((r = read(raw.fd, buf, sizeof(buf))) > 0)
+        nghttp2_session_mem_recv(raw.session, (uint8_t *)buf, (size_t)r);
+    fcntl(raw.fd, F_SETFL, 0);
+}
+
+/* on_data_sent means "the socket took it": a peer that opened its windows wide
+ * and reads nothing gets no more reported than its socket holds. Then the
+ * idle connection gives its buffers back and still serves the next request. */
+static void test_sent_means_written(void)
+{
+    lg_h2_settings_t s = defaults();
+    static const nghttp2_nv get[] = {NV(":method", "GET"), NV(":scheme", "http"), NV(":authority", "a"), NV(":path", "/big")};
+    raw_open(&s, NULL);
+    nghttp2_settings_entry iv[] = {{NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, NGHTTP2_MAX_WINDOW_SIZE}};
+    nghttp2_submit_settings(raw.session, NGHTTP2_FLAG_NONE, iv, 1);
+    nghttp2_submit_window_update(raw.session, NGHTTP2_FLAG_NONE, 0, NGHTTP2_MAX_WINDOW_SIZE - 65535);
+    raw_exchange();
+    app.resp_size = 8 << 20;
+    app.window = 4 << 20;
+    nghttp2_submit_request(raw.session, NULL, get, 4, NULL, NULL);
+    nghttp2_session_send(raw.session);
+    run_for(100);
+    int queued = 0;
+    ok(nsrv == 1 && ioctl(raw.fd, FIONREAD, &queued) == 0 && queued > 0, "the response fills the peer's socket (%d)", queued);
+    tstream_t *st = srv_t[0];
+    ok(st->tx_sent <= (size_t)queued, "reported as sent: %zu, no more than the socket holds (%d)", st->tx_sent, queued);
+    ok(st->s != NULL && !st->completed, "the response is under way");
+    uint64_t deadline = lg_now_ms() + 10000;
+    while (!srv_stream_done() && lg_now_ms() < deadline) {
+        raw_drain();
+        h2o_evloop_run(loop, 5);
+    }
+    ok(st->completed && st->tx_sent == 8 << 20, "the whole body is reported once read (%zu)", st->tx_sent);
+    raw_drain();
+    lg__h2_conn_t *conn = H2O_STRUCT_FROM_MEMBER(lg__h2_conn_t, super.server, srv);
+    run_for(150);
+    ok(conn->batch.buf == NULL && conn->batch.segs == NULL && conn->sock->input->bytes == NULL,
+       "an idle connection frees its write batch and input buffer");
+    app.resp_size = 100;
+    nghttp2_submit_request(raw.session, NULL, get, 4, NULL, NULL);
+    int before = raw.responses;
+    raw_exchange();
+    ok(nsrv == 2 && srv_t[1]->completed && raw.responses == before + 1, "the next request after the trim is served");
+    app.window = 0;
+    raw_close();
+}
+
+/* Finds a frame of `type` on `stream_id` in raw bytes; returns its payload or NULL. */
+static const uint8_t *find_frame(const uint8_t *p, size_t n, int type, uint32_t stream_id, size_t *len, int *flags)
+{
+    while (n >= 9) {
+        size_t l = (size_t)p[0] << 16 | (size_t)p[1] << 8 | p[2];
+        uint32_t id = ((uint32_t)p[5] << 24 | (uint32_t)p[6] << 16 | (uint32_t)p[7] << 8 | p[8]) & 0x7fffffff;
+        if (9 + l > n)
+            break;
+        if (p[3] == type && id == stream_id) {
+            *len = l;
+            *flags = p[4];
+            return p + 9;
+        }
+        p += 9 + l;
+        n -= 9 + l;
+    }
+    return NULL;
+}
+
+static int has_408(const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i + 3 <= n; ++i)
+        if (memcmp(p + i, "408", 3) == 0)
+            return 1;
+    return 0;
+}
+
+/* A header block that does not end in request_headers_timeout gets 408 and
+ * RST_STREAM(NO_ERROR); the driver never sees the stream. */
+static void test_request_headers_timeout(void)
+{
+    lg_h2_settings_t s = defaults();
+    lg_h2_options_t o = {.request_headers_timeout_ms = 50};
+    raw_open(&s, &o);
+    raw_exchange();
+    /* HEADERS (END_STREAM, no END_HEADERS) for stream 1: GET http / and nothing more */
+    static const uint8_t partial[] = {0, 0, 3, NGHTTP2_HEADERS, NGHTTP2_FLAG_END_STREAM, 0, 0, 0, 1, 0x82, 0x86, 0x84};
+    ok(write(raw.fd, partial, sizeof(partial)) == (ssize_t)sizeof(partial), "partial header block sent");
+    run_for(150);
+    uint8_t buf[4096];
+    fcntl(raw.fd, F_SETFL, O_NONBLOCK);
+    ssize_t r = read(raw.fd, buf, sizeof(buf));
+    fcntl(raw.fd, F_SETFL, 0);
+    size_t len = 0;
+    int flags = 0;
+    const uint8_t *h = r > 0 ? find_frame(buf, (size_t)r, NGHTTP2_HEADERS, 1, &len, &flags) : NULL;
+    ok(h != NULL && (flags & NGHTTP2_FLAG_END_STREAM) && has_408(h, len), "408 with END_STREAM (%zd bytes, %zu, %x)", r, len, flags);
+    const uint8_t *rst = r > 0 ? find_frame(buf, (size_t)r, NGHTTP2_RST_STREAM, 1, &len, &flags) : NULL;
+    ok(rst != NULL && len == 4 && rst[0] == 0 && rst[1] == 0 && rst[2] == 0 && rst[3] == NGHTTP2_NO_ERROR, "RST_STREAM(NO_ERROR)");
+    ok(srv_conn.codec_errors == 1, "on_codec_error once");
+    ok_str(srv_conn.codec_detail, "request_header_timeout");
+    ok(nsrv == 0 && !srv_conn.closed, "the driver never saw the stream; the connection stays");
+    raw_close();
+    /* headers in time: no timeout */
+    static const nghttp2_nv get[] = {NV(":method", "GET"), NV(":scheme", "http"), NV(":authority", "a"), NV(":path", "/")};
+    raw_open(&s, &o);
+    raw_request(get, 4);
+    run_for(100);
+    ok(nsrv == 1 && srv_t[0]->completed && srv_conn.codec_errors == 0 && raw.responses == 1, "a whole block in time is served");
+    raw_close();
+}
+
 static void test_extended_connect(void)
 {
     lg_h2_settings_t s = defaults();
@@ -924,6 +1045,8 @@ int main(void)
     test_peer_close();
     test_malformed();
     test_extended_connect();
+    test_sent_means_written();
+    test_request_headers_timeout();
 
     run_for(20);
     reset_state();

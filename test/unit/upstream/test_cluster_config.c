@@ -4,6 +4,7 @@
 #include "legate/cluster.h"
 #include "legate/pbjson.h"
 #include "legate/stats.h"
+#include "legate/tls.h"
 
 static Envoy__Config__Cluster__V3__Cluster *decode(const char *yaml)
 {
@@ -300,6 +301,73 @@ static void test_eds(void)
     lg_cluster_config_release(cfg);
 }
 
+#define AUTO_SNI_CLUSTER                                                                              \
+    "name: tls\n"                                                                                     \
+    "type: EDS\n"                                                                                     \
+    "%s"                                                                                              \
+    "transport_socket:\n"                                                                             \
+    "  name: envoy.transport_sockets.tls\n"                                                           \
+    "  typed_config:\n"                                                                               \
+    "    '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n" \
+    "    %s\n"                                                                                        \
+    "typed_extension_protocol_options:\n"                                                             \
+    "  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n"                                     \
+    "    '@type': type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n"       \
+    "    explicit_http_config: {http_protocol_options: {}}\n"                                         \
+    "    upstream_http_protocol_options: {%s}\n"
+
+static lg_cluster_config_t *compile_fmt(lg_error_t *err, const char *fmt, const char *a, const char *b, const char *c)
+{
+    char yaml[2048];
+    snprintf(yaml, sizeof(yaml), fmt, a, b, c);
+    return compile(yaml, err);
+}
+
+/* auto_sni, auto_san_validation, override_auto_sni_header; max_session_keys;
+ * what tells two versions of a TLS cluster apart. */
+static void test_upstream_tls_options(void)
+{
+    lg_error_t err = {{0}};
+    lg_cluster_config_t *cfg = compile_fmt(&err, AUTO_SNI_CLUSTER, "", "sni: a.example.com",
+                                           "auto_sni: true, auto_san_validation: true, override_auto_sni_header: X-Name");
+    ok(cfg != NULL, "compile: %s", err.msg);
+    if (cfg == NULL)
+        return;
+    ok(cfg->auto_sni && cfg->auto_san_validation, "auto_sni and auto_san_validation");
+    ok_str(cfg->override_auto_sni_header, "x-name");
+    ok(cfg->tls != NULL && cfg->tls->max_session_keys == 1, "max_session_keys defaults to 1");
+    /* an EDS copy owns its own copy of the header name (both are released) */
+    Envoy__Config__Endpoint__V3__ClusterLoadAssignment cla = ENVOY__CONFIG__ENDPOINT__V3__CLUSTER_LOAD_ASSIGNMENT__INIT;
+    lg_cluster_config_t *filled = lg_cluster_config_with_endpoints(cfg, &cla, &err);
+    ok(filled != NULL && filled->override_auto_sni_header != cfg->override_auto_sni_header &&
+           strcmp(filled->override_auto_sni_header, "x-name") == 0 && filled->auto_sni,
+       "EDS copy keeps the options");
+    lg_cluster_config_release(filled);
+    /* the same UpstreamTlsContext compiles to "the same" context; another SNI does not */
+    lg_cluster_config_t *same =
+        compile_fmt(&err, AUTO_SNI_CLUSTER, "connect_timeout: 3s\n", "sni: a.example.com", "auto_sni: true");
+    lg_cluster_config_t *other = compile_fmt(&err, AUTO_SNI_CLUSTER, "", "sni: b.example.com", "");
+    lg_cluster_config_t *nokeys = compile_fmt(&err, AUTO_SNI_CLUSTER, "", "max_session_keys: 0", "");
+    ok(same != NULL && other != NULL && nokeys != NULL, "compile: %s", err.msg);
+    if (same != NULL && other != NULL && nokeys != NULL) {
+        ok(same->tls != cfg->tls && lg_tls_context_same(same->tls, cfg->tls), "same UpstreamTlsContext");
+        ok(!lg_tls_context_same(other->tls, cfg->tls), "another sni");
+        ok(!same->auto_san_validation && same->override_auto_sni_header == NULL, "options of the second compile");
+        ok(nokeys->tls->max_session_keys == 0, "max_session_keys: 0");
+    }
+    lg_cluster_config_release(same);
+    lg_cluster_config_release(other);
+    lg_cluster_config_release(nokeys);
+    lg_cluster_config_release(cfg);
+    expect_error("name: a\n"
+                 "typed_extension_protocol_options:\n"
+                 "  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n"
+                 "    '@type': type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n"
+                 "    upstream_http_protocol_options: {auto_sni: true, override_auto_sni_header: 'x y'}\n",
+                 "typed_extension_protocol_options[envoy.extensions.upstreams.http.v3.HttpProtocolOptions]"
+                 ".upstream_http_protocol_options.override_auto_sni_header: invalid header name \"x y\"");
+}
+
 int main(void)
 {
     lg_stats_init(1);
@@ -308,6 +376,7 @@ int main(void)
     test_protocols();
     test_errors();
     test_eds();
+    test_upstream_tls_options();
     lg_stats_shutdown();
     return done();
 }

@@ -500,7 +500,12 @@ static void test_keepalive(void)
     ok(stat(c, LG_CLUSTER_STAT_upstream_rq_active) == 0, "upstream_rq_active back to 0");
     ok(stat(c, LG_CLUSTER_STAT_upstream_cx_active) == 1, "the connection is kept");
     ok(stat(c, LG_CLUSTER_STAT_upstream_cx_http1_total) == 1, "http1 connection");
-    ok(stat(c, LG_CLUSTER_STAT_upstream_cx_rx_bytes_total) > 0 && stat(c, LG_CLUSTER_STAT_upstream_cx_tx_bytes_total) > 0, "bytes");
+    /* every response counts, not the last read only; received bytes are read within 100 ms */
+    run_until(NULL, 150);
+    size_t response_len = sizeof("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello") - 1;
+    ok(stat(c, LG_CLUSTER_STAT_upstream_cx_rx_bytes_total) == 3 * response_len, "rx bytes: %llu",
+       (unsigned long long)stat(c, LG_CLUSTER_STAT_upstream_cx_rx_bytes_total));
+    ok(stat(c, LG_CLUSTER_STAT_upstream_cx_tx_bytes_total) > 3 * sizeof("GET /cl HTTP/1.1\r\n"), "tx bytes");
     ok(cfg->hosts[0]->stats[LG_HOST_STAT_rq_total] == 3 && cfg->hosts[0]->stats[LG_HOST_STAT_cx_total] == 1, "host stats");
     /* the same config in the next view: the cluster and its connection carry over */
     lg_worker_clusters_t *v2 = lg_worker_clusters_new(&worker, &cfg, 1, v);
@@ -510,17 +515,99 @@ static void test_keepalive(void)
     fetch(c, &r);
     ok(r.complete && stat(c, LG_CLUSTER_STAT_upstream_cx_total) == 1, "connection survived the update");
     req_dispose(&r);
-    /* a changed config: a new cluster object; the old one drains */
-    lg_cluster_config_t *cfg2 = compile(TCP_CLUSTER, "keepalive", "", tcp_server.port);
+    /* a changed config that leaves connections alone (connect_timeout, lb_policy):
+     * a new cluster object that takes over the host's pool */
+    lg_cluster_config_t *cfg2 =
+        compile(TCP_CLUSTER, "keepalive", "connect_timeout: 2s\nlb_policy: LEAST_REQUEST\n", tcp_server.port);
     int closed = tcp_server.closed;
     lg_worker_clusters_t *v3 = lg_worker_clusters_new(&worker, &cfg2, 1, v2);
     lg_worker_clusters_free(v2);
     run_until(NULL, 50);
-    ok(tcp_server.closed - closed == 1, "the idle connection of the replaced cluster closed");
     lg_worker_cluster_t *c3 = lg_worker_clusters_find(v3, "keepalive", 9);
-    ok(c3 != NULL && stat(c3, LG_CLUSTER_STAT_upstream_cx_destroy_local) == 1, "destroy_local counted (stats shared by name)");
+    ok(c3 != NULL && c3 != c, "a new cluster object");
+    ok(tcp_server.closed == closed, "the idle connection was kept");
+    r = (req_t){.path = "/cl"};
+    fetch(c3, &r);
+    ok(r.complete && stat(c3, LG_CLUSTER_STAT_upstream_cx_total) == 1 && tcp_server.accepted - accepted == 1,
+       "the kept connection serves the new config");
+    ok(cfg2->hosts[0]->stats[LG_HOST_STAT_cx_active] == 1 && cfg2->hosts[0]->stats[LG_HOST_STAT_rq_total] == 5,
+       "the host's counters continue (cx_active %llu, rq_total %llu)",
+       (unsigned long long)cfg2->hosts[0]->stats[LG_HOST_STAT_cx_active],
+       (unsigned long long)cfg2->hosts[0]->stats[LG_HOST_STAT_rq_total]);
+    req_dispose(&r);
     lg_cluster_config_release(cfg);
-    finish_view(v3, cfg2);
+    /* a change that affects connections (HTTP/2 to the same address): the old pool drains */
+    lg_cluster_config_t *cfg3 = compile(TCP_CLUSTER, "keepalive", "http2_protocol_options: {}\n", tcp_server.port);
+    lg_worker_clusters_t *v4 = lg_worker_clusters_new(&worker, &cfg3, 1, v3);
+    lg_worker_clusters_free(v3);
+    run_until(NULL, 50);
+    ok(tcp_server.closed - closed == 1, "the idle connection of the replaced pool closed");
+    lg_worker_cluster_t *c4 = lg_worker_clusters_find(v4, "keepalive", 9);
+    ok(c4 != NULL && stat(c4, LG_CLUSTER_STAT_upstream_cx_destroy_local) == 1, "destroy_local counted (stats shared by name)");
+    ok(stat(c4, LG_CLUSTER_STAT_upstream_cx_active) == 0, "upstream_cx_active back to 0");
+    lg_cluster_config_release(cfg2);
+    finish_view(v4, cfg3);
+}
+
+/* TCP_CLUSTER and a second host: the unix server */
+#define TWO_HOST_CLUSTER TCP_CLUSTER "    - endpoint: {address: {pipe: {path: %s}}}\n"
+
+/* A cluster update while requests are in flight: a host that remains keeps
+ * its busy connection (the request finishes on it, later ones reuse it, the
+ * breaker slots follow it); a removed host's request finishes, then its
+ * connection closes. */
+static void test_update_in_flight(void)
+{
+    lg_cluster_config_t *cfg = compile(TWO_HOST_CLUSTER, "inflight", "circuit_breakers: {thresholds: [{max_connections: 2}]}\n",
+                                       tcp_server.port, unix_server.path);
+    lg_worker_cluster_t *c;
+    lg_worker_clusters_t *v = view_of(cfg, &c);
+    req_t a = {.path = "/slow"}, b = {.path = "/slow"};
+    lg_cluster_request_stream(c, LG_HTTP_11, NULL, &pool_cbs, &a);
+    lg_cluster_request_stream(c, LG_HTTP_11, NULL, &pool_cbs, &b);
+    run_until(&b.ready, 1000);
+    run_until(&a.ready, 1000);
+    ok(a.ready && b.ready, "two slow requests on two hosts");
+    int accepted = tcp_server.accepted, closed = unix_server.closed;
+    /* the update keeps the TCP host and drops the unix one; max_connections 1 */
+    lg_cluster_config_t *cfg2 =
+        compile(TCP_CLUSTER, "inflight", "circuit_breakers: {thresholds: [{max_connections: 1}]}\n", tcp_server.port);
+    lg_worker_clusters_t *v2 = lg_worker_clusters_new(&worker, &cfg2, 1, v);
+    lg_worker_cluster_addref(c); /* as a router that retries on the cluster its stream began on */
+    lg_worker_clusters_free(v);
+    lg_worker_cluster_t *c2 = lg_worker_clusters_find(v2, "inflight", 8);
+    ok(stat(c2, LG_CLUSTER_STAT_circuit_breakers_default_cx_open) == 1, "the kept connection holds the new breaker's slot");
+    uint64_t deadline = lg_now_ms() + 3000;
+    while (!(a.complete && b.complete) && lg_now_ms() < deadline)
+        h2o_evloop_run(loop, 10);
+    ok(a.complete && a.status == 200 && b.complete && b.status == 200, "both in-flight requests finished");
+    run_until(NULL, 50);
+    ok(unix_server.closed - closed == 1, "the removed host's connection closed after its request");
+    ok(stat(c2, LG_CLUSTER_STAT_upstream_cx_active) == 1 && stat(c2, LG_CLUSTER_STAT_upstream_rq_active) == 0, "gauges");
+    req_t r = {.path = "/cl"};
+    fetch(c2, &r);
+    ok(r.complete && r.status == 200 && tcp_server.accepted == accepted, "the kept connection serves the next request");
+    ok(stat(c2, LG_CLUSTER_STAT_upstream_cx_overflow) == 0, "no breaker overflow: one connection, one slot");
+    /* the replaced cluster still serves a retry, on a connection of its own that closes once done */
+    int tcp_closed = tcp_server.closed;
+    req_t retry = {.path = "/cl"};
+    lg_host_t unix_host = {.config = cfg->hosts[1]};
+    const lg_host_t *excluded[] = {&unix_host};
+    lg_lb_context_t only_tcp = {.excluded = excluded, .n_excluded = 1, .host_selection_retry_max_attempts = 5};
+    lg_cluster_request_stream(c, LG_HTTP_11, &only_tcp, &pool_cbs, &retry);
+    deadline = lg_now_ms() + 3000;
+    while (!retry.complete && !retry.failed && lg_now_ms() < deadline)
+        h2o_evloop_run(loop, 10);
+    ok(retry.complete && retry.status == 200, "a request on the replaced cluster");
+    run_until(NULL, 50);
+    ok(tcp_server.closed - tcp_closed == 1, "its connection closed once idle (the replaced cluster drains)");
+    req_dispose(&retry);
+    lg_worker_cluster_release(c);
+    req_dispose(&a);
+    req_dispose(&b);
+    req_dispose(&r);
+    lg_cluster_config_release(cfg);
+    finish_view(v2, cfg2);
 }
 
 static void test_max_requests_per_connection(void)
@@ -610,10 +697,11 @@ static void test_unix_socket(void)
                                        unix_server.path);
     lg_worker_cluster_t *c;
     lg_worker_clusters_t *v = view_of(cfg, &c);
+    int accepted = unix_server.accepted;
     req_t r = {.path = "/cl"};
     fetch(c, &r);
     ok(r.complete && r.status == 200 && r.received.len == 5, "request over a unix socket");
-    ok(unix_server.accepted == 1, "unix server accepted");
+    ok(unix_server.accepted - accepted == 1, "unix server accepted");
     req_dispose(&r);
     finish_view(v, cfg);
 }
@@ -866,6 +954,7 @@ int main(void)
     server_start(&h2_server, (struct sockaddr *)&sin, sizeof(sin));
 
     test_keepalive();
+    test_update_in_flight();
     test_max_requests_per_connection();
     test_connect_failure();
     test_connect_timeout();

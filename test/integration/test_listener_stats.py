@@ -1,0 +1,134 @@
+"""Listener connection stats, as Envoy counts them (source/server/active_tcp_listener.cc,
+ActiveTcpConnection): listener.<address>.downstream_cx_total and downstream_cx_active go up
+when a connection has matched a filter chain; when its socket closes, downstream_cx_active
+goes down, downstream_cx_destroy up and downstream_cx_length_ms records its life. The HTTP
+connection manager's http.<stat_prefix>.downstream_cx_active / downstream_cx_destroy follow
+the same connections."""
+import socket
+
+import pytest
+
+from lib import config as cfg
+from lib.admin import parse_prometheus
+from lib.h2client import H2Client
+from lib.legate import time_scale
+from lib.rawhttp import RawHTTP
+from lib.wait import wait_for
+
+N = 4
+T = time_scale()
+
+
+@pytest.fixture
+def proxied(legate, ports, upstream):
+    up = upstream()
+    lg = legate(cfg.simple_proxy(ports(), ports(), [up.port]))
+    return lg, up
+
+
+def lstat(lg, name):
+    return f"listener.127.0.0.1_{lg.listener_port()}.{name}"
+
+
+def wait_stats(lg, want, what):
+    """Waits until every stat in `want` has its value; returns the last /stats read."""
+    seen = {}
+
+    def check():
+        seen.update(lg.admin.stats())
+        return all(seen.get(k, 0) == v for k, v in want.items())
+
+    try:
+        wait_for(check, timeout=5 * T, what=what)
+    except AssertionError:
+        raise AssertionError(f"{what}: want {want}, have {({k: seen.get(k) for k in want})}")
+    return seen
+
+
+def check_open_then_closed(lg, open_conns, close_conns):
+    conns = open_conns()
+    try:
+        wait_stats(lg, {lstat(lg, "downstream_cx_total"): N, lstat(lg, "downstream_cx_active"): N,
+                        "http.ingress_http.downstream_cx_active": N}, f"{N} connections active")
+    finally:
+        close_conns(conns)
+    s = wait_stats(lg, {lstat(lg, "downstream_cx_active"): 0, lstat(lg, "downstream_cx_destroy"): N,
+                        "http.ingress_http.downstream_cx_active": 0, "http.ingress_http.downstream_cx_destroy": N},
+                   "every connection closed")
+    assert s[lstat(lg, "downstream_cx_total")] == N
+    assert s["http.ingress_http.downstream_cx_total"] == N
+
+
+def test_http1_connections_counted_until_closed(proxied):
+    lg, _ = proxied
+
+    def open_conns():
+        conns = []
+        for i in range(N):
+            c = RawHTTP("127.0.0.1", lg.listener_port(), timeout=10)
+            conns.append(c)
+            c.request("GET", f"/c{i}")
+            assert c.read_response().status == 200
+        return conns
+
+    check_open_then_closed(lg, open_conns, lambda conns: [c.close() for c in conns])
+
+
+def test_http2_connections_counted_until_closed(proxied):
+    lg, _ = proxied
+
+    def open_conns():
+        conns = []
+        for i in range(N):
+            c = H2Client("127.0.0.1", lg.listener_port(), timeout=10)
+            conns.append(c)
+            assert c.get(f"/c{i}").status == 200
+        return conns
+
+    check_open_then_closed(lg, open_conns, lambda conns: [c.close() for c in conns])
+    assert lg.admin.stat("http.ingress_http.downstream_cx_http2_active") == 0
+    assert lg.admin.stat("http.ingress_http.downstream_cx_http2_total") == N
+
+
+def test_connection_closed_by_proxy_is_destroyed(proxied):
+    """A connection the proxy closes (a request it refuses) counts the same way."""
+    lg, _ = proxied
+    for _ in range(N):
+        with socket.create_connection(("127.0.0.1", lg.listener_port()), timeout=10) as s:
+            s.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+            s.settimeout(10)
+            while s.recv(4096):
+                pass
+    wait_stats(lg, {lstat(lg, "downstream_cx_total"): N, lstat(lg, "downstream_cx_active"): 0,
+                    lstat(lg, "downstream_cx_destroy"): N, "http.ingress_http.downstream_cx_destroy": N},
+               "refused connections destroyed")
+
+
+def test_connection_length_histogram(proxied):
+    lg, _ = proxied
+    for i in range(N):
+        with RawHTTP("127.0.0.1", lg.listener_port(), timeout=10) as c:
+            c.request("GET", f"/c{i}")
+            assert c.read_response().status == 200
+    wait_stats(lg, {lstat(lg, "downstream_cx_destroy"): N}, "connections destroyed")
+    _, samples = parse_prometheus(lg.admin.get("/stats/prometheus").text)
+    addr = f"127.0.0.1_{lg.listener_port()}"
+    counts = [v for name, labels, v in samples
+              if name == "envoy_listener_downstream_cx_length_ms_count" and labels.get("envoy_listener_address") == addr]
+    assert counts == [str(N)], counts
+
+
+def test_admin_listener_counted(proxied):
+    """Envoy's admin listener has the same stats under listener.admin.* (and http.admin.*)."""
+    lg, _ = proxied
+    socks = [socket.create_connection(("127.0.0.1", lg.admin_port), timeout=10) for _ in range(N)]
+    try:
+        # the /stats request that reads them is on one more connection
+        wait_stats(lg, {"listener.admin.downstream_cx_active": N + 1, "http.admin.downstream_cx_active": N + 1},
+                   "admin connections active")
+    finally:
+        for s in socks:
+            s.close()
+    s = wait_stats(lg, {"listener.admin.downstream_cx_active": 1}, "admin connections closed")
+    assert s["listener.admin.downstream_cx_destroy"] == s["listener.admin.downstream_cx_total"] - 1 >= N
+    assert s["http.admin.downstream_cx_destroy"] == s["listener.admin.downstream_cx_destroy"]

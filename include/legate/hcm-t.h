@@ -6,6 +6,7 @@
 #ifndef LEGATE_HCM_T_H
 #define LEGATE_HCM_T_H
 
+#include <netinet/in.h>
 #include <h2o/linklist.h>
 #include "legate/codec-t.h"
 #include "legate/filter-t.h"
@@ -141,6 +142,14 @@ struct st_lg_hcm_config_t {
     unsigned scoped_rds_config_source : 1; /* ScopedRoutes.rds_config_source is set (SRDS scopes' RDS) */
 };
 
+/* A connection's address, kept compactly: IPv4 and IPv6 as they are; a pipe
+ * keeps only its family (the local one is the listener's address). */
+typedef union un_lg_hcm_addr_t {
+    struct sockaddr sa;
+    struct sockaddr_in sin;
+    struct sockaddr_in6 sin6;
+} lg_hcm_addr_t;
+
 /* One downstream connection handled by an HCM. */
 typedef struct st_lg_hcm_conn_t {
     lg_worker_t *worker;
@@ -149,14 +158,15 @@ typedef struct st_lg_hcm_conn_t {
     lg_snapshot_t *snapshot; /* reference: keeps config alive */
     lg_server_conn_t *codec;
     uint64_t id;
-    struct sockaddr_storage peer, local;
-    h2o_linklist_t streams;
-    size_t n_streams;
-    lg_timer_t idle_timer;
-    h2o_linklist_t worker_link; /* in the worker's connection list, for draining */
+    lg_hcm_addr_t peer, local;
+    char *server_name; /* the SNI of the TLS connection (NULL: none), for the streams' requested_server_name */
+    uint32_t n_streams;
     unsigned draining : 1;
     unsigned closed : 1;
     unsigned tls : 1; /* the connection terminated TLS (x-forwarded-proto: https) */
+    h2o_linklist_t streams;
+    lg_timer_t idle_timer;
+    h2o_linklist_t worker_link; /* in the worker's connection list, for draining */
 } lg_hcm_conn_t;
 
 struct st_lg_hcm_stream_t {

@@ -17,9 +17,10 @@ lg_hcm_config_compile(const Envoy__Extensions__Filters__Network__HttpConnectionM
 void lg_hcm_config_free(lg_hcm_config_t *c);
 
 /* Takes over an accepted socket; `version` is the codec chosen by the
- * listener (LG_HTTP_11 or LG_HTTP_2). */
+ * listener (LG_HTTP_11 or LG_HTTP_2). `local` and `peer` are the socket's
+ * addresses as the listener found them (AF_UNSPEC when unknown). */
 lg_hcm_conn_t *lg_hcm_conn_new(lg_worker_t *w, const lg_listener_config_t *l, const lg_hcm_config_t *c, lg_snapshot_t *snap,
-                               h2o_socket_t *sock, int version);
+                               h2o_socket_t *sock, int version, const struct sockaddr *local, const struct sockaddr *peer);
 /* Starts draining the connection (GOAWAY / connection: close). */
 void lg_hcm_conn_drain(lg_hcm_conn_t *c);
 

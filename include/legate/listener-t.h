@@ -101,6 +101,9 @@ typedef struct st_lg_listener_config_t {
     uint64_t listener_filters_timeout_ms;  /* 0 = none; Envoy's default 15 s */
     lg_stats_block_t *tls_inspector_stats; /* "tls_inspector.", when tls_inspector is set */
     uint64_t hash;                         /* of the serialized Listener proto, for "unchanged" checks */
+    /* Listener.access_log (NULL: none): an entry per connection at its close,
+     * and per connection no filter chain took (Envoy's listener access log) */
+    struct st_lg_access_logs_t *access_logs;
 } lg_listener_config_t;
 
 #endif

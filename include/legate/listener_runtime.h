@@ -12,7 +12,8 @@ int lg_listen_socket_open(const lg_listener_config_t *l, lg_error_t *err);
 void lg_listener_accept(lg_worker_t *w, lg_listener_config_t *l, lg_snapshot_t *snap, h2o_socket_t *listener);
 /* Closes this worker's connections that have not reached their network filter
  * yet (in tls_inspector, the TLS handshake or codec sniffing): call on the
- * worker's thread before it exits, so that they release their snapshot. */
+ * worker's thread before it exits, so that they release their snapshot (and
+ * the thread's cache of pending connection objects is freed). */
 void lg_listener_close_pending(void);
 /* This worker's accepted sockets not yet disposed (their owners may have let
  * them go already: a socket lingers a little after its close). */

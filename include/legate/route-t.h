@@ -5,9 +5,10 @@
  * into it (virtual hosts, routes, matchers, the `pb` messages) stays valid
  * while a reference is held.
  *
- * The table keeps its own copy of the RouteConfiguration message; `pb`
- * members point into that copy so that filters can read their per-route
- * parts (typed_per_filter_config, rate_limits, cors, hash_policy, ...).
+ * The table owns a RouteConfiguration message (a copy, or the one handed
+ * over to lg_route_table_compile_owned); `pb` members and most compiled
+ * strings point into it, so that filters can read their per-route parts
+ * (typed_per_filter_config, rate_limits, cors, hash_policy, ...).
  */
 #ifndef LEGATE_ROUTE_T_H
 #define LEGATE_ROUTE_T_H
@@ -298,7 +299,9 @@ struct st_lg_route_table_t {
 
     /* private */
     size_t _refcnt;
-    h2o_mem_pool_t _pool; /* every compiled object */
+    struct st_lg__route_chunk_t *_chunks; /* every compiled object (lg__route_alloc) */
+    char *_cur, *_end;                    /* the free part of the newest small chunk */
+    size_t _small_total;                  /* bytes in small chunks, to size the next one */
     Envoy__Config__Route__V3__RouteConfiguration *_pb;
     size_t _n_regexes, _n_formats;
     lg_regex_t **_regexes;

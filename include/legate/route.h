@@ -29,6 +29,12 @@ typedef struct st_lg_route_compile_opts_t {
  * The result holds one reference. */
 lg_route_table_t *lg_route_table_compile(const Envoy__Config__Route__V3__RouteConfiguration *rc,
                                          const lg_route_compile_opts_t *opts, lg_error_t *err);
+/* Same, without the copy: the table takes `rc` over, an unpacked message
+ * (protobuf_c_message_unpack / lg_pbjson_decode with the default allocator),
+ * and frees it with the table, or at once when compiling fails. For large
+ * configs received over xDS, whose decoded message is otherwise dropped. */
+lg_route_table_t *lg_route_table_compile_owned(Envoy__Config__Route__V3__RouteConfiguration *rc,
+                                               const lg_route_compile_opts_t *opts, lg_error_t *err);
 lg_route_table_t *lg_route_table_retain(lg_route_table_t *t);
 /* Drops a reference; the last one frees the table. Not thread-safe against
  * concurrent retains on the same table: snapshots own the references. */
@@ -107,8 +113,10 @@ const Google__Protobuf__Any *lg_route_per_filter_config(const lg_route_t *r, con
 
 /* ---- internal (route.c <-> route_match.c) ---- */
 
-struct st_lg__route_index_t *lg__route_index_build(const lg_vhost_t *vh);
-void lg__route_index_free(struct st_lg__route_index_t *ix);
+/* Zeroed memory that lives as long as the table. */
+void *lg__route_alloc(lg_route_table_t *t, size_t sz);
+/* The vhost's route index, in the table's memory (nothing to free). */
+struct st_lg__route_index_t *lg__route_index_build(lg_route_table_t *t, const lg_vhost_t *vh);
 /* Registers a domain; returns -1 with err set on a duplicate. */
 int lg__domain_index_add(lg_route_table_t *t, const char *domain, const lg_vhost_t *vh, lg_error_t *err);
 void lg__domain_index_free(struct st_lg__domain_index_t *dx);

@@ -4,6 +4,7 @@
  */
 #include <arpa/inet.h>
 #include <ctype.h>
+#include "legate/access_log.h"
 #include "legate/address.h"
 #include "legate/listener.h"
 #include "legate/pbjson.h"
@@ -81,7 +82,8 @@ static int compile_match(lg_filter_chain_match_t *o, const match_proto_t *m, lg_
 }
 
 /* The tcp_proxy network filter: terminal, like the HCM. */
-static int compile_tcp_proxy(lg_filter_chain_t *o, const Envoy__Config__Listener__V3__Filter *f, size_t i, int is_last, lg_error_t *err)
+static int compile_tcp_proxy(lg_filter_chain_t *o, const Envoy__Config__Listener__V3__Filter *f, size_t i, int is_last,
+                             lg_error_t *err)
 {
     if (!is_last)
         return lg_error(err, "filters[%zu]: the tcp_proxy filter must be the last network filter", i);
@@ -132,8 +134,8 @@ static int compile_chain(lg_filter_chain_t *o, const chain_proto_t *m, const lg_
         return lg_error(err, "filters: a filter chain needs at least one network filter");
     for (size_t i = 0; i != m->n_filters; ++i) {
         const Envoy__Config__Listener__V3__Filter *f = m->filters[i];
-        const char *url = f->config_type_case == ENVOY__CONFIG__LISTENER__V3__FILTER__CONFIG_TYPE_TYPED_CONFIG ? f->typed_config->type_url
-                                                                                                              : "";
+        const char *url =
+            f->config_type_case == ENVOY__CONFIG__LISTENER__V3__FILTER__CONFIG_TYPE_TYPED_CONFIG ? f->typed_config->type_url : "";
         const char *slash = strrchr(url, '/');
         const char *type = slash != NULL ? slash + 1 : url;
         if (strcmp(type, LG_TCP_PROXY_TYPE) == 0) {
@@ -142,11 +144,13 @@ static int compile_chain(lg_filter_chain_t *o, const chain_proto_t *m, const lg_
             continue;
         }
         if (strcmp(type, HCM_TYPE) != 0)
-            return lg_error(err, "filters[%zu]: Didn't find a registered implementation for '%s' with type URL: '%s'", i, f->name, type);
+            return lg_error(err, "filters[%zu]: Didn't find a registered implementation for '%s' with type URL: '%s'", i, f->name,
+                            type);
         if (i + 1 != m->n_filters)
             return lg_error(err, "filters[%zu]: the HTTP connection manager must be the last network filter", i);
-        Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager *hcm =
-            (void *)lg_any_unpack(f->typed_config, &envoy__extensions__filters__network__http_connection_manager__v3__http_connection_manager__descriptor, err);
+        Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager *hcm = (void *)lg_any_unpack(
+            f->typed_config, &envoy__extensions__filters__network__http_connection_manager__v3__http_connection_manager__descriptor,
+            err);
         if (hcm == NULL)
             return lg_error_prefix(err, "filters[%zu].typed_config", i);
         o->kind = LG_NETWORK_FILTER_HCM;
@@ -268,6 +272,14 @@ lg_listener_config_t *lg_listener_config_compile(const Envoy__Config__Listener__
             goto fail;
         }
     }
+    if (m->n_access_log != 0) {
+        l->access_logs = lg_calloc(1, sizeof(*l->access_logs));
+        if (lg_access_logs_compile(m->access_log, m->n_access_log, l->access_logs, err) != 0) {
+            free(l->access_logs);
+            l->access_logs = NULL;
+            goto fail;
+        }
+    }
     l->stats = lg_stats_block_new(prefix, listener_stat_defs, LG_ARRAY_SIZE(listener_stat_defs));
     return l;
 fail:
@@ -296,6 +308,10 @@ void lg_listener_config_release(lg_listener_config_t *l)
         lg_stats_block_release(l->stats);
     if (l->tls_inspector_stats != NULL)
         lg_stats_block_release(l->tls_inspector_stats);
+    if (l->access_logs != NULL) {
+        lg_access_logs_dispose(l->access_logs);
+        free(l->access_logs);
+    }
     free(l->name);
     free(l->address_str);
     free(l);
@@ -409,9 +425,10 @@ static int score_src_type(const lg_filter_chain_t *c, const lg_conn_match_info_t
 {
     if (c->match.source_type == 0)
         return 0;
-    int local = lg_address_is_loopback(i->remote) ||
-                (i->remote->sa_family == i->local->sa_family && i->remote->sa_family == AF_INET &&
-                 ((const struct sockaddr_in *)i->remote)->sin_addr.s_addr == ((const struct sockaddr_in *)i->local)->sin_addr.s_addr);
+    int local =
+        lg_address_is_loopback(i->remote) ||
+        (i->remote->sa_family == i->local->sa_family && i->remote->sa_family == AF_INET &&
+         ((const struct sockaddr_in *)i->remote)->sin_addr.s_addr == ((const struct sockaddr_in *)i->local)->sin_addr.s_addr);
     return (c->match.source_type == 1) == local ? 1 : -1;
 }
 
@@ -433,7 +450,7 @@ static int score_src_port(const lg_filter_chain_t *c, const lg_conn_match_info_t
 
 const lg_filter_chain_t *lg_listener_match_chain(const lg_listener_config_t *l, const lg_conn_match_info_t *info)
 {
-    static const score_cb order[] = {score_port,      score_dst_ip,     score_sni,    score_transport, score_alpn,
+    static const score_cb order[] = {score_port,       score_dst_ip,   score_sni,    score_transport, score_alpn,
                                      score_direct_src, score_src_type, score_src_ip, score_src_port};
     const lg_filter_chain_t *stack[16], **cand = l->n_chains <= 16 ? stack : lg_malloc(l->n_chains * sizeof(*cand));
     size_t n = l->n_chains;

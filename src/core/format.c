@@ -533,6 +533,18 @@ static lg_format_value_kind_t str(h2o_iovec_t s, h2o_iovec_t *out)
     return LG_FORMAT_VALUE_STRING;
 }
 
+/* Envoy's UPSTREAM_TRANSPORT_FAILURE_REASON: spaces become '_' (a reason longer than the scratch is cut). */
+static lg_format_value_kind_t str_no_spaces(h2o_iovec_t s, char *scratch, h2o_iovec_t *out)
+{
+    if (str(s, out) == LG_FORMAT_VALUE_MISSING)
+        return LG_FORMAT_VALUE_MISSING;
+    size_t n = s.len < SCRATCH_SIZE ? s.len : SCRATCH_SIZE;
+    for (size_t i = 0; i != n; ++i)
+        scratch[i] = s.base[i] == ' ' ? '_' : s.base[i];
+    *out = h2o_iovec_init(scratch, n);
+    return LG_FORMAT_VALUE_STRING;
+}
+
 static lg_format_value_kind_t since(uint64_t from, uint64_t to, char *scratch, h2o_iovec_t *out)
 {
     if (from == 0 || to == 0 || to < from)
@@ -746,7 +758,7 @@ static lg_format_value_kind_t eval_seg(const lg_format_t *f, const lg__fmt_seg_t
     case OP_CONNECTION_ID:
         return num(si->connection_id, scratch, out);
     case OP_UPSTREAM_TRANSPORT_FAILURE_REASON:
-        return str(si->upstream_transport_failure_reason, out);
+        return str_no_spaces(si->upstream_transport_failure_reason, scratch, out);
     case OP_STREAM_ID:
         return str(si->request_id, out);
     case OP_GRPC_STATUS:

@@ -22,6 +22,7 @@
 #include "legate/server.h"
 #include "legate/stats.h"
 #include "legate/timer.h"
+#include "legate/tls.h"
 
 #define STAT_INC(c, name) LG_STAT_INC((c)->config->stats, (c)->worker->index, LG_HCM_STAT_##name)
 #define STAT_DEC(c, name) LG_STAT_DEC((c)->config->stats, (c)->worker->index, LG_HCM_STAT_##name)
@@ -103,24 +104,48 @@ static void conn_arm_idle(lg_hcm_conn_t *c)
         lg_timer_start(&c->worker->loop, &c->idle_timer, c->config->idle_timeout_ms, conn_idle_timeout);
 }
 
+static void addr_set(lg_hcm_addr_t *a, const struct sockaddr *sa)
+{
+    switch (sa->sa_family) {
+    case AF_INET:
+        a->sin = *(const struct sockaddr_in *)sa;
+        break;
+    case AF_INET6:
+        a->sin6 = *(const struct sockaddr_in6 *)sa;
+        break;
+    default:
+        a->sa.sa_family = sa->sa_family;
+        break;
+    }
+}
+
+/* The full address of a connection's side; a pipe's local address is its listener's. */
+static void addr_get(const lg_hcm_conn_t *c, const lg_hcm_addr_t *a, struct sockaddr_storage *out)
+{
+    if (a == &c->local && a->sa.sa_family == AF_UNIX && c->listener->addr.ss_family == AF_UNIX) {
+        *out = c->listener->addr;
+        return;
+    }
+    memset(out, 0, sizeof(*out));
+    memcpy(out, a, sizeof(*a));
+}
+
 lg_hcm_conn_t *lg_hcm_conn_new(lg_worker_t *w, const lg_listener_config_t *l, const lg_hcm_config_t *cfg, lg_snapshot_t *snap,
-                               h2o_socket_t *sock, int version)
+                               h2o_socket_t *sock, int version, const struct sockaddr *local, const struct sockaddr *peer)
 {
     lg_hcm_conn_t *c = lg_calloc(1, sizeof(*c));
     c->tls = sock->ssl != NULL;
-    socklen_t len;
     c->worker = w;
     c->listener = l;
     c->config = cfg;
     c->snapshot = snap;
     lg_snapshot_hold(w, snap);
     c->id = lg_server_next_connection_id();
-    len = sizeof(c->peer);
-    if (h2o_socket_getpeername(sock, (struct sockaddr *)&c->peer) == 0)
-        c->peer.ss_family = AF_UNSPEC;
-    len = sizeof(c->local);
-    if (getsockname(h2o_socket_get_fd(sock), (struct sockaddr *)&c->local, &len) != 0)
-        c->local.ss_family = AF_UNSPEC;
+    addr_set(&c->local, local);
+    addr_set(&c->peer, peer);
+    const char *sni = sock->ssl != NULL ? lg_tls_server_name(sock) : NULL;
+    if (sni != NULL && sni[0] != '\0')
+        c->server_name = lg_strdup(sni);
     h2o_linklist_init_anchor(&c->streams);
     lg_worker_add_connection(w, &c->worker_link);
     STAT_INC(c, downstream_cx_total);
@@ -169,6 +194,7 @@ static void on_conn_close(lg_server_conn_t *codec)
         STAT_DEC(c, downstream_cx_http1_active);
     h2o_linklist_unlink(&c->worker_link);
     lg_snapshot_release(c->worker, c->snapshot);
+    free(c->server_name);
     free(c);
 }
 
@@ -221,10 +247,12 @@ static void on_new_stream(lg_server_conn_t *codec, lg_stream_t *ds)
     s->info.connection_id = c->id;
     s->info.start_us = lg_now_us();
     s->info.start_wall_us = lg_wall_us();
-    s->info.downstream_remote = c->peer;
-    s->info.downstream_direct_remote = c->peer;
-    s->info.downstream_local = c->local;
+    addr_get(c, &c->peer, &s->info.downstream_remote);
+    s->info.downstream_direct_remote = s->info.downstream_remote;
+    addr_get(c, &c->local, &s->info.downstream_local);
     s->info.protocol = ds->version;
+    if (c->server_name != NULL)
+        s->info.requested_server_name = h2o_iovec_init(c->server_name, strlen(c->server_name));
     s->idle_timeout_ms = cfg->stream_idle_timeout_ms;
     s->n_filters = cfg->n_filters;
     s->filters = h2o_mem_alloc_pool(s->pool, sizeof(*s->filters) * (cfg->n_filters ? cfg->n_filters : 1));
@@ -318,13 +346,13 @@ static void mutate_request_headers(lg_hcm_stream_t *s, lg_req_head_t *req)
 
     if (cfg->use_remote_address) {
         char ip[INET6_ADDRSTRLEN + 8];
-        size_t n = lg_address_format_ip((struct sockaddr *)&c->peer, ip, sizeof(ip));
-        if (!cfg->skip_xff_append && c->peer.ss_family != AF_UNIX) {
+        size_t n = lg_address_format_ip(&c->peer.sa, ip, sizeof(ip));
+        if (!cfg->skip_xff_append && c->peer.sa.sa_family != AF_UNIX) {
             h2o_iovec_t v = xff.base == NULL ? h2o_strdup(s->pool, ip, n)
                                              : h2o_concat(s->pool, xff, h2o_iovec_init(H2O_STRLIT(",")), h2o_iovec_init(ip, n));
             lg_headers_set(s->pool, &req->headers, LG_LIT("x-forwarded-for"), v);
         }
-        internal = is_internal_address(cfg, (struct sockaddr *)&c->peer);
+        internal = is_internal_address(cfg, &c->peer.sa);
     } else {
         struct sockaddr_storage ss;
         if (xff.base != NULL && xff_address(xff, cfg->xff_num_trusted_hops, &ss) == 0) {
@@ -364,7 +392,7 @@ static void mutate_request_headers(lg_hcm_stream_t *s, lg_req_head_t *req)
         for (size_t i = 0; i != LG_ARRAY_SIZE(strip); ++i)
             lg_headers_remove(&req->headers, strip[i], strlen(strip[i]));
         char ip[INET6_ADDRSTRLEN + 8];
-        size_t n = lg_address_format_ip((struct sockaddr *)&c->peer, ip, sizeof(ip));
+        size_t n = lg_address_format_ip(&c->peer.sa, ip, sizeof(ip));
         lg_headers_set(s->pool, &req->headers, LG_LIT("x-envoy-external-address"), h2o_strdup(s->pool, ip, n));
     }
     /* x-forwarded-proto: overwritten at the edge, defaulted elsewhere. */
@@ -405,7 +433,7 @@ static void strip_host_port(lg_hcm_stream_t *s, lg_req_head_t *req)
         unsigned port = 0;
         for (size_t k = i; k != a.len; ++k)
             port = port * 10 + (unsigned)(a.base[k] - '0');
-        if (port != lg_address_port((struct sockaddr *)&s->conn->local))
+        if (port != lg_address_port(&s->conn->local.sa))
             return;
     }
     req->authority.len = i - 1;
@@ -891,7 +919,7 @@ void lg_hcm_reset_stream(lg_hcm_stream_t *s)
         return;
     if (s->response_started)
         STAT_INC(s->conn, rq_reset_after_downstream_response_started);
-    s->info.response_flags |= LG_RF(LOCAL_RESET);
+    /* no LR here: Envoy sets LocalReset only for an upstream stream reset locally, the caller sets the cause */
     stream_destroy(s);
 }
 

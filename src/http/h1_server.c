@@ -9,9 +9,15 @@
  * (delivered or framing), and they are dropped once every slice is consumed.
  *
  * Output: one write in flight. Everything sent meanwhile is queued in the
- * other of two batches (iovecs plus a pool for heads and chunk headers); the
- * caller's body bytes are referenced, never copied, and reported through
- * on_data_sent when the batch that carried them completes.
+ * pending batch (h2o copies a write's iovecs, so one array serves every
+ * batch); the caller's body bytes are referenced, never copied, and reported
+ * through on_data_sent when the batch that carried them completes. Heads live
+ * in the stream's pool (a stream outlives its response's write), codec error
+ * replies in the spare stream's, chunk headers in the batch's scratch blocks.
+ *
+ * Memory: an idle keep-alive connection holds this struct only (no stream, no
+ * batch memory, settings shared); h2o frees the socket's input buffer once it
+ * is consumed.
  *
  * Reentrancy: every entry point (socket and timer callbacks, ops) holds
  * `depth`; a closed connection and detached streams are freed when it drops
@@ -31,12 +37,18 @@
 typedef struct st_lg_h1_server_conn_t lg_h1_server_conn_t;
 typedef struct st_lg_h1_server_stream_t lg_h1_server_stream_t;
 
-typedef struct st_lg_h1_outbuf_t {
-    h2o_mem_pool_t pool; /* heads and chunk headers of this batch */
-    H2O_VECTOR(h2o_iovec_t) bufs;
-    size_t body_bytes;  /* caller bytes in this batch, reported by on_data_sent */
-    unsigned dirty : 1; /* something to write or to report, bufs may still be empty */
-} lg_h1_outbuf_t;
+/* Chunk headers of one batch, freed when the batch is written. */
+typedef struct st_lg_h1_scratch_t {
+    struct st_lg_h1_scratch_t *next;
+    size_t used;
+    char bytes[8 * LG_H1_CHUNK_HEADER_MAX];
+} lg_h1_scratch_t;
+
+/* A batch of output: the pending one collects, the inflight one is being written. */
+typedef struct st_lg_h1_batch_t {
+    lg_h1_scratch_t *scratch;
+    size_t body_bytes; /* caller bytes in this batch, reported by on_data_sent */
+} lg_h1_batch_t;
 
 struct st_lg_h1_server_stream_t {
     lg_stream_t super;
@@ -60,30 +72,37 @@ struct st_lg_h1_server_stream_t {
 
 struct st_lg_h1_server_conn_t {
     lg_server_conn_t super;
-    lg_loop_t *loop;
     h2o_socket_t *sock;
-    lg_h1_server_settings_t settings;
-    lg_h1_server_stream_t *stream;  /* the request in progress (announced) */
-    lg_h1_server_stream_t *spare;   /* pool for parsing the next head */
-    lg_h1_server_stream_t *zombies; /* detached, freed at depth 0 */
+    const lg_h1_server_settings_t *settings; /* shared, with the loop (see settings_intern) */
+    lg_h1_server_stream_t *stream;           /* the request in progress (announced) */
+    lg_h1_server_stream_t *spare;            /* pool for parsing the next head */
+    lg_h1_server_stream_t *zombies;          /* detached, freed at depth 0 */
     uint32_t seq;
-    size_t last_len;   /* input length at the last incomplete head */
-    size_t parsed;     /* see the top of the file */
-    size_t unconsumed; /* delivered body bytes not consumed yet */
-    lg_h1_outbuf_t out[2];
-    lg_h1_outbuf_t *pending, *inflight;
-    /* request_headers_timeout while a head is incomplete; once lingering (no head is
-     * parsed any more), delayed_close_timeout */
-    lg_timer_t timer;
-    lg_timer_t defer_timer; /* 0 ms: work for the end of this loop turn (resume_due, flush_due) */
-    unsigned depth;
+    uint16_t depth;
     unsigned peer_eof : 1;
     unsigned draining : 1;
     unsigned close_after_write : 1; /* no new request: close once the output is flushed */
     unsigned lingering : 1;         /* write side shut, draining input until EOF or timeout */
     unsigned closed : 1;
-    unsigned resume_due : 1; /* parse again (input was held back) */
-    unsigned flush_due : 1;  /* a response head waits for its first body bytes */
+    unsigned resume_due : 1;    /* parse again (input was held back) */
+    unsigned flush_due : 1;     /* a response head waits for its first body bytes */
+    unsigned dirty : 1;         /* the pending batch has something to write or to report (bufs may be empty) */
+    unsigned writing : 1;       /* the inflight batch is being written */
+    unsigned bufs_cap_log2 : 5; /* bufs holds 1 << bufs_cap_log2 iovecs */
+    uint32_t unconsumed;        /* delivered body bytes not consumed yet (at most buffer_limit) */
+    uint32_t nbufs;             /* iovecs in bufs */
+    size_t last_len;            /* input length at the last incomplete head */
+    size_t parsed;              /* see the top of the file */
+    /* the pending batch's iovecs: bufs_inline, or an array while a response needs more */
+    h2o_iovec_t *bufs;
+    h2o_iovec_t bufs_inline[2]; /* 1 << 1 */
+    lg_h1_batch_t pending, inflight;
+    /* One timer, by its callback: on_defer (0 ms: work for the end of this loop
+     * turn, resume_due / flush_due; only while a stream runs or before the first
+     * parse), on_headers_timeout (request_headers_timeout while a head is
+     * incomplete: no stream), on_linger_timeout (delayed_close_timeout once
+     * lingering, when nothing else is due). */
+    lg_timer_t timer;
 };
 
 static const lg_stream_ops_t stream_ops;
@@ -94,6 +113,88 @@ void lg_h1_server_settings_init(lg_h1_server_settings_t *s)
 {
     *s = (lg_h1_server_settings_t){.buffer_limit = 1024 * 1024, .delayed_close_timeout_ms = 1000, .server_name = LG_LIT("envoy")};
     lg_h1_limits_init(&s->limits);
+}
+
+/* Settings are shared by the connections of a thread that have equal ones
+ * (strings compared by content and copied) and the same loop, which is kept
+ * here too: most connections come from a few listeners, and an idle
+ * connection should cost little. */
+typedef struct st_lg_h1_shared_settings_t {
+    lg_h1_server_settings_t s; /* first: connections point at it */
+    lg_loop_t *loop;
+    struct st_lg_h1_shared_settings_t *next;
+    size_t refcnt;
+    char strings[];
+} lg_h1_shared_settings_t;
+
+static __thread lg_h1_shared_settings_t *shared_settings;
+
+/* The settings without their string pointers, for a byte comparison (a
+ * difference in padding only costs a second copy, never a wrong match). */
+static void settings_key(const lg_h1_server_settings_t *s, lg_h1_server_settings_t *key)
+{
+    memcpy(key, s, sizeof(*key));
+    key->server_name.base = NULL;
+    key->limits.default_host_for_http_10.base = NULL;
+}
+
+static int settings_equal(const lg_h1_server_settings_t *a, const lg_h1_server_settings_t *b)
+{
+    lg_h1_server_settings_t ka, kb;
+    settings_key(a, &ka);
+    settings_key(b, &kb);
+    return memcmp(&ka, &kb, sizeof(ka)) == 0 &&
+           h2o_memis(a->server_name.base, a->server_name.len, b->server_name.base, b->server_name.len) &&
+           h2o_memis(a->limits.default_host_for_http_10.base, a->limits.default_host_for_http_10.len,
+                     b->limits.default_host_for_http_10.base, b->limits.default_host_for_http_10.len);
+}
+
+static h2o_iovec_t copy_string(char **to, h2o_iovec_t v)
+{
+    if (v.len == 0)
+        return v;
+    memcpy(*to, v.base, v.len);
+    v.base = *to;
+    *to += v.len;
+    return v;
+}
+
+static const lg_h1_server_settings_t *settings_intern(const lg_h1_server_settings_t *s, lg_loop_t *loop)
+{
+    lg_h1_shared_settings_t *e;
+    for (e = shared_settings; e != NULL; e = e->next) {
+        if (e->loop == loop && settings_equal(&e->s, s)) {
+            ++e->refcnt;
+            return &e->s;
+        }
+    }
+    e = lg_malloc(sizeof(*e) + s->server_name.len + s->limits.default_host_for_http_10.len);
+    char *p = e->strings;
+    memcpy(&e->s, s, sizeof(*s));
+    e->s.server_name = copy_string(&p, s->server_name);
+    e->s.limits.default_host_for_http_10 = copy_string(&p, s->limits.default_host_for_http_10);
+    e->loop = loop;
+    e->refcnt = 1;
+    e->next = shared_settings;
+    shared_settings = e;
+    return &e->s;
+}
+
+static void settings_release(const lg_h1_server_settings_t *s)
+{
+    lg_h1_shared_settings_t *e = (lg_h1_shared_settings_t *)s;
+    if (--e->refcnt != 0)
+        return;
+    lg_h1_shared_settings_t **p = &shared_settings;
+    while (*p != e)
+        p = &(*p)->next;
+    *p = e->next;
+    free(e);
+}
+
+static lg_loop_t *conn_loop(lg_h1_server_conn_t *c)
+{
+    return ((const lg_h1_shared_settings_t *)c->settings)->loop;
 }
 
 /* Lifetime */
@@ -109,14 +210,34 @@ static void stream_free(lg_h1_server_stream_t *s)
     lg_http_cache_free(LG_HTTP_CACHE_H1_SERVER_STREAM, s);
 }
 
+static void batch_reset(lg_h1_batch_t *b)
+{
+    while (b->scratch != NULL) {
+        lg_h1_scratch_t *next = b->scratch->next;
+        free(b->scratch);
+        b->scratch = next;
+    }
+    b->body_bytes = 0;
+}
+
+/* Back to the inline iovecs (none is pending). */
+static void bufs_shrink(lg_h1_server_conn_t *c)
+{
+    if (c->bufs != c->bufs_inline) {
+        free(c->bufs);
+        c->bufs = c->bufs_inline;
+        c->bufs_cap_log2 = 1;
+    }
+}
+
 static void destroy(lg_h1_server_conn_t *c)
 {
+    settings_release(c->settings);
     if (c->spare != NULL)
         stream_free(c->spare);
-    for (size_t i = 0; i != 2; ++i) {
-        h2o_mem_clear_pool(&c->out[i].pool);
-        free(c->out[i].bufs.entries);
-    }
+    batch_reset(&c->pending);
+    batch_reset(&c->inflight);
+    bufs_shrink(c);
     free(c);
 }
 
@@ -162,10 +283,9 @@ static void close_now(lg_h1_server_conn_t *c, lg_reset_reason_t reason, const ch
     lg_h1_server_stream_t *s = c->stream != NULL ? detach_stream(c) : NULL;
     c->closed = 1;
     lg_timer_stop(&c->timer);
-    lg_timer_stop(&c->defer_timer);
     h2o_socket_close(c->sock);
     c->sock = NULL;
-    c->inflight = NULL;
+    c->writing = 0;
     if (s != NULL)
         s->super.cbs->on_reset(&s->super, reason, details);
     c->super.cbs->on_close(&c->super);
@@ -185,14 +305,16 @@ static void start_linger(lg_h1_server_conn_t *c)
 {
     if (c->lingering || c->closed)
         return;
-    if (c->settings.delayed_close_timeout_ms == 0 || c->sock->ssl != NULL || c->peer_eof) {
+    if (c->settings->delayed_close_timeout_ms == 0 || c->sock->ssl != NULL || c->peer_eof) {
         close_now(c, LG_RESET_CONNECTION_TERMINATION, "downstream_local_disconnect");
         return;
     }
     c->lingering = 1;
+    c->resume_due = c->flush_due = 0; /* a deferred parse or flush would do nothing any more */
     shutdown(h2o_socket_get_fd(c->sock), SHUT_WR);
     h2o_buffer_consume(&c->sock->input, c->sock->input->size);
-    lg_timer_start(c->loop, &c->timer, c->settings.delayed_close_timeout_ms, on_linger_timeout); /* replaces a headers timeout */
+    lg_timer_start(conn_loop(c), &c->timer, c->settings->delayed_close_timeout_ms,
+                   on_linger_timeout); /* replaces a headers timeout */
     if (!h2o_socket_is_reading(c->sock))
         h2o_socket_read_start(c->sock, on_read);
 }
@@ -210,7 +332,7 @@ static int want_read(lg_h1_server_conn_t *c)
         return 1;
     if (c->unconsumed != 0 || (s->paused && !s->req_done))
         return 0;
-    return c->sock->input->size - c->parsed < c->settings.buffer_limit;
+    return c->sock->input->size - c->parsed < c->settings->buffer_limit;
 }
 
 static void update_reading(lg_h1_server_conn_t *c)
@@ -230,7 +352,7 @@ static void flush(lg_h1_server_conn_t *c);
 
 static void on_defer(lg_timer_t *t)
 {
-    lg_h1_server_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_h1_server_conn_t, defer_timer, t);
+    lg_h1_server_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_h1_server_conn_t, timer, t);
     enter(c);
     if (c->flush_due)
         flush(c);
@@ -243,8 +365,10 @@ static void on_defer(lg_timer_t *t)
 
 static void defer(lg_h1_server_conn_t *c)
 {
-    if (!lg_timer_is_active(&c->defer_timer))
-        lg_timer_start(c->loop, &c->defer_timer, 0, on_defer);
+    if (c->lingering)
+        return;
+    if (!lg_timer_is_active(&c->timer) || c->timer.cb != on_defer)
+        lg_timer_start(conn_loop(c), &c->timer, 0, on_defer);
 }
 
 /* Parsing resumes on the next loop turn, never inside the caller's op. */
@@ -258,19 +382,44 @@ static void schedule_resume(lg_h1_server_conn_t *c)
 
 /* Output */
 
-static void outbuf_push(lg_h1_outbuf_t *o, h2o_iovec_t v)
+static void out_push(lg_h1_server_conn_t *c, h2o_iovec_t v)
 {
-    h2o_vector_reserve(NULL, &o->bufs, o->bufs.size + 1);
-    o->bufs.entries[o->bufs.size++] = v;
-    o->dirty = 1;
+    if (c->nbufs == 1u << c->bufs_cap_log2) {
+        unsigned log2 = c->bufs_cap_log2 < 3 ? 3 : c->bufs_cap_log2 + 1;
+        uint32_t cap = 1u << log2;
+        h2o_iovec_t *bufs = lg_malloc(cap * sizeof(*bufs));
+        memcpy(bufs, c->bufs, c->nbufs * sizeof(*bufs));
+        if (c->bufs != c->bufs_inline)
+            free(c->bufs);
+        c->bufs = bufs;
+        c->bufs_cap_log2 = log2;
+    }
+    c->bufs[c->nbufs++] = v;
+    c->dirty = 1;
 }
 
-static void outbuf_reset(lg_h1_outbuf_t *o)
+static char *scratch_alloc(lg_h1_batch_t *b, size_t len)
 {
-    h2o_mem_clear_pool(&o->pool);
-    o->bufs.size = 0;
-    o->body_bytes = 0;
-    o->dirty = 0;
+    lg_h1_scratch_t *s = b->scratch;
+    if (s == NULL || s->used + len > sizeof(s->bytes)) {
+        s = lg_malloc(sizeof(*s));
+        s->next = b->scratch;
+        s->used = 0;
+        b->scratch = s;
+    }
+    s->used += len;
+    return s->bytes + s->used - len;
+}
+
+/* The pool of the codec's own error reply: the spare stream's, which lives
+ * until the connection is destroyed (no head is parsed after an error). */
+static h2o_mem_pool_t *reply_pool(lg_h1_server_conn_t *c)
+{
+    if (c->spare == NULL) {
+        c->spare = lg_http_cache_alloc(LG_HTTP_CACHE_H1_SERVER_STREAM, sizeof(*c->spare));
+        h2o_mem_init_pool(&c->spare->pool);
+    }
+    return &c->spare->pool;
 }
 
 static void on_write_complete(h2o_socket_t *sock, const char *err);
@@ -279,14 +428,18 @@ static void flush(lg_h1_server_conn_t *c)
 {
     if (c->flush_due) { /* whatever happens below, nothing waits for the timer any more */
         c->flush_due = 0;
-        if (!c->resume_due)
-            lg_timer_stop(&c->defer_timer);
+        if (!c->resume_due && c->timer.cb == on_defer)
+            lg_timer_stop(&c->timer);
     }
-    if (c->closed || c->lingering || c->inflight != NULL || !c->pending->dirty)
+    if (c->closed || c->lingering || c->writing || !c->dirty)
         return;
     c->inflight = c->pending;
-    c->pending = c->inflight == &c->out[0] ? &c->out[1] : &c->out[0];
-    h2o_socket_write(c->sock, c->inflight->bufs.entries, c->inflight->bufs.size, on_write_complete);
+    c->pending = (lg_h1_batch_t){NULL, 0};
+    c->writing = 1;
+    c->dirty = 0;
+    size_t n = c->nbufs;
+    c->nbufs = 0; /* h2o copies the iovecs it still needs */
+    h2o_socket_write(c->sock, c->bufs, n, on_write_complete);
 }
 
 /* A response head without end_stream waits for the first body bytes (or
@@ -305,6 +458,7 @@ static void finish_stream(lg_h1_server_conn_t *c)
     lg_h1_server_stream_t *s = c->stream;
     int keep_alive = !s->will_close && s->req_done && !c->draining;
     detach_stream(c);
+    bufs_shrink(c); /* everything is written */
     s->super.cbs->on_complete(&s->super);
     if (c->closed)
         return;
@@ -330,9 +484,9 @@ static void on_flushed(lg_h1_server_conn_t *c)
 static void on_write_complete(h2o_socket_t *sock, const char *err)
 {
     lg_h1_server_conn_t *c = sock->data;
-    size_t sent = c->inflight->body_bytes;
-    outbuf_reset(c->inflight);
-    c->inflight = NULL;
+    size_t sent = c->inflight.body_bytes;
+    batch_reset(&c->inflight);
+    c->writing = 0;
     enter(c);
     if (err != NULL) {
         close_now(c, LG_RESET_CONNECTION_TERMINATION, "downstream_remote_disconnect");
@@ -340,7 +494,7 @@ static void on_write_complete(h2o_socket_t *sock, const char *err)
         if (c->stream != NULL && sent != 0)
             c->stream->super.cbs->on_data_sent(&c->stream->super, sent);
         flush(c);
-        if (!c->closed && c->inflight == NULL)
+        if (!c->closed && !c->writing)
             on_flushed(c);
     }
     leave(c);
@@ -393,7 +547,7 @@ static int queue_head(lg_h1_server_conn_t *c, h2o_mem_pool_t *pool, const lg_res
         close_now(c, LG_RESET_LOCAL, "invalid_response_header");
         return -1;
     }
-    outbuf_push(c->pending, out);
+    out_push(c, out);
     return 0;
 }
 
@@ -404,8 +558,8 @@ static void send_interim(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s, const
     if (s->resp_started || s->head.version == LG_HTTP_10 || (head->status == 100 && s->sent_100))
         return;
     lg_resp_head_t wire;
-    wire_head(&c->pending->pool, head, LG_HTTP_11, NULL, &wire);
-    if (queue_head(c, &c->pending->pool, &wire, 0) == 0 && head->status == 100)
+    wire_head(&s->pool, head, LG_HTTP_11, NULL, &wire);
+    if (queue_head(c, &s->pool, &wire, 0) == 0 && head->status == 100)
         s->sent_100 = 1;
 }
 
@@ -450,7 +604,7 @@ static void send_final_head(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s, co
 
 static void send_codec_error_reply(lg_h1_server_conn_t *c, int status)
 {
-    h2o_mem_pool_t *pool = &c->pending->pool;
+    h2o_mem_pool_t *pool = reply_pool(c);
     const char *reason = lg_h1_reason_phrase(status);
     lg_resp_head_t head = {status, LG_HTTP_11};
     char *len = h2o_mem_alloc_pool(pool, 24), *date = h2o_mem_alloc_pool(pool, H2O_TIMESTR_RFC1123_LEN + 1);
@@ -463,11 +617,11 @@ static void send_codec_error_reply(lg_h1_server_conn_t *c, int status)
     lg_headers_add(pool, &head.headers, LG_LIT("content-length"), h2o_iovec_init(len, strlen(len)));
     lg_headers_add(pool, &head.headers, LG_LIT("content-type"), LG_LIT("text/plain"));
     lg_headers_add(pool, &head.headers, LG_LIT("date"), h2o_iovec_init(date, H2O_TIMESTR_RFC1123_LEN));
-    if (c->settings.server_name.len != 0)
-        lg_headers_add(pool, &head.headers, LG_LIT("server"), c->settings.server_name);
+    if (c->settings->server_name.len != 0)
+        lg_headers_add(pool, &head.headers, LG_LIT("server"), c->settings->server_name);
     lg_headers_add(pool, &head.headers, LG_LIT("connection"), LG_LIT("close"));
     if (queue_head(c, pool, &head, 0) == 0)
-        outbuf_push(c->pending, h2o_iovec_init(reason, strlen(reason)));
+        out_push(c, h2o_iovec_init(reason, strlen(reason)));
 }
 
 /* A request that cannot be parsed, with no stream left: Envoy's codec answers
@@ -549,7 +703,7 @@ static void start_stream(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s, size_
         s->body_left = s->info.content_length;
         break;
     case LG_H1_BODY_CHUNKED:
-        lg_h1_chunked_decoder_init(&s->chunked, &c->settings.limits, 1, &s->pool, NULL);
+        lg_h1_chunked_decoder_init(&s->chunked, &c->settings->limits, 1, &s->pool, NULL);
         break;
     case LG_H1_BODY_TUNNEL:
         break;
@@ -560,7 +714,7 @@ static void start_stream(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s, size_
     if (s->info.expect_100_continue) {
         lg_headers_remove(&s->head.headers, H2O_STRLIT("expect"));
         if (!s->req_done && s->head.version != LG_HTTP_10) {
-            outbuf_push(c->pending, LG_LIT("HTTP/1.1 100 Continue\r\n\r\n"));
+            out_push(c, LG_LIT("HTTP/1.1 100 Continue\r\n\r\n"));
             s->sent_100 = 1;
             flush(c);
         }
@@ -591,15 +745,20 @@ static int parse_head(lg_h1_server_conn_t *c)
         return 0;
     lg_h1_server_stream_t *s = spare_stream(c);
     lg_h1_error_t err;
-    ssize_t r = lg_h1_parse_request(&s->pool, in->bytes, in->size, c->last_len, &c->settings.limits, &s->head, &s->info, &err);
+    ssize_t r = lg_h1_parse_request(&s->pool, in->bytes, in->size, c->last_len, &c->settings->limits, &s->head, &s->info, &err);
     if (r == -2) {
         c->last_len = in->size;
-        if (c->settings.request_headers_timeout_ms != 0 && !lg_timer_is_active(&c->timer))
-            lg_timer_start(c->loop, &c->timer, c->settings.request_headers_timeout_ms, on_headers_timeout);
+        if (c->settings->request_headers_timeout_ms != 0) {
+            if (!lg_timer_is_active(&c->timer))
+                lg_timer_start(conn_loop(c), &c->timer, c->settings->request_headers_timeout_ms, on_headers_timeout);
+            else if (c->timer.cb == on_defer)
+                c->resume_due = 1; /* parsed again at the end of the turn, which arms the timeout */
+        }
         return 0;
     }
     c->last_len = 0;
-    lg_timer_stop(&c->timer); /* not lingering here: the headers timeout */
+    if (c->timer.cb == on_headers_timeout)
+        lg_timer_stop(&c->timer);
     if (r < 0) {
         codec_error(c, &err);
         return 0;
@@ -667,9 +826,9 @@ static int deliver_chunked(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s, siz
 static int deliver_body(lg_h1_server_conn_t *c)
 {
     lg_h1_server_stream_t *s = c->stream;
-    if (s->req_done || s->paused || c->unconsumed >= c->settings.buffer_limit)
+    if (s->req_done || s->paused || c->unconsumed >= c->settings->buffer_limit)
         return 0;
-    size_t avail = c->sock->input->size - c->parsed, budget = c->settings.buffer_limit - c->unconsumed;
+    size_t avail = c->sock->input->size - c->parsed, budget = c->settings->buffer_limit - c->unconsumed;
     if (s->info.body == LG_H1_BODY_CHUNKED)
         return deliver_chunked(c, s, avail, budget);
     return deliver_raw(c, s, avail, budget);
@@ -691,7 +850,7 @@ static void on_peer_eof(lg_h1_server_conn_t *c)
     lg_h1_server_stream_t *s = c->stream;
     if (s != NULL && s->info.body == LG_H1_BODY_TUNNEL)
         return; /* end_stream is delivered once the buffered bytes are */
-    if (c->close_after_write && s == NULL && c->inflight != NULL)
+    if (c->close_after_write && s == NULL && c->writing)
         return;
     close_now(c, LG_RESET_CONNECTION_TERMINATION, "downstream_remote_disconnect");
 }
@@ -743,32 +902,33 @@ static void stream_send_headers(lg_stream_t *_s, void *_head, int end_stream)
 static void end_response(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s)
 {
     if (s->chunk_out && !s->no_body_out)
-        outbuf_push(c->pending, LG_LIT(LG_H1_LAST_CHUNK));
+        out_push(c, LG_LIT(LG_H1_LAST_CHUNK));
     s->resp_done = 1;
-    c->pending->dirty = 1;
+    c->dirty = 1;
 }
 
 static void stream_send_data(lg_stream_t *_s, h2o_iovec_t data, int end_stream)
 {
     lg_h1_server_stream_t *s = (lg_h1_server_stream_t *)_s;
     lg_h1_server_conn_t *c = s->conn;
-    lg_h1_outbuf_t *o = c->pending;
+    lg_h1_batch_t *o = &c->pending;
     if (s->detached)
         return;
     assert(s->resp_started && !s->resp_done);
     enter(c);
     if (data.len != 0) {
         o->body_bytes += data.len;
-        o->dirty = 1;
+        c->dirty = 1;
         if (s->no_body_out) {
             /* dropped, still reported as sent */
         } else if (s->chunk_out) {
-            char *hdr = h2o_mem_alloc_pool(&o->pool, LG_H1_CHUNK_HEADER_MAX);
-            outbuf_push(o, h2o_iovec_init(hdr, lg_h1_chunk_header(hdr, data.len)));
-            outbuf_push(o, data);
-            outbuf_push(o, LG_LIT(LG_H1_CRLF));
+            char hdr[LG_H1_CHUNK_HEADER_MAX];
+            size_t n = lg_h1_chunk_header(hdr, data.len);
+            out_push(c, h2o_iovec_init(memcpy(scratch_alloc(o, n), hdr, n), n));
+            out_push(c, data);
+            out_push(c, LG_LIT(LG_H1_CRLF));
         } else {
-            outbuf_push(o, data);
+            out_push(c, data);
         }
     }
     if (end_stream)
@@ -874,12 +1034,10 @@ lg_server_conn_t *lg_h1_server_conn_new(lg_loop_t *loop, h2o_socket_t *sock, con
 {
     lg_h1_server_conn_t *c = lg_calloc(1, sizeof(*c));
     c->super = (lg_server_conn_t){&conn_ops, cbs, ctx, LG_HTTP_11};
-    c->loop = loop;
     c->sock = sock;
-    c->settings = *settings;
-    for (size_t i = 0; i != 2; ++i)
-        h2o_mem_init_pool(&c->out[i].pool);
-    c->pending = &c->out[0];
+    c->settings = settings_intern(settings, loop);
+    c->bufs = c->bufs_inline;
+    c->bufs_cap_log2 = 1;
     sock->data = c;
     if (h2o_socket_is_reading(sock))
         h2o_socket_read_stop(sock); /* a listener filter's callback */

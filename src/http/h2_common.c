@@ -304,6 +304,14 @@ static void recv_consume(lg__h2_stream_t *s, size_t n)
 
 /* ---- head conversion -------------------------------------------------- */
 
+/* Where received heads and trailers live: the driver's request pool when it lends one
+ * (lg_stream_t.pool), so that a response head and its trailers outlive the upstream
+ * stream (the access log reads them after it is freed), else the stream's own. */
+static h2o_mem_pool_t *head_pool(lg__h2_stream_t *s)
+{
+    return s->super.pool != NULL ? s->super.pool : &s->pool;
+}
+
 static int set_pseudo(lg__h2_stream_t *s, const uint8_t *name, size_t len, h2o_iovec_t value)
 {
     if (s->conn->is_server) {
@@ -354,14 +362,14 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
         s->building = NULL;
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* nghttp2 resets the stream */
     }
-    h2o_iovec_t v = h2o_strdup(&s->pool, (const char *)value, valuelen);
+    h2o_iovec_t v = h2o_strdup(head_pool(s), (const char *)value, valuelen);
     if (namelen != 0 && name[0] == ':')
         return s->building == s->trailers ? 0 : set_pseudo(s, name, namelen, v);
     if (conn->is_server && s->building != s->trailers && h2o_memis(name, namelen, H2O_STRLIT("cookie"))) {
         add_cookie(s, v);
         return 0;
     }
-    lg_headers_add(&s->pool, s->building, h2o_strdup(&s->pool, (const char *)name, namelen), v);
+    lg_headers_add(head_pool(s), s->building, h2o_strdup(head_pool(s), (const char *)name, namelen), v);
     return 0;
 }
 
@@ -388,9 +396,9 @@ static int finish_response_head(lg__h2_stream_t *s)
     resp->version = LG_HTTP_2;
     if (resp->status >= 200)
         return 0;
-    lg_resp_head_t *info = h2o_mem_alloc_pool(&s->pool, sizeof(*info));
+    lg_resp_head_t *info = h2o_mem_alloc_pool(head_pool(s), sizeof(*info));
     *info = *resp;
-    h2o_vector_reserve(&s->pool, &s->informational, s->informational.size + 1);
+    h2o_vector_reserve(head_pool(s), &s->informational, s->informational.size + 1);
     s->informational.entries[s->informational.size++] = info;
     *resp = (lg_resp_head_t){0};
     return 1;
@@ -435,7 +443,7 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     s->header_count = 0;
     s->header_bytes = 0;
     if (s->head_ready) {
-        s->trailers = h2o_mem_alloc_pool(&s->pool, sizeof(*s->trailers));
+        s->trailers = h2o_mem_alloc_pool(head_pool(s), sizeof(*s->trailers));
         *s->trailers = (lg_headers_t){NULL};
         s->building = s->trailers;
     } else {
@@ -852,7 +860,14 @@ static void deliver_heads(lg__h2_conn_t *conn, lg__h2_stream_t *s)
         int end = s->remote_end && s->undelivered == 0 && s->trailers == NULL;
         s->head_delivered = 1;
         s->remote_end_delivered = end;
-        s->super.cbs->on_headers(&s->super, conn->is_server ? (void *)&s->head.req : (void *)&s->head.resp, end);
+        void *head = &s->head.req;
+        if (!conn->is_server) {
+            /* the response head outlives this stream in the driver's pool (head_pool) */
+            lg_resp_head_t *resp = h2o_mem_alloc_pool(head_pool(s), sizeof(*resp));
+            *resp = s->head.resp;
+            head = resp;
+        }
+        s->super.cbs->on_headers(&s->super, head, end);
     }
 }
 

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include "legate/access_log.h"
 #include "legate/listener.h"
 #include "legate/listener_runtime.h"
 #include "legate/server.h"
@@ -53,9 +54,9 @@ int lg_listen_socket_open(const lg_listener_config_t *l, lg_error_t *err)
 }
 
 static void start_hcm(lg_worker_t *w, lg_listener_config_t *l, const lg_filter_chain_t *chain, lg_snapshot_t *snap,
-                      h2o_socket_t *sock, int version)
+                      h2o_socket_t *sock, int version, const struct sockaddr_storage *local, const struct sockaddr_storage *remote)
 {
-    lg_hcm_conn_new(w, l, chain->hcm, snap, sock, version);
+    lg_hcm_conn_new(w, l, chain->hcm, snap, sock, version, (const struct sockaddr *)local, (const struct sockaddr *)remote);
 }
 
 /* A chain ending in tcp_proxy: bytes are relayed as they are (TLS passes
@@ -77,7 +78,35 @@ typedef struct st_counted_conn_t {
     lg_stats_block_t *stats;
     size_t row;
     uint64_t start_ms;
+    int logged; /* a logged_conn_t */
 } counted_conn_t;
+
+/* A counted connection of a listener with access logs: what its entry needs
+ * at close. The snapshot (a reference) keeps the listener and its logs. */
+typedef struct st_logged_conn_t {
+    counted_conn_t counted;
+    lg_worker_t *worker;
+    lg_snapshot_t *snapshot;
+    const lg_listener_config_t *listener;
+    uint64_t start_us, start_wall_us;
+    struct sockaddr_storage local, remote;
+} logged_conn_t;
+
+/* Envoy's listener access log entry: a connection-level stream info (no request). */
+static void emit_listener_log(const lg_listener_config_t *l, const struct sockaddr_storage *local,
+                              const struct sockaddr_storage *remote, uint64_t start_us, uint64_t start_wall_us, uint32_t flags)
+{
+    lg_stream_info_t info;
+    memset(&info, 0, sizeof(info));
+    info.connection_id = lg_server_next_connection_id();
+    info.start_us = start_us;
+    info.start_wall_us = start_wall_us;
+    info.downstream_local = *local;
+    info.downstream_remote = *remote;
+    info.downstream_direct_remote = *remote;
+    info.response_flags = flags;
+    lg_access_logs_emit(l->access_logs, &info);
+}
 
 /* this worker's sockets still counted (lg_listener_counted_sockets) */
 static __thread size_t n_counted;
@@ -85,6 +114,11 @@ static __thread size_t n_counted;
 static void on_counted_close(void *data)
 {
     counted_conn_t *cc = data;
+    if (cc->logged) {
+        logged_conn_t *lc = (logged_conn_t *)cc;
+        emit_listener_log(lc->listener, &lc->local, &lc->remote, lc->start_us, lc->start_wall_us, 0);
+        lg_snapshot_release(lc->worker, lc->snapshot);
+    }
     LG_STAT_DEC(cc->stats, cc->row, LG_LISTENER_STAT_downstream_cx_active);
     LG_STAT_INC(cc->stats, cc->row, LG_LISTENER_STAT_downstream_cx_destroy);
     lg_stats_histogram_record(cc->stats, cc->row, LG_LISTENER_STAT_downstream_cx_length_ms, lg_now_ms() - cc->start_ms);
@@ -93,11 +127,20 @@ static void on_counted_close(void *data)
     --n_counted;
 }
 
-static void count_conn(lg_worker_t *w, lg_listener_config_t *l, h2o_socket_t *sock)
+/* `log` (NULL: the listener has no access log) is the connection's entry to be. */
+static void count_conn(lg_worker_t *w, lg_listener_config_t *l, h2o_socket_t *sock, const logged_conn_t *log)
 {
-    counted_conn_t *cc = lg_malloc(sizeof(*cc));
+    counted_conn_t *cc;
+    if (log != NULL) {
+        logged_conn_t *lc = lg_malloc(sizeof(*lc));
+        *lc = *log;
+        lg_snapshot_hold(w, lc->snapshot);
+        cc = &lc->counted;
+    } else {
+        cc = lg_malloc(sizeof(*cc));
+    }
     lg_stats_block_retain(l->stats);
-    *cc = (counted_conn_t){l->stats, w->index, lg_now_ms()};
+    *cc = (counted_conn_t){l->stats, w->index, lg_now_ms(), log != NULL};
     LG_STAT_INC(l->stats, w->index, LG_LISTENER_STAT_downstream_cx_total);
     LG_STAT_INC(l->stats, w->index, LG_LISTENER_STAT_downstream_cx_active);
     sock->on_close.cb = on_counted_close;
@@ -123,11 +166,12 @@ typedef struct st_pending_conn_t {
     h2o_socket_t *sock;
     struct sockaddr_storage local, remote;
     const lg_filter_chain_t *chain;
-    lg_tls_context_t *tls; /* during the handshake */
-    SSL_CTX *ssl_ctx;      /* during the handshake */
-    lg_timer_t timer;      /* listener_filters_timeout, then transport_socket_connect_timeout */
-    char server_name[256]; /* what tls_inspector found ("" = none) */
-    h2o_linklist_t link;   /* in this worker's pending list */
+    lg_tls_context_t *tls;            /* during the handshake */
+    SSL_CTX *ssl_ctx;                 /* during the handshake */
+    lg_timer_t timer;                 /* listener_filters_timeout, then transport_socket_connect_timeout */
+    char server_name[256];            /* what tls_inspector found ("" = none) */
+    h2o_linklist_t link;              /* in this worker's pending list */
+    uint64_t start_us, start_wall_us; /* the accept, for the listener's access log */
 } pending_conn_t;
 
 /* What tls_inspector may buffer before giving up (Envoy's limit). */
@@ -136,17 +180,45 @@ typedef struct st_pending_conn_t {
 /* this worker's pending connections (initialized on first use) */
 static __thread h2o_linklist_t pending_conns;
 
+/* Freed pending connections kept for the next accepts: each lives only until
+ * its hand-over, and freeing it between a connection's long-lived objects
+ * would leave a hole per connection in the heap. */
+#define PENDING_CACHE_MAX 64
+static __thread pending_conn_t *pending_cache[PENDING_CACHE_MAX];
+static __thread size_t n_pending_cache;
+
+static pending_conn_t *pending_alloc(void)
+{
+    if (n_pending_cache == 0)
+        return lg_calloc(1, sizeof(pending_conn_t));
+    pending_conn_t *p = pending_cache[--n_pending_cache];
+    memset(p, 0, sizeof(*p));
+    return p;
+}
+
+static void pending_dispose(pending_conn_t *p)
+{
+    if (n_pending_cache == PENDING_CACHE_MAX)
+        free(p);
+    else
+        pending_cache[n_pending_cache++] = p;
+}
+
 static void sniff_codec(pending_conn_t *p);
 
 static pending_conn_t *pending_new(lg_worker_t *w, lg_listener_config_t *l, lg_snapshot_t *snap, h2o_socket_t *sock)
 {
-    pending_conn_t *p = lg_calloc(1, sizeof(*p));
+    pending_conn_t *p = pending_alloc();
     socklen_t len = sizeof(p->local);
     int fd = h2o_socket_get_fd(sock);
     p->worker = w;
     p->listener = l;
     p->snapshot = snap;
     p->sock = sock;
+    if (l->access_logs != NULL) {
+        p->start_us = lg_now_us();
+        p->start_wall_us = lg_wall_us();
+    }
     lg_snapshot_hold(w, snap);
     getsockname(fd, (struct sockaddr *)&p->local, &len);
     len = sizeof(p->remote);
@@ -176,13 +248,15 @@ static void pending_free(pending_conn_t *p, int close_sock)
         h2o_socket_close(p->sock);
     }
     lg_snapshot_release(p->worker, p->snapshot);
-    free(p);
+    pending_dispose(p);
 }
 
 void lg_listener_close_pending(void)
 {
     while (pending_conns.next != NULL && !h2o_linklist_is_empty(&pending_conns))
         pending_free(H2O_STRUCT_FROM_MEMBER(pending_conn_t, link, pending_conns.next), 1);
+    while (n_pending_cache != 0)
+        free(pending_cache[--n_pending_cache]);
 }
 
 static void hand_over_hcm(pending_conn_t *p, int version)
@@ -190,7 +264,7 @@ static void hand_over_hcm(pending_conn_t *p, int version)
     h2o_socket_t *sock = p->sock;
     h2o_socket_read_stop(sock);
     sock->data = NULL;
-    start_hcm(p->worker, p->listener, p->chain, p->snapshot, sock, version);
+    start_hcm(p->worker, p->listener, p->chain, p->snapshot, sock, version, &p->local, &p->remote);
     pending_free(p, 0);
 }
 
@@ -306,10 +380,23 @@ static void select_chain(pending_conn_t *p, const lg_tls_client_hello_t *hello)
     if ((p->chain = lg_listener_match_chain(l, &mi)) == NULL) {
         LG_STAT_INC(l->stats, p->worker->index, LG_LISTENER_STAT_no_filter_chain_match);
         LG_DEBUG(conn_handler, "closing connection from %s: no matching filter chain found", l->address_str);
+        if (l->access_logs != NULL)
+            emit_listener_log(l, &p->local, &p->remote, p->start_us, p->start_wall_us, LG_RF(NO_ROUTE_FOUND));
         pending_free(p, 1);
         return;
     }
-    count_conn(p->worker, l, p->sock);
+    if (l->access_logs != NULL) {
+        logged_conn_t log = {.worker = p->worker,
+                             .snapshot = p->snapshot,
+                             .listener = l,
+                             .start_us = p->start_us,
+                             .start_wall_us = p->start_wall_us,
+                             .local = p->local,
+                             .remote = p->remote};
+        count_conn(p->worker, l, p->sock, &log);
+    } else {
+        count_conn(p->worker, l, p->sock, NULL);
+    }
     if (p->chain->tls != NULL)
         start_handshake(p);
     else

@@ -423,12 +423,17 @@ static int rest_matches(const lg_route_t *r, const lg_req_head_t *req, uint64_t 
     return 1;
 }
 
+/* The index lives in the table's memory (lg__route_alloc): building it for
+ * 10,000 routes took some 80,000 malloc/realloc calls (and as many frees)
+ * when every node and array was allocated on its own. Arrays hold 0, 1 or a
+ * power of two of slots and grow by doubling (what they leave behind goes
+ * with the table), so a node needs no capacity fields. */
 typedef struct st_lg__trie_t {
     unsigned char *keys; /* sorted */
     struct st_lg__trie_t **kids;
+    uint32_t *routes; /* ascending route indexes whose key ends here */
     uint32_t n_kids;
     uint32_t n_routes;
-    uint32_t *routes; /* ascending route indexes whose key ends here */
 } lg__trie_t;
 
 struct st_lg__route_index_t {
@@ -452,22 +457,33 @@ static lg__trie_t *trie_child(const lg__trie_t *n, unsigned char c)
     return NULL;
 }
 
-static lg__trie_t *trie_add_child(lg__trie_t *n, unsigned char c)
+/* An array of `n` elements of `size` bytes with room for one more. */
+static void *grow(lg_route_table_t *t, void *old, uint32_t n, size_t size)
+{
+    if (n > 1 && (n & (n - 1)) != 0)
+        return old; /* capacity: the next power of two */
+    void *p = lg__route_alloc(t, (n != 0 ? (size_t)n * 2 : 1) * size);
+    if (n != 0)
+        memcpy(p, old, n * size);
+    return p;
+}
+
+static lg__trie_t *trie_add_child(lg_route_table_t *t, lg__trie_t *n, unsigned char c)
 {
     uint32_t i = 0;
     while (i != n->n_kids && n->keys[i] < c)
         ++i;
-    n->keys = lg_realloc(n->keys, n->n_kids + 1);
-    n->kids = lg_realloc(n->kids, (n->n_kids + 1) * sizeof(*n->kids));
+    n->keys = grow(t, n->keys, n->n_kids, sizeof(*n->keys));
+    n->kids = grow(t, n->kids, n->n_kids, sizeof(*n->kids));
     memmove(n->keys + i + 1, n->keys + i, n->n_kids - i);
     memmove(n->kids + i + 1, n->kids + i, (n->n_kids - i) * sizeof(*n->kids));
     n->keys[i] = c;
-    n->kids[i] = lg_calloc(1, sizeof(lg__trie_t));
+    n->kids[i] = lg__route_alloc(t, sizeof(lg__trie_t));
     ++n->n_kids;
     return n->kids[i];
 }
 
-static void trie_insert(lg__trie_t *root, h2o_iovec_t key, int lower, uint32_t route)
+static void trie_insert(lg_route_table_t *t, lg__trie_t *root, h2o_iovec_t key, int lower, uint32_t route)
 {
     lg__trie_t *n = root;
     for (size_t i = 0; i != key.len; ++i) {
@@ -475,55 +491,37 @@ static void trie_insert(lg__trie_t *root, h2o_iovec_t key, int lower, uint32_t r
         if (lower)
             c = (unsigned char)tolower(c);
         lg__trie_t *kid = trie_child(n, c);
-        n = kid != NULL ? kid : trie_add_child(n, c);
+        n = kid != NULL ? kid : trie_add_child(t, n, c);
     }
-    n->routes = lg_realloc(n->routes, (n->n_routes + 1) * sizeof(*n->routes));
+    n->routes = grow(t, n->routes, n->n_routes, sizeof(*n->routes));
     n->routes[n->n_routes++] = route;
 }
 
-static void trie_free(lg__trie_t *n)
+static int indexed(const lg_route_t *r)
 {
-    if (n == NULL)
-        return;
-    for (uint32_t i = 0; i != n->n_kids; ++i)
-        trie_free(n->kids[i]);
-    free(n->keys);
-    free(n->kids);
-    free(n->routes);
-    free(n);
+    return r->path_match == LG_PATH_MATCH_PREFIX || r->path_match == LG_PATH_MATCH_EXACT ||
+           r->path_match == LG_PATH_MATCH_SEPARATED_PREFIX;
 }
 
-struct st_lg__route_index_t *lg__route_index_build(const lg_vhost_t *vh)
+struct st_lg__route_index_t *lg__route_index_build(lg_route_table_t *t, const lg_vhost_t *vh)
 {
-    struct st_lg__route_index_t *ix = lg_calloc(1, sizeof(*ix));
+    struct st_lg__route_index_t *ix = lg__route_alloc(t, sizeof(*ix));
+    for (size_t i = 0; i != vh->n_routes; ++i)
+        ix->n_other += !indexed(&vh->routes[i]);
+    ix->other = ix->n_other != 0 ? lg__route_alloc(t, ix->n_other * sizeof(*ix->other)) : NULL;
+    size_t n_other = 0;
     for (size_t i = 0; i != vh->n_routes; ++i) {
         const lg_route_t *r = &vh->routes[i];
-        switch (r->path_match) {
-        case LG_PATH_MATCH_PREFIX:
-        case LG_PATH_MATCH_EXACT:
-        case LG_PATH_MATCH_SEPARATED_PREFIX: {
-            lg__trie_t **root = r->case_sensitive ? &ix->sensitive : &ix->insensitive;
-            if (*root == NULL)
-                *root = lg_calloc(1, sizeof(lg__trie_t));
-            trie_insert(*root, r->path_value, !r->case_sensitive, (uint32_t)i);
-        } break;
-        default:
-            ix->other = lg_realloc(ix->other, (ix->n_other + 1) * sizeof(*ix->other));
-            ix->other[ix->n_other++] = (uint32_t)i;
-            break;
+        if (!indexed(r)) {
+            ix->other[n_other++] = (uint32_t)i;
+            continue;
         }
+        lg__trie_t **root = r->case_sensitive ? &ix->sensitive : &ix->insensitive;
+        if (*root == NULL)
+            *root = lg__route_alloc(t, sizeof(lg__trie_t));
+        trie_insert(t, *root, r->path_value, !r->case_sensitive, (uint32_t)i);
     }
     return ix;
-}
-
-void lg__route_index_free(struct st_lg__route_index_t *ix)
-{
-    if (ix == NULL)
-        return;
-    trie_free(ix->sensitive);
-    trie_free(ix->insensitive);
-    free(ix->other);
-    free(ix);
 }
 
 typedef struct st_lg__match_ctx_t {

@@ -8,13 +8,29 @@
 #include "legate/tls.h"
 #include "upstream.h"
 
+/* A slot of a view's table: an lg_worker_cluster_t *, or, with the low bit
+ * set, the lg_cluster_config_t * (one reference) of a cluster this worker has
+ * not looked up yet: lg_worker_clusters_find() creates its lg_worker_cluster_t
+ * then, so a worker pays for the clusters it routes to, not for every
+ * cluster of the config (10,000 clusters, 2 workers: 1.9 MB less). */
+typedef uintptr_t slot_t;
+#define SLOT_LAZY ((uintptr_t)1)
+
 struct st_lg_worker_clusters_t {
     lg_worker_t *worker;
-    lg_worker_cluster_t **table; /* open addressing by name, `mask + 1` slots */
+    slot_t *table; /* open addressing by name, `mask + 1` slots */
     size_t mask;
-    lg_worker_cluster_t **list; /* in config order */
-    size_t n;
 };
+
+static int slot_is_lazy(slot_t s)
+{
+    return (s & SLOT_LAZY) != 0;
+}
+
+static lg_cluster_config_t *slot_config(slot_t s)
+{
+    return slot_is_lazy(s) ? (lg_cluster_config_t *)(s & ~SLOT_LAZY) : ((lg_worker_cluster_t *)s)->config;
+}
 
 static uint64_t name_hash(const char *s, size_t len)
 {
@@ -26,12 +42,13 @@ static uint64_t name_hash(const char *s, size_t len)
 
 /* ---- lg_worker_cluster_t ---- */
 
+/* Takes over the caller's reference to cfg. */
 static lg_worker_cluster_t *worker_cluster_new(lg_worker_t *w, lg_cluster_config_t *cfg)
 {
     lg_worker_cluster_t *c = lg_calloc(1, sizeof(*c));
     c->refcnt = 1;
     c->view_refs = 1;
-    c->config = lg_cluster_config_addref(cfg);
+    c->config = cfg;
     c->worker = w;
     c->rng = name_hash(cfg->name, strlen(cfg->name)) ^ (w->index + 1) * 0x9E3779B97F4A7C15ull;
     if (c->rng == 0)
@@ -227,17 +244,43 @@ static void adopt_pools(lg_worker_cluster_t *c, lg_worker_cluster_t *prev)
 
 /* ---- views ---- */
 
-static lg_worker_cluster_t **table_slot(const lg_worker_clusters_t *v, const char *name, size_t len)
+static slot_t *table_slot(const lg_worker_clusters_t *v, const char *name, size_t len)
 {
     size_t i = name_hash(name, len) & v->mask;
     for (;; i = (i + 1) & v->mask) {
-        lg_worker_cluster_t **slot = v->table + i;
-        if (*slot == NULL)
+        slot_t *slot = v->table + i;
+        if (*slot == 0)
             return slot;
-        const char *n = (*slot)->config->name;
+        const char *n = slot_config(*slot)->name;
         if (strncmp(n, name, len) == 0 && n[len] == '\0')
             return slot;
     }
+}
+
+static void slot_release(slot_t s)
+{
+    if (slot_is_lazy(s))
+        lg_cluster_config_release(slot_config(s));
+    else
+        worker_cluster_release_view((lg_worker_cluster_t *)s);
+}
+
+/* What the new view holds for cfg, given the previous view's slot of its name
+ * (0: none). A cluster this worker used carries over (same config) or is
+ * created now to take over its pools (new config); any other stays lazy. */
+static slot_t carry_over(lg_worker_t *w, lg_cluster_config_t *cfg, slot_t prev_slot)
+{
+    if (prev_slot == 0 || slot_is_lazy(prev_slot))
+        return (slot_t)lg_cluster_config_addref(cfg) | SLOT_LAZY;
+    lg_worker_cluster_t *prev = (lg_worker_cluster_t *)prev_slot;
+    if (prev->config == cfg) {
+        ++prev->refcnt;
+        ++prev->view_refs;
+        return (slot_t)prev;
+    }
+    lg_worker_cluster_t *c = worker_cluster_new(w, lg_cluster_config_addref(cfg));
+    adopt_pools(c, prev);
+    return (slot_t)c;
 }
 
 lg_worker_clusters_t *lg_worker_clusters_new(lg_worker_t *w, lg_cluster_config_t **cfgs, size_t n, lg_worker_clusters_t *previous)
@@ -249,27 +292,13 @@ lg_worker_clusters_t *lg_worker_clusters_new(lg_worker_t *w, lg_cluster_config_t
         cap *= 2;
     v->table = lg_calloc(cap, sizeof(v->table[0]));
     v->mask = cap - 1;
-    v->list = lg_malloc((n != 0 ? n : 1) * sizeof(v->list[0]));
     for (size_t i = 0; i != n; ++i) {
         const char *name = cfgs[i]->name;
-        lg_worker_cluster_t *prev = previous != NULL ? lg_worker_clusters_find(previous, name, strlen(name)) : NULL;
-        lg_worker_cluster_t *c;
-        if (prev != NULL && prev->config == cfgs[i]) {
-            c = prev;
-            ++c->refcnt;
-            ++c->view_refs;
-        } else {
-            c = worker_cluster_new(w, cfgs[i]);
-            if (prev != NULL)
-                adopt_pools(c, prev);
-        }
-        lg_worker_cluster_t **slot = table_slot(v, name, strlen(name));
-        if (*slot != NULL) { /* duplicate name: the caller broke the contract; keep the first */
-            worker_cluster_release_view(c);
+        size_t len = strlen(name);
+        slot_t *slot = table_slot(v, name, len);
+        if (*slot != 0) /* duplicate name: the caller broke the contract; keep the first */
             continue;
-        }
-        *slot = c;
-        v->list[v->n++] = c;
+        *slot = carry_over(w, cfgs[i], previous != NULL ? *table_slot(previous, name, len) : 0);
     }
     return v;
 }
@@ -278,16 +307,21 @@ void lg_worker_clusters_free(lg_worker_clusters_t *v)
 {
     if (v == NULL)
         return;
-    for (size_t i = 0; i != v->n; ++i)
-        worker_cluster_release_view(v->list[i]);
-    free(v->list);
+    for (size_t i = 0; i <= v->mask; ++i)
+        if (v->table[i] != 0)
+            slot_release(v->table[i]);
     free(v->table);
     free(v);
 }
 
+/* Creates a cluster's lg_worker_cluster_t on its first lookup: the view is
+ * the worker's own, so the lookup may fill it in although it takes it const. */
 lg_worker_cluster_t *lg_worker_clusters_find(const lg_worker_clusters_t *v, const char *name, size_t len)
 {
-    return *table_slot(v, name, len);
+    slot_t *slot = table_slot(v, name, len);
+    if (slot_is_lazy(*slot))
+        *slot = (slot_t)worker_cluster_new(v->worker, slot_config(*slot)); /* the view's reference moves to it */
+    return (lg_worker_cluster_t *)*slot;
 }
 
 /* ---- hosts and load balancing ---- */

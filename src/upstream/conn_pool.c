@@ -36,6 +36,11 @@ typedef struct st_lg__pool_conn_t {
     uint64_t rx_counted, tx_counted;
     lg_timer_t rx_timer; /* the next read of the received byte count */
     SSL_CTX *ssl_ctx;    /* during the TLS handshake */
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in sin;
+        struct sockaddr_in6 sin6;
+    } local; /* the socket's local address once connected (sa_family 0: unknown or a pipe) */
     unsigned timed_out : 1, closing_local : 1;
 } lg__pool_conn_t;
 
@@ -389,6 +394,20 @@ static int negotiated_h2(h2o_socket_t *sock)
     return h2o_memis(alpn.base, alpn.len, H2O_STRLIT("h2"));
 }
 
+/* One getsockname per connection, so that each request's %UPSTREAM_LOCAL_ADDRESS% costs a copy. */
+static void save_local_address(lg__pool_conn_t *pc)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    pc->local.sa.sa_family = 0;
+    if (getsockname(h2o_socket_get_fd(pc->cn.sock), (struct sockaddr *)&ss, &len) != 0)
+        return;
+    if (ss.ss_family == AF_INET)
+        memcpy(&pc->local.sin, &ss, sizeof(pc->local.sin));
+    else if (ss.ss_family == AF_INET6)
+        memcpy(&pc->local.sin6, &ss, sizeof(pc->local.sin6));
+}
+
 static void on_connected(lg__pool_conn_t *pc)
 {
     lg_conn_pool_t *pool = pc->pool;
@@ -397,6 +416,7 @@ static void on_connected(lg__pool_conn_t *pc)
     lg_timer_stop(&pc->cn.timer);
     pool->connecting_capacity -= pc->stream_limit;
     pc->state = CONN_READY;
+    save_local_address(pc);
     h2o_linklist_unlink(&pc->link);
     h2o_linklist_insert(&pool->ready, &pc->link);
     if (pool->version == LG_HTTP_2 || (cfg->protocol == LG_UPSTREAM_AUTO && negotiated_h2(pc->cn.sock))) {
@@ -516,6 +536,9 @@ static void try_create_connections(lg_conn_pool_t *pool)
 /* ---- streams ---- */
 
 /* Envoy's attachStreamToClient: the stream counts against max_requests. */
+/* the connection whose stream on_ready is handing over (lg_pool_ready_local_address) */
+static __thread const lg__pool_conn_t *ready_conn_now;
+
 static void attach(lg__pool_conn_t *pc, const lg_pool_cbs_t *cbs, void *data)
 {
     lg_conn_pool_t *pool = pc->pool;
@@ -546,7 +569,21 @@ static void attach(lg__pool_conn_t *pc, const lg_pool_cbs_t *cbs, void *data)
     lg__host_inc(host, LG_HOST_STAT_rq_active);
     lg__cluster_inc(c, LG_CLUSTER_STAT_upstream_rq_total);
     lg__cluster_inc(c, LG_CLUSTER_STAT_upstream_rq_active);
+    const lg__pool_conn_t *outer = ready_conn_now;
+    ready_conn_now = pc;
     cbs->on_ready(data, s, host);
+    ready_conn_now = outer;
+}
+
+void lg_pool_ready_local_address(struct sockaddr_storage *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (ready_conn_now == NULL)
+        return;
+    if (ready_conn_now->local.sa.sa_family == AF_INET)
+        memcpy(out, &ready_conn_now->local.sin, sizeof(ready_conn_now->local.sin));
+    else if (ready_conn_now->local.sa.sa_family == AF_INET6)
+        memcpy(out, &ready_conn_now->local.sin6, sizeof(ready_conn_now->local.sin6));
 }
 
 /* A READY connection that can take a stream now, or NULL. */

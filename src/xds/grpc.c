@@ -509,14 +509,14 @@ static void request(grpc_mux_t *m, lg_xds_type_t t)
 
 /* ---- responses ---- */
 
-static int unpack_bytes(grpc_byte_buffer *bb, const ProtobufCMessageDescriptor *d, ProtobufCMessage **out)
+static int unpack_bytes(grpc_byte_buffer *bb, const ProtobufCMessageDescriptor *d, ProtobufCAllocator *al, ProtobufCMessage **out)
 {
     grpc_byte_buffer_reader reader;
     if (!grpc_byte_buffer_reader_init(&reader, bb))
         return -1;
     grpc_slice s = grpc_byte_buffer_reader_readall(&reader);
     grpc_byte_buffer_reader_destroy(&reader);
-    *out = protobuf_c_message_unpack(d, NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
+    *out = protobuf_c_message_unpack(d, al, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
     grpc_slice_unref(s);
     return *out != NULL ? 0 : -1;
 }
@@ -595,12 +595,17 @@ static void on_delta_response(grpc_mux_t *m, Envoy__Service__Discovery__V3__Delt
     request(m, sub->type);
 }
 
+/* The response and everything decoded from it live in an arena (arena.c),
+ * unmapped once the response is handled. */
 static void on_message(grpc_mux_t *m, grpc_byte_buffer *bb)
 {
     ProtobufCMessage *msg;
     const ProtobufCMessageDescriptor *d = m->delta ? &envoy__service__discovery__v3__delta_discovery_response__descriptor
                                                    : &envoy__service__discovery__v3__discovery_response__descriptor;
-    if (unpack_bytes(bb, d, &msg) != 0) {
+    lg__xds_arena_t arena;
+    lg__xds_arena_init(&arena);
+    if (unpack_bytes(bb, d, &arena.allocator, &msg) != 0) {
+        lg__xds_arena_dispose(&arena);
         LG_WARN(xds, "%s: cannot parse a response (%zu bytes) from %s: closing the stream", m->super.key,
                 grpc_byte_buffer_length(bb), m->target_desc);
         grpc_call_cancel_with_status(m->call, GRPC_STATUS_INTERNAL, "failed to parse the response", NULL);
@@ -615,7 +620,7 @@ static void on_message(grpc_mux_t *m, grpc_byte_buffer *bb)
         on_delta_response(m, (void *)msg);
     else
         on_sotw_response(m, (void *)msg);
-    protobuf_c_message_free_unpacked(msg, NULL);
+    lg__xds_arena_dispose(&arena);
 }
 
 /* ---- the call ---- */

@@ -36,10 +36,7 @@ void lg_xds_resource_release(lg_xds_resource_t *r)
 {
     if (r == NULL || __atomic_sub_fetch(&r->refcnt, 1, __ATOMIC_ACQ_REL) != 0)
         return;
-    free(r->name);
-    free(r->version);
-    free(r->bytes.data);
-    free(r);
+    free(r); /* name, version and bytes live in the record's allocation (update.c) */
 }
 
 lg_xds_dump_t *lg_xds_dump_ref(lg_xds_dump_t *d)
@@ -56,11 +53,14 @@ void lg_xds_dump_release(lg_xds_dump_t *d)
     for (size_t t = 0; t != LG_XDS__NTYPES; ++t) {
         for (size_t i = 0; i != d->n_items[t]; ++i) {
             lg_xds_dump_item_t *it = d->items[t] + i;
+            /* the name is one of its records' names, or its own copy (state.c) */
+            if (!((it->active != NULL && it->name == it->active->name) || (it->warming != NULL && it->name == it->warming->name) ||
+                  (it->failed != NULL && it->name == it->failed->name)))
+                free(it->name);
             lg_xds_resource_release(it->active);
             lg_xds_resource_release(it->warming);
             lg_xds_resource_release(it->failed);
             free(it->error);
-            free(it->name);
         }
         free(d->items[t]);
         free(d->version_info[t]);

@@ -69,10 +69,20 @@ static void set_error(lg_xds_resource_t **failed, char **error, lg_xds_resource_
 
 /* ---- entries ---- */
 
+/* A zeroed entry of `size` bytes followed by its name (one allocation; the
+ * entry's `char *name` at `name_off` points at it). */
+static void *entry_new(size_t size, size_t name_off, const char *name)
+{
+    size_t len = strlen(name);
+    char *e = lg_calloc(1, size + len + 1);
+    memcpy(e + size, name, len + 1);
+    *(char **)(e + name_off) = e + size;
+    return e;
+}
+
 static lg__xds_cluster_t *cluster_add(lg_xds_t *x, const char *name)
 {
-    lg__xds_cluster_t *c = lg_calloc(1, sizeof(*c));
-    c->name = lg_strdup(name);
+    lg__xds_cluster_t *c = entry_new(sizeof(*c), offsetof(lg__xds_cluster_t, name), name);
     if (x->n_clusters == x->cap_clusters) {
         x->cap_clusters = x->cap_clusters ? x->cap_clusters * 2 : 16;
         x->clusters = lg_realloc(x->clusters, x->cap_clusters * sizeof(*x->clusters));
@@ -92,7 +102,6 @@ static void cluster_free(lg__xds_cluster_t *c)
     if (c->eds_stats != NULL)
         lg_stats_block_release(c->eds_stats);
     lg__xds_refs_free(c->sds, c->n_sds);
-    free(c->name);
     free(c);
 }
 
@@ -174,6 +183,12 @@ static void dep_set_type_urls(lg__xds_dep_t *d, char *const *urls, size_t n)
         d->type_urls[i] = lg_strdup(urls[i]);
 }
 
+/* Whether a dep's resource arrived and was accepted (EDS keeps only its record). */
+static int dep_has_value(const lg__xds_dep_t *d)
+{
+    return d->type == LG_XDS_EDS ? d->res != NULL : d->compiled != NULL;
+}
+
 static void dep_compiled_free(lg__xds_dep_t *d)
 {
     if (d->compiled == NULL)
@@ -194,8 +209,8 @@ static void dep_free(lg__xds_dep_t *d)
     lg_xds_resource_release(d->res);
     lg_xds_resource_release(d->failed);
     free(d->error);
-    free(d->stats);
-    free(d->name);
+    if (d->stats != &d->stats_one)
+        free(d->stats);
     free(d);
 }
 
@@ -208,8 +223,7 @@ static lg__xds_dep_t *dep_get(lg_xds_t *x, lg_xds_type_t type, const char *name)
 {
     lg__xds_dep_t *d = lg__xds_map_get(&x->deps[type], name);
     if (d == NULL) {
-        d = lg_calloc(1, sizeof(*d));
-        d->name = lg_strdup(name);
+        d = entry_new(sizeof(*d), offsetof(lg__xds_dep_t, name), name);
         d->type = type;
         lg__xds_map_put(&x->deps[type], d);
     }
@@ -223,7 +237,18 @@ static void dep_add_stats(lg__xds_dep_t *d, lg_stats_block_t *b)
     for (size_t i = 0; i != d->n_stats; ++i)
         if (d->stats[i] == b)
             return;
-    d->stats = lg_realloc(d->stats, (d->n_stats + 1) * sizeof(*d->stats));
+    if (d->stats == NULL) {
+        d->stats = &d->stats_one;
+        d->cap_stats = 1;
+    }
+    if (d->n_stats == d->cap_stats) {
+        lg_stats_block_t **n = lg_malloc(d->cap_stats * 2 * sizeof(*n));
+        memcpy(n, d->stats, d->n_stats * sizeof(*n));
+        if (d->stats != &d->stats_one)
+            free(d->stats);
+        d->stats = n;
+        d->cap_stats *= 2;
+    }
     d->stats[d->n_stats++] = b;
 }
 
@@ -455,21 +480,44 @@ static int apply_cluster(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *e
 
 /* ---- EDS ---- */
 
-/* Makes c->active the cluster with the endpoints of `cla` (c's current compiled version). */
+/* Makes c->active the cluster with the endpoints of `cla` (c's current compiled version),
+ * and c->compiled that same object: the CDS resource's config without hosts is
+ * not kept. The new config derives from a hostless view of c->compiled, so
+ * that it is what lg_cluster_config_with_endpoints() makes of the config the
+ * resource compiled to (the membership counters included) whether or not
+ * c->compiled already carries the previous endpoints. */
 static int activate_with_endpoints(lg__xds_cluster_t *c, const Envoy__Config__Endpoint__V3__ClusterLoadAssignment *cla,
                                    lg_xds_resource_t *cla_res, lg_error_t *err)
 {
-    lg_cluster_config_t *n = lg_cluster_config_with_endpoints(c->compiled, cla, err);
+    lg_cluster_config_t base = *c->compiled;
+    base.hosts = NULL;
+    base.n_hosts = 0;
+    base.n_healthy = 0;
+    lg_cluster_config_t *n = lg_cluster_config_with_endpoints(&base, cla, err);
     if (n == NULL)
         return -1;
     if (c->active != NULL)
         lg_cluster_config_adopt(n, c->active);
     lg_cluster_config_release(c->active);
     c->active = n;
+    replace_cluster(&c->compiled, n);
     replace_res(&c->active_res, c->res);
     replace_res(&c->active_cla, cla_res);
     c->active_gen = c->compiled_gen;
     return 0;
+}
+
+/* The ClusterLoadAssignment of an EDS dep, decoded from its record (the
+ * decoded message is not kept: 10,000 of them cost ~0.5 KB each). */
+static int activate_from_dep(lg__xds_cluster_t *c, lg__xds_dep_t *d, lg_error_t *err)
+{
+    Envoy__Config__Endpoint__V3__ClusterLoadAssignment *cla = (void *)protobuf_c_message_unpack(
+        &envoy__config__endpoint__v3__cluster_load_assignment__descriptor, NULL, d->res->bytes.len, d->res->bytes.data);
+    if (cla == NULL)
+        return lg_error(err, "cannot parse the cluster load assignment %s", d->name);
+    int rc = activate_with_endpoints(c, cla, d->res, err);
+    protobuf_c_message_free_unpacked(&cla->base, NULL);
+    return rc;
 }
 
 static int apply_cla(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *err)
@@ -491,10 +539,6 @@ static int apply_cla(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *err)
         return -1;
     }
     replace_res(&d->res, ch->res);
-    if (d->compiled != NULL)
-        protobuf_c_message_free_unpacked(d->compiled, NULL);
-    d->compiled = ch->msg;
-    ch->msg = NULL;
     set_error(&d->failed, &d->error, NULL, NULL);
     x->dirty = 1;
     return 0;
@@ -755,7 +799,9 @@ static int apply_routes(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *er
         return 0;
     }
     lg_route_compile_opts_t opts = {.validate_clusters = 0, .cluster_exists = cluster_exists, .ctx = x};
-    lg_route_table_t *t = lg_route_table_compile((const void *)ch->msg, &opts, err);
+    /* the table takes the decoded message over (no copy); /config_dump shows ch->res */
+    lg_route_table_t *t = lg_route_table_compile_owned((void *)ch->msg, &opts, err);
+    ch->msg = NULL;
     if (t == NULL) {
         dep_reject(d, ch->res, err->msg);
         return -1;
@@ -1165,7 +1211,7 @@ static void update_deps(lg_xds_t *x)
             lg__xds_map_del(&x->deps[t], gone[i]->name);
             if (gone[i]->sub != NULL)
                 lg__xds_interest(gone[i]->sub);
-            if (gone[i]->compiled != NULL)
+            if (dep_has_value(gone[i]))
                 x->dirty = 1;
             dep_free(gone[i]);
         }
@@ -1175,7 +1221,7 @@ static void update_deps(lg_xds_t *x)
 
 static int dep_ready(const lg__xds_dep_t *d)
 {
-    return d != NULL && (d->compiled != NULL || d->timed_out);
+    return d != NULL && (dep_has_value(d) || d->timed_out);
 }
 
 /* Whether every ref (of its subscription's type) has arrived or timed out. */
@@ -1210,10 +1256,10 @@ static void warm_clusters(lg_xds_t *x)
             continue;
         }
         lg__xds_dep_t *d = c->eds;
-        if (d != NULL && d->compiled != NULL) {
+        if (d != NULL && d->res != NULL) {
             if (c->active_gen != c->compiled_gen || c->active_cla != d->res) {
                 lg_error_t err;
-                if (activate_with_endpoints(c, d->compiled, d->res, &err) != 0)
+                if (activate_from_dep(c, d, &err) != 0)
                     LG_WARN(upstream, "cluster %s: cannot apply its endpoints: %s", c->name, err.msg);
                 x->dirty = 1;
             }
@@ -1299,15 +1345,36 @@ static void compact(lg_xds_t *x)
 
 /* ---- the dump (for /config_dump) ---- */
 
-static lg_xds_dump_item_t *dump_add(lg_xds_dump_t *d, lg_xds_type_t t, size_t *cap, const char *name)
+/* Sizes the item array of type t for `n` items (the count of its store: no slack). */
+static void dump_reserve(lg_xds_dump_t *d, lg_xds_type_t t, size_t *cap, size_t n)
 {
-    if (d->n_items[t] == *cap) {
-        *cap = *cap ? *cap * 2 : 16;
+    if (n > *cap) {
+        *cap = n;
         d->items[t] = lg_realloc(d->items[t], *cap * sizeof(*d->items[t]));
     }
+}
+
+/* Adds an item; set its records, then dump_name(). */
+static lg_xds_dump_item_t *dump_add(lg_xds_dump_t *d, lg_xds_type_t t, size_t *cap)
+{
+    if (d->n_items[t] == *cap)
+        dump_reserve(d, t, cap, *cap ? *cap * 2 : 16);
     lg_xds_dump_item_t *it = d->items[t] + d->n_items[t]++;
-    *it = (lg_xds_dump_item_t){lg_strdup(name)};
+    *it = (lg_xds_dump_item_t){NULL};
     return it;
+}
+
+/* The item's name: a record's name when one of its records has it (see
+ * lg_xds_dump_release), else a copy. */
+static void dump_name(lg_xds_dump_item_t *it, const char *name)
+{
+    lg_xds_resource_t *recs[] = {it->active, it->warming, it->failed};
+    for (size_t i = 0; i != LG_ARRAY_SIZE(recs); ++i)
+        if (recs[i] != NULL && strcmp(recs[i]->name, name) == 0) {
+            it->name = recs[i]->name;
+            return;
+        }
+    it->name = lg_strdup(name);
 }
 
 static void dump_version(lg_xds_t *x, lg_xds_dump_t *d, lg_xds_type_t t)
@@ -1334,8 +1401,11 @@ static void dump_scopes(lg_xds_t *x, lg_xds_dump_t *d, size_t *cap)
                 seen = strcmp(d->items[LG_XDS_SRDS][k].name, r->name) == 0;
             for (size_t k = 0; !seen && m->slots != NULL && k <= m->mask; ++k) {
                 const lg__xds_dep_t *dep = m->slots[k];
-                if (dep != NULL && dep->sub == r->sub && dep->res != NULL)
-                    dump_add(d, LG_XDS_SRDS, cap, r->name)->active = lg_xds_resource_ref(dep->res);
+                if (dep != NULL && dep->sub == r->sub && dep->res != NULL) {
+                    lg_xds_dump_item_t *it = dump_add(d, LG_XDS_SRDS, cap);
+                    it->active = lg_xds_resource_ref(dep->res);
+                    dump_name(it, r->name);
+                }
             }
         }
     }
@@ -1348,37 +1418,43 @@ static lg_xds_dump_t *build_dump(lg_xds_t *x)
     d->refcnt = 1;
     for (size_t t = 0; t != LG_XDS__NTYPES; ++t)
         dump_version(x, d, t);
+    dump_reserve(d, LG_XDS_CDS, cap + LG_XDS_CDS, x->n_clusters);
     for (size_t i = 0; i != x->n_clusters; ++i) {
         const lg__xds_cluster_t *c = x->clusters[i];
         if (c == NULL || c->is_static || c->res == NULL)
             continue;
-        lg_xds_dump_item_t *it = dump_add(d, LG_XDS_CDS, cap + LG_XDS_CDS, c->name);
+        lg_xds_dump_item_t *it = dump_add(d, LG_XDS_CDS, cap + LG_XDS_CDS);
         it->active = c->active != NULL ? lg_xds_resource_ref(c->active_res) : NULL;
         it->warming = c->active_res != c->res ? lg_xds_resource_ref(c->res) : NULL;
+        dump_name(it, c->name);
     }
+    dump_reserve(d, LG_XDS_LDS, cap + LG_XDS_LDS, x->n_listeners);
     for (size_t i = 0; i != x->n_listeners; ++i) {
         const lg__xds_listener_t *l = x->listeners[i];
         if (l == NULL || l->is_static)
             continue;
-        lg_xds_dump_item_t *it = dump_add(d, LG_XDS_LDS, cap + LG_XDS_LDS, l->name);
+        lg_xds_dump_item_t *it = dump_add(d, LG_XDS_LDS, cap + LG_XDS_LDS);
         it->active = l->active != NULL ? lg_xds_resource_ref(l->active_res) : NULL;
         it->warming = l->compiled != NULL && l->active != l->compiled ? lg_xds_resource_ref(l->res) : NULL;
         it->failed = lg_xds_resource_ref(l->failed);
         it->error = l->error != NULL ? lg_strdup(l->error) : NULL;
+        dump_name(it, l->name);
     }
     dump_scopes(x, d, cap + LG_XDS_SRDS);
     static const lg_xds_type_t dep_types[] = {LG_XDS_EDS, LG_XDS_RDS, LG_XDS_SDS, LG_XDS_ECDS};
     for (size_t k = 0; k != LG_ARRAY_SIZE(dep_types); ++k) {
         lg_xds_type_t t = dep_types[k];
+        dump_reserve(d, t, cap + t, x->deps[t].n);
         for (size_t i = 0; x->deps[t].slots != NULL && i <= x->deps[t].mask; ++i) {
             const lg__xds_dep_t *dep = x->deps[t].slots[i];
             /* a wanted secret not received yet is Envoy's dynamic_warming_secrets */
             if (dep == NULL || (dep->res == NULL && dep->failed == NULL && !(t == LG_XDS_SDS && dep->wanted)))
                 continue;
-            lg_xds_dump_item_t *it = dump_add(d, t, cap + t, dep->name);
+            lg_xds_dump_item_t *it = dump_add(d, t, cap + t);
             it->active = lg_xds_resource_ref(dep->res);
             it->failed = lg_xds_resource_ref(dep->failed);
             it->error = dep->error != NULL ? lg_strdup(dep->error) : NULL;
+            dump_name(it, dep->name);
         }
     }
     return d;

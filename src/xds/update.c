@@ -67,28 +67,46 @@ static const char *resource_name(lg_xds_type_t type, const ProtobufCMessage *m)
 static lg_xds_resource_t *resource_new(lg_xds_type_t type, const char *name, const char *version, const ProtobufCBinaryData *bytes,
                                        uint64_t ttl_ms)
 {
-    lg_xds_resource_t *r = lg_calloc(1, sizeof(*r));
+    /* one allocation: the record, its bytes, its name, its version (lg_xds_resource_release frees it) */
+    if (version == NULL)
+        version = "";
+    size_t nlen = strlen(name), vlen = strlen(version);
+    lg_xds_resource_t *r = lg_calloc(1, sizeof(*r) + bytes->len + 1 + nlen + 1 + vlen + 1);
+    uint8_t *p = (uint8_t *)(r + 1);
     r->refcnt = 1;
     r->type = type;
-    r->name = lg_strdup(name);
-    r->version = lg_strdup(version != NULL ? version : "");
-    r->last_updated_wall_us = lg_wall_us();
     r->bytes.len = bytes->len;
-    r->bytes.data = lg_malloc(bytes->len + 1);
-    memcpy(r->bytes.data, bytes->data, bytes->len);
+    r->bytes.data = p;
+    memcpy(p, bytes->data, bytes->len);
+    p += bytes->len + 1;
+    r->name = memcpy(p, name, nlen + 1);
+    p += nlen + 1;
+    r->version = memcpy(p, version, vlen + 1);
+    r->last_updated_wall_us = lg_wall_us();
     r->hash = lg__xds_hash(bytes->data, bytes->len);
     r->ttl_ms = ttl_ms;
     return r;
 }
 
-/* Decodes `any` (a resource of sub's type) into *out. */
+/* The allocator of the decoded resources of one response (update.c owns the
+ * arena): an arena for the types whose apply never keeps the message (the
+ * messages die with the changes), NULL (the heap) for the others. */
+static ProtobufCAllocator *changes_allocator(lg__xds_sub_t *sub, lg__xds_arena_t *arena)
+{
+    if (sub->type != LG_XDS_CDS && sub->type != LG_XDS_EDS && sub->type != LG_XDS_LDS)
+        return NULL;
+    lg__xds_arena_init(arena);
+    return &arena->allocator;
+}
+
+/* Decodes `any` (a resource of sub's type) into *out, with allocator `al`. */
 static int decode(lg__xds_sub_t *sub, const Google__Protobuf__Any *any, const char *version, uint64_t ttl_ms, lg__xds_change_t *out,
-                  lg_error_t *err)
+                  ProtobufCAllocator *al, lg_error_t *err)
 {
     if (strcmp(any->type_url, lg_xds_type_urls[sub->type]) != 0)
         return lg_error(err, "%s does not match the message-wide type URL %s in DiscoveryResponse", any->type_url,
                         lg_xds_type_urls[sub->type]);
-    ProtobufCMessage *m = protobuf_c_message_unpack(descriptors[sub->type], NULL, any->value.len, any->value.data);
+    ProtobufCMessage *m = protobuf_c_message_unpack(descriptors[sub->type], al, any->value.len, any->value.data);
     if (m == NULL)
         return lg_error(err, "cannot parse a %s resource (%zu bytes)", nouns[sub->type], any->value.len);
     const char *name = resource_name(sub->type, m);
@@ -106,17 +124,17 @@ static uint64_t ttl_of(const Google__Protobuf__Duration *d)
 /* A SotW resource: the type itself, or a Resource wrapping it (TTL). Sets
  * out->name NULL for a wrapper without a body (a TTL heartbeat, applied here). */
 static int decode_sotw(lg__xds_sub_t *sub, const Google__Protobuf__Any *any, const char *version, lg__xds_change_t *out,
-                       lg_error_t *err)
+                       ProtobufCAllocator *al, lg_error_t *err)
 {
     if (strcmp(any->type_url, RESOURCE_URL) != 0)
-        return decode(sub, any, version, 0, out, err);
+        return decode(sub, any, version, 0, out, al, err);
     Envoy__Service__Discovery__V3__Resource *r = (void *)protobuf_c_message_unpack(
         &envoy__service__discovery__v3__resource__descriptor, NULL, any->value.len, any->value.data);
     if (r == NULL)
         return lg_error(err, "cannot parse a Resource wrapper");
     int rc = 0;
     if (r->resource != NULL) {
-        if ((rc = decode(sub, r->resource, version, ttl_of(r->ttl), out, err)) == 0 && r->version[0] != '\0')
+        if ((rc = decode(sub, r->resource, version, ttl_of(r->ttl), out, al, err)) == 0 && r->version[0] != '\0')
             out->ttl_version = lg_strdup(r->version);
     } else if (r->name[0] != '\0') {
         lg__xds_ttl_heartbeat(sub, r->name, r->version, ttl_of(r->ttl));
@@ -125,16 +143,19 @@ static int decode_sotw(lg__xds_sub_t *sub, const Google__Protobuf__Any *any, con
     return rc;
 }
 
-static void changes_free(lg__xds_change_t *c, size_t n)
+/* Frees the changes and their messages (`arena`: where changes_allocator() put them, or NULL). */
+static void changes_free(lg__xds_change_t *c, size_t n, lg__xds_arena_t *arena)
 {
     for (size_t i = 0; i != n; ++i) {
         free(c[i].name);
         free(c[i].ttl_version);
         lg_xds_resource_release(c[i].res);
-        if (c[i].msg != NULL)
+        if (c[i].msg != NULL && arena == NULL)
             protobuf_c_message_free_unpacked(c[i].msg, NULL);
     }
     free(c);
+    if (arena != NULL)
+        lg__xds_arena_dispose(arena);
 }
 
 static const char *change_key(const void *v)
@@ -200,13 +221,13 @@ static void count(lg__xds_sub_t *sub, size_t idx)
         lg_stats_control_add(sub->stats, idx, 1);
 }
 
-/* Applies the changes and accounts for the outcome; takes `c`. */
-static int finish(lg__xds_sub_t *sub, const char *version, lg__xds_change_t *c, size_t n, lg_strbuf_t *nack)
+/* Applies the changes and accounts for the outcome; takes `c` (and `arena`'s messages). */
+static int finish(lg__xds_sub_t *sub, const char *version, lg__xds_change_t *c, size_t n, lg__xds_arena_t *arena, lg_strbuf_t *nack)
 {
     lg_xds_t *x = sub->xds;
     size_t rejected = lg__xds_apply(sub, c, n, nack);
     lg__xds_ttl_track(sub, c, n);
-    changes_free(c, n);
+    changes_free(c, n, arena);
     x->errors = nack;
     lg__xds_refresh(x);
     x->errors = NULL;
@@ -234,10 +255,11 @@ static int finish(lg__xds_sub_t *sub, const char *version, lg__xds_change_t *c, 
     return nack->len != 0 ? -1 : 0;
 }
 
-static int reject(lg__xds_sub_t *sub, lg__xds_change_t *c, size_t n, const lg_error_t *err, lg_strbuf_t *nack)
+static int reject(lg__xds_sub_t *sub, lg__xds_change_t *c, size_t n, lg__xds_arena_t *arena, const lg_error_t *err,
+                  lg_strbuf_t *nack)
 {
     LG_WARN(config, "%s: rejected a response: %s", lg_xds_type_names[sub->type], err->msg);
-    changes_free(c, n);
+    changes_free(c, n, arena);
     lg_strbuf_puts(nack, err->msg);
     count(sub, LG__XDS_SUB_update_rejected);
     sub->initialized = 1;
@@ -251,15 +273,19 @@ int lg__xds_sotw_update(lg__xds_sub_t *sub, const char *version_info, Google__Pr
     lg_error_t err = {{0}};
     lg__xds_change_t *c = lg_calloc(n + 1, sizeof(*c));
     size_t nc = 0;
+    lg__xds_arena_t arena_s, *arena = &arena_s;
+    ProtobufCAllocator *al = changes_allocator(sub, arena);
+    if (al == NULL)
+        arena = NULL;
     count(sub, LG__XDS_SUB_update_attempt);
     for (; nc != n; ++nc)
-        if (decode_sotw(sub, resources[nc], version_info, c + nc, &err) != 0)
-            return reject(sub, c, nc + 1, &err, nack);
+        if (decode_sotw(sub, resources[nc], version_info, c + nc, al, &err) != 0)
+            return reject(sub, c, nc + 1, arena, &err, nack);
     if (check_names(sub, c, &nc, &err) != 0)
-        return reject(sub, c, nc, &err, nack);
+        return reject(sub, c, nc, arena, &err, nack);
     if (sub->wildcard)
         c = add_removals(sub, c, &nc);
-    return finish(sub, version_info, c, nc, nack);
+    return finish(sub, version_info, c, nc, arena, nack);
 }
 
 int lg__xds_delta_update(lg__xds_sub_t *sub, const char *system_version_info, Envoy__Service__Discovery__V3__Resource **resources,
@@ -268,6 +294,10 @@ int lg__xds_delta_update(lg__xds_sub_t *sub, const char *system_version_info, En
     lg_error_t err = {{0}};
     lg__xds_change_t *c = lg_calloc(n + n_removed + 1, sizeof(*c));
     size_t nc = 0;
+    lg__xds_arena_t arena_s, *arena = &arena_s;
+    ProtobufCAllocator *al = changes_allocator(sub, arena);
+    if (al == NULL)
+        arena = NULL;
     count(sub, LG__XDS_SUB_update_attempt);
     for (size_t i = 0; i != n; ++i, ++nc) {
         const Envoy__Service__Discovery__V3__Resource *r = resources[i];
@@ -276,18 +306,18 @@ int lg__xds_delta_update(lg__xds_sub_t *sub, const char *system_version_info, En
                 lg__xds_ttl_heartbeat(sub, r->name, r->version, ttl_of(r->ttl));
             continue; /* its slot stays empty: check_names drops it */
         }
-        if (decode(sub, r->resource, r->version, ttl_of(r->ttl), c + nc, &err) != 0)
-            return reject(sub, c, nc + 1, &err, nack);
+        if (decode(sub, r->resource, r->version, ttl_of(r->ttl), c + nc, al, &err) != 0)
+            return reject(sub, c, nc + 1, arena, &err, nack);
         if (r->name != NULL && r->name[0] != '\0' && strcmp(r->name, c[nc].name) != 0) {
             lg_error(&err, "resource name %s does not match the name %s in the %s", r->name, c[nc].name, nouns[sub->type]);
-            return reject(sub, c, nc + 1, &err, nack);
+            return reject(sub, c, nc + 1, arena, &err, nack);
         }
     }
     for (size_t i = 0; i != n_removed; ++i)
         c[nc++] = (lg__xds_change_t){lg_strdup(removed[i]), NULL, NULL};
     if (check_names(sub, c, &nc, &err) != 0)
-        return reject(sub, c, nc, &err, nack);
-    return finish(sub, system_version_info != NULL ? system_version_info : "", c, nc, nack);
+        return reject(sub, c, nc, arena, &err, nack);
+    return finish(sub, system_version_info != NULL ? system_version_info : "", c, nc, arena, nack);
 }
 
 void lg__xds_update_failed(lg__xds_sub_t *sub)

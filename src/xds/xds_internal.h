@@ -43,6 +43,20 @@ void *lg__xds_map_put(lg__xds_map_t *m, void *v);
 /* Removes and returns the entry of that key, or NULL. */
 void *lg__xds_map_del(lg__xds_map_t *m, const char *key);
 
+/* ---- arena.c ---- */
+
+/* A protobuf-c allocator whose messages are freed all at once by
+ * lg__xds_arena_dispose() (its free is a no-op): for a response and the
+ * resources decoded from it, which die together. Pass &a->allocator. */
+typedef struct st_lg__xds_arena_t {
+    ProtobufCAllocator allocator;
+    struct st_lg__xds_arena_chunk_t *chunks;
+    size_t used, cap; /* of the current chunk */
+} lg__xds_arena_t;
+
+void lg__xds_arena_init(lg__xds_arena_t *a);
+void lg__xds_arena_dispose(lg__xds_arena_t *a);
+
 /* ---- subscriptions and transports ---- */
 
 typedef struct st_lg__xds_mux_t lg__xds_mux_t;
@@ -113,19 +127,20 @@ struct st_lg__xds_mux_t {
 /* An RDS, EDS or SDS resource known by name: wanted by listeners or
  * clusters, and possibly received. */
 typedef struct st_lg__xds_dep_t {
-    char *name;
+    char *name; /* in the entry's allocation */
     lg_xds_type_t type;
     lg__xds_sub_t *sub;     /* where it is requested */
     lg_xds_resource_t *res; /* received, or NULL */
-    void *compiled;         /* RDS: lg_route_table_t *; otherwise the decoded message (EDS: ClusterLoadAssignment, SDS: Secret,
-                               RTDS: Runtime) */
+    void *compiled;         /* RDS: lg_route_table_t *; ECDS: lg_ecds_filter_t *; SDS, RTDS, SRDS: the decoded message;
+                               EDS: NULL (the ClusterLoadAssignment is decoded from res when a cluster needs it) */
     uint64_t since_ms;      /* when it was first wanted (initial_fetch_timeout) */
     unsigned wanted : 1;
     unsigned timed_out : 1;
     struct st_lg__xds_cluster_t *user; /* EDS: the first cluster using it (set by the dependency pass) */
     lg_stats_block_t **stats;          /* per-resource stats blocks of the users (rds.<name>., cluster.<name>.) */
-    size_t n_stats;
-    lg_xds_resource_t *failed; /* last rejected version and why, for /config_dump */
+    size_t n_stats, cap_stats;
+    lg_stats_block_t *stats_one; /* `stats` while one slot is enough (most deps have one user) */
+    lg_xds_resource_t *failed;   /* last rejected version and why, for /config_dump */
     char *error;
     char **type_urls; /* ECDS: the type URLs its users accept (the first user's) */
     size_t n_type_urls;
@@ -133,9 +148,12 @@ typedef struct st_lg__xds_dep_t {
 
 /* A cluster from CDS or from static_resources. */
 typedef struct st_lg__xds_cluster_t {
-    char *name;
+    char *name; /* in the entry's allocation */
     unsigned is_static : 1;
     lg_xds_resource_t *res; /* the latest accepted version (NULL: static) */
+    /* What the CDS resource compiled to; EDS clusters: once active has its
+     * endpoints, the same object as active (one compiled config per cluster:
+     * activate_with_endpoints() derives the next version from it without its hosts). */
     lg_cluster_config_t *compiled;
     uint64_t compiled_gen;
     lg__xds_sub_t *eds_sub; /* EDS clusters: where their endpoints come from */

@@ -289,9 +289,17 @@ static void upgrade_response_from_h2(router_t *r, lg_resp_head_t *head)
 
 static void on_upstream_headers(lg_stream_t *u, void *head_, int end_stream);
 
+static void stream_ready(router_t *r, lg_stream_t *stream, lg_host_t *host);
+
 static void on_pool_ready(void *data, lg_stream_t *stream, lg_host_t *host)
 {
     router_t *r = data;
+    lg_pool_ready_local_address(&r->stream->info.upstream_local);
+    stream_ready(r, stream, host);
+}
+
+static void stream_ready(router_t *r, lg_stream_t *stream, lg_host_t *host)
+{
     r->pool_req = NULL;
     r->upstream = stream;
     r->host = host;
@@ -390,7 +398,11 @@ static void on_tcp_connect(lg_upstream_tcp_t *u, void *data)
     router_t *r = data;
     r->tcp_connecting = NULL;
     lg_stream_t *stream = lg_router_tcp_stream_new(&lg_hcm_worker(r->stream)->loop, u);
-    on_pool_ready(r, stream, lg_upstream_tcp_host(u));
+    struct sockaddr_storage *local = &r->stream->info.upstream_local;
+    socklen_t len = sizeof(*local);
+    if (getsockname(h2o_socket_get_fd(lg_upstream_tcp_socket(u)), (struct sockaddr *)local, &len) != 0)
+        local->ss_family = 0;
+    stream_ready(r, stream, lg_upstream_tcp_host(u));
 }
 
 static void on_tcp_failure(void *data, lg_pool_failure_t reason, lg_host_t *host, const char *detail)
@@ -534,23 +546,26 @@ static void on_upstream_reset(lg_stream_t *u, lg_reset_reason_t reason, const ch
     uint32_t flag = termination ? LG_RF(UPSTREAM_CONNECTION_TERMINATION) : LG_RF(UPSTREAM_REMOTE_RESET);
     if (reason == LG_RESET_PROTOCOL_ERROR)
         flag = LG_RF(UPSTREAM_PROTOCOL_ERROR);
-    if (r->response_started) {
-        r->stream->info.response_flags |= flag;
-        finish(r);
-        lg_hcm_reset_stream(r->stream);
-        return;
-    }
     const char *why = reason == LG_RESET_CONNECTION_TERMINATION ? "connection termination"
                       : reason == LG_RESET_PROTOCOL_ERROR       ? "protocol error"
                       : reason == LG_RESET_OVERFLOW             ? "overflow"
                       : reason == LG_RESET_REFUSED_STREAM       ? "remote refused stream reset"
                                                                 : "remote reset";
-    char *body = h2o_mem_alloc_pool(pool_of(r), 128), *det = h2o_mem_alloc_pool(pool_of(r), 128);
-    snprintf(body, 128, "upstream connect error or disconnect/reset before headers. reset reason: %s", why);
-    snprintf(det, 128, "upstream_reset_before_response_started{%s}", why);
+    /* Envoy's onUpstreamReset details: LateUpstreamReset once the response started, else EarlyUpstreamReset */
+    char *det = h2o_mem_alloc_pool(pool_of(r), 128);
+    snprintf(det, 128, "upstream_reset_%s_response_started{%s}", r->response_started ? "after" : "before", why);
     for (char *p = det; *p; ++p)
         if (*p == ' ')
             *p = '_';
+    if (r->response_started) {
+        r->stream->info.response_flags |= flag;
+        r->stream->info.response_code_details = h2o_iovec_init(det, strlen(det));
+        finish(r);
+        lg_hcm_reset_stream(r->stream);
+        return;
+    }
+    char *body = h2o_mem_alloc_pool(pool_of(r), 128);
+    snprintf(body, 128, "upstream connect error or disconnect/reset before headers. reset reason: %s", why);
     uint32_t cause = LG_RETRY_ON_RESET | LG_RETRY_ON_5XX | LG_RETRY_ON_GATEWAY_ERROR;
     if (reason == LG_RESET_REFUSED_STREAM)
         cause |= LG_RETRY_ON_REFUSED_STREAM;
@@ -585,6 +600,7 @@ static void global_timeout(lg_timer_t *t)
     cluster_stat(r, LG_CLUSTER_STAT_upstream_rq_timeout);
     if (r->response_started) {
         r->stream->info.response_flags |= LG_RF(UPSTREAM_REQUEST_TIMEOUT);
+        r->stream->info.response_code_details = LG_LIT("upstream_response_timeout");
         finish(r);
         lg_hcm_reset_stream(r->stream);
         return;

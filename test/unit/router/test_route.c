@@ -980,6 +980,84 @@ static void test_misc(void)
     lg_string_matcher_dispose(&m);
 }
 
+/* lg_route_table_compile_owned: the table keeps the message it was given (no
+ * copy) and its strings point into it unless compiling changes them. */
+static void test_owned(void)
+{
+    Envoy__Config__Route__V3__RouteConfiguration *rc = decode("name: rc\n"
+                                                              "virtual_hosts:\n"
+                                                              "- name: v\n"
+                                                              "  domains: ['*']\n"
+                                                              "  routes:\n"
+                                                              "  - name: r0\n"
+                                                              "    match: {prefix: /a/}\n"
+                                                              "    route: {cluster_header: X-Cluster, prefix_rewrite: /b/}\n"
+                                                              "  - name: r1\n"
+                                                              "    match: {path: /p}\n"
+                                                              "    route: {cluster_header: x-lower}\n");
+    lg_error_t err = {{0}};
+    lg_route_table_t *t = rc != NULL ? lg_route_table_compile_owned(rc, NULL, &err) : NULL;
+    ok(t != NULL && t->pb == rc, "owned: the table keeps the message");
+    if (t == NULL)
+        return;
+    const Envoy__Config__Route__V3__Route *pb0 = rc->virtual_hosts[0]->routes[0], *pb1 = rc->virtual_hosts[0]->routes[1];
+    const lg_route_t *r0 = lg_route_match(t, mkreq("GET", "h", "/a/x?q", NULL), 0, NULL);
+    const lg_route_t *r1 = lg_route_match(t, mkreq("GET", "h", "/p", NULL), 0, NULL);
+    ok(r0 != NULL && r0->pb == pb0 && r1 != NULL && r1->pb == pb1, "owned: routes found");
+    if (r0 == NULL || r1 == NULL) {
+        lg_route_table_release(t);
+        return;
+    }
+    ok(r0->name.base == pb0->name && r0->path_value.base == pb0->match->prefix && r0->name.len == 2,
+       "owned: name and prefix point into the message");
+    ok(h2o_memis(r0->action.cluster_header.base, r0->action.cluster_header.len, H2O_STRLIT("x-cluster")) &&
+           r0->action.cluster_header.base != pb0->route->cluster_header,
+       "owned: a lower-cased header name is a copy");
+    ok(r1->action.cluster_header.base == pb1->route->cluster_header, "owned: an already lower-case header name is not copied");
+    h2o_iovec_t p = lg_route_path_rewrite(r0, h2o_iovec_init(H2O_STRLIT("/a/x?q")), &pool);
+    ok(h2o_memis(p.base, p.len, H2O_STRLIT("/b/x?q")), "owned: prefix_rewrite from the message");
+    lg_route_table_release(t);
+
+    /* a failed compile frees the message (the ASan build checks) */
+    rc = decode("virtual_hosts:\n- {name: v, domains: ['*'], routes: [{match: {safe_regex: {regex: '('}}, route: {cluster: a}}]}");
+    ok(rc != NULL && lg_route_table_compile_owned(rc, NULL, &err) == NULL, "owned: invalid config rejected");
+    ok_str(err.msg, "virtual_hosts[0].routes[0].match.safe_regex.regex: invalid regex '(': missing ): (");
+}
+
+/* Tables of every size up to a few chunks: each vhost's routes array and
+ * strings must stay intact while later ones are allocated. */
+static void test_table_sizes(void)
+{
+    int good = 1;
+    for (int n = 1; n <= 24 && good; ++n) {
+        lg_strbuf_t y = {0};
+        lg_strbuf_puts(&y, "virtual_hosts:\n");
+        for (int v = 0; v != n; ++v) {
+            lg_strbuf_printf(&y, "- name: v%d\n  domains: [h%d]\n  routes:\n", v, v);
+            for (int r = 0; r != n * 3; ++r)
+                lg_strbuf_printf(&y, "  - {name: v%dr%d, match: {prefix: /R%d/}, route: {cluster_header: X-C%d}}\n", v, r, r, r);
+        }
+        lg_route_table_t *t = compile(y.base);
+        good = t != NULL;
+        for (int v = 0; v != n && good; ++v)
+            for (int r = 0; r != n * 3 && good; ++r) {
+                char host[16], path[32], want[32], hdr[16];
+                snprintf(host, sizeof(host), "h%d", v);
+                snprintf(path, sizeof(path), "/R%d/x", r);
+                snprintf(want, sizeof(want), "v%dr%d", v, r);
+                snprintf(hdr, sizeof(hdr), "x-c%d", r);
+                const lg_route_t *rt = lg_route_match(t, mkreq("GET", host, path, NULL), 0, NULL);
+                good = rt != NULL && strcmp(rt->name.base, want) == 0 &&
+                       h2o_memis(rt->action.cluster_header.base, rt->action.cluster_header.len, hdr, strlen(hdr));
+                if (!good)
+                    fprintf(stderr, "%d vhosts: %s%s -> %s\n", n, host, path, rt != NULL ? rt->name.base : "(none)");
+            }
+        lg_route_table_free(t);
+        lg_strbuf_free(&y);
+    }
+    ok(good, "1 to 24 vhosts of 3 to 72 routes: every route found with its strings");
+}
+
 int main(void)
 {
     h2o_mem_init_pool(&pool);
@@ -989,6 +1067,8 @@ int main(void)
     test_matchers();
     test_first_match_order();
     test_big_table();
+    test_owned();
+    test_table_sizes();
     test_weighted();
     test_rewrites();
     test_redirects();

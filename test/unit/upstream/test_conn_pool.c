@@ -549,6 +549,54 @@ static void test_keepalive(void)
     finish_view(v4, cfg3);
 }
 
+/* A view holds a config reference per cluster and creates a worker's
+ * cluster object on its first lookup; a later view carries over the objects
+ * this worker created, and leaves the others lazy. */
+static void test_lazy_view(void)
+{
+    lg_cluster_config_t *cfgs[3] = {compile(TCP_CLUSTER, "la", "", tcp_server.port),
+                                    compile(TCP_CLUSTER, "lb", "", tcp_server.port),
+                                    compile(TCP_CLUSTER, "la", "connect_timeout: 3s\n", tcp_server.port)};
+    lg_worker_clusters_t *v = lg_worker_clusters_new(&worker, cfgs, 3, NULL);
+    ok(cfgs[0]->_refcnt == 2 && cfgs[1]->_refcnt == 2, "the view references each config");
+    ok(cfgs[2]->_refcnt == 1, "a duplicate name is left out (the first is kept)");
+    lg_worker_cluster_t *a = lg_worker_clusters_find(v, "la", 2);
+    ok(a != NULL && lg_worker_cluster_config(a) == cfgs[0], "the first lookup creates the cluster, with its config");
+    ok(lg_worker_clusters_find(v, "la", 2) == a, "later lookups find the same object");
+    ok(cfgs[0]->_refcnt == 2, "the view's reference moved to the cluster object");
+    ok(lg_worker_clusters_find(v, "zz", 2) == NULL && lg_worker_clusters_find(v, "l", 1) == NULL, "unknown names: NULL");
+    req_t r = {.path = "/cl"};
+    fetch(a, &r);
+    ok(r.complete && r.status == 200, "the created cluster serves a request");
+    req_dispose(&r);
+    /* the next view: `la` (used) carries over with its pool, `lb` (never looked up) stays lazy */
+    lg_worker_clusters_t *v2 = lg_worker_clusters_new(&worker, cfgs, 2, v);
+    lg_worker_clusters_free(v);
+    ok(cfgs[1]->_refcnt == 2, "the old view's reference to lb is gone, the new view holds one");
+    ok(lg_worker_clusters_find(v2, "la", 2) == a, "a used cluster carries over");
+    int accepted = tcp_server.accepted;
+    r = (req_t){.path = "/cl"};
+    fetch(a, &r);
+    ok(r.complete && tcp_server.accepted == accepted, "with its connection");
+    req_dispose(&r);
+    lg_worker_cluster_t *b = lg_worker_clusters_find(v2, "lb", 2);
+    ok(b != NULL && lg_worker_cluster_config(b) == cfgs[1], "a lazy cluster is created in the later view");
+    /* a new config of the used cluster: created at once, taking over the pool */
+    lg_worker_clusters_t *v3 = lg_worker_clusters_new(&worker, cfgs + 2, 1, v2);
+    lg_worker_clusters_free(v2);
+    lg_worker_cluster_t *a3 = lg_worker_clusters_find(v3, "la", 2);
+    ok(a3 != NULL && a3 != a && lg_worker_cluster_config(a3) == cfgs[2], "the changed cluster is a new object");
+    r = (req_t){.path = "/cl"};
+    fetch(a3, &r);
+    ok(r.complete && tcp_server.accepted == accepted, "the kept connection serves the new config");
+    req_dispose(&r);
+    lg_worker_clusters_free(v3);
+    run_until(NULL, 50);
+    ok(cfgs[0]->_refcnt == 1 && cfgs[1]->_refcnt == 1 && cfgs[2]->_refcnt == 1, "freed views release every reference");
+    for (size_t i = 0; i != 3; ++i)
+        lg_cluster_config_release(cfgs[i]);
+}
+
 /* TCP_CLUSTER and a second host: the unix server */
 #define TWO_HOST_CLUSTER TCP_CLUSTER "    - endpoint: {address: {pipe: {path: %s}}}\n"
 
@@ -954,6 +1002,7 @@ int main(void)
     server_start(&h2_server, (struct sockaddr *)&sin, sizeof(sin));
 
     test_keepalive();
+    test_lazy_view();
     test_update_in_flight();
     test_max_requests_per_connection();
     test_connect_failure();

@@ -195,6 +195,57 @@ static void test_eds_warming(lg_xds_t *x)
     lg_snapshot_unref(s);
 }
 
+/* An EDS cluster keeps one compiled config (its CDS version with the endpoints)
+ * and no decoded ClusterLoadAssignment: a CDS update of the cluster
+ * re-applies the endpoints decoded from the stored resource. */
+static void test_eds_one_config(lg_xds_t *x)
+{
+    lg__xds_cluster_t *c = lg__xds_map_get(&x->cluster_map, "e");
+    lg__xds_dep_t *d = lg__xds_dep_find(x, LG_XDS_EDS, "e");
+    ok(c != NULL && c->compiled == c->active, "one compiled config once the endpoints are applied");
+    ok(d != NULL && d->res != NULL && d->compiled == NULL, "the load assignment is kept serialized only");
+    lg_stats_block_t *st = lg_cluster_config_stats(c->active);
+    uint64_t changes = lg_stats_block_value(st, LG_CLUSTER_STAT_membership_change);
+
+    Google__Protobuf__Any *a[1];
+    a[0] = any_yaml(LG_XDS_CDS, &envoy__config__cluster__v3__cluster__descriptor,
+                    "{name: e, type: EDS, connect_timeout: 3s, eds_cluster_config: {eds_config: {path_config_source: {path: "
+                    "/nonexistent/eds}}}}");
+    char *nack = sotw(x->cds, "6", a, 1);
+    ok_str(nack, "");
+    free(nack);
+    lg_snapshot_t *s = lg_server_current_snapshot();
+    const lg_cluster_config_t *e = find_cluster(s, "e");
+    ok(e != NULL && e->connect_timeout_ms == 3000 && e->n_hosts == 1 && strcmp(e->hosts[0]->address, "127.0.0.1:9000") == 0,
+       "a CDS update keeps the endpoints (decoded again from the stored resource)");
+    ok(c->compiled == c->active && c->active == e, "still one compiled config");
+    ok(lg_stats_block_value(st, LG_CLUSTER_STAT_membership_change) == changes + 1,
+       "membership_change counts the new version's hosts, as before");
+    lg_snapshot_unref(s);
+
+    a[0] = cla("e", 9001);
+    nack = sotw(d->sub, "e3", a, 1);
+    ok_str(nack, "");
+    free(nack);
+    s = lg_server_current_snapshot();
+    e = find_cluster(s, "e");
+    ok(e != NULL && e->connect_timeout_ms == 3000 && e->n_hosts == 1 && strcmp(e->hosts[0]->address, "127.0.0.1:9001") == 0,
+       "an EDS update derives from the CDS version, with the new endpoints only");
+    ok(c->compiled == e && c->active == e && d->compiled == NULL, "one config, no decoded message");
+
+    /* /config_dump's items name themselves with their records' names */
+    const lg_xds_dump_t *dump = s->xds;
+    int aliased = dump->n_items[LG_XDS_CDS] == 1 && dump->n_items[LG_XDS_EDS] == 1;
+    for (size_t t = 0; aliased && t != 2; ++t) {
+        const lg_xds_dump_item_t *it = dump->items[t == 0 ? LG_XDS_CDS : LG_XDS_EDS];
+        aliased = it->active != NULL && it->name == it->active->name && strcmp(it->name, "e") == 0;
+    }
+    ok(aliased, "dump items share their resource's name");
+    ok(strcmp(dump->items[LG_XDS_EDS][0].active->version, "e3") == 0 && dump->items[LG_XDS_EDS][0].active->bytes.len > 0,
+       "the EDS record: version and bytes");
+    lg_snapshot_unref(s);
+}
+
 static void test_delta(lg_xds_t *x)
 {
     Envoy__Service__Discovery__V3__Resource r, *rs[1] = {&r};
@@ -259,6 +310,7 @@ int main(void)
     lg_xds_start(x);
     test_cds_sotw(x);
     test_eds_warming(x);
+    test_eds_one_config(x);
     test_delta(x);
     lg_xds_free(x);
     lg_snapshot_t *last = lg_server_current_snapshot();

@@ -247,8 +247,10 @@ typedef enum en_lg_pool_failure_t {
 /* Exactly one of these fires per request (unless it is cancelled first). */
 typedef struct st_lg_pool_cbs_t {
     /* `stream` is ready for send_headers: set stream->cbs and ->ctx first.
-     * `host` is valid while the stream lives; lg_host_addref() keeps it longer. */
-    void (*on_ready)(void *data, lg_stream_t *stream, lg_host_t *host);
+     * `host` is valid while the stream lives; lg_host_addref() keeps it longer.
+     * `local` is the upstream connection's local address (Envoy's upstream local
+     * address), valid during the call; NULL when unknown (a pipe). */
+    void (*on_ready)(void *data, lg_stream_t *stream, lg_host_t *host, const struct sockaddr *local);
     /* `host` is NULL for NO_HEALTHY_HOST and for overflow before a host was
      * involved; transport_failure_reason is "" or Envoy's text ("delayed
      * connect error: 111"). Both are valid during the call only. */

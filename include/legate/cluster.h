@@ -108,10 +108,6 @@ lg_pool_request_t *lg_cluster_request_stream(lg_worker_cluster_t *c, int downstr
                                              const lg_pool_cbs_t *cbs, void *data);
 /* Cancels a pending request (upstream_rq_cancelled); no callback fires. */
 void lg_pool_request_cancel(lg_pool_request_t *req);
-/* Inside lg_pool_cbs_t.on_ready only: the local address of the upstream
- * connection the ready stream runs on (Envoy's upstream local address);
- * ss_family 0 when unknown (a pipe, or called outside on_ready). */
-void lg_pool_ready_local_address(struct sockaddr_storage *out);
 
 /* The max_retries breaker. Returns 0 (and counts upstream_rq_retry_overflow)
  * when a retry may not start; otherwise the retry holds a slot until

@@ -317,7 +317,10 @@ static int index_names(lg_scoped_routes_t *sr, lg_error_t *err)
 }
 
 /* Builds the key index in config order; a second scope with a key already
- * present is an error naming both. */
+ * present is an error naming both. Envoy's SRDS rejects such a set with this
+ * message; its inline provider instead lets the later scope silently shadow
+ * the earlier one. Legate rejects both: a scope that can never match is a
+ * config mistake, and one rule for both sources keeps them interchangeable. */
 static int index_keys(lg_scoped_routes_t *sr, lg_error_t *err)
 {
     size_t cap = 2;

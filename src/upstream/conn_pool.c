@@ -536,9 +536,6 @@ static void try_create_connections(lg_conn_pool_t *pool)
 /* ---- streams ---- */
 
 /* Envoy's attachStreamToClient: the stream counts against max_requests. */
-/* the connection whose stream on_ready is handing over (lg_pool_ready_local_address) */
-static __thread const lg__pool_conn_t *ready_conn_now;
-
 static void attach(lg__pool_conn_t *pc, const lg_pool_cbs_t *cbs, void *data)
 {
     lg_conn_pool_t *pool = pc->pool;
@@ -569,21 +566,7 @@ static void attach(lg__pool_conn_t *pc, const lg_pool_cbs_t *cbs, void *data)
     lg__host_inc(host, LG_HOST_STAT_rq_active);
     lg__cluster_inc(c, LG_CLUSTER_STAT_upstream_rq_total);
     lg__cluster_inc(c, LG_CLUSTER_STAT_upstream_rq_active);
-    const lg__pool_conn_t *outer = ready_conn_now;
-    ready_conn_now = pc;
-    cbs->on_ready(data, s, host);
-    ready_conn_now = outer;
-}
-
-void lg_pool_ready_local_address(struct sockaddr_storage *out)
-{
-    memset(out, 0, sizeof(*out));
-    if (ready_conn_now == NULL)
-        return;
-    if (ready_conn_now->local.sa.sa_family == AF_INET)
-        memcpy(out, &ready_conn_now->local.sin, sizeof(ready_conn_now->local.sin));
-    else if (ready_conn_now->local.sa.sa_family == AF_INET6)
-        memcpy(out, &ready_conn_now->local.sin6, sizeof(ready_conn_now->local.sin6));
+    cbs->on_ready(data, s, host, pc->local.sa.sa_family != 0 ? &pc->local.sa : NULL);
 }
 
 /* A READY connection that can take a stream now, or NULL. */

@@ -291,6 +291,24 @@ static void dep_reject(lg__xds_dep_t *d, lg_xds_resource_t *res, const char *msg
     set_error(&d->failed, &d->error, res, msg);
 }
 
+static int same_res(const lg_xds_resource_t *a, const lg_xds_resource_t *b);
+
+/* 1 when `res` is the version the dep holds: a re-send, or a heartbeat that
+ * refreshes a TTL. The newer record is kept and, as Envoy's subscriptions
+ * count every accepted response, the update counts as a success (EDS: on the
+ * cluster's stats, where Envoy keeps them). */
+static int dep_unchanged(lg__xds_dep_t *d, lg_xds_resource_t *res)
+{
+    if (!same_res(d->res, res))
+        return 0;
+    replace_res(&d->res, res);
+    if (d->type != LG_XDS_EDS)
+        dep_count(d, LG__XDS_SUB_update_success);
+    else if (d->user != NULL && d->user->active != NULL)
+        lg_stats_control_add(d->user->active->shared->stats, LG_CLUSTER_STAT_update_success, 1);
+    return 1;
+}
+
 /* ---- init and dispose ---- */
 
 static int cluster_exists(void *ctx, const char *name)
@@ -531,7 +549,7 @@ static int apply_cla(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *err)
         return 0;
     }
     dep_count(d, LG__XDS_EDS_update_attempt);
-    if (same_res(d->res, ch->res))
+    if (dep_unchanged(d, ch->res))
         return 0;
     lg__xds_cluster_t *user = d->user;
     if (user != NULL && activate_with_endpoints(user, (const void *)ch->msg, ch->res, err) != 0) {
@@ -794,10 +812,8 @@ static int apply_routes(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *er
         return 0;
     }
     dep_count(d, LG__XDS_SUB_update_attempt);
-    if (same_res(d->res, ch->res)) {
-        dep_count(d, LG__XDS_SUB_update_success);
+    if (dep_unchanged(d, ch->res))
         return 0;
-    }
     lg_route_compile_opts_t opts = {.validate_clusters = 0, .cluster_exists = cluster_exists, .ctx = x};
     /* the table takes the decoded message over (no copy); /config_dump shows ch->res */
     lg_route_table_t *t = lg_route_table_compile_owned((void *)ch->msg, &opts, err);
@@ -828,10 +844,8 @@ static int apply_secret(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *er
         return 0;
     }
     dep_count(d, LG__XDS_SUB_update_attempt);
-    if (same_res(d->res, ch->res)) {
-        dep_count(d, LG__XDS_SUB_update_success);
+    if (dep_unchanged(d, ch->res))
         return 0;
-    }
     if (lg_tls_secret_upsert((const void *)ch->msg, err) != 0) {
         dep_reject(d, ch->res, err->msg);
         return -1;
@@ -866,13 +880,11 @@ static int apply_runtime(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *e
         }
         return 0;
     }
-    if (same_res(d->res, ch->res)) {
-        replace_res(&d->res, ch->res); /* a refresh (TTL) */
+    if (dep_unchanged(d, ch->res))
         return 0;
-    }
     const Envoy__Service__Runtime__V3__Runtime *rt = (const void *)ch->msg;
     if (lg_runtime_apply_rtds(ch->name, rt->layer != NULL ? &rt->layer->base : NULL, err) != 0) {
-        set_error(&d->failed, &d->error, ch->res, err->msg);
+        dep_reject(d, ch->res, err->msg);
         return -1;
     }
     LG_INFO(runtime, "rtds: runtime '%s' updated (version %s)", ch->name, ch->res->version);
@@ -880,9 +892,7 @@ static int apply_runtime(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *e
         protobuf_c_message_free_unpacked(d->compiled, NULL);
     d->compiled = ch->msg;
     ch->msg = NULL;
-    replace_res(&d->res, ch->res);
-    set_error(&d->failed, &d->error, NULL, NULL);
-    x->dirty = 1;
+    dep_accept(x, d, ch->res);
     return 0;
 }
 
@@ -914,11 +924,8 @@ static int apply_extension(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t 
         return 0;
     }
     dep_count(d, LG__XDS_SUB_update_attempt);
-    if (same_res(d->res, ch->res)) {
-        replace_res(&d->res, ch->res);
-        dep_count(d, LG__XDS_SUB_update_success);
+    if (dep_unchanged(d, ch->res))
         return 0;
-    }
     const Envoy__Config__Core__V3__TypedExtensionConfig *m = (const void *)ch->msg;
     lg_ecds_filter_t *f = lg_ecds_filter_compile(ch->name, m->typed_config, d->type_urls, d->n_type_urls, err);
     if (f == NULL) {

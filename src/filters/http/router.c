@@ -291,10 +291,14 @@ static void on_upstream_headers(lg_stream_t *u, void *head_, int end_stream);
 
 static void stream_ready(router_t *r, lg_stream_t *stream, lg_host_t *host);
 
-static void on_pool_ready(void *data, lg_stream_t *stream, lg_host_t *host)
+static void on_pool_ready(void *data, lg_stream_t *stream, lg_host_t *host, const struct sockaddr *local)
 {
     router_t *r = data;
-    lg_pool_ready_local_address(&r->stream->info.upstream_local);
+    struct sockaddr_storage *ul = &r->stream->info.upstream_local;
+    if (local != NULL)
+        memcpy(ul, local, local->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
+    else
+        ul->ss_family = 0;
     stream_ready(r, stream, host);
 }
 

@@ -373,7 +373,7 @@ static void on_complete(lg_stream_t *s)
 
 static const lg_stream_cbs_t stream_cbs = {on_headers, on_informational, on_data, NULL, on_data_sent, on_reset, on_complete};
 
-static void on_ready(void *data, lg_stream_t *s, lg_host_t *host)
+static void on_ready(void *data, lg_stream_t *s, lg_host_t *host, const struct sockaddr *local)
 {
     req_t *r = data;
     r->ready = 1;

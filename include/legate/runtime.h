@@ -42,11 +42,17 @@ void lg_runtime_dump_json(const lg_runtime_t *rt, lg_strbuf_t *out);
 /* ---- the loader ---- */
 
 /* Compiles `lr` (NULL: Envoy's null runtime, no layers) and loads the first
- * snapshot. Disk layers are read once (a missing directory is an empty layer,
- * counted in runtime.override_dir_not_exists); RTDS layers start empty. err
+ * snapshot. Disk layers are read now and again by lg_runtime_poll (a missing
+ * directory is an empty layer, counted in runtime.override_dir_not_exists);
+ * RTDS layers start empty. err
  * names the field under layered_runtime. Control thread, after
  * lg_stats_init. service_cluster feeds disk_layer.append_service_cluster. */
 int lg_runtime_init(const Envoy__Config__Bootstrap__V3__LayeredRuntime *lr, const char *service_cluster, lg_error_t *err);
+/* Control thread, periodically: when a disk layer's symlink_root was swapped
+ * (replaced or re-pointed: Envoy watches it for a move), reads every disk
+ * layer again and loads a new snapshot. Editing files in place below the
+ * link is not a change, as in Envoy. */
+void lg_runtime_poll(void);
 /* Frees the loader (the snapshots it handed out stay valid until released). */
 void lg_runtime_shutdown(void);
 /* The loader's current snapshot with a reference, or NULL before init. */

@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include "legate/admin.h"
 #include "legate/runtime.h"
 #include "legate/server.h"
@@ -39,6 +40,20 @@ static const lg_stat_def_t stat_defs[] = {RUNTIME_STATS(LG_STAT_DEF)};
 
 typedef enum en_layer_kind_t { LAYER_STATIC, LAYER_DISK, LAYER_ADMIN, LAYER_RTDS } layer_kind_t;
 
+/* A disk layer's source, and what its symlink_root was when last read: Envoy
+ * reloads on a symbolic link swap (`ln -s v2 new && mv -Tf new current`),
+ * which gives the link a new inode and target. */
+typedef struct st_disk_source_t {
+    char *symlink_root, *subdirectory;
+    unsigned append_service_cluster : 1;
+    struct {
+        dev_t dev;
+        ino_t ino;
+        struct timespec mtime;
+        char target[256];
+    } seen;
+} disk_source_t;
+
 /* An entry list under construction. */
 typedef struct st_entries_t {
     lg_runtime_entry_t *items;
@@ -50,6 +65,8 @@ static struct {
     int initialized;
     layer_kind_t *kinds;
     char **rtds_names; /* per layer: the RTDS resource name, or NULL */
+    disk_source_t *disks; /* per layer: where a disk layer comes from (zeroed for other kinds) */
+    char *service_cluster;
     lg_runtime_layer_t **layers;
     size_t n_layers;
     lg_runtime_t *current;
@@ -389,7 +406,7 @@ void lg_runtime_set_thread_override(const lg_runtime_t *rt)
     thread_override = rt;
 }
 
-/* ---- disk layers (read once) ---- */
+/* ---- disk layers (read at start and on a swap of their symlink_root) ---- */
 
 /* Envoy's DiskLayer::walkDirectory: a file's path below the root, with '/'
  * as '.', is its key; its content without '#' comment lines, trimmed, the value. */
@@ -435,15 +452,34 @@ static void walk_dir(const char *path, const char *prefix, unsigned depth, entri
     closedir(d);
 }
 
-static lg_runtime_layer_t *disk_layer(const char *name, const Envoy__Config__Bootstrap__V3__RuntimeLayer__DiskLayer *dl,
-                                      const char *service_cluster)
+/* The identity of a symlink_root: lstat of the link itself plus its target. */
+static void disk_identity(const char *root, dev_t *dev, ino_t *ino, struct timespec *mtime, char *target, size_t size)
+{
+    struct stat st;
+    ssize_t n;
+    *dev = 0;
+    *ino = 0;
+    *mtime = (struct timespec){0};
+    target[0] = '\0';
+    if (lstat(root, &st) != 0)
+        return;
+    *dev = st.st_dev;
+    *ino = st.st_ino;
+    *mtime = st.st_mtim;
+    if (S_ISLNK(st.st_mode) && (n = readlink(root, target, size - 1)) > 0)
+        target[n] = '\0';
+}
+
+static lg_runtime_layer_t *disk_layer(const char *name, disk_source_t *src, const char *service_cluster)
 {
     entries_t e = {NULL};
-    size_t size = strlen(dl->symlink_root) + strlen(dl->subdirectory) + strlen(service_cluster) + 3;
+    size_t size = strlen(src->symlink_root) + strlen(src->subdirectory) + strlen(service_cluster) + 3;
     char *path = lg_malloc(size);
     struct stat st;
-    snprintf(path, size, "%s/%s%s%s", dl->symlink_root, dl->subdirectory, dl->append_service_cluster ? "/" : "",
-             dl->append_service_cluster ? service_cluster : "");
+    disk_identity(src->symlink_root, &src->seen.dev, &src->seen.ino, &src->seen.mtime, src->seen.target,
+                  sizeof(src->seen.target));
+    snprintf(path, size, "%s/%s%s%s", src->symlink_root, src->subdirectory, src->append_service_cluster ? "/" : "",
+             src->append_service_cluster ? service_cluster : "");
     if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
         lg_stats_control_add(loader.stats, STAT_override_dir_exists, 1);
         walk_dir(path, "", 0, &e);
@@ -453,6 +489,40 @@ static lg_runtime_layer_t *disk_layer(const char *name, const Envoy__Config__Boo
     }
     free(path);
     return layer_new(name, &e);
+}
+
+static void load_locked(void);
+
+static int disk_changed(const disk_source_t *src)
+{
+    dev_t dev;
+    ino_t ino;
+    struct timespec mtime;
+    char target[sizeof(src->seen.target)];
+    disk_identity(src->symlink_root, &dev, &ino, &mtime, target, sizeof(target));
+    return dev != src->seen.dev || ino != src->seen.ino || mtime.tv_sec != src->seen.mtime.tv_sec ||
+           mtime.tv_nsec != src->seen.mtime.tv_nsec || strcmp(target, src->seen.target) != 0;
+}
+
+void lg_runtime_poll(void)
+{
+    pthread_mutex_lock(&loader.mutex);
+    int changed = 0;
+    for (size_t i = 0; loader.initialized && !changed && i != loader.n_layers; ++i)
+        changed = loader.kinds[i] == LAYER_DISK && disk_changed(loader.disks + i);
+    if (changed) {
+        /* Envoy's loadNewSnapshot: every disk layer is read again */
+        for (size_t i = 0; i != loader.n_layers; ++i) {
+            if (loader.kinds[i] != LAYER_DISK)
+                continue;
+            lg_runtime_layer_t *l = disk_layer(loader.layers[i]->name, loader.disks + i, loader.service_cluster);
+            layer_release(loader.layers[i]);
+            loader.layers[i] = l;
+        }
+        LG_INFO(runtime, "runtime: disk layers reloaded");
+        load_locked();
+    }
+    pthread_mutex_unlock(&loader.mutex);
 }
 
 /* ---- the loader ---- */
@@ -485,7 +555,10 @@ static int compile_layer(const Envoy__Config__Bootstrap__V3__RuntimeLayer *l, si
         return 0;
     case ENVOY__CONFIG__BOOTSTRAP__V3__RUNTIME_LAYER__LAYER_SPECIFIER_DISK_LAYER:
         loader.kinds[i] = LAYER_DISK;
-        loader.layers[i] = disk_layer(l->name, l->disk_layer, service_cluster);
+        loader.disks[i].symlink_root = lg_strdup(l->disk_layer->symlink_root);
+        loader.disks[i].subdirectory = lg_strdup(l->disk_layer->subdirectory);
+        loader.disks[i].append_service_cluster = l->disk_layer->append_service_cluster != 0;
+        loader.layers[i] = disk_layer(l->name, loader.disks + i, service_cluster);
         return 0;
     case ENVOY__CONFIG__BOOTSTRAP__V3__RUNTIME_LAYER__LAYER_SPECIFIER_ADMIN_LAYER:
         for (size_t k = 0; k != i; ++k)
@@ -517,6 +590,8 @@ int lg_runtime_init(const Envoy__Config__Bootstrap__V3__LayeredRuntime *lr, cons
     loader.kinds = lg_calloc(n + 1, sizeof(*loader.kinds));
     loader.rtds_names = lg_calloc(n + 1, sizeof(*loader.rtds_names));
     loader.layers = lg_calloc(n + 1, sizeof(*loader.layers));
+    loader.disks = lg_calloc(n + 1, sizeof(*loader.disks));
+    loader.service_cluster = lg_strdup(service_cluster != NULL ? service_cluster : "");
     loader.initialized = 1;
     for (size_t i = 0; i != n; ++i) {
         loader.n_layers = i;
@@ -540,8 +615,12 @@ void lg_runtime_shutdown(void)
         for (size_t i = 0; i != loader.n_layers; ++i) {
             layer_release(loader.layers[i]);
             free(loader.rtds_names[i]);
+            free(loader.disks[i].symlink_root);
+            free(loader.disks[i].subdirectory);
         }
         free(loader.layers);
+        free(loader.disks);
+        free(loader.service_cluster);
         free(loader.rtds_names);
         free(loader.kinds);
         lg_runtime_release(loader.current);
@@ -551,6 +630,8 @@ void lg_runtime_shutdown(void)
     loader.initialized = 0;
     loader.layers = NULL;
     loader.rtds_names = NULL;
+    loader.disks = NULL;
+    loader.service_cluster = NULL;
     loader.kinds = NULL;
     loader.n_layers = 0;
     loader.current = NULL;

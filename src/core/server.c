@@ -1053,6 +1053,7 @@ static void control_loop(void)
     int live = 0;
     for (;;) {
         struct timespec ts = {0, 0};
+        lg_runtime_poll(); /* before the xDS poll, which publishes a new runtime */
         lg_xds_poll(srv.xds, 50);
         if (lg_now_ms() >= next_tls_check) {
             lg_tls_reload_poll(); /* certificate files that changed */

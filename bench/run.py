@@ -12,9 +12,13 @@ upstream (bench/upstream.c) and this script run on core 1. Workloads run per
 proxy interleaved (A B C A B C ...) for several rounds and the table shows the
 median of the rounds. Proxy CPU per request is the utime+stime delta of the
 proxy's processes (/proc/<pid>/stat, all threads and worker processes)
-divided by the requests h2load completed. Latency is measured open-loop at a
-fixed rate (h2load --rps, half the slowest proxy's saturated rate) from
-h2load's per-request log. Peak RSS is VmHWM summed over the proxy's processes.
+divided by the requests h2load completed, also shown split into user and
+system time. Latency is measured open-loop at a fixed rate (h2load --rps, half
+the slowest proxy's saturated rate) from h2load's per-request log. Peak RSS is
+VmHWM summed over the proxy's processes. Workload 8 also measures the p99 of
+live traffic through Legate while the test control plane pushes 10,000-cluster
+CDS+EDS and 10,000-route RDS updates, against the idle p99 (bench/README.md,
+"Method").
 
 The table goes to bench/results/<date>.md (and .json) with the machine's
 description. The exit status is non-zero only when the harness itself fails
@@ -34,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -144,16 +149,22 @@ def tree(pid):
     return out
 
 
-def cpu_seconds(pids):
-    total = 0
+def cpu_split(pids):
+    """(user, system) CPU seconds of processes (each with all its threads), from /proc/<pid>/stat."""
+    user = system = 0
     for p in pids:
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+            user += int(fields[11])  # utime
+            system += int(fields[12])  # stime
         except (OSError, IndexError, ValueError):
             pass
-    return total / CLK_TCK
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def cpu_seconds(pids):
+    return sum(cpu_split(pids))
 
 
 def mem_kib(pids, field):
@@ -256,6 +267,12 @@ def tail(path, n=600):
         return ""
 
 
+def cpu_per_request(user_s, sys_s, requests):
+    """CPU µs per request, total and split into user and system (kernel) time."""
+    return {"cpu_us": (user_s + sys_s) * 1e6 / requests, "user_us": user_s * 1e6 / requests,
+            "sys_us": sys_s * 1e6 / requests}
+
+
 # ---- load --------------------------------------------------------------------------
 
 def percentile(sorted_values, q):
@@ -266,8 +283,9 @@ def percentile(sorted_values, q):
 
 
 def h2load(url, clients, streams=1, duration=None, n=None, rps=None, h1=False, headers=(), data=None, logfile=None,
-           timeout=120):
-    """Runs h2load on the load core. Returns {done, ok, failed, rps, elapsed, lat_us (sorted) or None}."""
+           timeout=120, raw_log=False):
+    """Runs h2load on the load core. Returns {done, ok, failed, rps, elapsed, lat_us (sorted) or None};
+    with raw_log, also "log": [(start µs since the epoch, status or -1, duration µs)] per request."""
     cmd = ["taskset", "-c", LOAD_CPU, "h2load", "-t", "1", "-c", str(clients), "-m", str(streams)]
     if h1:
         cmd.append("--h1")
@@ -308,14 +326,18 @@ def h2load(url, clients, streams=1, duration=None, n=None, rps=None, h1=False, h
     if "requests:" not in out:
         raise ProxyFailed(f"h2load produced no result: {out.strip()[-300:]}")
     if logfile is not None and os.path.exists(logfile):
-        lat = []
+        lat, raw = [], []
         with open(logfile) as f:
             for line in f:
                 parts = line.split("\t")
                 if len(parts) >= 3 and parts[1] == "200":
                     lat.append(int(parts[2]))
+                if raw_log and len(parts) >= 3:
+                    raw.append((int(parts[0]), int(parts[1]), int(parts[2])))
         lat.sort()
         res["lat_us"] = lat
+        if raw_log:
+            res["log"] = raw
         os.unlink(logfile)
     return res
 
@@ -425,15 +447,15 @@ class Bench:
             url = self.url_for(w, v)
             h2load(url, duration=self.args.warmup, **a)
             pids = tree(p.pid)
-            c0, t0 = cpu_seconds(pids), time.monotonic()
+            (u0, s0), t0 = cpu_split(pids), time.monotonic()
             r = h2load(url, duration=self.args.duration, **a)
-            c1, t1 = cpu_seconds(pids), time.monotonic()
+            (u1, s1), t1 = cpu_split(pids), time.monotonic()
             if p.poll() is not None:
                 raise ProxyFailed(f"{proxy.name} exited during the run: {tail(p.bench_log)}")
             if r["ok"] == 0:
                 raise ProxyFailed(f"no successful request ({r['failed']} failed)")
-            return {"rps": r["rps"], "cpu_us": (c1 - c0) * 1e6 / r["ok"], "busy": (c1 - c0) / (t1 - t0),
-                    "hwm_kib": mem_kib(pids, "VmHWM"), "failed": r["failed"]}
+            return dict(cpu_per_request(u1 - u0, s1 - s0, r["ok"]), rps=r["rps"],
+                        busy=(u1 - u0 + s1 - s0) / (t1 - t0), hwm_kib=mem_kib(pids, "VmHWM"), failed=r["failed"])
         finally:
             PROCS.stop(p)
 
@@ -461,15 +483,15 @@ class Bench:
             h2load(url, n=w["n"] // 10, clients=w["clients"], h1=True, headers=hdr)
             pids = tree(p.pid)
             logf = os.path.join(self.workdir, "churn.tsv")
-            c0, t0 = cpu_seconds(pids), time.monotonic()
+            (u0, s0), t0 = cpu_split(pids), time.monotonic()
             r = h2load(url, n=w["n"], clients=w["clients"], h1=True, headers=hdr, logfile=logf)
-            c1, t1 = cpu_seconds(pids), time.monotonic()
+            (u1, s1), t1 = cpu_split(pids), time.monotonic()
             if r["ok"] == 0:
                 raise ProxyFailed(f"no successful request ({r['failed']} failed)")
             lat = r["lat_us"] or []
-            return {"rps": r["rps"], "cpu_us": (c1 - c0) * 1e6 / r["ok"], "busy": (c1 - c0) / (t1 - t0),
-                    "hwm_kib": mem_kib(pids, "VmHWM"), "failed": r["failed"],
-                    "p50_ms": (percentile(lat, 0.5) or 0) / 1000.0, "p99_ms": (percentile(lat, 0.99) or 0) / 1000.0}
+            return dict(cpu_per_request(u1 - u0, s1 - s0, r["ok"]), rps=r["rps"],
+                        busy=(u1 - u0 + s1 - s0) / (t1 - t0), hwm_kib=mem_kib(pids, "VmHWM"), failed=r["failed"],
+                        p50_ms=(percentile(lat, 0.5) or 0) / 1000.0, p99_ms=(percentile(lat, 0.99) or 0) / 1000.0)
         finally:
             PROCS.stop(p)
 
@@ -802,6 +824,285 @@ class Bench:
         log(f"  xDS: {out}")
         return out
 
+    # -- live traffic during xDS updates (issue 4: p99 during a 10k update <= 2x idle p99) ------------
+
+    LIVE_CLIENTS = 16
+    LIVE_RPS_PER_CLIENT = 250  # 4,000 req/s in all, a fraction of Legate's saturated h1 rate
+
+    def xds_bootstrap(self, srv_port, admin_port):
+        """Legate on ADS (CDS + LDS) from the test control plane at srv_port."""
+        sa = {"socket_address": {"address": "127.0.0.1", "port_value": srv_port}}
+        ads = {"ads": {}, "resource_api_version": "V3"}
+        return {"admin": {"address": proxies.sockaddr(admin_port)}, "node": {"id": "bench", "cluster": "bench"},
+                "static_resources": {"clusters": [{
+                    "name": "xds", "type": "STATIC", "connect_timeout": "1s",
+                    "typed_extension_protocol_options": {proxies.HPO_KEY: {
+                        "@type": proxies.HPO_TYPE, "explicit_http_config": {"http2_protocol_options": {}}}},
+                    "load_assignment": {"cluster_name": "xds", "endpoints": [{"lb_endpoints": [
+                        {"endpoint": {"address": sa}}]}]}}]},
+                "dynamic_resources": {"ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
+                                                     "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}]},
+                                      "cds_config": ads, "lds_config": ads}}
+
+    def live_resources(self, rs, n_clusters, n_routes, port):
+        """Two versions (A, B) of everything the live run pushes, packed once up front so that the
+        control plane (on the load core) does little work inside a measured window. The cluster
+        "live" (with its endpoint) and the route "/live" are the same in both versions: they carry
+        the traffic; every other cluster, endpoint set and the route table differ between A and B,
+        so each push is a full update of 10,000 resources (or a 10,000-route table)."""
+        ads = {"ads": {}, "resource_api_version": "V3"}
+        up = {"socket_address": {"address": "127.0.0.1", "port_value": self.up_ports["h1"]}}
+
+        def cluster(name, timeout):
+            return rs.to_any({"name": name, "type": "EDS", "connect_timeout": timeout,
+                              "eds_cluster_config": {"eds_config": ads}}, rs.CLUSTER)
+
+        def cla(name, weight):
+            return rs.to_any({"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": up}, "load_balancing_weight": weight}]}]}, rs.ENDPOINT)
+
+        def route_config(tag):
+            routes = [proxies.legate_route(f"c{i % n_clusters}", match={"prefix": f"/r{i}/"}) for i in range(n_routes)]
+            routes.append(proxies.legate_route("live", match={"prefix": "/live"}))
+            routes.append(proxies.legate_route("c0", match={"prefix": f"/{tag}"}))
+            return rs.to_any({"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": routes}]},
+                             rs.ROUTE)
+
+        live_c, live_e = cluster("live", "1s"), cla("live", 1)
+        out = {}
+        for tag, timeout, weight in (("a", "1s", 1), ("b", "2s", 2)):
+            out[tag] = {"clusters": [live_c] + [cluster(f"c{i}", timeout) for i in range(n_clusters)],
+                        "endpoints": [live_e] + [cla(f"c{i}", weight) for i in range(n_clusters)],
+                        "routes": [route_config(tag)]}
+        out["listener"] = rs.to_any({"name": "l", "address": proxies.sockaddr(port), "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager", "typed_config": {
+                "@type": proxies.HCM_TYPE, "stat_prefix": "l", "rds": {"route_config_name": "r", "config_source": ads},
+                "http_filters": [{"name": "envoy.filters.http.router",
+                                  "typed_config": {"@type": proxies.ROUTER_TYPE}}]}}]}]}, rs.LISTENER)
+        return out
+
+    @staticmethod
+    def thread_cpu(pid):
+        """{tid: CPU seconds (user+system)} for every thread of pid."""
+        out = {}
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            return out
+        for t in tids:
+            try:
+                with open(f"/proc/{pid}/task/{t}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                out[int(t)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+            except (OSError, IndexError, ValueError):
+                pass
+        return out
+
+    def live_window(self, url, seconds, push=None):
+        """Open-loop HTTP/1.1 load (h2load --rps, per-request log) through Legate for `seconds`; when
+        push is given, calls push(k) back to back while the load runs (each returns the update's
+        (start, end) in wall-clock seconds) and stops before a push would outlast the load."""
+        logf = os.path.join(self.workdir, "live.tsv")
+        box = {}
+
+        def load():
+            try:
+                box["r"] = h2load(url, clients=self.LIVE_CLIENTS, h1=True, duration=seconds,
+                                  rps=self.LIVE_RPS_PER_CLIENT, logfile=logf, raw_log=True, timeout=seconds + 60)
+            except ProxyFailed as e:
+                box["error"] = str(e)
+
+        th = threading.Thread(target=load, daemon=True)
+        t_end = time.time() + seconds
+        th.start()
+        intervals = []
+        cp0 = time.process_time()
+        if push is not None:
+            time.sleep(0.3)  # h2load connects and settles before the first update
+            last = 0.0
+            while th.is_alive() and time.time() + 1.2 * last + 0.1 < t_end:
+                a, b = push(len(intervals))
+                intervals.append((a, b))
+                last = b - a
+        cp_cpu = time.process_time() - cp0  # this process: the control plane's threads (h2load's log is read later)
+        th.join()
+        if "error" in box:
+            raise ProxyFailed(box["error"])
+        box["r"]["cp_cpu_s"] = cp_cpu
+        return box["r"], intervals
+
+    @staticmethod
+    def live_figures(r, intervals=None):
+        """p50/p99 and failures of a window's requests; with intervals, only the requests whose
+        [start, start + duration] overlaps an update's [send, ACK] count."""
+        rows = r["log"]
+        if intervals is not None:
+            iv = [(int(a * 1e6), int(b * 1e6)) for a, b in intervals]
+            rows = [x for x in rows if any(x[0] < b and x[0] + x[2] > a for a, b in iv)]
+        lat = sorted(x[2] for x in rows if 200 <= x[1] < 300)
+        out = {"requests": len(rows), "non2xx": sum(1 for x in rows if not 200 <= x[1] < 300),
+               "p50_ms": (percentile(lat, 0.5) or 0) / 1000.0, "p99_ms": (percentile(lat, 0.99) or 0) / 1000.0,
+               "max_ms": (lat[-1] if lat else 0) / 1000.0}
+        if intervals is not None and r["log"]:
+            t0 = min(x[0] for x in r["log"]) / 1e6
+            t1 = max(x[0] + x[2] for x in r["log"]) / 1e6
+            out["coverage"] = sum(b - a for a, b in intervals) / max(1e-9, t1 - t0)
+        return out
+
+    def find_worker(self, pid, url):
+        """Legate's worker thread (--concurrency 1): the one that gains the most CPU under a short load."""
+        before = self.thread_cpu(pid)
+        h2load(url, clients=self.LIVE_CLIENTS, h1=True, duration=1)
+        after = self.thread_cpu(pid)
+        return max(after, key=lambda t: after[t] - before.get(t, 0.0))
+
+    @staticmethod
+    def pin_split(pid, worker):
+        """Leaves the worker on the proxy core and moves every other thread of pid (the control thread,
+        admin, the xDS client's) to the load core."""
+        for t in os.listdir(f"/proc/{pid}/task"):
+            try:
+                os.sched_setaffinity(int(t), {int(PROXY_CPU)} if int(t) == worker else {int(LOAD_CPU)})
+            except OSError:
+                pass
+
+    @staticmethod
+    def run_queue_wait(pid, tid):
+        """Seconds the thread has spent runnable but waiting for a CPU (/proc/<pid>/task/<tid>/schedstat)."""
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                return int(f.read().split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            return 0.0
+
+    @staticmethod
+    def push_prepared(srv, prepared):
+        """XdsServer.update() for resources already turned into the server's entries (XdsServer._entries,
+        done once up front): the control plane shares the load core with h2load, so a push should cost
+        it no more than building and sending the response. Returns {type_url: version}."""
+        with srv._lock:
+            for t in srv._order(prepared):
+                if srv._replace(t, prepared[t]):
+                    srv._push_locked(t)
+            return {t: f"v{srv._versions.get(t, 0)}" for t in prepared}
+
+    def xds_pusher(self, srv, rs, prepared):
+        """push(kinds) -> a function that pushes the other version (A/B) of those kinds, waits for every
+        ACK and returns (send of the first response, last ACK) in wall-clock seconds."""
+        off = time.time() - time.monotonic()  # the control plane records monotonic times
+        state = {}  # kinds -> pushes so far (version A is installed, then B, A, ...)
+
+        def push(kinds):
+            types = [rs.KINDS[kind] for kind in kinds]
+
+            def one(_):
+                state[kinds] = state.get(kinds, 0) + 1
+                v = prepared["b" if state[kinds] % 2 else "a"]
+                mark = srv.mark()
+                vs = self.push_prepared(srv, {t: v[t] for t in types})
+                last = None
+                for t in types:
+                    last = srv.wait_ack(t, version=vs[t], since=mark, timeout=120)
+                sent = min(x["time"] for x in srv.responses(types[0], since=mark) if x["version_info"] == vs[types[0]])
+                return sent + off, last["time"] + off
+            return one
+        return push
+
+    def live_mode(self, proc, url, seconds, mode, push, m):
+        """One pinning mode: the idle window, then a CDS+EDS and an RDS window; figures go into m."""
+        pid = proc.pid
+        worker = m["worker_tid"] = self.find_worker(pid, url)
+        if mode == "split":
+            self.pin_split(pid, worker)
+        h2load(url, clients=self.LIVE_CLIENTS, h1=True, duration=1, rps=self.LIVE_RPS_PER_CLIENT)
+        cpu0, wait0 = self.thread_cpu(pid), self.run_queue_wait(pid, worker)
+        win, _ = self.live_window(url, seconds)
+        m["idle"] = dict(self.live_figures(win), h2load_failed=win["failed"],
+                         worker_wait_ms=(self.run_queue_wait(pid, worker) - wait0) * 1e3,
+                         worker_cpu_s=self.thread_cpu(pid).get(worker, 0.0) - cpu0.get(worker, 0.0))
+        for name, kinds in (("cds_eds", ("clusters", "endpoints")), ("rds", ("routes",))):
+            m[name] = self.live_update(pid, worker, url, seconds, push, kinds, m["idle"])
+            if proc.poll() is not None:
+                raise ProxyFailed(f"legate exited: {tail(proc.bench_log)}")
+
+    def live_update(self, pid, worker, url, seconds, push, kinds, idle):
+        """One window of pushes of `kinds` under load; returns its figures."""
+        rss0 = mem_kib([pid], "VmRSS")
+        cpu0, wait0 = self.thread_cpu(pid), self.run_queue_wait(pid, worker)
+        win, iv = self.live_window(url, seconds, push(kinds))
+        cpu1, wait1 = self.thread_cpu(pid), self.run_queue_wait(pid, worker)
+        rss1 = mem_kib([pid], "VmRSS")
+        # h2load's connections are closed now; the snapshots they kept alive go at the worker's next
+        # apply: one unmeasured RDS push, so that the next window starts clean
+        push(("routes",))(0)
+        time.sleep(0.3)
+        cpu2 = self.thread_cpu(pid)
+        f = self.live_figures(win, iv)
+        whole = self.live_figures(win)
+        f.update(window_p99_ms=whole["p99_ms"], window_non2xx=whole["non2xx"], h2load_failed=win["failed"],
+                 cp_cpu_s=win["cp_cpu_s"], pushes=len(iv), apply_s=[round(b - a, 4) for a, b in iv],
+                 ratio=ratio(f["p99_ms"], idle["p99_ms"]),
+                 rss_mib=[rss0 / 1024.0, rss1 / 1024.0, mem_kib([pid], "VmRSS") / 1024.0],
+                 cleanup_worker_ms=(cpu2.get(worker, 0.0) - cpu1.get(worker, 0.0)) * 1e3,
+                 worker_wait_ms=(wait1 - wait0) * 1e3, worker_cpu_s=cpu1.get(worker, 0.0) - cpu0.get(worker, 0.0),
+                 control_cpu_s=sum(c - cpu0.get(t, 0.0) for t, c in cpu1.items() if t != worker))
+        if iv:
+            # the worker's CPU beyond what the same number of requests cost it in the idle window: what
+            # it spends on the updates themselves (a pointer swap would cost ~0)
+            per_request = idle["worker_cpu_s"] / max(1, idle["requests"])
+            f["worker_ms_per_push"] = (f["worker_cpu_s"] - per_request * len(win["log"])) * 1e3 / len(iv)
+        return f
+
+    def scale_xds_live(self, n_clusters, n_routes):
+        """Issue 4's bar: request p99 while Legate applies 10,000-cluster CDS+EDS pushes and 10,000-route
+        RDS pushes, against the idle p99 of the same load, with the whole process on the proxy core
+        (as every other workload), then with only the worker there and the other threads on the load core."""
+        sys.path.insert(0, os.path.join(REPO, "tools"))
+        from xds_control import resources as rs
+        from xds_control.server import XdsServer
+        seconds = 4 if self.quick else 8
+        port, admin_port = free_port(), free_port()
+        t0 = time.monotonic()
+        res = self.live_resources(rs, n_clusters, n_routes, port)
+        out = {"clusters": n_clusters, "routes": n_routes, "seconds": seconds,
+               "rate": self.LIVE_CLIENTS * self.LIVE_RPS_PER_CLIENT, "pack_s": time.monotonic() - t0, "modes": {}}
+        srv = XdsServer(port=0).start()
+        r = None
+        try:
+            a = res["a"]
+            srv.update(clusters=a["clusters"], endpoints=a["endpoints"], listeners=[res["listener"]],
+                       routes=a["routes"])
+            r = self.legate_start_timed(self.xds_bootstrap(srv.port, admin_port), admin_port, "xds-live")
+            srv.wait_ack(rs.ROUTE, timeout=120)
+            url = f"http://127.0.0.1:{port}/live/x"
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    with urllib.request.urlopen(url, timeout=2) as resp:
+                        if resp.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise ProxyFailed(f"no 200 from {url} after the initial push")
+                time.sleep(0.05)
+            prepared = {tag: {rs.KINDS[kind]: srv._entries(rs.KINDS[kind], res[tag][kind], None)
+                              for kind in ("clusters", "endpoints", "routes")} for tag in ("a", "b")}
+            push = self.xds_pusher(srv, rs, prepared)
+            for mode in ("core0", "split"):
+                out["modes"][mode] = m = {}
+                self.live_mode(r["proc"], url, seconds, mode, push, m)
+                log(f"  live {mode}: idle p99 {m['idle']['p99_ms']:.2f} ms, CDS+EDS {m['cds_eds']['p99_ms']:.2f} ms "
+                    f"({m['cds_eds']['pushes']} pushes), RDS {m['rds']['p99_ms']:.2f} ms ({m['rds']['pushes']} pushes)")
+        except (ProxyFailed, AssertionError) as e:
+            out["error"] = str(e)[:300]
+            log(f"  live: {out['error']}")
+        finally:
+            if r is not None:
+                PROCS.stop(r["proc"])
+            srv.close()
+        return out
+
     def workload_scale(self, w):
         if not any(p.name == "legate" for p in self.proxies):
             return {"skip": "legate not selected"}
@@ -809,6 +1110,8 @@ class Bench:
         clusters = self.scale_clusters(w["clusters"])
         log("  clusters and routes over xDS")
         xds = self.scale_xds(w["xds_clusters"], w["xds_routes"])
+        log("  live traffic during xDS updates")
+        xds["live"] = self.scale_xds_live(w["xds_clusters"], w["xds_routes"])
         log("  routes (end to end)")
         routes = self.scale_routes(w["routes"])
         log("  routes (micro-benchmark)")
@@ -902,9 +1205,9 @@ def best_peer(rows, key, peers=("nginx", "haproxy"), lower=True):
 def report_rr(w, res, lines, bar):
     rows = res["rows"]
     lines.append(f"\nFixed rate for latency: {res['rate']} req/s (half the slowest proxy's saturated rate).\n")
-    lines.append("| proxy | req/s (saturated) | CPU µs/req | proxy core busy | p50 ms | p99 ms | peak RSS MiB "
-                 "| Legate/peer CPU | note |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    lines.append("| proxy | req/s (saturated) | CPU µs/req | user µs/req | sys µs/req | proxy core busy | p50 ms | "
+                 "p99 ms | peak RSS MiB | Legate/peer CPU | note |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     lg = rows.get("legate", {})
     for name, row in rows.items():
         note = note_of(row) or row.get("lat_note", "")
@@ -912,6 +1215,7 @@ def report_rr(w, res, lines, bar):
             note += f" {int(row['failed'])} failed requests"
         r = ratio(lg.get("cpu_us"), row.get("cpu_us")) if name != "legate" else None
         lines.append(f"| {name} | {fmt(row.get('rps'), ',.0f')} | {fmt(row.get('cpu_us'), '.2f')} | "
+                     f"{fmt(row.get('user_us'), '.2f')} | {fmt(row.get('sys_us'), '.2f')} | "
                      f"{fmt(row.get('busy', 0) * 100 if 'busy' in row else None, '.0f')}% | "
                      f"{fmt(row.get('p50_ms'), '.3f')} | {fmt(row.get('p99_ms'), '.3f')} | "
                      f"{fmt(row.get('hwm_kib', 0) / 1024 if 'hwm_kib' in row else None, '.1f')} | "
@@ -926,6 +1230,7 @@ def report_rr(w, res, lines, bar):
         else:
             bar.append(f"| {w['id']} CPU/req vs best of {'/'.join(peers)} ({who}) | ≤ 0.80 | {r:.2f} | "
                        f"{'met' if r <= 0.8 else 'NOT met'} |")
+            bar.append(user_cpu_line(w["id"], lg, rows[who], who))
         if lg.get("p99_ms") is not None and bp99 is not None:
             bar.append(f"| {w['id']} p99 at fixed rate vs {pwho} | ≤ 1.00 | {lg['p99_ms'] / bp99:.2f} | "
                        f"{'met' if lg['p99_ms'] <= bp99 else 'NOT met'} |")
@@ -935,18 +1240,28 @@ def report_churn(w, res, lines, bar):
     rows = res["rows"]
     lines.append("\nClosed loop, 16 concurrent clients (h2load cannot pace reconnecting clients), so the "
                  "latencies are at saturation.\n")
-    lines.append("| proxy | conn+req/s | CPU µs/req | proxy core busy | p50 ms | p99 ms | peak RSS MiB | "
-                 "Legate/peer CPU | note |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    lines.append("| proxy | conn+req/s | CPU µs/req | user µs/req | sys µs/req | proxy core busy | p50 ms | p99 ms | "
+                 "peak RSS MiB | Legate/peer CPU | note |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     lg = rows.get("legate", {})
     for name, row in rows.items():
         r = ratio(lg.get("cpu_us"), row.get("cpu_us")) if name != "legate" else None
         note = note_of(row) + (f" {int(row['failed'])} failed" if row.get("failed") else "")
         lines.append(f"| {name} | {fmt(row.get('rps'), ',.0f')} | {fmt(row.get('cpu_us'), '.2f')} | "
+                     f"{fmt(row.get('user_us'), '.2f')} | {fmt(row.get('sys_us'), '.2f')} | "
                      f"{fmt(row.get('busy', 0) * 100 if 'busy' in row else None, '.0f')}% | "
                      f"{fmt(row.get('p50_ms'), '.3f')} | {fmt(row.get('p99_ms'), '.3f')} | "
                      f"{fmt(row.get('hwm_kib', 0) / 1024 if 'hwm_kib' in row else None, '.1f')} | "
                      f"{fmt(r, '.2f')} | {note.strip()} |")
+
+
+def user_cpu_line(wid, lg, peer, who):
+    """Information under a CPU bar: the same ratio over user-space CPU only (the kernel's share is
+    mostly the same syscalls for every proxy on this VM, so this shows where a difference comes from)."""
+    r = ratio(lg.get("user_us"), peer.get("user_us"))
+    return (f"| {wid} user-space CPU/req vs {who} (information; user µs {fmt(lg.get('user_us'), '.2f')} vs "
+            f"{fmt(peer.get('user_us'), '.2f')}, system µs {fmt(lg.get('sys_us'), '.2f')} vs "
+            f"{fmt(peer.get('sys_us'), '.2f')}) | - | {fmt(r, '.2f')} | information |")
 
 
 def report_stream(w, res, lines, bar):
@@ -1031,6 +1346,7 @@ def report_scale(w, res, lines, bar):
         bar.append(f"| 8 10k clusters over CDS+EDS s | < 1.0 | {t:.2f} | {'met' if t < 1.0 else 'NOT met'} |")
     if "rds_ms" in x:
         bar.append(f"| 8 10k-route RDS update ms | < 200 | {x['rds_ms']:.0f} | {'met' if x['rds_ms'] < 200 else 'NOT met'} |")
+    report_live(x.get("live"), lines, bar)
     lines.append("\nRoutes: one virtual host with N routes; the request hits the last route. End to end = "
                  "Legate CPU per request (h2load, HTTP/1.1, 32 connections); micro = lg_route_match() alone "
                  "(bench/route_bench.c, same compiler).\n")
@@ -1052,6 +1368,73 @@ def report_scale(w, res, lines, bar):
         if kind != "regex" and m10k is not None and base_m:
             r = m10k / base_m
             bar.append(f"| 8 {kind} route match 10k vs 10 routes | ≤ 2.00 | {r:.2f} | {'met' if r <= 2 else 'NOT met'} |")
+
+
+LIVE_MODES = {"core0": "whole process on core 0", "split": "worker on core 0, other threads on core 1"}
+LIVE_UPDATES = {"cds_eds": "CDS+EDS", "rds": "RDS"}
+
+
+def report_live(live, lines, bar):
+    """Issue 4: request p99 during 10k-resource pushes against the idle p99 of the same load."""
+    if not live:
+        return
+    lines.append(f"\nLive traffic during xDS updates, --concurrency 1: open-loop HTTP/1.1 at "
+                 f"{fmt(live.get('rate'), ',')} req/s (h2load --rps, 16 connections) to a route and cluster that "
+                 f"stay the same in every push, {fmt(live.get('seconds'), 'd')} s idle, then {fmt(live.get('seconds'), 'd')}"
+                 f" s while the control plane pushes back to back: {fmt(live.get('clusters'), ',')} changed clusters "
+                 f"(CDS) with their endpoints (EDS), or a changed {fmt(live.get('routes'), ',')}-route table (RDS). "
+                 "\"During\" counts the requests whose lifetime overlaps a push (send to ACK); \"in updates\" is the "
+                 "share of the window spent between a send and its ACK; non-2xx as during / whole window / idle "
+                 "window (plus h2load's failed requests).\n")
+    if "error" in live:
+        lines.append(f"error: {live['error']}\n")
+    lines.append("| Legate threads | update | pushes | apply s (median) | in updates | requests during | idle p99 ms | "
+                 "during p99 ms | during/idle | during max ms | non-2xx |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    where = []
+    for mode, m in live.get("modes", {}).items():
+        idle = m.get("idle", {})
+        for upd, label in LIVE_UPDATES.items():
+            f = m.get(upd)
+            if not f:
+                continue
+            apply = statistics.median(f["apply_s"]) if f.get("apply_s") else None
+            bad = (f"{f['non2xx']} / {f['window_non2xx']} / {idle.get('non2xx', '-')}"
+                   f" (+{f['h2load_failed']} / {idle.get('h2load_failed', '-')} failed)")
+            lines.append(f"| {LIVE_MODES[mode]} | {label} | {f['pushes']} | {fmt(apply, '.3f')} | "
+                         f"{fmt(f.get('coverage', 0) * 100, '.0f')}% | {fmt(f['requests'], ',')} | "
+                         f"{fmt(idle.get('p99_ms'), '.3f')} | {fmt(f['p99_ms'], '.3f')} | {fmt(f.get('ratio'), '.2f')} | "
+                         f"{fmt(f['max_ms'], '.1f')} | {bad} |")
+            where.append(f"| {LIVE_MODES[mode]} | {label} | {fmt(f.get('cp_cpu_s'), '.2f')} | "
+                         f"{fmt(f.get('control_cpu_s'), '.2f')} | "
+                         f"{fmt(idle.get('worker_cpu_s'), '.2f')} / {fmt(f.get('worker_cpu_s'), '.2f')} | "
+                         f"{fmt(f.get('worker_ms_per_push'), '.1f')} | "
+                         f"{fmt(idle.get('worker_wait_ms'), '.0f')} / {fmt(f.get('worker_wait_ms'), '.0f')} | "
+                         f"{' / '.join(fmt(x, '.0f') for x in f.get('rss_mib', []))} | "
+                         f"{fmt(f.get('cleanup_worker_ms'), '.0f')} |")
+            if f.get("ratio") is not None:
+                # the bar uses the pinning of every other workload; the split one is information (its
+                # control thread shares the load core with h2load and the upstream)
+                met = f["ratio"] <= 2.0 and f["non2xx"] == 0
+                verdict = ("met" if met else "NOT met") if mode == "core0" else "information"
+                failed = f" ({f['non2xx']} non-2xx)" if f["non2xx"] else ""
+                size = f"{live['clusters']:,} clusters" if upd == "cds_eds" else f"{live['routes']:,}-route"
+                bar.append(f"| 8 p99 during {size} {label} pushes vs idle ({LIVE_MODES[mode]}) | "
+                           f"{'≤ 2.00' if mode == 'core0' else '-'} | {f['ratio']:.2f} | {verdict}{failed} |")
+    if where:
+        lines.append("\nWhere the time went in those windows: control plane CPU = the test control plane's (this "
+                     "process, on the load core with h2load); Legate control CPU = Legate's threads other than the "
+                     "worker; worker extra CPU = the worker's CPU in the update window minus what the same number of "
+                     "requests cost it in the idle window, per push (what the worker spends on an update: a pointer "
+                     "swap would be ~0; /proc counts 10 ms ticks, so it is coarse); run-queue wait = time the worker "
+                     "was runnable but not running (/proc/<pid>/task/<tid>/schedstat). After each update window "
+                     "(h2load's connections closed) one unmeasured RDS push lets the worker drop what those "
+                     "connections kept alive: the last column is the worker's CPU for it.\n")
+        lines.append("| Legate threads | update | control plane CPU s | Legate control CPU s | worker CPU s, idle / update "
+                     "window | worker extra CPU ms/push | worker run-queue wait ms, idle / update window | "
+                     "RSS MiB before / after window / after cleanup | cleanup push: worker CPU ms |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        lines += where
 
 
 def machine_description():
@@ -1127,7 +1510,8 @@ def self_test_check(bench, text):
             problems.append(f"{p.name}: no row")
         elif "error" in row:
             problems.append(f"{p.name}: {row['error']}")
-        elif not (row.get("cpu_us", 0) > 0 and row.get("rps", 0) > 0 and row.get("p99_ms", 0) > 0):
+        elif not (row.get("cpu_us", 0) > 0 and row.get("rps", 0) > 0 and row.get("p99_ms", 0) > 0
+                  and "user_us" in row and "sys_us" in row):
             problems.append(f"{p.name}: incomplete row {row}")
         elif f"| {p.name} |" not in text:
             problems.append(f"{p.name}: not in the table")

@@ -67,7 +67,9 @@ typedef struct st_lg_cb_resources_t {
 enum { LG_HOST_STATS(LG__HOST_STAT_ENUM) LG_HOST_STAT__COUNT };
 #undef LG__HOST_STAT_ENUM
 
-/* One endpoint of a cluster, as configured. Immutable except for `stats`. */
+/* One endpoint of a cluster, as configured. Immutable except for `stats`
+ * (lg_host_config_stats() allocates it on the first write: most hosts of a
+ * large config never see a request). */
 typedef struct st_lg_host_config_t {
     const char *address; /* printed form: "127.0.0.1:8080", "[::1]:80", "/path/to/socket" */
     const struct sockaddr *sa;
@@ -76,16 +78,21 @@ typedef struct st_lg_host_config_t {
     uint8_t health_status; /* envoy.config.core.v3.HealthStatus */
     uint8_t healthy;       /* usable outside panic mode */
     const char *hostname;  /* Endpoint.hostname, "" when unset */
-    uint64_t *stats;       /* [lg_stats_nworkers + 1][LG_HOST_STAT__COUNT] (the last row: control) */
+    uint64_t *stats;       /* [lg_stats_nworkers + 1][LG_HOST_STAT__COUNT] (the last row: control), or NULL */
 } lg_host_config_t;
 
 /* Counters and gauges of a cluster (block prefix "cluster.<stat_name>."),
  * indexed by LG_CLUSTER_STAT_*. X(type, name) entries are named `name`,
- * XN(type, ident, "name") entries carry Envoy's dotted name. Workers write
- * their rows (gauges as deltas); the membership_*, max_host_weight and
- * version gauges are set by the control thread. The block also counts
- * upstream_rq_<code> and upstream_rq_<class>xx (lg_stats_block_code), which
- * the router increments through lg_cluster_record_response(). */
+ * XN(type, ident, "name") entries carry Envoy's dotted name. The block is
+ * split (lg_stats_block_opts_t.control_from): the stats up to
+ * lb_healthy_panic are written by workers in their rows (gauges as deltas);
+ * the ones from membership_healthy on only by the control thread, in the
+ * control row. The last LG_CLUSTER_EDS_STAT__COUNT stats are those of the EDS
+ * subscription (Envoy's SubscriptionStats in the cluster's scope): only EDS
+ * clusters list them (the block's hidden tail, lg_stats_block_list_tail). The block
+ * also counts upstream_rq_<code> and upstream_rq_<class>xx
+ * (lg_stats_block_code), which the router increments through
+ * lg_cluster_record_response(). */
 #define LG_CLUSTER_STATS(X, XN)                                                                     \
     X(COUNTER, upstream_cx_total)                                                                   \
     X(GAUGE, upstream_cx_active)                                                                    \
@@ -121,25 +128,37 @@ typedef struct st_lg_host_config_t {
     X(COUNTER, upstream_rq_retry_overflow)                                                          \
     X(COUNTER, upstream_rq_rx_reset)                                                                \
     X(COUNTER, upstream_rq_tx_reset)                                                                \
+    XN(GAUGE, circuit_breakers_default_cx_open, "circuit_breakers.default.cx_open")                 \
+    XN(GAUGE, circuit_breakers_default_rq_pending_open, "circuit_breakers.default.rq_pending_open") \
+    XN(GAUGE, circuit_breakers_default_rq_open, "circuit_breakers.default.rq_open")                 \
+    XN(GAUGE, circuit_breakers_default_rq_retry_open, "circuit_breakers.default.rq_retry_open")     \
+    X(COUNTER, lb_healthy_panic)                                                                    \
     X(GAUGE, membership_healthy)                                                                    \
     X(GAUGE, membership_degraded)                                                                   \
     X(GAUGE, membership_total)                                                                      \
     X(COUNTER, membership_change)                                                                   \
-    X(COUNTER, lb_healthy_panic)                                                                    \
     X(GAUGE, max_host_weight)                                                                       \
     X(COUNTER, update_success)                                                                      \
     X(COUNTER, update_empty)                                                                        \
     X(GAUGE, version)                                                                               \
-    XN(GAUGE, circuit_breakers_default_cx_open, "circuit_breakers.default.cx_open")                 \
-    XN(GAUGE, circuit_breakers_default_rq_pending_open, "circuit_breakers.default.rq_pending_open") \
-    XN(GAUGE, circuit_breakers_default_rq_open, "circuit_breakers.default.rq_open")                 \
-    XN(GAUGE, circuit_breakers_default_rq_retry_open, "circuit_breakers.default.rq_retry_open")
+    LG_CLUSTER_EDS_STATS(X)
+
+/* The EDS subscription's stats that the other clusters do not list. */
+#define LG_CLUSTER_EDS_STATS(X) \
+    X(COUNTER, update_attempt) X(COUNTER, update_failure) X(COUNTER, update_rejected) X(COUNTER, init_fetch_timeout)
 
 #define LG__CLUSTER_STAT_ENUM(type, name) LG_CLUSTER_STAT_##name,
 #define LG__CLUSTER_STAT_ENUM_N(type, name, str) LG_CLUSTER_STAT_##name,
+#define LG__CLUSTER_STAT_ONE(type, name) +1
 enum { LG_CLUSTER_STATS(LG__CLUSTER_STAT_ENUM, LG__CLUSTER_STAT_ENUM_N) LG_CLUSTER_STAT__COUNT };
+enum {
+    /* the first stat of the control row */
+    LG_CLUSTER_STAT__CONTROL_FROM = LG_CLUSTER_STAT_membership_healthy,
+    LG_CLUSTER_EDS_STAT__COUNT = 0 LG_CLUSTER_EDS_STATS(LG__CLUSTER_STAT_ONE),
+};
 #undef LG__CLUSTER_STAT_ENUM
 #undef LG__CLUSTER_STAT_ENUM_N
+#undef LG__CLUSTER_STAT_ONE
 
 /* Compiled cluster. Immutable after compile; see the file comment for the
  * counters it leads to. */

@@ -45,6 +45,20 @@ static inline lg_stats_block_t *lg_cluster_config_stats(const lg_cluster_config_
     return cfg->shared->stats;
 }
 
+/* A host's counters ([lg_stats_nworkers + 1][LG_HOST_STAT__COUNT]): writers get them
+ * with lg_host_config_stats(), which allocates them on first use (any thread; the
+ * first one installs them); readers peek and read NULL as all zero. */
+uint64_t *lg__host_config_stats_alloc(const lg_host_config_t *h);
+static inline uint64_t *lg_host_config_stats(const lg_host_config_t *h)
+{
+    uint64_t *s = __atomic_load_n(&h->stats, __ATOMIC_ACQUIRE);
+    return __builtin_expect(s != NULL, 1) ? s : lg__host_config_stats_alloc(h);
+}
+static inline const uint64_t *lg_host_config_stats_peek(const lg_host_config_t *h)
+{
+    return __atomic_load_n(&h->stats, __ATOMIC_ACQUIRE);
+}
+
 /* Builds the response of the admin /clusters page for a set of cluster
  * configs: Envoy's text format, or ?format=json (ClusterStatuses). Per-host
  * counters are summed over the worker rows. Admin thread. */

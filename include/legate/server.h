@@ -60,6 +60,7 @@ struct st_lg_snapshot_t {
     /* worker-local use counts and route table pins, one per worker (only that worker touches its slot) */
     size_t *worker_uses;
     lg_snapshot_pins_t *pins;
+    lg_snapshot_t *_dead_next; /* in the list lg_snapshot_collect() frees */
 };
 
 /* An empty snapshot with room for the given numbers of objects; the caller
@@ -68,7 +69,14 @@ lg_snapshot_t *lg_snapshot_new(size_t listeners, size_t clusters, size_t routes)
 /* Sorts the route tables for lookups by name. */
 void lg_snapshot_seal(lg_snapshot_t *s);
 lg_snapshot_t *lg_snapshot_ref(lg_snapshot_t *s);
+/* Drops a reference. A worker that drops the last one does not free the
+ * snapshot: freeing a large config (10,000 routes or clusters) takes
+ * milliseconds and contends with the control thread's allocations, so the
+ * snapshot goes on a list that the control thread frees (lg_snapshot_collect). */
 void lg_snapshot_unref(lg_snapshot_t *s);
+/* Control thread (and once after the workers stopped): frees the snapshots
+ * workers dropped. */
+void lg_snapshot_collect(void);
 /* Per-worker holds (no atomics): a connection takes one for its life. */
 void lg_snapshot_hold(lg_worker_t *w, lg_snapshot_t *s);
 void lg_snapshot_release(lg_worker_t *w, lg_snapshot_t *s);

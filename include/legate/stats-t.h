@@ -63,6 +63,15 @@ typedef struct st_lg_stats_block_opts_t {
     /* Keep the block out of the registry: /stats does not list it (per-host stats
      * that only /clusters prints). */
     unsigned unlisted : 1;
+    /* Non-zero: a split block. Stats [control_from, ndefs) are written only through the
+     * control row (lg_stats_control_add, lg_stats_gauge_set) and stats [0, control_from)
+     * only by workers in their rows; each row holds only its part (the control row a few
+     * words instead of a full row, the worker rows no control-only words). Histograms and
+     * code counters go to worker rows. Zero: every row holds every stat. */
+    uint16_t control_from;
+    /* The last hidden_tail defs are not listed until lg_stats_block_list_tail() (the EDS
+     * subscription stats of a cluster block: one block whether or not the cluster uses EDS). */
+    uint16_t hidden_tail;
 } lg_stats_block_opts_t;
 
 typedef struct st_lg_stats_block_t lg_stats_block_t;
@@ -84,7 +93,7 @@ struct st_lg_stats_block_t {
     /* Read on the request path; immutable after creation. */
     uint32_t row_words;       /* multiple of 8 */
     uint32_t class_off;       /* first of 5 class counters, or UINT32_MAX */
-    uint32_t used_off;        /* gauge "used" bitmap words */
+    uint32_t used_off;        /* gauge "used" bitmap words (of the defs a worker row holds) */
     uint32_t each_code : 1;   /* counts each response code (codes) */
     const uint16_t *hist_off; /* per def: first word of a histogram's region; NULL without histograms */
     uint64_t **codes;         /* nrows * 5 lazily allocated arrays of 100 words; the array itself lazily too */
@@ -92,8 +101,10 @@ struct st_lg_stats_block_t {
     const char *_prefix; /* in the block's allocation */
     const lg_stat_def_t *_defs;
     uint32_t _ndefs;
-    uint32_t _nrows; /* lg_stats_nworkers + 1 when created */
+    uint16_t _nrows;  /* lg_stats_nworkers + 1 when created */
+    uint16_t _hidden; /* trailing defs not listed (opts.hidden_tail until lg_stats_block_list_tail) */
     uint32_t _hash;
+    uint32_t _ctl_from; /* _opts.control_from: the first def of the control row (0: the control row is a full row) */
     lg_stats_block_opts_t _opts;
     size_t _refcnt; /* atomic */
     lg_stats_block_extra_t *_extra;
@@ -101,7 +112,8 @@ struct st_lg_stats_block_t {
     struct st_lg_stats_block_t *_next, **_pprev;
     struct st_lg_stats_block_t *_hnext; /* the registry's by-prefix index chain */
     /* Row r (0..nworkers; nworkers is the control row), NULL until written: owned by
-     * its writer, published with a release store (lg_stats__row_alloc). */
+     * its writer, published with a release store (lg_stats__row_alloc). A split block's
+     * control row holds the words of defs [_ctl_from, ndefs), then their "used" bitmap. */
     uint64_t *rows[];
 };
 

@@ -27,6 +27,8 @@ lg_stats_block_t *lg_stats_block_new(const char *prefix, const lg_stat_def_t *de
 lg_stats_block_t *lg_stats_block_new_ex(const char *prefix, const lg_stat_def_t *defs, size_t ndefs,
                                         const lg_stats_block_opts_t *opts);
 void lg_stats_block_retain(lg_stats_block_t *b);
+/* Lists the block's hidden tail (opts.hidden_tail) from now on; control thread. */
+void lg_stats_block_list_tail(lg_stats_block_t *b);
 /* Drops a reference from any thread; the last one unlists and frees the block. */
 void lg_stats_block_release(lg_stats_block_t *b);
 const char *lg_stats_block_prefix(const lg_stats_block_t *b);

@@ -32,14 +32,24 @@ static size_t stat_rows(void)
 
 /* ---- stats and shared state ---- */
 
-static lg_cluster_shared_t *shared_new(const char *stat_name)
+/* The cluster's block: an EDS cluster's lists its subscription stats too (and keeps
+ * listing them if a CDS update makes the cluster static: the block, hence its
+ * counters, outlives a change of type, as Envoy's stats do). */
+static lg_cluster_shared_t *shared_new(const char *stat_name, lg_cluster_discovery_t discovery)
 {
-    static const lg_stats_block_opts_t opts = {.code_prefix = "upstream_rq_", .classes_dynamic = 1, .each_code = 1};
+    static const lg_stats_block_opts_t opts = {.code_prefix = "upstream_rq_",
+                                               .classes_dynamic = 1,
+                                               .each_code = 1,
+                                               .control_from = LG_CLUSTER_STAT__CONTROL_FROM,
+                                               .hidden_tail = LG_CLUSTER_EDS_STAT__COUNT};
+    _Static_assert(LG_ARRAY_SIZE(cluster_stat_defs) == LG_CLUSTER_STAT__COUNT, "cluster stats");
     lg_cluster_shared_t *s = lg_calloc(1, sizeof(*s));
     s->_refcnt = 1;
     char *prefix = lg_malloc(strlen(stat_name) + sizeof("cluster.."));
     sprintf(prefix, "cluster.%s.", stat_name);
-    s->stats = lg_stats_block_new_ex(prefix, cluster_stat_defs, LG_ARRAY_SIZE(cluster_stat_defs), &opts);
+    s->stats = lg_stats_block_new_ex(prefix, cluster_stat_defs, LG_CLUSTER_STAT__COUNT, &opts);
+    if (discovery == LG_CLUSTER_EDS)
+        lg_stats_block_list_tail(s->stats);
     free(prefix);
     return s;
 }
@@ -86,7 +96,17 @@ static void host_free(lg_host_config_t *h)
     free(h);
 }
 
-/* One allocation: the struct, the sockaddr, the printed address, the hostname. */
+uint64_t *lg__host_config_stats_alloc(const lg_host_config_t *h)
+{
+    uint64_t *fresh = lg_calloc(stat_rows() * LG_HOST_STAT__COUNT, sizeof(uint64_t)), *expected = NULL;
+    if (__atomic_compare_exchange_n(&((lg_host_config_t *)h)->stats, &expected, fresh, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        return fresh;
+    free(fresh);
+    return expected;
+}
+
+/* One allocation: the struct, the sockaddr, the printed address, the hostname (the
+ * counters come with the first write). */
 static lg_host_config_t *host_new(const struct sockaddr_storage *ss, socklen_t salen, const char *hostname)
 {
     char addr[sizeof(struct sockaddr_un) + 16];
@@ -104,7 +124,6 @@ static lg_host_config_t *host_new(const struct sockaddr_storage *ss, socklen_t s
     p += addrlen + 1;
     memcpy(p, hostname, hlen + 1);
     h->hostname = p;
-    h->stats = lg_calloc(stat_rows() * LG_HOST_STAT__COUNT, sizeof(uint64_t));
     return h;
 }
 
@@ -243,8 +262,10 @@ static void carry_host_stats(lg_cluster_config_t *cfg, const lg_cluster_config_t
         lg_host_config_t *h = cfg->hosts[i];
         for (size_t j = 0; j != prev->n_hosts; ++j) {
             if (strcmp(prev->hosts[j]->address, h->address) == 0) {
-                for (size_t k = 0; k != stat_rows() * LG_HOST_STAT__COUNT; ++k)
-                    h->stats[k] = __atomic_load_n(&prev->hosts[j]->stats[k], __ATOMIC_RELAXED);
+                const uint64_t *from = lg_host_config_stats_peek(prev->hosts[j]);
+                uint64_t *to = from != NULL ? lg_host_config_stats(h) : NULL;
+                for (size_t k = 0; from != NULL && k != stat_rows() * LG_HOST_STAT__COUNT; ++k)
+                    to[k] = __atomic_load_n(&from[k], __ATOMIC_RELAXED);
                 break;
             }
         }
@@ -646,7 +667,7 @@ lg_cluster_config_t *lg_cluster_config_compile(const Envoy__Config__Cluster__V3_
         const char *eds_name = c->eds_cluster_config != NULL ? c->eds_cluster_config->service_name : NULL;
         cfg->eds_service_name = lg_strdup(eds_name != NULL && eds_name[0] != '\0' ? eds_name : c->name);
     }
-    cfg->shared = shared_new(cfg->stat_name);
+    cfg->shared = shared_new(cfg->stat_name, cfg->discovery);
     publish_membership(cfg, cfg->n_hosts != 0);
     return cfg;
 }

@@ -530,11 +530,16 @@ static void worker_apply_snapshot(lg_worker_t *w, lg_snapshot_t *snap, uint64_t 
 {
     worker_state_t *st = state_of(w);
     lg_worker_clusters_t *prev = st->clusters;
-    st->clusters = lg_worker_clusters_new(w, snap->clusters, snap->n_clusters, prev);
-    if (prev != NULL)
-        lg_worker_clusters_free(prev);
-    worker_sync_listeners(w, snap);
     lg_snapshot_t *old = w->snapshot;
+    /* an update that leaves every cluster as it was (RDS, LDS, runtime) keeps the view: rebuilding
+     * it costs the worker time in proportion to the number of clusters */
+    if (prev == NULL || old == NULL || old->n_clusters != snap->n_clusters ||
+        memcmp(old->clusters, snap->clusters, snap->n_clusters * sizeof(snap->clusters[0])) != 0) {
+        st->clusters = lg_worker_clusters_new(w, snap->clusters, snap->n_clusters, prev);
+        if (prev != NULL)
+            lg_worker_clusters_free(prev);
+    }
+    worker_sync_listeners(w, snap);
     w->snapshot = snap;
     lg_snapshot_hold(w, snap);
     if (old != NULL) {
@@ -1055,6 +1060,7 @@ static void control_loop(void)
         struct timespec ts = {0, 0};
         lg_runtime_poll(); /* before the xDS poll, which publishes a new runtime */
         lg_xds_poll(srv.xds, 50);
+        lg_snapshot_collect();
         if (lg_now_ms() >= next_tls_check) {
             lg_tls_reload_poll(); /* certificate files that changed */
             next_tls_check = lg_now_ms() + 1000;
@@ -1184,6 +1190,7 @@ int lg_server_run(const lg_options_t *o)
 
     lg_stats_server_set_state(LG_SERVER_DRAINING);
     stop_workers();
+    lg_snapshot_collect();
     lg_admin_stop();
     lg_xds_free(srv.xds);
     lg_access_log_shutdown(); /* access logs: after the workers, which write them, and xDS, which compiles them */

@@ -109,10 +109,10 @@ lg_snapshot_t *lg_snapshot_ref(lg_snapshot_t *s)
     return s;
 }
 
-void lg_snapshot_unref(lg_snapshot_t *s)
+static lg_snapshot_t *dead; /* atomic: pushed by workers, taken by the control thread */
+
+static void snapshot_free(lg_snapshot_t *s)
 {
-    if (s == NULL || __atomic_sub_fetch(&s->refcnt, 1, __ATOMIC_ACQ_REL) != 0)
-        return;
     for (size_t i = 0; i != s->n_listeners; ++i) {
         lg_listener_config_release(s->listeners[i]);
         if (s->listener_socks[i] != NULL)
@@ -139,6 +139,29 @@ void lg_snapshot_unref(lg_snapshot_t *s)
     free(s->worker_uses);
     free(s->pins);
     free(s);
+}
+
+void lg_snapshot_unref(lg_snapshot_t *s)
+{
+    if (s == NULL || __atomic_sub_fetch(&s->refcnt, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
+    if (lg_current_worker == NULL) {
+        snapshot_free(s);
+        return;
+    }
+    s->_dead_next = __atomic_load_n(&dead, __ATOMIC_RELAXED);
+    while (!__atomic_compare_exchange_n(&dead, &s->_dead_next, s, 1, __ATOMIC_RELEASE, __ATOMIC_RELAXED))
+        ;
+}
+
+void lg_snapshot_collect(void)
+{
+    lg_snapshot_t *s = __atomic_exchange_n(&dead, NULL, __ATOMIC_ACQUIRE);
+    while (s != NULL) {
+        lg_snapshot_t *next = s->_dead_next;
+        snapshot_free(s);
+        s = next;
+    }
 }
 
 void lg_snapshot_hold(lg_worker_t *w, lg_snapshot_t *s)

@@ -39,7 +39,8 @@ static int same_opts(const lg_stats_block_opts_t *a, const lg_stats_block_opts_t
         return 0;
     if (a->code_prefix != NULL && strcmp(a->code_prefix, b->code_prefix) != 0)
         return 0;
-    return a->classes_dynamic == b->classes_dynamic && a->each_code == b->each_code;
+    return a->classes_dynamic == b->classes_dynamic && a->each_code == b->each_code && a->control_from == b->control_from &&
+           a->hidden_tail == b->hidden_tail;
 }
 
 /* Takes a reference on a live listed block equal to the request (registry mutex held). */
@@ -113,18 +114,33 @@ static lg_stats_block_t *find_shared(const char *prefix, const lg_stat_def_t *de
     return NULL;
 }
 
-/* Lays a row out: one word per def, the 5 class counters, the histogram regions,
- * then the gauge-used bitmap; rounded to a cache line. */
+/* The defs a worker row holds: all, or those before a split block's control part. */
+static size_t worker_defs(const lg_stats_block_t *b)
+{
+    return b->_ctl_from != 0 ? b->_ctl_from : b->_ndefs;
+}
+
+/* Words of the control row: a full row, or a split block's control defs and their bitmap. */
+static size_t control_words(const lg_stats_block_t *b)
+{
+    if (b->_ctl_from == 0)
+        return b->row_words;
+    size_t n = b->_ndefs - b->_ctl_from;
+    return n + (n + 63) / 64;
+}
+
+/* Lays a worker row out: one word per def it holds, the 5 class counters, the
+ * histogram regions, then the gauge-used bitmap; rounded to a cache line. */
 static void layout(lg_stats_block_t *b)
 {
-    size_t words = b->_ndefs;
+    size_t nw = worker_defs(b), words = nw;
     b->class_off = UINT32_MAX;
     if (b->_opts.code_prefix != NULL) {
         b->class_off = (uint32_t)words;
         words += 5;
     }
     uint16_t *hist_off = NULL;
-    for (size_t i = 0; i != b->_ndefs; ++i) {
+    for (size_t i = 0; i != nw; ++i) {
         if (b->_defs[i].type != LG_STAT_HISTOGRAM)
             continue;
         if (words > UINT16_MAX - LG_STATS_HIST_WORDS) {
@@ -138,7 +154,7 @@ static void layout(lg_stats_block_t *b)
     }
     b->hist_off = hist_off;
     b->used_off = (uint32_t)words;
-    words += (b->_ndefs + 63) / 64;
+    words += (nw + 63) / 64;
     b->row_words = (uint32_t)((words + 7) & ~(size_t)7);
 }
 
@@ -154,10 +170,15 @@ static lg_stats_block_t *block_create(const char *prefix, const lg_stat_def_t *d
     b->_prefix = p;
     b->_defs = defs;
     b->_ndefs = (uint32_t)ndefs;
-    b->_nrows = (uint32_t)rows;
+    b->_nrows = (uint16_t)rows;
+    b->_hidden = opts->hidden_tail <= ndefs ? opts->hidden_tail : 0;
     b->_opts = *opts;
     b->_refcnt = 1;
     b->each_code = opts->code_prefix != NULL && opts->each_code;
+    b->_ctl_from = opts->control_from < ndefs ? opts->control_from : 0;
+    for (size_t i = b->_ctl_from; b->_ctl_from != 0 && i != ndefs; ++i)
+        if (defs[i].type == LG_STAT_HISTOGRAM)
+            b->_ctl_from = 0; /* histograms live in worker rows: no split */
     layout(b);
     return b;
 }
@@ -166,7 +187,7 @@ static lg_stats_block_t *block_create(const char *prefix, const lg_stat_def_t *d
  * the control row is written off the request path and needs no alignment. */
 uint64_t *lg_stats__row_alloc(lg_stats_block_t *b, size_t row)
 {
-    size_t bytes = b->row_words * sizeof(uint64_t);
+    size_t bytes = (row == lg_stats_nworkers ? control_words(b) : b->row_words) * sizeof(uint64_t);
     uint64_t *r = row == lg_stats_nworkers ? malloc(bytes) : aligned_alloc(64, bytes), *expected = NULL;
     if (r == NULL) {
         fprintf(stderr, "legate: out of memory allocating %zu bytes\n", bytes);
@@ -213,6 +234,13 @@ lg_stats_block_t *lg_stats_block_new(const char *prefix, const lg_stat_def_t *de
 void lg_stats_block_retain(lg_stats_block_t *b)
 {
     __atomic_add_fetch(&b->_refcnt, 1, __ATOMIC_RELAXED);
+}
+
+void lg_stats_block_list_tail(lg_stats_block_t *b)
+{
+    pthread_mutex_lock(&registry_mutex);
+    b->_hidden = 0;
+    pthread_mutex_unlock(&registry_mutex);
 }
 
 static void extra_free(lg_stats_block_t *b, lg_stats_block_extra_t *x)
@@ -291,19 +319,37 @@ static lg_stats_block_extra_t *extra_of(lg_stats_block_t *b)
 
 /* ---- control-side writes ----------------------------------------------------------------------------------------------------- */
 
-void lg_stats_control_add(lg_stats_block_t *b, size_t idx, int64_t delta)
+/* Where the control row keeps def `idx`: its word and its "used" bit. */
+typedef struct st_control_slot_t {
+    uint64_t *word, *used, bit;
+} control_slot_t;
+
+static control_slot_t control_slot(lg_stats_block_t *b, size_t idx)
 {
     uint64_t *row = lg_stats_block_row(b, lg_stats_nworkers);
-    __atomic_fetch_add(row + idx, (uint64_t)delta, __ATOMIC_RELAXED);
+    if (b->_ctl_from == 0)
+        return (control_slot_t){row + idx, row + b->used_off + idx / 64, (uint64_t)1 << (idx % 64)};
+    if (idx < b->_ctl_from || idx >= b->_ndefs) {
+        fprintf(stderr, "legate: stat %s%s is not written by the control row\n", b->_prefix, b->_defs[idx].name);
+        abort();
+    }
+    size_t k = idx - b->_ctl_from, n = b->_ndefs - b->_ctl_from;
+    return (control_slot_t){row + k, row + n + k / 64, (uint64_t)1 << (k % 64)};
+}
+
+void lg_stats_control_add(lg_stats_block_t *b, size_t idx, int64_t delta)
+{
+    control_slot_t s = control_slot(b, idx);
+    __atomic_fetch_add(s.word, (uint64_t)delta, __ATOMIC_RELAXED);
     if (delta < 0 && b->_defs[idx].type == LG_STAT_GAUGE)
-        __atomic_fetch_or(row + b->used_off + idx / 64, (uint64_t)1 << (idx % 64), __ATOMIC_RELAXED);
+        __atomic_fetch_or(s.used, s.bit, __ATOMIC_RELAXED);
 }
 
 void lg_stats_gauge_set(lg_stats_block_t *b, size_t idx, uint64_t value)
 {
-    uint64_t *row = lg_stats_block_row(b, lg_stats_nworkers);
-    __atomic_store_n(row + idx, value, __ATOMIC_RELAXED);
-    __atomic_fetch_or(row + b->used_off + idx / 64, (uint64_t)1 << (idx % 64), __ATOMIC_RELAXED);
+    control_slot_t s = control_slot(b, idx);
+    __atomic_store_n(s.word, value, __ATOMIC_RELAXED);
+    __atomic_fetch_or(s.used, s.bit, __ATOMIC_RELAXED);
 }
 
 void lg_stats_text_set(lg_stats_block_t *b, size_t idx, const char *value)
@@ -319,15 +365,32 @@ void lg_stats_text_set(lg_stats_block_t *b, size_t idx, const char *value)
 
 /* ---- reads ------------------------------------------------------------------------------------------------------------------- */
 
+/* The sum of word `off` of the worker rows, and of the control row unless the block is split. */
 static uint64_t sum_word(const lg_stats_block_t *b, size_t off)
 {
     uint64_t sum = 0;
-    for (size_t r = 0; r != b->_nrows; ++r) {
+    size_t nrows = b->_ctl_from != 0 ? b->_nrows - 1 : b->_nrows;
+    for (size_t r = 0; r != nrows; ++r) {
         const uint64_t *row = __atomic_load_n(&b->rows[r], __ATOMIC_ACQUIRE);
         if (row != NULL)
             sum += __atomic_load_n(row + off, __ATOMIC_RELAXED);
     }
     return sum;
+}
+
+/* A split block's control row, or NULL. */
+static const uint64_t *control_row(const lg_stats_block_t *b)
+{
+    return b->_ctl_from != 0 ? __atomic_load_n(&b->rows[b->_nrows - 1], __ATOMIC_ACQUIRE) : NULL;
+}
+
+/* The sum of a counter or gauge over the rows that hold it. */
+static uint64_t sum_def(const lg_stats_block_t *b, size_t idx)
+{
+    if (b->_ctl_from == 0 || idx < b->_ctl_from)
+        return sum_word(b, idx);
+    const uint64_t *row = control_row(b);
+    return row != NULL ? __atomic_load_n(row + idx - b->_ctl_from, __ATOMIC_RELAXED) : 0;
 }
 
 static uint64_t sum_code(const lg_stats_block_t *b, unsigned code)
@@ -356,7 +419,13 @@ static int gauge_used(lg_stats_block_t *b, size_t idx, uint64_t value)
     if ((b->_seen_used[idx / 64] & bit) != 0)
         return 1;
     int used = value != 0;
-    for (size_t r = 0; !used && r != b->_nrows; ++r) {
+    if (!used && b->_ctl_from != 0 && idx >= b->_ctl_from) {
+        const uint64_t *row = control_row(b);
+        size_t k = idx - b->_ctl_from, n = b->_ndefs - b->_ctl_from;
+        used = row != NULL && (__atomic_load_n(row + n + k / 64, __ATOMIC_RELAXED) & ((uint64_t)1 << (k % 64))) != 0;
+    }
+    size_t nrows = b->_ctl_from != 0 ? b->_nrows - 1 : b->_nrows;
+    for (size_t r = 0; !used && idx < worker_defs(b) && r != nrows; ++r) {
         const uint64_t *row = __atomic_load_n(&b->rows[r], __ATOMIC_ACQUIRE);
         used = row != NULL && (__atomic_load_n(row + b->used_off + idx / 64, __ATOMIC_RELAXED) & bit) != 0;
     }
@@ -378,13 +447,13 @@ static uint64_t code_baseline(const lg_stats_block_t *b, unsigned code)
 
 static uint64_t counter_value(const lg_stats_block_t *b, size_t idx)
 {
-    return sum_word(b, idx) - baseline(b, idx);
+    return sum_def(b, idx) - baseline(b, idx);
 }
 
 uint64_t lg_stats_block_value(lg_stats_block_t *b, size_t idx)
 {
     pthread_mutex_lock(&registry_mutex);
-    uint64_t v = b->_defs[idx].type == LG_STAT_COUNTER ? counter_value(b, idx) : sum_word(b, idx);
+    uint64_t v = b->_defs[idx].type == LG_STAT_COUNTER ? counter_value(b, idx) : sum_def(b, idx);
     pthread_mutex_unlock(&registry_mutex);
     return v;
 }
@@ -450,12 +519,12 @@ static void collect_def(collect_t *c, lg_stats_block_t *b, size_t i)
     set_name(c, b, "", d->name);
     switch (d->type) {
     case LG_STAT_COUNTER: {
-        uint64_t raw = sum_word(b, i);
+        uint64_t raw = sum_def(b, i);
         if ((x = push(c, d->type, raw != 0)) != NULL)
             x->value = counter_value(b, i);
     } break;
     case LG_STAT_GAUGE: {
-        uint64_t v = sum_word(b, i);
+        uint64_t v = sum_def(b, i);
         if ((x = push(c, d->type, gauge_used(b, i, v))) != NULL)
             x->value = v;
     } break;
@@ -544,7 +613,7 @@ void lg_stats_snapshot(lg_stats_snapshot_t *snap, lg_stats_filter_cb filter, voi
     *snap = (lg_stats_snapshot_t){NULL};
     pthread_mutex_lock(&registry_mutex);
     for (lg_stats_block_t *b = registry_head; b != NULL; b = b->_next) {
-        for (size_t i = 0; i != b->_ndefs; ++i)
+        for (size_t i = 0; i != b->_ndefs - b->_hidden; ++i)
             collect_def(&c, b, i);
         if (b->class_off != UINT32_MAX)
             collect_codes(&c, b);
@@ -591,7 +660,7 @@ void lg_stats_reset_counters(void)
             x->baseline = lg_calloc(b->_ndefs + 5, sizeof(uint64_t));
         for (size_t i = 0; i != b->_ndefs; ++i)
             if (b->_defs[i].type == LG_STAT_COUNTER)
-                x->baseline[i] = sum_word(b, i);
+                x->baseline[i] = sum_def(b, i);
         for (size_t cls = 0; b->class_off != UINT32_MAX && cls != 5; ++cls)
             x->baseline[b->_ndefs + cls] = sum_word(b, b->class_off + cls);
         if (__atomic_load_n(&b->codes, __ATOMIC_ACQUIRE) == NULL)

@@ -20,9 +20,10 @@ static int host_stat_is_gauge(size_t idx)
 
 static uint64_t host_stat_sum(const lg_host_config_t *h, size_t idx)
 {
+    const uint64_t *s = lg_host_config_stats_peek(h);
     uint64_t sum = 0;
-    for (size_t row = 0; row != lg_stats_nworkers + 1; ++row)
-        sum += __atomic_load_n(&h->stats[row * LG_HOST_STAT__COUNT + idx], __ATOMIC_RELAXED);
+    for (size_t row = 0; s != NULL && row != lg_stats_nworkers + 1; ++row)
+        sum += __atomic_load_n(&s[row * LG_HOST_STAT__COUNT + idx], __ATOMIC_RELAXED);
     return sum;
 }
 

@@ -192,10 +192,16 @@ static void host_index_init(host_index_t *x, const lg_cluster_config_t *cfg)
 static void continue_host_row(lg_worker_cluster_t *c, const lg_host_config_t *to, const lg_host_config_t *from, int pools_moved)
 {
     size_t row = c->worker->index * LG_HOST_STAT__COUNT;
+    const uint64_t *fs = lg_host_config_stats_peek(from);
+    uint64_t *ts = (uint64_t *)lg_host_config_stats_peek(to);
+    if (fs == NULL && ts == NULL)
+        return; /* nothing counted on either side: all zero */
+    if (ts == NULL)
+        ts = lg_host_config_stats(to);
     for (size_t k = 0; k != LG_HOST_STAT__COUNT; ++k) {
         int gauge = k == LG_HOST_STAT_cx_active || k == LG_HOST_STAT_rq_active;
-        uint64_t v = gauge && !pools_moved ? 0 : __atomic_load_n(&from->stats[row + k], __ATOMIC_RELAXED);
-        __atomic_store_n(&to->stats[row + k], v, __ATOMIC_RELAXED);
+        uint64_t v = gauge && !pools_moved ? 0 : fs != NULL ? __atomic_load_n(&fs[row + k], __ATOMIC_RELAXED) : 0;
+        __atomic_store_n(&ts[row + k], v, __ATOMIC_RELAXED);
     }
 }
 

@@ -80,7 +80,7 @@ static inline void lg__cluster_dec(lg_worker_cluster_t *c, size_t idx)
 
 static inline uint64_t *lg__host_stat(lg_host_t *h, size_t idx)
 {
-    return h->config->stats + h->cluster->worker->index * LG_HOST_STAT__COUNT + idx;
+    return lg_host_config_stats(h->config) + h->cluster->worker->index * LG_HOST_STAT__COUNT + idx;
 }
 
 static inline void lg__host_inc(lg_host_t *h, size_t idx)

@@ -239,8 +239,7 @@ static int check_sub_timeouts(lg_xds_t *x, uint64_t now)
             continue;
         LG_WARN(config, "%s: initial fetch timed out", lg_xds_type_names[sub->type]);
         sub->initialized = 1;
-        if (sub->stats != NULL)
-            lg_stats_control_add(sub->stats, LG__XDS_SUB_init_fetch_timeout, 1);
+        lg__xds_sub_count(sub, LG__XDS_SUB_init_fetch_timeout);
         any = 1;
     }
     return any;

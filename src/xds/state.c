@@ -311,6 +311,15 @@ static int dep_unchanged(lg__xds_dep_t *d, lg_xds_resource_t *res)
 
 /* ---- init and dispose ---- */
 
+/* The block an EDS cluster's subscription counts in: the cluster's own (one block per
+ * cluster), referenced so that a dep never counts into a freed block. */
+static lg_stats_block_t *eds_stats_of(lg_cluster_config_t *cfg)
+{
+    lg_stats_block_t *b = lg_cluster_config_stats(cfg);
+    lg_stats_block_retain(b);
+    return b;
+}
+
 static int cluster_exists(void *ctx, const char *name)
 {
     lg_xds_t *x = ctx;
@@ -364,8 +373,7 @@ int lg__xds_state_static_deps(lg_xds_t *x, lg_error_t *err)
             return lg_error(err, "static_resources.clusters[%zu].eds_cluster_config.eds_config: value is required", i);
         if ((c->eds_sub = lg__xds_subscribe(x, LG_XDS_EDS, cs, NULL, err)) == NULL)
             return lg_error_prefix(err, "static_resources.clusters[%zu].eds_cluster_config.eds_config", i);
-        c->eds_stats = lg_stats_block_new(lg_stats_block_prefix(lg_cluster_config_stats(c->compiled)), lg__xds_eds_stat_defs,
-                                          LG__XDS_EDS__COUNT);
+        c->eds_stats = eds_stats_of(c->compiled);
     }
     for (size_t i = 0; sr != NULL && i != sr->n_listeners; ++i) {
         const Envoy__Config__Listener__V3__Listener *m = sr->listeners[i];
@@ -489,9 +497,7 @@ static int apply_cluster(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *e
     c->n_sds = n_sds;
     if (c->eds_stats != NULL)
         lg_stats_block_release(c->eds_stats);
-    c->eds_stats = eds_sub != NULL ? lg_stats_block_new(lg_stats_block_prefix(lg_cluster_config_stats(cfg)), lg__xds_eds_stat_defs,
-                                                        LG__XDS_EDS__COUNT)
-                                   : NULL;
+    c->eds_stats = eds_sub != NULL ? eds_stats_of(cfg) : NULL;
     x->dirty = 1;
     return 0;
 }
@@ -619,7 +625,10 @@ static int add_srds_ref(lg_xds_t *x, lg__xds_sub_t *parent, const hcm_proto_t *h
     lg__xds_sub_t *rds_sub = lg__xds_subscribe(x, LG_XDS_RDS, sr->rds_config_source, parent, err);
     if (rds_sub == NULL)
         return lg_error_prefix(err, "scoped_routes.rds_config_source");
-    lg__xds_rds_ref_t r = {lg_strdup(sr->name), sub, NULL};
+    char *prefix = lg_malloc(strlen(hcm->stat_prefix) + strlen(sr->name) + sizeof("http..scoped_rds.."));
+    sprintf(prefix, "http.%s.scoped_rds.%s.", hcm->stat_prefix, sr->name);
+    lg__xds_rds_ref_t r = {lg_strdup(sr->name), sub, lg_stats_block_new(prefix, lg__xds_srds_stat_defs, LG__XDS_SRDS__COUNT)};
+    free(prefix);
     r.rds_sub = rds_sub;
     r.kb.len = protobuf_c_message_get_packed_size(&sr->scope_key_builder->base);
     r.kb.data = lg_malloc(r.kb.len + 1);
@@ -1101,6 +1110,86 @@ static void want_scopes(lg_xds_t *x, uint64_t now)
             }
         }
     }
+}
+
+/* ---- subscription stats ---- */
+
+/* Calls cb once for each stats block of the SRDS refs using `sub`. */
+static void srds_blocks(lg__xds_sub_t *sub, void (*cb)(lg__xds_sub_t *, lg_stats_block_t *, void *), void *ctx)
+{
+    lg_xds_t *x = sub->xds;
+    H2O_VECTOR(lg_stats_block_t *) seen = {NULL};
+    for (size_t i = 0; i != x->n_listeners; ++i) {
+        const lg__xds_listener_t *l = x->listeners[i];
+        for (size_t j = 0; l != NULL && j != l->n_rds; ++j) {
+            lg_stats_block_t *b = l->rds[j].sub == sub ? l->rds[j].stats : NULL;
+            size_t k = 0;
+            while (b != NULL && k != seen.size && seen.entries[k] != b)
+                ++k;
+            if (b == NULL || k != seen.size)
+                continue;
+            if (seen.size == seen.capacity) {
+                seen.capacity = seen.capacity != 0 ? seen.capacity * 2 : 4;
+                seen.entries = lg_realloc(seen.entries, seen.capacity * sizeof(*seen.entries));
+            }
+            seen.entries[seen.size++] = b;
+            cb(sub, b, ctx);
+        }
+    }
+    free(seen.entries);
+}
+
+static void srds_count_cb(lg__xds_sub_t *sub, lg_stats_block_t *b, void *ctx)
+{
+    lg_stats_control_add(b, *(size_t *)ctx, 1);
+}
+
+void lg__xds_sub_count(lg__xds_sub_t *sub, size_t idx)
+{
+    if (sub->stats != NULL)
+        lg_stats_control_add(sub->stats, idx, 1);
+    else if (sub->type == LG_XDS_SRDS)
+        srds_blocks(sub, srds_count_cb, &idx);
+}
+
+static void sub_version_set(lg_stats_block_t *b, const char *version, uint64_t now_ms)
+{
+    lg_stats_control_add(b, LG__XDS_SUB_update_success, 1);
+    lg_stats_text_set(b, LG__XDS_SUB_version_text, version);
+    lg_stats_gauge_set(b, LG__XDS_SUB_version, lg__xds_hash(version, strlen(version)));
+    lg_stats_gauge_set(b, LG__XDS_SUB_update_time, now_ms);
+}
+
+/* Envoy's ScopedRdsConfigSubscription::onConfigUpdate: the subscription stats, then
+ * all_scopes, config_reload and config_reload_time_ms; active_scopes and
+ * on_demand_scopes count the scopes that load their routes eagerly / on demand. */
+static void srds_accepted_cb(lg__xds_sub_t *sub, lg_stats_block_t *b, void *ctx)
+{
+    const lg__xds_map_t *m = &sub->xds->deps[LG_XDS_SRDS];
+    uint64_t now_ms = lg_wall_us() / 1000, eager = 0, on_demand = 0;
+    for (size_t k = 0; m->slots != NULL && k <= m->mask; ++k) {
+        const lg__xds_dep_t *d = m->slots[k];
+        if (d != NULL && d->sub == sub && d->compiled != NULL) {
+            if (((const scope_proto_t *)d->compiled)->on_demand)
+                ++on_demand;
+            else
+                ++eager;
+        }
+    }
+    sub_version_set(b, ctx, now_ms);
+    lg_stats_gauge_set(b, LG__XDS_SRDS_all_scopes, eager + on_demand);
+    lg_stats_gauge_set(b, LG__XDS_SRDS_active_scopes, eager);
+    lg_stats_gauge_set(b, LG__XDS_SRDS_on_demand_scopes, on_demand);
+    lg_stats_control_add(b, LG__XDS_SRDS_config_reload, 1);
+    lg_stats_gauge_set(b, LG__XDS_SRDS_config_reload_time_ms, now_ms);
+}
+
+void lg__xds_sub_accepted(lg__xds_sub_t *sub, const char *version)
+{
+    if (sub->stats != NULL)
+        sub_version_set(sub->stats, version, lg_wall_us() / 1000);
+    else if (sub->type == LG_XDS_SRDS)
+        srds_blocks(sub, srds_accepted_cb, (void *)version);
 }
 
 /* An SRDS ref is ready once its source answered (or timed out) and every scope's routes arrived. */

@@ -14,8 +14,8 @@
 #define RESOURCE_URL "type.googleapis.com/envoy.service.discovery.v3.Resource"
 
 const lg_stat_def_t lg__xds_sub_stat_defs[LG__XDS_SUB__COUNT] = {LG__XDS_SUB_STATS(LG_STAT_DEF)};
-const lg_stat_def_t lg__xds_eds_stat_defs[LG__XDS_EDS__COUNT] = {LG__XDS_EDS_STATS(LG_STAT_DEF)};
 const lg_stat_def_t lg__xds_ecds_stat_defs[LG__XDS_ECDS__COUNT] = {LG__XDS_ECDS_STATS(LG_STAT_DEF)};
+const lg_stat_def_t lg__xds_srds_stat_defs[LG__XDS_SRDS__COUNT] = {LG__XDS_SRDS_STATS(LG_STAT_DEF)};
 
 static const ProtobufCMessageDescriptor *const descriptors[LG_XDS__NTYPES] = {
     &envoy__config__cluster__v3__cluster__descriptor,
@@ -217,8 +217,7 @@ static lg__xds_change_t *add_removals(lg__xds_sub_t *sub, lg__xds_change_t *c, s
 
 static void count(lg__xds_sub_t *sub, size_t idx)
 {
-    if (sub->stats != NULL)
-        lg_stats_control_add(sub->stats, idx, 1);
+    lg__xds_sub_count(sub, idx);
 }
 
 /* Applies the changes and accounts for the outcome; takes `c` (and `arena`'s messages). */
@@ -244,12 +243,7 @@ static int finish(lg__xds_sub_t *sub, const char *version, lg__xds_change_t *c, 
     } else {
         free(sub->version_info);
         sub->version_info = lg_strdup(version);
-        count(sub, LG__XDS_SUB_update_success);
-        if (sub->stats != NULL) {
-            lg_stats_text_set(sub->stats, LG__XDS_SUB_version_text, version);
-            lg_stats_gauge_set(sub->stats, LG__XDS_SUB_version, lg__xds_hash(version, strlen(version)));
-            lg_stats_gauge_set(sub->stats, LG__XDS_SUB_update_time, lg_wall_us() / 1000);
-        }
+        lg__xds_sub_accepted(sub, version);
     }
     lg__xds_after_update(x);
     return nack->len != 0 ? -1 : 0;

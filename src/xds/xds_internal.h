@@ -75,22 +75,36 @@ typedef struct st_lg__xds_sub_t lg__xds_sub_t;
     X(TEXT_READOUT, version_text)
 #define LG__XDS_SUB_STAT_ENUM(type, name) LG__XDS_SUB_##name,
 enum { LG__XDS_SUB_STATS(LG__XDS_SUB_STAT_ENUM) LG__XDS_SUB__COUNT };
-/* The EDS stats of a cluster that its own block (cluster-t.h) lacks. */
-#define LG__XDS_EDS_STATS(X) \
-    X(COUNTER, update_attempt) X(COUNTER, update_failure) X(COUNTER, update_rejected) X(COUNTER, init_fetch_timeout)
-#define LG__XDS_EDS_STAT_ENUM(type, name) LG__XDS_EDS_##name,
-enum { LG__XDS_EDS_STATS(LG__XDS_EDS_STAT_ENUM) LG__XDS_EDS__COUNT };
+/* An EDS dep counts in its clusters' own blocks (LG_CLUSTER_EDS_STATS in cluster-t.h). */
+#define LG__XDS_EDS_STAT_ENUM(type, name) LG__XDS_EDS_##name = LG_CLUSTER_STAT_##name,
+enum { LG_CLUSTER_EDS_STATS(LG__XDS_EDS_STAT_ENUM) };
 /* ECDS: extension_config_discovery.http_filter.<name>.: the subscription stats, then Envoy's ECDS counters. */
 #define LG__XDS_ECDS_STATS(X) LG__XDS_SUB_STATS(X) X(COUNTER, config_reload) X(COUNTER, config_fail) X(COUNTER, config_conflict)
 #define LG__XDS_ECDS_STAT_ENUM(type, name) LG__XDS_ECDS_##name,
 enum { LG__XDS_ECDS_STATS(LG__XDS_ECDS_STAT_ENUM) LG__XDS_ECDS__COUNT };
+/* SRDS: http.<stat_prefix>.scoped_rds.<ScopedRoutes.name>.: the subscription stats, then
+ * Envoy's ScopedRdsStats (update_empty is declared, and Envoy does not count it either). */
+#define LG__XDS_SRDS_STATS(X)                                                                                                  \
+    LG__XDS_SUB_STATS(X)                                                                                                       \
+    X(COUNTER, config_reload) X(COUNTER, update_empty) X(GAUGE, all_scopes) X(GAUGE, active_scopes) X(GAUGE, on_demand_scopes) \
+        X(GAUGE, config_reload_time_ms)
+#define LG__XDS_SRDS_STAT_ENUM(type, name) LG__XDS_SRDS_##name,
+enum { LG__XDS_SRDS_STATS(LG__XDS_SRDS_STAT_ENUM) LG__XDS_SRDS__COUNT };
+#undef LG__XDS_SRDS_STAT_ENUM
 #undef LG__XDS_ECDS_STAT_ENUM
 #undef LG__XDS_SUB_STAT_ENUM
 #undef LG__XDS_EDS_STAT_ENUM
 
 extern const lg_stat_def_t lg__xds_sub_stat_defs[LG__XDS_SUB__COUNT];
-extern const lg_stat_def_t lg__xds_eds_stat_defs[LG__XDS_EDS__COUNT];
 extern const lg_stat_def_t lg__xds_ecds_stat_defs[LG__XDS_ECDS__COUNT];
+extern const lg_stat_def_t lg__xds_srds_stat_defs[LG__XDS_SRDS__COUNT];
+
+/* Counts `idx` (LG__XDS_SUB_*) in the subscription stats of `sub`: its own block (CDS,
+ * LDS, RTDS), or the blocks of the HCMs using it (SRDS), once per block. */
+void lg__xds_sub_count(lg__xds_sub_t *sub, size_t idx);
+/* `sub` accepted a response of `version`: update_success, version, version_text,
+ * update_time; SRDS also config_reload, config_reload_time_ms and the scope gauges. */
+void lg__xds_sub_accepted(lg__xds_sub_t *sub, const char *version);
 
 /* One resource type on one transport. */
 struct st_lg__xds_sub_t {
@@ -156,9 +170,9 @@ typedef struct st_lg__xds_cluster_t {
      * activate_with_endpoints() derives the next version from it without its hosts). */
     lg_cluster_config_t *compiled;
     uint64_t compiled_gen;
-    lg__xds_sub_t *eds_sub; /* EDS clusters: where their endpoints come from */
-    lg__xds_dep_t *eds;     /* set by the dependency pass */
-    lg_stats_block_t *eds_stats;
+    lg__xds_sub_t *eds_sub;           /* EDS clusters: where their endpoints come from */
+    lg__xds_dep_t *eds;               /* set by the dependency pass */
+    lg_stats_block_t *eds_stats;      /* EDS clusters: a reference to the block of `compiled` (its EDS stats) */
     struct st_lg__xds_rds_ref_t *sds; /* the SDS secrets its TLS contexts name with an sds_config */
     size_t n_sds;
     lg_cluster_config_t *active; /* what snapshots use; NULL while warming for the first time */

@@ -294,6 +294,39 @@ def test_valid_clusters_applied_even_when_others_rejected(xds_server, legate, po
     assert lg.admin.stats()["cluster_manager.cds.update_rejected"] >= 1
 
 
+def test_eds_cluster_subscription_stats(xds_server, legate, ports, upstream):
+    """An EDS cluster lists its subscription's stats with its own (cluster.<name>.update_attempt,
+    update_rejected ...); a static cluster lists update_success but not those. A rejected load
+    assignment counts there; a CDS update that makes the cluster static keeps its counters."""
+    xds, lg, port, ups, v = start(xds_server, legate, ports, upstream)
+    xds.wait_ack(ENDPOINT, v[ENDPOINT], timeout=5 * T)
+    s = lg.admin.stats()
+    a = {k[len("cluster.a."):]: val for k, val in s.items() if k.startswith("cluster.a.")}
+    assert a["update_attempt"] >= 1 and a["update_success"] >= 1, a
+    assert a["update_rejected"] == 0 and a["update_failure"] == 0 and a["init_fetch_timeout"] == 0
+    assert a["membership_total"] == 1 and a["membership_healthy"] == 1
+    assert "cluster.xds_cluster.update_success" in s and "cluster.xds_cluster.membership_total" in s
+    for name in ("update_attempt", "update_failure", "update_rejected", "init_fetch_timeout"):
+        assert f"cluster.xds_cluster.{name}" not in s, f"a static cluster does not list {name}"
+
+    m = xds.mark()
+    bad = {"cluster_name": "a", "endpoints": [{"lb_endpoints": [cfg.endpoint(1, address="not-an-ip")]}]}
+    xds.set(ENDPOINT, [bad, cla("b", [ups["b"].port])])
+    xds.wait_nack(ENDPOINT, since=m, timeout=5 * T)
+    s2 = lg.admin.stats()
+    assert s2["cluster.a.update_rejected"] == 1 and s2["cluster.a.update_attempt"] == a["update_attempt"] + 1
+    assert s2["cluster.a.update_success"] == a["update_success"] and s2["cluster.a.membership_total"] == 1
+    assert upstream_of(port) == "a", "the cluster keeps its endpoints"
+
+    m = xds.mark()
+    v3 = xds.set(CLUSTER, [cfg.cluster("a", [ups["a"].port]), eds_cluster("b")])
+    xds.wait_ack(CLUSTER, v3, since=m, timeout=5 * T)
+    s3 = lg.admin.stats()
+    assert s3["cluster.a.update_rejected"] == 1 and s3["cluster.a.update_attempt"] == s2["cluster.a.update_attempt"], \
+        "one block per cluster name: a change of type keeps the counters"
+    assert upstream_of(port) == "a"
+
+
 # ---- SotW removal -----------------------------------------------------------------------------------
 
 

@@ -115,3 +115,53 @@ def test_conflicting_scope_keys_nacked(xds_server, legate, ports, upstream):
     assert nack["version_info"] == v[SCOPED_ROUTE]
     assert "scope key conflict" in nack["error_detail"]["message"], nack
     assert tenant(port, "a") == "a" and tenant(port, "b") == "b"
+
+
+SRDS_STATS = "http.ingress.scoped_rds.scopes."
+
+
+def srds_stats(lg):
+    s = lg.admin.stats()
+    return {k[len(SRDS_STATS):]: v for k, v in s.items() if k.startswith(SRDS_STATS)}
+
+
+def test_srds_subscription_stats(xds_server, legate, ports, upstream):
+    """Envoy's http.<stat_prefix>.scoped_rds.<name>. stats: the subscription's (update_attempt,
+    update_success, update_rejected, version_text ...) and ScopedRdsStats (config_reload,
+    all_scopes, active_scopes, on_demand_scopes, config_reload_time_ms)."""
+    xds, lg, port, v = start(xds_server, legate, ports, upstream)
+    xds.wait_ack(SCOPED_ROUTE, v[SCOPED_ROUTE], timeout=5 * T)
+    s = srds_stats(lg)
+    assert set(s) >= {"init_fetch_timeout", "update_attempt", "update_failure", "update_rejected", "update_success",
+                      "update_time", "version", "version_text", "config_reload", "update_empty", "all_scopes",
+                      "active_scopes", "on_demand_scopes", "config_reload_time_ms"}, sorted(s)
+    assert s["update_success"] >= 1 and s["update_rejected"] == 0 and s["update_failure"] == 0
+    assert s["update_attempt"] == s["update_success"], s
+    assert s["config_reload"] == s["update_success"], "each accepted response reloads the scopes"
+    assert (s["all_scopes"], s["active_scopes"], s["on_demand_scopes"]) == (2, 2, 0)
+    assert s["version_text"].strip('"') == v[SCOPED_ROUTE] and s["version"] != 0
+    assert s["update_time"] > 0 and s["config_reload_time_ms"] > 0
+    accepted = s["update_success"]
+
+    # A rejected response (two scopes with one key) counts as rejected and changes nothing else.
+    m = xds.mark()
+    xds.set(SCOPED_ROUTE, [scope("scope-a", "a", "ra"), scope("scope-b", "b", "rb"), scope("scope-x", "a", "rb")])
+    xds.wait_nack(SCOPED_ROUTE, since=m, timeout=5 * T)
+    s = srds_stats(lg)
+    assert s["update_rejected"] == 1 and s["update_success"] == accepted and s["config_reload"] == accepted, s
+    assert s["update_attempt"] == accepted + 1
+    assert s["version_text"].strip('"') == v[SCOPED_ROUTE], "a rejected version is not taken"
+    assert s["all_scopes"] == 2
+
+    # An accepted response with an on-demand scope: the gauges follow the scope set.
+    m = xds.mark()
+    lazy = dict(scope("scope-c", "c", "rb"), on_demand=True)
+    v2 = xds.set(SCOPED_ROUTE, [scope("scope-a", "a", "ra"), scope("scope-b", "b", "rb"), lazy])
+    xds.wait_ack(SCOPED_ROUTE, v2, since=m, timeout=5 * T)
+    s = srds_stats(lg)
+    assert s["update_success"] == accepted + 1 and s["config_reload"] == accepted + 1 and s["update_rejected"] == 1, s
+    assert (s["all_scopes"], s["active_scopes"], s["on_demand_scopes"]) == (3, 2, 1)
+    assert s["version_text"].strip('"') == v2
+    prom = lg.admin.get("/stats/prometheus").text
+    want = 'envoy_http_scoped_rds_scopes_config_reload{envoy_http_conn_manager_prefix="ingress"} %d' % (accepted + 1)
+    assert want in prom.splitlines(), "Prometheus: the stat prefix is a tag, the rest the name"

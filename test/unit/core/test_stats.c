@@ -1,5 +1,9 @@
+#include <malloc.h>
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include "legate/stats.h"
 #include "test.h"
 
@@ -297,6 +301,78 @@ static void test_lazy_rows(void)
     lg_stats_block_release(b);
 }
 
+/* A split block: workers write [0, S_membership_total), the control row the rest; a
+ * block made with fewer defs does not list the tail (a static cluster's). */
+#define SPLIT_STATS(X)            \
+    X(COUNTER, upstream_rq_total) \
+    X(GAUGE, upstream_cx_active) X(GAUGE, membership_total) X(COUNTER, update_success) X(COUNTER, update_attempt)
+#define SPLIT_ENUM(type, name) S_##name,
+enum { SPLIT_STATS(SPLIT_ENUM) S__COUNT };
+static const lg_stat_def_t split_defs[] = {SPLIT_STATS(LG_STAT_DEF)};
+
+static void test_split_block(void)
+{
+    lg_stats_block_opts_t opts = cluster_opts;
+    opts.control_from = S_membership_total;
+    lg_stats_block_t *eds = lg_stats_block_new_ex("cluster.split.", split_defs, S__COUNT, &opts);
+    lg_stats_block_t *whole = lg_stats_block_new_ex("cluster.whole.", split_defs, S__COUNT, &cluster_opts);
+    ok(eds->row_words == 8 && whole->row_words == 16, "worker rows hold the worker stats only: %u vs %u", eds->row_words,
+       whole->row_words);
+    lg_stats_gauge_set(eds, S_membership_total, 0);
+    lg_stats_control_add(eds, S_update_attempt, 2);
+    LG_STAT_INC(eds, 0, S_upstream_rq_total);
+    LG_STAT_INC(eds, 1, S_upstream_cx_active);
+    lg_stats_block_code(eds, 1, 200);
+    ok(malloc_usable_size(eds->rows[2]) < 64, "the control row holds 3 words and a bitmap: %zu bytes",
+       malloc_usable_size(eds->rows[2]));
+    lg_stat_sample_t x;
+    ok(find_sample("cluster.split.membership_total", &x) && x.used && x.value == 0, "a set gauge is used, even at zero");
+    ok(find_sample("cluster.split.upstream_cx_active", &x) && x.used && x.value == 1, "worker gauge");
+    ok(value_of("cluster.split.update_attempt") == 2 && value_of("cluster.split.update_success") == 0 &&
+           value_of("cluster.split.upstream_rq_total") == 1 && value_of("cluster.split.upstream_rq_2xx") == 1,
+       "control and worker stats summed from their rows");
+    lg_stats_control_add(eds, S_membership_total, 5);
+    lg_stats_control_add(eds, S_membership_total, -2);
+    ok(lg_stats_block_value(eds, S_membership_total) == 3 && lg_stats_block_value(eds, S_update_attempt) == 2, "control values");
+    lg_stats_reset_counters();
+    lg_stats_control_add(eds, S_update_attempt, 1);
+    ok(value_of("cluster.split.update_attempt") == 1 && value_of("cluster.split.upstream_rq_total") == 0 &&
+           value_of("cluster.split.membership_total") == 3,
+       "reset_counters: control counters from their baseline, gauges kept");
+
+    lg_stats_block_t *st = lg_stats_block_new_ex("cluster.split.", split_defs, S_update_attempt, &opts);
+    ok(st != eds, "a block with fewer stats is its own");
+    lg_stats_block_release(eds);
+    ok(find_sample("cluster.split.update_success", &x) && !find_sample("cluster.split.update_attempt", &x),
+       "the shorter block does not list the others");
+
+    lg_stats_block_opts_t hopts = opts;
+    hopts.hidden_tail = 1;
+    lg_stats_block_t *h = lg_stats_block_new_ex("cluster.hidden.", split_defs, S__COUNT, &hopts);
+    lg_stats_control_add(h, S_update_attempt, 1);
+    ok(find_sample("cluster.hidden.update_success", &x) && !find_sample("cluster.hidden.update_attempt", &x),
+       "a hidden tail is not listed, even when written");
+    ok(lg_stats_block_new_ex("cluster.hidden.", split_defs, S__COUNT, &hopts) == h && h->_refcnt == 2, "shared as usual");
+    lg_stats_block_list_tail(h);
+    ok(find_sample("cluster.hidden.update_attempt", &x) && x.value == 1, "listed once asked, with what it counted");
+    lg_stats_block_release(h);
+    lg_stats_block_release(h);
+    lg_stats_gauge_set(st, S_membership_total, 4);
+    ok(malloc_usable_size(st->rows[2]) < 32 && value_of("cluster.split.membership_total") == 4, "its control row is shorter");
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        freopen("/dev/null", "w", stderr);
+        lg_stats_control_add(st, S_upstream_rq_total, 1);
+        _exit(0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    ok(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT, "a worker stat written by the control thread aborts");
+    lg_stats_block_release(st);
+    lg_stats_block_release(whole);
+}
+
 int main(void)
 {
     lg_stats_init(2);
@@ -312,6 +388,7 @@ int main(void)
     test_server();
     test_concurrent_rows();
     test_lazy_rows();
+    test_split_block();
     lg_stats_block_release(b);
     ok(value_of("cluster.backend.upstream_rq_total") == UINT64_MAX, "last release unlists");
     lg_stats_shutdown();

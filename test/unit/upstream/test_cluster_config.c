@@ -1,5 +1,6 @@
 /* Cluster compile: defaults, every supported field, every error path, EDS
  * endpoint updates and the /clusters output. */
+#include <malloc.h>
 #include "test.h"
 #include "legate/cluster.h"
 #include "legate/pbjson.h"
@@ -287,12 +288,36 @@ static void test_eds(void)
     if (filled != NULL) {
         ok_str(filled->hosts[0]->address, "192.168.1.1:443");
         ok(filled->shared == cfg->shared, "stats shared with the cluster");
-        filled->hosts[0]->stats[LG_HOST_STAT_rq_total] = 5;
+        lg_cluster_config_t *quiet = lg_cluster_config_with_endpoints(filled, &cla, &err);
+        ok(quiet != NULL && lg_host_config_stats_peek(filled->hosts[0]) == NULL &&
+               lg_host_config_stats_peek(quiet->hosts[0]) == NULL,
+           "host counters are allocated by their first write, not carried while unwritten");
+        lg_cluster_config_release(quiet);
+        lg_host_config_stats(filled->hosts[0])[LG_HOST_STAT_rq_total] = 5;
         lg_cluster_config_t *again = lg_cluster_config_with_endpoints(filled, &cla, &err);
-        ok(again != NULL && again->hosts[0]->stats[LG_HOST_STAT_rq_total] == 5, "host counters carry over by address");
-        ok(lg_stats_block_value(lg_cluster_config_stats(again), LG_CLUSTER_STAT_update_success) == 2, "update_success");
+        ok(again != NULL && lg_host_config_stats_peek(again->hosts[0])[LG_HOST_STAT_rq_total] == 5,
+           "host counters carry over by address");
+        ok(lg_stats_block_value(lg_cluster_config_stats(again), LG_CLUSTER_STAT_update_success) == 3, "update_success");
         lg_cluster_config_release(again);
     }
+    /* One block per cluster: the EDS subscription's stats are in it (EDS clusters only). */
+    lg_stats_block_t *sb = lg_cluster_config_stats(cfg);
+    lg_stats_control_add(sb, LG_CLUSTER_STAT_update_attempt, 1);
+    uint64_t v = 0;
+    ok(lg_stats_lookup("cluster.eds.update_attempt", &v) == 0 && v == 1 &&
+           lg_stats_lookup("cluster.eds.init_fetch_timeout", &v) == 0,
+       "an EDS cluster lists its subscription stats");
+    ok(malloc_usable_size(sb->rows[lg_stats_nworkers]) < 16 * sizeof(uint64_t),
+       "its control row holds the membership and update stats only: %zu bytes", malloc_usable_size(sb->rows[lg_stats_nworkers]));
+    lg_cluster_config_t *st = compile("name: eds\ntype: STATIC\n", &err);
+    ok(st != NULL && lg_cluster_config_stats(st) == sb && lg_stats_lookup("cluster.eds.update_attempt", &v) == 0 && v == 1,
+       "a change of type keeps the block and its counters: %s", err.msg);
+    lg_cluster_config_release(st);
+    st = compile("name: plain\ntype: STATIC\n", &err);
+    ok(st != NULL && lg_stats_lookup("cluster.plain.update_success", &v) == 0 &&
+           lg_stats_lookup("cluster.plain.update_attempt", &v) != 0 && lg_stats_lookup("cluster.plain.update_rejected", &v) != 0,
+       "a static cluster lists update_success but not the EDS subscription's stats");
+    lg_cluster_config_release(st);
     sa.address = "bad";
     lg_cluster_config_t *bad = lg_cluster_config_with_endpoints(cfg, &cla, &err);
     ok(bad == NULL, "bad endpoint rejected");

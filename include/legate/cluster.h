@@ -97,6 +97,20 @@ static inline uint64_t lg_lb_random_next(uint64_t *state)
  */
 lg_worker_clusters_t *lg_worker_clusters_new(lg_worker_t *w, lg_cluster_config_t **cfgs, size_t n, lg_worker_clusters_t *previous);
 void lg_worker_clusters_free(lg_worker_clusters_t *view);
+/*
+ * Off the worker: the same view as lg_worker_clusters_new(w, cfgs, n, NULL)
+ * for a worker yet to be named: every cluster lazy. The control thread builds
+ * it so that a worker applying a CDS update of 10,000 clusters does not spend
+ * milliseconds hashing names.
+ */
+lg_worker_clusters_t *lg_worker_clusters_prepare(lg_cluster_config_t **cfgs, size_t n);
+/*
+ * Worker w takes a prepared view over from `previous` (its current view, or
+ * NULL) with what lg_worker_clusters_new() carries over: the clusters w
+ * created. Then `previous` holds only config references, and
+ * lg_worker_clusters_free(previous) may run on any thread.
+ */
+void lg_worker_clusters_adopt(lg_worker_t *w, lg_worker_clusters_t *view, lg_worker_clusters_t *previous);
 /* NULL when the view has no cluster of that name. */
 lg_worker_cluster_t *lg_worker_clusters_find(const lg_worker_clusters_t *view, const char *name, size_t len);
 const char *lg_worker_cluster_name(const lg_worker_cluster_t *c);

@@ -309,6 +309,30 @@ lg_worker_clusters_t *lg_worker_clusters_new(lg_worker_t *w, lg_cluster_config_t
     return v;
 }
 
+lg_worker_clusters_t *lg_worker_clusters_prepare(lg_cluster_config_t **cfgs, size_t n)
+{
+    return lg_worker_clusters_new(NULL, cfgs, n, NULL); /* without a previous view, no slot needs the worker */
+}
+
+void lg_worker_clusters_adopt(lg_worker_t *w, lg_worker_clusters_t *v, lg_worker_clusters_t *previous)
+{
+    v->worker = w;
+    for (size_t i = 0; previous != NULL && i <= previous->mask; ++i) {
+        slot_t s = previous->table[i];
+        if (s == 0 || slot_is_lazy(s))
+            continue;
+        lg_worker_cluster_t *c = (lg_worker_cluster_t *)s;
+        slot_t *slot = table_slot(v, c->config->name, strlen(c->config->name));
+        if (*slot != 0) {
+            lg_cluster_config_t *cfg = slot_config(*slot);
+            *slot = carry_over(w, cfg, s);
+            lg_cluster_config_release(cfg); /* the lazy slot's reference: carry_over holds its own */
+        }
+        previous->table[i] = (slot_t)lg_cluster_config_addref(c->config) | SLOT_LAZY;
+        worker_cluster_release_view(c);
+    }
+}
+
 void lg_worker_clusters_free(lg_worker_clusters_t *v)
 {
     if (v == NULL)

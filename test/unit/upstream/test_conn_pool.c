@@ -597,6 +597,54 @@ static void test_lazy_view(void)
         lg_cluster_config_release(cfgs[i]);
 }
 
+/* The same with views prepared off the worker (lg_worker_clusters_prepare)
+ * and taken over by it (lg_worker_clusters_adopt): what the worker created
+ * carries over, and the replaced view then holds only config references. */
+static void test_prepared_view(void)
+{
+    lg_cluster_config_t *cfgs[3] = {compile(TCP_CLUSTER, "pa", "", tcp_server.port),
+                                    compile(TCP_CLUSTER, "pb", "", tcp_server.port),
+                                    compile(TCP_CLUSTER, "pa", "connect_timeout: 3s\n", tcp_server.port)};
+    lg_worker_clusters_t *v = lg_worker_clusters_prepare(cfgs, 2);
+    lg_worker_clusters_adopt(&worker, v, NULL);
+    lg_worker_cluster_t *a = lg_worker_clusters_find(v, "pa", 2);
+    ok(a != NULL && lg_worker_cluster_config(a) == cfgs[0], "a prepared view creates clusters on lookup");
+    req_t r = {.path = "/cl"};
+    fetch(a, &r);
+    ok(r.complete && r.status == 200, "the cluster serves a request");
+    req_dispose(&r);
+    int accepted = tcp_server.accepted;
+    /* same configs: the used cluster carries over with its connection */
+    size_t refs_a = cfgs[0]->_refcnt, refs_b = cfgs[1]->_refcnt;
+    lg_worker_clusters_t *v2 = lg_worker_clusters_prepare(cfgs, 2);
+    ok(cfgs[0]->_refcnt == refs_a + 1 && cfgs[1]->_refcnt == refs_b + 1, "the prepared view holds a lazy reference to each");
+    lg_worker_clusters_adopt(&worker, v2, v);
+    ok(cfgs[0]->_refcnt == refs_a + 1, "adopted: the lazy slot's reference moved to the old view (%zu)", (size_t)cfgs[0]->_refcnt);
+    ok(lg_worker_clusters_find(v2, "pa", 2) == a, "the used cluster carried over");
+    lg_worker_clusters_free(v); /* only config references are left in it */
+    ok(cfgs[0]->_refcnt == refs_a && cfgs[1]->_refcnt == refs_b, "freeing the replaced view drops its references");
+    r = (req_t){.path = "/cl"};
+    fetch(a, &r);
+    ok(r.complete && tcp_server.accepted == accepted, "with its connection");
+    req_dispose(&r);
+    /* a new config of the used cluster: a new object takes over the pool */
+    lg_worker_clusters_t *v3 = lg_worker_clusters_prepare(cfgs + 2, 1);
+    lg_worker_clusters_adopt(&worker, v3, v2);
+    lg_worker_clusters_free(v2);
+    lg_worker_cluster_t *a3 = lg_worker_clusters_find(v3, "pa", 2);
+    ok(a3 != NULL && a3 != a && lg_worker_cluster_config(a3) == cfgs[2], "the changed cluster is a new object");
+    ok(lg_worker_clusters_find(v3, "pb", 2) == NULL, "a cluster left out of the update is gone");
+    r = (req_t){.path = "/cl"};
+    fetch(a3, &r);
+    ok(r.complete && tcp_server.accepted == accepted, "the kept connection serves the new config");
+    req_dispose(&r);
+    lg_worker_clusters_free(v3);
+    run_until(NULL, 50);
+    ok(cfgs[0]->_refcnt == 1 && cfgs[1]->_refcnt == 1 && cfgs[2]->_refcnt == 1, "freed views release every reference");
+    for (size_t i = 0; i != 3; ++i)
+        lg_cluster_config_release(cfgs[i]);
+}
+
 /* TCP_CLUSTER and a second host: the unix server */
 #define TWO_HOST_CLUSTER TCP_CLUSTER "    - endpoint: {address: {pipe: {path: %s}}}\n"
 
@@ -1003,6 +1051,7 @@ int main(void)
 
     test_keepalive();
     test_lazy_view();
+    test_prepared_view();
     test_update_in_flight();
     test_max_requests_per_connection();
     test_connect_failure();

@@ -33,6 +33,11 @@
  *    and drops the pages of nghttp2's frame buffer and empty stream map
  *    (nghttp2 gets them from mmap through the connection's nghttp2_mem).
  *    What stays is nghttp2's session and HPACK tables (~6 KB).
+ *  - Per-request memory: nghttp2's small blocks and the codec's stream objects
+ *    come from a bounded per-thread cache, and a server stream's pool gets its
+ *    first chunk from one (glibc's and h2o's own caches are too small for tens
+ *    of streams in flight). Outbound heads are copied once, into the head
+ *    pool, and nghttp2 does not copy them again (NO_COPY).
  *  - Flood protection: nghttp2's own limits (queued SETTINGS/PING ACKs, the
  *    RST_STREAM rate limit, CONTINUATION count) plus Envoy's defaults for
  *    queued outbound frames (10000), consecutive empty DATA frames (1),
@@ -133,6 +138,7 @@ struct st_lg__h2_stream_t {
     h2o_linklist_t link;  /* conn->streams, then conn->graveyard */
     h2o_linklist_t dirty; /* conn->dirty: has something to deliver */
     h2o_mem_pool_t pool;
+    struct st_h2o_mem_pool_chunk_t *seed; /* pool's first chunk, from the codec's cache (server streams) */
     /* the head being received, then delivered */
     union {
         lg_req_head_t req;
@@ -140,6 +146,8 @@ struct st_lg__h2_stream_t {
     } head;
     lg_headers_t *building; /* headers of the HEADERS frame being received */
     h2o_iovec_t cookie;     /* crumbs joined with "; " */
+    char *scratch;          /* room left in lg__h2_head_pool(s) for received names and values */
+    size_t scratch_left;
     size_t header_count, header_bytes;
     H2O_VECTOR(lg_resp_head_t *) informational;
     size_t informational_delivered;
@@ -227,9 +235,21 @@ void lg__h2_leave(lg__h2_conn_t *conn);
  * on the next loop turn (a 0 ms timer), so that ops never call back into their caller. */
 void lg__h2_request_run(lg__h2_conn_t *conn);
 void lg__h2_request_close(lg__h2_conn_t *conn, lg_reset_reason_t reason, const char *detail, int goaway_code);
-/* Builds the name/value pairs of a head in `pool`: `npseudo` leading slots
- * for the caller, then `headers` without connection-specific ones. Returns the count. */
-size_t lg__h2_build_nva(h2o_mem_pool_t *pool, nghttp2_nv **nva, size_t npseudo, const lg_headers_t *headers, int is_request);
-void lg__h2_nv_set(nghttp2_nv *nv, const char *name, size_t name_len, h2o_iovec_t value);
+/* The driver's request pool when it lends one (lg_stream_t.pool), else the stream's own: where
+ * received heads live, and outbound heads are built. The driver keeps it valid until the stream
+ * completes or is reset (codec-t.h), which is as long as nghttp2 may read an outbound head. */
+h2o_mem_pool_t *lg__h2_head_pool(lg__h2_stream_t *s);
+/* A pseudo-header of an outbound head: a static name and the caller's value. */
+typedef struct st_lg__h2_pseudo_t {
+    const char *name;
+    size_t name_len;
+    h2o_iovec_t value;
+} lg__h2_pseudo_t;
+#define LG__H2_PSEUDO(name, value) ((lg__h2_pseudo_t){name, sizeof(name) - 1, (value)})
+/* Builds the name/value pairs of a head in `pool` (lg__h2_head_pool): the pseudo-headers, then
+ * `headers` without connection-specific ones. Strings are copied into `pool` and marked
+ * NO_COPY for nghttp2, so `pool` must outlive the frame (see h2_common.c). Returns the count. */
+size_t lg__h2_build_nva(h2o_mem_pool_t *pool, nghttp2_nv **nva, const lg__h2_pseudo_t *pseudo, size_t npseudo,
+                        const lg_headers_t *headers, int is_request);
 
 #endif

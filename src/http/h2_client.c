@@ -58,20 +58,19 @@ void lg__h2_client_send_head(lg__h2_stream_t *s, lg_req_head_t *head, int end_st
     if (s->headers_sent)
         return;
     int plain_connect = h2o_memis(head->method.base, head->method.len, H2O_STRLIT("CONNECT")) && head->protocol.len == 0;
-    size_t npseudo = plain_connect ? 2 : head->protocol.len != 0 ? 5 : 4;
-    nghttp2_nv *nva;
-    size_t n = lg__h2_build_nva(&s->pool, &nva, npseudo, &head->headers, 1);
-    lg__h2_nv_set(nva, H2O_STRLIT(":method"), head->method);
-    lg__h2_nv_set(nva + 1, H2O_STRLIT(":authority"), head->authority);
+    lg__h2_pseudo_t pseudo[5] = {LG__H2_PSEUDO(":method", head->method), LG__H2_PSEUDO(":authority", head->authority)};
+    size_t npseudo = 2;
     if (!plain_connect) {
         h2o_iovec_t scheme = head->scheme;
         if (scheme.len == 0)
             scheme = conn->sock->ssl != NULL ? LG_LIT("https") : LG_LIT("http");
-        lg__h2_nv_set(nva + 2, H2O_STRLIT(":scheme"), scheme);
-        lg__h2_nv_set(nva + 3, H2O_STRLIT(":path"), head->path.len != 0 ? head->path : LG_LIT("/"));
+        pseudo[npseudo++] = LG__H2_PSEUDO(":scheme", scheme);
+        pseudo[npseudo++] = LG__H2_PSEUDO(":path", head->path.len != 0 ? head->path : LG_LIT("/"));
         if (head->protocol.len != 0)
-            lg__h2_nv_set(nva + 4, H2O_STRLIT(":protocol"), head->protocol);
+            pseudo[npseudo++] = LG__H2_PSEUDO(":protocol", head->protocol);
     }
+    nghttp2_nv *nva;
+    size_t n = lg__h2_build_nva(lg__h2_head_pool(s), &nva, pseudo, npseudo, &head->headers, 1);
     nghttp2_data_provider prd = lg__h2_data_provider(s);
     int32_t id = nghttp2_submit_request(conn->session, NULL, nva, n, end_stream ? NULL : &prd, s);
     s->headers_sent = 1;

@@ -9,18 +9,32 @@
  * a callback stays valid until the entry point returns.
  */
 #include <errno.h>
+#include <malloc.h>
+#include <pthread.h>
 #include <unistd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <h2o/string_.h>
+#include <h2o/version.h>
 #include "legate/common.h"
 #include "legate/http.h"
 #include "legate/h2.h"
 
+/* ASan builds keep no cache (see small blocks): every block is its own malloc, so that
+ * ASan sees each use after free, and LSan no block parked in a thread's cache at exit. */
+#ifdef __SANITIZE_ADDRESS__
+#define CACHE_ENABLED 0
+#else
+#define CACHE_ENABLED 1
+#endif
+
 #define BATCH_MAX_BYTES (256 * 1024)
 #define BATCH_MAX_SEGS 512
+#define BATCH_MIN_BYTES 2048 /* the write batch's first buffer; it doubles as needed */
 #define BLOCK_SIZE 16384
+#define SCRATCH_SIZE 512                                          /* received names and values are copied into regions this large */
+#define FIRST_BLOCK_SIZE (1024 - offsetof(lg__h2_block_t, bytes)) /* a small-block cache class */
 #define LINGER_MS 1000
 #define TRIM_MS 100 /* an idle connection gives its buffers back after this */
 /* nghttp2's outbound frame buffer (NGHTTP2_FRAMEBUF_CHUNKLEN): its bytes are
@@ -49,15 +63,169 @@ void lg_h2_settings_init(lg_h2_settings_t *settings)
     };
 }
 
+/* ---- small blocks ------------------------------------------------------ */
+
+/*
+ * A per-thread cache of small heap blocks for what the codec and nghttp2
+ * allocate per stream (nghttp2's stream and outbound items, the name/value
+ * arrays, our stream and first body block). With tens of streams in flight
+ * per connection, glibc's tcache (7 blocks per size) runs dry and every such
+ * malloc/free went through the arenas: ~300 instructions each. Blocks are
+ * plain malloc blocks (no header, so an idle session costs what it did),
+ * sorted by usable size; the cache holds at most CACHE_BYTES per thread and
+ * frees them when the thread exits. ASan builds keep no cache.
+ */
+#define CACHE_CLASSES 65         /* usable sizes 24 .. 1032 (glibc's tcache range) */
+#define CACHE_BYTES (256 * 1024) /* per thread */
+
+typedef struct st_cached_t {
+    struct st_cached_t *next;
+} cached_t;
+
+/* libh2o 2.2.5's pool chunk (lib/common/memory.c; only `next` and the size
+ * matter here). A server stream's pool gets its first chunk from this cache
+ * (seed_pool): h2o's own recycler keeps 16 chunks per thread, fewer than the
+ * requests in flight on a few h2 connections, so each request would malloc
+ * and free 4 KiB. */
+#if H2O_LIBRARY_VERSION_MAJOR != 0 || H2O_LIBRARY_VERSION_MINOR != 13
+#error "struct st_h2o_mem_pool_chunk_t mirrors libh2o 0.13 (h2o 2.2): check lib/common/memory.c"
+#endif
+struct st_h2o_mem_pool_chunk_t {
+    struct st_h2o_mem_pool_chunk_t *next;
+    size_t _dummy;
+    char bytes[4096 - sizeof(void *) * 2];
+};
+#define CHUNK_CACHE_MAX 64 /* chunks kept per thread */
+
+typedef struct st_small_cache_t {
+    cached_t *head[CACHE_CLASSES];
+    size_t bytes;
+    struct st_h2o_mem_pool_chunk_t *chunks;
+    size_t nchunks;
+} small_cache_t;
+
+static __thread small_cache_t small_cache;
+static __thread int small_cache_registered;
+static pthread_key_t small_cache_key;
+static pthread_once_t small_cache_once = PTHREAD_ONCE_INIT;
+
+static void small_cache_thread_exit(void *arg)
+{
+    small_cache_t *c = arg;
+    for (size_t i = 0; i != CACHE_CLASSES; ++i) {
+        while (c->head[i] != NULL) {
+            cached_t *b = c->head[i];
+            c->head[i] = b->next;
+            free(b);
+        }
+    }
+    c->bytes = 0;
+    while (c->chunks != NULL) {
+        struct st_h2o_mem_pool_chunk_t *k = c->chunks;
+        c->chunks = k->next;
+        free(k);
+    }
+    c->nchunks = 0;
+}
+
+static void small_cache_key_init(void)
+{
+    pthread_key_create(&small_cache_key, small_cache_thread_exit);
+}
+
+/* A block of at least `size` bytes (NULL when out of memory). */
+static void *small_alloc(size_t size)
+{
+    size_t c = size <= 24 ? 1 : (size + 7) / 16; /* usable 16c + 8 >= size */
+    if (CACHE_ENABLED && c < CACHE_CLASSES && small_cache.head[c] != NULL) {
+        cached_t *b = small_cache.head[c];
+        small_cache.head[c] = b->next;
+        small_cache.bytes -= 16 * c + 8;
+        return b;
+    }
+    return malloc(size);
+}
+
+static void small_cache_register(void)
+{
+    if (!small_cache_registered) {
+        /* the key's destructor frees what this thread keeps when it exits */
+        pthread_once(&small_cache_once, small_cache_key_init);
+        pthread_setspecific(small_cache_key, &small_cache);
+        small_cache_registered = 1;
+    }
+}
+
+static void small_free(void *p)
+{
+    if (p == NULL)
+        return;
+    size_t usable = CACHE_ENABLED ? malloc_usable_size(p) : 0, c = usable < 24 ? 0 : (usable - 8) / 16;
+    if (c == 0 || c >= CACHE_CLASSES || small_cache.bytes + 16 * c + 8 > CACHE_BYTES) {
+        free(p);
+        return;
+    }
+    small_cache_register();
+    cached_t *b = p;
+    b->next = small_cache.head[c];
+    small_cache.head[c] = b;
+    small_cache.bytes += 16 * c + 8;
+}
+
+/* Gives an empty pool its first chunk, from the cache; NULL (h2o allocates it) without a cache. */
+static struct st_h2o_mem_pool_chunk_t *seed_pool(h2o_mem_pool_t *pool)
+{
+    struct st_h2o_mem_pool_chunk_t *k = small_cache.chunks;
+    if (!CACHE_ENABLED)
+        return NULL;
+    if (k != NULL) {
+        small_cache.chunks = k->next;
+        --small_cache.nchunks;
+    } else if ((k = malloc(sizeof(*k))) == NULL) {
+        abort();
+    }
+    k->next = NULL;
+    pool->chunks = k;
+    pool->chunk_offset = 0;
+    return k;
+}
+
+/* Takes the seed chunk (the pool's oldest, so its last) back before the pool is cleared. */
+static void unseed_pool(h2o_mem_pool_t *pool, struct st_h2o_mem_pool_chunk_t *seed)
+{
+    struct st_h2o_mem_pool_chunk_t **p = &pool->chunks;
+    while (*p != NULL && *p != seed)
+        p = &(*p)->next;
+    if (*p == NULL)
+        return; /* not ours any more: the pool was cleared elsewhere */
+    *p = NULL;
+    if (small_cache.nchunks == CHUNK_CACHE_MAX) {
+        free(seed);
+        return;
+    }
+    small_cache_register();
+    seed->next = small_cache.chunks;
+    small_cache.chunks = seed;
+    ++small_cache.nchunks;
+}
+
+static void *small_calloc(size_t size)
+{
+    void *p = small_alloc(size);
+    if (p == NULL)
+        abort();
+    return memset(p, 0, size);
+}
+
 /* ---- nghttp2's memory --------------------------------------------------- */
 
-/* Small blocks go to malloc. Blocks of a page or more (the 16 KiB outbound
- * frame buffer, the stream map) get pages of their own (mmap) and are
- * recorded, so that trim_big_blocks() can drop their pages: an idle session
- * then holds only its small state (HPACK tables, settings). mmap rather than
- * posix_memalign: aligned heap blocks leave up to a page of fragments each,
- * and untouched mmap pages cost nothing (the frame buffer's tail is only
- * touched by large HEADERS frames). */
+/* Small blocks come from the small-block cache. Blocks of a page or more (the
+ * 16 KiB outbound frame buffer, the stream map) get pages of their own (mmap)
+ * and are recorded, so that trim_big_blocks() can drop their pages: an idle
+ * session then holds only its small state (HPACK tables, settings). mmap
+ * rather than posix_memalign: aligned heap blocks leave up to a page of
+ * fragments each, and untouched mmap pages cost nothing (the frame buffer's
+ * tail is only touched by large HEADERS frames). */
 static size_t page_size(void)
 {
     static size_t ps;
@@ -81,7 +249,7 @@ static void *mem_alloc(lg__h2_conn_t *conn, size_t size, int paged, int *zeroed)
 {
     *zeroed = 0;
     if (!paged || size < page_size() || conn->nbig == LG__H2_MAX_BIG)
-        return malloc(size);
+        return small_alloc(size);
     size_t rounded = (size + page_size() - 1) & ~(page_size() - 1);
     void *p = mmap(NULL, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
@@ -108,7 +276,7 @@ static void mem_free(void *p, void *user_data)
         *b = conn->big[--conn->nbig];
         return;
     }
-    free(p);
+    small_free(p);
 }
 
 static void *mem_calloc(size_t n, size_t size, void *user_data)
@@ -129,7 +297,7 @@ static void *mem_realloc(void *p, size_t size, void *user_data)
     if (p == NULL)
         return mem_malloc(size, user_data);
     if (b == NULL)
-        return realloc(p, size);
+        return realloc(p, size); /* small blocks are malloc blocks */
     void *q = mem_malloc(size, user_data);
     if (q == NULL)
         return NULL;
@@ -181,14 +349,16 @@ static void mark_dirty(lg__h2_stream_t *s)
 
 lg__h2_stream_t *lg__h2_stream_new(lg__h2_conn_t *conn, int32_t stream_id)
 {
-    lg__h2_stream_t *s = lg_calloc(1, sizeof(*s));
+    lg__h2_stream_t *s = small_calloc(sizeof(*s));
     s->super.ops = &lg__h2_stream_ops;
     s->super.id = (uint32_t)stream_id;
     s->super.version = LG_HTTP_2;
     s->conn = conn;
     h2o_mem_init_pool(&s->pool);
-    if (conn->is_server)
+    if (conn->is_server) {
+        s->seed = seed_pool(&s->pool);
         s->super.pool = &s->pool; /* the request's one pool: lent to the driver, freed after its terminal callback */
+    }
     h2o_linklist_insert(&conn->streams, &s->link);
     ++conn->num_streams;
     if (stream_id > 0)
@@ -208,11 +378,13 @@ static void stream_free(lg__h2_conn_t *conn, lg__h2_stream_t *s)
     while (s->first != NULL) {
         lg__h2_block_t *b = s->first;
         s->first = b->next;
-        free(b);
+        small_free(b);
     }
-    free(s->sendq);
+    small_free(s->sendq);
+    if (s->seed != NULL)
+        unseed_pool(&s->pool, s->seed);
     h2o_mem_clear_pool(&s->pool);
-    free(s);
+    small_free(s);
 }
 
 static void free_graveyard(lg__h2_conn_t *conn)
@@ -261,13 +433,25 @@ void lg__h2_stream_fail(lg__h2_stream_t *s, lg_reset_reason_t reason, const char
 
 /* ---- inbound body ----------------------------------------------------- */
 
+/* A stream's first block is sized for what arrived (a small body needs no
+ * 16 KiB block); the next ones double, up to BLOCK_SIZE. */
+static size_t block_cap(lg__h2_stream_t *s, size_t len)
+{
+    size_t cap = s->last != NULL ? s->last->cap * 2 : FIRST_BLOCK_SIZE;
+    while (cap < len && cap < BLOCK_SIZE)
+        cap *= 2;
+    return cap < BLOCK_SIZE ? cap : BLOCK_SIZE;
+}
+
 static void recv_append(lg__h2_stream_t *s, const uint8_t *data, size_t len)
 {
     while (len != 0) {
         lg__h2_block_t *b = s->last;
         if (b == NULL || b->len == b->cap) {
-            b = lg_malloc(offsetof(lg__h2_block_t, bytes) + BLOCK_SIZE);
-            *b = (lg__h2_block_t){NULL, 0, 0, 0, BLOCK_SIZE};
+            size_t cap = block_cap(s, len);
+            if ((b = small_alloc(offsetof(lg__h2_block_t, bytes) + cap)) == NULL)
+                abort();
+            *b = (lg__h2_block_t){NULL, 0, 0, 0, cap};
             if (s->last != NULL)
                 s->last->next = b;
             else
@@ -297,7 +481,7 @@ static void recv_consume(lg__h2_stream_t *s, size_t n)
             s->first = b->next;
             if (s->last == b)
                 s->last = NULL;
-            free(b);
+            small_free(b);
         }
     }
 }
@@ -307,7 +491,7 @@ static void recv_consume(lg__h2_stream_t *s, size_t n)
 /* Where received heads and trailers live: the driver's request pool when it lends one
  * (lg_stream_t.pool), so that a response head and its trailers outlive the upstream
  * stream (the access log reads them after it is freed), else the stream's own. */
-static h2o_mem_pool_t *head_pool(lg__h2_stream_t *s)
+h2o_mem_pool_t *lg__h2_head_pool(lg__h2_stream_t *s)
 {
     return s->super.pool != NULL ? s->super.pool : &s->pool;
 }
@@ -346,6 +530,47 @@ static void add_cookie(lg__h2_stream_t *s, h2o_iovec_t value)
     s->cookie = joined;
 }
 
+/* Copies `n` bytes; short strings (most names and values) without a call. */
+static inline void copy_short(char *d, const uint8_t *p, size_t n)
+{
+    if (n > 16) {
+        memcpy(d, p, n);
+    } else if (n >= 8) { /* two overlapping words */
+        uint64_t a, b;
+        memcpy(&a, p, 8), memcpy(&b, p + n - 8, 8);
+        memcpy(d, &a, 8), memcpy(d + n - 8, &b, 8);
+    } else if (n >= 4) {
+        uint32_t a, b;
+        memcpy(&a, p, 4), memcpy(&b, p + n - 4, 4);
+        memcpy(d, &a, 4), memcpy(d + n - 4, &b, 4);
+    } else {
+        for (size_t i = 0; i != n; ++i)
+            d[i] = (char)p[i];
+    }
+}
+
+/* A received name or value, copied NUL-terminated (as h2o_strdup) into lg__h2_head_pool(s),
+ * from a region reserved SCRATCH_SIZE bytes at a time: a header block costs about one
+ * pool allocation instead of one per string. */
+static h2o_iovec_t copy_received(lg__h2_stream_t *s, const uint8_t *p, size_t len)
+{
+    char *d;
+    if (len + 1 <= s->scratch_left) {
+        d = s->scratch;
+        s->scratch += len + 1;
+        s->scratch_left -= len + 1;
+    } else if (len + 1 > SCRATCH_SIZE / 2) {
+        d = h2o_mem_alloc_pool(lg__h2_head_pool(s), len + 1);
+    } else {
+        d = h2o_mem_alloc_pool(lg__h2_head_pool(s), SCRATCH_SIZE);
+        s->scratch = d + len + 1;
+        s->scratch_left = SCRATCH_SIZE - (len + 1);
+    }
+    copy_short(d, p, len);
+    d[len] = '\0';
+    return h2o_iovec_init(d, len);
+}
+
 static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name, size_t namelen,
                      const uint8_t *value, size_t valuelen, uint8_t flags, void *user_data)
 {
@@ -362,14 +587,14 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
         s->building = NULL;
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* nghttp2 resets the stream */
     }
-    h2o_iovec_t v = h2o_strdup(head_pool(s), (const char *)value, valuelen);
+    h2o_iovec_t v = copy_received(s, value, valuelen);
     if (namelen != 0 && name[0] == ':')
         return s->building == s->trailers ? 0 : set_pseudo(s, name, namelen, v);
     if (conn->is_server && s->building != s->trailers && h2o_memis(name, namelen, H2O_STRLIT("cookie"))) {
         add_cookie(s, v);
         return 0;
     }
-    lg_headers_add(head_pool(s), s->building, h2o_strdup(head_pool(s), (const char *)name, namelen), v);
+    lg_headers_add(lg__h2_head_pool(s), s->building, copy_received(s, name, namelen), v);
     return 0;
 }
 
@@ -396,9 +621,9 @@ static int finish_response_head(lg__h2_stream_t *s)
     resp->version = LG_HTTP_2;
     if (resp->status >= 200)
         return 0;
-    lg_resp_head_t *info = h2o_mem_alloc_pool(head_pool(s), sizeof(*info));
+    lg_resp_head_t *info = h2o_mem_alloc_pool(lg__h2_head_pool(s), sizeof(*info));
     *info = *resp;
-    h2o_vector_reserve(head_pool(s), &s->informational, s->informational.size + 1);
+    h2o_vector_reserve(lg__h2_head_pool(s), &s->informational, s->informational.size + 1);
     s->informational.entries[s->informational.size++] = info;
     *resp = (lg_resp_head_t){0};
     return 1;
@@ -443,7 +668,7 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     s->header_count = 0;
     s->header_bytes = 0;
     if (s->head_ready) {
-        s->trailers = h2o_mem_alloc_pool(head_pool(s), sizeof(*s->trailers));
+        s->trailers = h2o_mem_alloc_pool(lg__h2_head_pool(s), sizeof(*s->trailers));
         *s->trailers = (lg_headers_t){NULL};
         s->building = s->trailers;
     } else {
@@ -636,7 +861,9 @@ static lg__h2_seg_t *batch_seg(lg__h2_batch_t *b)
 static void batch_copy(lg__h2_batch_t *b, const void *p, size_t n)
 {
     if (b->len + n > b->cap) {
-        b->cap = b->len + n < 16384 ? 16384 : (b->len + n) * 2;
+        /* small at first: a connection that only sets up and answers a request or two (the idle
+         * connections of workload 7 arrive in bursts) should not hold 16 KiB until its trim */
+        b->cap = b->len + n < BATCH_MIN_BYTES ? BATCH_MIN_BYTES : (b->len + n) * 2;
         b->buf = lg_realloc(b->buf, b->cap);
     }
     lg__h2_seg_t *last = b->nsegs != 0 ? b->segs + b->nsegs - 1 : NULL;
@@ -711,7 +938,7 @@ static ssize_t on_read_data(nghttp2_session *session, int32_t stream_id, uint8_t
         *data_flags |= NGHTTP2_DATA_FLAG_EOF;
         if (s->send_trailers != NULL) {
             nghttp2_nv *nva;
-            size_t nvlen = lg__h2_build_nva(&s->pool, &nva, 0, s->send_trailers, 0);
+            size_t nvlen = lg__h2_build_nva(lg__h2_head_pool(s), &nva, NULL, 0, s->send_trailers, 0);
             *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
             if (nghttp2_submit_trailer(session, stream_id, nva, nvlen) != 0)
                 return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
@@ -863,7 +1090,7 @@ static void deliver_heads(lg__h2_conn_t *conn, lg__h2_stream_t *s)
         void *head = &s->head.req;
         if (!conn->is_server) {
             /* the response head outlives this stream in the driver's pool (head_pool) */
-            lg_resp_head_t *resp = h2o_mem_alloc_pool(head_pool(s), sizeof(*resp));
+            lg_resp_head_t *resp = h2o_mem_alloc_pool(lg__h2_head_pool(s), sizeof(*resp));
             *resp = s->head.resp;
             head = resp;
         }
@@ -1210,8 +1437,15 @@ static void op_send_data(lg_stream_t *_s, h2o_iovec_t data, int end_stream)
                 s->sendq_size -= s->sendq_head;
                 s->sendq_head = 0;
             } else {
-                s->sendq_cap = s->sendq_cap == 0 ? 8 : s->sendq_cap * 2;
-                s->sendq = lg_realloc(s->sendq, s->sendq_cap * sizeof(*s->sendq));
+                size_t cap = s->sendq_cap == 0 ? 8 : s->sendq_cap * 2;
+                h2o_iovec_t *q = small_alloc(cap * sizeof(*q));
+                if (q == NULL)
+                    abort();
+                if (s->sendq_size != 0)
+                    memcpy(q, s->sendq, s->sendq_size * sizeof(*q));
+                small_free(s->sendq);
+                s->sendq = q;
+                s->sendq_cap = cap;
             }
         }
         s->sendq[s->sendq_size++] = data;
@@ -1290,11 +1524,6 @@ const lg_stream_ops_t lg__h2_stream_ops = {op_send_headers, op_send_data, op_sen
 
 /* ---- heads out -------------------------------------------------------- */
 
-void lg__h2_nv_set(nghttp2_nv *nv, const char *name, size_t name_len, h2o_iovec_t value)
-{
-    *nv = (nghttp2_nv){(uint8_t *)name, (uint8_t *)value.base, name_len, value.len, NGHTTP2_NV_FLAG_NONE};
-}
-
 static int is_connection_specific(const lg_header_t *h, int is_request)
 {
     const char *n = h->name.base;
@@ -1311,15 +1540,97 @@ static int is_connection_specific(const lg_header_t *h, int is_request)
     return is_request && h2o_memis(n, l, H2O_STRLIT("host"));
 }
 
-size_t lg__h2_build_nva(h2o_mem_pool_t *pool, nghttp2_nv **nva, size_t npseudo, const lg_headers_t *headers, int is_request)
+/* The upper-case ASCII letters among the 8 bytes at `p`, one bit (0x80) each. */
+static uint64_t upper8(const char *p)
 {
-    size_t n = npseudo;
-    *nva = h2o_mem_alloc_pool(pool, sizeof(**nva) * (npseudo + headers->size + 1));
+    uint64_t w, x;
+    memcpy(&w, p, 8);
+    x = w & 0x7f7f7f7f7f7f7f7full; /* no carry between bytes below */
+    return (x + 0x3f3f3f3f3f3f3f3full) & ~(x + 0x2525252525252525ull) & ~w & 0x8080808080808080ull;
+}
+
+/* Copies a header name, lower-cased. Names are lower-case by contract (http-t.h), so
+ * this only checks, a word at a time: nghttp2 sends NO_COPY names as they are. `dst`
+ * has 8 bytes of room past the name (the check reads whole words). */
+static char *copy_name(char *dst, h2o_iovec_t name)
+{
+    memcpy(dst, name.base, name.len);
+    uint64_t upper = 0;
+    size_t i = 0;
+    for (; i + 8 <= name.len; i += 8)
+        upper |= upper8(dst + i);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    if (i != name.len) /* the name's bytes are the word's low ones */
+        upper |= upper8(dst + i) & ((1ull << 8 * (name.len - i)) - 1);
+#else
+    for (; i != name.len; ++i)
+        upper |= (unsigned)(dst[i] - 'A') < 26;
+#endif
+    if (upper != 0)
+        for (i = 0; i != name.len; ++i)
+            dst[i] = (char)h2o_tolower(dst[i]);
+    return dst + name.len;
+}
+
+static char *copy_value(char *dst, h2o_iovec_t value)
+{
+    if (value.len != 0)
+        memcpy(dst, value.base, value.len);
+    return dst + value.len;
+}
+
+/*
+ * Names and values are copied into one block of `pool` (lg__h2_head_pool) and
+ * handed to nghttp2 with NO_COPY, which saves nghttp2 a malloc, a copy and a
+ * lower-casing pass per head. nghttp2 reads them only when it packs the
+ * HEADERS frame (nghttp2_session_send; at submit it reads lengths only), and
+ * it packs a stream's HEADERS only while that stream is open and not CLOSING.
+ * The pool is the stream's own (freed once the stream is retired) or the
+ * driver's (kept valid until the stream completes or is reset, codec-t.h),
+ * and every way a stream ends comes after nghttp2 can no longer pack it:
+ *  - ops->reset and the codec's own resets queue RST_STREAM: the stream is
+ *    CLOSING (nghttp2_session_add_item), its queued HEADERS fail
+ *    session_predicate_*_headers_send and are dropped unread; a client
+ *    request HEADERS still in ob_syn is cancelled by the RST_STREAM;
+ *  - a stream nghttp2 closed (on_stream_close: peer RST_STREAM, GOAWAY, end
+ *    of both sides) is gone from its map, so its HEADERS fail the same checks;
+ *  - check_finished retires open streams only when the peer is gone (flush
+ *    no longer calls nghttp2) or the session is closing (nothing is packed);
+ *  - close_now retires the streams and deletes the session, whose queued
+ *    items are freed without being packed;
+ *  - a stream completes only after its END_STREAM (in the last HEADERS or
+ *    DATA) was sent.
+ * Retired streams' own pools are freed by free_graveyard at the end of the
+ * outermost leave, after that turn's flush.
+ */
+size_t lg__h2_build_nva(h2o_mem_pool_t *pool, nghttp2_nv **nva, const lg__h2_pseudo_t *pseudo, size_t npseudo,
+                        const lg_headers_t *headers, int is_request)
+{
+    size_t bytes = 0, n = 0;
+    for (size_t i = 0; i != npseudo; ++i)
+        bytes += pseudo[i].value.len;
+    for (size_t i = 0; i != headers->size; ++i)
+        bytes += headers->entries[i].name.len + headers->entries[i].value.len;
+    nghttp2_nv *v = h2o_mem_alloc_pool(pool, sizeof(*v) * (npseudo + headers->size) + bytes + 8 /* copy_name's words */);
+    char *p = (char *)(v + npseudo + headers->size);
+    for (size_t i = 0; i != npseudo; ++i, ++n) {
+        v[n] = (nghttp2_nv){(uint8_t *)pseudo[i].name, (uint8_t *)p, pseudo[i].name_len, pseudo[i].value.len,
+                            NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE};
+        p = copy_value(p, pseudo[i].value);
+    }
     for (size_t i = 0; i != headers->size; ++i) {
         const lg_header_t *h = headers->entries + i;
-        if (!is_connection_specific(h, is_request))
-            lg__h2_nv_set(*nva + n++, h->name.base, h->name.len, h->value);
+        if (is_connection_specific(h, is_request))
+            continue;
+        v[n].name = (uint8_t *)p;
+        v[n].namelen = h->name.len;
+        p = copy_name(p, h->name);
+        v[n].value = (uint8_t *)p;
+        v[n].valuelen = h->value.len;
+        p = copy_value(p, h->value);
+        v[n++].flags = NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE;
     }
+    *nva = v;
     return n;
 }
 

@@ -38,33 +38,15 @@ static void conn_close(lg_server_conn_t *c)
 
 static const lg_server_conn_ops_t server_ops = {conn_drain, conn_close};
 
-/* The three digits of a status code; the common ones without formatting. */
-static h2o_iovec_t status_digits(lg__h2_stream_t *s, unsigned status)
-{
-    static const char digits[] = "0123456789";
-    switch (status) {
-    case 200:
-        return h2o_iovec_init(H2O_STRLIT("200"));
-    case 204:
-        return h2o_iovec_init(H2O_STRLIT("204"));
-    case 304:
-        return h2o_iovec_init(H2O_STRLIT("304"));
-    case 404:
-        return h2o_iovec_init(H2O_STRLIT("404"));
-    }
-    char *p = h2o_mem_alloc_pool(&s->pool, 3);
-    p[0] = digits[status / 100], p[1] = digits[status / 10 % 10], p[2] = digits[status % 10];
-    return h2o_iovec_init(p, 3);
-}
-
 void lg__h2_server_send_head(lg__h2_stream_t *s, lg_resp_head_t *head, int end_stream)
 {
     lg__h2_conn_t *conn = s->conn;
     /* An HTTP/1.1 upgrade answer becomes the 200 of an extended CONNECT (Envoy's transformUpgradeResponseFromH1toH2). */
-    int status = head->status == 101 ? 200 : head->status;
+    unsigned status = head->status == 101 ? 200 : (unsigned)head->status % 1000;
+    char digits[3] = {(char)('0' + status / 100), (char)('0' + status / 10 % 10), (char)('0' + status % 10)};
+    lg__h2_pseudo_t pseudo = LG__H2_PSEUDO(":status", h2o_iovec_init(digits, 3));
     nghttp2_nv *nva;
-    size_t n = lg__h2_build_nva(&s->pool, &nva, 1, &head->headers, 0);
-    lg__h2_nv_set(nva, H2O_STRLIT(":status"), status_digits(s, (unsigned)status % 1000));
+    size_t n = lg__h2_build_nva(lg__h2_head_pool(s), &nva, &pseudo, 1, &head->headers, 0);
     if (status < 200) {
         nghttp2_submit_headers(conn->session, NGHTTP2_FLAG_NONE, (int32_t)s->super.id, NULL, nva, n, NULL);
         return;

@@ -43,11 +43,13 @@ typedef struct st_tstream_t {
 static tstream_t *srv_t[MAX_T], *cli_t[MAX_T];
 static size_t nsrv, ncli;
 
+static size_t default_chunk = 16384; /* send_data size of new test streams */
+
 static tstream_t *tstream_new(void)
 {
     tstream_t *t = lg_calloc(1, sizeof(*t));
     h2o_mem_init_pool(&t->pool);
-    t->chunk = 16384;
+    t->chunk = default_chunk;
     t->window = 1 << 20;
     return t;
 }
@@ -162,6 +164,8 @@ static void on_complete(lg_stream_t *s)
 static struct {
     size_t resp_size;
     int send_1xx, with_trailers, hold, reset_on_headers, no_respond, pause;
+    int volatile_head;    /* a response header whose bytes are scribbled over and freed right after send_headers */
+    int reset_after_head; /* ops->reset right after send_headers, in the same turn */
     lg_reset_reason_t reset_reason;
     uint32_t window;
 } app;
@@ -193,9 +197,24 @@ static void respond(tstream_t *t)
         *t->tx_trailers = (lg_headers_t){NULL};
         add_header(t, t->tx_trailers, "grpc-status", "0");
     }
+    char *vname = NULL, *vvalue = NULL;
+    if (app.volatile_head) { /* upper case: names are lower-cased on the wire */
+        vname = strdup("X-Volatile-Name"), vvalue = strdup("kept value");
+        lg_headers_add(&t->pool, &t->resp->headers, h2o_iovec_init(vname, strlen(vname)), h2o_iovec_init(vvalue, strlen(vvalue)));
+    }
     t->tx_total = app.resp_size;
     int end = t->tx_total == 0 && t->tx_trailers == NULL;
     t->s->ops->send_headers(t->s, t->resp, end);
+    if (vname != NULL) {
+        memset(vname, 'Z', strlen(vname)), memset(vvalue, 'Z', strlen(vvalue));
+        free(vname), free(vvalue);
+    }
+    if (app.reset_after_head) {
+        lg_stream_t *s = t->s;
+        t->s = NULL;
+        s->ops->reset(s, LG_RESET_LOCAL);
+        return;
+    }
     if (!end && t->tx_total == 0 && t->tx_trailers == NULL)
         t->s->ops->send_data(t->s, h2o_iovec_init(NULL, 0), 1);
     pump(t);
@@ -651,6 +670,83 @@ static void test_resets(void)
     close_pair();
 }
 
+static int cli_saw_reset(void)
+{
+    return ncli != 0 && cli_t[ncli - 1]->resets == 1;
+}
+
+/* Outbound heads are copied into the stream when sent and handed to nghttp2 without a
+ * copy: nothing the driver does to its strings afterwards shows, and a stream reset or
+ * closed before its HEADERS went out frees them without nghttp2 reading them (ASan). */
+static void test_head_lifetimes(void)
+{
+    lg_h2_settings_t s = defaults();
+    make_pair(&s, NULL, &s);
+    app.volatile_head = 1;
+    app.resp_size = 3;
+    /* request head strings scribbled over and freed right after send_headers */
+    lg_stream_t *cs = cli->ops->new_stream(cli);
+    tstream_t *c = tstream_new();
+    c->s = cs, cs->cbs = &cli_stream_cbs, cs->ctx = c;
+    cli_t[ncli++] = c;
+    char *path = strdup("/volatile/path"), *name = strdup("X-Req-Name"), *value = strdup("req value");
+    lg_req_head_t req = {.method = LG_LIT("GET"),
+                         .scheme = LG_LIT("http"),
+                         .authority = LG_LIT("example.com"),
+                         .path = h2o_iovec_init(path, strlen(path)),
+                         .version = LG_HTTP_2};
+    lg_headers_add(&c->pool, &req.headers, h2o_iovec_init(name, strlen(name)), h2o_iovec_init(value, strlen(value)));
+    cs->ops->send_headers(cs, &req, 1);
+    memset(path, 'Z', strlen(path)), memset(name, 'Z', strlen(name)), memset(value, 'Z', strlen(value));
+    free(path), free(name), free(value);
+    memset(&req, 0, sizeof(req));
+    ok(run_until(all_done, 2000), "request with a volatile head completes");
+    ok(nsrv == 1 && srv_t[0]->req != NULL &&
+           h2o_memis(srv_t[0]->req->path.base, srv_t[0]->req->path.len, H2O_STRLIT("/volatile/path")),
+       "the path sent is the one given to send_headers");
+    ok(nsrv == 1 && header_is(&srv_t[0]->req->headers, "x-req-name", "req value"), "request header lower-cased, value kept");
+    ok(c->resp != NULL && header_is(&c->resp->headers, "x-volatile-name", "kept value"), "response header lower-cased, value kept");
+    ok(c->rx_bytes == 3 && c->completed == 1, "response body");
+    /* the server resets in the same turn as its send_headers: the HEADERS never leave */
+    app.volatile_head = 0;
+    app.reset_after_head = 1;
+    tstream_t *c2 = request(cli, "GET", "/reset-after-head", 0, 0);
+    ok(run_until(cli_saw_reset, 2000), "server reset after send_headers reaches the client");
+    ok(c2->resp == NULL && c2->reason == LG_RESET_REMOTE, "no head before the reset");
+    /* the client resets in the same turn as its send_headers: nothing reaches the server */
+    app.reset_after_head = 0;
+    size_t before = nsrv;
+    tstream_t *c3 = request(cli, "GET", "/reset-before-flush", 0, 0);
+    c3->s->ops->reset(c3->s, LG_RESET_LOCAL);
+    c3->s = NULL;
+    tstream_t *c4 = request(cli, "GET", "/after", 0, 0);
+    ok(run_until(all_done, 2000) && c4->completed == 1, "the next request completes");
+    ok(nsrv == before + 1, "the reset request never reached the server");
+    /* the connection closes in the same turn as a send_headers: the stream is reset */
+    tstream_t *c5 = request(cli, "GET", "/closed-before-flush", 0, 0);
+    cli->ops->close(cli);
+    ok(run_until(both_closed, 2000), "connection closed");
+    ok(c5->resets == 1 && c5->resp == NULL, "its stream is reset, no response");
+}
+
+/* Small and large bodies through the first small block and the ones that follow it. */
+static void test_body_blocks(void)
+{
+    lg_h2_settings_t s = defaults();
+    make_pair(&s, NULL, &s);
+    size_t sizes[] = {1, 983, 984, 985, 2000, 5000, 40000, 300000};
+    for (size_t i = 0; i != sizeof(sizes) / sizeof(sizes[0]); ++i) {
+        app.resp_size = sizes[i];
+        default_chunk = 700; /* several DATA frames per block */
+        tstream_t *c = request(cli, "POST", "/blocks", sizes[i], 0);
+        ok(run_until(all_done, 5000), "%zu bytes both ways", sizes[i]);
+        ok(c->rx_bytes == sizes[i] && !c->rx_bad && c->completed == 1, "response body of %zu bytes intact", sizes[i]);
+        ok(srv_t[nsrv - 1]->rx_bytes == sizes[i] && !srv_t[nsrv - 1]->rx_bad, "request body of %zu bytes intact", sizes[i]);
+    }
+    default_chunk = 16384;
+    close_pair();
+}
+
 static void test_drain(void)
 {
     lg_h2_settings_t s = defaults();
@@ -991,7 +1087,8 @@ static void test_request_headers_timeout(void)
     size_t len = 0;
     int flags = 0;
     const uint8_t *h = r > 0 ? find_frame(buf, (size_t)r, NGHTTP2_HEADERS, 1, &len, &flags) : NULL;
-    ok(h != NULL && (flags & NGHTTP2_FLAG_END_STREAM) && has_408(h, len), "408 with END_STREAM (%zd bytes, %zu, %x)", r, len, flags);
+    ok(h != NULL && (flags & NGHTTP2_FLAG_END_STREAM) && has_408(h, len), "408 with END_STREAM (%zd bytes, %zu, %x)", r, len,
+       flags);
     const uint8_t *rst = r > 0 ? find_frame(buf, (size_t)r, NGHTTP2_RST_STREAM, 1, &len, &flags) : NULL;
     ok(rst != NULL && len == 4 && rst[0] == 0 && rst[1] == 0 && rst[2] == 0 && rst[3] == NGHTTP2_NO_ERROR, "RST_STREAM(NO_ERROR)");
     ok(srv_conn.codec_errors == 1, "on_codec_error once");
@@ -1040,6 +1137,8 @@ int main(void)
     test_goaway_refuses();
     test_many_streams();
     test_resets();
+    test_head_lifetimes();
+    test_body_blocks();
     test_drain();
     test_max_concurrent();
     test_peer_close();

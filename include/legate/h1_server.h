@@ -43,6 +43,16 @@ typedef struct st_lg_h1_server_settings_t {
      * connection manager sees: HttpConnectionManager.server_name. Empty: none.
      * Not copied. Every other response gets its headers from the caller. */
     h2o_iovec_t server_name;
+    /* The owner's idle timeout (the HCM's idle_timeout), run on the codec's
+     * own timer while no request is in progress (a partial head counts as
+     * none) and the codec does not need the timer itself (deferred work,
+     * request headers timeout, delayed close): an HTTP/1.1 connection then
+     * needs one timer. The period starts when the connection is created and
+     * when a request is done or the codec gives the timer back. On expiry
+     * on_idle_timeout(conn) is called (the owner closes the connection); 0 /
+     * NULL: none. */
+    uint64_t idle_timeout_ms;
+    void (*on_idle_timeout)(lg_server_conn_t *c);
 } lg_h1_server_settings_t;
 
 /* Envoy's defaults: lg_h1_limits_init(), 1 MiB, 1000 ms, "envoy". */
@@ -76,6 +86,15 @@ void lg_h1_server_settings_init(lg_h1_server_settings_t *s);
  */
 lg_server_conn_t *lg_h1_server_conn_new(lg_loop_t *loop, h2o_socket_t *sock, const lg_h1_server_settings_t *settings,
                                         const lg_server_conn_cbs_t *cbs, void *ctx);
+
+/* The same, with `ctx_size` zeroed bytes for the caller allocated with the
+ * connection (one allocation instead of two): c->ctx points at them (aligned
+ * for pointers and 64-bit integers). They are freed with the connection, after
+ * cbs->on_close() returns: the caller must not free them and may use them until
+ * then (its streams' callbacks included). */
+extern const size_t lg_h1_server_ctx_offset; /* from the connection to its ctx area */
+lg_server_conn_t *lg_h1_server_conn_new_with_ctx(lg_loop_t *loop, h2o_socket_t *sock, const lg_h1_server_settings_t *settings,
+                                                 const lg_server_conn_cbs_t *cbs, size_t ctx_size);
 
 /* True when no request is in progress: the connection manager's idle timeout
  * applies. A partially received request head counts as in progress. */

@@ -136,38 +136,48 @@ struct st_lg_hcm_config_t {
      * route_specifier is scoped_routes, and then route_table and rds_route_config_name
      * are NULL. ---- */
     lg_scope_key_builder_t *scope_keys;
-    lg_scoped_routes_t *scoped_inline; /* scoped_route_configurations_list; NULL with scoped_rds */
-    char *scoped_routes_name;          /* ScopedRoutes.name */
-    unsigned scoped_rds : 1;           /* scopes come from SRDS (ScopedRoutes.scoped_rds) */
+    lg_scoped_routes_t *scoped_inline;     /* scoped_route_configurations_list; NULL with scoped_rds */
+    char *scoped_routes_name;              /* ScopedRoutes.name */
+    unsigned scoped_rds : 1;               /* scopes come from SRDS (ScopedRoutes.scoped_rds) */
     unsigned scoped_rds_config_source : 1; /* ScopedRoutes.rds_config_source is set (SRDS scopes' RDS) */
 };
 
-/* A connection's address, kept compactly: IPv4 and IPv6 as they are; a pipe
- * keeps only its family (the local one is the listener's address). */
-typedef union un_lg_hcm_addr_t {
-    struct sockaddr sa;
-    struct sockaddr_in sin;
-    struct sockaddr_in6 sin6;
-} lg_hcm_addr_t;
-
-/* One downstream connection handled by an HCM. */
+/* One downstream connection handled by an HCM. HTTP/1.1 connections are
+ * allocated with their codec (lg_h1_server_conn_new_with_ctx), which frees
+ * them and runs their idle timeout on its own timer; HTTP/2 ones on their own. */
 typedef struct st_lg_hcm_conn_t {
     lg_worker_t *worker;
     const lg_hcm_config_t *config;
     const lg_listener_config_t *listener;
     lg_snapshot_t *snapshot; /* reference: keeps config alive */
-    lg_server_conn_t *codec;
     uint64_t id;
-    lg_hcm_addr_t peer, local;
-    char *server_name; /* the SNI of the TLS connection (NULL: none), for the streams' requested_server_name */
+    /* the listener's count of this connection, when the listener left it to the
+     * connection (lg_listener_uncount at close; plain TCP HTTP/1.1: the socket
+     * closes with it) */
+    uint64_t listener_start_ms;
     uint32_t n_streams;
     unsigned draining : 1;
     unsigned closed : 1;
-    unsigned tls : 1; /* the connection terminated TLS (x-forwarded-proto: https) */
+    unsigned tls : 1;               /* the connection terminated TLS (x-forwarded-proto: https) */
+    unsigned with_codec : 1;        /* HTTP/1.1: allocated with its codec, idle timeout on its timer */
+    unsigned listener_counted : 1;  /* see listener_start_ms */
+    unsigned local_is_listener : 1; /* the local address is the listener's (none stored) */
+    unsigned has_sni : 1;           /* the TLS connection's SNI is stored (requested_server_name) */
     h2o_linklist_t streams;
-    lg_timer_t idle_timer;
     h2o_linklist_t worker_link; /* in the worker's connection list, for draining */
+    /* Sized per connection, in this order: unless with_codec, the idle timer
+     * and the codec (lg_hcm_h2_part_t; with_codec: the codec precedes the
+     * connection, see lg_h1_server_conn_new_with_ctx); the peer address (a sockaddr_in for IPv4, 28 bytes otherwise:
+     * a sockaddr_in6, or a pipe's family only); the local address the same way
+     * unless local_is_listener; the SNI, NUL-terminated, when has_sni. */
+    uint64_t tail[];
 } lg_hcm_conn_t;
+
+/* The start of an HTTP/2 connection's tail. */
+typedef struct st_lg_hcm_h2_part_t {
+    lg_timer_t idle_timer;
+    lg_server_conn_t *codec;
+} lg_hcm_h2_part_t;
 
 struct st_lg_hcm_stream_t {
     /* The request's pool: the downstream codec's (lg_stream_t.pool) when it lends

@@ -18,9 +18,20 @@ void lg_hcm_config_free(lg_hcm_config_t *c);
 
 /* Takes over an accepted socket; `version` is the codec chosen by the
  * listener (LG_HTTP_11 or LG_HTTP_2). `local` and `peer` are the socket's
- * addresses as the listener found them (AF_UNSPEC when unknown). */
+ * addresses as the listener found them (AF_UNSPEC when unknown).
+ * `listener_start_ms` (NULL: the listener counts the socket itself) hands the
+ * listener's count of the connection over: lg_listener_uncount() when the
+ * connection closes (plain TCP only, where the socket closes with it). */
 lg_hcm_conn_t *lg_hcm_conn_new(lg_worker_t *w, const lg_listener_config_t *l, const lg_hcm_config_t *c, lg_snapshot_t *snap,
-                               h2o_socket_t *sock, int version, const struct sockaddr *local, const struct sockaddr *peer);
+                               h2o_socket_t *sock, int version, const struct sockaddr *local, const struct sockaddr *peer,
+                               const uint64_t *listener_start_ms);
+/* The connection's codec. */
+lg_server_conn_t *lg_hcm_conn_codec(lg_hcm_conn_t *c);
+/* Closes the connection now (its streams are reset). */
+void lg_hcm_conn_close(lg_hcm_conn_t *c);
+/* Stops this worker thread's HCM timer (the memory trim after a burst of
+ * streams) for good: call on the worker's thread before its loop goes. */
+void lg_hcm_thread_exit(void);
 /* Starts draining the connection (GOAWAY / connection: close). */
 void lg_hcm_conn_drain(lg_hcm_conn_t *c);
 

@@ -36,5 +36,7 @@ typedef enum en_lg_http_cache_class_t {
 } lg_http_cache_class_t;
 void *lg_http_cache_alloc(lg_http_cache_class_t cls, size_t size);
 void lg_http_cache_free(lg_http_cache_class_t cls, void *p);
+/* Frees what this thread's caches keep beyond `keep` objects per class (after a burst). */
+void lg_http_cache_trim(size_t keep);
 
 #endif

@@ -13,8 +13,14 @@ void lg_listener_accept(lg_worker_t *w, lg_listener_config_t *l, lg_snapshot_t *
 /* Closes this worker's connections that have not reached their network filter
  * yet (in tls_inspector, the TLS handshake or codec sniffing): call on the
  * worker's thread before it exits, so that they release their snapshot (and
- * the thread's cache of pending connection objects is freed). */
+ * the thread's cache of pending connection objects is freed), and the HCM's
+ * timer of the thread is stopped for good (lg_hcm_thread_exit). */
 void lg_listener_close_pending(void);
+/* Ends the listener's count of a connection whose network filter took it
+ * over (downstream_cx_active, _destroy, _length_ms; see lg_hcm_conn_new):
+ * call on the worker `w` when its socket is closed, while the listener's
+ * snapshot is still held. `start_ms` is the lg_now_ms() the count began. */
+void lg_listener_uncount(const lg_listener_config_t *l, lg_worker_t *w, uint64_t start_ms);
 /* This worker's accepted sockets not yet disposed (their owners may have let
  * them go already: a socket lingers a little after its close). */
 size_t lg_listener_counted_sockets(void);

@@ -373,7 +373,7 @@ static void drain_finish(lg_worker_t *w, drain_t *d)
         lg_hcm_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_hcm_conn_t, worker_link, l);
         if (!c->closed && drain_covers(d, LG_NETWORK_FILTER_HCM, c->config)) {
             LG_DEBUG(conn_handler, "[C%llu] closing: the drain time is over", (unsigned long long)c->id);
-            c->codec->ops->close(c->codec);
+            lg_hcm_conn_close(c);
         }
     }
     if (d->all)
@@ -413,7 +413,7 @@ static void drain_tick(lg_worker_t *w, drain_t *d, uint64_t now)
     for (h2o_linklist_t *l = st->conns.next, *next; l != &st->conns; l = next) {
         next = l->next;
         lg_hcm_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_hcm_conn_t, worker_link, l);
-        if (!c->draining && c->id < d->first_new_id && (c->codec->version == LG_HTTP_2 || c->n_streams != 0) &&
+        if (!c->draining && c->id < d->first_new_id && (lg_hcm_conn_codec(c)->version == LG_HTTP_2 || c->n_streams != 0) &&
             drain_covers(d, LG_NETWORK_FILTER_HCM, c->config) && lg_random() % left < step)
             drain_conn(c, "gradual drain");
     }
@@ -705,7 +705,7 @@ static void *worker_main(void *arg)
             for (h2o_linklist_t *l = st->conns.next, *next; l != &st->conns; l = next) {
                 next = l->next;
                 lg_hcm_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_hcm_conn_t, worker_link, l);
-                c->codec->ops->close(c->codec);
+                lg_hcm_conn_close(c);
             }
             lg_tcp_proxy_close_all();
             lg_listener_close_pending();

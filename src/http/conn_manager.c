@@ -9,6 +9,7 @@
  * answers gRPC requests with trailers-only local replies.
  */
 #include <arpa/inet.h>
+#include <malloc.h>
 #include <sys/random.h>
 #include <h2o/string_.h>
 #include <h2o/time_.h>
@@ -18,6 +19,7 @@
 #include "legate/h2.h"
 #include "legate/hcm.h"
 #include "legate/http.h"
+#include "legate/listener_runtime.h"
 #include "legate/route.h"
 #include "legate/server.h"
 #include "legate/stats.h"
@@ -91,49 +93,136 @@ static h2o_iovec_t date_header(void)
 
 /* ---- connections ---- */
 
-static void conn_idle_timeout(lg_timer_t *t)
+/* HTTP/2 only (HTTP/1.1: the codec's timer runs it) */
+static lg_timer_t *conn_idle_timer(lg_hcm_conn_t *c)
 {
-    lg_hcm_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_hcm_conn_t, idle_timer, t);
-    STAT_INC(c, downstream_cx_idle_timeout);
-    c->codec->ops->close(c->codec);
+    return &((lg_hcm_h2_part_t *)c->tail)->idle_timer;
 }
 
+static lg_server_conn_t *conn_codec(lg_hcm_conn_t *c)
+{
+    if (c->with_codec)
+        return (lg_server_conn_t *)((char *)c - lg_h1_server_ctx_offset);
+    return ((lg_hcm_h2_part_t *)c->tail)->codec;
+}
+
+lg_server_conn_t *lg_hcm_conn_codec(lg_hcm_conn_t *c)
+{
+    return conn_codec(c);
+}
+
+void lg_hcm_conn_close(lg_hcm_conn_t *c)
+{
+    lg_server_conn_t *codec = conn_codec(c);
+    codec->ops->close(codec);
+}
+
+static void idle_timeout(lg_hcm_conn_t *c)
+{
+    lg_server_conn_t *codec = conn_codec(c);
+    STAT_INC(c, downstream_cx_idle_timeout);
+    codec->ops->close(codec);
+}
+
+static void h2_idle_timeout(lg_timer_t *t)
+{
+    idle_timeout((lg_hcm_conn_t *)((char *)t - offsetof(lg_hcm_conn_t, tail)));
+}
+
+static void h1_idle_timeout(lg_server_conn_t *codec)
+{
+    idle_timeout(codec->ctx);
+}
+
+/* HTTP/2; HTTP/1.1 codecs run the idle timeout themselves (lg_h1_server_settings_t). */
 static void conn_arm_idle(lg_hcm_conn_t *c)
 {
-    if (c->n_streams == 0 && c->config->idle_timeout_ms != 0 && !c->closed)
-        lg_timer_start(&c->worker->loop, &c->idle_timer, c->config->idle_timeout_ms, conn_idle_timeout);
-}
-
-static void addr_set(lg_hcm_addr_t *a, const struct sockaddr *sa)
-{
-    switch (sa->sa_family) {
-    case AF_INET:
-        a->sin = *(const struct sockaddr_in *)sa;
-        break;
-    case AF_INET6:
-        a->sin6 = *(const struct sockaddr_in6 *)sa;
-        break;
-    default:
-        a->sa.sa_family = sa->sa_family;
-        break;
-    }
-}
-
-/* The full address of a connection's side; a pipe's local address is its listener's. */
-static void addr_get(const lg_hcm_conn_t *c, const lg_hcm_addr_t *a, struct sockaddr_storage *out)
-{
-    if (a == &c->local && a->sa.sa_family == AF_UNIX && c->listener->addr.ss_family == AF_UNIX) {
-        *out = c->listener->addr;
+    if (c->with_codec || c->n_streams != 0 || c->config->idle_timeout_ms == 0 || c->closed)
         return;
-    }
-    memset(out, 0, sizeof(*out));
-    memcpy(out, a, sizeof(*a));
+    lg_timer_start(&c->worker->loop, conn_idle_timer(c), c->config->idle_timeout_ms, h2_idle_timeout);
 }
 
-lg_hcm_conn_t *lg_hcm_conn_new(lg_worker_t *w, const lg_listener_config_t *l, const lg_hcm_config_t *cfg, lg_snapshot_t *snap,
-                               h2o_socket_t *sock, int version, const struct sockaddr *local, const struct sockaddr *peer)
+static void conn_stop_idle(lg_hcm_conn_t *c)
 {
-    lg_hcm_conn_t *c = lg_calloc(1, sizeof(*c));
+    if (!c->with_codec)
+        lg_timer_stop(conn_idle_timer(c));
+}
+
+/* Bytes an address takes in lg_hcm_conn_t.tail. */
+static size_t addr_size(const struct sockaddr *sa)
+{
+    return sa->sa_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+}
+
+static void addr_store(uint32_t *to, const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6)
+        memcpy(to, sa, addr_size(sa));
+    else
+        ((struct sockaddr *)to)->sa_family = sa->sa_family; /* the rest stays zero */
+}
+
+static int addr_is_listener(const lg_listener_config_t *l, const struct sockaddr *sa)
+{
+    if (sa->sa_family != l->addr.ss_family)
+        return 0;
+    if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6)
+        return memcmp(sa, &l->addr, addr_size(sa)) == 0;
+    return sa->sa_family == AF_UNIX; /* a pipe's local address is its listener's */
+}
+
+static const struct sockaddr *conn_peer(const lg_hcm_conn_t *c)
+{
+    return (const struct sockaddr *)((const char *)c->tail + (c->with_codec ? 0 : sizeof(lg_hcm_h2_part_t)));
+}
+
+/* The stored local address (!local_is_listener) or where it would be. */
+static const struct sockaddr *conn_local_stored(const lg_hcm_conn_t *c)
+{
+    const struct sockaddr *peer = conn_peer(c);
+    return (const struct sockaddr *)((const char *)peer + addr_size(peer));
+}
+
+static const struct sockaddr *conn_local(const lg_hcm_conn_t *c)
+{
+    if (c->local_is_listener)
+        return (const struct sockaddr *)&c->listener->addr;
+    return conn_local_stored(c);
+}
+
+static const char *conn_sni(const lg_hcm_conn_t *c)
+{
+    if (!c->has_sni)
+        return NULL;
+    const struct sockaddr *local = conn_local_stored(c);
+    return (const char *)local + (c->local_is_listener ? 0 : addr_size(local));
+}
+
+/* The connection's addresses into a new stream's info (zeroed). */
+static void addr_copy(struct sockaddr_storage *out, const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET)
+        memcpy(out, sa, sizeof(struct sockaddr_in));
+    else
+        memcpy(out, sa, sizeof(struct sockaddr_in6)); /* a pipe: its family only, the rest is zero */
+}
+
+static void addrs_get(const lg_hcm_conn_t *c, lg_stream_info_t *info)
+{
+    addr_copy(&info->downstream_remote, conn_peer(c));
+    info->downstream_direct_remote = info->downstream_remote;
+    if (!c->local_is_listener)
+        addr_copy(&info->downstream_local, conn_local_stored(c));
+    else if (c->listener->addr.ss_family == AF_UNIX)
+        info->downstream_local = c->listener->addr;
+    else
+        addr_copy(&info->downstream_local, (const struct sockaddr *)&c->listener->addr);
+}
+
+static void conn_init(lg_hcm_conn_t *c, lg_worker_t *w, const lg_listener_config_t *l, const lg_hcm_config_t *cfg,
+                      lg_snapshot_t *snap, h2o_socket_t *sock, const struct sockaddr *local, const struct sockaddr *peer,
+                      const char *sni, const uint64_t *listener_start_ms)
+{
     c->tls = sock->ssl != NULL;
     c->worker = w;
     c->listener = l;
@@ -141,22 +230,42 @@ lg_hcm_conn_t *lg_hcm_conn_new(lg_worker_t *w, const lg_listener_config_t *l, co
     c->snapshot = snap;
     lg_snapshot_hold(w, snap);
     c->id = lg_server_next_connection_id();
-    addr_set(&c->local, local);
-    addr_set(&c->peer, peer);
-    const char *sni = sock->ssl != NULL ? lg_tls_server_name(sock) : NULL;
-    if (sni != NULL && sni[0] != '\0')
-        c->server_name = lg_strdup(sni);
+    if (listener_start_ms != NULL) {
+        c->listener_counted = 1;
+        c->listener_start_ms = *listener_start_ms;
+    }
+    c->local_is_listener = addr_is_listener(l, local);
+    c->has_sni = sni != NULL;
+    addr_store((uint32_t *)conn_peer(c), peer);
+    if (!c->local_is_listener)
+        addr_store((uint32_t *)conn_local_stored(c), local);
+    if (sni != NULL)
+        strcpy((char *)conn_sni(c), sni);
     h2o_linklist_init_anchor(&c->streams);
     lg_worker_add_connection(w, &c->worker_link);
     STAT_INC(c, downstream_cx_total);
     STAT_INC(c, downstream_cx_active);
+}
+
+lg_hcm_conn_t *lg_hcm_conn_new(lg_worker_t *w, const lg_listener_config_t *l, const lg_hcm_config_t *cfg, lg_snapshot_t *snap,
+                               h2o_socket_t *sock, int version, const struct sockaddr *local, const struct sockaddr *peer,
+                               const uint64_t *listener_start_ms)
+{
+    const char *sni = sock->ssl != NULL ? lg_tls_server_name(sock) : NULL;
+    if (sni != NULL && sni[0] == '\0')
+        sni = NULL;
+    size_t size = sizeof(lg_hcm_conn_t) + addr_size(peer) + (addr_is_listener(l, local) ? 0 : addr_size(local)) +
+                  (sni != NULL ? strlen(sni) + 1 : 0);
+    lg_hcm_conn_t *c;
     if (version == LG_HTTP_2) {
+        c = lg_calloc(1, size + sizeof(lg_hcm_h2_part_t));
+        conn_init(c, w, l, cfg, snap, sock, local, peer, sni, listener_start_ms);
         STAT_INC(c, downstream_cx_http2_total);
         STAT_INC(c, downstream_cx_http2_active);
         lg_h2_options_t opts = {.allow_connect = cfg->h2_allow_connect,
                                 .stream_error_on_invalid_http_messaging = cfg->h2_stream_error_on_invalid,
                                 .request_headers_timeout_ms = (uint32_t)cfg->request_headers_timeout_ms};
-        c->codec = lg_h2_server_conn_new_ex(&w->loop, sock, &cfg->h2, &opts, &conn_cbs, c);
+        ((lg_hcm_h2_part_t *)c->tail)->codec = lg_h2_server_conn_new_ex(&w->loop, sock, &cfg->h2, &opts, &conn_cbs, c);
     } else {
         lg_h1_server_settings_t s;
         lg_h1_server_settings_init(&s);
@@ -164,9 +273,15 @@ lg_hcm_conn_t *lg_hcm_conn_new(lg_worker_t *w, const lg_listener_config_t *l, co
         s.buffer_limit = l->buffer_limit;
         s.server_name = cfg->server_name;
         s.request_headers_timeout_ms = (uint32_t)cfg->request_headers_timeout_ms;
+        s.idle_timeout_ms = cfg->idle_timeout_ms;
+        s.on_idle_timeout = h1_idle_timeout;
+        /* no callback fires from inside lg_h1_server_conn_new_with_ctx() */
+        lg_server_conn_t *codec = lg_h1_server_conn_new_with_ctx(&w->loop, sock, &s, &conn_cbs, size);
+        c = codec->ctx;
+        c->with_codec = 1;
+        conn_init(c, w, l, cfg, snap, sock, local, peer, sni, listener_start_ms);
         STAT_INC(c, downstream_cx_http1_total);
         STAT_INC(c, downstream_cx_http1_active);
-        c->codec = lg_h1_server_conn_new(&w->loop, sock, &s, &conn_cbs, c);
     }
     conn_arm_idle(c);
     return c;
@@ -178,14 +293,16 @@ void lg_hcm_conn_drain(lg_hcm_conn_t *c)
         return;
     c->draining = 1;
     STAT_INC(c, downstream_cx_drain_close);
-    c->codec->ops->drain(c->codec);
+    lg_server_conn_t *codec = conn_codec(c);
+    codec->ops->drain(codec);
 }
 
 static void on_conn_close(lg_server_conn_t *codec)
 {
     lg_hcm_conn_t *c = codec->ctx;
     c->closed = 1;
-    lg_timer_stop(&c->idle_timer);
+    if (!c->with_codec)
+        lg_timer_stop(conn_idle_timer(c));
     STAT_INC(c, downstream_cx_destroy);
     STAT_DEC(c, downstream_cx_active);
     if (codec->version == LG_HTTP_2)
@@ -193,9 +310,11 @@ static void on_conn_close(lg_server_conn_t *codec)
     else
         STAT_DEC(c, downstream_cx_http1_active);
     h2o_linklist_unlink(&c->worker_link);
+    if (c->listener_counted)
+        lg_listener_uncount(c->listener, c->worker, c->listener_start_ms);
     lg_snapshot_release(c->worker, c->snapshot);
-    free(c->server_name);
-    free(c);
+    if (!c->with_codec)
+        free(c);
 }
 
 static void on_codec_error(lg_server_conn_t *codec, int status, const char *details)
@@ -229,11 +348,74 @@ static void stream_touch(lg_hcm_stream_t *s)
         lg_timer_touch(&s->conn->worker->loop, &s->idle_timer, s->idle_timeout_ms, stream_idle_timeout);
 }
 
+/* ---- the memory of a burst ----
+ *
+ * A burst of concurrent requests leaves its transient memory (socket input
+ * buffers of 8 KB, request pools, streams: one or two touched pages per
+ * request) free in the middle of the heap, where it stays resident until
+ * something reuses it: after a burst of new keep-alive connections that is
+ * most of what the burst cost beyond the connections themselves (~400-700 KB
+ * after 200 concurrent requests). So within BURST_TAIL_MS of a worker having
+ * BURST_STREAMS concurrent streams, each time it has none left after at least
+ * TRIM_MIN_STREAMS streams since the last trim, the free pages go back to the
+ * system (malloc_trim) BURST_SETTLE_MS later, at most every
+ * BURST_TRIM_SPACING_MS; the stream caches keep TRIM_CACHE_KEEP objects of
+ * each class. A trim takes 0.3-7 ms on the bench machine (one
+ * madvise per free run of pages). Traffic that never reaches BURST_STREAMS
+ * concurrent streams on a worker never trims, and no request waits for it. */
+#define BURST_STREAMS 128
+#define BURST_TAIL_MS 2000
+#define TRIM_MIN_STREAMS 32
+#define BURST_SETTLE_MS 100
+#define BURST_TRIM_SPACING_MS 250
+#define TRIM_CACHE_KEEP 32 /* stream objects kept per class (the caches keep up to 256) */
+
+static __thread uint32_t worker_streams, streams_since_trim; /* the latter up to TRIM_MIN_STREAMS */
+static __thread uint64_t burst_ms, last_trim_ms;             /* burst_ms: the last time of BURST_STREAMS (0: none) */
+static __thread lg_timer_t trim_timer;                       /* stopped by lg_hcm_thread_exit() */
+static __thread int trim_off;                                /* the worker is exiting */
+
+static void on_trim(lg_timer_t *t)
+{
+    streams_since_trim = 0;
+    last_trim_ms = lg_now_ms();
+    lg_http_cache_trim(TRIM_CACHE_KEEP); /* what the burst left in the stream caches */
+    malloc_trim(0);
+}
+
+static void burst_stream_started(void)
+{
+    if (++worker_streams >= BURST_STREAMS)
+        burst_ms = lg_now_ms();
+    streams_since_trim += streams_since_trim < TRIM_MIN_STREAMS;
+}
+
+static void burst_stream_ended(lg_worker_t *w)
+{
+    if (--worker_streams != 0 || burst_ms == 0 || streams_since_trim < TRIM_MIN_STREAMS || lg_timer_is_active(&trim_timer))
+        return;
+    if (trim_off)
+        return;
+    uint64_t now = lg_now_ms(), at = last_trim_ms + BURST_TRIM_SPACING_MS;
+    if (now - burst_ms > BURST_TAIL_MS) {
+        burst_ms = 0;
+        return;
+    }
+    lg_timer_start(&w->loop, &trim_timer, at > now + BURST_SETTLE_MS ? at - now : BURST_SETTLE_MS, on_trim);
+}
+
+void lg_hcm_thread_exit(void)
+{
+    trim_off = 1;
+    lg_timer_stop(&trim_timer);
+}
+
 static void on_new_stream(lg_server_conn_t *codec, lg_stream_t *ds)
 {
     lg_hcm_conn_t *c = codec->ctx;
     const lg_hcm_config_t *cfg = c->config;
     lg_hcm_stream_t *s = lg_http_cache_alloc(LG_HTTP_CACHE_HCM_STREAM, sizeof(*s));
+    burst_stream_started();
     if (ds->pool != NULL) {
         s->pool = ds->pool;
     } else {
@@ -247,12 +429,12 @@ static void on_new_stream(lg_server_conn_t *codec, lg_stream_t *ds)
     s->info.connection_id = c->id;
     s->info.start_us = lg_now_us();
     s->info.start_wall_us = lg_wall_us();
-    addr_get(c, &c->peer, &s->info.downstream_remote);
-    s->info.downstream_direct_remote = s->info.downstream_remote;
-    addr_get(c, &c->local, &s->info.downstream_local);
+    addrs_get(c, &s->info);
     s->info.protocol = ds->version;
-    if (c->server_name != NULL)
-        s->info.requested_server_name = h2o_iovec_init(c->server_name, strlen(c->server_name));
+    if (c->has_sni) {
+        const char *sni = conn_sni(c);
+        s->info.requested_server_name = h2o_iovec_init(sni, strlen(sni));
+    }
     s->idle_timeout_ms = cfg->stream_idle_timeout_ms;
     s->n_filters = cfg->n_filters;
     s->filters = h2o_mem_alloc_pool(s->pool, sizeof(*s->filters) * (cfg->n_filters ? cfg->n_filters : 1));
@@ -268,8 +450,8 @@ static void on_new_stream(lg_server_conn_t *codec, lg_stream_t *ds)
     if (cfg->max_stream_duration_ms != 0)
         lg_timer_start(&c->worker->loop, &s->duration_timer, cfg->max_stream_duration_ms, duration_timeout);
     h2o_linklist_insert(&c->streams, &s->link);
-    ++c->n_streams;
-    lg_timer_stop(&c->idle_timer);
+    if (c->n_streams++ == 0)
+        conn_stop_idle(c);
     STAT_INC(c, downstream_rq_total);
     STAT_INC(c, downstream_rq_active);
     if (ds->version == LG_HTTP_2)
@@ -346,13 +528,13 @@ static void mutate_request_headers(lg_hcm_stream_t *s, lg_req_head_t *req)
 
     if (cfg->use_remote_address) {
         char ip[INET6_ADDRSTRLEN + 8];
-        size_t n = lg_address_format_ip(&c->peer.sa, ip, sizeof(ip));
-        if (!cfg->skip_xff_append && c->peer.sa.sa_family != AF_UNIX) {
+        size_t n = lg_address_format_ip(conn_peer(c), ip, sizeof(ip));
+        if (!cfg->skip_xff_append && conn_peer(c)->sa_family != AF_UNIX) {
             h2o_iovec_t v = xff.base == NULL ? h2o_strdup(s->pool, ip, n)
                                              : h2o_concat(s->pool, xff, h2o_iovec_init(H2O_STRLIT(",")), h2o_iovec_init(ip, n));
             lg_headers_set(s->pool, &req->headers, LG_LIT("x-forwarded-for"), v);
         }
-        internal = is_internal_address(cfg, &c->peer.sa);
+        internal = is_internal_address(cfg, conn_peer(c));
     } else {
         struct sockaddr_storage ss;
         if (xff.base != NULL && xff_address(xff, cfg->xff_num_trusted_hops, &ss) == 0) {
@@ -392,7 +574,7 @@ static void mutate_request_headers(lg_hcm_stream_t *s, lg_req_head_t *req)
         for (size_t i = 0; i != LG_ARRAY_SIZE(strip); ++i)
             lg_headers_remove(&req->headers, strip[i], strlen(strip[i]));
         char ip[INET6_ADDRSTRLEN + 8];
-        size_t n = lg_address_format_ip(&c->peer.sa, ip, sizeof(ip));
+        size_t n = lg_address_format_ip(conn_peer(c), ip, sizeof(ip));
         lg_headers_set(s->pool, &req->headers, LG_LIT("x-envoy-external-address"), h2o_strdup(s->pool, ip, n));
     }
     /* x-forwarded-proto: overwritten at the edge, defaulted elsewhere. */
@@ -433,7 +615,7 @@ static void strip_host_port(lg_hcm_stream_t *s, lg_req_head_t *req)
         unsigned port = 0;
         for (size_t k = i; k != a.len; ++k)
             port = port * 10 + (unsigned)(a.base[k] - '0');
-        if (port != lg_address_port(&s->conn->local.sa))
+        if (port != lg_address_port(conn_local(s->conn)))
             return;
     }
     req->authority.len = i - 1;
@@ -907,6 +1089,7 @@ static void stream_destroy(lg_hcm_stream_t *s)
     if (s->pool == &s->own_pool)
         h2o_mem_clear_pool(&s->own_pool);
     lg_http_cache_free(LG_HTTP_CACHE_HCM_STREAM, s);
+    burst_stream_ended(c->worker);
     conn_arm_idle(c);
     /* Last: resetting an HTTP/1 stream closes its connection, which frees c. */
     if (ds != NULL)

@@ -91,8 +91,8 @@ struct st_lg_h1_server_conn_t {
     unsigned bufs_cap_log2 : 5; /* bufs holds 1 << bufs_cap_log2 iovecs */
     uint32_t unconsumed;        /* delivered body bytes not consumed yet (at most buffer_limit) */
     uint32_t nbufs;             /* iovecs in bufs */
-    size_t last_len;            /* input length at the last incomplete head */
-    size_t parsed;              /* see the top of the file */
+    uint32_t last_len;          /* input length at the last incomplete head (< the head size limit) */
+    uint32_t parsed;            /* see the top of the file (< buffer_limit + one read) */
     /* the pending batch's iovecs: bufs_inline, or an array while a response needs more */
     h2o_iovec_t *bufs;
     h2o_iovec_t bufs_inline[2]; /* 1 << 1 */
@@ -101,7 +101,10 @@ struct st_lg_h1_server_conn_t {
      * turn, resume_due / flush_due; only while a stream runs or before the first
      * parse), on_headers_timeout (request_headers_timeout while a head is
      * incomplete: no stream), on_linger_timeout (delayed_close_timeout once
-     * lingering, when nothing else is due). */
+     * lingering, when nothing else is due), on_idle (the owner's idle timeout,
+     * while no request is in progress and the codec needs the timer for
+     * nothing else: any of the others replaces it, and it is armed again when
+     * they are done; armed when a request starts, it fires for nothing). */
     lg_timer_t timer;
 };
 
@@ -197,6 +200,24 @@ static lg_loop_t *conn_loop(lg_h1_server_conn_t *c)
     return ((const lg_h1_shared_settings_t *)c->settings)->loop;
 }
 
+/* The owner's idle timeout */
+
+static void on_idle(lg_timer_t *t);
+
+/* The timer is not needed by the codec itself. */
+static int timer_free(lg_h1_server_conn_t *c)
+{
+    return !lg_timer_is_active(&c->timer) || c->timer.cb == on_idle;
+}
+
+/* Arms the owner's idle timeout when no request is in progress and the timer is free. */
+static void idle_rearm(lg_h1_server_conn_t *c)
+{
+    if (c->stream == NULL && !c->closed && !c->lingering && !c->close_after_write && !lg_timer_is_active(&c->timer) &&
+        c->settings->idle_timeout_ms != 0)
+        lg_timer_start(conn_loop(c), &c->timer, c->settings->idle_timeout_ms, on_idle);
+}
+
 /* Lifetime */
 
 static void enter(lg_h1_server_conn_t *c)
@@ -252,6 +273,16 @@ static void leave(lg_h1_server_conn_t *c)
     }
     if (c->closed)
         destroy(c);
+}
+
+static void on_idle(lg_timer_t *t)
+{
+    lg_h1_server_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_h1_server_conn_t, timer, t);
+    if (c->closed || c->stream != NULL || c->lingering || c->close_after_write || c->settings->on_idle_timeout == NULL)
+        return; /* a request started meanwhile: armed again when it is done */
+    enter(c);
+    c->settings->on_idle_timeout(&c->super);
+    leave(c);
 }
 
 /* Drops the request bytes no slice points into any more. */
@@ -360,6 +391,8 @@ static void on_defer(lg_timer_t *t)
         c->resume_due = 0;
         process_input(c);
     }
+    if (c->stream == NULL)
+        idle_rearm(c);
     leave(c);
 }
 
@@ -429,7 +462,7 @@ static void flush(lg_h1_server_conn_t *c)
     if (c->flush_due) { /* whatever happens below, nothing waits for the timer any more */
         c->flush_due = 0;
         if (!c->resume_due && c->timer.cb == on_defer)
-            lg_timer_stop(&c->timer);
+            lg_timer_stop(&c->timer); /* a stream runs: no idle timeout */
     }
     if (c->closed || c->lingering || c->writing || !c->dirty)
         return;
@@ -468,6 +501,8 @@ static void finish_stream(lg_h1_server_conn_t *c)
         return;
     }
     process_input(c);
+    if (c->stream == NULL)
+        idle_rearm(c);
 }
 
 /* Everything queued has been written. */
@@ -747,9 +782,9 @@ static int parse_head(lg_h1_server_conn_t *c)
     lg_h1_error_t err;
     ssize_t r = lg_h1_parse_request(&s->pool, in->bytes, in->size, c->last_len, &c->settings->limits, &s->head, &s->info, &err);
     if (r == -2) {
-        c->last_len = in->size;
+        c->last_len = (uint32_t)in->size;
         if (c->settings->request_headers_timeout_ms != 0) {
-            if (!lg_timer_is_active(&c->timer))
+            if (timer_free(c))
                 lg_timer_start(conn_loop(c), &c->timer, c->settings->request_headers_timeout_ms, on_headers_timeout);
             else if (c->timer.cb == on_defer)
                 c->resume_due = 1; /* parsed again at the end of the turn, which arms the timeout */
@@ -758,7 +793,7 @@ static int parse_head(lg_h1_server_conn_t *c)
     }
     c->last_len = 0;
     if (c->timer.cb == on_headers_timeout)
-        lg_timer_stop(&c->timer);
+        lg_timer_stop(&c->timer); /* a stream or an error follows: no idle timeout */
     if (r < 0) {
         codec_error(c, &err);
         return 0;
@@ -788,7 +823,7 @@ static int deliver_raw(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s, size_t 
         return 1;
     }
     h2o_iovec_t data = h2o_iovec_init(c->sock->input->bytes + c->parsed, n);
-    c->parsed += n;
+    c->parsed += (uint32_t)n;
     if (!tunnel)
         s->body_left -= n;
     deliver(c, s, data, !tunnel && s->body_left == 0);
@@ -815,7 +850,7 @@ static int deliver_chunked(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s, siz
         body_error(c, &err);
         return 0;
     }
-    c->parsed += (size_t)r;
+    c->parsed += (uint32_t)r;
     if (ndata == 0 && !done)
         return r != 0;
     deliver(c, s, ndata != 0 ? data : h2o_iovec_init(NULL, 0), done);
@@ -1029,11 +1064,15 @@ static void conn_close(lg_server_conn_t *_c)
 
 static const lg_server_conn_ops_t conn_ops = {.drain = conn_drain, .close = conn_close};
 
-lg_server_conn_t *lg_h1_server_conn_new(lg_loop_t *loop, h2o_socket_t *sock, const lg_h1_server_settings_t *settings,
-                                        const lg_server_conn_cbs_t *cbs, void *ctx)
+/* The owner's area follows the connection, aligned for pointers and 64-bit integers. */
+#define CTX_OFFSET ((sizeof(lg_h1_server_conn_t) + 7) & ~(size_t)7)
+const size_t lg_h1_server_ctx_offset = CTX_OFFSET;
+
+static lg_server_conn_t *conn_new(lg_loop_t *loop, h2o_socket_t *sock, const lg_h1_server_settings_t *settings,
+                                  const lg_server_conn_cbs_t *cbs, void *ctx, size_t ctx_size)
 {
-    lg_h1_server_conn_t *c = lg_calloc(1, sizeof(*c));
-    c->super = (lg_server_conn_t){&conn_ops, cbs, ctx, LG_HTTP_11};
+    lg_h1_server_conn_t *c = lg_calloc(1, CTX_OFFSET + ctx_size);
+    c->super = (lg_server_conn_t){&conn_ops, cbs, ctx_size != 0 ? (char *)c + CTX_OFFSET : ctx, LG_HTTP_11};
     c->sock = sock;
     c->settings = settings_intern(settings, loop);
     c->bufs = c->bufs_inline;
@@ -1041,11 +1080,26 @@ lg_server_conn_t *lg_h1_server_conn_new(lg_loop_t *loop, h2o_socket_t *sock, con
     sock->data = c;
     if (h2o_socket_is_reading(sock))
         h2o_socket_read_stop(sock); /* a listener filter's callback */
-    if (sock->input->size != 0)
+    if (sock->input->size != 0) {
         schedule_resume(c);
-    else
+    } else {
         update_reading(c);
+        idle_rearm(c);
+    }
     return &c->super;
+}
+
+lg_server_conn_t *lg_h1_server_conn_new(lg_loop_t *loop, h2o_socket_t *sock, const lg_h1_server_settings_t *settings,
+                                        const lg_server_conn_cbs_t *cbs, void *ctx)
+{
+    return conn_new(loop, sock, settings, cbs, ctx, 0);
+}
+
+lg_server_conn_t *lg_h1_server_conn_new_with_ctx(lg_loop_t *loop, h2o_socket_t *sock, const lg_h1_server_settings_t *settings,
+                                                 const lg_server_conn_cbs_t *cbs, size_t ctx_size)
+{
+    assert(ctx_size != 0);
+    return conn_new(loop, sock, settings, cbs, NULL, ctx_size);
 }
 
 int lg_h1_server_conn_is_idle(lg_server_conn_t *_c)

@@ -109,6 +109,20 @@ void *lg_http_cache_alloc(lg_http_cache_class_t cls, size_t size)
     return o;
 }
 
+/* Frees what this thread keeps beyond `keep` objects per class (after a burst). */
+void lg_http_cache_trim(size_t keep)
+{
+    for (size_t i = 0; i != LG_HTTP_CACHE_NUM_CLASSES; ++i) {
+        cache_t *c = caches + i;
+        while (c->count > keep) {
+            cache_obj_t *o = c->head;
+            c->head = o->next;
+            --c->count;
+            free(o);
+        }
+    }
+}
+
 void lg_http_cache_free(lg_http_cache_class_t cls, void *p)
 {
     cache_t *c = caches + cls;

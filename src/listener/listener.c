@@ -54,9 +54,11 @@ int lg_listen_socket_open(const lg_listener_config_t *l, lg_error_t *err)
 }
 
 static void start_hcm(lg_worker_t *w, lg_listener_config_t *l, const lg_filter_chain_t *chain, lg_snapshot_t *snap,
-                      h2o_socket_t *sock, int version, const struct sockaddr_storage *local, const struct sockaddr_storage *remote)
+                      h2o_socket_t *sock, int version, const struct sockaddr_storage *local, const struct sockaddr_storage *remote,
+                      const uint64_t *counted_start_ms)
 {
-    lg_hcm_conn_new(w, l, chain->hcm, snap, sock, version, (const struct sockaddr *)local, (const struct sockaddr *)remote);
+    lg_hcm_conn_new(w, l, chain->hcm, snap, sock, version, (const struct sockaddr *)local, (const struct sockaddr *)remote,
+                    counted_start_ms);
 }
 
 /* A chain ending in tcp_proxy: bytes are relayed as they are (TLS passes
@@ -127,8 +129,35 @@ static void on_counted_close(void *data)
     --n_counted;
 }
 
+/* The start of a count (both ways of counting). */
+static void count_start(lg_worker_t *w, lg_listener_config_t *l)
+{
+    LG_STAT_INC(l->stats, w->index, LG_LISTENER_STAT_downstream_cx_total);
+    LG_STAT_INC(l->stats, w->index, LG_LISTENER_STAT_downstream_cx_active);
+    ++n_counted;
+}
+
+void lg_listener_uncount(const lg_listener_config_t *l, lg_worker_t *w, uint64_t start_ms)
+{
+    LG_STAT_DEC(l->stats, w->index, LG_LISTENER_STAT_downstream_cx_active);
+    LG_STAT_INC(l->stats, w->index, LG_LISTENER_STAT_downstream_cx_destroy);
+    lg_stats_histogram_record(l->stats, w->index, LG_LISTENER_STAT_downstream_cx_length_ms, lg_now_ms() - start_ms);
+    --n_counted;
+}
+
+/* Hooks a counted_conn_t on the socket for a count started at `start_ms`. */
+static void count_on_socket(lg_worker_t *w, lg_listener_config_t *l, h2o_socket_t *sock, const logged_conn_t *log,
+                            uint64_t start_ms);
+
 /* `log` (NULL: the listener has no access log) is the connection's entry to be. */
 static void count_conn(lg_worker_t *w, lg_listener_config_t *l, h2o_socket_t *sock, const logged_conn_t *log)
+{
+    count_start(w, l);
+    count_on_socket(w, l, sock, log, lg_now_ms());
+}
+
+static void count_on_socket(lg_worker_t *w, lg_listener_config_t *l, h2o_socket_t *sock, const logged_conn_t *log,
+                            uint64_t start_ms)
 {
     counted_conn_t *cc;
     if (log != NULL) {
@@ -140,12 +169,9 @@ static void count_conn(lg_worker_t *w, lg_listener_config_t *l, h2o_socket_t *so
         cc = lg_malloc(sizeof(*cc));
     }
     lg_stats_block_retain(l->stats);
-    *cc = (counted_conn_t){l->stats, w->index, lg_now_ms(), log != NULL};
-    LG_STAT_INC(l->stats, w->index, LG_LISTENER_STAT_downstream_cx_total);
-    LG_STAT_INC(l->stats, w->index, LG_LISTENER_STAT_downstream_cx_active);
+    *cc = (counted_conn_t){l->stats, w->index, start_ms, log != NULL};
     sock->on_close.cb = on_counted_close;
     sock->on_close.data = cc;
-    ++n_counted;
 }
 
 size_t lg_listener_counted_sockets(void)
@@ -172,6 +198,12 @@ typedef struct st_pending_conn_t {
     char server_name[256];            /* what tls_inspector found ("" = none) */
     h2o_linklist_t link;              /* in this worker's pending list */
     uint64_t start_us, start_wall_us; /* the accept, for the listener's access log */
+    /* Counted here rather than by a counted_conn_t on the socket (a plain TCP
+     * connection to an HCM, no listener access log): the count goes to an
+     * HTTP/1.1 connection, which ends it when it closes its socket (at once,
+     * without TLS); HTTP/2 gets a counted_conn_t at the hand-over. */
+    uint64_t counted_start_ms;
+    int counted_inline;
 } pending_conn_t;
 
 /* What tls_inspector may buffer before giving up (Envoy's limit). */
@@ -246,6 +278,8 @@ static void pending_free(pending_conn_t *p, int close_sock)
         h2o_socket_read_stop(p->sock);
         p->sock->data = NULL;
         h2o_socket_close(p->sock);
+        if (p->counted_inline)
+            lg_listener_uncount(p->listener, p->worker, p->counted_start_ms);
     }
     lg_snapshot_release(p->worker, p->snapshot);
     pending_dispose(p);
@@ -253,6 +287,7 @@ static void pending_free(pending_conn_t *p, int close_sock)
 
 void lg_listener_close_pending(void)
 {
+    lg_hcm_thread_exit(); /* its trim timer must not outlive the loop */
     while (pending_conns.next != NULL && !h2o_linklist_is_empty(&pending_conns))
         pending_free(H2O_STRUCT_FROM_MEMBER(pending_conn_t, link, pending_conns.next), 1);
     while (n_pending_cache != 0)
@@ -262,9 +297,15 @@ void lg_listener_close_pending(void)
 static void hand_over_hcm(pending_conn_t *p, int version)
 {
     h2o_socket_t *sock = p->sock;
+    if (p->counted_inline && version != LG_HTTP_11) {
+        /* an HTTP/2 connection lets its socket linger after it closes */
+        count_on_socket(p->worker, p->listener, sock, NULL, p->counted_start_ms);
+        p->counted_inline = 0;
+    }
     h2o_socket_read_stop(sock);
     sock->data = NULL;
-    start_hcm(p->worker, p->listener, p->chain, p->snapshot, sock, version, &p->local, &p->remote);
+    start_hcm(p->worker, p->listener, p->chain, p->snapshot, sock, version, &p->local, &p->remote,
+              p->counted_inline ? &p->counted_start_ms : NULL);
     pending_free(p, 0);
 }
 
@@ -394,6 +435,10 @@ static void select_chain(pending_conn_t *p, const lg_tls_client_hello_t *hello)
                              .local = p->local,
                              .remote = p->remote};
         count_conn(p->worker, l, p->sock, &log);
+    } else if (p->chain->kind == LG_NETWORK_FILTER_HCM && p->chain->tls == NULL) {
+        count_start(p->worker, l);
+        p->counted_start_ms = lg_now_ms();
+        p->counted_inline = 1;
     } else {
         count_conn(p->worker, l, p->sock, NULL);
     }

@@ -386,7 +386,8 @@ static int next_response(resp_t *r, int no_body)
     return 1;
 }
 
-static void setup(const lg_h1_server_settings_t *settings)
+/* ctx_size != 0: lg_h1_server_conn_new_with_ctx() */
+static void setup_ex(const lg_h1_server_settings_t *settings, size_t ctx_size)
 {
     int fds[2];
     lg_h1_server_settings_t defaults;
@@ -403,7 +404,13 @@ static void setup(const lg_h1_server_settings_t *settings)
     fcntl(fds[1], F_SETFL, O_NONBLOCK);
     cfd = fds[0];
     ssock = h2o_evloop_socket_create(evloop, fds[1], 0);
-    conn = lg_h1_server_conn_new(&loop, ssock, settings, &conn_cbs, NULL);
+    conn = ctx_size != 0 ? lg_h1_server_conn_new_with_ctx(&loop, ssock, settings, &conn_cbs, ctx_size)
+                         : lg_h1_server_conn_new(&loop, ssock, settings, &conn_cbs, NULL);
+}
+
+static void setup(const lg_h1_server_settings_t *settings)
+{
+    setup_ex(settings, 0);
 }
 
 static void teardown(void)
@@ -892,6 +899,56 @@ static void test_preread_input(void)
     teardown();
 }
 
+static int idle_fired;
+
+static void on_idle_timeout(lg_server_conn_t *c)
+{
+    ++idle_fired;
+    ok(c == conn, "idle timeout of this connection");
+    c->ops->close(c);
+}
+
+/* The owner's idle timeout runs on the codec's timer while no request is in
+ * progress; the owner's area comes with the connection. */
+static void test_idle_timeout(void)
+{
+    lg_h1_server_settings_t st;
+    lg_h1_server_settings_init(&st);
+    st.idle_timeout_ms = 100;
+    st.on_idle_timeout = on_idle_timeout;
+
+    /* a connection that never sends anything */
+    setup(&st);
+    idle_fired = 0;
+    uint64_t t0 = lg_now_ms();
+    ok(RUN_UNTIL(idle_fired == 1), "idle timeout fired");
+    ok(lg_now_ms() - t0 >= 90, "not before its time (%d ms)", (int)(lg_now_ms() - t0));
+    ok(RUN_UNTIL(drv.closed == 1 && client_eof), "closed by the owner");
+    teardown();
+
+    /* a request in progress holds it off; it starts again once the request is done */
+    setup_ex(&st, 24);
+    char *ctx = conn->ctx;
+    ok(ctx != NULL && (uintptr_t)ctx % 8 == 0, "ctx area, aligned");
+    ok(ctx[0] == 0 && ctx[23] == 0, "zeroed");
+    memset(ctx, 0xab, 24); /* ASan: all of it is usable */
+    idle_fired = 0;
+    SEND("POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhe");
+    ok(RUN_UNTIL(drv.streams == 1), "request started");
+    run_for(250);
+    ok(idle_fired == 0 && drv.closed == 0, "no idle timeout while a request is in progress");
+    SEND("llo");
+    resp_t r = {0};
+    ok(RUN_UNTIL(next_response(&r, 0)), "response");
+    ok(RUN_UNTIL(drv.completes == 1), "request done");
+    t0 = lg_now_ms();
+    ok(RUN_UNTIL(idle_fired == 1), "idle timeout after the request");
+    ok(lg_now_ms() - t0 >= 90, "a full period after the request (%d ms)", (int)(lg_now_ms() - t0));
+    ok(RUN_UNTIL(drv.closed == 1), "closed");
+    resp_free(&r);
+    teardown();
+}
+
 int main(void)
 {
     evloop = h2o_evloop_create();
@@ -915,6 +972,7 @@ int main(void)
     test_drain_and_reset();
     test_preread_input();
     test_head_waits_for_body();
+    test_idle_timeout();
     lg_strbuf_free(&rx);
     lg_loop_dispose(&loop);
     h2o_evloop_destroy(evloop);

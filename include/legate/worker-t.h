@@ -11,24 +11,23 @@
 #include <h2o/timeout.h>
 #include <h2o/multithread.h>
 
-/* A one-shot timer on a worker's loop. Any duration may be used: the worker
- * keeps one h2o_timeout_t per distinct duration (config has few). */
+/* A one-shot timer on a worker's loop (timer.h). A zeroed timer is stopped.
+ * Active timers sit in the loop's timer wheel (src/core/timer.c): one h2o
+ * timeout entry wakes the loop for the whole wheel. */
 typedef struct st_lg_timer_t lg_timer_t;
 typedef void (*lg_timer_cb)(lg_timer_t *t);
 struct st_lg_timer_t {
-    h2o_timeout_entry_t _entry;
+    h2o_linklist_t _link; /* in a wheel slot while active */
+    uint64_t _deadline;   /* loop time (ms) it fires at, not before its slot's time; UINT64_MAX when armed for 0 ms */
     lg_timer_cb cb;
+    uint16_t _slot; /* level * 64 + slot in the wheel */
 };
 
-typedef struct st_lg_timeout_slot_t {
-    uint64_t ms;
-    h2o_timeout_t *timeout;
-} lg_timeout_slot_t;
+typedef struct st_lg_timer_wheel_t lg_timer_wheel_t;
 
 typedef struct st_lg_loop_t {
     h2o_loop_t *loop;
-    lg_timeout_slot_t *_slots; /* open addressing by ms */
-    size_t _nslots, _used;
+    lg_timer_wheel_t *_wheel;
 } lg_loop_t;
 
 typedef struct st_lg_worker_t lg_worker_t;

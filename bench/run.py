@@ -761,18 +761,8 @@ class Bench:
         from xds_control.server import XdsServer
         srv = XdsServer(port=0).start()
         admin_port = free_port()
-        sa = {"socket_address": {"address": "127.0.0.1", "port_value": srv.port}}
+        doc = self.xds_bootstrap(srv.port, admin_port)
         ads = {"ads": {}, "resource_api_version": "V3"}
-        doc = {"admin": {"address": proxies.sockaddr(admin_port)}, "node": {"id": "bench", "cluster": "bench"},
-               "static_resources": {"clusters": [{
-                   "name": "xds", "type": "STATIC", "connect_timeout": "1s",
-                   "typed_extension_protocol_options": {proxies.HPO_KEY: {
-                       "@type": proxies.HPO_TYPE, "explicit_http_config": {"http2_protocol_options": {}}}},
-                   "load_assignment": {"cluster_name": "xds", "endpoints": [{"lb_endpoints": [
-                       {"endpoint": {"address": sa}}]}]}}]},
-               "dynamic_resources": {"ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
-                                                    "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}]},
-                                     "cds_config": ads, "lds_config": ads}}
         out = {}
         r = None
         try:

@@ -1099,19 +1099,22 @@ static void go_live(void)
 
 /* The control thread decodes and compiles config updates; when it shares a
  * core with a worker (a pod with one CPU), a 10,000-cluster push keeps it busy
- * for a tenth of a second per push. At nice 0, or even +10, the scheduler lets
- * it finish its slice before a worker woken by traffic runs: the request p99
- * on that core went from 1.1-1.5 ms to 4.5 ms with any busy thread beside the
- * worker (measured with a plain CPU hog at nice 10, no xDS at all). At nice 19
- * a waking worker preempts it at once (p99 0.9 ms beside the hog). The cost:
- * when every worker saturates every core, updates get ~1.5% of a core, and
- * the load balancer moves the thread to any core with room. Linux's nice is
+ * for a tenth of a second. It runs at nice +10, so that a contended core goes
+ * mostly to traffic while updates still get about a tenth of it when every
+ * worker is saturated (Envoy's main thread runs at the workers' priority).
+ * Measured on the bench machine (bench/README.md, "Latency beside a busy
+ * control thread"): beside a thread that is busy without pause, nice 19 keeps
+ * the worker's p99 where it is idle and nice 10 does not; beside one that
+ * runs in bursts, as updates do, neither nice 19 nor SCHED_IDLE helps, so the
+ * stronger setting would only starve updates under overload. Linux's nice is
  * per thread: workers started earlier keep theirs, threads started later by
  * this one inherit it. */
 static void yield_to_workers(void)
 {
     pid_t tid = (pid_t)syscall(SYS_gettid);
-    if (setpriority(PRIO_PROCESS, (id_t)tid, 19) != 0)
+    errno = 0;
+    int nice = getpriority(PRIO_PROCESS, (id_t)tid);
+    if (errno == 0 && setpriority(PRIO_PROCESS, (id_t)tid, nice + 10 > 19 ? 19 : nice + 10) != 0)
         LG_DEBUG(main, "setpriority: %s", strerror(errno));
 }
 

@@ -29,6 +29,7 @@ import os
 import re
 import socket
 import socketserver
+import sys
 import struct
 import threading
 import time
@@ -98,6 +99,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if "chunked" in te:
             while True:
                 line = self.rfile.readline(65537)
+                if not line:
+                    raise ConnectionError("eof before a chunk size")
                 size = int(line.split(b";")[0].strip(), 16)
                 if size == 0:
                     break
@@ -227,7 +230,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _handle
 
 
-class _TCPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+class _QuietOnDisconnect:
+    """A peer that goes away mid-request (a reset or timeout under test) is not an error of the upstream."""
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+
+class _TCPServer(_QuietOnDisconnect, socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
@@ -239,7 +250,7 @@ class _TCPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.server_name, self.server_port = host, port
 
 
-class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+class _UnixServer(_QuietOnDisconnect, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     block_on_close = False
     request_queue_size = 1024

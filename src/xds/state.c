@@ -271,8 +271,11 @@ static lg__xds_dep_t *wanted_dep(lg__xds_sub_t *sub, const lg__xds_change_t *ch)
 
 /* A new version of a dep is in use: its record, error state and Envoy's
  * subscription stats (update_success, version, version_text, update_time). */
-static void dep_accept(lg_xds_t *x, lg__xds_dep_t *d, lg_xds_resource_t *res)
+/* `compiled` (the route table, filter or kept message of res) replaces the dep's. */
+static void dep_accept(lg_xds_t *x, lg__xds_dep_t *d, lg_xds_resource_t *res, void *compiled)
 {
+    dep_compiled_free(d);
+    d->compiled = compiled;
     replace_res(&d->res, res);
     set_error(&d->failed, &d->error, NULL, NULL);
     dep_count(d, LG__XDS_SUB_update_success);
@@ -812,10 +815,8 @@ static int apply_routes(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *er
     if (ch->res == NULL) {
         /* Envoy falls back to an empty route configuration */
         if (d->compiled != NULL) {
-            lg_route_table_release(d->compiled);
-            d->compiled = NULL;
-            lg_xds_resource_release(d->res);
-            d->res = NULL;
+            dep_compiled_free(d);
+            replace_res(&d->res, NULL);
             x->dirty = 1;
         }
         return 0;
@@ -831,10 +832,7 @@ static int apply_routes(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *er
         dep_reject(d, ch->res, err->msg);
         return -1;
     }
-    if (d->compiled != NULL)
-        lg_route_table_release(d->compiled);
-    d->compiled = t;
-    dep_accept(x, d, ch->res);
+    dep_accept(x, d, ch->res, t);
     return 0;
 }
 
@@ -860,11 +858,8 @@ static int apply_secret(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *er
         return -1;
     }
     LG_INFO(config, "sds: secret '%s' updated (version %s)", ch->name, ch->res->version);
-    if (d->compiled != NULL)
-        protobuf_c_message_free_unpacked(d->compiled, NULL);
-    d->compiled = ch->msg;
+    dep_accept(x, d, ch->res, ch->msg);
     ch->msg = NULL;
-    dep_accept(x, d, ch->res);
     return 0;
 }
 
@@ -897,11 +892,8 @@ static int apply_runtime(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *e
         return -1;
     }
     LG_INFO(runtime, "rtds: runtime '%s' updated (version %s)", ch->name, ch->res->version);
-    if (d->compiled != NULL)
-        protobuf_c_message_free_unpacked(d->compiled, NULL);
-    d->compiled = ch->msg;
+    dep_accept(x, d, ch->res, ch->msg);
     ch->msg = NULL;
-    dep_accept(x, d, ch->res);
     return 0;
 }
 
@@ -944,9 +936,7 @@ static int apply_extension(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t 
         return -1;
     }
     LG_INFO(config, "ecds: extension config '%s' updated (version %s)", ch->name, ch->res->version);
-    dep_compiled_free(d);
-    d->compiled = f;
-    dep_accept(x, d, ch->res);
+    dep_accept(x, d, ch->res, f);
     dep_count(d, LG__XDS_ECDS_config_reload);
     return 0;
 }

@@ -207,6 +207,7 @@ struct st_lg__h2_conn_t {
     size_t nbig;
     h2o_linklist_t streams, dirty, graveyard, writing;
     size_t num_streams;
+    uint64_t trim_armed_at; /* flood.streams_opened when the idle trim was armed */
     struct {
         uint64_t streams_opened, data_frames_sent, priority_frames, window_update_frames;
         uint32_t empty_frames;

@@ -358,7 +358,7 @@ static void stream_touch(lg_hcm_stream_t *s)
  * after 200 concurrent requests). So within BURST_TAIL_MS of a worker having
  * BURST_STREAMS concurrent streams, each time it has none left after at least
  * TRIM_MIN_STREAMS streams since the last trim, the free pages go back to the
- * system (malloc_trim) BURST_SETTLE_MS later, at most every
+ * system (malloc_trim) once no stream has started for BURST_SETTLE_MS, at most every
  * BURST_TRIM_SPACING_MS; the stream caches keep TRIM_CACHE_KEEP objects of
  * each class. A trim takes 0.3-7 ms on the bench machine (one
  * madvise per free run of pages). Traffic that never reaches BURST_STREAMS
@@ -385,6 +385,8 @@ static void on_trim(lg_timer_t *t)
 
 static void burst_stream_started(void)
 {
+    if (lg_timer_is_active(&trim_timer))
+        lg_timer_stop(&trim_timer); /* not settled: a trim would stall these streams for milliseconds */
     if (++worker_streams >= BURST_STREAMS)
         burst_ms = lg_now_ms();
     streams_since_trim += streams_since_trim < TRIM_MIN_STREAMS;

@@ -32,6 +32,7 @@
 #include "legate/h1.h"
 #include "legate/h1_server.h"
 #include "legate/http.h"
+#include "legate/sock.h"
 #include "legate/timer.h"
 
 typedef struct st_lg_h1_server_conn_t lg_h1_server_conn_t;
@@ -890,9 +891,20 @@ static void on_peer_eof(lg_h1_server_conn_t *c)
     close_now(c, LG_RESET_CONNECTION_TERMINATION, "downstream_remote_disconnect");
 }
 
+/* How much one read should take: a head fits the recycled 8 KiB buffer; a
+ * body is read in buffers of its size, up to LG_SOCK_READ_MAX. */
+static size_t read_want(lg_h1_server_conn_t *c)
+{
+    lg_h1_server_stream_t *s = c->stream;
+    if (s == NULL || s->req_done || c->lingering)
+        return LG_SOCK_READ_MIN;
+    return s->info.body == LG_H1_BODY_CONTENT_LENGTH ? s->body_left : LG_SOCK_READ_MAX;
+}
+
 static void on_read(h2o_socket_t *sock, const char *err)
 {
     lg_h1_server_conn_t *c = sock->data;
+    err = lg_sock_read(sock, err, read_want(c));
     enter(c);
     if (err != NULL)
         c->peer_eof = 1;
@@ -1080,6 +1092,7 @@ static lg_server_conn_t *conn_new(lg_loop_t *loop, h2o_socket_t *sock, const lg_
     sock->data = c;
     if (h2o_socket_is_reading(sock))
         h2o_socket_read_stop(sock); /* a listener filter's callback */
+    lg_sock_read_bounded(sock);
     if (sock->input->size != 0) {
         schedule_resume(c);
     } else {

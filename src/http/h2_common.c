@@ -1272,11 +1272,17 @@ void lg__h2_request_close(lg__h2_conn_t *conn, lg_reset_reason_t reason, const c
 /* An idle connection (no stream, nothing being written) keeps only what it
  * needs to take the next request: the write batch, the socket's input buffer
  * and nghttp2's frame buffer are given back, and re-made on demand. */
+static void arm_trim(lg__h2_conn_t *conn);
+
 static void on_trim_timer(lg_timer_t *t)
 {
     lg__h2_conn_t *conn = H2O_STRUCT_FROM_MEMBER(lg__h2_conn_t, linger_timer, t);
     if (conn->state != LG__H2_OPEN || conn->num_streams != 0 || conn->write_in_flight || conn->batch.total != 0)
         return; /* the next idle moment arms it again */
+    if (conn->flood.streams_opened != conn->trim_armed_at) {
+        arm_trim(conn); /* idle now, but not for TRIM_MS: its pages would be touched again at once */
+        return;
+    }
     free(conn->batch.buf);
     free(conn->batch.segs);
     free(conn->batch.vecs);
@@ -1290,8 +1296,10 @@ static void on_trim_timer(lg_timer_t *t)
 
 static void arm_trim(lg__h2_conn_t *conn)
 {
-    if (conn->num_streams == 0 && !conn->write_in_flight && !lg_timer_is_active(&conn->linger_timer))
+    if (conn->num_streams == 0 && !conn->write_in_flight && !lg_timer_is_active(&conn->linger_timer)) {
+        conn->trim_armed_at = conn->flood.streams_opened;
         lg_timer_start(conn->loop, &conn->linger_timer, TRIM_MS, on_trim_timer);
+    }
 }
 
 void lg__h2_enter(lg__h2_conn_t *conn)

@@ -25,6 +25,7 @@
 #include <sys/uio.h>
 #include "legate/h1.h"
 #include "legate/http.h"
+#include "legate/sock.h"
 #include "legate/timer.h"
 #include "legate/cluster.h"
 
@@ -42,7 +43,6 @@ typedef struct st_lg__h1c_batch_t {
     size_t body_bytes; /* caller bytes in it, for on_data_sent */
     int has_end;       /* carries the end of the request */
     h2o_mem_pool_t pool;
-    char *copy; /* what the kernel did not take at once */
 } lg__h1c_batch_t;
 
 typedef enum en_lg__h1c_rx_t {
@@ -113,7 +113,6 @@ static void schedule(lg__h1c_conn_t *conn)
 
 static void batch_dispose(lg__h1c_batch_t *b)
 {
-    free(b->copy);
     free(b->bufs);
     h2o_mem_clear_pool(&b->pool);
 }
@@ -166,6 +165,8 @@ static void conn_close(lg__h1c_conn_t *conn, lg_reset_reason_t reason, lg_reset_
         return;
     conn->closed = 1;
     conn->close_reason = reason;
+    if (conn->sock != NULL && conn->sock->ssl == NULL && h2o_socket_is_writing(conn->sock))
+        shutdown(h2o_socket_get_fd(conn->sock), SHUT_RDWR); /* see write_now */
     if (conn->reading) {
         conn->reading = 0;
         h2o_socket_read_stop(conn->sock);
@@ -241,10 +242,12 @@ static void batch_push(lg__h1c_batch_t *b, h2o_iovec_t v)
     b->bufs[b->size++] = v;
 }
 
-/* Writes what the kernel takes now and copies the rest for h2o to write, so
- * that no caller bytes are referenced once this returns (a reset may free
- * them at any time). The batch completes when that write does, or on the next
- * turn when everything went out at once. */
+/* Writes what the kernel takes now; h2o writes the rest from the caller's
+ * bytes (TLS: h2o encrypts them into its own buffer at once). The batch
+ * completes when that write does, or on the next turn when everything went out
+ * at once. A reset lets the sender free its bytes: conn_close() shuts a plain
+ * socket down first, so that h2o's pending writev fails before the kernel
+ * reads them. */
 static void on_write_complete(h2o_socket_t *sock, const char *err);
 
 static size_t write_now(lg__h1c_conn_t *conn, h2o_iovec_t *bufs, size_t cnt, size_t *first_off)
@@ -321,18 +324,9 @@ static void flush(lg__h1c_conn_t *conn)
         schedule(conn);
         return;
     }
-    size_t len = b->bufs[done].len - off;
-    for (size_t i = done + 1; i != b->size; ++i)
-        len += b->bufs[i].len;
-    char *p = b->copy = lg_malloc(len);
-    memcpy(p, b->bufs[done].base + off, b->bufs[done].len - off);
-    p += b->bufs[done].len - off;
-    for (size_t i = done + 1; i != b->size; ++i) {
-        memcpy(p, b->bufs[i].base, b->bufs[i].len);
-        p += b->bufs[i].len;
-    }
-    h2o_iovec_t v = h2o_iovec_init(b->copy, len);
-    h2o_socket_write(conn->sock, &v, 1, on_write_complete);
+    b->bufs[done].base += off; /* h2o copies the iovecs, not the bytes */
+    b->bufs[done].len -= off;
+    h2o_socket_write(conn->sock, b->bufs + done, b->size - done, on_write_complete);
 }
 
 /* A tunnel's request side ended and everything was written: the upstream
@@ -362,8 +356,6 @@ static void write_done(lg__h1c_conn_t *conn, const char *err)
     b->size = 0;
     b->body_bytes = 0;
     b->has_end = 0;
-    free(b->copy);
-    b->copy = NULL;
     h2o_mem_clear_pool(&b->pool);
     lg__h1c_stream_t *s = conn->stream;
     if (s != NULL && end)
@@ -551,7 +543,7 @@ static void reset(lg_stream_t *_s, lg_reset_reason_t reason)
 {
     lg__h1c_stream_t *s = (lg__h1c_stream_t *)_s;
     lg__h1c_conn_t *conn = s->conn;
-    /* no write in flight references the caller's bytes (see flush), so the socket may stay until the end */
+    /* a write in flight may reference the caller's bytes: conn_close() shuts the socket down (see write_now) */
     conn->stream = NULL;
     stream_free(s);
     conn_close(conn, LG_RESET_LOCAL, reason, NULL);
@@ -789,9 +781,20 @@ static void run(lg__h1c_conn_t *conn)
         update_reading(conn);
 }
 
+/* How much one read should take: a head fits the recycled 8 KiB buffer; a
+ * body is read in buffers of its size, up to LG_SOCK_READ_MAX. */
+static size_t read_want(lg__h1c_conn_t *conn)
+{
+    lg__h1c_stream_t *s = conn->stream;
+    if (s == NULL || s->rx == RX_HEAD || s->rx == RX_DONE)
+        return LG_SOCK_READ_MIN;
+    return s->rx == RX_BODY_LENGTH ? s->body_remaining : LG_SOCK_READ_MAX;
+}
+
 static void on_read(h2o_socket_t *sock, const char *err)
 {
     lg__h1c_conn_t *conn = sock->data;
+    err = lg_sock_read(sock, err, read_want(conn));
     enter(conn);
     if (err != NULL)
         conn->peer_closed = 1;
@@ -859,6 +862,7 @@ lg_client_conn_t *lg_h1_client_conn_new(lg_loop_t *loop, h2o_socket_t *sock, con
     h2o_mem_init_pool(&conn->batches[0].pool);
     h2o_mem_init_pool(&conn->batches[1].pool);
     sock->data = conn;
+    lg_sock_read_bounded(sock);
     update_reading(conn);
     return &conn->super;
 }

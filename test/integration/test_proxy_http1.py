@@ -18,12 +18,14 @@ import email.utils
 import hashlib
 import json
 import re
+import subprocess
 import time
 
 import pytest
 
 from lib import config as cfg
 from lib.clients import curl
+from lib.legate import sanitized
 from lib.rawhttp import RawHTTP
 from lib.upstream import header_value, header_values, pattern, pattern_chunks, pattern_sha256
 from lib.wait import wait_for
@@ -207,6 +209,41 @@ def test_large_download_streams_64MiB(legate, ports, upstream):
     assert r.status == 200
     assert r.header("content-length") == str(n)
     assert h.hexdigest() == pattern_sha256(n) == r.header("x-body-sha256")
+
+
+def _peak_rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+@pytest.mark.skipif(sanitized(), reason="ASan's allocator decides the RSS")
+@pytest.mark.deadline(180)
+def test_streaming_is_buffered_in_bounded_pieces(legate, ports, upstream, tmp_path):
+    """64 MiB each way through a fast client: the proxy reads a body at most
+    64 KiB at a time and stops at per_connection_buffer_limit_bytes (1 MiB) of
+    unconsumed bytes, so its peak RSS grows by about that limit. A proxy that
+    reads a socket until EAGAIN (libh2o's default) takes the kernel's whole
+    receive buffer per wake-up, several MiB from a fast peer."""
+    up = upstream()
+    lg = start(legate, ports, [up])
+    url = f"http://127.0.0.1:{lg.listener_port()}"
+    n = 64 << 20
+    assert curl(f"{url}/warm").status == 200
+    with open(f"/proc/{lg.proc.pid}/clear_refs", "w") as f:
+        f.write("5")  # the peak so far is start-up's: measure from the current RSS
+    before = _peak_rss_kib(lg.proc.pid)
+    p = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", f"{url}/bytes/{n}"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.stdout == f"200 {n}"
+    body = tmp_path / "zeros"
+    with open(body, "wb") as f:
+        f.truncate(n)
+    p = subprocess.run(["curl", "-s", "-H", "Expect:", "-T", str(body), f"{url}/sink"],
+                       capture_output=True, text=True, timeout=120)
+    rec = json.loads(p.stdout)
+    assert (rec["body_len"], rec["body_sha256"]) == (n, hashlib.sha256(bytes(n)).hexdigest())
+    grown = _peak_rss_kib(lg.proc.pid) - before
+    assert grown < 4096, f"peak RSS grew by {grown} KiB"
 
 
 def _upstream_view(lg, headers=None, path="/hdr"):

@@ -18,8 +18,10 @@ what the exchange held, and other connections never notice.
   active request behind.
 
 """
+import fcntl
 import socket
 import struct
+import termios
 import threading
 
 import pytest
@@ -218,6 +220,67 @@ def test_upstream_slow_client_gives_up(legate, ports, scripted):
     finally:
         release.set()
     assert get(lg, "/after").status == 200
+
+
+def test_stalled_upload_timed_out_closes_the_upstream(legate, ports):
+    """The upstream takes no body bytes, so the proxy's write to it waits on
+    the client's bytes (they are not copied) and reading from the client stops
+    at the buffer limit. The stream idle timeout then answers 408 and resets
+    the upstream request: its connection is shut down before those bytes are
+    freed, and nothing stays active."""
+    lsock = socket.socket()
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited: the upstream side fills at once
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(1)
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(lsock.accept()[0]), daemon=True).start()
+    lg = legate(cfg.simple_proxy(ports(), ports(), [lsock.getsockname()[1]], stream_idle_timeout="1s"),
+                args=["--concurrency", "1"])
+    c = socket.create_connection(("127.0.0.1", lg.listener_port()), timeout=5)
+    try:
+        c.sendall(b"PUT /stalled HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (64 << 20))
+        wait_for(lambda: accepted, timeout=5, what="the upstream connection")
+        up = accepted[0]
+        c.setblocking(False)
+        block = b"u" * 65536
+        idle_polls = [0]
+
+        def stalled():
+            """Twice in a row the client could send nothing: every buffer on the way is full."""
+            sent = 0
+            try:
+                while True:
+                    sent += c.send(block)
+            except BlockingIOError:
+                pass
+            idle_polls[0] = idle_polls[0] + 1 if sent == 0 else 0
+            queued = struct.unpack("i", fcntl.ioctl(up, termios.FIONREAD, b"\0" * 4))[0]
+            return idle_polls[0] >= 2 and queued > 0
+
+        wait_for(stalled, timeout=10, what="the upload to stall at the upstream")
+        c.setblocking(True)
+        got = b""
+        while b"\r\n\r\n" not in got:
+            data = c.recv(4096)
+            assert data, f"closed after {got!r}"
+            got += data
+        assert got.startswith(b"HTTP/1.1 408 "), got
+    finally:
+        c.close()
+    up.settimeout(10)
+    try:
+        while up.recv(1 << 20):
+            pass  # what the proxy had sent, then its close
+    except ConnectionResetError:
+        pass
+    finally:
+        up.close()
+        lsock.close()
+    wait_for(lambda: lg.admin.stat(UP_RQ_ACTIVE) == 0 and lg.admin.stat(DS_RQ_ACTIVE) == 0, timeout=5,
+             what="no active request")
+    assert lg.admin.stat("cluster.backend.upstream_rq_tx_reset") == 1
+    assert lg.admin.stat("http.ingress_http.downstream_rq_idle_timeout") == 1
+    assert lg.alive()
 
 
 @pytest.mark.parametrize("script", [

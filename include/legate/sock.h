@@ -1,0 +1,34 @@
+#ifndef LEGATE_SOCK_H
+#define LEGATE_SOCK_H
+
+#include <h2o/socket.h>
+
+/* Bounded reading of plain sockets.
+ *
+ * libh2o 2.2.5 reads a readable socket until EAGAIN, doubling its input buffer
+ * (and copying what the buffer holds) each time a read fills it: from a fast
+ * peer that is the whole kernel receive buffer, megabytes of fresh memory per
+ * wake-up, copied several times, before the owner sees a byte. An owner that
+ * streams bodies switches its socket to bounded reading instead: h2o only
+ * reports readiness, and the owner's read callback calls lg_sock_read(), which
+ * reads once, at most `want` bytes (between LG_SOCK_READ_MIN and
+ * LG_SOCK_READ_MAX), into the input buffer. The epoll registration is
+ * level-triggered, so bytes left in the kernel wake the loop again on its next
+ * turn, after the owner has passed on what it read. TLS sockets are read by h2o
+ * (it decrypts), and lg_sock_read() leaves them alone. */
+
+#define LG_SOCK_READ_MIN 4096
+#define LG_SOCK_READ_MAX (64 * 1024)
+
+/* Switches a socket to bounded reading (a no-op for TLS). The owner's read
+ * callbacks must call lg_sock_read() from then on. */
+void lg_sock_read_bounded(h2o_socket_t *sock);
+
+/* Called first in a read callback: reads up to `want` bytes into sock->input
+ * (a buffer with no room gets `want` bytes of room, so a body is read into
+ * buffers of that size, never grown and copied). Returns the error the
+ * callback should handle: `err` when set, h2o_socket_error_closed at EOF,
+ * h2o_socket_error_io on a failed read, else NULL (bytes read, or none yet). */
+const char *lg_sock_read(h2o_socket_t *sock, const char *err, size_t want);
+
+#endif

@@ -2,7 +2,7 @@
  * Bounded reading of plain sockets (see include/legate/sock.h).
  */
 #include <errno.h>
-#include <unistd.h>
+#include <sys/socket.h>
 #include "legate/sock.h"
 
 void lg_sock_read_bounded(h2o_socket_t *sock)
@@ -23,7 +23,9 @@ const char *lg_sock_read(h2o_socket_t *sock, const char *err, size_t want)
     if (room.base == NULL)
         return h2o_socket_error_out_of_memory;
     ssize_t n;
-    while ((n = read(h2o_socket_get_fd(sock), room.base, room.len < LG_SOCK_READ_MAX ? room.len : LG_SOCK_READ_MAX)) == -1 &&
+    /* recv, not read: the socket call skips the VFS layer (vfs_read in the kernel profile) */
+    while ((n = recv(h2o_socket_get_fd(sock), room.base, room.len < LG_SOCK_READ_MAX ? room.len : LG_SOCK_READ_MAX, 0)) ==
+               -1 &&
            errno == EINTR)
         ;
     if (n > 0) {

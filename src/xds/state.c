@@ -279,7 +279,9 @@ static void dep_accept(lg_xds_t *x, lg__xds_dep_t *d, lg_xds_resource_t *res, vo
     replace_res(&d->res, res);
     set_error(&d->failed, &d->error, NULL, NULL);
     dep_count(d, LG__XDS_SUB_update_success);
+    uint64_t took_ms = lg__xds_update_ms(x);
     for (size_t i = 0; i != d->n_stats; ++i) {
+        lg_stats_histogram_record(d->stats[i], lg_stats_nworkers, LG__XDS_SUB_update_duration, took_ms);
         lg_stats_text_set(d->stats[i], LG__XDS_SUB_version_text, res->version);
         lg_stats_gauge_set(d->stats[i], LG__XDS_SUB_version, lg__xds_hash(res->version, strlen(res->version)));
         lg_stats_gauge_set(d->stats[i], LG__XDS_SUB_update_time, lg_wall_us() / 1000);
@@ -305,9 +307,12 @@ static int dep_unchanged(lg__xds_dep_t *d, lg_xds_resource_t *res)
     if (!same_res(d->res, res))
         return 0;
     replace_res(&d->res, res);
-    if (d->type != LG_XDS_EDS)
+    if (d->type != LG_XDS_EDS) {
         dep_count(d, LG__XDS_SUB_update_success);
-    else if (d->user != NULL && d->user->active != NULL)
+        uint64_t took_ms = lg__xds_update_ms(d->sub->xds);
+        for (size_t i = 0; i != d->n_stats; ++i)
+            lg_stats_histogram_record(d->stats[i], lg_stats_nworkers, LG__XDS_SUB_update_duration, took_ms);
+    } else if (d->user != NULL && d->user->active != NULL)
         lg_stats_control_add(d->user->active->shared->stats, LG_CLUSTER_STAT_update_success, 1);
     return 1;
 }
@@ -1142,9 +1147,10 @@ void lg__xds_sub_count(lg__xds_sub_t *sub, size_t idx)
         srds_blocks(sub, srds_count_cb, &idx);
 }
 
-static void sub_version_set(lg_stats_block_t *b, const char *version, uint64_t now_ms)
+static void sub_version_set(lg_stats_block_t *b, const char *version, uint64_t now_ms, uint64_t took_ms)
 {
     lg_stats_control_add(b, LG__XDS_SUB_update_success, 1);
+    lg_stats_histogram_record(b, lg_stats_nworkers, LG__XDS_SUB_update_duration, took_ms);
     lg_stats_text_set(b, LG__XDS_SUB_version_text, version);
     lg_stats_gauge_set(b, LG__XDS_SUB_version, lg__xds_hash(version, strlen(version)));
     lg_stats_gauge_set(b, LG__XDS_SUB_update_time, now_ms);
@@ -1166,7 +1172,7 @@ static void srds_accepted_cb(lg__xds_sub_t *sub, lg_stats_block_t *b, void *ctx)
                 ++eager;
         }
     }
-    sub_version_set(b, ctx, now_ms);
+    sub_version_set(b, ctx, now_ms, lg__xds_update_ms(sub->xds));
     lg_stats_gauge_set(b, LG__XDS_SRDS_all_scopes, eager + on_demand);
     lg_stats_gauge_set(b, LG__XDS_SRDS_active_scopes, eager);
     lg_stats_gauge_set(b, LG__XDS_SRDS_on_demand_scopes, on_demand);
@@ -1177,7 +1183,7 @@ static void srds_accepted_cb(lg__xds_sub_t *sub, lg_stats_block_t *b, void *ctx)
 void lg__xds_sub_accepted(lg__xds_sub_t *sub, const char *version)
 {
     if (sub->stats != NULL)
-        sub_version_set(sub->stats, version, lg_wall_us() / 1000);
+        sub_version_set(sub->stats, version, lg_wall_us() / 1000, lg__xds_update_ms(sub->xds));
     else if (sub->type == LG_XDS_SRDS)
         srds_blocks(sub, srds_accepted_cb, (void *)version);
 }

@@ -264,6 +264,7 @@ static int reject(lg__xds_sub_t *sub, lg__xds_change_t *c, size_t n, lg__xds_are
 int lg__xds_sotw_update(lg__xds_sub_t *sub, const char *version_info, Google__Protobuf__Any **resources, size_t n,
                         lg_strbuf_t *nack)
 {
+    sub->xds->update_start_us = lg_now_us();
     lg_error_t err = {{0}};
     lg__xds_change_t *c = lg_calloc(n + 1, sizeof(*c));
     size_t nc = 0;
@@ -285,6 +286,7 @@ int lg__xds_sotw_update(lg__xds_sub_t *sub, const char *version_info, Google__Pr
 int lg__xds_delta_update(lg__xds_sub_t *sub, const char *system_version_info, Envoy__Service__Discovery__V3__Resource **resources,
                          size_t n, char **removed, size_t n_removed, lg_strbuf_t *nack)
 {
+    sub->xds->update_start_us = lg_now_us();
     lg_error_t err = {{0}};
     lg__xds_change_t *c = lg_calloc(n + n_removed + 1, sizeof(*c));
     size_t nc = 0;

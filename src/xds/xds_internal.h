@@ -70,6 +70,7 @@ typedef struct st_lg__xds_sub_t lg__xds_sub_t;
     X(COUNTER, update_failure)     \
     X(COUNTER, update_rejected)    \
     X(COUNTER, update_success)     \
+    X(HISTOGRAM, update_duration)  \
     X(GAUGE, update_time)          \
     X(GAUGE, version)              \
     X(TEXT_READOUT, version_text)
@@ -103,7 +104,8 @@ extern const lg_stat_def_t lg__xds_srds_stat_defs[LG__XDS_SRDS__COUNT];
  * LDS, RTDS), or the blocks of the HCMs using it (SRDS), once per block. */
 void lg__xds_sub_count(lg__xds_sub_t *sub, size_t idx);
 /* `sub` accepted a response of `version`: update_success, version, version_text,
- * update_time; SRDS also config_reload, config_reload_time_ms and the scope gauges. */
+ * update_time, update_duration; SRDS also config_reload, config_reload_time_ms and the
+ * scope gauges. */
 void lg__xds_sub_accepted(lg__xds_sub_t *sub, const char *version);
 
 /* One resource type on one transport. */
@@ -252,9 +254,16 @@ struct st_lg_xds_t {
     uint64_t srds_gen, scope_sets_gen;
     lg_stats_block_t *control_plane;
     lg_strbuf_t *errors; /* where apply-time errors (bind failures) go during an update, or NULL */
-    unsigned dirty : 1;  /* a new snapshot is due */
+    uint64_t update_start_us; /* when the response being applied arrived (lg_now_us): update_duration */
+    unsigned dirty : 1;       /* a new snapshot is due */
     unsigned started : 1;
 };
+
+/* Milliseconds since the response being applied arrived: Envoy's update_duration. */
+static inline uint64_t lg__xds_update_ms(const lg_xds_t *x)
+{
+    return x->update_start_us != 0 ? (lg_now_us() - x->update_start_us) / 1000 : 0;
+}
 
 /* ---- manager.c ---- */
 

@@ -8,6 +8,7 @@ error_detail; LDS/CDS are wildcard and SotW-complete (a missing listener or
 cluster is removed); RDS/EDS/SDS subscribe by name.
 """
 import os
+import re
 import tempfile
 import threading
 
@@ -406,6 +407,21 @@ def test_new_listener_and_cluster_warm_until_their_resources_arrive(xds_server, 
 # ---- observability -----------------------------------------------------------------------------------
 
 
+def duration_samples_and_successes(lg):
+    """{"cds": (samples of update_duration, update_success), "lds": ..., "rds <name>": ...}, from one
+    /stats/prometheus read (a push arriving between two reads would make them disagree)."""
+    out = {}
+    for line in lg.admin.get("/stats/prometheus").text.splitlines():
+        m = re.match(r'envoy_(cluster_manager_cds|listener_manager_lds|http_rds)_(update_duration_count|update_success)'
+                     r'\{(.*)\} (\d+)$', line)
+        if m:
+            route = re.search(r'envoy_rds_route_config="([^"]*)"', m.group(3))
+            key = m.group(1)[-3:] + (" " + route.group(1) if route else "")
+            pair = out.setdefault(key, [None, None])
+            pair[m.group(2) == "update_success"] = int(m.group(4))
+    return {k: tuple(v) for k, v in out.items()}
+
+
 def test_stats_and_config_dump_follow_versions(xds_server, legate, ports, upstream):
     xds, lg, port, ups, v = start(xds_server, legate, ports, upstream)
     xds.wait_ack(ROUTE, v[ROUTE], timeout=5 * T)
@@ -420,6 +436,9 @@ def test_stats_and_config_dump_follow_versions(xds_server, legate, ports, upstre
     assert stat_text(lg, "control_plane.identifier") == xds.identifier
     cds_hash = s["cluster_manager.cds.version"]
     assert cds_hash != 0, "version: a hash of the last accepted version_info"
+    pairs = duration_samples_and_successes(lg)
+    assert set(pairs) == {"cds", "lds", "rds r1"} and all(n == ok >= 1 for n, ok in pairs.values()), \
+        f"one update_duration sample per accepted update: {pairs}"
 
     dls = dynamic_listeners(lg)
     act = dls["ingress"]["active_state"]
@@ -456,6 +475,8 @@ def test_stats_and_config_dump_follow_versions(xds_server, legate, ports, upstre
     s3 = lg.admin.stats()
     assert s3["cluster_manager.cds.update_rejected"] == s2.get("cluster_manager.cds.update_rejected", 0) + 1
     assert stat_text(lg, "cluster_manager.cds.version_text") == v2, "a rejected update keeps the version"
+    samples, successes = duration_samples_and_successes(lg)["cds"]
+    assert samples == successes, "no update_duration sample for a rejected update"
 
 
 # ---- SDS over ADS -------------------------------------------------------------------------------------

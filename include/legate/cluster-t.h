@@ -116,6 +116,7 @@ typedef struct st_lg_host_config_t {
     X(COUNTER, upstream_rq_total)                                                                   \
     X(GAUGE, upstream_rq_active)                                                                    \
     X(COUNTER, upstream_rq_completed)                                                               \
+    X(HISTOGRAM, upstream_rq_time)                                                                  \
     X(COUNTER, upstream_rq_pending_total)                                                           \
     X(GAUGE, upstream_rq_pending_active)                                                            \
     X(COUNTER, upstream_rq_pending_overflow)                                                        \

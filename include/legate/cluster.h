@@ -148,6 +148,8 @@ void lg_cluster_stat_inc(lg_worker_cluster_t *c, size_t idx);
 /* Records a response from `host` (may be NULL): upstream_rq_<class>xx,
  * upstream_rq_completed and the host's rq_success / rq_error (5xx). */
 void lg_cluster_record_response(lg_worker_cluster_t *c, lg_host_t *host, int status);
+/* Records a complete upstream response's time in upstream_rq_time (ms). */
+void lg_cluster_record_time(lg_worker_cluster_t *c, uint64_t ms);
 /* Increments a host counter (LG_HOST_STAT_*) in this worker's row. */
 void lg_host_stat_inc(lg_host_t *h, size_t idx);
 

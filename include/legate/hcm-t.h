@@ -57,6 +57,7 @@ typedef enum en_lg_escaped_slashes_t {
     X(COUNTER, downstream_rq_http1_total)                     \
     X(COUNTER, downstream_rq_http2_total)                     \
     X(COUNTER, downstream_rq_completed)                       \
+    X(HISTOGRAM, downstream_rq_time)                          \
     X(COUNTER, downstream_rq_1xx)                             \
     X(COUNTER, downstream_rq_2xx)                             \
     X(COUNTER, downstream_rq_3xx)                             \

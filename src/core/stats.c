@@ -129,6 +129,45 @@ static size_t control_words(const lg_stats_block_t *b)
     return n + (n + 63) / 64;
 }
 
+/* The histogram offsets of a row layout, shared by every block with that layout
+ * (a cluster's block carries no array of its own), kept until lg_stats_shutdown. */
+typedef struct st_hist_layout_t {
+    struct st_hist_layout_t *next;
+    const lg_stat_def_t *defs;
+    size_t nw, start, end; /* worker defs; the words before the first histogram; after the last */
+    uint16_t off[];
+} hist_layout_t;
+
+static hist_layout_t *hist_layouts;
+static pthread_mutex_t hist_layouts_mutex = PTHREAD_MUTEX_INITIALIZER;
+
+static const hist_layout_t *hist_layout(const lg_stats_block_t *b, size_t nw, size_t start)
+{
+    pthread_mutex_lock(&hist_layouts_mutex);
+    hist_layout_t *l = hist_layouts;
+    while (l != NULL && !(l->defs == b->_defs && l->nw == nw && l->start == start))
+        l = l->next;
+    if (l == NULL) {
+        size_t words = start;
+        l = lg_calloc(1, offsetof(hist_layout_t, off) + nw * sizeof(l->off[0]));
+        *l = (hist_layout_t){hist_layouts, b->_defs, nw, start, 0};
+        for (size_t i = 0; i != nw; ++i) {
+            if (b->_defs[i].type != LG_STAT_HISTOGRAM)
+                continue;
+            if (words > UINT16_MAX - LG_STATS_HIST_WORDS) {
+                fprintf(stderr, "legate: stats block %s has too many histograms\n", b->_prefix);
+                abort();
+            }
+            l->off[i] = (uint16_t)words;
+            words += LG_STATS_HIST_WORDS;
+        }
+        l->end = words;
+        hist_layouts = l;
+    }
+    pthread_mutex_unlock(&hist_layouts_mutex);
+    return l;
+}
+
 /* Lays a worker row out: one word per def it holds, the 5 class counters, the
  * histogram regions, then the gauge-used bitmap; rounded to a cache line. */
 static void layout(lg_stats_block_t *b)
@@ -139,20 +178,15 @@ static void layout(lg_stats_block_t *b)
         b->class_off = (uint32_t)words;
         words += 5;
     }
-    uint16_t *hist_off = NULL;
+    b->hist_off = NULL;
     for (size_t i = 0; i != nw; ++i) {
-        if (b->_defs[i].type != LG_STAT_HISTOGRAM)
-            continue;
-        if (words > UINT16_MAX - LG_STATS_HIST_WORDS) {
-            fprintf(stderr, "legate: stats block %s has too many histograms\n", b->_prefix);
-            abort();
+        if (b->_defs[i].type == LG_STAT_HISTOGRAM) {
+            const hist_layout_t *l = hist_layout(b, nw, words);
+            b->hist_off = l->off;
+            words = l->end;
+            break;
         }
-        if (hist_off == NULL)
-            hist_off = lg_calloc(b->_ndefs, sizeof(*hist_off));
-        hist_off[i] = (uint16_t)words;
-        words += LG_STATS_HIST_WORDS;
     }
-    b->hist_off = hist_off;
     b->used_off = (uint32_t)words;
     words += (nw + 63) / 64;
     b->row_words = (uint32_t)((words + 7) & ~(size_t)7);
@@ -265,7 +299,6 @@ static void block_free(lg_stats_block_t *b)
     for (size_t r = 0; r != b->_nrows; ++r)
         free(b->rows[r]);
     extra_free(b, b->_extra);
-    free((void *)b->hist_off);
     free(b);
 }
 
@@ -1040,6 +1073,13 @@ void lg_stats_shutdown(void)
     lg_stats_block_release(lg_stats_listener_manager);
     lg_stats_block_release(lg_stats_cluster_manager);
     lg_stats_server = lg_stats_listener_manager = lg_stats_cluster_manager = NULL;
+    pthread_mutex_lock(&hist_layouts_mutex);
+    while (hist_layouts != NULL) {
+        hist_layout_t *l = hist_layouts;
+        hist_layouts = l->next;
+        free(l);
+    }
+    pthread_mutex_unlock(&hist_layouts_mutex);
 }
 
 void lg_stats_server_set_state(lg_server_state_t state)

@@ -1042,6 +1042,8 @@ static void on_complete(lg_stream_t *ds)
     lg_hcm_stream_t *s = ds->ctx;
     s->downstream = NULL;
     STAT_INC(s->conn, downstream_rq_completed);
+    lg_stats_histogram_record(s->conn->config->stats, s->conn->worker->index, LG_HCM_STAT_downstream_rq_time,
+                              (lg_now_us() - s->info.start_us) / 1000); /* Envoy: when the codec finished the response */
     stream_destroy(s);
 }
 

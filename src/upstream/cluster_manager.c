@@ -577,6 +577,11 @@ void lg_cluster_record_response(lg_worker_cluster_t *c, lg_host_t *host, int sta
         lg__host_inc(host, status >= 500 ? LG_HOST_STAT_rq_error : LG_HOST_STAT_rq_success);
 }
 
+void lg_cluster_record_time(lg_worker_cluster_t *c, uint64_t ms)
+{
+    lg_stats_histogram_record(lg__cluster_stats(c), c->worker->index, LG_CLUSTER_STAT_upstream_rq_time, ms);
+}
+
 void lg_host_stat_inc(lg_host_t *h, size_t idx)
 {
     lg__host_inc(h, idx);

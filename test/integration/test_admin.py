@@ -122,6 +122,33 @@ def test_stats_prometheus(proxied):
     assert http == ["1"], http
 
 
+def test_request_time_histograms(proxied):
+    """Envoy's latency histograms, as dashboards read them: http.<prefix>.downstream_rq_time
+    (request start to the end of the response) and cluster.<name>.upstream_rq_time (end of the
+    request to the end of the upstream response), in ms. Two quick requests and one the
+    upstream answers after 300 ms: three samples each, one of them in (250, 500]."""
+    lg, _ = proxied
+    for path in ("/a", "/b", "/delay/300"):
+        assert one_request(lg, path).status == 200
+    wait_for(lambda: lg.admin.stat("http.ingress_http.downstream_rq_completed") == 3, timeout=3,
+             what="downstream_rq_completed 3")
+    types, samples = parse_prometheus(lg.admin.get("/stats/prometheus").text)
+
+    def hist(metric, label, value):
+        assert types.get(metric) == "histogram"
+        got = {lab.get("le", n.rsplit("_", 1)[1]): float(v) for n, lab, v in samples
+               if n.startswith(metric + "_") and lab.get(label) == value}
+        assert got["count"] == 3, got
+        assert got["250"] == 2 and got["500"] == 3, f"the slow request in (250, 500] ms: {got}"
+        assert 300 <= got["sum"] < 1500, got
+
+    hist("envoy_http_downstream_rq_time", "envoy_http_conn_manager_prefix", "ingress_http")
+    hist("envoy_cluster_upstream_rq_time", "envoy_cluster_name", "backend")
+    text = [line for line in lg.admin.get("/stats").text.splitlines()
+            if line.startswith(("cluster.backend.upstream_rq_time:", "http.ingress_http.downstream_rq_time:"))]
+    assert len(text) == 2 and all(" P50(nan," in line and " P100(nan," in line for line in text), text
+
+
 def test_clusters_text_and_json(proxied):
     lg, up = proxied
     for i in range(3):

@@ -49,6 +49,7 @@ typedef struct st_router_t {
     lg_headers_t *request_trailers;
     lg_timer_t global_timer, per_try_timer, backoff_timer;
     uint64_t attempt_start_us;
+    uint64_t request_end_us; /* when the downstream request ended (0: not yet): upstream_rq_time counts from it */
     uint32_t retries_left;
     uint32_t attempts;
     uint64_t timeout_ms; /* Envoy's global_timeout_ (finalTimeout); 0 = none */
@@ -227,8 +228,10 @@ static lg_filter_status_t decode_data(lg_http_filter_t *f, h2o_iovec_t data, int
     h2o_vector_reserve(pool_of(r), &r->body, r->body.size + 1);
     r->body.entries[r->body.size++] = (body_chunk_t){data, end_stream};
     r->body_retained += data.len;
-    if (end_stream)
+    if (end_stream) {
         r->downstream_ended = 1;
+        r->request_end_us = lg_now_us();
+    }
     if (r->retain_body && r->body_retained > r->stream->conn->listener->buffer_limit) {
         /* Envoy: a request body over the buffer limit cannot be retried */
         r->retries_left = 0;
@@ -250,6 +253,7 @@ static lg_filter_status_t decode_trailers(lg_http_filter_t *f, lg_headers_t *tra
 {
     router_t *r = (router_t *)f;
     r->downstream_ended = 1;
+    r->request_end_us = lg_now_us();
     r->request_trailers = trailers;
     if (!r->done) {
         arm_global_timer(r);
@@ -478,6 +482,17 @@ static void try_retry_or_fail(router_t *r, uint32_t cause_bit, int status, const
     lg_timer_start(&lg_hcm_worker(r->stream)->loop, &r->backoff_timer, lg_random() % (ceiling + 1), backoff_fired);
 }
 
+/* The upstream response is complete: Envoy's onUpstreamComplete charges
+ * upstream_rq_time, from the end of the downstream request (a response that
+ * ends before the request did is not timed). */
+static void response_ended(router_t *r)
+{
+    lg_timer_stop(&r->global_timer);
+    r->response_ended = 1;
+    if (r->request_end_us != 0)
+        lg_cluster_record_time(r->cluster, (lg_now_us() - r->request_end_us) / 1000);
+}
+
 static void on_upstream_headers(lg_stream_t *u, void *head_, int end_stream)
 {
     router_t *r = u->ctx;
@@ -504,10 +519,8 @@ static void on_upstream_headers(lg_stream_t *u, void *head_, int end_stream)
                    lg_u64_to_dec_pool(pool_of(r), (lg_now_us() - r->attempt_start_us) / 1000));
     lg_route_apply_response_headers(r->route, r->wc, &head->headers, info, pool_of(r));
     head->version = r->stream->downstream != NULL ? r->stream->downstream->version : head->version;
-    if (end_stream) {
-        lg_timer_stop(&r->global_timer);
-        r->response_ended = 1;
-    }
+    if (end_stream)
+        response_ended(r);
     lg_hcm_encode_headers(r->stream, head, end_stream);
 }
 
@@ -515,18 +528,15 @@ static void on_upstream_data(lg_stream_t *u, h2o_iovec_t data, int end_stream)
 {
     router_t *r = u->ctx;
     r->response_unconsumed += data.len;
-    if (end_stream) {
-        lg_timer_stop(&r->global_timer);
-        r->response_ended = 1;
-    }
+    if (end_stream)
+        response_ended(r);
     lg_hcm_encode_data(r->stream, data, end_stream);
 }
 
 static void on_upstream_trailers(lg_stream_t *u, lg_headers_t *trailers)
 {
     router_t *r = u->ctx;
-    lg_timer_stop(&r->global_timer);
-    r->response_ended = 1;
+    response_ended(r);
     lg_hcm_encode_trailers(r->stream, trailers);
 }
 
@@ -757,6 +767,8 @@ static lg_filter_status_t decode_headers(lg_http_filter_t *f, lg_req_head_t *req
     lg_hcm_stream_t *s = f->stream;
     r->stream = s;
     r->downstream_ended = end_stream;
+    if (end_stream)
+        r->request_end_us = r->stream->info.start_us; /* the head is the whole request */
     const lg_route_t *route = lg_hcm_route(s);
     if (route == NULL) {
         lg_hcm_stat_inc(s, LG_HCM_STAT_no_route);

@@ -42,6 +42,7 @@ typedef enum en_lg_escaped_slashes_t {
     X(COUNTER, downstream_cx_http2_total)                     \
     X(GAUGE, downstream_cx_http2_active)                      \
     X(COUNTER, downstream_cx_destroy)                         \
+    X(HISTOGRAM, downstream_cx_length_ms)                     \
     X(COUNTER, downstream_cx_destroy_remote)                  \
     X(COUNTER, downstream_cx_destroy_local)                   \
     X(COUNTER, downstream_cx_destroy_active_rq)               \
@@ -152,16 +153,17 @@ typedef struct st_lg_hcm_conn_t {
     const lg_listener_config_t *listener;
     lg_snapshot_t *snapshot; /* reference: keeps config alive */
     uint64_t id;
-    /* the listener's count of this connection, when the listener left it to the
+    /* when the connection started (ms): for downstream_cx_length_ms, and for the
+     * listener's count of this connection when the listener left it to the
      * connection (lg_listener_uncount at close; plain TCP HTTP/1.1: the socket
      * closes with it) */
-    uint64_t listener_start_ms;
+    uint64_t start_ms;
     uint32_t n_streams;
     unsigned draining : 1;
     unsigned closed : 1;
     unsigned tls : 1;               /* the connection terminated TLS (x-forwarded-proto: https) */
     unsigned with_codec : 1;        /* HTTP/1.1: allocated with its codec, idle timeout on its timer */
-    unsigned listener_counted : 1;  /* see listener_start_ms */
+    unsigned listener_counted : 1;  /* see start_ms */
     unsigned local_is_listener : 1; /* the local address is the listener's (none stored) */
     unsigned has_sni : 1;           /* the TLS connection's SNI is stored (requested_server_name) */
     h2o_linklist_t streams;

@@ -230,10 +230,8 @@ static void conn_init(lg_hcm_conn_t *c, lg_worker_t *w, const lg_listener_config
     c->snapshot = snap;
     lg_snapshot_hold(w, snap);
     c->id = lg_server_next_connection_id();
-    if (listener_start_ms != NULL) {
-        c->listener_counted = 1;
-        c->listener_start_ms = *listener_start_ms;
-    }
+    c->listener_counted = listener_start_ms != NULL;
+    c->start_ms = listener_start_ms != NULL ? *listener_start_ms : lg_now_ms();
     c->local_is_listener = addr_is_listener(l, local);
     c->has_sni = sni != NULL;
     addr_store((uint32_t *)conn_peer(c), peer);
@@ -304,6 +302,7 @@ static void on_conn_close(lg_server_conn_t *codec)
     if (!c->with_codec)
         lg_timer_stop(conn_idle_timer(c));
     STAT_INC(c, downstream_cx_destroy);
+    lg_stats_histogram_record(c->config->stats, c->worker->index, LG_HCM_STAT_downstream_cx_length_ms, lg_now_ms() - c->start_ms);
     STAT_DEC(c, downstream_cx_active);
     if (codec->version == LG_HTTP_2)
         STAT_DEC(c, downstream_cx_http2_active);
@@ -311,7 +310,7 @@ static void on_conn_close(lg_server_conn_t *codec)
         STAT_DEC(c, downstream_cx_http1_active);
     h2o_linklist_unlink(&c->worker_link);
     if (c->listener_counted)
-        lg_listener_uncount(c->listener, c->worker, c->listener_start_ms);
+        lg_listener_uncount(c->listener, c->worker, c->start_ms);
     lg_snapshot_release(c->worker, c->snapshot);
     if (!c->with_codec)
         free(c);

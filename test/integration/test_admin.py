@@ -148,6 +148,12 @@ def test_request_time_histograms(proxied):
             if line.startswith(("cluster.backend.upstream_rq_time:", "http.ingress_http.downstream_rq_time:"))]
     assert len(text) == 2 and all(" P50(nan," in line and " P100(nan," in line for line in text), text
 
+    # each request had a connection of its own: http.<prefix>.downstream_cx_length_ms has one sample per close
+    wait_for(lambda: lg.admin.stat("http.ingress_http.downstream_cx_destroy") == 3, timeout=3, what="3 closes")
+    _, samples = parse_prometheus(lg.admin.get("/stats/prometheus").text)
+    assert [v for n, lab, v in samples if n == "envoy_http_downstream_cx_length_ms_count"
+            and lab.get("envoy_http_conn_manager_prefix") == "ingress_http"] == ["3"]
+
 
 def test_clusters_text_and_json(proxied):
     lg, up = proxied

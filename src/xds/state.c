@@ -142,6 +142,10 @@ void lg__xds_refs_free(lg__xds_rds_ref_t *refs, size_t n)
             free(refs[i].type_urls[k]);
         free(refs[i].type_urls);
         free(refs[i].kb.data);
+        free(refs[i].stat_prefix);
+        for (size_t k = 0; k != refs[i].n_scope_rds_stats; ++k)
+            lg_stats_block_release(refs[i].scope_rds_stats[k]);
+        free(refs[i].scope_rds_stats);
     }
     free(refs);
 }
@@ -638,6 +642,7 @@ static int add_srds_ref(lg_xds_t *x, lg__xds_sub_t *parent, const hcm_proto_t *h
     lg__xds_rds_ref_t r = {lg_strdup(sr->name), sub, lg_stats_block_new(prefix, lg__xds_srds_stat_defs, LG__XDS_SRDS__COUNT)};
     free(prefix);
     r.rds_sub = rds_sub;
+    r.stat_prefix = lg_strdup(hcm->stat_prefix);
     r.kb.len = protobuf_c_message_get_packed_size(&sr->scope_key_builder->base);
     r.kb.data = lg_malloc(r.kb.len + 1);
     protobuf_c_message_pack(&sr->scope_key_builder->base, r.kb.data);
@@ -1087,13 +1092,32 @@ static void build_scope_sets(lg_xds_t *x, lg_snapshot_t *s)
 }
 
 /* SRDS deps stay while an HCM uses their source; the route configurations of their scopes are wanted. */
+/* The http.<stat_prefix>.rds.<name>. block an SRDS ref counts a scope's route configuration in,
+ * as Envoy's scoped RDS makes its RDS providers with the HCM's stat prefix. */
+static lg_stats_block_t *scope_rds_stats(lg__xds_rds_ref_t *r, const char *name)
+{
+    char *prefix = lg_malloc(strlen(r->stat_prefix) + strlen(name) + sizeof("http..rds.."));
+    sprintf(prefix, "http.%s.rds.%s.", r->stat_prefix, name);
+    lg_stats_block_t *b = NULL;
+    for (size_t i = 0; b == NULL && i != r->n_scope_rds_stats; ++i)
+        if (strcmp(lg_stats_block_prefix(r->scope_rds_stats[i]), prefix) == 0)
+            b = r->scope_rds_stats[i];
+    if (b == NULL) {
+        b = lg_stats_block_new(prefix, lg__xds_sub_stat_defs, LG__XDS_SUB__COUNT);
+        r->scope_rds_stats = lg_realloc(r->scope_rds_stats, (r->n_scope_rds_stats + 1) * sizeof(*r->scope_rds_stats));
+        r->scope_rds_stats[r->n_scope_rds_stats++] = b;
+    }
+    free(prefix);
+    return b;
+}
+
 static void want_scopes(lg_xds_t *x, uint64_t now)
 {
     lg__xds_map_t *m = &x->deps[LG_XDS_SRDS];
     for (size_t i = 0; i != x->n_listeners; ++i) {
-        const lg__xds_listener_t *l = x->listeners[i];
+        lg__xds_listener_t *l = x->listeners[i];
         for (size_t j = 0; l != NULL && j != l->n_rds; ++j) {
-            const lg__xds_rds_ref_t *r = l->rds + j;
+            lg__xds_rds_ref_t *r = l->rds + j;
             if (r->sub->type != LG_XDS_SRDS)
                 continue;
             for (size_t k = 0; m->slots != NULL && k <= m->mask; ++k) {
@@ -1101,7 +1125,8 @@ static void want_scopes(lg_xds_t *x, uint64_t now)
                 if (d == NULL || d->sub != r->sub || d->compiled == NULL)
                     continue;
                 d->wanted = 1;
-                want(x, LG_XDS_RDS, ((scope_proto_t *)d->compiled)->route_configuration_name, r->rds_sub, NULL, now);
+                const char *rc = ((scope_proto_t *)d->compiled)->route_configuration_name;
+                want(x, LG_XDS_RDS, rc, r->rds_sub, scope_rds_stats(r, rc), now);
             }
         }
     }

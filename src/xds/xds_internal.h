@@ -195,6 +195,11 @@ typedef struct st_lg__xds_rds_ref_t {
     unsigned no_warm : 1;   /* ECDS: apply_default_config_without_warming */
     lg__xds_sub_t *rds_sub; /* SRDS: where the scopes' route configurations come from (rds_config_source) */
     ProtobufCBinaryData kb; /* SRDS: the serialized ScopeKeyBuilder (each compiled scope set gets its own) */
+    /* SRDS: the HCM's stat_prefix, and the http.<stat_prefix>.rds.<name>. blocks of the route
+     * configurations its scopes have named (made on first use, kept while the ref lives) */
+    char *stat_prefix;
+    lg_stats_block_t **scope_rds_stats;
+    size_t n_scope_rds_stats;
 } lg__xds_rds_ref_t;
 
 /* A listener from LDS or from static_resources. */

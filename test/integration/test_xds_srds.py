@@ -165,3 +165,24 @@ def test_srds_subscription_stats(xds_server, legate, ports, upstream):
     prom = lg.admin.get("/stats/prometheus").text
     want = 'envoy_http_scoped_rds_scopes_config_reload{envoy_http_conn_manager_prefix="ingress"} %d' % (accepted + 1)
     assert want in prom.splitlines(), "Prometheus: the stat prefix is a tag, the rest the name"
+
+
+def test_scope_route_configurations_count_in_rds_stats(xds_server, legate, ports, upstream):
+    """The route configurations that scopes name count in http.<stat_prefix>.rds.<name>., as
+    Envoy's scoped RDS makes their RDS providers with the HCM's stat prefix."""
+    xds, lg, port, v = start(xds_server, legate, ports, upstream)
+    xds.wait_ack(ROUTE, v[ROUTE], timeout=5 * T)
+    wait_tenant(port, "a", "a", 5 * T)
+    s = lg.admin.stats()
+    for rc in ("ra", "rb"):
+        assert s[f"http.ingress.rds.{rc}.update_success"] >= 1, sorted(k for k in s if ".rds." in k)
+        assert s[f"http.ingress.rds.{rc}.update_rejected"] == 0
+    before = s["http.ingress.rds.ra.update_success"]
+    m = xds.mark()
+    v2 = xds.upsert(ROUTE, [route_config("ra", [("/", "b")])])
+    xds.wait_ack(ROUTE, v2, since=m, timeout=5 * T)
+    wait_tenant(port, "a", "b", 5 * T)
+    s = lg.admin.stats()
+    assert s["http.ingress.rds.ra.update_success"] == before + 1
+    text = lg.admin.get("/stats?filter=http.ingress.rds.ra.version_text").text
+    assert f'"{v2}"' in text, text

@@ -145,9 +145,10 @@ void lg_cluster_retry_end(lg_worker_cluster_t *c);
 
 /* Increments a cluster counter (LG_CLUSTER_STAT_*) in this worker's row. */
 void lg_cluster_stat_inc(lg_worker_cluster_t *c, size_t idx);
-/* Records a response from `host` (may be NULL): upstream_rq_<class>xx,
+/* Records a response from `host` (may be NULL): upstream_rq_<class>xx and
+ * upstream_rq_<code> (when code_stats: the router's dynamic_stats),
  * upstream_rq_completed and the host's rq_success / rq_error (5xx). */
-void lg_cluster_record_response(lg_worker_cluster_t *c, lg_host_t *host, int status);
+void lg_cluster_record_response(lg_worker_cluster_t *c, lg_host_t *host, int status, int code_stats);
 /* Records a complete upstream response's time in upstream_rq_time (ms). */
 void lg_cluster_record_time(lg_worker_cluster_t *c, uint64_t ms);
 /* Increments a host counter (LG_HOST_STAT_*) in this worker's row. */

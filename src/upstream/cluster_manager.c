@@ -569,9 +569,10 @@ void lg_cluster_stat_inc(lg_worker_cluster_t *c, size_t idx)
     lg__cluster_inc(c, idx);
 }
 
-void lg_cluster_record_response(lg_worker_cluster_t *c, lg_host_t *host, int status)
+void lg_cluster_record_response(lg_worker_cluster_t *c, lg_host_t *host, int status, int code_stats)
 {
-    lg_stats_block_code(lg__cluster_stats(c), c->worker->index, (unsigned)status);
+    if (code_stats)
+        lg_stats_block_code(lg__cluster_stats(c), c->worker->index, (unsigned)status);
     lg__cluster_inc(c, LG_CLUSTER_STAT_upstream_rq_completed);
     if (host != NULL)
         lg__host_inc(host, status >= 500 ? LG_HOST_STAT_rq_error : LG_HOST_STAT_rq_success);

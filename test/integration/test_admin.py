@@ -155,6 +155,22 @@ def test_request_time_histograms(proxied):
             and lab.get("envoy_http_conn_manager_prefix") == "ingress_http"] == ["3"]
 
 
+def test_router_dynamic_stats_false(legate, ports, upstream):
+    """Envoy's router with dynamic_stats: false charges no upstream_rq_<code>, upstream_rq_<class>
+    or upstream_rq_time; upstream_rq_completed and the host's counters still count."""
+    up = upstream()
+    router = dict(cfg.router_filter(), typed_config={"@type": cfg.ROUTER_TYPE, "dynamic_stats": False})
+    lg = legate(cfg.simple_proxy(ports(), ports(), [up.port], http_filters=[router]))
+    assert one_request(lg).status == 200
+    wait_for(lambda: lg.admin.stat("cluster.backend.upstream_rq_completed") == 1, timeout=3, what="upstream_rq_completed")
+    s = lg.admin.stats()
+    assert s.get("cluster.backend.upstream_rq_2xx", 0) == 0 and "cluster.backend.upstream_rq_200" not in s
+    assert s["http.ingress_http.downstream_rq_2xx"] == 1, "the HCM's codes are not dynamic stats"
+    assert "cluster.backend.upstream_rq_time: No recorded values" in lg.admin.get("/stats").text.splitlines()
+    host = f"backend::127.0.0.1:{up.port}"
+    assert f"{host}::rq_success::1" in lg.admin.get("/clusters").text.splitlines()
+
+
 def test_clusters_text_and_json(proxied):
     lg, up = proxied
     for i in range(3):

@@ -68,6 +68,7 @@ typedef struct st_router_t {
 
 static const lg_stream_cbs_t upstream_cbs;
 static const lg_pool_cbs_t pool_cbs;
+static int dynamic_stats(const router_t *r);
 static void start_attempt(router_t *r);
 static void try_retry_or_fail(router_t *r, uint32_t cause_bit, int status, const char *body, const char *details, uint32_t flags);
 
@@ -489,7 +490,7 @@ static void response_ended(router_t *r)
 {
     lg_timer_stop(&r->global_timer);
     r->response_ended = 1;
-    if (r->request_end_us != 0)
+    if (r->request_end_us != 0 && dynamic_stats(r))
         lg_cluster_record_time(r->cluster, (lg_now_us() - r->request_end_us) / 1000);
 }
 
@@ -503,7 +504,7 @@ static void on_upstream_headers(lg_stream_t *u, void *head_, int end_stream)
     lg_timer_stop(&r->per_try_timer);
     if (r->retry != NULL && r->retries_left != 0 && status_retriable(r, head->status, head)) {
         if (r->host != NULL)
-            lg_cluster_record_response(r->cluster, r->host, head->status);
+            lg_cluster_record_response(r->cluster, r->host, head->status, dynamic_stats(r));
         try_retry_or_fail(r, ~0u, 0, NULL, NULL, 0);
         return;
     }
@@ -511,7 +512,7 @@ static void on_upstream_headers(lg_stream_t *u, void *head_, int end_stream)
     if (r->attempts > 1)
         cluster_stat(r, LG_CLUSTER_STAT_upstream_rq_retry_success);
     stop_retaining(r);
-    lg_cluster_record_response(r->cluster, r->host, head->status);
+    lg_cluster_record_response(r->cluster, r->host, head->status, dynamic_stats(r));
     if (r->upgrade_over_h2)
         upgrade_response_from_h2(r, head);
     lg_h1_strip_hop_by_hop(&head->headers, head->status == 101);
@@ -850,6 +851,16 @@ static void on_destroy(lg_http_filter_t *f)
     }
 }
 
+/* The router's config is one flag: a non-NULL config means dynamic_stats is
+ * false (Envoy then charges no upstream_rq_<code>, upstream_rq_<class> or
+ * upstream_rq_time); NULL, Envoy's default. Nothing to free either way. */
+static const char no_dynamic_stats;
+
+static int dynamic_stats(const router_t *r)
+{
+    return r->super.config == NULL;
+}
+
 static void *compile(const ProtobufCMessage *config, int *ok, lg_error_t *err)
 {
     const Envoy__Extensions__Filters__Http__Router__V3__Router *m = (const void *)config;
@@ -857,8 +868,9 @@ static void *compile(const ProtobufCMessage *config, int *ok, lg_error_t *err)
     if (m != NULL && m->n_upstream_http_filters != 0) {
         *ok = 0;
         lg_error(err, "upstream_http_filters: upstream HTTP filters are not supported");
+        return NULL;
     }
-    return NULL;
+    return m != NULL && m->dynamic_stats != NULL && !m->dynamic_stats->value ? (void *)&no_dynamic_stats : NULL;
 }
 
 const lg_http_filter_type_t lg_filter_router = {

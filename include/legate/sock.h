@@ -14,14 +14,15 @@
  * reads once, at most `want` bytes (between LG_SOCK_READ_MIN and
  * LG_SOCK_READ_MAX), into the input buffer. The epoll registration is
  * level-triggered, so bytes left in the kernel wake the loop again on its next
- * turn, after the owner has passed on what it read. TLS sockets are read by h2o
- * (it decrypts), and lg_sock_read() leaves them alone. */
+ * turn, after the owner has passed on what it read. A TLS socket (once its
+ * handshake is done) is read the same way and what was read is decrypted at
+ * once (lg_tls_read). */
 
 #define LG_SOCK_READ_MIN 4096
 #define LG_SOCK_READ_MAX (64 * 1024)
 
-/* Switches a socket to bounded reading (a no-op for TLS). The owner's read
- * callbacks must call lg_sock_read() from then on. */
+/* Switches a socket to bounded reading, after its TLS handshake if any. The
+ * owner's read callbacks must call lg_sock_read() from then on. */
 void lg_sock_read_bounded(h2o_socket_t *sock);
 
 /* Called first in a read callback: reads up to `want` bytes into sock->input
@@ -30,5 +31,13 @@ void lg_sock_read_bounded(h2o_socket_t *sock);
  * callback should handle: `err` when set, h2o_socket_error_closed at EOF,
  * h2o_socket_error_io on a failed read, else NULL (bytes read, or none yet). */
 const char *lg_sock_read(h2o_socket_t *sock, const char *err, size_t want);
+
+/* Room to read up to `want` bytes into *buf (want > 8 KiB into an empty buffer:
+ * a recycled LG_SOCK_READ_MAX-byte one; else the room there is, at least
+ * LG_SOCK_READ_MIN). For lg_tls_read's encrypted and decrypted buffers too. */
+h2o_iovec_t lg_sock_room(h2o_buffer_t **buf, size_t want);
+
+/* Frees the calling thread's recycled read buffers (before it exits). */
+void lg_sock_thread_exit(void);
 
 #endif

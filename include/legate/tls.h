@@ -61,6 +61,10 @@ h2o_iovec_t lg_tls_alpn(h2o_socket_t *sock);
 /* After a failed handshake, before the socket is closed: writes the alert
  * OpenSSL queued, which libh2o 2.2.5 would drop. */
 void lg_tls_send_pending_alert(h2o_socket_t *sock);
+/* Bounded reading of a TLS socket (see legate/sock.h): once its handshake is
+ * done, reads at most `max` encrypted bytes and decrypts them all into
+ * sock->input, as libh2o's decode_ssl_input does. Returns the read's error, or NULL. */
+const char *lg_tls_read(h2o_socket_t *sock, size_t max);
 /* The SNI the client sent on a server-side TLS socket, or NULL. */
 const char *lg_tls_server_name(h2o_socket_t *sock);
 /* Wire-format ALPN list for a client handshake when the context has none:

@@ -25,6 +25,7 @@
 #include "legate/route.h"
 #include "legate/stats.h"
 #include "legate/tls.h"
+#include "legate/sock.h"
 #include "legate/worker-t.h"
 
 /* match_subject_alt_names and the certificate provider fields are deprecated but still honoured. */
@@ -1706,6 +1707,50 @@ void lg_tls_send_pending_alert(h2o_socket_t *sock)
     }
 done:
     ssl->output.bufs.size = 0;
+}
+
+const char *lg_tls_read(h2o_socket_t *sock, size_t max)
+{
+    struct st_h2o_socket_ssl_mirror_t *ssl = (struct st_h2o_socket_ssl_mirror_t *)sock->ssl;
+    if (ssl->handshake.cb != NULL)
+        return NULL; /* h2o reads during its handshake */
+    h2o_iovec_t room = lg_sock_room(&ssl->input.encrypted, max);
+    if (room.base == NULL)
+        return h2o_socket_error_out_of_memory;
+    ssize_t n;
+    while ((n = recv(h2o_socket_get_fd(sock), room.base, room.len < max ? room.len : max, 0)) == -1 && errno == EINTR)
+        ;
+    if (n == 0)
+        return h2o_socket_error_closed;
+    if (n < 0)
+        return errno == EAGAIN || errno == EWOULDBLOCK ? NULL : h2o_socket_error_io;
+    ssl->input.encrypted->size += (size_t)n;
+    /* libh2o's decode_ssl_input: decrypt all of it (no readiness would come back for
+     * bytes left here), a record at a time; a write from inside SSL_read is a
+     * renegotiation, which h2o does not support either */
+    size_t room_for = ssl->input.encrypted->size; /* the plaintext is smaller: one reservation, no regrowth */
+    while (ssl->input.encrypted->size != 0 || SSL_pending(ssl->ossl)) {
+        h2o_iovec_t buf = lg_sock_room(&sock->input, room_for);
+        if (buf.base == NULL)
+            return h2o_socket_error_out_of_memory;
+        int did_write_in_read = 0;
+        ssl->did_write_in_read = &did_write_in_read;
+        ERR_clear_error();
+        int rlen = SSL_read(ssl->ossl, buf.base, (int)buf.len);
+        ssl->did_write_in_read = NULL;
+        if (did_write_in_read)
+            return "ssl renegotation not supported";
+        if (rlen == -1) {
+            if (SSL_get_error(ssl->ossl, rlen) != SSL_ERROR_WANT_READ)
+                return h2o_socket_error_ssl_decode;
+            break;
+        }
+        if (rlen == 0)
+            break;
+        sock->input->size += (size_t)rlen;
+        room_for = room_for > (size_t)rlen ? room_for - (size_t)rlen : 0;
+    }
+    return NULL;
 }
 
 /* Names of the dynamic counters; the index is the slot in lg_tls_context_t.dyn. */

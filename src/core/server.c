@@ -26,6 +26,7 @@
 #include "legate/pbjson.h"
 #include "legate/runtime.h"
 #include "legate/server.h"
+#include "legate/sock.h"
 #include "legate/stats.h"
 #include "legate/tcp_proxy.h"
 #include "legate/timer.h"
@@ -727,6 +728,7 @@ static void *worker_main(void *arg)
     /* libh2o keeps recycled socket buffers in a thread-local list that dies with the thread */
     while (h2o_socket_buffer_prototype.allocator.cnt != 0)
         free(h2o_mem_alloc_recycle(&h2o_socket_buffer_prototype.allocator, 0));
+    lg_sock_thread_exit();
     return NULL;
 }
 

@@ -1,32 +1,61 @@
 /*
- * Bounded reading of plain sockets (see include/legate/sock.h).
+ * Bounded reading of plain and TLS sockets (see include/legate/sock.h).
  */
 #include <errno.h>
 #include <sys/socket.h>
 #include "legate/sock.h"
+#include "legate/tls.h"
+
+/* Body reads go into LG_SOCK_READ_MAX-byte buffers recycled per thread, as
+ * libh2o recycles its 8 KiB socket buffers: a buffer of another size would be
+ * malloc'd and freed per read, and a worker's malloc arena gives the top of its
+ * heap back on such frees (an madvise per read, then page faults). */
+static __thread h2o_buffer_prototype_t read_prototype = {{16}, {LG_SOCK_READ_MAX}};
 
 void lg_sock_read_bounded(h2o_socket_t *sock)
 {
-    if (sock->ssl == NULL)
-        h2o_socket_dont_read(sock, 1);
+    h2o_socket_dont_read(sock, 1);
+}
+
+h2o_iovec_t lg_sock_room(h2o_buffer_t **buf, size_t want)
+{
+    if (want < LG_SOCK_READ_MIN)
+        want = LG_SOCK_READ_MIN;
+    if ((*buf)->size == 0 && want > h2o_socket_buffer_prototype._initial_buf.capacity) {
+        if ((*buf)->bytes != NULL)
+            h2o_buffer_dispose(buf);
+        h2o_buffer_init(buf, &read_prototype);
+        return h2o_buffer_reserve(buf, LG_SOCK_READ_MAX);
+    }
+    /* a head, or bytes the owner has not parsed yet: the room there is, grown only below LG_SOCK_READ_MIN */
+    h2o_iovec_t room = h2o_buffer_reserve(buf, LG_SOCK_READ_MIN);
+    if (room.len > want)
+        room.len = want;
+    return room;
+}
+
+void lg_sock_thread_exit(void)
+{
+    while (read_prototype.allocator.cnt != 0)
+        free(h2o_mem_alloc_recycle(&read_prototype.allocator, 0));
 }
 
 const char *lg_sock_read(h2o_socket_t *sock, const char *err, size_t want)
 {
-    if (err != NULL || sock->ssl != NULL)
+    if (err != NULL)
         return err;
     if (want < LG_SOCK_READ_MIN)
         want = LG_SOCK_READ_MIN;
     else if (want > LG_SOCK_READ_MAX)
         want = LG_SOCK_READ_MAX;
-    h2o_iovec_t room = h2o_buffer_reserve(&sock->input, want);
+    if (sock->ssl != NULL)
+        return lg_tls_read(sock, want);
+    h2o_iovec_t room = lg_sock_room(&sock->input, want);
     if (room.base == NULL)
         return h2o_socket_error_out_of_memory;
     ssize_t n;
     /* recv, not read: the socket call skips the VFS layer (vfs_read in the kernel profile) */
-    while ((n = recv(h2o_socket_get_fd(sock), room.base, room.len < LG_SOCK_READ_MAX ? room.len : LG_SOCK_READ_MAX, 0)) ==
-               -1 &&
-           errno == EINTR)
+    while ((n = recv(h2o_socket_get_fd(sock), room.base, room.len, 0)) == -1 && errno == EINTR)
         ;
     if (n > 0) {
         sock->input->size += (size_t)n;

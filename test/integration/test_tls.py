@@ -15,6 +15,7 @@ fail_verify_no_cert) and source/extensions/filters/listener/tls_inspector
 s_client and Python's ssl module; upstreams: the echo servers behind
 Python's ssl.
 """
+import hashlib
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ import pytest
 from lib import config as cfg
 from lib.certs import Pki
 from lib.h2upstream import H2Upstream, _Conn
+from lib.legate import sanitized
 from lib.upstream import EchoUpstream, _TCPServer, _Handler, header_value
 from lib.wait import wait_for
 
@@ -702,3 +704,38 @@ def test_alert_unknown_ca(legate, ports, upstream, pki, version):
     rc, out = s_client(lg.listener_port(), [version, "-ign_eof", "-CAfile", pki.ca_cert, "-servername", "localhost",
                                              "-cert", pki.untrusted.cert, "-key", pki.untrusted.key])
     assert "alert unknown ca" in out, out
+
+
+@pytest.mark.skipif(sanitized(), reason="ASan's allocator decides the RSS")
+@pytest.mark.deadline(180)
+def test_tls_streaming_is_buffered_in_bounded_pieces(legate, ports, upstream, pki, tmp_path):
+    """64 MiB each way over TLS (HTTP/1.1): the proxy reads at most 64 KiB of
+    records per wake-up and decrypts them at once, so its peak RSS grows by about
+    its buffer limit. libh2o's own TLS reading takes the whole kernel buffer and
+    decrypts it into a doubling buffer (+15 MiB, and uploads 10x slower)."""
+    up = upstream("a")
+    lg = tls_proxy(legate, ports, up.port, downstream_ts([pki.server_ec], alpn=("http/1.1",)))
+    url = f"https://localhost:{lg.listener_port()}"
+    n = 64 << 20
+    assert curl(["--cacert", pki.ca_cert, "-o", "/dev/null", f"{url}/warm"]).returncode == 0
+    pid = lg.proc.pid
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")  # the peak so far is start-up's: measure from the current RSS
+
+    def peak_kib():
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+    before = peak_kib()
+    r = curl(["--cacert", pki.ca_cert, "-o", "/dev/null", "-w", "%{http_code} %{size_download}", f"{url}/bytes/{n}"],
+             timeout=120)
+    assert r.stdout == f"200 {n}", r.stderr
+    body = tmp_path / "zeros"
+    with open(body, "wb") as f:
+        f.truncate(n)
+    r = subprocess.run(["curl", "-sS", "--max-time", "100", "--cacert", pki.ca_cert, "-H", "Expect:", "-T", str(body),
+                        f"{url}/sink"], capture_output=True, text=True, timeout=120)
+    rec = json.loads(r.stdout)
+    assert (rec["body_len"], rec["body_sha256"]) == (n, hashlib.sha256(bytes(n)).hexdigest())
+    grown = peak_kib() - before
+    assert grown < 4096, f"peak RSS grew by {grown} KiB"

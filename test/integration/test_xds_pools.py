@@ -57,6 +57,17 @@ def keepalive_gets(port, n, path="/"):
     return out
 
 
+def wait_received(ups, path):
+    """Waits until an upstream has received `path` (a unique query keeps requests apart) and
+    returns its name. Its record is made before the reply; the in-flight count is not
+    evidence: the upstream drops it only after sending a reply, so a reply the client has
+    already read can still count as in flight on a loaded machine."""
+    got = wait_for(lambda: [n for n, u in ups.items() if path in u.paths()], timeout=5 * T,
+                   what=f"an upstream to receive {path}")
+    assert len(got) == 1, f"{path} reached {got}"
+    return got[0]
+
+
 def cx_total(lg, cluster="a"):
     return lg.admin.stats().get(f"cluster.{cluster}.upstream_cx_total", 0)
 
@@ -93,9 +104,10 @@ def test_cds_update_changing_connections_replaces_the_pool(xds_server, legate, p
 def test_inflight_request_survives_cds_update_on_its_connection(xds_server, legate, ports, upstream):
     xds, lg, port, ups = start(xds_server, legate, ports, upstream)
     result = {}
-    t = threading.Thread(target=lambda: result.update(r=get(port, "/delay/1500", timeout=10 * T)))
+    slow = f"/delay/{int(1500 * T)}?inflight"
+    t = threading.Thread(target=lambda: result.update(r=get(port, slow, timeout=10 * T)))
     t.start()
-    ups["a"].wait_inflight(1, timeout=5 * T)
+    assert wait_received(ups, slow) == "a"
     update_cluster_a(xds, lg, port, ups, connect_timeout="4s")
     t.join(10 * T)
     status, headers, _ = result["r"]
@@ -115,10 +127,10 @@ def test_eds_update_removing_host_drains_it_after_its_request(xds_server, legate
              what="both hosts to serve")
     a_conns, b_conns = ups["a"].connections_total, ups["b"].connections_total
     result = {}
-    t = threading.Thread(target=lambda: result.update(r=get(port, "/delay/1500?a", timeout=10 * T)))
+    slow = f"/delay/{int(1500 * T)}?removed"
+    t = threading.Thread(target=lambda: result.update(r=get(port, slow, timeout=10 * T)))
     t.start()
-    wait_for(lambda: ups["a"].inflight + ups["b"].inflight >= 1, timeout=5 * T, what="the slow request upstream")
-    removed = "a" if ups["a"].inflight else "b"
+    removed = wait_received(ups, slow)
     kept = "b" if removed == "a" else "a"
     m = xds.mark()
     v = xds.set(ENDPOINT, [cla("a", [ups[kept].port])])

@@ -20,6 +20,7 @@
 #include "legate/common.h"
 #include "legate/http.h"
 #include "legate/h2.h"
+#include "legate/sock.h"
 
 /* ASan builds keep no cache (see small blocks): every block is its own malloc, so that
  * ASan sees each use after free, and LSan no block parked in a thread's cache at exit. */
@@ -1375,6 +1376,7 @@ static void recv_input(lg__h2_conn_t *conn)
 static void on_read(h2o_socket_t *sock, const char *err)
 {
     lg__h2_conn_t *conn = sock->data;
+    err = lg_sock_read(sock, err, LG_SOCK_READ_MAX); /* nghttp2 takes all of it at once */
     lg__h2_enter(conn);
     if (err != NULL) {
         conn->peer_gone = 1;
@@ -1723,6 +1725,7 @@ int lg__h2_conn_init(lg__h2_conn_t *conn, int is_server, lg_loop_t *loop, h2o_so
     sock->data = conn;
     /* The preface (client) and SETTINGS go out at once; no driver callback can run here. */
     flush(conn);
+    lg_sock_read_bounded(sock);
     h2o_socket_read_start(sock, on_read);
     if (sock->input->size != 0)
         conn->pending_read = 1;

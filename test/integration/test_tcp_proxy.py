@@ -23,7 +23,7 @@ import time
 import pytest
 
 from lib import config as cfg
-from lib.legate import run_legate, time_scale, write_yaml
+from lib.legate import run_legate, sanitized, time_scale, write_yaml
 from lib.ports import free_port
 from lib.wait import wait_for
 
@@ -680,3 +680,43 @@ def test_shutdown_closes_open_connections(legate, ports, tcp_server):
         assert closed_by_peer(s, 5)
     finally:
         s.close()
+
+
+def peak_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+@pytest.mark.skipif(sanitized(), reason="ASan's allocator decides the RSS")
+@pytest.mark.deadline(180)
+def test_relay_is_read_in_bounded_pieces(legate, ports, tcp_server):
+    """64 MiB through an echo upstream: each side is read at most 64 KiB per
+    wake-up into recycled buffers, so the proxy's peak RSS stays flat. Read
+    until EAGAIN (libh2o's way), the relay took megabytes per wake-up."""
+    up = tcp_server("echo")
+    lg = start(legate, ports, [up.port])
+    size = 64 * MIB
+    block = bytes(1 << 20)
+    pid = lg.proc.pid
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")  # the peak so far is start-up's: measure from the current RSS
+    before = peak_kib(pid)
+    with connect(lg, timeout=30) as s:
+        def send():
+            for _ in range(size // len(block)):
+                s.sendall(block)
+            s.shutdown(socket.SHUT_WR)
+
+        t = threading.Thread(target=send, daemon=True)
+        t.start()
+        got = 0
+        while True:
+            d = s.recv(1 << 20)
+            if not d:
+                break
+            assert d.count(0) == len(d)
+            got += len(d)
+        t.join(10)
+    assert got == size
+    grown = peak_kib(pid) - before
+    assert grown < 4096, f"peak RSS grew by {grown} KiB"

@@ -4,7 +4,8 @@
  * A connection has two sides, downstream and upstream. Bytes read from one
  * side go to the other without copies: the reader's input buffer is swapped
  * with the writer's (empty) out buffer and written from there, so the socket
- * keeps reading into a fresh buffer while the write is in flight. Reading a
+ * keeps reading into a fresh buffer while the write is in flight. Sockets are
+ * read at most 64 KiB per wake-up (legate/sock.h). Reading a
  * side pauses once what waits for the other side reaches that side's limit
  * (per_connection_buffer_limit_bytes of the listener for downstream, of the
  * cluster for upstream), and resumes when the write completes.
@@ -20,6 +21,7 @@
 #include "legate/cluster.h"
 #include "legate/protobuf.h"
 #include "legate/server.h"
+#include "legate/sock.h"
 #include "legate/stats.h"
 #include "legate/tcp_proxy.h"
 #include "legate/timer.h"
@@ -457,6 +459,7 @@ static void on_eof(lg_tcp_proxy_conn_t *c, int i)
 static void on_read(h2o_socket_t *sock, const char *err)
 {
     lg_tcp_proxy_conn_t *c = sock->data;
+    err = lg_sock_read(sock, err, LG_SOCK_READ_MAX);
     int i = side_of(c, sock);
     side_t *o = &c->sides[!i];
     if (err != NULL) {
@@ -560,6 +563,7 @@ static void on_upstream_connect(lg_upstream_tcp_t *u, void *data)
     touch_idle(c);
     if (c->config->flush_access_log_on_connected)
         emit_access_log(c, ENVOY__DATA__ACCESSLOG__V3__ACCESS_LOG_TYPE__TcpUpstreamConnected);
+    lg_sock_read_bounded(sock);
     h2o_socket_read_start(sock, on_read);
     if (down->sock->input->size != 0) {
         start_write(c, UP);
@@ -673,6 +677,7 @@ void lg_tcp_proxy_conn_new(lg_worker_t *w, const lg_listener_config_t *l, const 
     if (cfg->access_log_flush_interval_ms != 0)
         lg_timer_start(&w->loop, &c->log_timer, cfg->access_log_flush_interval_ms, on_log_timer);
     /* downstream bytes are read (up to the limit) while the upstream connects, so that a reset is noticed */
+    lg_sock_read_bounded(sock);
     h2o_socket_read_start(sock, on_read);
     connect_upstream(c);
 }

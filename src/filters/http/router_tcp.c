@@ -9,6 +9,7 @@
  */
 #include <sys/socket.h>
 #include "legate/router_tcp.h"
+#include "legate/sock.h"
 #include "legate/timer.h"
 
 typedef struct st_lg_router_tcp_stream_t {
@@ -116,6 +117,7 @@ static void schedule(lg_router_tcp_stream_t *s)
 static void on_read(h2o_socket_t *sock, const char *err)
 {
     lg_router_tcp_stream_t *s = sock->data;
+    err = lg_sock_read(sock, err, LG_SOCK_READ_MAX);
     enter(s);
     size_t fresh = sock->input->size - s->unconsumed;
     if (err != NULL) {
@@ -229,6 +231,7 @@ lg_stream_t *lg_router_tcp_stream_new(lg_loop_t *loop, lg_upstream_tcp_t *u)
     s->loop = loop;
     s->u = u;
     s->sock = lg_upstream_tcp_socket(u);
+    lg_sock_read_bounded(s->sock);
     s->sock->data = s;
     update_reading(s);
     return &s->super;

@@ -113,6 +113,8 @@ typedef struct st_lg_host_config_t {
     X(COUNTER, upstream_cx_protocol_error)                                                          \
     X(COUNTER, upstream_cx_rx_bytes_total)                                                          \
     X(COUNTER, upstream_cx_tx_bytes_total)                                                          \
+    X(HISTOGRAM, upstream_cx_connect_ms)                                                            \
+    X(HISTOGRAM, upstream_cx_length_ms)                                                             \
     X(COUNTER, upstream_rq_total)                                                                   \
     X(GAUGE, upstream_rq_active)                                                                    \
     X(COUNTER, upstream_rq_completed)                                                               \

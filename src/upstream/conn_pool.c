@@ -34,6 +34,7 @@ typedef struct st_lg__pool_conn_t {
     uint64_t stream_limit;      /* what it counts for in connecting_capacity */
     uint32_t active_streams;
     uint64_t rx_counted, tx_counted;
+    uint64_t start_ms; /* when the connect started: upstream_cx_connect_ms, upstream_cx_length_ms */
     lg_timer_t rx_timer; /* the next read of the received byte count */
     SSL_CTX *ssl_ctx;    /* during the TLS handshake */
     union {
@@ -302,6 +303,8 @@ static void conn_destroy(lg__pool_conn_t *pc)
 {
     lg_conn_pool_t *pool = pc->pool;
     lg_worker_cluster_t *c = pool_cluster(pool);
+    lg_stats_histogram_record(lg__cluster_stats(c), c->worker->index, LG_CLUSTER_STAT_upstream_cx_length_ms,
+                              lg_now_ms() - pc->start_ms);
     if (pc->state == CONN_CONNECTING)
         pool->connecting_capacity -= pc->stream_limit;
     h2o_linklist_unlink(&pc->link);
@@ -416,6 +419,9 @@ static void on_connected(lg__pool_conn_t *pc)
     lg_timer_stop(&pc->cn.timer);
     pool->connecting_capacity -= pc->stream_limit;
     pc->state = CONN_READY;
+    /* Envoy's connect timer ends with the Connected event: after the TLS handshake */
+    lg_stats_histogram_record(lg__cluster_stats(pool_cluster(pool)), pool_cluster(pool)->worker->index,
+                              LG_CLUSTER_STAT_upstream_cx_connect_ms, lg_now_ms() - pc->start_ms);
     save_local_address(pc);
     h2o_linklist_unlink(&pc->link);
     h2o_linklist_insert(&pool->ready, &pc->link);
@@ -500,6 +506,7 @@ static void conn_create(lg_conn_pool_t *pool)
     pc->state = CONN_CONNECTING;
     pc->remaining_streams = cfg->max_requests_per_connection != 0 ? cfg->max_requests_per_connection : UINT64_MAX;
     pc->stream_limit = stream_limit_of(pool);
+    pc->start_ms = lg_now_ms();
     h2o_linklist_insert(&pool->connecting, &pc->link);
     pool->connecting_capacity += pc->stream_limit;
     lg_worker_cluster_addref(c);

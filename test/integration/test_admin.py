@@ -154,6 +154,16 @@ def test_request_time_histograms(proxied):
     assert [v for n, lab, v in samples if n == "envoy_http_downstream_cx_length_ms_count"
             and lab.get("envoy_http_conn_manager_prefix") == "ingress_http"] == ["3"]
 
+    # cluster.<name>.upstream_cx_connect_ms: one sample per connection made; upstream_cx_length_ms:
+    # one per connection gone (the upstream closes one here, without answering)
+    assert one_request(lg, "/close-before-response").status == 503
+    wait_for(lambda: lg.admin.stat("cluster.backend.upstream_cx_destroy") == 1, timeout=3, what="an upstream close")
+    _, samples = parse_prometheus(lg.admin.get("/stats/prometheus").text)
+    count = {n: int(v) for n, lab, v in samples if lab.get("envoy_cluster_name") == "backend" and n.endswith("_count")}
+    s = lg.admin.stats()
+    assert count["envoy_cluster_upstream_cx_connect_ms_count"] == s["cluster.backend.upstream_cx_total"] >= 1, count
+    assert count["envoy_cluster_upstream_cx_length_ms_count"] == 1, count
+
 
 def test_router_dynamic_stats_false(legate, ports, upstream):
     """Envoy's router with dynamic_stats: false charges no upstream_rq_<code>, upstream_rq_<class>

@@ -37,6 +37,10 @@ const char *lg_sock_read(h2o_socket_t *sock, const char *err, size_t want);
  * LG_SOCK_READ_MIN). For lg_tls_read's encrypted and decrypted buffers too. */
 h2o_iovec_t lg_sock_room(h2o_buffer_t **buf, size_t want);
 
+/* One recv of up to `want` bytes into lg_sock_room(buf, want); returns NULL (bytes
+ * read, or none yet), h2o_socket_error_closed at EOF, or another h2o error. */
+const char *lg_sock_recv(int fd, h2o_buffer_t **buf, size_t want);
+
 /* Frees the calling thread's recycled read buffers (before it exits). */
 void lg_sock_thread_exit(void);
 

@@ -1714,17 +1714,9 @@ const char *lg_tls_read(h2o_socket_t *sock, size_t max)
     struct st_h2o_socket_ssl_mirror_t *ssl = (struct st_h2o_socket_ssl_mirror_t *)sock->ssl;
     if (ssl->handshake.cb != NULL)
         return NULL; /* h2o reads during its handshake */
-    h2o_iovec_t room = lg_sock_room(&ssl->input.encrypted, max);
-    if (room.base == NULL)
-        return h2o_socket_error_out_of_memory;
-    ssize_t n;
-    while ((n = recv(h2o_socket_get_fd(sock), room.base, room.len < max ? room.len : max, 0)) == -1 && errno == EINTR)
-        ;
-    if (n == 0)
-        return h2o_socket_error_closed;
-    if (n < 0)
-        return errno == EAGAIN || errno == EWOULDBLOCK ? NULL : h2o_socket_error_io;
-    ssl->input.encrypted->size += (size_t)n;
+    const char *err = lg_sock_recv(h2o_socket_get_fd(sock), &ssl->input.encrypted, max);
+    if (err != NULL)
+        return err;
     /* libh2o's decode_ssl_input: decrypt all of it (no readiness would come back for
      * bytes left here), a record at a time; a write from inside SSL_read is a
      * renegotiation, which h2o does not support either */

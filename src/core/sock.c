@@ -21,17 +21,37 @@ h2o_iovec_t lg_sock_room(h2o_buffer_t **buf, size_t want)
 {
     if (want < LG_SOCK_READ_MIN)
         want = LG_SOCK_READ_MIN;
+    h2o_iovec_t room;
     if ((*buf)->size == 0 && want > h2o_socket_buffer_prototype._initial_buf.capacity) {
         if ((*buf)->bytes != NULL)
             h2o_buffer_dispose(buf);
         h2o_buffer_init(buf, &read_prototype);
-        return h2o_buffer_reserve(buf, LG_SOCK_READ_MAX);
+        room = h2o_buffer_reserve(buf, LG_SOCK_READ_MAX);
+    } else {
+        /* a head, or bytes the owner has not parsed yet: the room there is, grown only below LG_SOCK_READ_MIN */
+        room = h2o_buffer_reserve(buf, LG_SOCK_READ_MIN);
     }
-    /* a head, or bytes the owner has not parsed yet: the room there is, grown only below LG_SOCK_READ_MIN */
-    h2o_iovec_t room = h2o_buffer_reserve(buf, LG_SOCK_READ_MIN);
     if (room.len > want)
         room.len = want;
     return room;
+}
+
+const char *lg_sock_recv(int fd, h2o_buffer_t **buf, size_t want)
+{
+    h2o_iovec_t room = lg_sock_room(buf, want);
+    if (room.base == NULL)
+        return h2o_socket_error_out_of_memory;
+    ssize_t n;
+    /* recv, not read: the socket call skips the VFS layer (vfs_read in the kernel profile) */
+    while ((n = recv(fd, room.base, room.len, 0)) == -1 && errno == EINTR)
+        ;
+    if (n > 0) {
+        (*buf)->size += (size_t)n;
+        return NULL;
+    }
+    if (n == 0)
+        return h2o_socket_error_closed;
+    return errno == EAGAIN || errno == EWOULDBLOCK ? NULL : h2o_socket_error_io;
 }
 
 void lg_sock_thread_exit(void)
@@ -44,24 +64,9 @@ const char *lg_sock_read(h2o_socket_t *sock, const char *err, size_t want)
 {
     if (err != NULL)
         return err;
-    if (want < LG_SOCK_READ_MIN)
-        want = LG_SOCK_READ_MIN;
-    else if (want > LG_SOCK_READ_MAX)
+    if (want > LG_SOCK_READ_MAX)
         want = LG_SOCK_READ_MAX;
     if (sock->ssl != NULL)
         return lg_tls_read(sock, want);
-    h2o_iovec_t room = lg_sock_room(&sock->input, want);
-    if (room.base == NULL)
-        return h2o_socket_error_out_of_memory;
-    ssize_t n;
-    /* recv, not read: the socket call skips the VFS layer (vfs_read in the kernel profile) */
-    while ((n = recv(h2o_socket_get_fd(sock), room.base, room.len, 0)) == -1 && errno == EINTR)
-        ;
-    if (n > 0) {
-        sock->input->size += (size_t)n;
-        return NULL;
-    }
-    if (n == 0)
-        return h2o_socket_error_closed;
-    return errno == EAGAIN || errno == EWOULDBLOCK ? NULL : h2o_socket_error_io;
+    return lg_sock_recv(h2o_socket_get_fd(sock), &sock->input, want);
 }

@@ -29,7 +29,9 @@ typedef struct st_lg_stats_block_t lg_stats_block_t;
 
 typedef enum en_lg_cluster_discovery_t {
     LG_CLUSTER_STATIC,
-    LG_CLUSTER_EDS, /* hosts come from lg_cluster_config_with_endpoints() */
+    LG_CLUSTER_EDS,         /* hosts come from lg_cluster_config_with_endpoints() */
+    LG_CLUSTER_STRICT_DNS,  /* hosts: every address of every target (dns.h), the same way */
+    LG_CLUSTER_LOGICAL_DNS, /* one host: the first address of the single target */
 } lg_cluster_discovery_t;
 
 /* Which codec upstream connections speak. */
@@ -88,8 +90,9 @@ typedef struct st_lg_host_config_t {
  * lb_healthy_panic are written by workers in their rows (gauges as deltas);
  * the ones from membership_healthy on only by the control thread, in the
  * control row. The last LG_CLUSTER_EDS_STAT__COUNT stats are those of the EDS
- * subscription (Envoy's SubscriptionStats in the cluster's scope): only EDS
- * clusters list them (the block's hidden tail, lg_stats_block_list_tail). The block
+ * subscription (Envoy's SubscriptionStats in the cluster's scope) and of DNS
+ * resolutions (update_no_rebuild): only EDS and DNS clusters list them (the
+ * block's hidden tail, lg_stats_block_list_tail). The block
  * also counts upstream_rq_<code> and upstream_rq_<class>xx
  * (lg_stats_block_code), which the router increments through
  * lg_cluster_record_response(). */
@@ -148,7 +151,9 @@ typedef struct st_lg_host_config_t {
 
 /* The EDS subscription's stats that the other clusters do not list. */
 #define LG_CLUSTER_EDS_STATS(X) \
-    X(COUNTER, update_attempt) X(COUNTER, update_failure) X(COUNTER, update_rejected) X(COUNTER, init_fetch_timeout)
+    X(COUNTER, update_attempt)  \
+    X(COUNTER, update_failure)  \
+    X(COUNTER, update_no_rebuild) X(COUNTER, update_rejected) X(COUNTER, init_fetch_timeout)
 
 #define LG__CLUSTER_STAT_ENUM(type, name) LG_CLUSTER_STAT_##name,
 #define LG__CLUSTER_STAT_ENUM_N(type, name, str) LG_CLUSTER_STAT_##name,
@@ -185,6 +190,7 @@ typedef struct st_lg_cluster_config_t {
     lg_h2_settings_t *h2;               /* non-NULL when protocol is not HTTP1 */
     lg_h1_limits_t h1_limits;           /* response parsing (max_headers_count ...) */
     struct st_lg_tls_context_t *tls;    /* transport_socket: UpstreamTlsContext, NULL = raw_buffer */
+    struct st_lg_dns_spec_t *dns; /* STRICT_DNS and LOGICAL_DNS: what to resolve, how (shared by derived configs) */
     lg_host_config_t **hosts;
     size_t n_hosts;
     uint32_t n_healthy;

@@ -6,6 +6,7 @@
 #include <sys/un.h>
 #include "legate/address.h"
 #include "legate/cluster.h"
+#include "legate/dns.h"
 #include "legate/h1.h"
 #include "legate/protobuf.h"
 #include "legate/stats.h"
@@ -48,7 +49,7 @@ static lg_cluster_shared_t *shared_new(const char *stat_name, lg_cluster_discove
     char *prefix = lg_malloc(strlen(stat_name) + sizeof("cluster.."));
     sprintf(prefix, "cluster.%s.", stat_name);
     s->stats = lg_stats_block_new_ex(prefix, cluster_stat_defs, LG_CLUSTER_STAT__COUNT, &opts);
-    if (discovery == LG_CLUSTER_EDS)
+    if (discovery != LG_CLUSTER_STATIC)
         lg_stats_block_list_tail(s->stats);
     free(prefix);
     return s;
@@ -474,6 +475,15 @@ static int compile_protocol_options(lg_cluster_config_t *cfg, const Envoy__Confi
 
 /* ---- the rest of the cluster ---- */
 
+/* A DNS cluster's load_assignment as it will be once resolved: its errors at config time. */
+static int check_endpoints(void *ctx, const Envoy__Config__Endpoint__V3__ClusterLoadAssignment *cla, lg_error_t *err)
+{
+    host_vector_t hosts = {NULL};
+    int rc = compile_endpoints(cla, &hosts, err);
+    host_vector_free(&hosts);
+    return rc != 0 ? path_prefix(err, "load_assignment") : 0;
+}
+
 static int compile_type(lg_cluster_config_t *cfg, const Envoy__Config__Cluster__V3__Cluster *c, lg_error_t *err)
 {
     if (c->cluster_discovery_type_case == ENVOY__CONFIG__CLUSTER__V3__CLUSTER__CLUSTER_DISCOVERY_TYPE_CLUSTER_TYPE)
@@ -488,9 +498,13 @@ static int compile_type(lg_cluster_config_t *cfg, const Envoy__Config__Cluster__
         cfg->discovery = LG_CLUSTER_EDS;
         return 0;
     case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__DISCOVERY_TYPE__STRICT_DNS:
-        return lg_error(err, "type: STRICT_DNS clusters are not supported yet");
-    case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__DISCOVERY_TYPE__LOGICAL_DNS:
-        return lg_error(err, "type: LOGICAL_DNS clusters are not supported yet");
+    case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__DISCOVERY_TYPE__LOGICAL_DNS: {
+        int logical = c->type == ENVOY__CONFIG__CLUSTER__V3__CLUSTER__DISCOVERY_TYPE__LOGICAL_DNS;
+        cfg->discovery = logical ? LG_CLUSTER_LOGICAL_DNS : LG_CLUSTER_STRICT_DNS;
+        if ((cfg->dns = lg_dns_spec_compile(c, logical, err)) == NULL)
+            return -1;
+        return lg_dns_spec_check(cfg->dns, check_endpoints, NULL, err);
+    }
     case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__DISCOVERY_TYPE__ORIGINAL_DST:
         return lg_error(err, "type: ORIGINAL_DST clusters are not supported");
     default:
@@ -692,13 +706,16 @@ lg_cluster_config_t *lg_cluster_config_with_endpoints(const lg_cluster_config_t 
         *n->h2 = *cfg->h2;
     }
     set_hosts(n, &hosts);
+    if (n->dns != NULL)
+        lg_dns_spec_addref(n->dns);
     if (n->tls != NULL)
         lg_tls_context_addref(n->tls);
     n->override_auto_sni_header = cfg->override_auto_sni_header != NULL ? lg_strdup(cfg->override_auto_sni_header) : NULL;
     n->shared = shared_addref(cfg->shared);
     carry_host_stats(n, cfg);
     publish_membership(n, !same_hosts(n, cfg));
-    lg_stats_control_add(n->shared->stats, n->n_hosts != 0 ? LG_CLUSTER_STAT_update_success : LG_CLUSTER_STAT_update_empty, 1);
+    if (n->discovery == LG_CLUSTER_EDS) /* DNS clusters count their answers (dns.c) */
+        lg_stats_control_add(n->shared->stats, n->n_hosts != 0 ? LG_CLUSTER_STAT_update_success : LG_CLUSTER_STAT_update_empty, 1);
     return n;
 }
 
@@ -722,6 +739,7 @@ void lg_cluster_config_release(lg_cluster_config_t *cfg)
         host_free(cfg->hosts[i]);
     free(cfg->hosts);
     free(cfg->h2);
+    lg_dns_spec_release(cfg->dns);
     lg_tls_context_release(cfg->tls);
     free(cfg->override_auto_sni_header);
     free((char *)cfg->name);

@@ -6,6 +6,7 @@
  */
 #include <time.h>
 #include "xds_internal.h"
+#include "legate/dns.h"
 #include "legate/pbjson.h"
 #include "legate/protobuf.h"
 #include "legate/runtime.h"
@@ -309,6 +310,8 @@ void lg_xds_start(lg_xds_t *x)
 
 void lg_xds_poll(lg_xds_t *x, uint64_t max_wait_ms)
 {
+    if (max_wait_ms > 5 && lg_dns_busy())
+        max_wait_ms = 5; /* DNS answers are read between waits */
     if (x->cq != NULL) {
         lg__xds_grpc_poll(x, max_wait_ms);
     } else {
@@ -319,6 +322,8 @@ void lg_xds_poll(lg_xds_t *x, uint64_t max_wait_ms)
     for (size_t i = 0; i != x->n_muxes; ++i)
         x->muxes[i]->ops->tick(x->muxes[i], now);
     int a = check_sub_timeouts(x, now), b = lg__xds_check_timeouts(x, now), c = lg__xds_ttl_expire(x, now);
+    if (lg_dns_tick(now))
+        x->dirty = 1; /* resolved hosts changed: lg__xds_refresh applies them */
     /* /runtime_modify changed the admin layer (admin thread): a new snapshot carries it */
     if (lg_runtime_loader_generation() != x->runtime_gen)
         x->dirty = 1;
@@ -342,6 +347,7 @@ void lg_xds_free(lg_xds_t *x)
     }
     free(x->muxes);
     lg__xds_state_dispose(x);
+    lg_dns_shutdown();
     lg__xds_ttl_dispose(x);
     lg__xds_refs_free(x->rtds, x->n_rtds);
     for (size_t i = 0; i != x->n_subs; ++i) {

@@ -10,6 +10,7 @@
  * and an unchanged listener keeps its sockets and connections.
  */
 #include "xds_internal.h"
+#include "legate/dns.h"
 #include "legate/pbjson.h"
 #include "legate/runtime.h"
 #include "legate/scoped_routes.h"
@@ -101,6 +102,7 @@ static void cluster_free(lg__xds_cluster_t *c)
     lg_cluster_config_release(c->active);
     if (c->eds_stats != NULL)
         lg_stats_block_release(c->eds_stats);
+    lg_dns_cluster_free(c->dns);
     lg__xds_refs_free(c->sds, c->n_sds);
     free(c);
 }
@@ -378,6 +380,8 @@ int lg__xds_state_static_deps(lg_xds_t *x, lg_error_t *err)
             continue;
         if (c->sds == NULL && lg__xds_cluster_sds(x, NULL, m, &c->sds, &c->n_sds, err) != 0)
             return lg_error_prefix(err, "static_resources.clusters[%zu]", i);
+        if (c->compiled->dns != NULL && c->dns == NULL)
+            c->dns = lg_dns_cluster_new(c->compiled->dns, lg_cluster_config_stats(c->compiled), c->name);
         if (c->compiled->discovery != LG_CLUSTER_EDS)
             continue;
         const Envoy__Config__Core__V3__ConfigSource *cs = m->eds_cluster_config != NULL ? m->eds_cluster_config->eds_config : NULL;
@@ -504,6 +508,8 @@ static int apply_cluster(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *e
     c->compiled = cfg;
     ++c->compiled_gen;
     c->eds_sub = eds_sub;
+    lg_dns_cluster_free(c->dns);
+    c->dns = cfg->dns != NULL ? lg_dns_cluster_new(cfg->dns, lg_cluster_config_stats(cfg), c->name) : NULL;
     lg__xds_refs_free(c->sds, c->n_sds);
     c->sds = sds;
     c->n_sds = n_sds;
@@ -578,6 +584,26 @@ static int apply_cla(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *err)
     set_error(&d->failed, &d->error, NULL, NULL);
     x->dirty = 1;
     return 0;
+}
+
+/* ---- DNS clusters ---- */
+
+static int activate_cb(void *ctx, const Envoy__Config__Endpoint__V3__ClusterLoadAssignment *cla, lg_error_t *err)
+{
+    return activate_with_endpoints(ctx, cla, NULL, err);
+}
+
+/* A DNS cluster takes the hosts of its resolver's answers once every target
+ * has had one, and again whenever they change (the resolver runs from
+ * lg_xds_poll: lg_dns_tick). */
+static void warm_dns_cluster(lg_xds_t *x, lg__xds_cluster_t *c)
+{
+    if (!lg_dns_cluster_take_change(c->dns))
+        return;
+    lg_error_t err;
+    if (lg_dns_cluster_with_assignment(c->dns, activate_cb, c, &err) != 0)
+        LG_WARN(upstream, "cluster %s: cannot apply its resolved hosts: %s", c->name, err.msg);
+    x->dirty = 1;
 }
 
 /* ---- LDS ---- */
@@ -1361,6 +1387,10 @@ static void warm_clusters(lg_xds_t *x)
         lg__xds_cluster_t *c = x->clusters[i];
         if (c == NULL || c->compiled == NULL || !refs_ready(x, c->sds, c->n_sds))
             continue;
+        if (c->dns != NULL) {
+            warm_dns_cluster(x, c);
+            continue;
+        }
         if (c->eds_sub == NULL) {
             if (c->active_gen != c->compiled_gen) {
                 if (c->active != NULL)
@@ -1413,6 +1443,8 @@ int lg__xds_warmed(lg_xds_t *x, lg_xds_type_t type)
             if (c != NULL && c->compiled != NULL && c->active_gen != c->compiled_gen)
                 return 0;
             if (c != NULL && c->eds_sub != NULL && !dep_ready(c->eds))
+                return 0;
+            if (c != NULL && c->dns != NULL && !lg_dns_cluster_ready(c->dns))
                 return 0;
             if (c != NULL && !refs_ready(x, c->sds, c->n_sds))
                 return 0;

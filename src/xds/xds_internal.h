@@ -181,6 +181,7 @@ typedef struct st_lg__xds_cluster_t {
     lg_xds_resource_t *active_res;
     uint64_t active_gen;           /* compiled_gen of what active derives from */
     lg_xds_resource_t *active_cla; /* the ClusterLoadAssignment applied to active */
+    struct st_lg_dns_cluster_t *dns; /* STRICT_DNS, LOGICAL_DNS: the resolver of compiled's targets */
 } lg__xds_cluster_t;
 
 /* A resource a listener's HTTP connection manager names (an RDS route

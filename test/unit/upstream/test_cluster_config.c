@@ -3,6 +3,8 @@
 #include <malloc.h>
 #include "test.h"
 #include "legate/cluster.h"
+#include "legate/address.h"
+#include "legate/dns.h"
 #include "legate/pbjson.h"
 #include "legate/stats.h"
 #include "legate/tls.h"
@@ -195,8 +197,7 @@ static void test_protocols(void)
 static void test_errors(void)
 {
     expect_error("name: ''\n", "name: must not be empty");
-    expect_error("name: a\ntype: STRICT_DNS\n", "type: STRICT_DNS clusters are not supported yet");
-    expect_error("name: a\ntype: LOGICAL_DNS\n", "type: LOGICAL_DNS clusters are not supported yet");
+    expect_error("name: a\ntype: LOGICAL_DNS\n", "load_assignment: LOGICAL_DNS clusters must have a single host");
     expect_error("name: a\ntype: ORIGINAL_DST\n", "type: ORIGINAL_DST clusters are not supported");
     expect_error("name: a\nlb_policy: RING_HASH\n", "lb_policy: unsupported lb_policy RING_HASH");
     expect_error("name: a\nlb_policy: MAGLEV\n", "lb_policy: unsupported lb_policy MAGLEV");
@@ -393,6 +394,60 @@ static void test_upstream_tls_options(void)
                  ".upstream_http_protocol_options.override_auto_sni_header: invalid header name \"x y\"");
 }
 
+static void test_dns(void)
+{
+    lg_error_t err = {{0}};
+    lg_cluster_config_t *cfg = compile("name: a\ntype: STRICT_DNS\n", &err);
+    ok(cfg != NULL && cfg->discovery == LG_CLUSTER_STRICT_DNS && cfg->dns->n_targets == 0 && cfg->n_hosts == 0,
+       "STRICT_DNS without endpoints (initialized at once, as Envoy)");
+    ok(cfg != NULL && cfg->dns->refresh_ms == 5000 && cfg->dns->family == LG_DNS_AUTO && cfg->dns->failure_base_ms == 0,
+       "defaults: 5 s, AUTO, failures retried at the refresh rate");
+    lg_cluster_config_release(cfg);
+    cfg = compile("name: a\ntype: STRICT_DNS\ndns_refresh_rate: 0.25s\ndns_lookup_family: V4_PREFERRED\nrespect_dns_ttl: true\n"
+                  "dns_failure_refresh_rate: {base_interval: 1s}\n"
+                  "typed_dns_resolver_config: {name: envoy.network.dns_resolver.cares, typed_config: {'@type': "
+                  "type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig, resolvers: "
+                  "[{socket_address: {address: 127.0.0.9, port_value: 5353}}, {socket_address: {address: '::1'}}], "
+                  "dns_resolver_options: {use_tcp_for_dns_lookups: true}}}\n"
+                  "load_assignment: {endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: a.example, "
+                  "port_value: 80}}}}, {endpoint: {address: {socket_address: {address: 10.0.0.1, port_value: 81}}}}]}]}\n",
+                  &err);
+    ok(cfg != NULL, "STRICT_DNS with settings: %s", err.msg);
+    if (cfg != NULL) {
+        const lg_dns_spec_t *d = cfg->dns;
+        ok(d->refresh_ms == 250 && d->family == LG_DNS_V4_PREFERRED && d->respect_ttl && !d->logical, "refresh, family, ttl");
+        ok(d->failure_base_ms == 1000 && d->failure_max_ms == 10000, "failure backoff: base, 10x base by default");
+        ok(d->n_resolvers == 2 && d->use_tcp && lg_address_port((const struct sockaddr *)&d->resolvers[0]) == 5353 &&
+               lg_address_port((const struct sockaddr *)&d->resolvers[1]) == 53,
+           "c-ares resolvers (port 53 by default) and options");
+        ok(d->n_targets == 2 && strcmp(d->targets[0].name, "a.example") == 0 && d->targets[0].port == 80 &&
+               strcmp(d->targets[1].name, "10.0.0.1") == 0 && d->targets[1].port == 81,
+           "one target per lb_endpoint, IP literals too");
+        ok(cfg->n_hosts == 0, "no host before an answer");
+    }
+    lg_cluster_config_release(cfg);
+    cfg = compile("name: a\ntype: LOGICAL_DNS\n"
+                  "load_assignment: {endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: a.example, "
+                  "port_value: 80}}}}]}]}\n",
+                  &err);
+    ok(cfg != NULL && cfg->discovery == LG_CLUSTER_LOGICAL_DNS && cfg->dns->logical && cfg->dns->n_targets == 1, "LOGICAL_DNS");
+    lg_cluster_config_release(cfg);
+    expect_error("name: a\ntype: STRICT_DNS\ndns_lookup_family: V4_ONLY\n"
+                 "load_assignment: {endpoints: [{priority: 1, lb_endpoints: [{endpoint: {address: {socket_address: {address: "
+                 "a.example, port_value: 80}}}}]}]}\n",
+                 "load_assignment.endpoints[0].priority: only priority 0 is supported");
+    expect_error("name: a\ntype: STRICT_DNS\n"
+                 "load_assignment: {endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: a.example, "
+                 "port_value: 80, resolver_name: x}}}}]}]}\n",
+                 "load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.resolver_name: STRICT_DNS "
+                 "clusters must NOT have a custom resolver name set");
+    expect_error("name: a\ntype: STRICT_DNS\ndns_failure_refresh_rate: {max_interval: 1s}\n",
+                 "dns_failure_refresh_rate.base_interval: value is required");
+    expect_error("name: a\ntype: STRICT_DNS\ntyped_dns_resolver_config: {name: x, typed_config: {'@type': "
+                 "type.googleapis.com/google.protobuf.Empty}}\n",
+                 "typed_dns_resolver_config.typed_config: unsupported DNS resolver type 'google.protobuf.Empty'");
+}
+
 int main(void)
 {
     lg_stats_init(1);
@@ -401,6 +456,7 @@ int main(void)
     test_protocols();
     test_errors();
     test_eds();
+    test_dns();
     test_upstream_tls_options();
     lg_stats_shutdown();
     return done();

@@ -15,7 +15,9 @@
  * base and max), or dns_refresh_rate when unset. STRICT_DNS hosts are every
  * address of every target (an answer without addresses removes the target's
  * hosts); LOGICAL_DNS has one host, the first address of its single target,
- * and an answer without addresses changes nothing. Stats, in the cluster's
+ * and an answer without addresses changes nothing. AUTO and V4_PREFERRED ask
+ * for the other family when the first query gives no address or fails.
+ * Stats, in the cluster's
  * block: update_attempt per query, update_success or update_failure per
  * answer, update_no_rebuild when an answer changes no host.
  */
@@ -46,6 +48,7 @@ typedef struct st_lg_dns_spec_t {
     unsigned respect_ttl : 1;
     unsigned use_tcp : 1;
     unsigned no_search : 1; /* no_default_search_domain */
+    unsigned no_warm : 1;   /* wait_for_warm_on_init: false (init and warming do not wait for answers) */
     lg_dns_family_t family;
     uint64_t refresh_ms;                      /* dns_refresh_rate */
     uint64_t failure_base_ms, failure_max_ms; /* dns_failure_refresh_rate; 0: refresh_ms */
@@ -79,6 +82,8 @@ void lg_dns_cluster_free(lg_dns_cluster_t *d);
 /* Whether every target has had an answer or a failure once (Envoy's
  * initialization of the cluster; without targets at once). */
 int lg_dns_cluster_ready(const lg_dns_cluster_t *d);
+/* Whether init and warming may go on: ready, or wait_for_warm_on_init is false. */
+int lg_dns_cluster_warm(const lg_dns_cluster_t *d);
 /* Whether the hosts changed since the last call (the first time: whether it is
  * ready); clears the flag. */
 int lg_dns_cluster_take_change(lg_dns_cluster_t *d);

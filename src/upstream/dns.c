@@ -39,6 +39,7 @@ typedef struct st_target_state_t {
     unsigned inflight : 1;
     unsigned fallback : 1; /* the query for the other family (AUTO, V4_PREFERRED) */
     unsigned answered : 1; /* had an answer or a failure once */
+    unsigned first_ok : 1; /* the first family's query succeeded, without addresses */
 } target_state_t;
 
 struct st_lg_dns_cluster_t {
@@ -48,6 +49,7 @@ struct st_lg_dns_cluster_t {
     ares_channel channel;
     unsigned has_channel : 1;
     unsigned changed : 1;
+    unsigned destroying : 1; /* ares_destroy() may still call back, even with a success */
     size_t n_answered, n_inflight;
     target_state_t *targets;
     lg_dns_cluster_t *next, **prevp; /* every resolver, for lg_dns_tick */
@@ -55,6 +57,7 @@ struct st_lg_dns_cluster_t {
 
 static lg_dns_cluster_t *all_resolvers;
 static int ares_ready;
+static int tick_changed; /* some cluster's hosts changed (or became ready) during this lg_dns_tick */
 
 /* ---- spec ---- */
 
@@ -176,6 +179,7 @@ lg_dns_spec_t *lg_dns_spec_compile(const Envoy__Config__Cluster__V3__Cluster *c,
     s->_refcnt = 1;
     s->logical = logical != 0;
     s->respect_ttl = c->respect_dns_ttl != 0;
+    s->no_warm = c->wait_for_warm_on_init != NULL && !c->wait_for_warm_on_init->value;
     s->refresh_ms = 5000;
     static const lg_dns_family_t families[] = {LG_DNS_AUTO, LG_DNS_V4_ONLY, LG_DNS_V6_ONLY, LG_DNS_V4_PREFERRED, LG_DNS_ALL};
     if ((unsigned)c->dns_lookup_family >= LG_ARRAY_SIZE(families)) {
@@ -399,6 +403,7 @@ static void finish(target_state_t *t, int ok, ip_text_t *addrs, size_t n, uint64
     const lg_dns_spec_t *s = d->spec;
     t->inflight = 0;
     t->fallback = 0;
+    t->first_ok = 0;
     --d->n_inflight;
     uint64_t now = lg_now_ms(), delay = s->refresh_ms;
     if (ok && s->logical && n == 0)
@@ -416,6 +421,7 @@ static void finish(target_state_t *t, int ok, ip_text_t *addrs, size_t n, uint64
             t->addrs = addrs;
             t->n_addrs = n;
             d->changed = 1;
+            tick_changed = 1;
         }
         t->backoff_ms = 0;
         if (s->respect_ttl && n != 0 && ttl_s != 0)
@@ -429,19 +435,19 @@ static void finish(target_state_t *t, int ok, ip_text_t *addrs, size_t n, uint64
     if (!t->answered) {
         t->answered = 1;
         if (++d->n_answered == s->n_targets)
-            d->changed = 1; /* ready: the hosts are built for the first time */
+            d->changed = tick_changed = 1; /* ready: the hosts are built for the first time */
     }
 }
 
 static void on_answer(void *arg, int status, int timeouts, struct ares_addrinfo *res)
 {
     target_state_t *t = arg;
-    if (status == ARES_EDESTRUCTION || status == ARES_ECANCELLED) { /* the resolver is being freed */
+    lg_dns_cluster_t *d = t->owner;
+    if (d->destroying || status == ARES_EDESTRUCTION || status == ARES_ECANCELLED) { /* the resolver is being freed */
         if (res != NULL)
             ares_freeaddrinfo(res);
         return;
     }
-    lg_dns_cluster_t *d = t->owner;
     size_t n = 0, cap = 0;
     ip_text_t *addrs = NULL;
     uint64_t ttl = 0;
@@ -469,15 +475,17 @@ static void on_answer(void *arg, int status, int timeouts, struct ares_addrinfo 
     if (res != NULL)
         ares_freeaddrinfo(res);
     int none = status == ARES_ENODATA || status == ARES_ENOTFOUND || (status == ARES_SUCCESS && n == 0);
-    if (none && !t->fallback && (d->spec->family == LG_DNS_AUTO || d->spec->family == LG_DNS_V4_PREFERRED)) {
+    if (n == 0 && !t->fallback && (d->spec->family == LG_DNS_AUTO || d->spec->family == LG_DNS_V4_PREFERRED)) {
+        /* as Envoy's c-ares resolver: the other family after no address or any failure */
         free(addrs);
         t->fallback = 1;
+        t->first_ok = none;
         query(t, family_of(d->spec->family, 1));
         return;
     }
     if (status != ARES_SUCCESS && !none)
         LG_DEBUG(dns, "cluster %s: resolving %s failed: %s", d->name, d->spec->targets[t->index].name, ares_strerror(status));
-    finish(t, status == ARES_SUCCESS || none, addrs, n, ttl);
+    finish(t, status == ARES_SUCCESS || none || (t->fallback && t->first_ok), addrs, n, ttl);
 }
 
 static void query(target_state_t *t, int family)
@@ -573,8 +581,9 @@ void lg_dns_cluster_free(lg_dns_cluster_t *d)
     *d->prevp = d->next;
     if (d->next != NULL)
         d->next->prevp = d->prevp;
+    d->destroying = 1;
     if (d->has_channel)
-        ares_destroy(d->channel); /* its pending callbacks run with ARES_EDESTRUCTION */
+        ares_destroy(d->channel); /* its pending callbacks run, and return at once */
     for (size_t i = 0; i != d->spec->n_targets; ++i)
         free(d->targets[i].addrs);
     free(d->targets);
@@ -587,6 +596,11 @@ void lg_dns_cluster_free(lg_dns_cluster_t *d)
 int lg_dns_cluster_ready(const lg_dns_cluster_t *d)
 {
     return d->n_answered == d->spec->n_targets;
+}
+
+int lg_dns_cluster_warm(const lg_dns_cluster_t *d)
+{
+    return d->spec->no_warm || lg_dns_cluster_ready(d);
 }
 
 int lg_dns_cluster_take_change(lg_dns_cluster_t *d)
@@ -607,6 +621,7 @@ int lg_dns_busy(void)
 
 int lg_dns_tick(uint64_t now_ms)
 {
+    tick_changed = 0;
     static struct pollfd *pfds;
     static lg_dns_cluster_t **owners;
     static size_t cap;
@@ -642,12 +657,12 @@ int lg_dns_tick(uint64_t now_ms)
                             ev & POLLOUT ? pfds[i].fd : ARES_SOCKET_BAD);
         }
     }
-    int changed = 0;
-    for (lg_dns_cluster_t *d = all_resolvers; d != NULL; d = d->next) {
+    for (lg_dns_cluster_t *d = all_resolvers; d != NULL; d = d->next)
         if (d->n_inflight != 0 && d->has_channel)
             ares_process_fd(d->channel, ARES_SOCKET_BAD, ARES_SOCKET_BAD); /* timeouts and retries */
-        changed |= d->changed && lg_dns_cluster_ready(d);
-    }
+    /* only this tick's changes: one that waits (a secret not there yet) is taken by a later refresh */
+    int changed = tick_changed;
+    tick_changed = 0;
     if (all_resolvers == NULL && cap != 0) {
         free(pfds);
         free(owners);

@@ -598,7 +598,9 @@ static int activate_cb(void *ctx, const Envoy__Config__Endpoint__V3__ClusterLoad
  * lg_xds_poll: lg_dns_tick). */
 static void warm_dns_cluster(lg_xds_t *x, lg__xds_cluster_t *c)
 {
-    if (!lg_dns_cluster_take_change(c->dns))
+    /* wait_for_warm_on_init false: active at once, with the hosts answered so far */
+    int now = lg_dns_cluster_warm(c->dns) && !lg_dns_cluster_ready(c->dns) && c->active_gen != c->compiled_gen;
+    if (!lg_dns_cluster_take_change(c->dns) && !now)
         return;
     lg_error_t err;
     if (lg_dns_cluster_with_assignment(c->dns, activate_cb, c, &err) != 0)
@@ -1444,7 +1446,7 @@ int lg__xds_warmed(lg_xds_t *x, lg_xds_type_t type)
                 return 0;
             if (c != NULL && c->eds_sub != NULL && !dep_ready(c->eds))
                 return 0;
-            if (c != NULL && c->dns != NULL && !lg_dns_cluster_ready(c->dns))
+            if (c != NULL && c->dns != NULL && !lg_dns_cluster_warm(c->dns))
                 return 0;
             if (c != NULL && !refs_ready(x, c->sds, c->n_sds))
                 return 0;

@@ -1,8 +1,9 @@
 """A small authoritative DNS server over UDP on loopback, for DNS clusters.
 
 Answers A and AAAA questions from `records` (name -> list of IP strings,
-IPv4 and IPv6 mixed); a name it does not know gets NXDOMAIN, a name in
-`rcodes` gets that response code (2 = SERVFAIL) and no records. With
+IPv4 and IPv6 mixed); a name it does not know gets NXDOMAIN, a name given
+to fail() gets that response code (2 = SERVFAIL) and no records, for one
+question type or all. With
 `hold` set, questions are kept unanswered until release(). It counts the
 questions per (name, type) so that tests can wait for a resolution.
 """
@@ -46,11 +47,12 @@ class DNSServer:
     def set(self, name, *ips):
         with self._lock:
             self.records[name.lower()] = list(ips)
-            self.rcodes.pop(name.lower(), None)
+            for key in [k for k in self.rcodes if k[0] == name.lower()]:
+                del self.rcodes[key]
 
-    def fail(self, name, rcode=SERVFAIL):
+    def fail(self, name, rcode=SERVFAIL, qtype=None):
         with self._lock:
-            self.rcodes[name.lower()] = rcode
+            self.rcodes[(name.lower(), qtype)] = rcode
 
     def count(self, name, qtype=None):
         with self._lock:
@@ -100,7 +102,7 @@ class DNSServer:
         qtype, _qclass = struct.unpack(">HH", data[off:off + 4])
         question = data[12:off + 4]
         with self._lock:
-            rcode = self.rcodes.get(name)
+            rcode = self.rcodes.get((name, qtype), self.rcodes.get((name, None)))
             ips = self.records.get(name)
         answers = []
         if rcode is None and ips is None:

@@ -250,6 +250,10 @@ class _TCPServer(_QuietOnDisconnect, socketserver.ThreadingMixIn, http.server.HT
         self.server_name, self.server_port = host, port
 
 
+class _TCPServer6(_TCPServer):
+    address_family = socket.AF_INET6
+
+
 class _UnixServer(_QuietOnDisconnect, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     block_on_close = False
@@ -278,7 +282,7 @@ class EchoUpstream:
                 os.unlink(unix_path)
             self._server = _UnixServer(unix_path, _Handler)
         else:
-            self._server = _TCPServer((host, port), _Handler)
+            self._server = (_TCPServer6 if ":" in host else _TCPServer)((host, port), _Handler)
         self._server.upstream = self
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"upstream-{name}", daemon=True)

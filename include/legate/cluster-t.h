@@ -89,9 +89,10 @@ typedef struct st_lg_host_config_t {
  * split (lg_stats_block_opts_t.control_from): the stats up to
  * lb_healthy_panic are written by workers in their rows (gauges as deltas);
  * the ones from membership_healthy on only by the control thread, in the
- * control row. The last LG_CLUSTER_EDS_STAT__COUNT stats are those of the EDS
- * subscription (Envoy's SubscriptionStats in the cluster's scope) and of DNS
- * resolutions (update_no_rebuild): only EDS and DNS clusters list them (the
+ * control row. update_attempt ... version are Envoy's config update stats, which
+ * every cluster lists (EDS and DNS clusters count them). The last
+ * LG_CLUSTER_EDS_STAT__COUNT stats are those of the EDS subscription (Envoy's
+ * SubscriptionStats in the cluster's scope) that only EDS clusters list (the
  * block's hidden tail, lg_stats_block_list_tail). The block
  * also counts upstream_rq_<code> and upstream_rq_<class>xx
  * (lg_stats_block_code), which the router increments through
@@ -144,16 +145,16 @@ typedef struct st_lg_host_config_t {
     X(GAUGE, membership_total)                                                                      \
     X(COUNTER, membership_change)                                                                   \
     X(GAUGE, max_host_weight)                                                                       \
+    X(COUNTER, update_attempt)                                                                      \
     X(COUNTER, update_success)                                                                      \
+    X(COUNTER, update_failure)                                                                      \
     X(COUNTER, update_empty)                                                                        \
+    X(COUNTER, update_no_rebuild)                                                                   \
     X(GAUGE, version)                                                                               \
     LG_CLUSTER_EDS_STATS(X)
 
 /* The EDS subscription's stats that the other clusters do not list. */
-#define LG_CLUSTER_EDS_STATS(X) \
-    X(COUNTER, update_attempt)  \
-    X(COUNTER, update_failure)  \
-    X(COUNTER, update_no_rebuild) X(COUNTER, update_rejected) X(COUNTER, init_fetch_timeout)
+#define LG_CLUSTER_EDS_STATS(X) X(COUNTER, update_rejected) X(COUNTER, init_fetch_timeout)
 
 #define LG__CLUSTER_STAT_ENUM(type, name) LG_CLUSTER_STAT_##name,
 #define LG__CLUSTER_STAT_ENUM_N(type, name, str) LG_CLUSTER_STAT_##name,

@@ -49,7 +49,7 @@ static lg_cluster_shared_t *shared_new(const char *stat_name, lg_cluster_discove
     char *prefix = lg_malloc(strlen(stat_name) + sizeof("cluster.."));
     sprintf(prefix, "cluster.%s.", stat_name);
     s->stats = lg_stats_block_new_ex(prefix, cluster_stat_defs, LG_CLUSTER_STAT__COUNT, &opts);
-    if (discovery != LG_CLUSTER_STATIC)
+    if (discovery == LG_CLUSTER_EDS)
         lg_stats_block_list_tail(s->stats);
     free(prefix);
     return s;

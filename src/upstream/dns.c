@@ -35,7 +35,6 @@ typedef struct st_target_state_t {
     ip_text_t *addrs; /* current addresses, in the order of the last answer */
     size_t n_addrs;
     uint64_t due_ms;
-    uint64_t backoff_ms; /* the next failure backoff's upper bound */
     unsigned inflight : 1;
     unsigned fallback : 1; /* the query for the other family (AUTO, V4_PREFERRED) */
     unsigned answered : 1; /* had an answer or a failure once */
@@ -50,6 +49,7 @@ struct st_lg_dns_cluster_t {
     unsigned has_channel : 1;
     unsigned changed : 1;
     unsigned destroying : 1; /* ares_destroy() may still call back, even with a success */
+    uint64_t backoff_ms;     /* the next failure backoff's upper bound: one per cluster, as Envoy */
     size_t n_answered, n_inflight;
     target_state_t *targets;
     lg_dns_cluster_t *next, **prevp; /* every resolver, for lg_dns_tick */
@@ -382,17 +382,17 @@ static int same_set(const ip_text_t *a, size_t na, const ip_text_t *b, size_t nb
     return 1;
 }
 
-static uint64_t failure_delay(target_state_t *t)
+static uint64_t failure_delay(lg_dns_cluster_t *d)
 {
-    const lg_dns_spec_t *s = t->owner->spec;
+    const lg_dns_spec_t *s = d->spec;
     if (s->failure_base_ms == 0)
         return s->refresh_ms;
     /* Envoy's JitteredExponentialBackOffStrategy: a random delay below the
      * bound, which doubles per failure up to max_interval */
-    if (t->backoff_ms == 0)
-        t->backoff_ms = s->failure_base_ms;
-    uint64_t bound = t->backoff_ms;
-    t->backoff_ms = t->backoff_ms > s->failure_max_ms / 2 ? s->failure_max_ms : t->backoff_ms * 2;
+    if (d->backoff_ms == 0)
+        d->backoff_ms = s->failure_base_ms;
+    uint64_t bound = d->backoff_ms;
+    d->backoff_ms = d->backoff_ms > s->failure_max_ms / 2 ? s->failure_max_ms : d->backoff_ms * 2;
     uint64_t delay = lg_random() % bound;
     return delay != 0 ? delay : 1;
 }
@@ -423,13 +423,13 @@ static void finish(target_state_t *t, int ok, ip_text_t *addrs, size_t n, uint64
             d->changed = 1;
             tick_changed = 1;
         }
-        t->backoff_ms = 0;
+        d->backoff_ms = 0;
         if (s->respect_ttl && n != 0 && ttl_s != 0)
             delay = ttl_s * 1000;
     } else {
         lg_stats_control_add(d->stats, LG_CLUSTER_STAT_update_failure, 1);
         free(addrs);
-        delay = failure_delay(t);
+        delay = failure_delay(d);
     }
     t->due_ms = now + delay;
     if (!t->answered) {
@@ -450,7 +450,8 @@ static void on_answer(void *arg, int status, int timeouts, struct ares_addrinfo 
     }
     size_t n = 0, cap = 0;
     ip_text_t *addrs = NULL;
-    uint64_t ttl = 0;
+    /* respect_dns_ttl: the smallest TTL (STRICT_DNS), the first address's (LOGICAL_DNS); 0 means the refresh rate */
+    uint64_t ttl = UINT64_MAX;
     for (struct ares_addrinfo_node *a = res != NULL ? res->nodes : NULL; a != NULL; a = a->ai_next) {
         ip_text_t text;
         if (a->ai_family == AF_INET)
@@ -469,8 +470,9 @@ static void on_answer(void *arg, int status, int timeouts, struct ares_addrinfo 
             addrs = lg_realloc(addrs, cap * sizeof(*addrs));
         }
         memcpy(addrs[n++], text, sizeof(text));
-        if (a->ai_ttl > 0 && (ttl == 0 || (uint64_t)a->ai_ttl < ttl))
-            ttl = (uint64_t)a->ai_ttl;
+        uint64_t a_ttl = a->ai_ttl > 0 ? (uint64_t)a->ai_ttl : 0;
+        if (d->spec->logical ? n == 1 : a_ttl < ttl)
+            ttl = a_ttl;
     }
     if (res != NULL)
         ares_freeaddrinfo(res);
@@ -485,7 +487,7 @@ static void on_answer(void *arg, int status, int timeouts, struct ares_addrinfo 
     }
     if (status != ARES_SUCCESS && !none)
         LG_DEBUG(dns, "cluster %s: resolving %s failed: %s", d->name, d->spec->targets[t->index].name, ares_strerror(status));
-    finish(t, status == ARES_SUCCESS || none || (t->fallback && t->first_ok), addrs, n, ttl);
+    finish(t, status == ARES_SUCCESS || none || (t->fallback && t->first_ok), addrs, n, ttl == UINT64_MAX ? 0 : ttl);
 }
 
 static void query(target_state_t *t, int family)

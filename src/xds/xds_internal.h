@@ -78,7 +78,10 @@ typedef struct st_lg__xds_sub_t lg__xds_sub_t;
 enum { LG__XDS_SUB_STATS(LG__XDS_SUB_STAT_ENUM) LG__XDS_SUB__COUNT };
 /* An EDS dep counts in its clusters' own blocks (LG_CLUSTER_EDS_STATS in cluster-t.h). */
 #define LG__XDS_EDS_STAT_ENUM(type, name) LG__XDS_EDS_##name = LG_CLUSTER_STAT_##name,
-enum { LG_CLUSTER_EDS_STATS(LG__XDS_EDS_STAT_ENUM) };
+enum {
+    LG_CLUSTER_EDS_STATS(LG__XDS_EDS_STAT_ENUM) LG__XDS_EDS_update_attempt = LG_CLUSTER_STAT_update_attempt,
+    LG__XDS_EDS_update_failure = LG_CLUSTER_STAT_update_failure,
+};
 /* ECDS: extension_config_discovery.http_filter.<name>.: the subscription stats, then Envoy's ECDS counters. */
 #define LG__XDS_ECDS_STATS(X) LG__XDS_SUB_STATS(X) X(COUNTER, config_reload) X(COUNTER, config_fail) X(COUNTER, config_conflict)
 #define LG__XDS_ECDS_STAT_ENUM(type, name) LG__XDS_ECDS_##name,

@@ -287,3 +287,32 @@ def test_control_plane_behind_a_strict_dns_cluster_serves_a_dns_cluster(xds_serv
     wait_for(lambda: stat(lg, "cluster_manager.cds.update_success") >= 1, timeout=10 * T, what="CDS over the DNS cluster")
     wait_for(lambda: upstream_of(listen_port) == "a", timeout=10 * T, what="traffic through the CDS DNS cluster")
     assert hosts_of(lg, "web") == {f"127.0.0.1:{u.port}": "localhost"}
+
+
+def test_cds_update_re_resolves_and_removal_stops_the_cluster(xds_server, legate, ports, dns, pair):
+    """A CDS update of a DNS cluster warms with its own answers while the old version serves; a
+    removed DNS cluster is gone from /clusters and its route answers 503, as for any cluster."""
+    a, b = pair
+    d = dns()
+    d.set(NAME, "127.0.0.2")
+    d.set("other.legate.test", "127.0.0.3")
+    xds = xds_server()
+    admin_port, listen_port = ports(2)
+    routes = dict(listeners=[rds_listener("ingress", listen_port, "r1")], routes=[route_config("r1", [("/", "web")])])
+    xds.update(clusters=[dns_cluster("web", [NAME], a.port, d)], **routes)
+    lg = legate(ads_bootstrap(admin_port, xds))
+    wait_for(lambda: upstream_of(listen_port) == "a", timeout=10 * T, what="the first DNS cluster version")
+
+    d.hold = True  # the new version's first answer waits: the old version keeps serving
+    xds.update(clusters=[dns_cluster("web", ["other.legate.test"], a.port, d)], **routes)
+    wait_for(lambda: d.count("other.legate.test") >= 1, timeout=10 * T, what="the new version's question")
+    assert stat(lg, "cluster_manager.warming_clusters") == 1
+    assert set(servers_seen(listen_port, 4)) == {"a"}, "the active version serves while the new one warms"
+    d.release()
+    wait_for(lambda: set(servers_seen(listen_port, 4)) == {"b"}, timeout=10 * T, what="the new version's host")
+    assert stat(lg, "cluster_manager.warming_clusters") == 0
+
+    xds.update(clusters=[], **routes)
+    wait_for(lambda: "web" not in {c["name"] for c in lg.admin.get("/clusters?format=json").json()["cluster_statuses"]},
+             timeout=10 * T, what="the cluster removed")
+    wait_for(lambda: get(listen_port)[0] == 503, timeout=10 * T, what="its route without a cluster")

@@ -297,7 +297,8 @@ def test_valid_clusters_applied_even_when_others_rejected(xds_server, legate, po
 
 def test_eds_cluster_subscription_stats(xds_server, legate, ports, upstream):
     """An EDS cluster lists its subscription's stats with its own (cluster.<name>.update_attempt,
-    update_rejected ...); a static cluster lists update_success but not those. A rejected load
+    update_rejected ...); a static cluster lists Envoy's config update stats (update_attempt,
+    update_success, update_failure, update_empty, update_no_rebuild), not the subscription's. A rejected load
     assignment counts there; a CDS update that makes the cluster static keeps its counters."""
     xds, lg, port, ups, v = start(xds_server, legate, ports, upstream)
     xds.wait_ack(ENDPOINT, v[ENDPOINT], timeout=5 * T)
@@ -307,7 +308,9 @@ def test_eds_cluster_subscription_stats(xds_server, legate, ports, upstream):
     assert a["update_rejected"] == 0 and a["update_failure"] == 0 and a["init_fetch_timeout"] == 0
     assert a["membership_total"] == 1 and a["membership_healthy"] == 1
     assert "cluster.xds_cluster.update_success" in s and "cluster.xds_cluster.membership_total" in s
-    for name in ("update_attempt", "update_failure", "update_rejected", "init_fetch_timeout"):
+    for name in ("update_attempt", "update_failure", "update_no_rebuild"):
+        assert f"cluster.xds_cluster.{name}" in s, f"every cluster lists {name}"
+    for name in ("update_rejected", "init_fetch_timeout"):
         assert f"cluster.xds_cluster.{name}" not in s, f"a static cluster does not list {name}"
 
     m = xds.mark()

@@ -78,9 +78,11 @@ _loaded = False
 
 
 def generate_protos(force=False):
-    """Runs tools/gen-py-protos.sh unless build/py is complete and newer than the script."""
+    """Runs tools/gen-py-protos.sh unless build/py is complete and newer than the script and
+    than proto/envoy-protos.txt (whose roots it also generates)."""
     stamp = os.path.join(PY_OUT, ".stamp")
-    if not force and os.path.exists(stamp) and os.path.getmtime(stamp) >= os.path.getmtime(GEN_SCRIPT):
+    inputs = (GEN_SCRIPT, os.path.join(REPO, "proto", "envoy-protos.txt"))
+    if not force and os.path.exists(stamp) and all(os.path.getmtime(stamp) >= os.path.getmtime(p) for p in inputs):
         return
     if not os.path.isdir(os.path.join(REPO, "build", "gen", ".src", "package", "deps", "envoy-api")):
         subprocess.run(["make", "-C", REPO, "build/gen/files.txt"], check=True, stdout=subprocess.DEVNULL)

@@ -316,8 +316,9 @@ static void test_eds(void)
     lg_cluster_config_release(st);
     st = compile("name: plain\ntype: STATIC\n", &err);
     ok(st != NULL && lg_stats_lookup("cluster.plain.update_success", &v) == 0 &&
-           lg_stats_lookup("cluster.plain.update_attempt", &v) != 0 && lg_stats_lookup("cluster.plain.update_rejected", &v) != 0,
-       "a static cluster lists update_success but not the EDS subscription's stats");
+           lg_stats_lookup("cluster.plain.update_attempt", &v) == 0 && lg_stats_lookup("cluster.plain.update_no_rebuild", &v) == 0 &&
+           lg_stats_lookup("cluster.plain.update_rejected", &v) != 0 && lg_stats_lookup("cluster.plain.init_fetch_timeout", &v) != 0,
+       "a static cluster lists Envoy's config update stats but not the EDS subscription's");
     lg_cluster_config_release(st);
     sa.address = "bad";
     lg_cluster_config_t *bad = lg_cluster_config_with_endpoints(cfg, &cla, &err);

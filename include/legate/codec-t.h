@@ -105,14 +105,21 @@ typedef struct st_lg_server_conn_ops_t {
     void (*drain)(lg_server_conn_t *c);
     /* Closes now, resetting every stream (their on_reset fires). */
     void (*close)(lg_server_conn_t *c);
+    int version; /* LG_HTTP_11 or LG_HTTP_2: the codec's, kept here so that the connection need not */
 } lg_server_conn_ops_t;
 
+/* 24 bytes: a codec's own fields follow without padding (an idle HTTP/1.1
+ * connection is one allocation, see h1_server.c). */
 struct st_lg_server_conn_t {
     const lg_server_conn_ops_t *ops;
     const lg_server_conn_cbs_t *cbs;
     void *ctx;
-    int version;
 };
+
+static inline int lg_server_conn_version(const lg_server_conn_t *c)
+{
+    return c->ops->version;
+}
 
 /* A client connection (upstream), owned by a connection pool. */
 typedef struct st_lg_client_conn_t lg_client_conn_t;

@@ -32,6 +32,7 @@ typedef enum en_lg_http_cache_class_t {
     LG_HTTP_CACHE_HCM_STREAM,
     LG_HTTP_CACHE_H1_SERVER_STREAM,
     LG_HTTP_CACHE_H1_CLIENT_STREAM,
+    LG_HTTP_CACHE_H1_SERVER_OUT, /* an h1 server connection's output state while it writes */
     LG_HTTP_CACHE_NUM_CLASSES
 } lg_http_cache_class_t;
 void *lg_http_cache_alloc(lg_http_cache_class_t cls, size_t size);

@@ -16,11 +16,14 @@
  * timeout entry wakes the loop for the whole wheel. */
 typedef struct st_lg_timer_t lg_timer_t;
 typedef void (*lg_timer_cb)(lg_timer_t *t);
+/* 32 bytes: the deadline and the slot share a word (loop time is wall-clock
+ * milliseconds, 41 bits today; later deadlines are clamped to LG__TIMER_NEVER). */
+#define LG__TIMER_NEVER ((UINT64_C(1) << 48) - 1)
 struct st_lg_timer_t {
     h2o_linklist_t _link; /* in a wheel slot while active */
-    uint64_t _deadline;   /* loop time (ms) it fires at, not before its slot's time; UINT64_MAX when armed for 0 ms */
     lg_timer_cb cb;
-    uint16_t _slot; /* level * 64 + slot in the wheel */
+    uint64_t _deadline : 48; /* loop time (ms) it fires at, not before its slot's time; LG__TIMER_NEVER when armed for 0 ms */
+    uint64_t _slot : 16;     /* level * 64 + slot in the wheel */
 };
 
 typedef struct st_lg_timer_wheel_t lg_timer_wheel_t;

@@ -414,7 +414,7 @@ static void drain_tick(lg_worker_t *w, drain_t *d, uint64_t now)
     for (h2o_linklist_t *l = st->conns.next, *next; l != &st->conns; l = next) {
         next = l->next;
         lg_hcm_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_hcm_conn_t, worker_link, l);
-        if (!c->draining && c->id < d->first_new_id && (lg_hcm_conn_codec(c)->version == LG_HTTP_2 || c->n_streams != 0) &&
+        if (!c->draining && c->id < d->first_new_id && (lg_server_conn_version(lg_hcm_conn_codec(c)) == LG_HTTP_2 || c->n_streams != 0) &&
             drain_covers(d, LG_NETWORK_FILTER_HCM, c->config) && lg_random() % left < step)
             drain_conn(c, "gradual drain");
     }

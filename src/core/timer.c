@@ -175,12 +175,12 @@ void lg__timer_start(lg_loop_t *l, lg_timer_t *t, uint64_t ms, lg_timer_cb cb)
     uint64_t now = h2o_now(l->loop), cur = w->cur;
     if (now < cur)
         now = cur; /* h2o's clock is the wall clock: when it goes back, wheel time stands still */
-    uint64_t deadline = ms > UINT64_MAX - now ? UINT64_MAX : now + ms;
+    uint64_t deadline = now >= LG__TIMER_NEVER || ms > LG__TIMER_NEVER - now ? LG__TIMER_NEVER : now + ms;
     t->cb = cb;
     if (ms == 0) {
         if (h2o_linklist_is_linked(&t->_link))
             lg__timer_unlink(t);
-        t->_deadline = UINT64_MAX; /* no lazy re-arm in lg_timer_start(): re-armed, it leaves this list */
+        t->_deadline = LG__TIMER_NEVER; /* no lazy re-arm in lg_timer_start(): re-armed, it leaves this list */
         t->_slot = ZERO_SLOT;
         h2o_linklist_insert(w->slots + ZERO_SLOT, &t->_link);
         if (w->wake_at != 0)

@@ -93,17 +93,23 @@ static h2o_iovec_t date_header(void)
 
 /* ---- connections ---- */
 
+/* The start of an HTTP/2 connection's tail (the tail is raw memory: no aliasing of its words). */
+static lg_hcm_h2_part_t *h2_part(lg_hcm_conn_t *c)
+{
+    return (lg_hcm_h2_part_t *)(void *)c->tail;
+}
+
 /* HTTP/2 only (HTTP/1.1: the codec's timer runs it) */
 static lg_timer_t *conn_idle_timer(lg_hcm_conn_t *c)
 {
-    return &((lg_hcm_h2_part_t *)c->tail)->idle_timer;
+    return &h2_part(c)->idle_timer;
 }
 
 static lg_server_conn_t *conn_codec(lg_hcm_conn_t *c)
 {
     if (c->with_codec)
         return (lg_server_conn_t *)((char *)c - lg_h1_server_ctx_offset);
-    return ((lg_hcm_h2_part_t *)c->tail)->codec;
+    return h2_part(c)->codec;
 }
 
 lg_server_conn_t *lg_hcm_conn_codec(lg_hcm_conn_t *c)
@@ -263,7 +269,7 @@ lg_hcm_conn_t *lg_hcm_conn_new(lg_worker_t *w, const lg_listener_config_t *l, co
         lg_h2_options_t opts = {.allow_connect = cfg->h2_allow_connect,
                                 .stream_error_on_invalid_http_messaging = cfg->h2_stream_error_on_invalid,
                                 .request_headers_timeout_ms = (uint32_t)cfg->request_headers_timeout_ms};
-        ((lg_hcm_h2_part_t *)c->tail)->codec = lg_h2_server_conn_new_ex(&w->loop, sock, &cfg->h2, &opts, &conn_cbs, c);
+        h2_part(c)->codec = lg_h2_server_conn_new_ex(&w->loop, sock, &cfg->h2, &opts, &conn_cbs, c);
     } else {
         lg_h1_server_settings_t s;
         lg_h1_server_settings_init(&s);
@@ -304,7 +310,7 @@ static void on_conn_close(lg_server_conn_t *codec)
     STAT_INC(c, downstream_cx_destroy);
     lg_stats_histogram_record(c->config->stats, c->worker->index, LG_HCM_STAT_downstream_cx_length_ms, lg_now_ms() - c->start_ms);
     STAT_DEC(c, downstream_cx_active);
-    if (codec->version == LG_HTTP_2)
+    if (lg_server_conn_version(codec) == LG_HTTP_2)
         STAT_DEC(c, downstream_cx_http2_active);
     else
         STAT_DEC(c, downstream_cx_http1_active);

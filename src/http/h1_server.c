@@ -16,8 +16,10 @@
  * replies in the spare stream's, chunk headers in the batch's scratch blocks.
  *
  * Memory: an idle keep-alive connection holds this struct only (no stream, no
- * batch memory, settings shared); h2o frees the socket's input buffer once it
- * is consumed.
+ * output state, settings shared); h2o frees the socket's input buffer once it
+ * is consumed. The output state (lg_h1_out_t: the batches and their iovecs)
+ * comes from the thread's cache when something is queued and goes back once
+ * everything is written and no stream runs.
  *
  * Reentrancy: every entry point (socket and timer callbacks, ops) holds
  * `depth`; a closed connection and detached streams are freed when it drops
@@ -50,6 +52,16 @@ typedef struct st_lg_h1_batch_t {
     lg_h1_scratch_t *scratch;
     size_t body_bytes; /* caller bytes in this batch, reported by on_data_sent */
 } lg_h1_batch_t;
+
+/* The output state, held only while something is queued or being written. */
+typedef struct st_lg_h1_out_t {
+    /* the pending batch's iovecs: bufs_inline, or an array while a response needs more */
+    h2o_iovec_t *bufs;
+    uint32_t nbufs;        /* iovecs in bufs */
+    uint32_t bufs_cap_log2; /* bufs holds 1 << bufs_cap_log2 iovecs */
+    lg_h1_batch_t pending, inflight;
+    h2o_iovec_t bufs_inline[4]; /* 1 << 2 */
+} lg_h1_out_t;
 
 struct st_lg_h1_server_stream_t {
     lg_stream_t super;
@@ -89,15 +101,10 @@ struct st_lg_h1_server_conn_t {
     unsigned flush_due : 1;     /* a response head waits for its first body bytes */
     unsigned dirty : 1;         /* the pending batch has something to write or to report (bufs may be empty) */
     unsigned writing : 1;       /* the inflight batch is being written */
-    unsigned bufs_cap_log2 : 5; /* bufs holds 1 << bufs_cap_log2 iovecs */
     uint32_t unconsumed;        /* delivered body bytes not consumed yet (at most buffer_limit) */
-    uint32_t nbufs;             /* iovecs in bufs */
     uint32_t last_len;          /* input length at the last incomplete head (< the head size limit) */
     uint32_t parsed;            /* see the top of the file (< buffer_limit + one read) */
-    /* the pending batch's iovecs: bufs_inline, or an array while a response needs more */
-    h2o_iovec_t *bufs;
-    h2o_iovec_t bufs_inline[2]; /* 1 << 1 */
-    lg_h1_batch_t pending, inflight;
+    lg_h1_out_t *out;           /* while dirty, writing or a stream runs (see out_get) */
     /* One timer, by its callback: on_defer (0 ms: work for the end of this loop
      * turn, resume_due / flush_due; only while a stream runs or before the first
      * parse), on_headers_timeout (request_headers_timeout while a head is
@@ -242,14 +249,29 @@ static void batch_reset(lg_h1_batch_t *b)
     b->body_bytes = 0;
 }
 
-/* Back to the inline iovecs (none is pending). */
-static void bufs_shrink(lg_h1_server_conn_t *c)
+static lg_h1_out_t *out_get(lg_h1_server_conn_t *c)
 {
-    if (c->bufs != c->bufs_inline) {
-        free(c->bufs);
-        c->bufs = c->bufs_inline;
-        c->bufs_cap_log2 = 1;
+    if (c->out == NULL) {
+        lg_h1_out_t *o = lg_http_cache_alloc(LG_HTTP_CACHE_H1_SERVER_OUT, sizeof(*o));
+        o->bufs = o->bufs_inline;
+        o->bufs_cap_log2 = 2;
+        c->out = o;
     }
+    return c->out;
+}
+
+/* Gives the output state back to the thread's cache; nothing may be queued or in flight. */
+static void out_put(lg_h1_server_conn_t *c)
+{
+    lg_h1_out_t *o = c->out;
+    if (o == NULL)
+        return;
+    batch_reset(&o->pending);
+    batch_reset(&o->inflight);
+    if (o->bufs != o->bufs_inline)
+        free(o->bufs);
+    lg_http_cache_free(LG_HTTP_CACHE_H1_SERVER_OUT, o);
+    c->out = NULL;
 }
 
 static void destroy(lg_h1_server_conn_t *c)
@@ -257,9 +279,7 @@ static void destroy(lg_h1_server_conn_t *c)
     settings_release(c->settings);
     if (c->spare != NULL)
         stream_free(c->spare);
-    batch_reset(&c->pending);
-    batch_reset(&c->inflight);
-    bufs_shrink(c);
+    out_put(c);
     free(c);
 }
 
@@ -418,17 +438,17 @@ static void schedule_resume(lg_h1_server_conn_t *c)
 
 static void out_push(lg_h1_server_conn_t *c, h2o_iovec_t v)
 {
-    if (c->nbufs == 1u << c->bufs_cap_log2) {
-        unsigned log2 = c->bufs_cap_log2 < 3 ? 3 : c->bufs_cap_log2 + 1;
-        uint32_t cap = 1u << log2;
+    lg_h1_out_t *o = out_get(c);
+    if (o->nbufs == 1u << o->bufs_cap_log2) {
+        uint32_t log2 = o->bufs_cap_log2 + 1, cap = 1u << log2;
         h2o_iovec_t *bufs = lg_malloc(cap * sizeof(*bufs));
-        memcpy(bufs, c->bufs, c->nbufs * sizeof(*bufs));
-        if (c->bufs != c->bufs_inline)
-            free(c->bufs);
-        c->bufs = bufs;
-        c->bufs_cap_log2 = log2;
+        memcpy(bufs, o->bufs, o->nbufs * sizeof(*bufs));
+        if (o->bufs != o->bufs_inline)
+            free(o->bufs);
+        o->bufs = bufs;
+        o->bufs_cap_log2 = log2;
     }
-    c->bufs[c->nbufs++] = v;
+    o->bufs[o->nbufs++] = v;
     c->dirty = 1;
 }
 
@@ -467,13 +487,14 @@ static void flush(lg_h1_server_conn_t *c)
     }
     if (c->closed || c->lingering || c->writing || !c->dirty)
         return;
-    c->inflight = c->pending;
-    c->pending = (lg_h1_batch_t){NULL, 0};
+    lg_h1_out_t *o = out_get(c);
+    o->inflight = o->pending;
+    o->pending = (lg_h1_batch_t){NULL, 0};
     c->writing = 1;
     c->dirty = 0;
-    size_t n = c->nbufs;
-    c->nbufs = 0; /* h2o copies the iovecs it still needs */
-    h2o_socket_write(c->sock, c->bufs, n, on_write_complete);
+    size_t n = o->nbufs;
+    o->nbufs = 0; /* h2o copies the iovecs it still needs */
+    h2o_socket_write(c->sock, o->bufs, n, on_write_complete);
 }
 
 /* A response head without end_stream waits for the first body bytes (or
@@ -492,7 +513,7 @@ static void finish_stream(lg_h1_server_conn_t *c)
     lg_h1_server_stream_t *s = c->stream;
     int keep_alive = !s->will_close && s->req_done && !c->draining;
     detach_stream(c);
-    bufs_shrink(c); /* everything is written */
+    out_put(c); /* everything is written */
     s->super.cbs->on_complete(&s->super);
     if (c->closed)
         return;
@@ -520,8 +541,8 @@ static void on_flushed(lg_h1_server_conn_t *c)
 static void on_write_complete(h2o_socket_t *sock, const char *err)
 {
     lg_h1_server_conn_t *c = sock->data;
-    size_t sent = c->inflight.body_bytes;
-    batch_reset(&c->inflight);
+    size_t sent = c->out->inflight.body_bytes;
+    batch_reset(&c->out->inflight);
     c->writing = 0;
     enter(c);
     if (err != NULL) {
@@ -532,6 +553,8 @@ static void on_write_complete(h2o_socket_t *sock, const char *err)
         flush(c);
         if (!c->closed && !c->writing)
             on_flushed(c);
+        if (!c->closed && !c->writing && !c->dirty && c->stream == NULL)
+            out_put(c); /* a codec reply written, or a stream finished: nothing queued */
     }
     leave(c);
 }
@@ -958,12 +981,12 @@ static void stream_send_data(lg_stream_t *_s, h2o_iovec_t data, int end_stream)
 {
     lg_h1_server_stream_t *s = (lg_h1_server_stream_t *)_s;
     lg_h1_server_conn_t *c = s->conn;
-    lg_h1_batch_t *o = &c->pending;
     if (s->detached)
         return;
     assert(s->resp_started && !s->resp_done);
     enter(c);
     if (data.len != 0) {
+        lg_h1_batch_t *o = &out_get(c)->pending;
         o->body_bytes += data.len;
         c->dirty = 1;
         if (s->no_body_out) {
@@ -1074,7 +1097,7 @@ static void conn_close(lg_server_conn_t *_c)
     leave(c);
 }
 
-static const lg_server_conn_ops_t conn_ops = {.drain = conn_drain, .close = conn_close};
+static const lg_server_conn_ops_t conn_ops = {.drain = conn_drain, .close = conn_close, .version = LG_HTTP_11};
 
 /* The owner's area follows the connection, aligned for pointers and 64-bit integers. */
 #define CTX_OFFSET ((sizeof(lg_h1_server_conn_t) + 7) & ~(size_t)7)
@@ -1084,11 +1107,9 @@ static lg_server_conn_t *conn_new(lg_loop_t *loop, h2o_socket_t *sock, const lg_
                                   const lg_server_conn_cbs_t *cbs, void *ctx, size_t ctx_size)
 {
     lg_h1_server_conn_t *c = lg_calloc(1, CTX_OFFSET + ctx_size);
-    c->super = (lg_server_conn_t){&conn_ops, cbs, ctx_size != 0 ? (char *)c + CTX_OFFSET : ctx, LG_HTTP_11};
+    c->super = (lg_server_conn_t){&conn_ops, cbs, ctx_size != 0 ? (char *)c + CTX_OFFSET : ctx};
     c->sock = sock;
     c->settings = settings_intern(settings, loop);
-    c->bufs = c->bufs_inline;
-    c->bufs_cap_log2 = 1;
     sock->data = c;
     if (h2o_socket_is_reading(sock))
         h2o_socket_read_stop(sock); /* a listener filter's callback */

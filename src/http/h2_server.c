@@ -36,7 +36,7 @@ static void conn_close(lg_server_conn_t *c)
     }
 }
 
-static const lg_server_conn_ops_t server_ops = {conn_drain, conn_close};
+static const lg_server_conn_ops_t server_ops = {conn_drain, conn_close, LG_HTTP_2};
 
 void lg__h2_server_send_head(lg__h2_stream_t *s, lg_resp_head_t *head, int end_stream)
 {
@@ -63,7 +63,7 @@ lg_server_conn_t *lg_h2_server_conn_new_ex(lg_loop_t *loop, h2o_socket_t *sock, 
                                            const lg_h2_options_t *options, const lg_server_conn_cbs_t *cbs, void *ctx)
 {
     lg__h2_conn_t *conn = lg_calloc(1, sizeof(*conn));
-    conn->super.server = (lg_server_conn_t){&server_ops, cbs, ctx, LG_HTTP_2};
+    conn->super.server = (lg_server_conn_t){&server_ops, cbs, ctx};
     if (lg__h2_conn_init(conn, 1, loop, sock, settings, options) != 0) {
         free(conn);
         return NULL;

@@ -26,7 +26,7 @@ void lg__timer_unlink(lg_timer_t *t);
 static inline void lg_timer_start(lg_loop_t *l, lg_timer_t *t, uint64_t ms, lg_timer_cb cb)
 {
     uint64_t deadline;
-    if (lg_timer_is_active(t) && !__builtin_add_overflow(h2o_now(l->loop), ms, &deadline) && deadline < LG__TIMER_NEVER &&
+    if (lg_timer_is_active(t) && !__builtin_add_overflow(h2o_now(l->loop), ms, &deadline) && deadline != LG__TIMER_DEFERRED &&
         deadline >= t->_deadline) {
         t->_deadline = deadline;
         t->cb = cb;

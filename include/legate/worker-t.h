@@ -16,14 +16,13 @@
  * timeout entry wakes the loop for the whole wheel. */
 typedef struct st_lg_timer_t lg_timer_t;
 typedef void (*lg_timer_cb)(lg_timer_t *t);
-/* 32 bytes: the deadline and the slot share a word (loop time is wall-clock
- * milliseconds, 41 bits today; later deadlines are clamped to LG__TIMER_NEVER). */
-#define LG__TIMER_NEVER ((UINT64_C(1) << 48) - 1)
+/* 32 bytes: a timer does not store its wheel slot (the wheel finds it from the
+ * slot's anchor, see lg__timer_unlink). */
+#define LG__TIMER_DEFERRED UINT64_MAX /* the deadline of a timer armed for 0 ms; others are below */
 struct st_lg_timer_t {
     h2o_linklist_t _link; /* in a wheel slot while active */
     lg_timer_cb cb;
-    uint64_t _deadline : 48; /* loop time (ms) it fires at, not before its slot's time; LG__TIMER_NEVER when armed for 0 ms */
-    uint64_t _slot : 16;     /* level * 64 + slot in the wheel */
+    uint64_t _deadline; /* loop time (ms) it fires at, not before its slot's time; LG__TIMER_DEFERRED when armed for 0 ms */
 };
 
 typedef struct st_lg_timer_wheel_t lg_timer_wheel_t;

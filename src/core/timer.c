@@ -11,9 +11,12 @@
  * a 0 ms h2o_timeout_t whose registered_at is set to that time: h2o fires it
  * once its loop time reaches it, and computes epoll's wait from it.
  *
- * Re-arming is lazy: a timer re-armed to a deadline not before its slot's time
+ * Re-arming is lazy: a timer re-armed to a deadline not before its current one
  * stays in its slot with the new deadline, and is re-filed when the slot comes
  * due. Idle timeouts touched on every event are then a compare and a store.
+ * A timer does not store its slot: wheels are WHEEL_ALIGN-aligned, so the
+ * anchor of a slot (the next link of the last timer in it) gives the wheel
+ * and the slot's index.
  *
  * Timers armed for 0 ms (deferred work) sit in a list of their own, run first
  * in a timer phase.
@@ -25,6 +28,8 @@
 #define WHEEL_SLOTS (1u << WHEEL_BITS)
 #define WHEEL_LEVELS 11                        /* 66 bits: every 64-bit time */
 #define ZERO_SLOT (WHEEL_LEVELS * WHEEL_SLOTS) /* the timers armed for 0 ms */
+/* A wheel is allocated at this alignment, so a slot's anchor gives its wheel. */
+#define WHEEL_ALIGN 16384
 
 struct st_lg_timer_wheel_t {
     h2o_loop_t *loop;
@@ -45,7 +50,13 @@ static void on_driver(h2o_timeout_entry_t *e);
 
 void lg_loop_init(lg_loop_t *l, h2o_loop_t *loop)
 {
-    lg_timer_wheel_t *w = lg_calloc(1, sizeof(*w));
+    _Static_assert(sizeof(lg_timer_wheel_t) <= WHEEL_ALIGN, "a wheel fits its alignment");
+    lg_timer_wheel_t *w = aligned_alloc(WHEEL_ALIGN, WHEEL_ALIGN);
+    if (w == NULL) {
+        fprintf(stderr, "legate: out of memory allocating a timer wheel\n");
+        abort();
+    }
+    memset(w, 0, sizeof(*w));
     w->loop = loop;
     w->cur = h2o_now(loop);
     w->wake_at = UINT64_MAX;
@@ -132,7 +143,6 @@ static inline void file(lg_timer_wheel_t *w, lg_timer_t *t, uint64_t at)
         unsigned level = (63 - (unsigned)__builtin_clzll(diff)) / WHEEL_BITS, shift = level * WHEEL_BITS;
         slot = level * WHEEL_SLOTS + (unsigned)(at >> shift) % WHEEL_SLOTS;
     }
-    t->_slot = (uint16_t)slot;
     h2o_linklist_insert(w->slots + slot, &t->_link);
     w->occupied[slot / WHEEL_SLOTS] |= 1ull << slot % WHEEL_SLOTS;
     if (at < w->wake_at)
@@ -141,24 +151,25 @@ static inline void file(lg_timer_wheel_t *w, lg_timer_t *t, uint64_t at)
 
 void lg__timer_unlink(lg_timer_t *t)
 {
-    h2o_linklist_t *anchor = t->_link.next;
+    h2o_linklist_t *anchor = t->_link.next; /* the slot's anchor when t is the last timer in it */
     int was_last = anchor == t->_link.prev;
     h2o_linklist_unlink(&t->_link);
     if (!was_last)
         return;
-    if (t->_slot == ZERO_SLOT)
+    if (t->_deadline == LG__TIMER_DEFERRED)
         return; /* its wake-up is due: this turn's timer phase recomputes it */
-    lg_timer_wheel_t *w = H2O_STRUCT_FROM_MEMBER(lg_timer_wheel_t, slots, anchor - t->_slot);
-    w->occupied[t->_slot / WHEEL_SLOTS] &= ~(1ull << t->_slot % WHEEL_SLOTS);
+    lg_timer_wheel_t *w = (lg_timer_wheel_t *)((uintptr_t)anchor & ~(uintptr_t)(WHEEL_ALIGN - 1));
+    unsigned slot = (unsigned)(anchor - w->slots);
+    w->occupied[slot / WHEEL_SLOTS] &= ~(1ull << slot % WHEEL_SLOTS);
     /* a wake-up due now is left alone: the driver runs in this turn's timer phase anyway */
     if (w->wake_at > h2o_now(w->loop))
         set_wake(w, wake_time(w));
 }
 
-/* lg__timer_start() on an active timer: in place when its slot comes due first, else re-filed. */
+/* lg__timer_start() on an active timer: in place when it moves later (its slot comes due first), else re-filed. */
 __attribute__((noinline)) static void rearm(lg_timer_wheel_t *w, lg_timer_t *t, uint64_t deadline)
 {
-    if (t->_slot != ZERO_SLOT && (deadline >= t->_deadline || deadline >= slot_time(w, t->_slot))) {
+    if (t->_deadline != LG__TIMER_DEFERRED && deadline >= t->_deadline) {
         t->_deadline = deadline;
         if (deadline < w->wake_at)
             set_wake(w, deadline);
@@ -175,13 +186,12 @@ void lg__timer_start(lg_loop_t *l, lg_timer_t *t, uint64_t ms, lg_timer_cb cb)
     uint64_t now = h2o_now(l->loop), cur = w->cur;
     if (now < cur)
         now = cur; /* h2o's clock is the wall clock: when it goes back, wheel time stands still */
-    uint64_t deadline = now >= LG__TIMER_NEVER || ms > LG__TIMER_NEVER - now ? LG__TIMER_NEVER : now + ms;
+    uint64_t deadline = ms >= LG__TIMER_DEFERRED - now ? LG__TIMER_DEFERRED - 1 : now + ms;
     t->cb = cb;
     if (ms == 0) {
         if (h2o_linklist_is_linked(&t->_link))
             lg__timer_unlink(t);
-        t->_deadline = LG__TIMER_NEVER; /* no lazy re-arm in lg_timer_start(): re-armed, it leaves this list */
-        t->_slot = ZERO_SLOT;
+        t->_deadline = LG__TIMER_DEFERRED; /* no lazy re-arm in lg_timer_start(): re-armed, it leaves this list */
         h2o_linklist_insert(w->slots + ZERO_SLOT, &t->_link);
         if (w->wake_at != 0)
             set_wake(w, 0);

@@ -52,6 +52,9 @@ void lg_access_log_configure(size_t concurrency, uint64_t flush_interval_ms);
  * stderr are left alone. Not from a worker. */
 void lg_access_log_reopen(void);
 /* Writes what is buffered now. Not from a worker. */
+/* Starts the flusher thread now rather than with the first file (before the
+ * caller changes its scheduling, which threads it starts later inherit). */
+void lg_access_log_start(void);
 void lg_access_log_flush(void);
 /* Stops the flusher, writes what is left, closes and frees every file and
  * unregisters /reopen_logs. Call once the workers have stopped: compiled logs

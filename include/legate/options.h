@@ -10,6 +10,13 @@
 
 typedef enum en_lg_mode_t { LG_MODE_SERVE, LG_MODE_VALIDATE, LG_MODE_INIT_ONLY } lg_mode_t;
 
+/* How the control thread yields the CPU to the workers (see server.c, yield_to_workers). */
+typedef enum en_lg_control_priority_t {
+    LG_CONTROL_PRIORITY_NICE,   /* nice +10 (the default) */
+    LG_CONTROL_PRIORITY_IDLE,   /* SCHED_IDLE */
+    LG_CONTROL_PRIORITY_NORMAL, /* as the workers, like Envoy's main thread */
+} lg_control_priority_t;
+
 typedef struct st_lg_options_t {
     const char *config_path;
     const char *config_yaml;
@@ -34,6 +41,7 @@ typedef struct st_lg_options_t {
     unsigned file_flush_interval_msec;
     const char *admin_address_path;
     unsigned restart_epoch;
+    lg_control_priority_t control_thread_priority; /* --control-thread-priority (Legate's own flag) */
     int argc;
     char **argv;
 } lg_options_t;

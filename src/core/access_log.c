@@ -275,6 +275,13 @@ void lg_access_log_configure(size_t concurrency, uint64_t flush_interval_ms)
     lg_admin_register("/reopen_logs", "reopen access logs", 1, admin_reopen_logs, NULL);
 }
 
+void lg_access_log_start(void)
+{
+    pthread_mutex_lock(&al.lock);
+    flusher_start_locked();
+    pthread_mutex_unlock(&al.lock);
+}
+
 void lg_access_log_flush(void)
 {
     pthread_mutex_lock(&al.lock);

@@ -9,10 +9,12 @@
  * only as snapshots posted through their message queues; a worker opens and
  * closes its accept sockets to match each snapshot's listeners.
  */
+#define _GNU_SOURCE /* SCHED_IDLE */
 #include <errno.h>
 #include <malloc.h>
 #include <semaphore.h>
 #include <signal.h>
+#include <sched.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -1101,19 +1103,30 @@ static void go_live(void)
 
 /* The control thread decodes and compiles config updates; when it shares a
  * core with a worker (a pod with one CPU), a 10,000-cluster push keeps it busy
- * for a tenth of a second. It runs at nice +10, so that a contended core goes
- * mostly to traffic while updates still get about a tenth of it when every
- * worker is saturated (Envoy's main thread runs at the workers' priority).
- * Measured on the bench machine (bench/README.md, "Latency beside a busy
- * control thread"): beside a thread that is busy without pause, nice 19 keeps
- * the worker's p99 where it is idle and nice 10 does not; beside one that
- * runs in bursts, as updates do, neither nice 19 nor SCHED_IDLE helps, so the
- * stronger setting would only starve updates under overload. Linux's nice is
- * per thread: workers started earlier keep theirs, threads started later by
- * this one inherit it. */
-static void yield_to_workers(void)
+ * for a tenth of a second. By default it runs at nice +10, so that a contended
+ * core goes mostly to traffic while updates still get about a tenth of it when
+ * every worker is saturated (Envoy's main thread runs at the workers'
+ * priority: --control-thread-priority normal). With `idle` it runs SCHED_IDLE:
+ * a worker that wakes preempts it at once. On the bench machine that lowers
+ * the p99 of requests during back-to-back 10,000-route RDS pushes on a shared
+ * core from ~4.4 ms to 2.0-2.8 ms (idle p99 1.0-1.5 ms; bench/README.md,
+ * "Control thread priority (session 6)"), but a saturated core leaves the
+ * control thread ~0.3% of it, so updates wait while every worker is busy. Scheduling is per thread:
+ * workers, the admin thread and the access log flusher started earlier keep
+ * theirs; threads started later by this one (gRPC's) inherit it, and an
+ * unprivileged thread cannot take it back. */
+static void yield_to_workers(lg_control_priority_t prio)
 {
     pid_t tid = (pid_t)syscall(SYS_gettid);
+    if (prio == LG_CONTROL_PRIORITY_IDLE) {
+        struct sched_param param = {0};
+        lg_access_log_start(); /* the flusher must not inherit SCHED_IDLE */
+        if (sched_setscheduler(0, SCHED_IDLE, &param) != 0)
+            LG_WARN(main, "--control-thread-priority idle: sched_setscheduler: %s", strerror(errno));
+        return;
+    }
+    if (prio != LG_CONTROL_PRIORITY_NICE)
+        return;
     errno = 0;
     int nice = getpriority(PRIO_PROCESS, (id_t)tid);
     if (errno == 0 && setpriority(PRIO_PROCESS, (id_t)tid, nice + 10 > 19 ? 19 : nice + 10) != 0)
@@ -1262,7 +1275,7 @@ int lg_server_run(const lg_options_t *o)
     lg_stats_control_add(srv.cluster_manager_stats, LG_CLUSTER_MANAGER_STAT_cluster_added, (int64_t)snap->n_clusters);
     lg_xds_start(srv.xds);
 
-    yield_to_workers();
+    yield_to_workers(o->control_thread_priority);
     control_loop();
 
     lg_stats_server_set_state(LG_SERVER_DRAINING);

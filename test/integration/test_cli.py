@@ -5,6 +5,7 @@ Envoy prints "configuration '<path>' OK" and exits 0 for a valid config in
 an error otherwise, and never binds listeners in validate mode.
 """
 import json
+import os
 import re
 import socket
 
@@ -14,6 +15,7 @@ from lib import config as cfg
 from lib.clients import curl
 from lib.legate import run_legate, write_yaml
 from lib.ports import free_port, is_listening
+from lib.wait import wait_for
 
 ISSUE_FLAGS = [
     "--config-path", "--config-yaml", "--mode", "--concurrency", "--log-level", "--component-log-level",
@@ -255,3 +257,36 @@ def test_log_path_receives_logs(legate, upstream, tmp_path):
     assert lg.admin.ready()
     assert lg.stop() == []
     assert log.exists() and log.read_text().strip(), "--log-path file is empty"
+
+
+def thread_sched(pid, tid):
+    """(policy, nice) of one thread of pid."""
+    fields = open(f"/proc/{pid}/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+    return os.sched_getscheduler(int(tid)), int(fields[16])
+
+
+@pytest.mark.parametrize("flag,policy,nice", [(None, os.SCHED_OTHER, 10), ("idle", os.SCHED_IDLE, 0),
+                                              ("normal", os.SCHED_OTHER, 0)], ids=["default_nice", "idle", "normal"])
+def test_control_thread_priority(legate, ports, flag, policy, nice):
+    """--control-thread-priority (Legate's own flag): the control thread (the main
+    one) yields to the workers by nice +10 (default), SCHED_IDLE, or not at all;
+    every other thread (workers, admin, the access log flusher) keeps the
+    default, and traffic flows."""
+    rc = cfg.route_config([cfg.vhost("local", [cfg.route(route_extra={
+        "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}})])])
+    lg = legate(cfg.bootstrap(ports(), listeners=[cfg.http_listener("ingress", ports(), rc)]),
+                args=["--control-thread-priority", flag] if flag else [])
+    pid = lg.proc.pid
+    wait_for(lambda: thread_sched(pid, pid) == (policy, nice), timeout=10,
+             what=f"the control thread at {(policy, nice)}, not {thread_sched(pid, pid)}")
+    others = {tid: thread_sched(pid, tid) for tid in os.listdir(f"/proc/{pid}/task") if int(tid) != pid}
+    assert len(others) >= 3, others  # two workers and the admin thread at least
+    assert all(s == (os.SCHED_OTHER, 0) for s in others.values()), others
+    r = curl(f"http://127.0.0.1:{lg.listener_port()}/")
+    assert (r.status, r.body) == (200, b"ok\n"), (r.status, r.body)
+
+
+def test_control_thread_priority_rejects_other_values(tmp_path):
+    r = run_legate(["--control-thread-priority", "high", "-c", str(tmp_path / "none.yaml")])
+    assert r.returncode == 1, out_of(r)
+    assert "--control-thread-priority" in out_of(r) and "'high'" in out_of(r), out_of(r)

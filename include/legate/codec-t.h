@@ -91,8 +91,10 @@ struct st_lg_stream_t {
 typedef struct st_lg_server_conn_t lg_server_conn_t;
 typedef struct st_lg_server_conn_cbs_t {
     void (*on_new_stream)(lg_server_conn_t *c, lg_stream_t *s);
-    /* The connection closed; no stream remains. */
-    void (*on_close)(lg_server_conn_t *c);
+    /* The connection closed; no stream remains. `remote`: the peer closed it
+     * or its socket failed (Envoy's RemoteClose), else Legate did (LocalClose);
+     * `active_rq`: streams were still open when it closed (they were reset). */
+    void (*on_close)(lg_server_conn_t *c, int remote, int active_rq);
     /* A codec-level error that killed the connection or a request before a
      * stream existed (bad request line ...): for stats and access logs. The
      * codec has already answered as Envoy does (400/431 on h1, GOAWAY on h2). */

@@ -196,6 +196,7 @@ struct st_lg__h2_conn_t {
     unsigned depth;
     lg__h2_state_t state;
     int close_requested, peer_gone, write_in_flight, pending_read, goaway_received, goaway_notified, drain_sent, done_pending;
+    int streams_at_close; /* streams were open when the connection started closing (active_rq) */
     lg_reset_reason_t close_reason;
     const char *close_detail; /* why the connection closed */
     const char *codec_error;  /* set when on_codec_error is due */

@@ -46,6 +46,8 @@ typedef enum en_lg_escaped_slashes_t {
     X(COUNTER, downstream_cx_destroy_remote)                  \
     X(COUNTER, downstream_cx_destroy_local)                   \
     X(COUNTER, downstream_cx_destroy_active_rq)               \
+    X(COUNTER, downstream_cx_destroy_local_active_rq)         \
+    X(COUNTER, downstream_cx_destroy_remote_active_rq)        \
     X(COUNTER, downstream_cx_protocol_error)                  \
     X(COUNTER, downstream_cx_idle_timeout)                    \
     X(COUNTER, downstream_cx_drain_close)                     \

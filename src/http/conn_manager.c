@@ -301,13 +301,24 @@ void lg_hcm_conn_drain(lg_hcm_conn_t *c)
     codec->ops->drain(codec);
 }
 
-static void on_conn_close(lg_server_conn_t *codec)
+static void on_conn_close(lg_server_conn_t *codec, int remote, int active_rq)
 {
     lg_hcm_conn_t *c = codec->ctx;
     c->closed = 1;
     if (!c->with_codec)
         lg_timer_stop(conn_idle_timer(c));
     STAT_INC(c, downstream_cx_destroy);
+    if (remote)
+        STAT_INC(c, downstream_cx_destroy_remote);
+    else
+        STAT_INC(c, downstream_cx_destroy_local);
+    if (active_rq) {
+        STAT_INC(c, downstream_cx_destroy_active_rq);
+        if (remote)
+            STAT_INC(c, downstream_cx_destroy_remote_active_rq);
+        else
+            STAT_INC(c, downstream_cx_destroy_local_active_rq);
+    }
     lg_stats_histogram_record(c->config->stats, c->worker->index, LG_HCM_STAT_downstream_cx_length_ms, lg_now_ms() - c->start_ms);
     STAT_DEC(c, downstream_cx_active);
     if (lg_server_conn_version(codec) == LG_HTTP_2)

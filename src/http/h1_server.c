@@ -327,8 +327,9 @@ static lg_h1_server_stream_t *detach_stream(lg_h1_server_conn_t *c)
     return s;
 }
 
-/* Closes the socket at once: queued output is dropped, the stream (if any) is reset. */
-static void close_now(lg_h1_server_conn_t *c, lg_reset_reason_t reason, const char *details)
+/* Closes the socket at once: queued output is dropped, the stream (if any) is
+ * reset. `remote`: the client closed or its socket failed (Envoy's RemoteClose). */
+static void close_now(lg_h1_server_conn_t *c, int remote, lg_reset_reason_t reason, const char *details)
 {
     if (c->closed)
         return;
@@ -340,14 +341,14 @@ static void close_now(lg_h1_server_conn_t *c, lg_reset_reason_t reason, const ch
     c->writing = 0;
     if (s != NULL)
         s->super.cbs->on_reset(&s->super, reason, details);
-    c->super.cbs->on_close(&c->super);
+    c->super.cbs->on_close(&c->super, remote, s != NULL);
 }
 
 static void on_linger_timeout(lg_timer_t *t)
 {
     lg_h1_server_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_h1_server_conn_t, timer, t);
     enter(c);
-    close_now(c, LG_RESET_CONNECTION_TERMINATION, "delayed_close_timeout");
+    close_now(c, 0, LG_RESET_CONNECTION_TERMINATION, "delayed_close_timeout");
     leave(c);
 }
 
@@ -358,7 +359,7 @@ static void start_linger(lg_h1_server_conn_t *c)
     if (c->lingering || c->closed)
         return;
     if (c->settings->delayed_close_timeout_ms == 0 || c->sock->ssl != NULL || c->peer_eof) {
-        close_now(c, LG_RESET_CONNECTION_TERMINATION, "downstream_local_disconnect");
+        close_now(c, 0, LG_RESET_CONNECTION_TERMINATION, "downstream_local_disconnect");
         return;
     }
     c->lingering = 1;
@@ -546,7 +547,7 @@ static void on_write_complete(h2o_socket_t *sock, const char *err)
     c->writing = 0;
     enter(c);
     if (err != NULL) {
-        close_now(c, LG_RESET_CONNECTION_TERMINATION, "downstream_remote_disconnect");
+        close_now(c, 1, LG_RESET_CONNECTION_TERMINATION, "downstream_remote_disconnect");
     } else {
         if (c->stream != NULL && sent != 0)
             c->stream->super.cbs->on_data_sent(&c->stream->super, sent);
@@ -603,7 +604,7 @@ static int queue_head(lg_h1_server_conn_t *c, h2o_mem_pool_t *pool, const lg_res
     h2o_iovec_t out;
     if (lg_h1_flatten_response_head(pool, head, flags, &out) != 0) {
         LG_ERROR(http, "h1: response head with a status %d would break the framing; closing the connection", head->status);
-        close_now(c, LG_RESET_LOCAL, "invalid_response_header");
+        close_now(c, 0, LG_RESET_LOCAL, "invalid_response_header");
         return -1;
     }
     out_push(c, out);
@@ -702,7 +703,7 @@ static void body_error(lg_h1_server_conn_t *c, const lg_h1_error_t *err)
 {
     if (c->stream->resp_started) {
         c->super.cbs->on_codec_error(&c->super, err->status, err->details);
-        close_now(c, LG_RESET_PROTOCOL_ERROR, err->details);
+        close_now(c, 0, LG_RESET_PROTOCOL_ERROR, err->details);
         return;
     }
     lg_h1_server_stream_t *s = detach_stream(c);
@@ -911,7 +912,7 @@ static void on_peer_eof(lg_h1_server_conn_t *c)
         return; /* end_stream is delivered once the buffered bytes are */
     if (c->close_after_write && s == NULL && c->writing)
         return;
-    close_now(c, LG_RESET_CONNECTION_TERMINATION, "downstream_remote_disconnect");
+    close_now(c, 1, LG_RESET_CONNECTION_TERMINATION, "downstream_remote_disconnect");
 }
 
 /* How much one read should take: a head fits the recycled 8 KiB buffer; a
@@ -934,7 +935,7 @@ static void on_read(h2o_socket_t *sock, const char *err)
     if (c->lingering || (c->close_after_write && c->stream == NULL)) {
         h2o_buffer_consume(&sock->input, sock->input->size);
         if (c->lingering && err != NULL)
-            close_now(c, LG_RESET_CONNECTION_TERMINATION, "downstream_remote_disconnect");
+            close_now(c, 1, LG_RESET_CONNECTION_TERMINATION, "downstream_remote_disconnect");
         else
             update_reading(c);
     } else {
@@ -1045,7 +1046,7 @@ static void stream_reset(lg_stream_t *_s, lg_reset_reason_t reason)
         return;
     enter(c);
     detach_stream(c);
-    close_now(c, reason, "stream_reset");
+    close_now(c, 0, reason, "stream_reset");
     leave(c);
 }
 
@@ -1083,7 +1084,7 @@ static void conn_drain(lg_server_conn_t *_c)
     enter(c);
     c->draining = 1;
     if (c->stream == NULL && !c->close_after_write)
-        close_now(c, LG_RESET_CONNECTION_TERMINATION, "drain");
+        close_now(c, 0, LG_RESET_CONNECTION_TERMINATION, "drain");
     leave(c);
 }
 
@@ -1093,7 +1094,7 @@ static void conn_close(lg_server_conn_t *_c)
     if (c->closed)
         return;
     enter(c);
-    close_now(c, LG_RESET_CONNECTION_TERMINATION, "downstream_local_disconnect");
+    close_now(c, 0, LG_RESET_CONNECTION_TERMINATION, "downstream_local_disconnect");
     leave(c);
 }
 

@@ -1179,6 +1179,7 @@ static void check_finished(lg__h2_conn_t *conn)
         lg__h2_stream_t *s = H2O_STRUCT_FROM_MEMBER(lg__h2_stream_t, link, l);
         if (!s->closed) {
             s->closed = 1;
+            conn->streams_at_close = 1;
             s->reason_override =
                 (!conn->is_server && conn->codec_error != NULL ? LG_RESET_PROTOCOL_ERROR : LG_RESET_CONNECTION_TERMINATION) + 1;
             s->detail = conn->close_detail != NULL ? conn->close_detail : LG_H2_DETAIL_CONNECTION_TERMINATION;
@@ -1223,6 +1224,14 @@ static void write_final_goaway(lg__h2_conn_t *conn, int32_t last_stream_id)
     h2o_socket_write(conn->sock, &v, 1, on_write_complete);
 }
 
+/* Envoy's RemoteClose: the peer's socket ended or failed, or the peer sent
+ * GOAWAY and nghttp2 finished the session without Legate closing it (no drain,
+ * no error of ours). */
+static int closed_by_peer(lg__h2_conn_t *conn)
+{
+    return conn->peer_gone || (conn->goaway_received && !conn->drain_sent && conn->final_goaway < 0 && conn->codec_error == NULL);
+}
+
 /* Tells the driver (every stream's on_reset, then on_close), then lingers
  * until the last write ends (bounded) and frees the connection. */
 static void close_now(lg__h2_conn_t *conn)
@@ -1233,6 +1242,8 @@ static void close_now(lg__h2_conn_t *conn)
     if (conn->is_server && conn->codec_error != NULL && conn->super.server.cbs->on_codec_error != NULL)
         conn->super.server.cbs->on_codec_error(&conn->super.server, 0, conn->codec_error);
     const char *detail = conn->close_detail != NULL ? conn->close_detail : LG_H2_DETAIL_CONNECTION_TERMINATION;
+    if (!h2o_linklist_is_empty(&conn->streams))
+        conn->streams_at_close = 1;
     while (!h2o_linklist_is_empty(&conn->streams)) {
         lg__h2_stream_t *s = H2O_STRUCT_FROM_MEMBER(lg__h2_stream_t, link, conn->streams.next);
         /* an upstream that broke the protocol is Envoy's 502 UPE, not a plain termination */
@@ -1243,7 +1254,7 @@ static void close_now(lg__h2_conn_t *conn)
                       detail);
     }
     if (conn->is_server)
-        conn->super.server.cbs->on_close(&conn->super.server);
+        conn->super.server.cbs->on_close(&conn->super.server, closed_by_peer(conn), conn->streams_at_close);
     else
         conn->super.client.cbs->on_close(&conn->super.client, conn->close_reason);
     free_graveyard(conn);

@@ -10,7 +10,7 @@ import pytest
 
 from lib import config as cfg
 from lib.admin import parse_prometheus
-from lib.h2client import H2Client
+from lib.h2client import H2Client, frame
 from lib.legate import time_scale
 from lib.rawhttp import RawHTTP
 from lib.wait import wait_for
@@ -132,3 +132,68 @@ def test_admin_listener_counted(proxied):
     s = wait_stats(lg, {"listener.admin.downstream_cx_active": 1}, "admin connections closed")
     assert s["listener.admin.downstream_cx_destroy"] == s["listener.admin.downstream_cx_total"] - 1 >= N
     assert s["http.admin.downstream_cx_destroy"] == s["listener.admin.downstream_cx_destroy"]
+
+
+# Who closed a connection, and whether requests were still open on it (Envoy's
+# ConnectionManagerImpl::onEvent / doConnectionClose): downstream_cx_destroy_remote or
+# downstream_cx_destroy_local, and downstream_cx_destroy_active_rq with its _remote_ / _local_
+# variant when streams had to be reset.
+DESTROY = ("downstream_cx_destroy_remote", "downstream_cx_destroy_local", "downstream_cx_destroy_active_rq",
+           "downstream_cx_destroy_remote_active_rq", "downstream_cx_destroy_local_active_rq")
+
+
+def destroy_stats(lg, **want):
+    full = {f"http.ingress_http.{k}": want.get(k, 0) for k in DESTROY}
+    full["http.ingress_http.downstream_cx_destroy"] = want.get("downstream_cx_destroy_remote", 0) + \
+        want.get("downstream_cx_destroy_local", 0)
+    return wait_stats(lg, full, "connection destroy stats")
+
+
+def test_client_closes_idle_connections(proxied):
+    lg, _ = proxied
+    for i in range(N):
+        with RawHTTP("127.0.0.1", lg.listener_port(), timeout=10) as c:
+            c.request("GET", f"/c{i}")
+            assert c.read_response().status == 200
+    with H2Client("127.0.0.1", lg.listener_port(), timeout=10) as c:
+        assert c.get("/h2").status == 200
+    destroy_stats(lg, downstream_cx_destroy_remote=N + 1)
+
+
+def test_client_closes_with_requests_in_flight(proxied):
+    """A client that goes away while its request waits on the upstream: the request is reset
+    and the upstream request with it (upstream_rq_tx_reset)."""
+    lg, up = proxied
+    c1 = RawHTTP("127.0.0.1", lg.listener_port(), timeout=10)
+    c1.request("GET", "/delay/20000")
+    c2 = H2Client("127.0.0.1", lg.listener_port(), timeout=10)
+    c2.request("GET", "/delay/20000")
+    c2.request("GET", "/delay/20000")
+    up.wait_inflight(3, timeout=10 * T)
+    c1.close()
+    c2.close()
+    destroy_stats(lg, downstream_cx_destroy_remote=2, downstream_cx_destroy_active_rq=2,
+                  downstream_cx_destroy_remote_active_rq=2)
+    wait_for(lambda: lg.admin.stat("cluster.backend.upstream_rq_tx_reset") == 3, timeout=5 * T,
+             what="the upstream requests reset")
+
+
+def test_proxy_closes_connections(proxied):
+    """Closes Legate decides: a malformed request answered with 400 (no stream left), the client
+    keeping its side open until the delayed close timeout ends it; and an HTTP/2 connection error
+    while a stream waits on the upstream (GOAWAY, the stream reset)."""
+    lg, up = proxied
+    with socket.create_connection(("127.0.0.1", lg.listener_port()), timeout=10) as s:
+        s.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        answer = b""
+        while (data := s.recv(4096)):  # Legate shuts its side after the 400
+            answer += data
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        wait_stats(lg, {"http.ingress_http.downstream_cx_destroy_local": 1}, "closed at the delayed close timeout")
+    with H2Client("127.0.0.1", lg.listener_port(), timeout=10) as c:
+        c.request("GET", "/delay/20000")
+        up.wait_inflight(1, timeout=10 * T)
+        c.sock.sendall(frame(0x8, 0, 0, b"\0\0\0\0"))  # WINDOW_UPDATE of 0 on the connection: PROTOCOL_ERROR
+        assert c.wait_goaway(timeout=10 * T)[0] == 1
+    destroy_stats(lg, downstream_cx_destroy_local=2, downstream_cx_destroy_active_rq=1,
+                  downstream_cx_destroy_local_active_rq=1)

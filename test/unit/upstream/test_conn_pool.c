@@ -252,7 +252,7 @@ static void h2s_on_new_stream(lg_server_conn_t *c, lg_stream_t *s)
     s->ctx = ss;
 }
 
-static void h2s_on_close(lg_server_conn_t *c)
+static void h2s_on_close(lg_server_conn_t *c, int remote, int active_rq)
 {
     ++h2_server.closed;
 }

@@ -56,6 +56,7 @@
 #define LG_H2_DETAIL_MESSAGING "http2.violation.of.messaging.rule"
 #define LG_H2_DETAIL_UNKNOWN "http2.unknown.nghttp2.error"
 #define LG_H2_DETAIL_TOO_MANY_HEADERS "http2.too_many_headers"
+#define LG_H2_DETAIL_UNEXPECTED_UNDERSCORE "http2.unexpected_underscore"
 #define LG_H2_DETAIL_OUTBOUND_FLOOD "http2.outbound_frames_flood"
 #define LG_H2_DETAIL_INBOUND_FLOOD "http2.inbound_empty_frames_flood"
 #define LG_H2_DETAIL_REMOTE_REFUSED "http2.remote_refuse"
@@ -72,6 +73,11 @@ typedef struct st_lg_h2_options_t {
      * reset (NO_ERROR), and reported as on_codec_error(408,
      * "request_header_timeout"), as Envoy's onRequestHeaderTimeout. */
     uint32_t request_headers_timeout_ms;
+    /* headers_with_underscores_action (lg_h1_underscores_action_t) for request
+     * headers and trailers: a dropped header counts in
+     * http2.dropped_headers_with_underscores; a rejected request is reset
+     * (RST_STREAM) and counts in http2.requests_rejected_with_underscores_in_headers. */
+    int headers_with_underscores_action;
 } lg_h2_options_t;
 
 /* Envoy's defaults (Http2ProtocolOptions and HttpConnectionManager). */

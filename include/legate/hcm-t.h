@@ -83,9 +83,7 @@ typedef enum en_lg_escaped_slashes_t {
     X(COUNTER, rq_redirect)                                   \
     X(COUNTER, rq_direct_response)                            \
     X(COUNTER, rq_total)                                      \
-    X(COUNTER, rq_reset_after_downstream_response_started)    \
-    X(COUNTER, dropped_headers_with_underscores)              \
-    X(COUNTER, requests_rejected_with_underscores_in_headers)
+    X(COUNTER, rq_reset_after_downstream_response_started)
 
 #define LG__HCM_STAT_ENUM(type, name) LG_HCM_STAT_##name,
 enum { LG_HCM_STATS(LG__HCM_STAT_ENUM) LG_HCM_STAT__COUNT };

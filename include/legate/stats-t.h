@@ -207,11 +207,37 @@ typedef enum en_lg_server_state_t {
     X(COUNTER, update_out_of_merge_window) \
     X(GAUGE, warming_clusters)
 
+/* Envoy's codec stats of downstream connections (Http1::CodecStats under
+ * http1.*, Http2::CodecStats under http2.*), the ones Legate's codecs keep. */
+#define LG_HTTP1_CODEC_STATS(X)                \
+    X(COUNTER, dropped_headers_with_underscores) \
+    X(COUNTER, requests_rejected_with_underscores_in_headers)
+
+#define LG_HTTP2_CODEC_STATS(X)                          \
+    X(COUNTER, dropped_headers_with_underscores)           \
+    X(COUNTER, goaway_sent)                                \
+    X(COUNTER, header_overflow)                            \
+    X(COUNTER, inbound_empty_frames_flood)                 \
+    X(COUNTER, inbound_priority_frames_flood)              \
+    X(COUNTER, inbound_window_update_frames_flood)         \
+    X(COUNTER, outbound_control_flood)                     \
+    X(COUNTER, outbound_flood)                             \
+    X(COUNTER, requests_rejected_with_underscores_in_headers) \
+    X(COUNTER, rx_messaging_error)                         \
+    X(COUNTER, rx_reset)                                   \
+    X(COUNTER, trailers)                                   \
+    X(COUNTER, tx_reset)                                   \
+    X(GAUGE, streams_active)
+
 #define LG__SERVER_STAT_ENUM(type, name) LG_SERVER_STAT_##name,
 #define LG__LISTENER_MANAGER_STAT_ENUM(type, name) LG_LISTENER_MANAGER_STAT_##name,
 #define LG__CLUSTER_MANAGER_STAT_ENUM(type, name) LG_CLUSTER_MANAGER_STAT_##name,
 enum { LG_SERVER_STATS(LG__SERVER_STAT_ENUM) LG_SERVER_STAT__COUNT };
 enum { LG_LISTENER_MANAGER_STATS(LG__LISTENER_MANAGER_STAT_ENUM) LG_LISTENER_MANAGER_STAT__COUNT };
 enum { LG_CLUSTER_MANAGER_STATS(LG__CLUSTER_MANAGER_STAT_ENUM) LG_CLUSTER_MANAGER_STAT__COUNT };
+#define LG__HTTP1_STAT_ENUM(type, name) LG_HTTP1_STAT_##name,
+#define LG__HTTP2_STAT_ENUM(type, name) LG_HTTP2_STAT_##name,
+enum { LG_HTTP1_CODEC_STATS(LG__HTTP1_STAT_ENUM) LG_HTTP1_STAT__COUNT };
+enum { LG_HTTP2_CODEC_STATS(LG__HTTP2_STAT_ENUM) LG_HTTP2_STAT__COUNT };
 
 #endif

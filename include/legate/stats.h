@@ -3,6 +3,7 @@
 
 #include "legate/common.h"
 #include "legate/stats-t.h"
+#include "legate/worker-t.h"
 
 /* Number of workers (rows 0..n-1); row n is the control row. Fixed by lg_stats_init. */
 extern size_t lg_stats_nworkers;
@@ -12,6 +13,9 @@ extern size_t lg_stats_nworkers;
 extern lg_stats_block_t *lg_stats_server;
 extern lg_stats_block_t *lg_stats_listener_manager;
 extern lg_stats_block_t *lg_stats_cluster_manager;
+/* The downstream codecs' blocks ("http1.", "http2."), indexed by LG_HTTP1_STAT_* and
+ * LG_HTTP2_STAT_*. */
+extern lg_stats_block_t *lg_stats_http1, *lg_stats_http2;
 
 /* Fixes the number of workers, records the start time and creates the server-wide
  * blocks (server.concurrency = nworkers). Call once, before any other thread starts. */
@@ -67,6 +71,20 @@ static inline void lg_stats_gauge_sub(lg_stats_block_t *b, size_t row, size_t id
     lg_stats__add(r + idx, (uint64_t)0 - n);
     if ((*u & bit) == 0)
         __atomic_store_n(u, *u | bit, __ATOMIC_RELAXED);
+}
+
+/* For code that does not know its worker (the codecs): adds n to stat idx of b in
+ * the calling thread's row (a worker's, else the control row). Nothing happens
+ * before lg_stats_init (unit tests of the codecs). Gauges go down with n < 0. */
+static inline void lg_stats_here_add(lg_stats_block_t *b, size_t idx, int64_t n)
+{
+    if (b == NULL)
+        return;
+    size_t row = lg_current_worker != NULL ? lg_current_worker->index : lg_stats_nworkers;
+    if (n >= 0)
+        lg_stats__add(lg_stats_block_counter(b, row, idx), (uint64_t)n);
+    else
+        lg_stats_gauge_sub(b, row, idx, (uint64_t)-n);
 }
 
 #define LG_STAT_ADD(block, row, idx, n) lg_stats__add(lg_stats_block_counter((block), (row), (idx)), (n))

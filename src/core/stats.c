@@ -9,6 +9,7 @@
  * one worker row and the control row. */
 size_t lg_stats_nworkers = 1;
 lg_stats_block_t *lg_stats_server, *lg_stats_listener_manager, *lg_stats_cluster_manager;
+lg_stats_block_t *lg_stats_http1, *lg_stats_http2;
 
 const uint64_t lg_stats__hist_floor[LG_STATS_HIST_BUCKETS] = {
     0, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000};
@@ -25,6 +26,8 @@ static int server_state = LG_SERVER_PRE_INITIALIZING;
 static const lg_stat_def_t server_defs[] = {LG_SERVER_STATS(LG_STAT_DEF)};
 static const lg_stat_def_t listener_manager_defs[] = {LG_LISTENER_MANAGER_STATS(LG_STAT_DEF)};
 static const lg_stat_def_t cluster_manager_defs[] = {LG_CLUSTER_MANAGER_STATS(LG_STAT_DEF)};
+static const lg_stat_def_t http1_defs[] = {LG_HTTP1_CODEC_STATS(LG_STAT_DEF)};
+static const lg_stat_def_t http2_defs[] = {LG_HTTP2_CODEC_STATS(LG_STAT_DEF)};
 
 static size_t nrows(void)
 {
@@ -1063,6 +1066,8 @@ void lg_stats_init(size_t nworkers)
     lg_stats_listener_manager =
         lg_stats_block_new("listener_manager.", listener_manager_defs, LG_ARRAY_SIZE(listener_manager_defs));
     lg_stats_cluster_manager = lg_stats_block_new("cluster_manager.", cluster_manager_defs, LG_ARRAY_SIZE(cluster_manager_defs));
+    lg_stats_http1 = lg_stats_block_new("http1.", http1_defs, LG_ARRAY_SIZE(http1_defs));
+    lg_stats_http2 = lg_stats_block_new("http2.", http2_defs, LG_ARRAY_SIZE(http2_defs));
     lg_stats_gauge_set(lg_stats_server, LG_SERVER_STAT_concurrency, nworkers);
     lg_stats_server_refresh(0);
 }
@@ -1072,7 +1077,9 @@ void lg_stats_shutdown(void)
     lg_stats_block_release(lg_stats_server);
     lg_stats_block_release(lg_stats_listener_manager);
     lg_stats_block_release(lg_stats_cluster_manager);
-    lg_stats_server = lg_stats_listener_manager = lg_stats_cluster_manager = NULL;
+    lg_stats_block_release(lg_stats_http1);
+    lg_stats_block_release(lg_stats_http2);
+    lg_stats_server = lg_stats_listener_manager = lg_stats_cluster_manager = lg_stats_http1 = lg_stats_http2 = NULL;
     pthread_mutex_lock(&hist_layouts_mutex);
     while (hist_layouts != NULL) {
         hist_layout_t *l = hist_layouts;

@@ -35,6 +35,7 @@
 #include "legate/h1_server.h"
 #include "legate/http.h"
 #include "legate/sock.h"
+#include "legate/stats.h"
 #include "legate/timer.h"
 
 typedef struct st_lg_h1_server_conn_t lg_h1_server_conn_t;
@@ -689,6 +690,8 @@ static void send_codec_error_reply(lg_h1_server_conn_t *c, int status)
 static void codec_error(lg_h1_server_conn_t *c, const lg_h1_error_t *err)
 {
     LG_DEBUG(http, "h1: request rejected with %d (%s): %s", err->status, err->details, err->msg);
+    if (strcmp(err->details, LG_H1_DETAIL_UNEXPECTED_UNDERSCORE) == 0)
+        lg_stats_here_add(lg_stats_http1, LG_HTTP1_STAT_requests_rejected_with_underscores_in_headers, 1);
     c->close_after_write = 1;
     h2o_buffer_consume(&c->sock->input, c->sock->input->size);
     send_codec_error_reply(c, err->status);
@@ -823,6 +826,8 @@ static int parse_head(lg_h1_server_conn_t *c)
         codec_error(c, &err);
         return 0;
     }
+    if (s->info.dropped_headers != 0)
+        lg_stats_here_add(lg_stats_http1, LG_HTTP1_STAT_dropped_headers_with_underscores, s->info.dropped_headers);
     start_stream(c, s, (size_t)r);
     return 1;
 }

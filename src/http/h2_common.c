@@ -19,7 +19,9 @@
 #include <h2o/version.h>
 #include "legate/common.h"
 #include "legate/http.h"
+#include "legate/h1.h"
 #include "legate/h2.h"
+#include "legate/stats.h"
 #include "legate/sock.h"
 
 /* ASan builds keep no cache (see small blocks): every block is its own malloc, so that
@@ -348,6 +350,14 @@ static void mark_dirty(lg__h2_stream_t *s)
         h2o_linklist_insert(&s->conn->dirty, &s->dirty);
 }
 
+/* Envoy's http2.* codec stats count downstream connections (an upstream codec's
+ * would be cluster.<name>.http2.*, not kept). */
+static void h2_stat(lg__h2_conn_t *conn, size_t idx, int64_t n)
+{
+    if (conn->is_server)
+        lg_stats_here_add(lg_stats_http2, idx, n);
+}
+
 lg__h2_stream_t *lg__h2_stream_new(lg__h2_conn_t *conn, int32_t stream_id)
 {
     lg__h2_stream_t *s = small_calloc(sizeof(*s));
@@ -362,6 +372,7 @@ lg__h2_stream_t *lg__h2_stream_new(lg__h2_conn_t *conn, int32_t stream_id)
     }
     h2o_linklist_insert(&conn->streams, &s->link);
     ++conn->num_streams;
+    h2_stat(conn, LG_HTTP2_STAT_streams_active, 1);
     if (stream_id > 0)
         nghttp2_session_set_stream_user_data(conn->session, stream_id, s);
     return s;
@@ -410,6 +421,7 @@ static void stream_retire(lg__h2_stream_t *s, int complete, lg_reset_reason_t re
     if (h2o_linklist_is_linked(&s->writing))
         h2o_linklist_unlink(&s->writing); /* its in-flight bytes are copies (write_batch): nothing to report */
     --conn->num_streams;
+    h2_stat(conn, LG_HTTP2_STAT_streams_active, -1);
     if (s->super.id != 0 && !s->closed && conn->session != NULL)
         nghttp2_session_set_stream_user_data(conn->session, (int32_t)s->super.id, NULL);
     if (!s->visible)
@@ -583,10 +595,23 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
         return 0;
     s->header_bytes += namelen + valuelen;
     if (++s->header_count > conn->settings.max_headers_count || s->header_bytes > conn->settings.max_header_list_bytes) {
+        h2_stat(conn, LG_HTTP2_STAT_header_overflow, 1);
         s->detail = LG_H2_DETAIL_TOO_MANY_HEADERS;
         s->reason_override = LG_RESET_OVERFLOW + 1;
         s->building = NULL;
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* nghttp2 resets the stream */
+    }
+    if (conn->is_server && conn->options.headers_with_underscores_action != LG_H1_UNDERSCORES_ALLOW && namelen != 0 &&
+        name[0] != ':' && lg__h1_name_has_underscore(h2o_iovec_init(name, namelen))) {
+        if (conn->options.headers_with_underscores_action == LG_H1_UNDERSCORES_DROP_HEADER) {
+            h2_stat(conn, LG_HTTP2_STAT_dropped_headers_with_underscores, 1);
+            return 0;
+        }
+        h2_stat(conn, LG_HTTP2_STAT_requests_rejected_with_underscores_in_headers, 1);
+        s->detail = LG_H2_DETAIL_UNEXPECTED_UNDERSCORE;
+        s->reason_override = LG_RESET_PROTOCOL_ERROR + 1;
+        s->building = NULL;
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* nghttp2 resets the stream, as Envoy's saveHeader */
     }
     h2o_iovec_t v = copy_received(s, value, valuelen);
     if (namelen != 0 && name[0] == ':')
@@ -683,6 +708,7 @@ static void on_headers_frame(lg__h2_conn_t *conn, lg__h2_stream_t *s, int end_st
     if (s->building == NULL)
         return;
     if (s->building == s->trailers) {
+        h2_stat(conn, LG_HTTP2_STAT_trailers, 1);
         s->remote_end = 1;
     } else if (conn->is_server) {
         lg_timer_stop(&s->headers_timer);
@@ -699,8 +725,9 @@ static void on_headers_frame(lg__h2_conn_t *conn, lg__h2_stream_t *s, int end_st
 
 /* ---- nghttp2 callbacks: frames ---------------------------------------- */
 
-static int flood(lg__h2_conn_t *conn, const char *detail)
+static int flood(lg__h2_conn_t *conn, const char *detail, size_t stat)
 {
+    h2_stat(conn, stat, 1);
     conn->codec_error = detail;
     return NGHTTP2_ERR_CALLBACK_FAILURE;
 }
@@ -713,19 +740,19 @@ static int check_inbound_limits(lg__h2_conn_t *conn, const nghttp2_frame *frame)
     case NGHTTP2_HEADERS:
         if (frame->hd.length == 0 && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) == 0) {
             if (++conn->flood.empty_frames > MAX_CONSECUTIVE_EMPTY_FRAMES)
-                return flood(conn, LG_H2_DETAIL_INBOUND_FLOOD);
+                return flood(conn, LG_H2_DETAIL_INBOUND_FLOOD, LG_HTTP2_STAT_inbound_empty_frames_flood);
         } else {
             conn->flood.empty_frames = 0;
         }
         break;
     case NGHTTP2_PRIORITY:
         if (++conn->flood.priority_frames > MAX_PRIORITY_FRAMES_PER_STREAM * (1 + conn->flood.streams_opened))
-            return flood(conn, "http2.inbound_priority_frames_flood");
+            return flood(conn, "http2.inbound_priority_frames_flood", LG_HTTP2_STAT_inbound_priority_frames_flood);
         break;
     case NGHTTP2_WINDOW_UPDATE:
         if (++conn->flood.window_update_frames >
             5 + 2 * (conn->flood.streams_opened + MAX_WINDOW_UPDATES_PER_DATA_FRAME * conn->flood.data_frames_sent))
-            return flood(conn, "http2.inbound_window_update_frames_flood");
+            return flood(conn, "http2.inbound_window_update_frames_flood", LG_HTTP2_STAT_inbound_window_update_frames_flood);
         break;
     }
     return 0;
@@ -750,6 +777,7 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
             on_headers_frame(conn, s, (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0);
         break;
     case NGHTTP2_RST_STREAM:
+        h2_stat(conn, LG_HTTP2_STAT_rx_reset, 1);
         if (s != NULL)
             s->rst_received = 1;
         break;
@@ -802,7 +830,11 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
                 nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR);
         }
         break;
+    case NGHTTP2_RST_STREAM:
+        h2_stat(conn, LG_HTTP2_STAT_tx_reset, 1);
+        break;
     case NGHTTP2_GOAWAY:
+        h2_stat(conn, LG_HTTP2_STAT_goaway_sent, 1);
         /* nghttp2 found a connection error; the session ends once it is written. */
         if (frame->goaway.error_code != NGHTTP2_NO_ERROR && conn->codec_error == NULL)
             conn->codec_error = LG_H2_DETAIL_CODEC_ERROR;
@@ -832,6 +864,7 @@ static int on_invalid_frame_recv(nghttp2_session *session, const nghttp2_frame *
         conn->codec_error = LG_H2_DETAIL_CODEC_ERROR;
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     }
+    h2_stat(conn, LG_HTTP2_STAT_rx_messaging_error, 1);
     if (s != NULL) {
         s->detail = detail;
         s->reason_override = LG_RESET_PROTOCOL_ERROR + 1;
@@ -1213,6 +1246,7 @@ static void on_linger_timeout(lg_timer_t *t)
 
 static void write_final_goaway(lg__h2_conn_t *conn, int32_t last_stream_id)
 {
+    h2_stat(conn, LG_HTTP2_STAT_goaway_sent, 1);
     uint8_t *p = (uint8_t *)(conn->tail = lg_malloc(17));
     uint32_t code = (uint32_t)conn->final_goaway;
     memcpy(p, "\0\0\x08\x07\0\0\0\0\0", 9);
@@ -1372,6 +1406,8 @@ static void recv_input(lg__h2_conn_t *conn)
     ssize_t r = nghttp2_session_mem_recv(conn->session, (const uint8_t *)in->bytes, in->size);
     h2o_buffer_consume(&conn->sock->input, in->size);
     if (r < 0) {
+        if (r == NGHTTP2_ERR_FLOODED) /* nghttp2's limit on queued SETTINGS and PING acks: Envoy's control frame limit */
+            h2_stat(conn, LG_HTTP2_STAT_outbound_control_flood, 1);
         if (conn->codec_error == NULL)
             conn->codec_error = r == NGHTTP2_ERR_FLOODED ? LG_H2_DETAIL_OUTBOUND_FLOOD : LG_H2_DETAIL_CODEC_ERROR;
         lg__h2_request_close(conn, LG_RESET_PROTOCOL_ERROR, nghttp2_strerror((int)r), NGHTTP2_PROTOCOL_ERROR);
@@ -1379,6 +1415,7 @@ static void recv_input(lg__h2_conn_t *conn)
     }
     /* Envoy's max_outbound_frames: a peer that does not read while making us answer. */
     if (nghttp2_session_get_outbound_queue_size(conn->session) > MAX_OUTBOUND_FRAMES) {
+        h2_stat(conn, LG_HTTP2_STAT_outbound_flood, 1);
         conn->codec_error = LG_H2_DETAIL_OUTBOUND_FLOOD;
         lg__h2_request_close(conn, LG_RESET_PROTOCOL_ERROR, LG_H2_DETAIL_OUTBOUND_FLOOD, NGHTTP2_ENHANCE_YOUR_CALM);
     }

@@ -123,6 +123,7 @@ static void on_counted_close(void *data)
     }
     LG_STAT_DEC(cc->stats, cc->row, LG_LISTENER_STAT_downstream_cx_active);
     LG_STAT_INC(cc->stats, cc->row, LG_LISTENER_STAT_downstream_cx_destroy);
+    LG_STAT_DEC(lg_stats_server, cc->row, LG_SERVER_STAT_total_connections);
     lg_stats_histogram_record(cc->stats, cc->row, LG_LISTENER_STAT_downstream_cx_length_ms, lg_now_ms() - cc->start_ms);
     lg_stats_block_release(cc->stats);
     free(cc);
@@ -134,6 +135,7 @@ static void count_start(lg_worker_t *w, lg_listener_config_t *l)
 {
     LG_STAT_INC(l->stats, w->index, LG_LISTENER_STAT_downstream_cx_total);
     LG_STAT_INC(l->stats, w->index, LG_LISTENER_STAT_downstream_cx_active);
+    LG_STAT_INC(lg_stats_server, w->index, LG_SERVER_STAT_total_connections);
     ++n_counted;
 }
 
@@ -141,6 +143,7 @@ void lg_listener_uncount(const lg_listener_config_t *l, lg_worker_t *w, uint64_t
 {
     LG_STAT_DEC(l->stats, w->index, LG_LISTENER_STAT_downstream_cx_active);
     LG_STAT_INC(l->stats, w->index, LG_LISTENER_STAT_downstream_cx_destroy);
+    LG_STAT_DEC(lg_stats_server, w->index, LG_SERVER_STAT_total_connections);
     lg_stats_histogram_record(l->stats, w->index, LG_LISTENER_STAT_downstream_cx_length_ms, lg_now_ms() - start_ms);
     --n_counted;
 }

@@ -1,7 +1,8 @@
 """Listener connection stats, as Envoy counts them (source/server/active_tcp_listener.cc,
 ActiveTcpConnection): listener.<address>.downstream_cx_total and downstream_cx_active go up
 when a connection has matched a filter chain; when its socket closes, downstream_cx_active
-goes down, downstream_cx_destroy up and downstream_cx_length_ms records its life. The HTTP
+goes down, downstream_cx_destroy up and downstream_cx_length_ms records its life;
+server.total_connections counts the open ones of every listener (not the admin's). The HTTP
 connection manager's http.<stat_prefix>.downstream_cx_active / downstream_cx_destroy follow
 the same connections."""
 import socket
@@ -49,11 +50,13 @@ def check_open_then_closed(lg, open_conns, close_conns):
     conns = open_conns()
     try:
         wait_stats(lg, {lstat(lg, "downstream_cx_total"): N, lstat(lg, "downstream_cx_active"): N,
-                        "http.ingress_http.downstream_cx_active": N}, f"{N} connections active")
+                        "http.ingress_http.downstream_cx_active": N, "server.total_connections": N},
+                   f"{N} connections active")
     finally:
         close_conns(conns)
     s = wait_stats(lg, {lstat(lg, "downstream_cx_active"): 0, lstat(lg, "downstream_cx_destroy"): N,
-                        "http.ingress_http.downstream_cx_active": 0, "http.ingress_http.downstream_cx_destroy": N},
+                        "http.ingress_http.downstream_cx_active": 0, "http.ingress_http.downstream_cx_destroy": N,
+                        "server.total_connections": 0},
                    "every connection closed")
     assert s[lstat(lg, "downstream_cx_total")] == N
     assert s["http.ingress_http.downstream_cx_total"] == N

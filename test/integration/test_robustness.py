@@ -496,6 +496,10 @@ H2_FLOODS = {
 }
 
 
+H2_FLOOD_STATS = {"settings_flood": "outbound_control_flood", "ping_flood": "outbound_control_flood",
+                  "zero_length_data_flood": "inbound_empty_frames_flood"}
+
+
 @pytest.mark.parametrize("name", sorted(H2_FLOODS))
 def test_h2_flood_or_invalid_frame_ends_in_goaway(legate, ports, upstream, name):
     up = upstream()
@@ -513,6 +517,11 @@ def test_h2_flood_or_invalid_frame_ends_in_goaway(legate, ports, upstream, name)
         assert other.get("/still-fine").status == 200
     wait_for(lambda: lg.admin.stat(PROTO_ERR) >= 1, timeout=5, what=PROTO_ERR)
     wait_for(lambda: lg.admin.stat(DS_RQ_ACTIVE) == 0, timeout=5, what=f"{DS_RQ_ACTIVE} == 0")
+    # Envoy's codec stats: the flood that was detected (the others are protocol errors), and the GOAWAY
+    stats = lg.admin.stats()
+    assert {k: v for k, v in stats.items() if k.startswith("http2.") and k.endswith("_flood") and v} == \
+        ({f"http2.{H2_FLOOD_STATS[name]}": 1} if name in H2_FLOOD_STATS else {})
+    assert stats["http2.goaway_sent"] >= 1
 
 
 def h1_abort(port, kind):

@@ -88,6 +88,11 @@ void lg_tls_client_handshake(lg_tls_context_t *t, h2o_socket_t *sock, SSL_CTX *c
  * and is retried on the next change. Returns the number of contexts rebuilt. */
 size_t lg_tls_reload_poll(void);
 
+/* Envoy's server.days_until_first_cert_expiring: whole days until the earliest
+ * expiry among the certificates (and each context's first trusted CA) of every
+ * live TLS context; 0 once one has expired; UINT32_MAX when there is none. */
+uint32_t lg_tls_days_until_first_cert_expiring(void);
+
 /* ---- tls_inspector ---- */
 
 /* Parses a ClientHello from the first bytes of a connection (one or more TLS

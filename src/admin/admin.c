@@ -22,6 +22,7 @@
 #include <h2o/time_.h>
 #include "legate/listener-t.h"
 #include "legate/stats.h"
+#include "legate/tls.h"
 #include "admin_internal.h"
 
 /* picohttpparser ships inside libh2o-evloop without a header. */
@@ -763,4 +764,11 @@ void lg_admin_stop(void)
     free(admin.bound);
     admin.bound = NULL;
     admin.port = 0;
+}
+
+void lg__admin_refresh_server_stats(void)
+{
+    lg_stats_server_refresh(lg_admin_healthcheck_failed());
+    if (lg_stats_server != NULL)
+        lg_stats_gauge_set(lg_stats_server, LG_SERVER_STAT_days_until_first_cert_expiring, lg_tls_days_until_first_cert_expiring());
 }

@@ -189,7 +189,7 @@ static uint64_t server_gauge(size_t idx)
 
 static void handle_memory(const lg_admin_request_t *req, lg_admin_response_t *res, void *ctx)
 {
-    lg_stats_server_refresh(lg_admin_healthcheck_failed());
+    lg__admin_refresh_server_stats();
     res->content_type = LG_ADMIN_CONTENT_JSON;
     lg_strbuf_printf(&res->body,
                      "{\n \"allocated\": \"%llu\",\n \"heap_size\": \"%llu\",\n \"pageheap_unmapped\": \"0\",\n"

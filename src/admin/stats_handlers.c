@@ -345,7 +345,7 @@ static void render_prometheus(lg_strbuf_t *b, const lg_stats_snapshot_t *snap)
 static void render(const lg_admin_request_t *req, lg_admin_response_t *res, stats_params_t *p)
 {
     lg_stats_snapshot_t snap;
-    lg_stats_server_refresh(lg_admin_healthcheck_failed());
+    lg__admin_refresh_server_stats();
     lg_stats_snapshot(&snap, keep_stat, p);
     size_t snap_count = snap.count;
     switch (p->format) {

@@ -546,7 +546,7 @@ static int finish(lg_tls_context_t *t, const common_proto_t *common, lg_error_t 
     t->factory_stats =
         lg_stats_block_new(factory, t->role == LG_TLS_SERVER ? server_factory_defs : client_factory_defs, FACTORY__COUNT);
     free(factory);
-    if (t->_n_watches != 0 || t->_common != NULL) {
+    { /* every live context, for reloads, SDS and lg_tls_days_until_first_cert_expiring */
         pthread_mutex_lock(&registry_mutex);
         t->_next = registry_head;
         if (registry_head != NULL)
@@ -1000,7 +1000,7 @@ void lg_tls_secrets_clear(void)
 
 /* ---- SSL_CTX ---- */
 
-static int ctx_index = -1, src_index = -1, verify_name_index = -1;
+static int ctx_index = -1, src_index = -1, verify_name_index = -1, expiry_index = -1;
 static pthread_once_t ctx_index_once = PTHREAD_ONCE_INIT;
 /* what lg_tls_client_handshake gives the handshake it starts on this thread */
 typedef struct st_client_start_t {
@@ -1028,6 +1028,7 @@ static void init_ctx_index(void)
     ctx_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
     src_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, src_free);
     verify_name_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, verify_name_free);
+    expiry_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 }
 
 /* The context an SSL belongs to; valid during its handshake (the handshake holds a reference). */
@@ -1366,8 +1367,27 @@ static int load_cert(SSL_CTX *ctx, const lg_tls_cert_source_t *c, int *types, si
 
 /* Adds the certificates (or, with `crls`, the CRLs) of a PEM source to a
  * store; returns how many were added, or -1 with err set. */
-static int add_pem_to_store(X509_STORE *store, const lg_tls_source_t *source, int crls, lg_tls_watch_t **w, size_t *n,
-                            lg_error_t *err)
+/* notAfter of a certificate in seconds since the epoch (0 when unreadable). */
+static int64_t not_after(const X509 *x)
+{
+    struct tm tm;
+    if (ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) != 1)
+        return 0;
+    return (int64_t)timegm(&tm);
+}
+
+/* Lowers *expiry (0: none yet) to notAfter of x. */
+static void note_expiry(int64_t *expiry, const X509 *x)
+{
+    int64_t t = not_after(x);
+    if (t != 0 && (*expiry == 0 || t < *expiry))
+        *expiry = t;
+}
+
+/* Adds the certificates (or CRLs) of a PEM source to store; returns how many.
+ * `first_ca`: lowered to the expiry of the first certificate, Envoy's ca_cert_. */
+static int add_pem_to_store(X509_STORE *store, const lg_tls_source_t *source, int crls, int64_t *first_ca, lg_tls_watch_t **w,
+                            size_t *n, lg_error_t *err)
 {
     BIO *bio = source_bio(source, w, n, err);
     if (bio == NULL)
@@ -1378,8 +1398,11 @@ static int add_pem_to_store(X509_STORE *store, const lg_tls_source_t *source, in
     for (int i = 0; infos != NULL && i != sk_X509_INFO_num(infos); ++i) {
         X509_INFO *info = sk_X509_INFO_value(infos, i);
         if (crls ? info->crl != NULL && X509_STORE_add_crl(store, info->crl) == 1
-                 : info->x509 != NULL && X509_STORE_add_cert(store, info->x509) == 1)
+                 : info->x509 != NULL && X509_STORE_add_cert(store, info->x509) == 1) {
+            if (!crls && count == 0 && first_ca != NULL)
+                note_expiry(first_ca, info->x509);
             ++count;
+        }
     }
     sk_X509_INFO_pop_free(infos, X509_INFO_free);
     ERR_clear_error();
@@ -1387,12 +1410,12 @@ static int add_pem_to_store(X509_STORE *store, const lg_tls_source_t *source, in
 }
 
 /* The verification of `src` (t itself, or the SDS compile of t) with t's role and client certificate policy. */
-static int load_validation(SSL_CTX *ctx, const lg_tls_context_t *t, lg_tls_context_t *src, lg_tls_watch_t **w, size_t *n,
-                           lg_error_t *err)
+static int load_validation(SSL_CTX *ctx, const lg_tls_context_t *t, lg_tls_context_t *src, int64_t *expiry,
+                           lg_tls_watch_t **w, size_t *n, lg_error_t *err)
 {
     if (src->trusted_ca.kind != LG_TLS_SOURCE_NONE) {
         X509_STORE *store = SSL_CTX_get_cert_store(ctx);
-        int count = add_pem_to_store(store, &src->trusted_ca, 0, w, n, err);
+        int count = add_pem_to_store(store, &src->trusted_ca, 0, expiry, w, n, err);
         if (count < 0)
             return -1;
         if (count == 0)
@@ -1402,7 +1425,7 @@ static int load_validation(SSL_CTX *ctx, const lg_tls_context_t *t, lg_tls_conte
     }
     if (src->crl.kind != LG_TLS_SOURCE_NONE) {
         X509_STORE *store = SSL_CTX_get_cert_store(ctx);
-        int count = add_pem_to_store(store, &src->crl, 1, w, n, err);
+        int count = add_pem_to_store(store, &src->crl, 1, NULL, w, n, err);
         if (count < 0)
             return -1;
         if (count == 0)
@@ -1470,8 +1493,17 @@ static SSL_CTX *build_ssl_ctx(lg_tls_context_t *t, lg_tls_context_t *src, lg_tls
     for (size_t i = 0; i != src->n_certs; ++i)
         if (ntypes == LG_ARRAY_SIZE(types) || load_cert(ctx, src->certs + i, types, &ntypes, watches, n_watches, err) != 0)
             goto fail;
-    if (load_validation(ctx, t, src, watches, n_watches, err) != 0)
+    /* the earliest expiry of its certificates and first CA (server.days_until_first_cert_expiring);
+     * the SSL_CTX is not shared yet, so walking its certificates may move its current one */
+    int64_t expiry = 0;
+    for (int more = SSL_CTX_set_current_cert(ctx, SSL_CERT_SET_FIRST); more == 1;
+         more = SSL_CTX_set_current_cert(ctx, SSL_CERT_SET_NEXT))
+        if (SSL_CTX_get0_certificate(ctx) != NULL)
+            note_expiry(&expiry, SSL_CTX_get0_certificate(ctx));
+    SSL_CTX_set_current_cert(ctx, SSL_CERT_SET_FIRST);
+    if (load_validation(ctx, t, src, &expiry, watches, n_watches, err) != 0)
         goto fail;
+    SSL_CTX_set_ex_data(ctx, expiry_index, (void *)(intptr_t)expiry);
     if (t->role == LG_TLS_SERVER) {
         apply_server_session(ctx, t);
     } else {
@@ -1609,6 +1641,24 @@ static int rebuild(lg_tls_context_t *t)
     watches_free(old_watches, old_n);
     LG_INFO(config, "%s: certificates reloaded", t->stats_prefix);
     return 1;
+}
+
+uint32_t lg_tls_days_until_first_cert_expiring(void)
+{
+    int64_t first = 0;
+    pthread_mutex_lock(&registry_mutex);
+    for (lg_tls_context_t *t = registry_head; t != NULL; t = t->_next) {
+        pthread_mutex_lock(&t->_mutex);
+        int64_t e = t->_ssl_ctx != NULL && expiry_index >= 0 ? (intptr_t)SSL_CTX_get_ex_data(t->_ssl_ctx, expiry_index) : 0;
+        pthread_mutex_unlock(&t->_mutex);
+        if (e != 0 && (first == 0 || e < first))
+            first = e;
+    }
+    pthread_mutex_unlock(&registry_mutex);
+    if (first == 0)
+        return UINT32_MAX;
+    int64_t left = first - (int64_t)time(NULL);
+    return left < 0 ? 0 : (uint32_t)(left / 86400);
 }
 
 size_t lg_tls_reload_poll(void)

@@ -554,6 +554,37 @@ def test_certificate_reload(legate, ports, upstream, pki, tmp_path):
     keep.close()
 
 
+DAYS = "server.days_until_first_cert_expiring"
+
+
+def test_days_until_first_cert_expiring(legate, ports, upstream, pki, tmp_path):
+    """Envoy's server gauge: whole days to the earliest expiry among the certificates and first
+    trusted CA of every TLS context (listener and cluster); it follows a certificate reload."""
+    up = upstream("a")
+    d = tmp_path / "live"
+    d.mkdir()
+    shutil.copy(pki.server.cert, d / "cert.pem")  # 10 days
+    shutil.copy(pki.server.key, d / "key.pem")
+    certs = {"certificate_chain": {"filename": str(d / "cert.pem")}, "private_key": {"filename": str(d / "key.pem")}}
+    lg = tls_proxy(legate, ports, up.port, downstream_ts([certs]),
+                   cluster_extra={"transport_socket": upstream_ts({"trusted_ca": {"filename": pki.ca_cert}})})
+    assert lg.admin.stat(DAYS) == 9  # 10 days less the seconds since it was issued
+    short = pki.issue("short-lived", dns=["localhost"], days=3)
+    shutil.copy(short.key, d / "key.pem.tmp")
+    shutil.copy(short.cert, d / "cert.pem.tmp")
+    os.rename(d / "key.pem.tmp", d / "key.pem")
+    os.rename(d / "cert.pem.tmp", d / "cert.pem")
+    wait_for(lambda: lg.admin.stat(DAYS) == 2, timeout=10, interval=0.2, what=f"{DAYS} == 2 after the reload")
+
+
+def test_days_until_first_cert_expiring_expired_or_none(legate, ports, upstream, pki):
+    up = upstream("a")
+    lg = tls_proxy(legate, ports, up.port, downstream_ts([pki.expired]))
+    assert lg.admin.stat(DAYS) == 0, "an expired certificate counts as 0 days"
+    plain = legate(cfg.simple_proxy(ports(), ports(), [up.port]))
+    assert plain.admin.stat(DAYS) == 4294967295, "no certificate at all: UINT32_MAX, as Envoy"
+
+
 # ---- upstream ------------------------------------------------------------------
 
 

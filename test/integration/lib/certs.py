@@ -101,7 +101,7 @@ class Pki:
             f.write("%02X\n" % (100 + self._serial))
         return path
 
-    def issue(self, name, dns=(), ip=(), uri=(), key="rsa", client=False, expired=False, cn=None):
+    def issue(self, name, dns=(), ip=(), uri=(), key="rsa", client=False, expired=False, cn=None, days=10):
         key_path = os.path.join(self.dir, name + ".key")
         csr = os.path.join(self.dir, name + ".csr")
         cert = os.path.join(self.dir, name + ".pem")
@@ -116,5 +116,5 @@ class Pki:
                   "-startdate", "20200101000000Z", "-enddate", "20200201000000Z"], self.dir)
         else:
             _run(["openssl", "x509", "-req", "-in", csr, "-CA", self.ca_cert, "-CAkey", self.ca_key, "-set_serial",
-                  str(self._serial), "-days", "10", "-sha256", "-extfile", ext, "-out", cert], self.dir)
+                  str(self._serial), "-days", str(days), "-sha256", "-extfile", ext, "-out", cert], self.dir)
         return Cert(name, cert, key_path)

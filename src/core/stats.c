@@ -1091,6 +1091,9 @@ void lg_stats_shutdown(void)
 
 void lg_stats_server_set_state(lg_server_state_t state)
 {
+    /* Envoy's server.initialization_time_ms: from the start to the end of the init manager's wait */
+    if (state == LG_SERVER_LIVE && __atomic_load_n(&server_state, __ATOMIC_RELAXED) != LG_SERVER_LIVE && lg_stats_server != NULL)
+        lg_stats_histogram_record(lg_stats_server, lg_stats_nworkers, LG_SERVER_STAT_initialization_time_ms, lg_now_ms() - start_ms);
     __atomic_store_n(&server_state, (int)state, __ATOMIC_RELAXED);
 }
 

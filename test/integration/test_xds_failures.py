@@ -8,6 +8,7 @@ import time
 import pytest
 
 from lib import config as cfg
+from lib.admin import parse_prometheus
 from lib.legate import time_scale
 from lib.wait import wait_for
 from lib.xds import (CLUSTER, ENDPOINT, LISTENER, ROUTE, Traffic, ads_bootstrap,  # noqa: F401
@@ -98,6 +99,11 @@ def test_unreachable_control_plane_at_start(xds_server, legate, ports, upstream)
                          cds_extra={"initial_fetch_timeout": "1s"})
     lg = legate(boot, wait_ready=False)
     lg.wait_ready(timeout=10)  # initial_fetch_timeout ends the wait for the unreachable server
+    # server.initialization_time_ms: one sample, at least the 1 s the init manager waited
+    _, samples = parse_prometheus(lg.admin.get("/stats/prometheus").text)
+    init = {name: float(v) for name, _, v in samples if name.startswith("envoy_server_initialization_time_ms_")}
+    assert init["envoy_server_initialization_time_ms_count"] == 1
+    assert init["envoy_server_initialization_time_ms_sum"] >= 1000
     assert lg.admin.stats().get("control_plane.connected_state", 0) == 0
     assert lg.admin.stats().get("listener_manager.total_listeners_active", 0) == 0
     v = xds.update(**world(port, {"a": [ups.port]}))

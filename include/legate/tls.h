@@ -93,6 +93,11 @@ size_t lg_tls_reload_poll(void);
  * live TLS context; 0 once one has expired; UINT32_MAX when there is none. */
 uint32_t lg_tls_days_until_first_cert_expiring(void);
 
+/* Envoy's /certs body: for every live TLS context, its first trusted CA and
+ * its certificates (path, serial_number, subject_alt_names,
+ * days_until_expiration, valid_from, expiration_time), as pretty JSON. */
+void lg_tls_certs_json(lg_strbuf_t *out);
+
 /* ---- tls_inspector ---- */
 
 /* Parses a ClientHello from the first bytes of a connection (one or more TLS

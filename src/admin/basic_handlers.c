@@ -5,6 +5,7 @@
 #include <ctype.h>
 #include <pthread.h>
 #include "legate/stats.h"
+#include "legate/tls.h"
 #include "admin_internal.h"
 
 static int healthcheck_failed;
@@ -187,6 +188,13 @@ static uint64_t server_gauge(size_t idx)
     return lg_stats_server != NULL ? lg_stats_block_value(lg_stats_server, idx) : 0;
 }
 
+/* Envoy's /certs: the certificates of every live TLS context. */
+static void handle_certs(const lg_admin_request_t *req, lg_admin_response_t *res, void *ctx)
+{
+    res->content_type = LG_ADMIN_CONTENT_JSON;
+    lg_tls_certs_json(&res->body);
+}
+
 static void handle_memory(const lg_admin_request_t *req, lg_admin_response_t *res, void *ctx)
 {
     lg__admin_refresh_server_stats();
@@ -342,6 +350,7 @@ void lg__admin_register_basic_handlers(void)
     lg_admin_register("/server_info", "print server version/status information", 0, handle_server_info, NULL);
     lg_admin_register("/hot_restart_version", "print the hot restart compatibility version", 0, handle_hot_restart_version, NULL);
     lg_admin_register("/memory", "print current allocation/heap usage", 0, handle_memory, NULL);
+    lg_admin_register("/certs", "print certs on machine", 0, handle_certs, NULL);
     lg_admin_register("/healthcheck/fail", "cause the server to fail health checks", 1, handle_healthcheck, (void *)1);
     lg_admin_register("/healthcheck/ok", "cause the server to pass health checks", 1, handle_healthcheck, NULL);
     lg_admin_register("/quitquitquit", "exit the server", 1, handle_quit, NULL);

@@ -1000,7 +1000,33 @@ void lg_tls_secrets_clear(void)
 
 /* ---- SSL_CTX ---- */
 
-static int ctx_index = -1, src_index = -1, verify_name_index = -1, expiry_index = -1;
+static int ctx_index = -1, src_index = -1, verify_name_index = -1, info_index = -1;
+
+/* What an SSL_CTX was built with, for /certs and server.days_until_first_cert_expiring
+ * (Envoy's getCaCertInformation and getCertChainInformation): in its ex_data. */
+typedef struct st_cert_info_t {
+    X509 *ca; /* the first trusted CA (Envoy's ca_cert_), or NULL */
+    char *ca_path;
+    size_t n;
+    struct {
+        X509 *leaf;
+        char *path;
+    } chain[8]; /* one per certificate (at most one per key type) */
+} cert_info_t;
+
+static void cert_info_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
+{
+    cert_info_t *info = ptr;
+    if (info == NULL)
+        return;
+    X509_free(info->ca);
+    free(info->ca_path);
+    for (size_t i = 0; i != info->n; ++i) {
+        X509_free(info->chain[i].leaf);
+        free(info->chain[i].path);
+    }
+    free(info);
+}
 static pthread_once_t ctx_index_once = PTHREAD_ONCE_INIT;
 /* what lg_tls_client_handshake gives the handshake it starts on this thread */
 typedef struct st_client_start_t {
@@ -1028,7 +1054,7 @@ static void init_ctx_index(void)
     ctx_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
     src_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, src_free);
     verify_name_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, verify_name_free);
-    expiry_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    info_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, cert_info_free);
 }
 
 /* The context an SSL belongs to; valid during its handshake (the handshake holds a reference). */
@@ -1321,8 +1347,8 @@ static int load_key(SSL_CTX *ctx, X509 *leaf, const lg_tls_cert_source_t *c, lg_
 
 /* One certificate and its key; OpenSSL keeps one per key type and picks by
  * the peer's signature algorithms. */
-static int load_cert(SSL_CTX *ctx, const lg_tls_cert_source_t *c, int *types, size_t *ntypes, lg_tls_watch_t **w, size_t *n,
-                     lg_error_t *err)
+static int load_cert(SSL_CTX *ctx, const lg_tls_cert_source_t *c, int *types, size_t *ntypes, cert_info_t *info,
+                     lg_tls_watch_t **w, size_t *n, lg_error_t *err)
 {
     char ebuf[256];
     BIO *bio = source_bio(&c->chain, w, n, err);
@@ -1361,12 +1387,15 @@ static int load_cert(SSL_CTX *ctx, const lg_tls_cert_source_t *c, int *types, si
     }
     ERR_clear_error();
     int r = load_key(ctx, leaf, c, w, n, err);
+    if (r == 0 && info->n != LG_ARRAY_SIZE(info->chain)) {
+        info->chain[info->n].leaf = leaf;
+        info->chain[info->n++].path = lg_strdup(source_name(&c->chain));
+        return 0;
+    }
     X509_free(leaf);
     return r;
 }
 
-/* Adds the certificates (or, with `crls`, the CRLs) of a PEM source to a
- * store; returns how many were added, or -1 with err set. */
 /* notAfter of a certificate in seconds since the epoch (0 when unreadable). */
 static int64_t not_after(const X509 *x)
 {
@@ -1384,9 +1413,10 @@ static void note_expiry(int64_t *expiry, const X509 *x)
         *expiry = t;
 }
 
-/* Adds the certificates (or CRLs) of a PEM source to store; returns how many.
- * `first_ca`: lowered to the expiry of the first certificate, Envoy's ca_cert_. */
-static int add_pem_to_store(X509_STORE *store, const lg_tls_source_t *source, int crls, int64_t *first_ca, lg_tls_watch_t **w,
+/* Adds the certificates (or, with `crls`, the CRLs) of a PEM source to a
+ * store; returns how many were added, or -1 with err set. `first_ca` (certificates
+ * only, may be NULL) gets a reference to the first one, Envoy's ca_cert_. */
+static int add_pem_to_store(X509_STORE *store, const lg_tls_source_t *source, int crls, X509 **first_ca, lg_tls_watch_t **w,
                             size_t *n, lg_error_t *err)
 {
     BIO *bio = source_bio(source, w, n, err);
@@ -1399,8 +1429,8 @@ static int add_pem_to_store(X509_STORE *store, const lg_tls_source_t *source, in
         X509_INFO *info = sk_X509_INFO_value(infos, i);
         if (crls ? info->crl != NULL && X509_STORE_add_crl(store, info->crl) == 1
                  : info->x509 != NULL && X509_STORE_add_cert(store, info->x509) == 1) {
-            if (!crls && count == 0 && first_ca != NULL)
-                note_expiry(first_ca, info->x509);
+            if (!crls && count == 0 && first_ca != NULL && X509_up_ref(info->x509) == 1)
+                *first_ca = info->x509;
             ++count;
         }
     }
@@ -1410,12 +1440,14 @@ static int add_pem_to_store(X509_STORE *store, const lg_tls_source_t *source, in
 }
 
 /* The verification of `src` (t itself, or the SDS compile of t) with t's role and client certificate policy. */
-static int load_validation(SSL_CTX *ctx, const lg_tls_context_t *t, lg_tls_context_t *src, int64_t *expiry,
+static int load_validation(SSL_CTX *ctx, const lg_tls_context_t *t, lg_tls_context_t *src, cert_info_t *info,
                            lg_tls_watch_t **w, size_t *n, lg_error_t *err)
 {
     if (src->trusted_ca.kind != LG_TLS_SOURCE_NONE) {
         X509_STORE *store = SSL_CTX_get_cert_store(ctx);
-        int count = add_pem_to_store(store, &src->trusted_ca, 0, expiry, w, n, err);
+        int count = add_pem_to_store(store, &src->trusted_ca, 0, &info->ca, w, n, err);
+        if (info->ca != NULL)
+            info->ca_path = lg_strdup(source_name(&src->trusted_ca));
         if (count < 0)
             return -1;
         if (count == 0)
@@ -1490,20 +1522,13 @@ static SSL_CTX *build_ssl_ctx(lg_tls_context_t *t, lg_tls_context_t *src, lg_tls
         SSL_CTX_set_ex_data(ctx, src_index, lg_tls_context_addref(src));
     if (apply_params(ctx, t, err) != 0)
         goto fail;
+    cert_info_t *info = lg_calloc(1, sizeof(*info));
+    SSL_CTX_set_ex_data(ctx, info_index, info); /* freed with ctx */
     for (size_t i = 0; i != src->n_certs; ++i)
-        if (ntypes == LG_ARRAY_SIZE(types) || load_cert(ctx, src->certs + i, types, &ntypes, watches, n_watches, err) != 0)
+        if (ntypes == LG_ARRAY_SIZE(types) || load_cert(ctx, src->certs + i, types, &ntypes, info, watches, n_watches, err) != 0)
             goto fail;
-    /* the earliest expiry of its certificates and first CA (server.days_until_first_cert_expiring);
-     * the SSL_CTX is not shared yet, so walking its certificates may move its current one */
-    int64_t expiry = 0;
-    for (int more = SSL_CTX_set_current_cert(ctx, SSL_CERT_SET_FIRST); more == 1;
-         more = SSL_CTX_set_current_cert(ctx, SSL_CERT_SET_NEXT))
-        if (SSL_CTX_get0_certificate(ctx) != NULL)
-            note_expiry(&expiry, SSL_CTX_get0_certificate(ctx));
-    SSL_CTX_set_current_cert(ctx, SSL_CERT_SET_FIRST);
-    if (load_validation(ctx, t, src, &expiry, watches, n_watches, err) != 0)
+    if (load_validation(ctx, t, src, info, watches, n_watches, err) != 0)
         goto fail;
-    SSL_CTX_set_ex_data(ctx, expiry_index, (void *)(intptr_t)expiry);
     if (t->role == LG_TLS_SERVER) {
         apply_server_session(ctx, t);
     } else {
@@ -1643,22 +1668,132 @@ static int rebuild(lg_tls_context_t *t)
     return 1;
 }
 
+/* The cert_info_t of t's live SSL_CTX with a reference on the SSL_CTX (NULL: none); registry_mutex held. */
+static SSL_CTX *live_info(lg_tls_context_t *t, const cert_info_t **info)
+{
+    pthread_mutex_lock(&t->_mutex);
+    SSL_CTX *ctx = t->_ssl_ctx;
+    *info = ctx != NULL && info_index >= 0 ? SSL_CTX_get_ex_data(ctx, info_index) : NULL;
+    if (*info != NULL)
+        SSL_CTX_up_ref(ctx);
+    pthread_mutex_unlock(&t->_mutex);
+    return *info != NULL ? ctx : NULL;
+}
+
+/* Envoy's Utility::getDaysUntilExpiration: whole days left, 0 once expired. */
+static uint64_t days_left(const X509 *x, int64_t now)
+{
+    int64_t left = not_after(x) - now;
+    return left < 0 ? 0 : (uint64_t)left / 86400;
+}
+
 uint32_t lg_tls_days_until_first_cert_expiring(void)
 {
-    int64_t first = 0;
+    int64_t first = 0, now = (int64_t)time(NULL);
     pthread_mutex_lock(&registry_mutex);
     for (lg_tls_context_t *t = registry_head; t != NULL; t = t->_next) {
-        pthread_mutex_lock(&t->_mutex);
-        int64_t e = t->_ssl_ctx != NULL && expiry_index >= 0 ? (intptr_t)SSL_CTX_get_ex_data(t->_ssl_ctx, expiry_index) : 0;
-        pthread_mutex_unlock(&t->_mutex);
-        if (e != 0 && (first == 0 || e < first))
-            first = e;
+        const cert_info_t *info;
+        SSL_CTX *ctx = live_info(t, &info);
+        if (ctx == NULL)
+            continue;
+        if (info->ca != NULL)
+            note_expiry(&first, info->ca);
+        for (size_t i = 0; i != info->n; ++i)
+            note_expiry(&first, info->chain[i].leaf);
+        SSL_CTX_free(ctx);
     }
     pthread_mutex_unlock(&registry_mutex);
     if (first == 0)
         return UINT32_MAX;
-    int64_t left = first - (int64_t)time(NULL);
-    return left < 0 ? 0 : (uint32_t)(left / 86400);
+    return first < now ? 0 : (uint32_t)((first - now) / 86400);
+}
+
+static void json_time(lg_strbuf_t *out, const ASN1_TIME *t)
+{
+    struct tm tm;
+    if (ASN1_TIME_to_tm(t, &tm) != 1)
+        memset(&tm, 0, sizeof(tm));
+    lg_strbuf_printf(out, "\"%04d-%02d-%02dT%02d:%02d:%02dZ\"", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                     tm.tm_min, tm.tm_sec);
+}
+
+/* Envoy's CertificateDetails (admin/v3/certs.proto) as its admin prints it. */
+static void json_cert(lg_strbuf_t *out, const char *path, X509 *x, int64_t now, const char *indent)
+{
+    lg_strbuf_printf(out, "%s{\n%s \"path\": ", indent, indent);
+    lg_strbuf_json_string(out, path, strlen(path));
+    BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);
+    char *hex = bn != NULL ? BN_bn2hex(bn) : NULL;
+    for (char *p = hex; p != NULL && *p != '\0'; ++p)
+        *p = (char)tolower((unsigned char)*p);
+    lg_strbuf_printf(out, ",\n%s \"serial_number\": \"%s\",\n%s \"subject_alt_names\": [", indent, hex != NULL ? hex : "",
+                     indent);
+    OPENSSL_free(hex);
+    BN_free(bn);
+    GENERAL_NAMES *names = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+    static const struct {
+        int type;
+        const char *key;
+    } kinds[] = {{GEN_DNS, "dns"}, {GEN_URI, "uri"}, {GEN_IPADD, "ip_address"}};
+    int any = 0;
+    for (size_t k = 0; k != LG_ARRAY_SIZE(kinds); ++k)
+        for (int i = 0; names != NULL && i != sk_GENERAL_NAME_num(names); ++i) {
+            const GENERAL_NAME *g = sk_GENERAL_NAME_value(names, i);
+            if (g->type != kinds[k].type)
+                continue;
+            char text[INET6_ADDRSTRLEN];
+            const char *v;
+            size_t len;
+            if (g->type == GEN_IPADD) {
+                int af = g->d.iPAddress->length == 4 ? AF_INET : g->d.iPAddress->length == 16 ? AF_INET6 : 0;
+                if (af == 0 || inet_ntop(af, g->d.iPAddress->data, text, sizeof(text)) == NULL)
+                    continue;
+                v = text, len = strlen(text);
+            } else {
+                v = (const char *)ASN1_STRING_get0_data(g->d.ia5), len = (size_t)ASN1_STRING_length(g->d.ia5);
+            }
+            lg_strbuf_printf(out, "%s\n%s  {\n%s   \"%s\": ", any++ ? "," : "", indent, indent, kinds[k].key);
+            lg_strbuf_json_string(out, v, len);
+            lg_strbuf_printf(out, "\n%s  }", indent);
+        }
+    GENERAL_NAMES_free(names);
+    if (any)
+        lg_strbuf_printf(out, "\n%s ", indent);
+    lg_strbuf_printf(out, "],\n%s \"days_until_expiration\": \"%llu\",\n%s \"valid_from\": ", indent,
+                     (unsigned long long)days_left(x, now), indent);
+    json_time(out, X509_get0_notBefore(x));
+    lg_strbuf_printf(out, ",\n%s \"expiration_time\": ", indent);
+    json_time(out, X509_get0_notAfter(x));
+    lg_strbuf_printf(out, "\n%s}", indent);
+}
+
+void lg_tls_certs_json(lg_strbuf_t *out)
+{
+    int64_t now = (int64_t)time(NULL);
+    int first = 1;
+    lg_strbuf_puts(out, "{\n \"certificates\": [");
+    pthread_mutex_lock(&registry_mutex);
+    for (lg_tls_context_t *t = registry_head; t != NULL; t = t->_next) {
+        const cert_info_t *info;
+        SSL_CTX *ctx = live_info(t, &info);
+        lg_strbuf_printf(out, "%s\n  {\n   \"ca_cert\": [", first ? "" : ",");
+        first = 0;
+        if (ctx != NULL && info->ca != NULL) {
+            lg_strbuf_puts(out, "\n");
+            json_cert(out, info->ca_path, info->ca, now, "    ");
+            lg_strbuf_puts(out, "\n   ");
+        }
+        lg_strbuf_puts(out, "],\n   \"cert_chain\": [");
+        for (size_t i = 0; ctx != NULL && i != info->n; ++i) {
+            lg_strbuf_puts(out, i == 0 ? "\n" : ",\n");
+            json_cert(out, info->chain[i].path, info->chain[i].leaf, now, "    ");
+        }
+        lg_strbuf_puts(out, ctx != NULL && info->n != 0 ? "\n   ]\n  }" : "]\n  }");
+        if (ctx != NULL)
+            SSL_CTX_free(ctx);
+    }
+    pthread_mutex_unlock(&registry_mutex);
+    lg_strbuf_puts(out, first ? "]\n}\n" : "\n ]\n}\n");
 }
 
 size_t lg_tls_reload_poll(void)

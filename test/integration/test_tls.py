@@ -16,6 +16,7 @@ s_client and Python's ssl module; upstreams: the echo servers behind
 Python's ssl.
 """
 import hashlib
+import datetime
 import json
 import os
 import shutil
@@ -583,6 +584,41 @@ def test_days_until_first_cert_expiring_expired_or_none(legate, ports, upstream,
     assert lg.admin.stat(DAYS) == 0, "an expired certificate counts as 0 days"
     plain = legate(cfg.simple_proxy(ports(), ports(), [up.port]))
     assert plain.admin.stat(DAYS) == 4294967295, "no certificate at all: UINT32_MAX, as Envoy"
+
+
+def cert_details(c):
+    """What /certs says of a certificate file, read with openssl."""
+    out = subprocess.run(["openssl", "x509", "-in", c, "-noout", "-serial", "-startdate", "-enddate"], capture_output=True,
+                         text=True, check=True).stdout
+    f = dict(line.split("=", 1) for line in out.strip().splitlines())
+    when = lambda s: datetime.datetime.strptime(s, "%b %d %H:%M:%S %Y %Z").strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
+    return {"serial_number": f["serial"].lower(), "valid_from": when(f["notBefore"]), "expiration_time": when(f["notAfter"])}
+
+
+def test_admin_certs(legate, ports, pki, tls_upstream):
+    """Envoy's /certs: one entry per TLS context, its first trusted CA and its certificates."""
+    up = tls_upstream(pki.upstream)
+    lg = tls_proxy(legate, ports, up.port, downstream_ts([pki.server, pki.server_ec]),
+                   cluster_extra={"transport_socket": upstream_ts({"trusted_ca": {"filename": pki.ca_cert}},
+                                                                  cert=pki.client, sni="upstream.example.com")})
+    r = lg.admin.get("/certs")
+    assert r.status == 200 and r.header("content-type").startswith("application/json")
+    certs = sorted(r.json()["certificates"], key=lambda c: len(c["ca_cert"]))
+    assert len(certs) == 2, certs
+    listener, cluster = certs
+    assert listener["ca_cert"] == []
+    assert [c["path"] for c in listener["cert_chain"]] == [pki.server.cert, pki.server_ec.cert]
+    server = listener["cert_chain"][0]
+    assert server["subject_alt_names"] == [{"dns": "localhost"}, {"dns": "a.example.com"}, {"ip_address": "127.0.0.1"}]
+    assert server["days_until_expiration"] == "9"
+    assert {k: server[k] for k in ("serial_number", "valid_from", "expiration_time")} == cert_details(pki.server.cert)
+    [ca] = cluster["ca_cert"]
+    assert ca["path"] == pki.ca_cert and ca["days_until_expiration"] == "29" and ca["subject_alt_names"] == []
+    [client] = cluster["cert_chain"]
+    assert client["path"] == pki.client.cert
+    assert client["subject_alt_names"] == [{"uri": "spiffe://cluster.local/ns/default/sa/client"}]
+    plain = legate(cfg.simple_proxy(ports(), ports(), [up.port]))
+    assert plain.admin.get("/certs").json() == {"certificates": []}
 
 
 # ---- upstream ------------------------------------------------------------------

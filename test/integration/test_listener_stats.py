@@ -107,12 +107,17 @@ def test_connection_closed_by_proxy_is_destroyed(proxied):
                "refused connections destroyed")
 
 
-def test_connection_length_histogram(proxied):
-    lg, _ = proxied
-    for i in range(N):
+def one_request_each(lg, n):
+    """n HTTP/1.1 connections, one request each, closed by the client."""
+    for i in range(n):
         with RawHTTP("127.0.0.1", lg.listener_port(), timeout=10) as c:
             c.request("GET", f"/c{i}")
             assert c.read_response().status == 200
+
+
+def test_connection_length_histogram(proxied):
+    lg, _ = proxied
+    one_request_each(lg, N)
     wait_stats(lg, {lstat(lg, "downstream_cx_destroy"): N}, "connections destroyed")
     _, samples = parse_prometheus(lg.admin.get("/stats/prometheus").text)
     addr = f"127.0.0.1_{lg.listener_port()}"
@@ -154,10 +159,7 @@ def destroy_stats(lg, **want):
 
 def test_client_closes_idle_connections(proxied):
     lg, _ = proxied
-    for i in range(N):
-        with RawHTTP("127.0.0.1", lg.listener_port(), timeout=10) as c:
-            c.request("GET", f"/c{i}")
-            assert c.read_response().status == 200
+    one_request_each(lg, N)
     with H2Client("127.0.0.1", lg.listener_port(), timeout=10) as c:
         assert c.get("/h2").status == 200
     destroy_stats(lg, downstream_cx_destroy_remote=N + 1)

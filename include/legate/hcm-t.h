@@ -89,6 +89,20 @@ typedef enum en_lg_escaped_slashes_t {
 enum { LG_HCM_STATS(LG__HCM_STAT_ENUM) LG_HCM_STAT__COUNT };
 #undef LG__HCM_STAT_ENUM
 
+/* Envoy's ConnectionManagerListenerStats: listener.<address>.http.<stat_prefix>.*,
+ * one block per listener and connection manager (the classes in the order of
+ * downstream_rq_1xx..5xx above). */
+#define LG_HCM_LISTENER_STATS(X)     \
+    X(COUNTER, downstream_rq_1xx) \
+    X(COUNTER, downstream_rq_2xx) \
+    X(COUNTER, downstream_rq_3xx) \
+    X(COUNTER, downstream_rq_4xx) \
+    X(COUNTER, downstream_rq_5xx) \
+    X(COUNTER, downstream_rq_completed)
+#define LG__HCM_LISTENER_STAT_ENUM(type, name) LG_HCM_LISTENER_STAT_##name,
+enum { LG_HCM_LISTENER_STATS(LG__HCM_LISTENER_STAT_ENUM) LG_HCM_LISTENER_STAT__COUNT };
+#undef LG__HCM_LISTENER_STAT_ENUM
+
 /* One of the HCM's upgrade_configs (without a filter chain of its own). */
 typedef struct st_lg_hcm_upgrade_t {
     h2o_iovec_t type; /* lower-case: "websocket", "connect" */
@@ -132,6 +146,7 @@ struct st_lg_hcm_config_t {
     lg_http_filter_config_t *filters;
     size_t n_filters;
     lg_stats_block_t *stats; /* http.<stat_prefix>. */
+    lg_stats_block_t *listener_stats; /* listener.<address>.http.<stat_prefix>. (NULL outside a listener) */
     lg_access_logs_t access_logs;
 
     /* ---- scoped_routes (include/legate/scoped_routes.h); scope_keys is set iff the

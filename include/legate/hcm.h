@@ -14,6 +14,9 @@ typedef struct st_lg_hcm_compile_ctx_t {
 lg_hcm_config_t *
 lg_hcm_config_compile(const Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager *m,
                       const lg_hcm_compile_ctx_t *ctx, lg_error_t *err);
+/* Gives a compiled config its listener's stats (Envoy's ConnectionManagerListenerStats under
+ * <listener_stats_prefix>http.<stat_prefix>., e.g. listener.0.0.0.0_80.http.ingress_http.). */
+void lg_hcm_config_set_listener(lg_hcm_config_t *c, const char *listener_stats_prefix);
 void lg_hcm_config_free(lg_hcm_config_t *c);
 
 /* Takes over an accepted socket; `version` is the codec chosen by the

@@ -158,6 +158,7 @@ static int compile_chain(lg_filter_chain_t *o, const chain_proto_t *m, const lg_
         protobuf_c_message_free_unpacked(&hcm->base, NULL);
         if (o->hcm == NULL)
             return lg_error_prefix(err, "filters[%zu].typed_config", i);
+        lg_hcm_config_set_listener(o->hcm, stats_prefix);
     }
     return 0;
 }

@@ -334,6 +334,28 @@ static void on_conn_close(lg_server_conn_t *codec, int remote, int active_rq)
         free(c);
 }
 
+_Static_assert(LG_HCM_STAT_downstream_rq_5xx - LG_HCM_STAT_downstream_rq_1xx == 4 &&
+                   LG_HCM_LISTENER_STAT_downstream_rq_5xx - LG_HCM_LISTENER_STAT_downstream_rq_1xx == 4,
+               "the status classes are consecutive");
+
+static void count_completed(lg_hcm_conn_t *c)
+{
+    STAT_INC(c, downstream_rq_completed);
+    if (c->config->listener_stats != NULL)
+        LG_STAT_INC(c->config->listener_stats, c->worker->index, LG_HCM_LISTENER_STAT_downstream_rq_completed);
+}
+
+/* downstream_rq_<N>xx, in http.<prefix>. and listener.<address>.http.<prefix>. (other statuses count as 5xx) */
+static void count_class(lg_hcm_conn_t *c, int status)
+{
+    int k = status / 100 - 1;
+    if (k < 0 || k > 4)
+        k = 4;
+    LG_STAT_INC(c->config->stats, c->worker->index, LG_HCM_STAT_downstream_rq_1xx + k);
+    if (c->config->listener_stats != NULL)
+        LG_STAT_INC(c->config->listener_stats, c->worker->index, LG_HCM_LISTENER_STAT_downstream_rq_1xx + k);
+}
+
 static void on_codec_error(lg_server_conn_t *codec, int status, const char *details)
 {
     lg_hcm_conn_t *c = codec->ctx;
@@ -345,10 +367,8 @@ static void on_codec_error(lg_server_conn_t *codec, int status, const char *deta
         STAT_INC(c, downstream_rq_total);
         if (status == 431 || status == 413)
             STAT_INC(c, downstream_rq_too_large);
-        if (status >= 500)
-            STAT_INC(c, downstream_rq_5xx);
-        else
-            STAT_INC(c, downstream_rq_4xx);
+        count_class(c, status);
+        count_completed(c); /* the codec answered it (Envoy sends the local reply through a stream) */
     }
     LG_DEBUG(http, "[C%llu] codec error: %d %s", (unsigned long long)c->id, status, details != NULL ? details : "");
 }
@@ -1058,7 +1078,7 @@ static void on_complete(lg_stream_t *ds)
 {
     lg_hcm_stream_t *s = ds->ctx;
     s->downstream = NULL;
-    STAT_INC(s->conn, downstream_rq_completed);
+    count_completed(s->conn);
     lg_stats_histogram_record(s->conn->config->stats, s->conn->worker->index, LG_HCM_STAT_downstream_rq_time,
                               (lg_now_us() - s->info.start_us) / 1000); /* Envoy: when the codec finished the response */
     stream_destroy(s);
@@ -1143,24 +1163,7 @@ void lg_hcm_pause_request(lg_hcm_stream_t *s, int paused)
 
 static void count_response(lg_hcm_stream_t *s, int status)
 {
-    lg_hcm_conn_t *c = s->conn;
-    switch (status / 100) {
-    case 1:
-        STAT_INC(c, downstream_rq_1xx);
-        break;
-    case 2:
-        STAT_INC(c, downstream_rq_2xx);
-        break;
-    case 3:
-        STAT_INC(c, downstream_rq_3xx);
-        break;
-    case 4:
-        STAT_INC(c, downstream_rq_4xx);
-        break;
-    default:
-        STAT_INC(c, downstream_rq_5xx);
-        break;
-    }
+    count_class(s->conn, status);
 }
 
 static void finalize_response_head(lg_hcm_stream_t *s, lg_resp_head_t *head)

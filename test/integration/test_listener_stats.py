@@ -202,3 +202,23 @@ def test_proxy_closes_connections(proxied):
         assert c.wait_goaway(timeout=10 * T)[0] == 1
     destroy_stats(lg, downstream_cx_destroy_local=2, downstream_cx_destroy_active_rq=1,
                   downstream_cx_destroy_local_active_rq=1)
+
+
+def test_listener_http_stats(proxied):
+    """Envoy's per-listener connection manager stats: listener.<address>.http.<stat_prefix>.downstream_rq_<N>xx
+    and downstream_rq_completed, beside the connection manager's own."""
+    lg, _ = proxied
+    with RawHTTP("127.0.0.1", lg.listener_port(), timeout=10) as c:
+        for path, status in (("/ok", 200), ("/status/404", 404), ("/status/503", 503), ("/also-ok", 200)):
+            c.request("GET", path)
+            assert c.read_response().status == status
+    with socket.create_connection(("127.0.0.1", lg.listener_port()), timeout=10) as s:
+        s.sendall(b"NOT HTTP AT ALL\r\n\r\n")  # the codec's 400
+        while s.recv(4096):
+            pass
+    prefix = lstat(lg, "http.ingress_http.")
+    want = {"downstream_rq_2xx": 2, "downstream_rq_4xx": 2, "downstream_rq_5xx": 1, "downstream_rq_completed": 5}
+    s = wait_stats(lg, {prefix + k: v for k, v in want.items()}, "listener http stats")
+    assert s[prefix + "downstream_rq_1xx"] == s[prefix + "downstream_rq_3xx"] == 0
+    for k, v in want.items():
+        assert s["http.ingress_http." + k] == v

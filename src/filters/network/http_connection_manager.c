@@ -304,6 +304,15 @@ fail:
     return NULL;
 }
 
+static const lg_stat_def_t hcm_listener_stat_defs[] = {LG_HCM_LISTENER_STATS(LG_STAT_DEF)};
+
+void lg_hcm_config_set_listener(lg_hcm_config_t *c, const char *listener_stats_prefix)
+{
+    char prefix[768];
+    snprintf(prefix, sizeof(prefix), "%shttp.%s.", listener_stats_prefix, c->stat_prefix);
+    c->listener_stats = lg_stats_block_new(prefix, hcm_listener_stat_defs, LG_ARRAY_SIZE(hcm_listener_stat_defs));
+}
+
 void lg_hcm_config_free(lg_hcm_config_t *c)
 {
     if (c == NULL)
@@ -318,6 +327,8 @@ void lg_hcm_config_free(lg_hcm_config_t *c)
         lg_route_table_free(c->route_table);
     if (c->stats != NULL)
         lg_stats_block_release(c->stats);
+    if (c->listener_stats != NULL)
+        lg_stats_block_release(c->listener_stats);
     lg_access_logs_dispose(&c->access_logs);
     for (size_t i = 0; i != c->n_upgrades; ++i)
         free(c->upgrades[i].type.base);

@@ -51,6 +51,8 @@ typedef enum en_lg_escaped_slashes_t {
     X(COUNTER, downstream_cx_protocol_error)                  \
     X(COUNTER, downstream_cx_idle_timeout)                    \
     X(COUNTER, downstream_cx_drain_close)                     \
+    X(COUNTER, downstream_cx_max_duration_reached)            \
+    X(COUNTER, downstream_cx_max_requests_reached)            \
     X(COUNTER, downstream_cx_rx_bytes_total)                  \
     X(COUNTER, downstream_cx_tx_bytes_total)                  \
     X(COUNTER, downstream_cx_upgrades_total)                  \
@@ -136,6 +138,11 @@ struct st_lg_hcm_config_t {
     uint64_t request_headers_timeout_ms;
     uint64_t idle_timeout_ms; /* connection, default 1 h */
     uint64_t max_stream_duration_ms;
+    /* common_http_protocol_options: max_connection_duration (0: none) and
+     * max_requests_per_connection (0: no limit); either one gives each
+     * connection an lg_hcm_conn_limits_t */
+    uint64_t max_connection_duration_ms;
+    uint32_t max_requests_per_connection;
     uint64_t drain_timeout_ms; /* default 5 s */
     lg_h1_limits_t h1;
     lg_h2_settings_t h2;
@@ -181,11 +188,13 @@ typedef struct st_lg_hcm_conn_t {
     unsigned listener_counted : 1;  /* see start_ms */
     unsigned local_is_listener : 1; /* the local address is the listener's (none stored) */
     unsigned has_sni : 1;           /* the TLS connection's SNI is stored (requested_server_name) */
+    unsigned has_limits : 1;        /* an lg_hcm_conn_limits_t is in the tail */
     h2o_linklist_t streams;
     h2o_linklist_t worker_link; /* in the worker's connection list, for draining */
     /* Sized per connection, in this order: unless with_codec, the idle timer
      * and the codec (lg_hcm_h2_part_t; with_codec: the codec precedes the
-     * connection, see lg_h1_server_conn_new_with_ctx); the peer address (a sockaddr_in for IPv4, 28 bytes otherwise:
+     * connection, see lg_h1_server_conn_new_with_ctx); lg_hcm_conn_limits_t
+     * when has_limits; the peer address (a sockaddr_in for IPv4, 28 bytes otherwise:
      * a sockaddr_in6, or a pipe's family only); the local address the same way
      * unless local_is_listener; the SNI, NUL-terminated, when has_sni. */
     uint64_t tail[];
@@ -196,6 +205,13 @@ typedef struct st_lg_hcm_h2_part_t {
     lg_timer_t idle_timer;
     lg_server_conn_t *codec;
 } lg_hcm_h2_part_t;
+
+/* In the tail of a connection whose HCM limits connections. */
+typedef struct st_lg_hcm_conn_limits_t {
+    lg_timer_t max_duration_timer;
+    struct st_lg_hcm_conn_t *conn;
+    uint64_t requests; /* streams started */
+} lg_hcm_conn_limits_t;
 
 struct st_lg_hcm_stream_t {
     /* The request's pool: the downstream codec's (lg_stream_t.pool) when it lends

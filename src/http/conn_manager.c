@@ -177,9 +177,16 @@ static int addr_is_listener(const lg_listener_config_t *l, const struct sockaddr
     return sa->sa_family == AF_UNIX; /* a pipe's local address is its listener's */
 }
 
+static lg_hcm_conn_limits_t *conn_limits(const lg_hcm_conn_t *c)
+{
+    return c->has_limits ? (lg_hcm_conn_limits_t *)(void *)((char *)c->tail + (c->with_codec ? 0 : sizeof(lg_hcm_h2_part_t)))
+                         : NULL;
+}
+
 static const struct sockaddr *conn_peer(const lg_hcm_conn_t *c)
 {
-    return (const struct sockaddr *)((const char *)c->tail + (c->with_codec ? 0 : sizeof(lg_hcm_h2_part_t)));
+    return (const struct sockaddr *)((const char *)c->tail + (c->with_codec ? 0 : sizeof(lg_hcm_h2_part_t)) +
+                                     (c->has_limits ? sizeof(lg_hcm_conn_limits_t) : 0));
 }
 
 /* The stored local address (!local_is_listener) or where it would be. */
@@ -225,6 +232,30 @@ static void addrs_get(const lg_hcm_conn_t *c, lg_stream_info_t *info)
         addr_copy(&info->downstream_local, (const struct sockaddr *)&c->listener->addr);
 }
 
+static int has_limits(const lg_hcm_config_t *cfg)
+{
+    return cfg->max_connection_duration_ms != 0 || cfg->max_requests_per_connection != 0;
+}
+
+/* Envoy's startDrainSequence: HTTP/1.1 closes after the response in progress
+ * (at once when idle), HTTP/2 sends GOAWAY and closes once its streams end. */
+static void conn_start_drain(lg_hcm_conn_t *c)
+{
+    if (c->draining || c->closed)
+        return;
+    c->draining = 1;
+    lg_server_conn_t *codec = conn_codec(c);
+    codec->ops->drain(codec);
+}
+
+/* common_http_protocol_options.max_connection_duration */
+static void max_duration_reached(lg_timer_t *t)
+{
+    lg_hcm_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_hcm_conn_limits_t, max_duration_timer, t)->conn;
+    STAT_INC(c, downstream_cx_max_duration_reached);
+    conn_start_drain(c);
+}
+
 static void conn_init(lg_hcm_conn_t *c, lg_worker_t *w, const lg_listener_config_t *l, const lg_hcm_config_t *cfg,
                       lg_snapshot_t *snap, h2o_socket_t *sock, const struct sockaddr *local, const struct sockaddr *peer,
                       const char *sni, const uint64_t *listener_start_ms)
@@ -240,6 +271,13 @@ static void conn_init(lg_hcm_conn_t *c, lg_worker_t *w, const lg_listener_config
     c->start_ms = listener_start_ms != NULL ? *listener_start_ms : lg_now_ms();
     c->local_is_listener = addr_is_listener(l, local);
     c->has_sni = sni != NULL;
+    c->has_limits = has_limits(cfg);
+    if (c->has_limits) {
+        lg_hcm_conn_limits_t *lim = conn_limits(c);
+        lim->conn = c;
+        if (cfg->max_connection_duration_ms != 0)
+            lg_timer_start(&w->loop, &lim->max_duration_timer, cfg->max_connection_duration_ms, max_duration_reached);
+    }
     addr_store((uint32_t *)conn_peer(c), peer);
     if (!c->local_is_listener)
         addr_store((uint32_t *)conn_local_stored(c), local);
@@ -258,8 +296,8 @@ lg_hcm_conn_t *lg_hcm_conn_new(lg_worker_t *w, const lg_listener_config_t *l, co
     const char *sni = sock->ssl != NULL ? lg_tls_server_name(sock) : NULL;
     if (sni != NULL && sni[0] == '\0')
         sni = NULL;
-    size_t size = sizeof(lg_hcm_conn_t) + addr_size(peer) + (addr_is_listener(l, local) ? 0 : addr_size(local)) +
-                  (sni != NULL ? strlen(sni) + 1 : 0);
+    size_t size = sizeof(lg_hcm_conn_t) + (has_limits(cfg) ? sizeof(lg_hcm_conn_limits_t) : 0) + addr_size(peer) +
+                  (addr_is_listener(l, local) ? 0 : addr_size(local)) + (sni != NULL ? strlen(sni) + 1 : 0);
     lg_hcm_conn_t *c;
     if (version == LG_HTTP_2) {
         c = lg_calloc(1, size + sizeof(lg_hcm_h2_part_t));
@@ -296,10 +334,8 @@ void lg_hcm_conn_drain(lg_hcm_conn_t *c)
 {
     if (c->draining || c->closed)
         return;
-    c->draining = 1;
     STAT_INC(c, downstream_cx_drain_close);
-    lg_server_conn_t *codec = conn_codec(c);
-    codec->ops->drain(codec);
+    conn_start_drain(c);
 }
 
 static void on_conn_close(lg_server_conn_t *codec, int remote, int active_rq)
@@ -308,6 +344,8 @@ static void on_conn_close(lg_server_conn_t *codec, int remote, int active_rq)
     c->closed = 1;
     if (!c->with_codec)
         lg_timer_stop(conn_idle_timer(c));
+    if (c->has_limits)
+        lg_timer_stop(&conn_limits(c)->max_duration_timer);
     STAT_INC(c, downstream_cx_destroy);
     if (remote)
         STAT_INC(c, downstream_cx_destroy_remote);
@@ -465,6 +503,11 @@ static void on_new_stream(lg_server_conn_t *codec, lg_stream_t *ds)
     s->downstream = ds;
     ds->cbs = &downstream_cbs;
     ds->ctx = s;
+    lg_hcm_conn_limits_t *lim = conn_limits(c);
+    if (lim != NULL && cfg->max_requests_per_connection != 0 && ++lim->requests >= cfg->max_requests_per_connection) {
+        STAT_INC(c, downstream_cx_max_requests_reached); /* as Envoy, for every stream past the limit */
+        conn_start_drain(c);                             /* HTTP/1.1: this response says connection: close */
+    }
     s->info.connection_id = c->id;
     s->info.start_us = lg_now_us();
     s->info.start_wall_us = lg_wall_us();

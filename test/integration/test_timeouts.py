@@ -1,5 +1,6 @@
 """HTTP connection manager timeouts on the downstream side."""
 from lib import config as cfg
+from lib.h2client import H2Client
 from lib.rawhttp import RawHTTP
 
 
@@ -62,3 +63,53 @@ def test_request_headers_timeout_on_http2(legate, ports, upstream):
         assert heads[0].get(":status") == "408", heads
     assert lg.admin.stat("http.ingress_http.downstream_rq_header_timeout") == 1
     assert [x["path"] for x in up.requests] == ["/ok"]
+
+
+def limited(legate, ports, up, **common):
+    return legate(cfg.simple_proxy(ports(), ports(), [up.port], common_http_protocol_options=common))
+
+
+def test_max_requests_per_connection_http1(legate, ports, upstream):
+    """The request that reaches the limit is answered with connection: close and the connection
+    closes after it (Envoy's downstream_cx_max_requests_reached)."""
+    up = upstream()
+    lg = limited(legate, ports, up, max_requests_per_connection=2)
+    with RawHTTP("127.0.0.1", lg.listener_port(), timeout=10) as c:
+        c.request("GET", "/1")
+        r = c.read_response()
+        assert r.status == 200 and (r.header("connection") or "").lower() != "close"
+        c.request("GET", "/2")
+        r = c.read_response()
+        assert r.status == 200 and (r.header("connection") or "").lower() == "close"
+        assert c.closed_by_peer(timeout=5)
+    assert lg.admin.stat("http.ingress_http.downstream_cx_max_requests_reached") == 1
+
+
+def test_max_requests_per_connection_http2(legate, ports, upstream):
+    """HTTP/2: the stream that reaches the limit starts the drain: GOAWAY (NO_ERROR) naming it, its
+    response still delivered."""
+    up = upstream()
+    lg = limited(legate, ports, up, max_requests_per_connection=2)
+    with H2Client("127.0.0.1", lg.listener_port(), timeout=10) as c:
+        assert c.get("/1").status == 200
+        assert c.goaway is None
+        assert c.get("/2").status == 200
+        assert c.wait_goaway(timeout=5) == (0, 3)
+    assert lg.admin.stat("http.ingress_http.downstream_cx_max_requests_reached") == 1
+
+
+def test_max_connection_duration(legate, ports, upstream):
+    """After max_connection_duration an idle HTTP/1.1 connection is closed, and an HTTP/2 one
+    gets GOAWAY while its stream in flight still completes (Envoy's drain sequence)."""
+    up = upstream()
+    lg = limited(legate, ports, up, max_connection_duration="1s")
+    with RawHTTP("127.0.0.1", lg.listener_port(), timeout=10) as h1, \
+            H2Client("127.0.0.1", lg.listener_port(), timeout=10) as h2:
+        h1.request("GET", "/first")
+        assert h1.read_response().status == 200
+        slow = h2.request("GET", "/delay/2500")
+        assert h1.closed_by_peer(timeout=10)
+        assert h2.wait_goaway(timeout=10) == (0, slow)
+        assert h2.wait_response(slow, timeout=10).status == 200
+    assert lg.admin.stat("http.ingress_http.downstream_cx_max_duration_reached") == 2
+    assert lg.admin.stat("http.ingress_http.downstream_cx_drain_close") == 0

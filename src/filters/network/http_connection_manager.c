@@ -98,6 +98,8 @@ static int compile_protocol_options(lg_hcm_config_t *c, const hcm_proto_t *m, lg
         c->idle_timeout_ms = lg_duration_ms(common->idle_timeout, c->idle_timeout_ms);
         c->h1.max_headers_count = LG_WRAPPED(common->max_headers_count, 100);
         c->max_stream_duration_ms = lg_duration_ms(common->max_stream_duration, 0);
+        c->max_connection_duration_ms = lg_duration_ms(common->max_connection_duration, 0);
+        c->max_requests_per_connection = common->max_requests_per_connection != NULL ? common->max_requests_per_connection->value : 0;
         c->h1.headers_with_underscores_action = (lg_h1_underscores_action_t)common->headers_with_underscores_action;
     }
     if (h1 != NULL) {

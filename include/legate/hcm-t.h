@@ -41,6 +41,8 @@ typedef enum en_lg_escaped_slashes_t {
     X(GAUGE, downstream_cx_http1_active)                      \
     X(COUNTER, downstream_cx_http2_total)                     \
     X(GAUGE, downstream_cx_http2_active)                      \
+    X(COUNTER, downstream_cx_ssl_total)                       \
+    X(GAUGE, downstream_cx_ssl_active)                        \
     X(COUNTER, downstream_cx_destroy)                         \
     X(HISTOGRAM, downstream_cx_length_ms)                     \
     X(COUNTER, downstream_cx_destroy_remote)                  \

@@ -287,6 +287,10 @@ static void conn_init(lg_hcm_conn_t *c, lg_worker_t *w, const lg_listener_config
     lg_worker_add_connection(w, &c->worker_link);
     STAT_INC(c, downstream_cx_total);
     STAT_INC(c, downstream_cx_active);
+    if (c->tls) {
+        STAT_INC(c, downstream_cx_ssl_total);
+        STAT_INC(c, downstream_cx_ssl_active);
+    }
 }
 
 lg_hcm_conn_t *lg_hcm_conn_new(lg_worker_t *w, const lg_listener_config_t *l, const lg_hcm_config_t *cfg, lg_snapshot_t *snap,
@@ -360,6 +364,8 @@ static void on_conn_close(lg_server_conn_t *codec, int remote, int active_rq)
     }
     lg_stats_histogram_record(c->config->stats, c->worker->index, LG_HCM_STAT_downstream_cx_length_ms, lg_now_ms() - c->start_ms);
     STAT_DEC(c, downstream_cx_active);
+    if (c->tls)
+        STAT_DEC(c, downstream_cx_ssl_active);
     if (lg_server_conn_version(codec) == LG_HTTP_2)
         STAT_DEC(c, downstream_cx_http2_active);
     else

@@ -367,6 +367,15 @@ def test_tls_and_raw_buffer_chains_on_one_port(legate, ports, upstream, pki):
     r = curl([f"http://127.0.0.1:{port}/plain"])
     assert r.returncode == 0 and header_value(json.loads(r.stdout), "x-forwarded-proto") == "http", r.stderr
     assert lg.admin.stat("tls_inspector.tls_not_found") == 1
+    # the connection manager's TLS connections: downstream_cx_ssl_total / _active
+    status, _, keep = https_get(port, client_ctx(pki))
+    assert status == 200
+    wait_for(lambda: lg.admin.stat("http.ingress_http.downstream_cx_ssl_active") == 1, timeout=5, what="one TLS connection")
+    keep.close()
+    wait_for(lambda: lg.admin.stat("http.ingress_http.downstream_cx_active") == 0, timeout=5, what="TLS connections closed")
+    st = lg.admin.stats()
+    assert st["http.ingress_http.downstream_cx_ssl_total"] == 2 and st["http.ingress_http.downstream_cx_ssl_active"] == 0
+    assert st["http.plain.downstream_cx_total"] == 1 and st["http.plain.downstream_cx_ssl_total"] == 0
 
 
 def test_mtls(legate, ports, upstream, pki):

@@ -89,12 +89,14 @@ struct st_lg_stream_t {
 /* A server connection (downstream). The codec asks the connection manager
  * for each new stream with `on_new_stream`, which sets s->cbs and s->ctx. */
 typedef struct st_lg_server_conn_t lg_server_conn_t;
+/* How a server connection closed (on_close): */
+#define LG_CONN_CLOSED_REMOTE 1u    /* the peer closed it or its socket failed (Envoy's RemoteClose), else LocalClose */
+#define LG_CONN_CLOSED_ACTIVE_RQ 2u /* streams were still open (they were reset) */
+#define LG_CONN_CLOSED_DELAYED 4u   /* the delayed close timeout ended it */
 typedef struct st_lg_server_conn_cbs_t {
     void (*on_new_stream)(lg_server_conn_t *c, lg_stream_t *s);
-    /* The connection closed; no stream remains. `remote`: the peer closed it
-     * or its socket failed (Envoy's RemoteClose), else Legate did (LocalClose);
-     * `active_rq`: streams were still open when it closed (they were reset). */
-    void (*on_close)(lg_server_conn_t *c, int remote, int active_rq);
+    /* The connection closed; no stream remains. `how`: LG_CONN_CLOSED_* flags. */
+    void (*on_close)(lg_server_conn_t *c, unsigned how);
     /* A codec-level error that killed the connection or a request before a
      * stream existed (bad request line ...): for stats and access logs. The
      * codec has already answered as Envoy does (400/431 on h1, GOAWAY on h2). */

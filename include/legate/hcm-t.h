@@ -53,6 +53,7 @@ typedef enum en_lg_escaped_slashes_t {
     X(COUNTER, downstream_cx_protocol_error)                  \
     X(COUNTER, downstream_cx_idle_timeout)                    \
     X(COUNTER, downstream_cx_drain_close)                     \
+    X(COUNTER, downstream_cx_delayed_close_timeout)           \
     X(COUNTER, downstream_cx_max_duration_reached)            \
     X(COUNTER, downstream_cx_max_requests_reached)            \
     X(COUNTER, downstream_cx_rx_bytes_total)                  \

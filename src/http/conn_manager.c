@@ -342,8 +342,9 @@ void lg_hcm_conn_drain(lg_hcm_conn_t *c)
     conn_start_drain(c);
 }
 
-static void on_conn_close(lg_server_conn_t *codec, int remote, int active_rq)
+static void on_conn_close(lg_server_conn_t *codec, unsigned how)
 {
+    int remote = (how & LG_CONN_CLOSED_REMOTE) != 0;
     lg_hcm_conn_t *c = codec->ctx;
     c->closed = 1;
     if (!c->with_codec)
@@ -355,7 +356,9 @@ static void on_conn_close(lg_server_conn_t *codec, int remote, int active_rq)
         STAT_INC(c, downstream_cx_destroy_remote);
     else
         STAT_INC(c, downstream_cx_destroy_local);
-    if (active_rq) {
+    if (how & LG_CONN_CLOSED_DELAYED)
+        STAT_INC(c, downstream_cx_delayed_close_timeout);
+    if (how & LG_CONN_CLOSED_ACTIVE_RQ) {
         STAT_INC(c, downstream_cx_destroy_active_rq);
         if (remote)
             STAT_INC(c, downstream_cx_destroy_remote_active_rq);

@@ -329,8 +329,8 @@ static lg_h1_server_stream_t *detach_stream(lg_h1_server_conn_t *c)
 }
 
 /* Closes the socket at once: queued output is dropped, the stream (if any) is
- * reset. `remote`: the client closed or its socket failed (Envoy's RemoteClose). */
-static void close_now(lg_h1_server_conn_t *c, int remote, lg_reset_reason_t reason, const char *details)
+ * reset. `how`: LG_CONN_CLOSED_REMOTE / _DELAYED (_ACTIVE_RQ is added here). */
+static void close_now(lg_h1_server_conn_t *c, unsigned how, lg_reset_reason_t reason, const char *details)
 {
     if (c->closed)
         return;
@@ -342,14 +342,14 @@ static void close_now(lg_h1_server_conn_t *c, int remote, lg_reset_reason_t reas
     c->writing = 0;
     if (s != NULL)
         s->super.cbs->on_reset(&s->super, reason, details);
-    c->super.cbs->on_close(&c->super, remote, s != NULL);
+    c->super.cbs->on_close(&c->super, how | (s != NULL ? LG_CONN_CLOSED_ACTIVE_RQ : 0));
 }
 
 static void on_linger_timeout(lg_timer_t *t)
 {
     lg_h1_server_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_h1_server_conn_t, timer, t);
     enter(c);
-    close_now(c, 0, LG_RESET_CONNECTION_TERMINATION, "delayed_close_timeout");
+    close_now(c, LG_CONN_CLOSED_DELAYED, LG_RESET_CONNECTION_TERMINATION, "delayed_close_timeout");
     leave(c);
 }
 
@@ -548,7 +548,7 @@ static void on_write_complete(h2o_socket_t *sock, const char *err)
     c->writing = 0;
     enter(c);
     if (err != NULL) {
-        close_now(c, 1, LG_RESET_CONNECTION_TERMINATION, "downstream_remote_disconnect");
+        close_now(c, LG_CONN_CLOSED_REMOTE, LG_RESET_CONNECTION_TERMINATION, "downstream_remote_disconnect");
     } else {
         if (c->stream != NULL && sent != 0)
             c->stream->super.cbs->on_data_sent(&c->stream->super, sent);
@@ -917,7 +917,7 @@ static void on_peer_eof(lg_h1_server_conn_t *c)
         return; /* end_stream is delivered once the buffered bytes are */
     if (c->close_after_write && s == NULL && c->writing)
         return;
-    close_now(c, 1, LG_RESET_CONNECTION_TERMINATION, "downstream_remote_disconnect");
+    close_now(c, LG_CONN_CLOSED_REMOTE, LG_RESET_CONNECTION_TERMINATION, "downstream_remote_disconnect");
 }
 
 /* How much one read should take: a head fits the recycled 8 KiB buffer; a
@@ -940,7 +940,7 @@ static void on_read(h2o_socket_t *sock, const char *err)
     if (c->lingering || (c->close_after_write && c->stream == NULL)) {
         h2o_buffer_consume(&sock->input, sock->input->size);
         if (c->lingering && err != NULL)
-            close_now(c, 1, LG_RESET_CONNECTION_TERMINATION, "downstream_remote_disconnect");
+            close_now(c, LG_CONN_CLOSED_REMOTE, LG_RESET_CONNECTION_TERMINATION, "downstream_remote_disconnect");
         else
             update_reading(c);
     } else {

@@ -1288,7 +1288,8 @@ static void close_now(lg__h2_conn_t *conn)
                       detail);
     }
     if (conn->is_server)
-        conn->super.server.cbs->on_close(&conn->super.server, closed_by_peer(conn), conn->streams_at_close);
+        conn->super.server.cbs->on_close(&conn->super.server, (closed_by_peer(conn) ? LG_CONN_CLOSED_REMOTE : 0) |
+                                                                  (conn->streams_at_close ? LG_CONN_CLOSED_ACTIVE_RQ : 0));
     else
         conn->super.client.cbs->on_close(&conn->super.client, conn->close_reason);
     free_graveyard(conn);

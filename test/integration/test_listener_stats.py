@@ -147,7 +147,8 @@ def test_admin_listener_counted(proxied):
 # downstream_cx_destroy_local, and downstream_cx_destroy_active_rq with its _remote_ / _local_
 # variant when streams had to be reset.
 DESTROY = ("downstream_cx_destroy_remote", "downstream_cx_destroy_local", "downstream_cx_destroy_active_rq",
-           "downstream_cx_destroy_remote_active_rq", "downstream_cx_destroy_local_active_rq")
+           "downstream_cx_destroy_remote_active_rq", "downstream_cx_destroy_local_active_rq",
+           "downstream_cx_delayed_close_timeout")
 
 
 def destroy_stats(lg, **want):
@@ -194,14 +195,15 @@ def test_proxy_closes_connections(proxied):
         while (data := s.recv(4096)):  # Legate shuts its side after the 400
             answer += data
         assert answer.startswith(b"HTTP/1.1 400 ")
-        wait_stats(lg, {"http.ingress_http.downstream_cx_destroy_local": 1}, "closed at the delayed close timeout")
+        wait_stats(lg, {"http.ingress_http.downstream_cx_destroy_local": 1,
+                        "http.ingress_http.downstream_cx_delayed_close_timeout": 1}, "closed at the delayed close timeout")
     with H2Client("127.0.0.1", lg.listener_port(), timeout=10) as c:
         c.request("GET", "/delay/20000")
         up.wait_inflight(1, timeout=10 * T)
         c.sock.sendall(frame(0x8, 0, 0, b"\0\0\0\0"))  # WINDOW_UPDATE of 0 on the connection: PROTOCOL_ERROR
         assert c.wait_goaway(timeout=10 * T)[0] == 1
     destroy_stats(lg, downstream_cx_destroy_local=2, downstream_cx_destroy_active_rq=1,
-                  downstream_cx_destroy_local_active_rq=1)
+                  downstream_cx_destroy_local_active_rq=1, downstream_cx_delayed_close_timeout=1)
 
 
 def test_listener_http_stats(proxied):

@@ -237,7 +237,7 @@ static void on_new_stream(lg_server_conn_t *c, lg_stream_t *s)
     event("N%u ", s->id);
 }
 
-static void on_close(lg_server_conn_t *c, int remote, int active_rq)
+static void on_close(lg_server_conn_t *c, unsigned how)
 {
     ++drv.closed;
     conn = NULL;

@@ -268,7 +268,7 @@ static void srv_on_new_stream(lg_server_conn_t *c, lg_stream_t *s)
         srv_t[nsrv++] = t;
 }
 
-static void srv_on_close(lg_server_conn_t *c, int remote, int active_rq)
+static void srv_on_close(lg_server_conn_t *c, unsigned how)
 {
     ++srv_conn.closed;
 }

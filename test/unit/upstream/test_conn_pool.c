@@ -252,7 +252,7 @@ static void h2s_on_new_stream(lg_server_conn_t *c, lg_stream_t *s)
     s->ctx = ss;
 }
 
-static void h2s_on_close(lg_server_conn_t *c, int remote, int active_rq)
+static void h2s_on_close(lg_server_conn_t *c, unsigned how)
 {
     ++h2_server.closed;
 }

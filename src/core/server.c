@@ -1240,6 +1240,12 @@ int lg_server_run(const lg_options_t *o)
     srv.listener_manager_stats = lg_stats_listener_manager;
     srv.cluster_manager_stats = lg_stats_cluster_manager;
     lg_stats_gauge_set(srv.server_stats, LG_SERVER_STAT_concurrency, srv.n_workers);
+    lg_stats_gauge_set(srv.server_stats, LG_SERVER_STAT_hot_restart_epoch, o->restart_epoch);
+    /* Envoy's server.version: the first 6 hex digits of the build's revision as a number */
+    char rev[7];
+    memcpy(rev, lg_version_string, 6);
+    rev[6] = '\0';
+    lg_stats_gauge_set(srv.server_stats, LG_SERVER_STAT_version, strtoull(rev, NULL, 16));
     lg_stats_server_set_state(LG_SERVER_PRE_INITIALIZING);
     server_info_json(o, b);
     size_t failed;

@@ -70,6 +70,15 @@ def test_server_stats(proxied):
     assert s["server.state"] == 0
     assert s["server.concurrency"] == 2
     assert s["listener_manager.workers_started"] == 1
+    # Envoy's server.version: the revision's first 6 hex digits; hot_restart_epoch from --restart-epoch
+    assert s["server.version"] == int(lg.admin.get("/server_info").json()["version"][:6], 16)
+    assert s["server.hot_restart_epoch"] == 0
+
+
+def test_hot_restart_epoch(legate, ports, upstream):
+    up = upstream()
+    lg = legate(cfg.simple_proxy(ports(), ports(), [up.port]), args=["--restart-epoch", "3"])
+    assert lg.admin.stat("server.hot_restart_epoch") == 3
 
 
 def test_stats_counters_and_gauges(proxied):

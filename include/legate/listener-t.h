@@ -22,7 +22,8 @@ typedef struct st_lg_tls_context_t lg_tls_context_t;
     X(COUNTER, downstream_cx_destroy)     \
     X(HISTOGRAM, downstream_cx_length_ms) \
     X(COUNTER, no_filter_chain_match)     \
-    X(COUNTER, downstream_cx_overflow)
+    X(COUNTER, downstream_cx_overflow)    \
+    X(COUNTER, downstream_global_cx_overflow)
 #define LG__LISTENER_STAT_ENUM(type, name) LG_LISTENER_STAT_##name,
 enum { LG_LISTENER_STATS(LG__LISTENER_STAT_ENUM) LG_LISTENER_STAT__COUNT };
 #undef LG__LISTENER_STAT_ENUM
@@ -88,6 +89,7 @@ typedef struct st_lg_listener_config_t {
     size_t refcnt; /* atomic */
     char *name;
     char *address_str; /* "127.0.0.1:10000" or the pipe path: the stats name */
+    char *connection_limit_key; /* runtime "envoy.resource_limits.listener.<name>.connection_limit" */
     struct sockaddr_storage addr;
     socklen_t addrlen;
     uint32_t buffer_limit; /* per_connection_buffer_limit_bytes */

@@ -138,6 +138,9 @@ void lg_stats_text_set(lg_stats_block_t *b, size_t idx, const char *value);
 /* Reads (admin/control thread) the summed value of a counter (since the last reset)
  * or gauge, the code counter <code> (100..599) or the class counter (1..5). */
 uint64_t lg_stats_block_value(lg_stats_block_t *b, size_t idx);
+/* A gauge's value summed over the rows, without the registry lock (any thread;
+ * a row being written may be read mid-update: for decisions, not for output). */
+uint64_t lg_stats_gauge_sum(const lg_stats_block_t *b, size_t idx);
 uint64_t lg_stats_block_code_value(lg_stats_block_t *b, unsigned code);
 uint64_t lg_stats_block_class_value(lg_stats_block_t *b, unsigned cls);
 /* Finds a listed stat by full name; returns 0 and its value, or -1. */

@@ -234,6 +234,8 @@ lg_listener_config_t *lg_listener_config_compile(const Envoy__Config__Listener__
     lg_address_format((struct sockaddr *)&l->addr, l->addrlen, addr, sizeof(addr));
     l->address_str = lg_strdup(addr);
     l->name = lg_strdup(m->name != NULL && m->name[0] != '\0' ? m->name : addr);
+    l->connection_limit_key = lg_malloc(strlen(l->name) + sizeof("envoy.resource_limits.listener..connection_limit"));
+    sprintf(l->connection_limit_key, "envoy.resource_limits.listener.%s.connection_limit", l->name);
     l->buffer_limit = LG_WRAPPED(m->per_connection_buffer_limit_bytes, 1024 * 1024);
     if (m->api_listener != NULL) {
         lg_error(err, "api_listener: API listeners are not supported");
@@ -315,6 +317,7 @@ void lg_listener_config_release(lg_listener_config_t *l)
     }
     free(l->name);
     free(l->address_str);
+    free(l->connection_limit_key);
     free(l);
 }
 

@@ -494,6 +494,11 @@ uint64_t lg_stats_block_value(lg_stats_block_t *b, size_t idx)
     return v;
 }
 
+uint64_t lg_stats_gauge_sum(const lg_stats_block_t *b, size_t idx)
+{
+    return sum_def(b, idx); /* rows are only added (atomically) while b lives; gauges have no baseline */
+}
+
 uint64_t lg_stats_block_class_value(lg_stats_block_t *b, unsigned cls)
 {
     if (b->class_off == UINT32_MAX || cls < 1 || cls > 5)

@@ -16,6 +16,7 @@
 #include "legate/access_log.h"
 #include "legate/listener.h"
 #include "legate/listener_runtime.h"
+#include "legate/runtime.h"
 #include "legate/server.h"
 #include "legate/stats.h"
 #include "legate/tcp_proxy.h"
@@ -496,11 +497,38 @@ static void on_inspect_timeout(lg_timer_t *t)
         pending_free(p, 1);
 }
 
+/* Envoy's connection limits, from the runtime: the listener's
+ * (envoy.resource_limits.listener.<name>.connection_limit, downstream_cx_overflow) and the
+ * server's (overload.global_downstream_max_connections, downstream_global_cx_overflow). The
+ * counts are the workers' gauges summed (listener.<address>.downstream_cx_active and
+ * server.total_connections): other workers' rows are read without a lock
+ * (lg_stats_gauge_sum), so a burst on several workers may pass the limit by a few connections. */
+static int over_limit(lg_worker_t *w, lg_listener_config_t *l)
+{
+    const lg_runtime_t *rt = lg_runtime_current();
+    uint64_t max = lg_runtime_get_integer(rt, l->connection_limit_key, UINT64_MAX);
+    if (max != UINT64_MAX && lg_stats_gauge_sum(l->stats, LG_LISTENER_STAT_downstream_cx_active) >= max) {
+        LG_STAT_INC(l->stats, w->index, LG_LISTENER_STAT_downstream_cx_overflow);
+        return 1;
+    }
+    max = lg_runtime_get_integer(rt, "overload.global_downstream_max_connections", UINT64_MAX);
+    if (max != UINT64_MAX && lg_stats_gauge_sum(lg_stats_server, LG_SERVER_STAT_total_connections) >= max) {
+        LG_STAT_INC(l->stats, w->index, LG_LISTENER_STAT_downstream_global_cx_overflow);
+        return 1;
+    }
+    return 0;
+}
+
 void lg_listener_accept(lg_worker_t *w, lg_listener_config_t *l, lg_snapshot_t *snap, h2o_socket_t *listener)
 {
     h2o_socket_t *sock;
     /* a bounded batch per wake-up so that one busy listener cannot starve the loop */
     for (int i = 0; i != 64 && (sock = h2o_evloop_socket_accept(listener)) != NULL; ++i) {
+        if (over_limit(w, l)) {
+            LG_DEBUG(conn_handler, "closing connection from %s: connection limit reached", l->address_str);
+            h2o_socket_close(sock);
+            continue;
+        }
         int on = 1;
         if (l->addr.ss_family != AF_UNIX)
             setsockopt(h2o_socket_get_fd(sock), IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));

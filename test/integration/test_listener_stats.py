@@ -224,3 +224,41 @@ def test_listener_http_stats(proxied):
     assert s[prefix + "downstream_rq_1xx"] == s[prefix + "downstream_rq_3xx"] == 0
     for k, v in want.items():
         assert s["http.ingress_http." + k] == v
+
+
+def runtime(values):
+    return {"layers": [{"name": "static", "static_layer": values}]}
+
+
+@pytest.mark.parametrize("key,stat", [
+    ("envoy.resource_limits.listener.ingress.connection_limit", "downstream_cx_overflow"),
+    ("overload.global_downstream_max_connections", "downstream_global_cx_overflow"),
+])
+def test_connection_limit(legate, ports, upstream, key, stat):
+    """Envoy's connection limits from the runtime: past the limit a new connection is closed at once
+    and counted; once one closes, the next is taken."""
+    up = upstream()
+    boot = cfg.simple_proxy(ports(), ports(), [up.port])
+    boot["layered_runtime"] = runtime({key: 2})
+    lg = legate(boot)
+    held = [RawHTTP("127.0.0.1", lg.listener_port(), timeout=10) for _ in range(2)]
+    try:
+        for c in held:
+            c.request("GET", "/held")
+            assert c.read_response().status == 200
+        with socket.create_connection(("127.0.0.1", lg.listener_port()), timeout=10) as s:
+            try:
+                s.sendall(b"GET /over HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert s.recv(4096) == b"", "closed without an answer"
+            except ConnectionResetError:
+                pass
+        wait_stats(lg, {lstat(lg, stat): 1}, "the refused connection counted")
+    finally:
+        held.pop().close()
+    wait_stats(lg, {lstat(lg, "downstream_cx_active"): 1}, "one connection left")
+    with RawHTTP("127.0.0.1", lg.listener_port(), timeout=10) as c:
+        c.request("GET", "/after")
+        assert c.read_response().status == 200
+    for c in held:
+        c.close()
+    assert [r["path"] for r in up.requests] == ["/held", "/held", "/after"]

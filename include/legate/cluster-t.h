@@ -104,6 +104,7 @@ typedef struct st_lg_host_config_t {
     X(COUNTER, upstream_cx_http2_total)                                                             \
     X(COUNTER, upstream_cx_connect_fail)                                                            \
     X(COUNTER, upstream_cx_connect_timeout)                                                         \
+    X(COUNTER, upstream_cx_connect_attempts_exceeded)                                               \
     X(COUNTER, upstream_cx_idle_timeout)                                                            \
     X(COUNTER, upstream_cx_destroy)                                                                 \
     X(COUNTER, upstream_cx_destroy_local)                                                           \
@@ -133,6 +134,8 @@ typedef struct st_lg_host_config_t {
     X(COUNTER, upstream_rq_retry)                                                                   \
     X(COUNTER, upstream_rq_retry_success)                                                           \
     X(COUNTER, upstream_rq_retry_overflow)                                                          \
+    X(COUNTER, upstream_rq_retry_limit_exceeded)                                                    \
+    X(COUNTER, upstream_rq_retry_backoff_exponential)                                               \
     X(COUNTER, upstream_rq_rx_reset)                                                                \
     X(COUNTER, upstream_rq_tx_reset)                                                                \
     XN(GAUGE, circuit_breakers_default_cx_open, "circuit_breakers.default.cx_open")                 \

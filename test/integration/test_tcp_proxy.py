@@ -591,6 +591,7 @@ def test_access_log_of_a_failed_connect(legate, ports, tmp_path):
         assert closed_by_peer(s, 5)
     wait_for(lambda: log.exists() and log.read_text().count("\n") >= 1, timeout=5 * time_scale(), what="an access log line")
     assert log.read_text().splitlines()[0] == f"UF,URX 127.0.0.1:{dead} backend 0"
+    assert lg.admin.stat("cluster.backend.upstream_cx_connect_attempts_exceeded") == 1
 
 
 # ---- TLS passthrough by SNI ---------------------------------------------------------

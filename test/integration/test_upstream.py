@@ -125,6 +125,8 @@ def test_retry_on_5xx_makes_flaky_upstream_succeed(legate, ports, upstream):
     assert r.status == 200
     assert up.paths().count("/flaky/k1/2") == 3
     stat_at_least(lg, "cluster.backend.upstream_rq_retry", 2)
+    stat_at_least(lg, "cluster.backend.upstream_rq_retry_backoff_exponential", 2)
+    assert lg.admin.stat("cluster.backend.upstream_rq_retry_limit_exceeded") == 0
 
 
 def test_retries_exhausted_returns_last_response(legate, ports, upstream):
@@ -133,6 +135,7 @@ def test_retries_exhausted_returns_last_response(legate, ports, upstream):
     r = get(lg, "/flaky/k2/5")
     assert r.status == 503
     assert up.paths().count("/flaky/k2/5") == 2
+    stat_at_least(lg, "cluster.backend.upstream_rq_retry_limit_exceeded", 1)  # Envoy's NoRetryLimitExceeded
 
 
 def test_retriable_status_codes(legate, ports, upstream):

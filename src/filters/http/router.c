@@ -459,7 +459,10 @@ static void backoff_fired(lg_timer_t *t)
 static void try_retry_or_fail(router_t *r, uint32_t cause_bit, int status, const char *body, const char *details, uint32_t flags)
 {
     const lg_retry_policy_t *p = r->retry;
-    int retriable = p != NULL && r->retries_left != 0 && !r->response_started && (p->retry_on & cause_bit) != 0;
+    int would_retry = p != NULL && !r->response_started && (p->retry_on & cause_bit) != 0;
+    int retriable = would_retry && r->retries_left != 0;
+    if (would_retry && r->retries_left == 0)
+        cluster_stat(r, LG_CLUSTER_STAT_upstream_rq_retry_limit_exceeded); /* Envoy's NoRetryLimitExceeded */
     if (retriable && !r->retry_slot) {
         if (!lg_cluster_retry_begin(r->cluster))
             retriable = 0;
@@ -475,6 +478,7 @@ static void try_retry_or_fail(router_t *r, uint32_t cause_bit, int status, const
     --r->retries_left;
     detach_upstream(r, 1);
     cluster_stat(r, LG_CLUSTER_STAT_upstream_rq_retry);
+    cluster_stat(r, LG_CLUSTER_STAT_upstream_rq_retry_backoff_exponential);
     /* Envoy's fully jittered exponential back-off */
     uint64_t base = p->base_interval_ms ? p->base_interval_ms : 25, max = p->max_interval_ms ? p->max_interval_ms : base * 10;
     uint64_t ceiling = base << (r->attempts - 1 < 10 ? r->attempts - 1 : 10);
@@ -502,11 +506,14 @@ static void on_upstream_headers(lg_stream_t *u, void *head_, int end_stream)
     if (info->first_upstream_rx_us == 0)
         info->first_upstream_rx_us = lg_now_us();
     lg_timer_stop(&r->per_try_timer);
-    if (r->retry != NULL && r->retries_left != 0 && status_retriable(r, head->status, head)) {
-        if (r->host != NULL)
-            lg_cluster_record_response(r->cluster, r->host, head->status, dynamic_stats(r));
-        try_retry_or_fail(r, ~0u, 0, NULL, NULL, 0);
-        return;
+    if (r->retry != NULL && status_retriable(r, head->status, head)) {
+        if (r->retries_left != 0) {
+            if (r->host != NULL)
+                lg_cluster_record_response(r->cluster, r->host, head->status, dynamic_stats(r));
+            try_retry_or_fail(r, ~0u, 0, NULL, NULL, 0);
+            return;
+        }
+        cluster_stat(r, LG_CLUSTER_STAT_upstream_rq_retry_limit_exceeded); /* the response goes downstream */
     }
     r->response_started = 1;
     if (r->attempts > 1)

@@ -618,6 +618,7 @@ static void connect_upstream(lg_tcp_proxy_conn_t *c)
     }
     set_cluster(c, wc);
     if (c->connect_attempts >= c->config->max_connect_attempts) {
+        lg_cluster_stat_inc(wc, LG_CLUSTER_STAT_upstream_cx_connect_attempts_exceeded);
         c->info.response_flags |= LG_RF(UPSTREAM_RETRY_LIMIT_EXCEEDED);
         finish(c);
         return;

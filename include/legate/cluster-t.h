@@ -105,6 +105,7 @@ typedef struct st_lg_host_config_t {
     X(COUNTER, upstream_cx_connect_fail)                                                            \
     X(COUNTER, upstream_cx_connect_timeout)                                                         \
     X(COUNTER, upstream_cx_connect_attempts_exceeded)                                               \
+    X(COUNTER, upstream_cx_close_notify)                                                            \
     X(COUNTER, upstream_cx_idle_timeout)                                                            \
     X(COUNTER, upstream_cx_destroy)                                                                 \
     X(COUNTER, upstream_cx_destroy_local)                                                           \

@@ -709,6 +709,7 @@ static void on_stream_done(lg_client_conn_t *conn)
 static void on_goaway(lg_client_conn_t *conn)
 {
     lg__pool_conn_t *pc = conn->ctx;
+    lg__cluster_inc(pool_cluster(pc->pool), LG_CLUSTER_STAT_upstream_cx_close_notify);
     set_state(pc, CONN_DRAINING);
     check_idle(pc);
 }

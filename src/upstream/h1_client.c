@@ -638,6 +638,10 @@ static void on_head(lg__h1c_stream_t *s, lg_resp_head_t *head, size_t len)
         return;
     }
     s->keep_alive = s->info.keep_alive;
+    /* connection: close (or HTTP/1.0 without keep-alive): the pool takes no new
+     * request on it, as after an HTTP/2 GOAWAY (Envoy counts upstream_cx_close_notify) */
+    if (!s->info.keep_alive && conn->super.cbs->on_goaway != NULL)
+        conn->super.cbs->on_goaway(&conn->super);
     switch (s->info.body) {
     case LG_H1_BODY_NONE:
         s->rx = RX_DONE;

@@ -256,3 +256,21 @@ def test_idle_upstream_connection_reused_across_downstream_connections(legate, p
     lg = legate(cfg.simple_proxy(ports(), ports(), [up.port]), args=["--concurrency", "1"])
     conn_ids = [get(lg, f"/c{i}").json()["conn_id"] for i in range(3)]
     assert len(set(conn_ids)) == 1, conn_ids
+
+
+def test_upstream_connection_close_is_counted_and_not_reused(legate, ports, upstream):
+    """An upstream response with `connection: close`: its connection takes no other request
+    (cluster.<name>.upstream_cx_close_notify, as Envoy), the next request opens a new one."""
+    up = upstream()
+    lg = proxy(legate, ports, [up.port])
+    with RawHTTP("127.0.0.1", lg.listener_port(), timeout=10) as c:
+        c.request("GET", "/a", headers=[("x-echo-set-header", "connection: close")])
+        r = c.read_response()
+        assert r.status == 200 and r.header("connection") is None  # hop-by-hop: not passed on
+        c.request("GET", "/b")
+        assert c.read_response().status == 200
+    stat_at_least(lg, "cluster.backend.upstream_cx_close_notify", 1)
+    assert lg.admin.stat("cluster.backend.upstream_cx_close_notify") == 1
+    assert lg.admin.stat("cluster.backend.upstream_cx_total") == 2
+    first, second = (r["conn_id"] for r in up.requests)
+    assert first != second

@@ -132,6 +132,7 @@ typedef struct st_lg_host_config_t {
     X(COUNTER, upstream_rq_cancelled)                                                               \
     X(COUNTER, upstream_rq_timeout)                                                                 \
     X(COUNTER, upstream_rq_per_try_timeout)                                                         \
+    X(COUNTER, upstream_rq_per_try_idle_timeout)                                                    \
     X(COUNTER, upstream_rq_retry)                                                                   \
     X(COUNTER, upstream_rq_retry_success)                                                           \
     X(COUNTER, upstream_rq_retry_overflow)                                                          \

@@ -16,6 +16,9 @@ onUpstreamTimeoutAbort) and source/common/http/utility.cc
 """
 import re
 import socket
+import threading
+
+import pytest
 
 from lib import config as cfg
 from lib.h2client import H2Client
@@ -274,3 +277,87 @@ def test_upstream_connection_close_is_counted_and_not_reused(legate, ports, upst
     assert lg.admin.stat("cluster.backend.upstream_cx_total") == 2
     first, second = (r["conn_id"] for r in up.requests)
     assert first != second
+
+
+class TricklingUpstream:
+    """Answers every request with a 200 head and a 10-byte body sent in `pieces` pieces, `gap` s
+    apart; with pieces=0 it sends the head and then nothing (a stalled body)."""
+
+    def __init__(self, pieces, gap):
+        self.pieces, self.gap = pieces, gap
+        self.srv = socket.create_server(("127.0.0.1", 0))
+        self.port = self.srv.getsockname()[1]
+        self.requests = 0
+        self.stop = threading.Event()
+        self.conns = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stop.is_set():
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = c.recv(4096)
+            if not chunk:
+                return
+            data += chunk
+        self.requests += 1
+        try:
+            c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n")
+            for i in range(self.pieces):
+                if self.stop.wait(self.gap):
+                    return
+                c.sendall(b"x" * (10 // self.pieces if i < self.pieces - 1 else 10 - (10 // self.pieces) * i))
+            self.stop.wait(30 if self.pieces == 0 else 0)
+        except OSError:
+            pass
+
+    def close(self):
+        self.stop.set()
+        self.srv.close()
+        for c in self.conns:
+            c.close()
+
+
+def test_per_try_idle_timeout_before_the_response(legate, ports, upstream):
+    """retry_policy.per_try_idle_timeout: an attempt with no progress for that long is timed out
+    (and retried, retry_on 5xx): 504 "upstream request timeout" once none is left."""
+    up = upstream()
+    policy = {"retry_on": "5xx", "num_retries": 1, "per_try_idle_timeout": "0.3s"}
+    lg = proxy(legate, ports, [up.port], route_action={"timeout": "10s", "retry_policy": policy})
+    r = get(lg, "/delay/5000")
+    assert r.status == 504 and r.body == b"upstream request timeout"
+    assert up.paths().count("/delay/5000") == 2
+    assert lg.admin.stat("cluster.backend.upstream_rq_per_try_idle_timeout") == 2
+    assert lg.admin.stat("cluster.backend.upstream_rq_retry") == 1
+
+
+def test_per_try_idle_timeout_during_the_response(legate, ports):
+    """Unlike per_try_timeout it runs on while the response streams: a body that keeps coming is
+    let through, a body that stalls resets the stream."""
+    policy = {"retry_on": "5xx", "num_retries": 1, "per_try_idle_timeout": "0.5s"}
+    trickle = TricklingUpstream(pieces=5, gap=0.2)  # 1 s in all, never 0.5 s without a byte
+    stalled = TricklingUpstream(pieces=0, gap=0)
+    try:
+        lg = proxy(legate, ports, [trickle.port], route_action={"timeout": "10s", "retry_policy": policy})
+        r = get(lg, "/trickle")
+        assert r.status == 200 and r.body == b"x" * 10
+        lg2 = proxy(legate, ports, [stalled.port], route_action={"timeout": "10s", "retry_policy": policy})
+        with RawHTTP("127.0.0.1", lg2.listener_port(), timeout=20) as c:
+            c.request("GET", "/stall")
+            with pytest.raises(Exception):  # the head came, the body never will: the stream is reset
+                c.read_response()
+        assert stalled.requests == 1, "a response that started is not retried"
+        wait_for(lambda: lg2.admin.stat("cluster.backend.upstream_rq_per_try_idle_timeout") == 1, timeout=5,
+                 what="upstream_rq_per_try_idle_timeout")
+        assert lg.admin.stat("cluster.backend.upstream_rq_per_try_idle_timeout") == 0
+    finally:
+        trickle.close()
+        stalled.close()

@@ -48,6 +48,7 @@ typedef struct st_router_t {
     size_t body_in_flight; /* bytes sent upstream, not yet reported written */
     lg_headers_t *request_trailers;
     lg_timer_t global_timer, per_try_timer, backoff_timer;
+    lg_timer_t per_try_idle_timer; /* retry_policy.per_try_idle_timeout */
     uint64_t attempt_start_us;
     uint64_t request_end_us; /* when the downstream request ended (0: not yet): upstream_rq_time counts from it */
     uint32_t retries_left;
@@ -124,9 +125,20 @@ static const lg_stream_cbs_t orphan_cbs = {
     .on_complete = orphan_noop,
 };
 
+static void per_try_idle_timeout(lg_timer_t *t);
+
+/* Envoy's resetPerTryIdleTimer: any progress of the attempt, either way, restarts it. */
+static void touch_idle(router_t *r)
+{
+    if (r->retry != NULL && r->retry->per_try_idle_timeout_ms != 0 && r->upstream != NULL)
+        lg_timer_touch(&lg_hcm_worker(r->stream)->loop, &r->per_try_idle_timer, r->retry->per_try_idle_timeout_ms,
+                       per_try_idle_timeout);
+}
+
 static void detach_upstream(router_t *r, int reset)
 {
     lg_timer_stop(&r->per_try_timer);
+    lg_timer_stop(&r->per_try_idle_timer);
     if (r->pool_req != NULL) {
         lg_pool_request_cancel(r->pool_req);
         r->pool_req = NULL;
@@ -347,6 +359,7 @@ static void stream_ready(router_t *r, lg_stream_t *stream, lg_host_t *host)
         return;
     if (r->retry != NULL && r->retry->per_try_timeout_ms != 0 && !r->response_started)
         lg_timer_start(&lg_hcm_worker(r->stream)->loop, &r->per_try_timer, r->retry->per_try_timeout_ms, per_try_timeout);
+    touch_idle(r);
     send_pending_body(r);
 }
 
@@ -506,6 +519,7 @@ static void on_upstream_headers(lg_stream_t *u, void *head_, int end_stream)
     if (info->first_upstream_rx_us == 0)
         info->first_upstream_rx_us = lg_now_us();
     lg_timer_stop(&r->per_try_timer);
+    touch_idle(r); /* unlike per_try_timeout, it runs on while the response streams */
     if (r->retry != NULL && status_retriable(r, head->status, head)) {
         if (r->retries_left != 0) {
             if (r->host != NULL)
@@ -535,6 +549,7 @@ static void on_upstream_headers(lg_stream_t *u, void *head_, int end_stream)
 static void on_upstream_data(lg_stream_t *u, h2o_iovec_t data, int end_stream)
 {
     router_t *r = u->ctx;
+    touch_idle(r);
     r->response_unconsumed += data.len;
     if (end_stream)
         response_ended(r);
@@ -544,6 +559,7 @@ static void on_upstream_data(lg_stream_t *u, h2o_iovec_t data, int end_stream)
 static void on_upstream_trailers(lg_stream_t *u, lg_headers_t *trailers)
 {
     router_t *r = u->ctx;
+    touch_idle(r);
     response_ended(r);
     lg_hcm_encode_trailers(r->stream, trailers);
 }
@@ -551,6 +567,7 @@ static void on_upstream_trailers(lg_stream_t *u, lg_headers_t *trailers)
 static void on_upstream_data_sent(lg_stream_t *u, size_t bytes)
 {
     router_t *r = u->ctx;
+    touch_idle(r);
     r->body_in_flight -= bytes < r->body_in_flight ? bytes : r->body_in_flight;
     if (!r->retain_body) {
         r->body_retained -= bytes < r->body_retained ? bytes : r->body_retained;
@@ -563,6 +580,7 @@ static void on_upstream_reset(lg_stream_t *u, lg_reset_reason_t reason, const ch
     router_t *r = u->ctx;
     r->upstream = NULL;
     lg_timer_stop(&r->per_try_timer);
+    lg_timer_stop(&r->per_try_idle_timer);
     cluster_stat(r, LG_CLUSTER_STAT_upstream_rq_rx_reset);
     int termination = reason == LG_RESET_CONNECTION_TERMINATION || reason == LG_RESET_CONNECTION_FAILURE;
     uint32_t flag = termination ? LG_RF(UPSTREAM_CONNECTION_TERMINATION) : LG_RF(UPSTREAM_REMOTE_RESET);
@@ -599,6 +617,7 @@ static void on_upstream_complete(lg_stream_t *u)
     router_t *r = u->ctx;
     r->upstream = NULL;
     lg_timer_stop(&r->per_try_timer);
+    lg_timer_stop(&r->per_try_idle_timer);
     if (r->host != NULL) {
         lg_host_release(r->host);
         r->host = NULL;
@@ -637,6 +656,23 @@ static void per_try_timeout(lg_timer_t *t)
     /* Envoy retries a per-try timeout under 5xx, gateway-error and reset */
     try_retry_or_fail(r, LG_RETRY_ON_5XX | LG_RETRY_ON_GATEWAY_ERROR | LG_RETRY_ON_RESET, 504, "upstream request timeout",
                       "upstream_per_try_timeout", LG_RF(UPSTREAM_REQUEST_TIMEOUT));
+}
+
+/* Envoy's onPerTryIdleTimeout: as a per-try timeout (retried under 5xx, gateway-error and
+ * reset while no response started); once the response streams, the stream is reset. */
+static void per_try_idle_timeout(lg_timer_t *t)
+{
+    router_t *r = H2O_STRUCT_FROM_MEMBER(router_t, per_try_idle_timer, t);
+    cluster_stat(r, LG_CLUSTER_STAT_upstream_rq_per_try_idle_timeout);
+    if (r->response_started) {
+        r->stream->info.response_flags |= LG_RF(UPSTREAM_REQUEST_TIMEOUT);
+        r->stream->info.response_code_details = LG_LIT("upstream_per_try_idle_timeout");
+        finish(r);
+        lg_hcm_reset_stream(r->stream);
+        return;
+    }
+    try_retry_or_fail(r, LG_RETRY_ON_5XX | LG_RETRY_ON_GATEWAY_ERROR | LG_RETRY_ON_RESET, 504, "upstream request timeout",
+                      "upstream_per_try_idle_timeout", LG_RF(UPSTREAM_REQUEST_TIMEOUT));
 }
 
 /* ---- the request ---- */

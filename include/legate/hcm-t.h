@@ -249,6 +249,7 @@ struct st_lg_hcm_stream_t {
     unsigned connect : 1;        /* an allowed CONNECT request */
     unsigned h2_ext_connect : 1; /* the upgrade arrived as an HTTP/2 extended CONNECT */
     unsigned destroyed : 1;
+    unsigned internal : 1; /* Envoy's internal request (internal_address_config): keeps internal_only_headers */
 };
 
 #endif

@@ -635,6 +635,7 @@ static void mutate_request_headers(lg_hcm_stream_t *s, lg_req_head_t *req)
             internal = 0;
         }
     }
+    s->internal = internal != 0;
     int edge = cfg->use_remote_address && !internal;
     if (cfg->use_remote_address) {
         if (internal)
@@ -769,6 +770,10 @@ const lg_route_t *lg_hcm_route(lg_hcm_stream_t *s)
     if (!s->route_resolved) {
         s->route_resolved = 1;
         const lg_route_table_t *t = lg_snapshot_route_table_for(s->conn->snapshot, s->conn->config, s->req);
+        /* Envoy's cleanInternalHeaders: the route configuration's internal_only_headers leave
+         * requests that are not internal, before the route is chosen */
+        for (size_t i = 0; t != NULL && !s->internal && i != t->n_internal_only_headers; ++i)
+            lg_headers_remove(&s->req->headers, t->internal_only_headers[i].base, t->internal_only_headers[i].len);
         s->route = t != NULL ? lg_route_match(t, s->req, lg_random(), &s->vhost) : NULL;
         if (s->route != NULL)
             s->info.route_name = s->route->name;

@@ -49,3 +49,57 @@ def test_te_only_trailers_goes_upstream(legate, ports, upstream):
     assert header_values(rec, "te") == ["trailers"]
     rec = upstream_view(lg, "/x", {"te": "deflate", "connection": "te"})
     assert header_values(rec, "te") == []
+
+
+def proxy_with(legate, ports, up, routes, vhost_extra=None, rc_extra=None, **hcm_extra):
+    rc = cfg.route_config([cfg.vhost("v", routes, **(vhost_extra or {}))], **(rc_extra or {}))
+    return legate(cfg.bootstrap(ports(), listeners=[cfg.http_listener("ingress", ports(), rc, **hcm_extra)],
+                                clusters=[cfg.cluster("backend", [up.port])]))
+
+
+def test_attempt_count_headers(legate, ports, upstream):
+    """include_request_attempt_count: each attempt carries x-envoy-attempt-count (1, 2, ...);
+    include_attempt_count_in_response: the response says how many there were."""
+    up = upstream()
+    routes = [cfg.route("backend", retry_policy={"retry_on": "5xx", "num_retries": 2})]
+    lg = proxy_with(legate, ports, up, routes,
+                    vhost_extra={"include_request_attempt_count": True, "include_attempt_count_in_response": True})
+    with RawHTTP("127.0.0.1", lg.listener_port()) as c:
+        c.request("GET", "/flaky/attempts/1", headers={"x-envoy-attempt-count": "forged"})
+        r = c.read_response()
+    assert r.status == 200 and r.header("x-envoy-attempt-count") == "2"
+    assert [header_values(rec, "x-envoy-attempt-count") for rec in up.requests] == [["1"], ["2"]]
+    plain = proxy_with(legate, ports, up, [cfg.route("backend")])
+    rec = upstream_view(plain, "/x", {})
+    assert header_values(rec, "x-envoy-attempt-count") == []
+
+
+def test_internal_only_headers_leave_external_requests(legate, ports, upstream):
+    """The route configuration's internal_only_headers are removed from requests that are not
+    internal (Envoy's cleanInternalHeaders), kept on internal ones (x-envoy-internal: true)."""
+    up = upstream()
+    rc_extra = {"internal_only_headers": ["x-internal-secret"]}
+    routes = [cfg.route("backend")]
+    external = proxy_with(legate, ports, up, routes, rc_extra=rc_extra)  # no use_remote_address, no XFF
+    rec = upstream_view(external, "/x", {"x-internal-secret": "1", "x-other": "2"})
+    assert header_values(rec, "x-internal-secret") == [] and header_values(rec, "x-other") == ["2"]
+    internal = proxy_with(legate, ports, up, routes, rc_extra=rc_extra, use_remote_address=True,
+                          internal_address_config={"cidr_ranges": [{"address_prefix": "127.0.0.0", "prefix_len": 8}]})
+    rec = upstream_view(internal, "/x", {"x-internal-secret": "1"})
+    assert header_values(rec, "x-envoy-internal") == ["true"]
+    assert header_values(rec, "x-internal-secret") == ["1"]
+
+
+def test_append_x_forwarded_host(legate, ports, upstream):
+    """append_x_forwarded_host: a host rewrite appends the original host to x-forwarded-host."""
+    up = upstream()
+    routes = [cfg.route("backend", prefix="/keep", host_rewrite_literal="rewritten.example"),
+              cfg.route("backend", host_rewrite_literal="rewritten.example", append_x_forwarded_host=True)]
+    lg = proxy_with(legate, ports, up, routes)
+    with RawHTTP("127.0.0.1", lg.listener_port()) as c:
+        for path, headers in (("/a", {}), ("/b", {"x-forwarded-host": "first.example"}), ("/keep", {})):
+            c.request("GET", path, headers=headers, host="orig.example")
+            assert c.read_response().status == 200
+    xfh = {rec["path"]: header_values(rec, "x-forwarded-host") for rec in up.requests}
+    assert xfh == {"/a": ["orig.example"], "/b": ["first.example,orig.example"], "/keep": []}
+    assert all(header_values(rec, "host") == ["rewritten.example"] for rec in up.requests)

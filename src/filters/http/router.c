@@ -319,6 +319,31 @@ static void on_pool_ready(void *data, lg_stream_t *stream, lg_host_t *host, cons
     stream_ready(r, stream, host);
 }
 
+/* Envoy's append_x_forwarded_host: once a host rewrite changed the authority, the
+ * original one goes at the end of x-forwarded-host unless it is already the last value. */
+static void append_xfh(router_t *r)
+{
+    h2o_iovec_t orig = r->stream->req->authority;
+    if (!r->route->action.append_x_forwarded_host || orig.len == 0 ||
+        h2o_memis(orig.base, orig.len, r->upstream_req.authority.base, r->upstream_req.authority.len))
+        return;
+    h2o_mem_pool_t *pool = pool_of(r);
+    lg_headers_t *h = &r->upstream_req.headers;
+    h2o_iovec_t xfh = lg_headers_get(h, H2O_STRLIT("x-forwarded-host"));
+    if (xfh.base == NULL) {
+        lg_headers_set(pool, h, LG_LIT("x-forwarded-host"), orig);
+        return;
+    }
+    size_t at = xfh.len;
+    while (at != 0 && xfh.base[at - 1] != ',')
+        --at;
+    h2o_iovec_t last = h2o_iovec_init(xfh.base + at, xfh.len - at);
+    while (last.len != 0 && (*last.base == ' ' || *last.base == '\t'))
+        ++last.base, --last.len;
+    if (!h2o_memis(last.base, last.len, orig.base, orig.len))
+        lg_headers_set(pool, h, LG_LIT("x-forwarded-host"), h2o_concat(pool, xfh, h2o_iovec_init(H2O_STRLIT(",")), orig));
+}
+
 static void stream_ready(router_t *r, lg_stream_t *stream, lg_host_t *host)
 {
     r->pool_req = NULL;
@@ -333,8 +358,14 @@ static void stream_ready(router_t *r, lg_stream_t *stream, lg_host_t *host)
     r->attempt_start_us = lg_now_us();
     lg_stream_info_t *info = &r->stream->info;
     memcpy(&info->upstream_remote, host->config->sa, host->config->salen);
-    if (r->route->action.auto_host_rewrite && host->config->hostname != NULL && host->config->hostname[0] != '\0')
+    if (r->route->action.auto_host_rewrite && host->config->hostname != NULL && host->config->hostname[0] != '\0') {
         r->upstream_req.authority = h2o_iovec_init(host->config->hostname, strlen(host->config->hostname));
+        append_xfh(r);
+    }
+    /* Envoy's include_request_attempt_count: this attempt's number, 1 for the first */
+    if (r->route->vhost != NULL && r->route->vhost->include_request_attempt_count)
+        lg_headers_set(pool_of(r), &r->upstream_req.headers, LG_LIT("x-envoy-attempt-count"),
+                       lg_u64_to_dec_pool(pool_of(r), r->attempts));
     if (stream->version == LG_HTTP_2 && r->stream->upgrade && !r->upgrade_over_h2)
         upgrade_request_to_h2(r);
     int end = r->downstream_ended && r->body.size == 0 && r->request_trailers == NULL;
@@ -540,6 +571,8 @@ static void on_upstream_headers(lg_stream_t *u, void *head_, int end_stream)
     lg_headers_set(pool_of(r), &head->headers, LG_LIT("x-envoy-upstream-service-time"),
                    lg_u64_to_dec_pool(pool_of(r), (lg_now_us() - r->attempt_start_us) / 1000));
     lg_route_apply_response_headers(r->route, r->wc, &head->headers, info, pool_of(r));
+    if (r->route->vhost != NULL && r->route->vhost->include_attempt_count_in_response)
+        lg_headers_set(pool_of(r), &head->headers, LG_LIT("x-envoy-attempt-count"), lg_u64_to_dec_pool(pool_of(r), r->attempts));
     head->version = r->stream->downstream != NULL ? r->stream->downstream->version : head->version;
     if (end_stream)
         response_ended(r);
@@ -797,6 +830,7 @@ static void build_upstream_request(router_t *r, lg_req_head_t *req)
     h2o_iovec_t host = lg_route_host_rewrite(r->route, r->wc, req, pool);
     if (host.base != NULL) {
         u->authority = host;
+        append_xfh(r);
     }
     if (expected != 0)
         lg_headers_add(pool, &u->headers, LG_LIT("x-envoy-expected-rq-timeout-ms"), lg_u64_to_dec_pool(pool, expected));

@@ -361,3 +361,22 @@ def test_per_try_idle_timeout_during_the_response(legate, ports):
     finally:
         trickle.close()
         stalled.close()
+
+
+def test_retriable_request_headers(legate, ports, upstream):
+    """retry_policy.retriable_request_headers: only requests matching one of them are retried."""
+    up = upstream()
+    policy = {"retry_on": "5xx", "num_retries": 2,
+              "retriable_request_headers": [{"name": ":method", "string_match": {"exact": "GET"}},
+                                            {"name": "x-retry-me", "present_match": True}]}
+    lg = proxy(legate, ports, [up.port], route_action={"retry_policy": policy})
+    assert get(lg, "/flaky/get/1").status == 200  # GET: retried
+    with RawHTTP("127.0.0.1", lg.listener_port(), timeout=20) as c:
+        c.request("POST", "/flaky/post/1", body=b"x")
+        assert c.read_response().status == 503  # no header matches: not retried
+        c.request("POST", "/flaky/post2/1", body=b"x", headers={"x-retry-me": "1"})
+        assert c.read_response().status == 200
+    assert up.paths().count("/flaky/get/1") == 2
+    assert up.paths().count("/flaky/post/1") == 1
+    assert up.paths().count("/flaky/post2/1") == 2
+    assert lg.admin.stat("cluster.backend.upstream_rq_retry_limit_exceeded") == 0

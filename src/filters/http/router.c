@@ -59,6 +59,7 @@ typedef struct st_router_t {
     unsigned response_started : 1;
     unsigned upstream_headers_sent : 1;
     unsigned retry_slot : 1;
+    unsigned no_retry : 1; /* retriable_request_headers matched none: no retry state (timeouts still apply) */
     unsigned done : 1;
     unsigned request_sent : 1;      /* end_stream went upstream */
     unsigned response_ended : 1;    /* end_stream came from upstream */
@@ -503,7 +504,7 @@ static void backoff_fired(lg_timer_t *t)
 static void try_retry_or_fail(router_t *r, uint32_t cause_bit, int status, const char *body, const char *details, uint32_t flags)
 {
     const lg_retry_policy_t *p = r->retry;
-    int would_retry = p != NULL && !r->response_started && (p->retry_on & cause_bit) != 0;
+    int would_retry = p != NULL && !r->no_retry && !r->response_started && (p->retry_on & cause_bit) != 0;
     int retriable = would_retry && r->retries_left != 0;
     if (would_retry && r->retries_left == 0)
         cluster_stat(r, LG_CLUSTER_STAT_upstream_rq_retry_limit_exceeded); /* Envoy's NoRetryLimitExceeded */
@@ -551,7 +552,7 @@ static void on_upstream_headers(lg_stream_t *u, void *head_, int end_stream)
         info->first_upstream_rx_us = lg_now_us();
     lg_timer_stop(&r->per_try_timer);
     touch_idle(r); /* unlike per_try_timeout, it runs on while the response streams */
-    if (r->retry != NULL && status_retriable(r, head->status, head)) {
+    if (r->retry != NULL && !r->no_retry && status_retriable(r, head->status, head)) {
         if (r->retries_left != 0) {
             if (r->host != NULL)
                 lg_cluster_record_response(r->cluster, r->host, head->status, dynamic_stats(r));
@@ -889,6 +890,16 @@ static lg_filter_status_t decode_headers(lg_http_filter_t *f, lg_req_head_t *req
     r->retry = route->action.retry_policy;
     /* a tunnel's bytes are not kept for a retry */
     r->retries_left = r->retry != NULL && !s->upgrade && !s->connect ? r->retry->num_retries : 0;
+    if (r->retry != NULL && r->retry->n_retriable_request_headers != 0) {
+        /* Envoy's RetryStateImpl::create: retries only for requests that match one of them */
+        int match = 0;
+        for (size_t i = 0; !match && i != r->retry->n_retriable_request_headers; ++i)
+            match = lg_header_matcher_match_req(r->retry->retriable_request_headers + i, req);
+        if (!match) {
+            r->no_retry = 1;
+            r->retries_left = 0;
+        }
+    }
     r->retain_body = r->retries_left != 0;
     r->terminate_connect = s->connect && terminates_connect(route);
     r->timeout_ms = final_timeout(r, req);

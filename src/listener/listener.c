@@ -208,6 +208,7 @@ typedef struct st_pending_conn_t {
      * without TLS); HTTP/2 gets a counted_conn_t at the hand-over. */
     uint64_t counted_start_ms;
     int counted_inline;
+    int inspecting; /* in listener.<address>.downstream_pre_cx_active (tls_inspector at work) */
 } pending_conn_t;
 
 /* What tls_inspector may buffer before giving up (Envoy's limit). */
@@ -271,8 +272,11 @@ static pending_conn_t *pending_new(lg_worker_t *w, lg_listener_config_t *l, lg_s
 }
 
 /* Forgets p; the socket now belongs to someone else (or is closed when `close_sock`). */
+static void end_inspection(pending_conn_t *p);
+
 static void pending_free(pending_conn_t *p, int close_sock)
 {
+    end_inspection(p);
     lg_timer_stop(&p->timer);
     h2o_linklist_unlink(&p->link);
     if (p->ssl_ctx != NULL)
@@ -409,9 +413,19 @@ static void start_handshake(pending_conn_t *p)
 
 /* Matches the filter chain with what is known of the connection, then sets
  * up its transport socket. `hello` is the ClientHello tls_inspector parsed, or NULL. */
+/* The listener filters are done with the socket (Envoy's ActiveTcpSocket leaving downstream_pre_cx_active). */
+static void end_inspection(pending_conn_t *p)
+{
+    if (p->inspecting) {
+        p->inspecting = 0;
+        LG_STAT_DEC(p->listener->stats, p->worker->index, LG_LISTENER_STAT_downstream_pre_cx_active);
+    }
+}
+
 static void select_chain(pending_conn_t *p, const lg_tls_client_hello_t *hello)
 {
     lg_listener_config_t *l = p->listener;
+    end_inspection(p);
     h2o_socket_read_stop(p->sock);
     lg_timer_stop(&p->timer);
     lg_conn_match_info_t mi = {(struct sockaddr *)&p->local, (struct sockaddr *)&p->remote, NULL, "raw_buffer", NULL, 0};
@@ -491,6 +505,7 @@ static void on_inspect_timeout(lg_timer_t *t)
 {
     pending_conn_t *p = H2O_STRUCT_FROM_MEMBER(pending_conn_t, timer, t);
     LG_DEBUG(conn_handler, "listener filter times out after %" PRIu64 " ms", p->listener->listener_filters_timeout_ms);
+    LG_STAT_INC(p->listener->stats, p->worker->index, LG_LISTENER_STAT_downstream_pre_cx_timeout);
     if (p->listener->continue_on_listener_filters_timeout)
         select_chain(p, NULL);
     else
@@ -534,6 +549,8 @@ void lg_listener_accept(lg_worker_t *w, lg_listener_config_t *l, lg_snapshot_t *
             setsockopt(h2o_socket_get_fd(sock), IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
         pending_conn_t *p = pending_new(w, l, snap, sock);
         if (l->tls_inspector) {
+            p->inspecting = 1;
+            LG_STAT_INC(l->stats, w->index, LG_LISTENER_STAT_downstream_pre_cx_active);
             if (l->listener_filters_timeout_ms != 0)
                 lg_timer_start(&w->loop, &p->timer, l->listener_filters_timeout_ms, on_inspect_timeout);
             h2o_socket_read_start(sock, on_inspect_read);

@@ -378,6 +378,23 @@ def test_tls_and_raw_buffer_chains_on_one_port(legate, ports, upstream, pki):
     assert st["http.plain.downstream_cx_total"] == 1 and st["http.plain.downstream_cx_ssl_total"] == 0
 
 
+def test_listener_filter_timeout(legate, ports, upstream, pki):
+    """A client that sends no ClientHello: tls_inspector holds it (listener.<address>.downstream_pre_cx_active)
+    until listener_filters_timeout closes it (downstream_pre_cx_timeout), as Envoy."""
+    up = upstream("a")
+    lg = tls_proxy(legate, ports, up.port, downstream_ts([pki.server]), listener_filters_timeout="0.5s")
+    prefix = f"listener.127.0.0.1_{lg.listener_port()}."
+    with socket.create_connection(("127.0.0.1", lg.listener_port()), timeout=10) as s:
+        wait_for(lambda: lg.admin.stat(prefix + "downstream_pre_cx_active") == 1, timeout=5, what="one socket inspected")
+        s.settimeout(10)
+        assert s.recv(100) == b"", "closed at the timeout"
+    wait_for(lambda: lg.admin.stat(prefix + "downstream_pre_cx_active") == 0, timeout=5, what="no socket inspected")
+    assert lg.admin.stat(prefix + "downstream_pre_cx_timeout") == 1
+    status, _, keep = https_get(lg.listener_port(), client_ctx(pki))  # a ClientHello in time goes through
+    keep.close()
+    assert status == 200 and lg.admin.stat(prefix + "downstream_pre_cx_timeout") == 1
+
+
 def test_mtls(legate, ports, upstream, pki):
     up = upstream("a")
     validation = {"trusted_ca": {"filename": pki.ca_cert},

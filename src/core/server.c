@@ -18,6 +18,7 @@
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include "legate/shadow.h"
 #include "legate/address.h"
 #include "legate/admin.h"
 #include "legate/cluster.h"
@@ -716,6 +717,7 @@ static void *worker_main(void *arg)
     }
     /* connections still in the TLS inspector or handshake hold a snapshot */
     lg_listener_close_pending();
+    lg_shadow_thread_exit(); /* mirror copies in flight hold their clusters */
     worker_drop_drains(w);
     worker_stop_listening(w);
     /* let closed sockets' callbacks run */

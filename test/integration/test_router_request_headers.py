@@ -6,9 +6,13 @@ one pass over the downstream request's headers), as Envoy's router does:
   rewrites it (a client-sent one is replaced) and passed through otherwise;
 - te is hop-by-hop: only "te: trailers" goes upstream.
 """
+import socket
+
 from lib import config as cfg
+from lib.ports import free_port
 from lib.rawhttp import RawHTTP
 from lib.upstream import header_values
+from lib.wait import wait_for
 
 
 def upstream_view(lg, path, headers):
@@ -103,3 +107,45 @@ def test_append_x_forwarded_host(legate, ports, upstream):
     xfh = {rec["path"]: header_values(rec, "x-forwarded-host") for rec in up.requests}
     assert xfh == {"/a": ["orig.example"], "/b": ["first.example,orig.example"], "/keep": []}
     assert all(header_values(rec, "host") == ["rewritten.example"] for rec in up.requests)
+
+
+def test_request_mirroring(legate, ports, upstream):
+    """request_mirror_policies: a copy of each request (body included) goes to the shadow cluster
+    with "-shadow" added to its host; the client gets the primary's response only, and a shadow
+    that fails does not touch it."""
+    main, shadow = upstream("main"), upstream("shadow")
+    hang = socket.create_server(("127.0.0.1", 0))  # takes connections, never answers: a copy in flight at exit
+    rc = cfg.route_config([cfg.vhost("v", [
+        cfg.route("backend", prefix="/off", request_mirror_policies=[
+            {"cluster": "shadow", "runtime_fraction": {"default_value": {"numerator": 0}}}]),
+        cfg.route("backend", prefix="/dead", request_mirror_policies=[{"cluster": "dead"}]),
+        cfg.route("backend", prefix="/hang", request_mirror_policies=[{"cluster": "hang"}]),
+        cfg.route("backend", request_mirror_policies=[{"cluster": "shadow"}]),
+    ])])
+    lg = legate(cfg.bootstrap(ports(), listeners=[cfg.http_listener("ingress", ports(), rc)],
+                              clusters=[cfg.cluster("backend", [main.port]), cfg.cluster("shadow", [shadow.port]),
+                                        cfg.cluster("dead", [free_port()]), cfg.cluster("hang", [hang.getsockname()[1]])]))
+    body = b"mirrored body " * 1000
+    with RawHTTP("127.0.0.1", lg.listener_port()) as c:
+        c.request("GET", "/get", host="svc.example:8080")
+        r = c.read_response()
+        assert r.status == 200 and r.header("x-upstream") == "main"
+        c.request("POST", "/post", body=body, host="svc.example")
+        assert c.read_response().status == 200
+        c.request("GET", "/off", host="svc.example")
+        assert c.read_response().status == 200
+        c.request("GET", "/dead", host="svc.example")
+        assert c.read_response().status == 200
+        c.request("GET", "/hang", host="svc.example")
+        assert c.read_response().status == 200
+    shadow.wait_requests(2, timeout=10)
+    seen = {rec["path"]: rec for rec in shadow.requests}
+    assert sorted(seen) == ["/get", "/post"]
+    assert header_values(seen["/get"], "host") == ["svc.example-shadow:8080"]
+    assert header_values(seen["/post"], "host") == ["svc.example-shadow"]
+    assert seen["/post"]["body_len"] == len(body) and seen["/post"]["method"] == "POST"
+    assert sorted(rec["path"] for rec in main.requests) == ["/dead", "/get", "/hang", "/off", "/post"]
+    wait_for(lambda: lg.admin.stat("cluster.dead.upstream_cx_connect_fail") == 1, timeout=5, what="the dead shadow tried")
+    wait_for(lambda: lg.admin.stat("cluster.hang.upstream_rq_active") == 1, timeout=5, what="the hanging copy sent")
+    assert lg.stop() == []  # drops the copy still in flight: a clean exit (no leak under the sanitizer)
+    hang.close()

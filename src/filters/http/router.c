@@ -14,6 +14,7 @@
  * connection of the cluster when the route has a connect_config (see
  * legate/router_tcp.h). Tunnels are never retried.
  */
+#include "legate/shadow.h"
 #include "legate/cluster.h"
 #include "legate/h1.h"
 #include "legate/hcm.h"
@@ -58,6 +59,8 @@ typedef struct st_router_t {
     unsigned retain_body : 1; /* a retry may still need the body */
     unsigned response_started : 1;
     unsigned upstream_headers_sent : 1;
+    lg_shadow_t **shadows; /* request_mirror_policies copies still taking the body */
+    size_t n_shadows;
     unsigned retry_slot : 1;
     unsigned no_retry : 1; /* retriable_request_headers matched none: no retry state (timeouts still apply) */
     unsigned done : 1;
@@ -227,9 +230,18 @@ static void send_pending_body(router_t *r)
     }
 }
 
+/* Feeds the request's body to its mirror copies (end_stream sends them). */
+static void feed_shadows(router_t *r, h2o_iovec_t data, int end_stream)
+{
+    for (size_t i = 0; i != r->n_shadows; ++i)
+        if (r->shadows[i] != NULL)
+            r->shadows[i] = lg_shadow_data(r->shadows[i], data, end_stream);
+}
+
 static lg_filter_status_t decode_data(lg_http_filter_t *f, h2o_iovec_t data, int end_stream)
 {
     router_t *r = (router_t *)f;
+    feed_shadows(r, data, end_stream);
     if (r->done) {
         consume_downstream(r, data.len);
         return LG_FILTER_STOP;
@@ -266,6 +278,7 @@ static void arm_global_timer(router_t *r)
 static lg_filter_status_t decode_trailers(lg_http_filter_t *f, lg_headers_t *trailers)
 {
     router_t *r = (router_t *)f;
+    feed_shadows(r, h2o_iovec_init(NULL, 0), 1); /* the copies end without the trailers */
     r->downstream_ended = 1;
     r->request_end_us = lg_now_us();
     r->request_trailers = trailers;
@@ -840,6 +853,31 @@ static void build_upstream_request(router_t *r, lg_req_head_t *req)
     lg_route_apply_request_headers(r->route, r->wc, &u->headers, &r->stream->info, pool);
 }
 
+/* Envoy's shadowing: a copy of the upstream request per mirror policy whose
+ * runtime_fraction lets it through, to its cluster (or the cluster a request
+ * header names), sent once the request is whole. */
+static void start_shadows(router_t *r, const lg_req_head_t *req, int end_stream)
+{
+    const lg_route_action_t *a = &r->route->action;
+    r->shadows = h2o_mem_alloc_pool(pool_of(r), a->n_mirror_policies * sizeof(*r->shadows));
+    for (size_t i = 0; i != a->n_mirror_policies; ++i) {
+        const lg_mirror_policy_t *m = a->mirror_policies + i;
+        if (m->denominator != 0 && lg_random() % m->denominator >= m->numerator)
+            continue;
+        h2o_iovec_t name = m->cluster;
+        if (name.len == 0 && !lg_req_header_first(req, m->cluster_header.base, m->cluster_header.len, &name))
+            continue;
+        lg_worker_cluster_t *c = lg_worker_clusters_find(lg_worker_cluster_view(lg_hcm_worker(r->stream)), name.base, name.len);
+        if (c == NULL)
+            continue;
+        lg_shadow_t *sh = lg_shadow_new(c, &r->upstream_req, req->version, r->stream->conn->listener->buffer_limit);
+        if (end_stream)
+            lg_shadow_data(sh, h2o_iovec_init(NULL, 0), 1);
+        else
+            r->shadows[r->n_shadows++] = sh;
+    }
+}
+
 static lg_filter_status_t decode_headers(lg_http_filter_t *f, lg_req_head_t *req, int end_stream)
 {
     router_t *r = (router_t *)f;
@@ -904,6 +942,8 @@ static lg_filter_status_t decode_headers(lg_http_filter_t *f, lg_req_head_t *req
     r->terminate_connect = s->connect && terminates_connect(route);
     r->timeout_ms = final_timeout(r, req);
     build_upstream_request(r, req);
+    if (route->action.n_mirror_policies != 0 && !s->upgrade && !s->connect)
+        start_shadows(r, req, end_stream);
     if (end_stream)
         arm_global_timer(r);
     start_attempt(r);
@@ -932,6 +972,9 @@ static void on_destroy(lg_http_filter_t *f)
     router_t *r = (router_t *)f;
     if (r->stream == NULL)
         return;
+    for (size_t i = 0; i != r->n_shadows; ++i)
+        lg_shadow_abandon(r->shadows[i]); /* the request never ended */
+    r->n_shadows = 0;
     finish(r);
     if (r->cluster != NULL) {
         lg_worker_cluster_release(r->cluster);

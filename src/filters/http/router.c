@@ -682,15 +682,21 @@ static const lg_stream_cbs_t upstream_cbs = {
 
 /* ---- timeouts ---- */
 
+/* A timeout once the response has started: nothing to answer, the stream is reset (UT). */
+static void reset_on_timeout(router_t *r, h2o_iovec_t details)
+{
+    r->stream->info.response_flags |= LG_RF(UPSTREAM_REQUEST_TIMEOUT);
+    r->stream->info.response_code_details = details;
+    finish(r);
+    lg_hcm_reset_stream(r->stream);
+}
+
 static void global_timeout(lg_timer_t *t)
 {
     router_t *r = H2O_STRUCT_FROM_MEMBER(router_t, global_timer, t);
     cluster_stat(r, LG_CLUSTER_STAT_upstream_rq_timeout);
     if (r->response_started) {
-        r->stream->info.response_flags |= LG_RF(UPSTREAM_REQUEST_TIMEOUT);
-        r->stream->info.response_code_details = LG_LIT("upstream_response_timeout");
-        finish(r);
-        lg_hcm_reset_stream(r->stream);
+        reset_on_timeout(r, LG_LIT("upstream_response_timeout"));
         return;
     }
     local_reply(r, 504, "upstream request timeout", "upstream_response_timeout", LG_RF(UPSTREAM_REQUEST_TIMEOUT));
@@ -712,10 +718,7 @@ static void per_try_idle_timeout(lg_timer_t *t)
     router_t *r = H2O_STRUCT_FROM_MEMBER(router_t, per_try_idle_timer, t);
     cluster_stat(r, LG_CLUSTER_STAT_upstream_rq_per_try_idle_timeout);
     if (r->response_started) {
-        r->stream->info.response_flags |= LG_RF(UPSTREAM_REQUEST_TIMEOUT);
-        r->stream->info.response_code_details = LG_LIT("upstream_per_try_idle_timeout");
-        finish(r);
-        lg_hcm_reset_stream(r->stream);
+        reset_on_timeout(r, LG_LIT("upstream_per_try_idle_timeout"));
         return;
     }
     try_retry_or_fail(r, LG_RETRY_ON_5XX | LG_RETRY_ON_GATEWAY_ERROR | LG_RETRY_ON_RESET, 504, "upstream request timeout",

@@ -59,6 +59,16 @@ $(B)/%.o: %.c $(GEN)/files.txt
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
+# The build's revision, in /server_info's version and server.version as Envoy shows its commit
+# (0000... outside a git checkout). $(B)/git-sha changes only when HEAD does.
+GIT_SHA := $(shell git rev-parse HEAD 2>/dev/null)
+$(B)/git-sha: FORCE
+	@mkdir -p $(B); echo '$(GIT_SHA)' | cmp -s - $@ 2>/dev/null || echo '$(GIT_SHA)' > $@
+$(B)/src/core/options.o: $(B)/git-sha
+$(B)/src/core/options.o: CFLAGS += $(if $(GIT_SHA),-DLG_GIT_SHA='"$(GIT_SHA)"')
+.PHONY: FORCE
+FORCE:
+
 $(B)/%.o: %.cc
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -MMD -MP -c $< -o $@

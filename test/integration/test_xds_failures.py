@@ -37,6 +37,11 @@ def wait_served(traffic, n, timeout=10.0):
 
 # ---- control plane killed, restarted, unreachable ------------------------------------------------
 
+# After an outage of several seconds the next retry may be up to Envoy's backoff maximum away
+# (jittered exponential, base 0.5 s, max 30 s: src/xds/grpc.c), so a reconnection is waited for
+# that long plus a margin.
+RECONNECT_S = 30 + 10
+
 
 @pytest.mark.deadline(90)
 @pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"])
@@ -51,7 +56,7 @@ def test_control_plane_restart_under_traffic_zero_failures(xds_server, legate, p
         wait_served(traffic, 100)  # serving the last good config without a control plane
         m = xds.mark()
         xds.start()
-        wait_stat(lg, "control_plane.connected_state", lambda x: x == 1, timeout=20 * T)
+        wait_stat(lg, "control_plane.connected_state", lambda x: x == 1, timeout=RECONNECT_S * T)
         for t in (CLUSTER, LISTENER):
             rec = xds.wait_request(lambda r, t=t: r["type_url"] == t and r["kind"] == "initial", since=m,
                                    timeout=5 * T, what=f"resubscription of {t}")
@@ -80,7 +85,7 @@ def test_fresh_control_plane_on_same_port_converges(xds_server, legate, ports, u
         fresh = xds_server(port=xds.port)
         # Same listener, both clusters, routes to b: nothing that is in use disappears.
         v2 = fresh.update(**world(port, {"b": [ups["b"].port], "a": [ups["a"].port]}))
-        wait_stat(lg, "control_plane.connected_state", lambda x: x == 1, timeout=20 * T)
+        wait_stat(lg, "control_plane.connected_state", lambda x: x == 1, timeout=RECONNECT_S * T)
         for t in (CLUSTER, LISTENER, ROUTE):
             fresh.wait_ack(t, v2[t], timeout=10 * T)
         wait_upstream(port, "b", timeout=5 * T)
@@ -108,7 +113,7 @@ def test_unreachable_control_plane_at_start(xds_server, legate, ports, upstream)
     assert lg.admin.stats().get("listener_manager.total_listeners_active", 0) == 0
     v = xds.update(**world(port, {"a": [ups.port]}))
     xds.start()
-    xds.wait_ack(ROUTE, v[ROUTE], timeout=20 * T)
+    xds.wait_ack(ROUTE, v[ROUTE], timeout=RECONNECT_S * T)
     wait_upstream(port, "a", timeout=5 * T)
     assert wait_stat(lg, "control_plane.connected_state", lambda x: x == 1) == 1
 

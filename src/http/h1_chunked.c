@@ -9,6 +9,7 @@
  * the framing is an error, so no other parser can see a different chunk boundary.
  */
 #include <string.h>
+#include "legate/stats.h"
 #include "legate/common.h"
 #include "legate/h1.h"
 #include "legate/http.h"
@@ -106,8 +107,10 @@ static int add_trailer(lg_h1_chunked_decoder_t *d, h2o_iovec_t name, h2o_iovec_t
     if (d->_is_request && lg__h1_name_has_underscore(name)) {
         if (d->_lim->headers_with_underscores_action == LG_H1_UNDERSCORES_REJECT_REQUEST)
             return lg__h1_error(err, 400, LG_H1_DETAIL_UNEXPECTED_UNDERSCORE, "trailer name contains underscores");
-        if (d->_lim->headers_with_underscores_action == LG_H1_UNDERSCORES_DROP_HEADER)
+        if (d->_lim->headers_with_underscores_action == LG_H1_UNDERSCORES_DROP_HEADER) {
+            lg_stats_here_add(lg_stats_http1, LG_HTTP1_STAT_dropped_headers_with_underscores, 1);
             return 0;
+        }
     }
     if (++d->_trailer_count > d->_lim->max_headers_count)
         return lg__h1_error(err, 431, LG_H1_DETAIL_TOO_MANY_HEADERS, "trailers count exceeds limit");

@@ -115,3 +115,13 @@ def test_http2_bad_headers_counted(legate, ports, upstream, headers, stat):
         assert c.get("/fine").status == 200
     wait_stat(lg, stat, 1)
     assert [r["path"] for r in up.requests] == ["/fine"]
+
+
+def test_underscore_trailers_dropped(legate, ports, upstream):
+    up = upstream()
+    lg = proxy(legate, ports, up, "DROP_HEADER")
+    with RawHTTP("127.0.0.1", lg.listener_port(), timeout=10) as c:
+        c.send(b"POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"3\r\nabc\r\n0\r\nx_trail: 1\r\nx-kept: 2\r\n\r\n")
+        assert c.read_response().status == 200
+    wait_stat(lg, "http1.dropped_headers_with_underscores", 1)

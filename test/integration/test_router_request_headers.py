@@ -149,3 +149,19 @@ def test_request_mirroring(legate, ports, upstream):
     wait_for(lambda: lg.admin.stat("cluster.hang.upstream_rq_active") == 1, timeout=5, what="the hanging copy sent")
     assert lg.stop() == []  # drops the copy still in flight: a clean exit (no leak under the sanitizer)
     hang.close()
+
+
+def test_is_timeout_retry_header(legate, ports, upstream):
+    """include_is_timeout_retry_header: each retry says whether a per-try timeout caused it."""
+    up = upstream()
+    policy = {"retry_on": "5xx", "num_retries": 1, "per_try_timeout": "0.3s"}
+    routes = [cfg.route("backend", timeout="10s", retry_policy=policy)]
+    lg = proxy_with(legate, ports, up, routes, vhost_extra={"include_is_timeout_retry_header": True})
+    with RawHTTP("127.0.0.1", lg.listener_port()) as c:
+        c.request("GET", "/flaky/itr/1")
+        assert c.read_response().status == 200
+        c.request("GET", "/delay/2000")
+        assert c.read_response().status == 504
+    up.wait_requests(4, timeout=10)
+    seen = [(rec["path"], header_values(rec, "x-envoy-is-timeout-retry")) for rec in up.requests]
+    assert seen == [("/flaky/itr/1", []), ("/flaky/itr/1", ["false"]), ("/delay/2000", []), ("/delay/2000", ["true"])]

@@ -62,7 +62,8 @@ typedef struct st_router_t {
     lg_shadow_t **shadows; /* request_mirror_policies copies still taking the body */
     size_t n_shadows;
     unsigned retry_slot : 1;
-    unsigned no_retry : 1; /* retriable_request_headers matched none: no retry state (timeouts still apply) */
+    unsigned no_retry : 1;
+    unsigned timeout_retry : 1; /* the retry under way follows a per-try timeout */ /* retriable_request_headers matched none: no retry state (timeouts still apply) */
     unsigned done : 1;
     unsigned request_sent : 1;      /* end_stream went upstream */
     unsigned response_ended : 1;    /* end_stream came from upstream */
@@ -376,6 +377,10 @@ static void stream_ready(router_t *r, lg_stream_t *stream, lg_host_t *host)
         r->upstream_req.authority = h2o_iovec_init(host->config->hostname, strlen(host->config->hostname));
         append_xfh(r);
     }
+    /* Envoy's include_is_timeout_retry_header: on retries, whether a per-try timeout caused it */
+    if (r->attempts > 1 && r->route->vhost != NULL && r->route->vhost->include_is_timeout_retry_header)
+        lg_headers_set(pool_of(r), &r->upstream_req.headers, LG_LIT("x-envoy-is-timeout-retry"),
+                       r->timeout_retry ? LG_LIT("true") : LG_LIT("false"));
     /* Envoy's include_request_attempt_count: this attempt's number, 1 for the first */
     if (r->route->vhost != NULL && r->route->vhost->include_request_attempt_count)
         lg_headers_set(pool_of(r), &r->upstream_req.headers, LG_LIT("x-envoy-attempt-count"),
@@ -534,6 +539,7 @@ static void try_retry_or_fail(router_t *r, uint32_t cause_bit, int status, const
         return;
     }
     --r->retries_left;
+    r->timeout_retry = (flags & LG_RF(UPSTREAM_REQUEST_TIMEOUT)) != 0; /* only the per-try timeouts pass UT here */
     detach_upstream(r, 1);
     cluster_stat(r, LG_CLUSTER_STAT_upstream_rq_retry);
     cluster_stat(r, LG_CLUSTER_STAT_upstream_rq_retry_backoff_exponential);

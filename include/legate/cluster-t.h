@@ -196,7 +196,7 @@ typedef struct st_lg_cluster_config_t {
     lg_h2_settings_t *h2;               /* non-NULL when protocol is not HTTP1 */
     lg_h1_limits_t h1_limits;           /* response parsing (max_headers_count ...) */
     struct st_lg_tls_context_t *tls;    /* transport_socket: UpstreamTlsContext, NULL = raw_buffer */
-    struct st_lg_dns_spec_t *dns; /* STRICT_DNS and LOGICAL_DNS: what to resolve, how (shared by derived configs) */
+    struct st_lg_dns_spec_t *dns;       /* STRICT_DNS and LOGICAL_DNS: what to resolve, how (shared by derived configs) */
     lg_host_config_t **hosts;
     size_t n_hosts;
     uint32_t n_healthy;

@@ -69,7 +69,7 @@ typedef struct st_lg_h1_msg_info_t {
     /* Response is 1xx other than 101: a final response head follows. */
     unsigned is_interim : 1;
     /* Headers dropped by LG_H1_UNDERSCORES_DROP_HEADER (Envoy counts them in
-     * http1.dropped_headers_with_underscores). */
+     * http1.dropped_headers_with_underscores as it drops them). */
     uint32_t dropped_headers;
 } lg_h1_msg_info_t;
 

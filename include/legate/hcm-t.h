@@ -97,7 +97,7 @@ enum { LG_HCM_STATS(LG__HCM_STAT_ENUM) LG_HCM_STAT__COUNT };
 /* Envoy's ConnectionManagerListenerStats: listener.<address>.http.<stat_prefix>.*,
  * one block per listener and connection manager (the classes in the order of
  * downstream_rq_1xx..5xx above). */
-#define LG_HCM_LISTENER_STATS(X)     \
+#define LG_HCM_LISTENER_STATS(X)  \
     X(COUNTER, downstream_rq_1xx) \
     X(COUNTER, downstream_rq_2xx) \
     X(COUNTER, downstream_rq_3xx) \
@@ -155,7 +155,7 @@ struct st_lg_hcm_config_t {
     size_t n_upgrades;
     lg_http_filter_config_t *filters;
     size_t n_filters;
-    lg_stats_block_t *stats; /* http.<stat_prefix>. */
+    lg_stats_block_t *stats;          /* http.<stat_prefix>. */
     lg_stats_block_t *listener_stats; /* listener.<address>.http.<stat_prefix>. (NULL outside a listener) */
     lg_access_logs_t access_logs;
 

@@ -16,13 +16,13 @@ typedef struct st_lg_tls_context_t lg_tls_context_t;
 /* listener.<address>.* stats, in this order in the listener's stats block. The
  * downstream_cx_* ones count a connection from its filter chain match until its
  * socket closes, whoever owns it then (Envoy's ActiveTcpConnection). */
-#define LG_LISTENER_STATS(X)              \
-    X(COUNTER, downstream_cx_total)       \
-    X(GAUGE, downstream_cx_active)        \
-    X(COUNTER, downstream_cx_destroy)     \
-    X(HISTOGRAM, downstream_cx_length_ms) \
-    X(COUNTER, no_filter_chain_match)     \
-    X(COUNTER, downstream_cx_overflow)    \
+#define LG_LISTENER_STATS(X)                  \
+    X(COUNTER, downstream_cx_total)           \
+    X(GAUGE, downstream_cx_active)            \
+    X(COUNTER, downstream_cx_destroy)         \
+    X(HISTOGRAM, downstream_cx_length_ms)     \
+    X(COUNTER, no_filter_chain_match)         \
+    X(COUNTER, downstream_cx_overflow)        \
     X(COUNTER, downstream_global_cx_overflow) \
     X(COUNTER, downstream_pre_cx_timeout)     \
     X(GAUGE, downstream_pre_cx_active)
@@ -90,7 +90,7 @@ typedef struct st_lg_filter_chain_t {
 typedef struct st_lg_listener_config_t {
     size_t refcnt; /* atomic */
     char *name;
-    char *address_str; /* "127.0.0.1:10000" or the pipe path: the stats name */
+    char *address_str;          /* "127.0.0.1:10000" or the pipe path: the stats name */
     char *connection_limit_key; /* runtime "envoy.resource_limits.listener.<name>.connection_limit" */
     struct sockaddr_storage addr;
     socklen_t addrlen;

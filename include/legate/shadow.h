@@ -6,7 +6,9 @@
  * its response is read and dropped, its failures are only counted by the
  * shadow cluster's stats. The copy owns its head and body (the body is
  * copied, up to a limit), so it outlives the request it copies: it is sent
- * once that request has been received whole. */
+ * once that request has been received whole, as Envoy's shadowing does
+ * without its streaming_shadow feature (which sends the body as it arrives);
+ * request trailers are not copied. */
 
 #include "legate/cluster.h"
 #include "legate/http-t.h"

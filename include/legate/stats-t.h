@@ -209,24 +209,24 @@ typedef enum en_lg_server_state_t {
 
 /* Envoy's codec stats of downstream connections (Http1::CodecStats under
  * http1.*, Http2::CodecStats under http2.*), the ones Legate's codecs keep. */
-#define LG_HTTP1_CODEC_STATS(X)                \
+#define LG_HTTP1_CODEC_STATS(X)                  \
     X(COUNTER, dropped_headers_with_underscores) \
     X(COUNTER, requests_rejected_with_underscores_in_headers)
 
-#define LG_HTTP2_CODEC_STATS(X)                          \
-    X(COUNTER, dropped_headers_with_underscores)           \
-    X(COUNTER, goaway_sent)                                \
-    X(COUNTER, header_overflow)                            \
-    X(COUNTER, inbound_empty_frames_flood)                 \
-    X(COUNTER, inbound_priority_frames_flood)              \
-    X(COUNTER, inbound_window_update_frames_flood)         \
-    X(COUNTER, outbound_control_flood)                     \
-    X(COUNTER, outbound_flood)                             \
+#define LG_HTTP2_CODEC_STATS(X)                               \
+    X(COUNTER, dropped_headers_with_underscores)              \
+    X(COUNTER, goaway_sent)                                   \
+    X(COUNTER, header_overflow)                               \
+    X(COUNTER, inbound_empty_frames_flood)                    \
+    X(COUNTER, inbound_priority_frames_flood)                 \
+    X(COUNTER, inbound_window_update_frames_flood)            \
+    X(COUNTER, outbound_control_flood)                        \
+    X(COUNTER, outbound_flood)                                \
     X(COUNTER, requests_rejected_with_underscores_in_headers) \
-    X(COUNTER, rx_messaging_error)                         \
-    X(COUNTER, rx_reset)                                   \
-    X(COUNTER, trailers)                                   \
-    X(COUNTER, tx_reset)                                   \
+    X(COUNTER, rx_messaging_error)                            \
+    X(COUNTER, rx_reset)                                      \
+    X(COUNTER, trailers)                                      \
+    X(COUNTER, tx_reset)                                      \
     X(GAUGE, streams_active)
 
 #define LG__SERVER_STAT_ENUM(type, name) LG_SERVER_STAT_##name,

@@ -546,15 +546,14 @@ static int finish(lg_tls_context_t *t, const common_proto_t *common, lg_error_t 
     t->factory_stats =
         lg_stats_block_new(factory, t->role == LG_TLS_SERVER ? server_factory_defs : client_factory_defs, FACTORY__COUNT);
     free(factory);
-    { /* every live context, for reloads, SDS and lg_tls_days_until_first_cert_expiring */
-        pthread_mutex_lock(&registry_mutex);
-        t->_next = registry_head;
-        if (registry_head != NULL)
-            registry_head->_pprev = &t->_next;
-        t->_pprev = &registry_head;
-        registry_head = t;
-        pthread_mutex_unlock(&registry_mutex);
-    }
+    /* every live context: for reloads, SDS, /certs and days_until_first_cert_expiring */
+    pthread_mutex_lock(&registry_mutex);
+    t->_next = registry_head;
+    if (registry_head != NULL)
+        registry_head->_pprev = &t->_next;
+    t->_pprev = &registry_head;
+    registry_head = t;
+    pthread_mutex_unlock(&registry_mutex);
     return 0;
 }
 
@@ -1347,8 +1346,8 @@ static int load_key(SSL_CTX *ctx, X509 *leaf, const lg_tls_cert_source_t *c, lg_
 
 /* One certificate and its key; OpenSSL keeps one per key type and picks by
  * the peer's signature algorithms. */
-static int load_cert(SSL_CTX *ctx, const lg_tls_cert_source_t *c, int *types, size_t *ntypes, cert_info_t *info,
-                     lg_tls_watch_t **w, size_t *n, lg_error_t *err)
+static int load_cert(SSL_CTX *ctx, const lg_tls_cert_source_t *c, int *types, size_t *ntypes, cert_info_t *info, lg_tls_watch_t **w,
+                     size_t *n, lg_error_t *err)
 {
     char ebuf[256];
     BIO *bio = source_bio(&c->chain, w, n, err);
@@ -1405,14 +1404,6 @@ static int64_t not_after(const X509 *x)
     return (int64_t)timegm(&tm);
 }
 
-/* Lowers *expiry (0: none yet) to notAfter of x. */
-static void note_expiry(int64_t *expiry, const X509 *x)
-{
-    int64_t t = not_after(x);
-    if (t != 0 && (*expiry == 0 || t < *expiry))
-        *expiry = t;
-}
-
 /* Adds the certificates (or, with `crls`, the CRLs) of a PEM source to a
  * store; returns how many were added, or -1 with err set. `first_ca` (certificates
  * only, may be NULL) gets a reference to the first one, Envoy's ca_cert_. */
@@ -1440,8 +1431,8 @@ static int add_pem_to_store(X509_STORE *store, const lg_tls_source_t *source, in
 }
 
 /* The verification of `src` (t itself, or the SDS compile of t) with t's role and client certificate policy. */
-static int load_validation(SSL_CTX *ctx, const lg_tls_context_t *t, lg_tls_context_t *src, cert_info_t *info,
-                           lg_tls_watch_t **w, size_t *n, lg_error_t *err)
+static int load_validation(SSL_CTX *ctx, const lg_tls_context_t *t, lg_tls_context_t *src, cert_info_t *info, lg_tls_watch_t **w,
+                           size_t *n, lg_error_t *err)
 {
     if (src->trusted_ca.kind != LG_TLS_SOURCE_NONE) {
         X509_STORE *store = SSL_CTX_get_cert_store(ctx);
@@ -1689,23 +1680,23 @@ static uint64_t days_left(const X509 *x, int64_t now)
 
 uint32_t lg_tls_days_until_first_cert_expiring(void)
 {
-    int64_t first = 0, now = (int64_t)time(NULL);
+    uint64_t days = UINT32_MAX;
+    int64_t now = (int64_t)time(NULL);
     pthread_mutex_lock(&registry_mutex);
     for (lg_tls_context_t *t = registry_head; t != NULL; t = t->_next) {
         const cert_info_t *info;
         SSL_CTX *ctx = live_info(t, &info);
         if (ctx == NULL)
             continue;
-        if (info->ca != NULL)
-            note_expiry(&first, info->ca);
-        for (size_t i = 0; i != info->n; ++i)
-            note_expiry(&first, info->chain[i].leaf);
+        for (size_t i = 0; i <= info->n; ++i) { /* the chain's leaves, then the first CA */
+            X509 *x = i != info->n ? info->chain[i].leaf : info->ca;
+            if (x != NULL && days_left(x, now) < days)
+                days = days_left(x, now);
+        }
         SSL_CTX_free(ctx);
     }
     pthread_mutex_unlock(&registry_mutex);
-    if (first == 0)
-        return UINT32_MAX;
-    return first < now ? 0 : (uint32_t)((first - now) / 86400);
+    return (uint32_t)days;
 }
 
 static void json_time(lg_strbuf_t *out, const ASN1_TIME *t)
@@ -1713,8 +1704,8 @@ static void json_time(lg_strbuf_t *out, const ASN1_TIME *t)
     struct tm tm;
     if (ASN1_TIME_to_tm(t, &tm) != 1)
         memset(&tm, 0, sizeof(tm));
-    lg_strbuf_printf(out, "\"%04d-%02d-%02dT%02d:%02d:%02dZ\"", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-                     tm.tm_min, tm.tm_sec);
+    lg_strbuf_printf(out, "\"%04d-%02d-%02dT%02d:%02d:%02dZ\"", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                     tm.tm_sec);
 }
 
 /* Envoy's CertificateDetails (admin/v3/certs.proto) as its admin prints it. */
@@ -1726,8 +1717,7 @@ static void json_cert(lg_strbuf_t *out, const char *path, X509 *x, int64_t now, 
     char *hex = bn != NULL ? BN_bn2hex(bn) : NULL;
     for (char *p = hex; p != NULL && *p != '\0'; ++p)
         *p = (char)tolower((unsigned char)*p);
-    lg_strbuf_printf(out, ",\n%s \"serial_number\": \"%s\",\n%s \"subject_alt_names\": [", indent, hex != NULL ? hex : "",
-                     indent);
+    lg_strbuf_printf(out, ",\n%s \"serial_number\": \"%s\",\n%s \"subject_alt_names\": [", indent, hex != NULL ? hex : "", indent);
     OPENSSL_free(hex);
     BN_free(bn);
     GENERAL_NAMES *names = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);

@@ -137,6 +137,17 @@ static int apply_value(lg_options_t *o, const flag_t *f, const char *v, lg_error
         o->drain_strategy_immediate = strcmp(v, "immediate") == 0;
         return 0;
     }
+    if (strcmp(f->longname, "control-thread-priority") == 0) {
+        if (strcmp(v, "nice") == 0)
+            o->control_thread_priority = LG_CONTROL_PRIORITY_NICE;
+        else if (strcmp(v, "idle") == 0)
+            o->control_thread_priority = LG_CONTROL_PRIORITY_IDLE;
+        else if (strcmp(v, "normal") == 0)
+            o->control_thread_priority = LG_CONTROL_PRIORITY_NORMAL;
+        else
+            return lg_error(err, "PARSE ERROR: Argument: --control-thread-priority: '%s' is not one of nice, idle, normal", v);
+        return 0;
+    }
     if (strcmp(f->longname, "local-address-ip-version") == 0) {
         if (strcmp(v, "v4") != 0 && strcmp(v, "v6") != 0)
             return lg_error(err, "error: unknown IP address version '%s'", v);
@@ -187,18 +198,6 @@ int lg_options_parse(lg_options_t *o, int argc, char **argv, lg_error_t *err)
         if (strcmp(f->longname, "help") == 0) {
             lg_options_usage(stdout);
             return 1;
-        }
-        if (strcmp(f->longname, "control-thread-priority") == 0) {
-            const char *v = inline_value != NULL ? inline_value : i + 1 < argc ? argv[++i] : "";
-            if (strcmp(v, "nice") == 0)
-                o->control_thread_priority = LG_CONTROL_PRIORITY_NICE;
-            else if (strcmp(v, "idle") == 0)
-                o->control_thread_priority = LG_CONTROL_PRIORITY_IDLE;
-            else if (strcmp(v, "normal") == 0)
-                o->control_thread_priority = LG_CONTROL_PRIORITY_NORMAL;
-            else
-                return lg_error(err, "PARSE ERROR: Argument: --control-thread-priority: '%s' is not one of nice, idle, normal", v);
-            continue;
         }
         if (strcmp(f->longname, "hot-restart-version") == 0) {
             printf("disabled\n");

@@ -18,7 +18,6 @@
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-#include "legate/shadow.h"
 #include "legate/address.h"
 #include "legate/admin.h"
 #include "legate/cluster.h"
@@ -29,6 +28,7 @@
 #include "legate/pbjson.h"
 #include "legate/runtime.h"
 #include "legate/server.h"
+#include "legate/shadow.h"
 #include "legate/sock.h"
 #include "legate/stats.h"
 #include "legate/tcp_proxy.h"
@@ -44,7 +44,7 @@ typedef struct st_worker_msg_t {
     msg_type_t type;
     lg_snapshot_t *snapshot;
     lg_worker_clusters_t *clusters; /* MSG_SNAPSHOT: the worker's cluster view, prepared when the clusters changed */
-    uint64_t drain_end_ms; /* MSG_SNAPSHOT (for the chains it drains) and MSG_DRAIN*: when what drains is closed */
+    uint64_t drain_end_ms;          /* MSG_SNAPSHOT (for the chains it drains) and MSG_DRAIN*: when what drains is closed */
 } worker_msg_t;
 
 /* Cluster views a worker replaced, freed by the control thread (they hold
@@ -417,7 +417,8 @@ static void drain_tick(lg_worker_t *w, drain_t *d, uint64_t now)
     for (h2o_linklist_t *l = st->conns.next, *next; l != &st->conns; l = next) {
         next = l->next;
         lg_hcm_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_hcm_conn_t, worker_link, l);
-        if (!c->draining && c->id < d->first_new_id && (lg_server_conn_version(lg_hcm_conn_codec(c)) == LG_HTTP_2 || c->n_streams != 0) &&
+        if (!c->draining && c->id < d->first_new_id &&
+            (lg_server_conn_version(lg_hcm_conn_codec(c)) == LG_HTTP_2 || c->n_streams != 0) &&
             drain_covers(d, LG_NETWORK_FILTER_HCM, c->config) && lg_random() % left < step)
             drain_conn(c, "gradual drain");
     }
@@ -864,8 +865,8 @@ int lg_server_publish(lg_snapshot_t *s, size_t *failed, lg_error_t *err)
     pthread_mutex_unlock(&srv.snapshot_mutex);
     int clusters_changed = !same_clusters(old, s);
     for (size_t k = 0; srv.workers != NULL && k != srv.n_workers; ++k)
-        post_with(srv.workers + k, MSG_SNAPSHOT, s, clusters_changed ? lg_worker_clusters_prepare(s->clusters, s->n_clusters) : NULL,
-                  end_ms);
+        post_with(srv.workers + k, MSG_SNAPSHOT, s,
+                  clusters_changed ? lg_worker_clusters_prepare(s->clusters, s->n_clusters) : NULL, end_ms);
     lg_snapshot_unref(old);
     lg_stats_gauge_set(lg_stats_listener_manager, LG_LISTENER_MANAGER_STAT_total_listeners_active, s->n_listeners);
     lg_stats_gauge_set(lg_stats_cluster_manager, LG_CLUSTER_MANAGER_STAT_active_clusters, s->n_clusters);
@@ -1113,10 +1114,10 @@ static void go_live(void)
  * the p99 of requests during back-to-back 10,000-route RDS pushes on a shared
  * core from ~4.4 ms to 2.0-2.8 ms (idle p99 1.0-1.5 ms; bench/README.md,
  * "Control thread priority (session 6)"), but a saturated core leaves the
- * control thread ~0.3% of it, so updates wait while every worker is busy. Scheduling is per thread:
- * workers, the admin thread and the access log flusher started earlier keep
- * theirs; threads started later by this one (gRPC's) inherit it, and an
- * unprivileged thread cannot take it back. */
+ * control thread ~0.3% of it, so updates wait while every worker is busy.
+ * Scheduling is per thread: workers, the admin thread and the access log
+ * flusher started earlier keep theirs; threads started later by this one
+ * (gRPC's) inherit it, and an unprivileged thread cannot take it back. */
 static void yield_to_workers(lg_control_priority_t prio)
 {
     pid_t tid = (pid_t)syscall(SYS_gettid);

@@ -177,16 +177,20 @@ static int addr_is_listener(const lg_listener_config_t *l, const struct sockaddr
     return sa->sa_family == AF_UNIX; /* a pipe's local address is its listener's */
 }
 
+/* The tail past the HTTP/2 part: the limits (has_limits), then the addresses. */
+static char *tail_after_codec(const lg_hcm_conn_t *c)
+{
+    return (char *)c->tail + (c->with_codec ? 0 : sizeof(lg_hcm_h2_part_t));
+}
+
 static lg_hcm_conn_limits_t *conn_limits(const lg_hcm_conn_t *c)
 {
-    return c->has_limits ? (lg_hcm_conn_limits_t *)(void *)((char *)c->tail + (c->with_codec ? 0 : sizeof(lg_hcm_h2_part_t)))
-                         : NULL;
+    return c->has_limits ? (lg_hcm_conn_limits_t *)(void *)tail_after_codec(c) : NULL;
 }
 
 static const struct sockaddr *conn_peer(const lg_hcm_conn_t *c)
 {
-    return (const struct sockaddr *)((const char *)c->tail + (c->with_codec ? 0 : sizeof(lg_hcm_h2_part_t)) +
-                                     (c->has_limits ? sizeof(lg_hcm_conn_limits_t) : 0));
+    return (const struct sockaddr *)(tail_after_codec(c) + (c->has_limits ? sizeof(lg_hcm_conn_limits_t) : 0));
 }
 
 /* The stored local address (!local_is_listener) or where it would be. */
@@ -237,8 +241,11 @@ static int has_limits(const lg_hcm_config_t *cfg)
     return cfg->max_connection_duration_ms != 0 || cfg->max_requests_per_connection != 0;
 }
 
-/* Envoy's startDrainSequence: HTTP/1.1 closes after the response in progress
- * (at once when idle), HTTP/2 sends GOAWAY and closes once its streams end. */
+/* Envoy's startDrainSequence: HTTP/1.1 closes after the response in progress,
+ * HTTP/2 sends GOAWAY and closes once its streams end. Unlike Envoy, an idle
+ * HTTP/1.1 connection closes at once (Envoy leaves it open for drain_timeout,
+ * 5 s, first), and HTTP/2 gets one GOAWAY without the shutdown notice before
+ * it: what Legate's listener drain already does. */
 static void conn_start_drain(lg_hcm_conn_t *c)
 {
     if (c->draining || c->closed)
@@ -1218,11 +1225,6 @@ void lg_hcm_pause_request(lg_hcm_stream_t *s, int paused)
 
 /* ---- the encode direction ---- */
 
-static void count_response(lg_hcm_stream_t *s, int status)
-{
-    count_class(s->conn, status);
-}
-
 static void finalize_response_head(lg_hcm_stream_t *s, lg_resp_head_t *head)
 {
     const lg_hcm_config_t *cfg = s->conn->config;
@@ -1287,7 +1289,7 @@ void lg_hcm_encode_headers(lg_hcm_stream_t *s, lg_resp_head_t *head, int end_str
         s->info.response_code_details = LG_LIT("via_upstream");
     s->response_started = 1;
     s->response_ended = end_stream;
-    count_response(s, head->status);
+    count_class(s->conn, head->status);
     stream_touch(s);
     if (end_stream)
         s->info.last_downstream_tx_us = lg_now_us();
@@ -1419,7 +1421,7 @@ static void send_local_reply(lg_hcm_stream_t *s, int status, h2o_iovec_t body, c
     s->info.response = head;
     s->info.response_code = head->status;
     s->response_started = 1;
-    count_response(s, status);
+    count_class(s->conn, status);
     lg_stream_t *ds = s->downstream;
     if (body.len == 0) {
         s->response_ended = 1;

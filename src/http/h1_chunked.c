@@ -9,10 +9,10 @@
  * the framing is an error, so no other parser can see a different chunk boundary.
  */
 #include <string.h>
-#include "legate/stats.h"
 #include "legate/common.h"
 #include "legate/h1.h"
 #include "legate/http.h"
+#include "legate/stats.h"
 
 enum {
     ST_SIZE_FIRST, /* expecting the first hex digit of a chunk size */
@@ -105,8 +105,10 @@ static int size_line_byte(lg_h1_chunked_decoder_t *d, char c, lg_h1_error_t *err
 static int add_trailer(lg_h1_chunked_decoder_t *d, h2o_iovec_t name, h2o_iovec_t value, lg_h1_error_t *err)
 {
     if (d->_is_request && lg__h1_name_has_underscore(name)) {
-        if (d->_lim->headers_with_underscores_action == LG_H1_UNDERSCORES_REJECT_REQUEST)
+        if (d->_lim->headers_with_underscores_action == LG_H1_UNDERSCORES_REJECT_REQUEST) {
+            lg_stats_here_add(lg_stats_http1, LG_HTTP1_STAT_requests_rejected_with_underscores_in_headers, 1);
             return lg__h1_error(err, 400, LG_H1_DETAIL_UNEXPECTED_UNDERSCORE, "trailer name contains underscores");
+        }
         if (d->_lim->headers_with_underscores_action == LG_H1_UNDERSCORES_DROP_HEADER) {
             lg_stats_here_add(lg_stats_http1, LG_HTTP1_STAT_dropped_headers_with_underscores, 1);
             return 0;

@@ -16,6 +16,7 @@
 #include "legate/common.h"
 #include "legate/h1.h"
 #include "legate/http.h"
+#include "legate/stats.h"
 
 /* clang-format off */
 const uint8_t lg_h1_char_class[256] = {
@@ -344,8 +345,12 @@ static int parse_fields(h2o_mem_pool_t *pool, char *p, const char *end, const lg
         if (lg__h1_parse_field_line(line.base, line.len, &name, &value, err) != 0)
             return -1;
         if (is_request && lim->headers_with_underscores_action != LG_H1_UNDERSCORES_ALLOW && lg__h1_name_has_underscore(name)) {
-            if (lim->headers_with_underscores_action == LG_H1_UNDERSCORES_REJECT_REQUEST)
+            /* Envoy's http1.* codec stats count both outcomes where they happen */
+            if (lim->headers_with_underscores_action == LG_H1_UNDERSCORES_REJECT_REQUEST) {
+                lg_stats_here_add(lg_stats_http1, LG_HTTP1_STAT_requests_rejected_with_underscores_in_headers, 1);
                 return lg__h1_error(err, 400, LG_H1_DETAIL_UNEXPECTED_UNDERSCORE, "header name contains underscores");
+            }
+            lg_stats_here_add(lg_stats_http1, LG_HTTP1_STAT_dropped_headers_with_underscores, 1);
             ++*dropped;
             continue;
         }

@@ -35,7 +35,6 @@
 #include "legate/h1_server.h"
 #include "legate/http.h"
 #include "legate/sock.h"
-#include "legate/stats.h"
 #include "legate/timer.h"
 
 typedef struct st_lg_h1_server_conn_t lg_h1_server_conn_t;
@@ -58,7 +57,7 @@ typedef struct st_lg_h1_batch_t {
 typedef struct st_lg_h1_out_t {
     /* the pending batch's iovecs: bufs_inline, or an array while a response needs more */
     h2o_iovec_t *bufs;
-    uint32_t nbufs;        /* iovecs in bufs */
+    uint32_t nbufs;         /* iovecs in bufs */
     uint32_t bufs_cap_log2; /* bufs holds 1 << bufs_cap_log2 iovecs */
     lg_h1_batch_t pending, inflight;
     h2o_iovec_t bufs_inline[4]; /* 1 << 2 */
@@ -98,14 +97,14 @@ struct st_lg_h1_server_conn_t {
     unsigned close_after_write : 1; /* no new request: close once the output is flushed */
     unsigned lingering : 1;         /* write side shut, draining input until EOF or timeout */
     unsigned closed : 1;
-    unsigned resume_due : 1;    /* parse again (input was held back) */
-    unsigned flush_due : 1;     /* a response head waits for its first body bytes */
-    unsigned dirty : 1;         /* the pending batch has something to write or to report (bufs may be empty) */
-    unsigned writing : 1;       /* the inflight batch is being written */
-    uint32_t unconsumed;        /* delivered body bytes not consumed yet (at most buffer_limit) */
-    uint32_t last_len;          /* input length at the last incomplete head (< the head size limit) */
-    uint32_t parsed;            /* see the top of the file (< buffer_limit + one read) */
-    lg_h1_out_t *out;           /* while dirty, writing or a stream runs (see out_get) */
+    unsigned resume_due : 1; /* parse again (input was held back) */
+    unsigned flush_due : 1;  /* a response head waits for its first body bytes */
+    unsigned dirty : 1;      /* the pending batch has something to write or to report (bufs may be empty) */
+    unsigned writing : 1;    /* the inflight batch is being written */
+    uint32_t unconsumed;     /* delivered body bytes not consumed yet (at most buffer_limit) */
+    uint32_t last_len;       /* input length at the last incomplete head (< the head size limit) */
+    uint32_t parsed;         /* see the top of the file (< buffer_limit + one read) */
+    lg_h1_out_t *out;        /* while dirty, writing or a stream runs (see out_get) */
     /* One timer, by its callback: on_defer (0 ms: work for the end of this loop
      * turn, resume_due / flush_due; only while a stream runs or before the first
      * parse), on_headers_timeout (request_headers_timeout while a head is
@@ -690,8 +689,6 @@ static void send_codec_error_reply(lg_h1_server_conn_t *c, int status)
 static void codec_error(lg_h1_server_conn_t *c, const lg_h1_error_t *err)
 {
     LG_DEBUG(http, "h1: request rejected with %d (%s): %s", err->status, err->details, err->msg);
-    if (strcmp(err->details, LG_H1_DETAIL_UNEXPECTED_UNDERSCORE) == 0)
-        lg_stats_here_add(lg_stats_http1, LG_HTTP1_STAT_requests_rejected_with_underscores_in_headers, 1);
     c->close_after_write = 1;
     h2o_buffer_consume(&c->sock->input, c->sock->input->size);
     send_codec_error_reply(c, err->status);
@@ -826,8 +823,6 @@ static int parse_head(lg_h1_server_conn_t *c)
         codec_error(c, &err);
         return 0;
     }
-    if (s->info.dropped_headers != 0)
-        lg_stats_here_add(lg_stats_http1, LG_HTTP1_STAT_dropped_headers_with_underscores, s->info.dropped_headers);
     start_stream(c, s, (size_t)r);
     return 1;
 }

@@ -14,7 +14,6 @@
  * connection of the cluster when the route has a connect_config (see
  * legate/router_tcp.h). Tunnels are never retried.
  */
-#include "legate/shadow.h"
 #include "legate/cluster.h"
 #include "legate/h1.h"
 #include "legate/hcm.h"
@@ -22,6 +21,7 @@
 #include "legate/route.h"
 #include "legate/router_tcp.h"
 #include "legate/server.h"
+#include "legate/shadow.h"
 #include "legate/timer.h"
 
 typedef struct st_body_chunk_t {
@@ -50,6 +50,8 @@ typedef struct st_router_t {
     lg_headers_t *request_trailers;
     lg_timer_t global_timer, per_try_timer, backoff_timer;
     lg_timer_t per_try_idle_timer; /* retry_policy.per_try_idle_timeout */
+    lg_shadow_t **shadows;         /* request_mirror_policies copies still taking the body */
+    size_t n_shadows;
     uint64_t attempt_start_us;
     uint64_t request_end_us; /* when the downstream request ended (0: not yet): upstream_rq_time counts from it */
     uint32_t retries_left;
@@ -59,11 +61,9 @@ typedef struct st_router_t {
     unsigned retain_body : 1; /* a retry may still need the body */
     unsigned response_started : 1;
     unsigned upstream_headers_sent : 1;
-    lg_shadow_t **shadows; /* request_mirror_policies copies still taking the body */
-    size_t n_shadows;
     unsigned retry_slot : 1;
-    unsigned no_retry : 1;
-    unsigned timeout_retry : 1; /* the retry under way follows a per-try timeout */ /* retriable_request_headers matched none: no retry state (timeouts still apply) */
+    unsigned no_retry : 1;      /* retriable_request_headers matched none: no retry state (timeouts still apply) */
+    unsigned timeout_retry : 1; /* the retry under way follows a per-try timeout */
     unsigned done : 1;
     unsigned request_sent : 1;      /* end_stream went upstream */
     unsigned response_ended : 1;    /* end_stream came from upstream */

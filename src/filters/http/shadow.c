@@ -78,6 +78,7 @@ lg_shadow_t *lg_shadow_new(lg_worker_cluster_t *cluster, const lg_req_head_t *he
     sh->head.protocol = dup(&sh->pool, head->protocol);
     sh->head.authority = shadow_host(&sh->pool, head->authority);
     sh->head.headers = (lg_headers_t){NULL};
+    h2o_vector_reserve(&sh->pool, &sh->head.headers, head->headers.size);
     for (size_t i = 0; i != head->headers.size; ++i)
         lg_headers_add(&sh->pool, &sh->head.headers, dup(&sh->pool, head->headers.entries[i].name),
                        dup(&sh->pool, head->headers.entries[i].value));
@@ -86,8 +87,11 @@ lg_shadow_t *lg_shadow_new(lg_worker_cluster_t *cluster, const lg_req_head_t *he
 
 /* ---- the copy's own exchange ---- */
 
+/* The copy's exchange is over; ctx is NULL for a stream dropped at thread exit. */
 static void end(lg_shadow_t *sh)
 {
+    if (sh == NULL)
+        return;
     sh->stream = NULL;
     if (sh->sending)
         sh->ended = 1;
@@ -190,22 +194,6 @@ void lg_shadow_abandon(lg_shadow_t *sh)
         shadow_free(sh);
 }
 
-static void dropped_on_reset(lg_stream_t *s, lg_reset_reason_t reason, const char *details)
-{
-}
-
-static void dropped_on_complete(lg_stream_t *s)
-{
-}
-
-/* A stream reset at thread exit: nothing may reach the freed copy any more. */
-static const lg_stream_cbs_t dropped_cbs = {.on_headers = on_headers,
-                                            .on_data = on_data,
-                                            .on_trailers = on_trailers,
-                                            .on_data_sent = on_data_sent,
-                                            .on_reset = dropped_on_reset,
-                                            .on_complete = dropped_on_complete};
-
 void lg_shadow_thread_exit(void)
 {
     while (live.next != NULL && !h2o_linklist_is_empty(&live)) {
@@ -213,8 +201,7 @@ void lg_shadow_thread_exit(void)
         if (sh->stream != NULL) {
             lg_stream_t *s = sh->stream;
             sh->stream = NULL;
-            s->cbs = &dropped_cbs;
-            s->ctx = NULL;
+            s->ctx = NULL; /* its terminal callback, if any, finds no copy */
             s->ops->reset(s, LG_RESET_LOCAL);
         }
         shadow_free(sh);

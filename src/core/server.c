@@ -1117,7 +1117,9 @@ static void go_live(void)
  * control thread ~0.3% of it, so updates wait while every worker is busy.
  * Scheduling is per thread: workers, the admin thread and the access log
  * flusher started earlier keep theirs; threads started later by this one
- * (gRPC's) inherit it, and an unprivileged thread cannot take it back. */
+ * inherit it (gRPC core's, which receive and frame the xDS streams: a 10,000-
+ * cluster push is megabytes of them), and an unprivileged thread cannot take
+ * it back. */
 static void yield_to_workers(lg_control_priority_t prio)
 {
     pid_t tid = (pid_t)syscall(SYS_gettid);
@@ -1282,9 +1284,10 @@ int lg_server_run(const lg_options_t *o)
         lg_stats_control_add(srv.listener_manager_stats, LG_LISTENER_MANAGER_STAT_listener_create_success, srv.n_workers);
     }
     lg_stats_control_add(srv.cluster_manager_stats, LG_CLUSTER_MANAGER_STAT_cluster_added, (int64_t)snap->n_clusters);
-    lg_xds_start(srv.xds);
-
+    /* before the first subscription starts gRPC core, whose threads (they read
+     * and frame the xDS streams) inherit this thread's priority */
     yield_to_workers(o->control_thread_priority);
+    lg_xds_start(srv.xds);
     control_loop();
 
     lg_stats_server_set_state(LG_SERVER_DRAINING);

@@ -16,6 +16,7 @@ from lib.clients import curl
 from lib.legate import run_legate, write_yaml
 from lib.ports import free_port, is_listening
 from lib.wait import wait_for
+from lib.xds import CLUSTER, ads_bootstrap, xds_server  # noqa: F401  (the fixture)
 
 ISSUE_FLAGS = [
     "--config-path", "--config-yaml", "--mode", "--concurrency", "--log-level", "--component-log-level",
@@ -284,6 +285,27 @@ def test_control_thread_priority(legate, ports, flag, policy, nice):
     assert all(s == (os.SCHED_OTHER, 0) for s in others.values()), others
     r = curl(f"http://127.0.0.1:{lg.listener_port()}/")
     assert (r.status, r.body) == (200, b"ok\n"), (r.status, r.body)
+
+
+@pytest.mark.parametrize("flag,policy,nice", [(None, os.SCHED_OTHER, 10), ("idle", os.SCHED_IDLE, 0)],
+                         ids=["default_nice", "idle"])
+def test_control_thread_priority_reaches_grpc_threads(legate, ports, xds_server, flag, policy, nice):
+    """gRPC core's threads receive and frame the xDS stream (a 10,000-cluster push
+    is megabytes): they run at the control thread's priority, not the workers',
+    so that a push competes with traffic no more than the control thread does.
+    The workers and the admin thread keep the default."""
+    xds = xds_server()
+    lg = legate(ads_bootstrap(ports(), xds), args=["--control-thread-priority", flag] if flag else [])
+    xds.wait_ack(CLUSTER)
+    pid = lg.proc.pid
+    names = {tid: open(f"/proc/{pid}/task/{tid}/comm").read().strip() for tid in os.listdir(f"/proc/{pid}/task")}
+    ours = {tid for tid, name in names.items() if name in (names[str(pid)], "admin") and int(tid) != pid}
+    grpc = {tid: (names[tid], thread_sched(pid, tid)) for tid in names if tid not in ours and int(tid) != pid}
+    assert grpc, names  # gRPC core started its threads for the ADS stream
+    assert thread_sched(pid, pid) == (policy, nice)
+    assert all(s == (policy, nice) for _, s in grpc.values()), grpc
+    assert all(thread_sched(pid, tid) == (os.SCHED_OTHER, 0) for tid in ours), \
+        {tid: (names[tid], thread_sched(pid, tid)) for tid in ours}
 
 
 def test_control_thread_priority_rejects_other_values(tmp_path):

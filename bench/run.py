@@ -1022,9 +1022,13 @@ class Bench:
         return push
 
     def live_mode(self, proc, url, seconds, mode, push, m):
-        """One pinning mode: the idle window, then a CDS+EDS and an RDS window; figures go into m."""
+        """One pinning mode: the idle window, then a CDS+EDS and an RDS window; figures go into m. Mode
+        "direct" is the control: the same load straight to the upstream while Legate (whole process
+        on core 0) takes the same pushes, so what the pushes cost the load core shows on its own."""
         pid = proc.pid
         worker = m["worker_tid"] = self.find_worker(pid, url)
+        if mode == "direct":
+            url = f"http://127.0.0.1:{self.up_ports['h1']}/live/x"
         if mode == "split":
             self.pin_split(pid, worker)
         elif mode == "idle":
@@ -1113,7 +1117,7 @@ class Bench:
                               for kind in ("clusters", "endpoints", "routes")} for tag in ("a", "b")}
             push = self.xds_pusher(srv, rs, prepared)
             self.quiet_control_plane(True)
-            for mode in ("core0", "split", "idle"):  # idle last: the control thread stays SCHED_IDLE
+            for mode in ("direct", "core0", "split", "idle"):  # idle last: the control thread stays SCHED_IDLE
                 out["modes"][mode] = m = {}
                 self.live_mode(r["proc"], url, seconds, mode, push, m)
                 log(f"  live {mode}: idle p99 {m['idle']['p99_ms']:.2f} / {m['idle_after']['p99_ms']:.2f} ms, "
@@ -1396,7 +1400,8 @@ def report_scale(w, res, lines, bar):
             bar.append(f"| 8 {kind} route match 10k vs 10 routes | ≤ 2.00 | {r:.2f} | {'met' if r <= 2 else 'NOT met'} |")
 
 
-LIVE_MODES = {"core0": "whole process on core 0", "split": "worker on core 0, other threads on core 1",
+LIVE_MODES = {"direct": "control: load straight to the upstream, pushes to Legate on core 0",
+              "core0": "whole process on core 0", "split": "worker on core 0, other threads on core 1",
               "idle": "whole process on core 0, --control-thread-priority idle"}
 LIVE_UPDATES = {"cds_eds": "CDS+EDS", "rds": "RDS"}
 

@@ -26,6 +26,7 @@
 #include "legate/listener.h"
 #include "legate/listener_runtime.h"
 #include "legate/pbjson.h"
+#include "legate/preempt.h"
 #include "legate/runtime.h"
 #include "legate/server.h"
 #include "legate/shadow.h"
@@ -1115,7 +1116,10 @@ static void go_live(void)
  * core from ~4.4 ms to 2.0-2.8 ms (idle p99 1.0-1.5 ms; bench/README.md,
  * "Control thread priority (session 6)"), but a saturated core leaves the
  * control thread ~0.3% of it, so updates wait while every worker is busy.
- * Scheduling is per thread: workers, the admin thread and the access log
+ * In the other modes a waking worker would still wait for the end of the
+ * control thread's time slice (EEVDF), up to 5 ms: while the control thread
+ * works on an update, its preemption tick (preempt.c) lets the scheduler pick
+ * again every 200 µs. Scheduling is per thread: workers, the admin thread and the access log
  * flusher started earlier keep theirs; threads started later by this one
  * inherit it (gRPC core's, which receive and frame the xDS streams: a 10,000-
  * cluster push is megabytes of them), and an unprivileged thread cannot take
@@ -1123,6 +1127,9 @@ static void go_live(void)
 static void yield_to_workers(lg_control_priority_t prio)
 {
     pid_t tid = (pid_t)syscall(SYS_gettid);
+    /* SCHED_IDLE is preempted by a waking worker at once; the others need the tick (preempt.c) */
+    if (prio != LG_CONTROL_PRIORITY_IDLE && lg_preempt_tick_init() != 0)
+        LG_WARN(main, "the control thread's preemption tick: %s", strerror(errno));
     if (prio == LG_CONTROL_PRIORITY_IDLE) {
         struct sched_param param = {0};
         lg_access_log_start(); /* the flusher must not inherit SCHED_IDLE */
@@ -1151,7 +1158,8 @@ static void control_loop(void)
     int live = 0;
     for (;;) {
         struct timespec ts = {0, 0};
-        lg_runtime_poll(); /* before the xDS poll, which publishes a new runtime */
+        lg_preempt_tick_stop(); /* the xDS code starts it when there is work */
+        lg_runtime_poll();      /* before the xDS poll, which publishes a new runtime */
         lg_xds_poll(srv.xds, 50);
         lg_snapshot_collect();
         free_retired_views();
@@ -1289,6 +1297,7 @@ int lg_server_run(const lg_options_t *o)
     yield_to_workers(o->control_thread_priority);
     lg_xds_start(srv.xds);
     control_loop();
+    lg_preempt_tick_stop();
 
     lg_stats_server_set_state(LG_SERVER_DRAINING);
     stop_workers();

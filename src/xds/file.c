@@ -85,6 +85,7 @@ static void check(file_mux_t *f, int force)
         f->have_seen = 1;
         f->missing_reported = 0;
         f->loading = 1;
+        lg_preempt_tick_start(); /* the control thread's loop stops it */
         load(f, sub);
         f->loading = 0;
         force = 1;

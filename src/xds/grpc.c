@@ -863,6 +863,7 @@ void lg__xds_grpc_poll(lg_xds_t *x, uint64_t max_wait_ms)
         grpc_event ev = grpc_completion_queue_next(x->cq, deadline, NULL);
         if (ev.type != GRPC_OP_COMPLETE)
             return;
+        lg_preempt_tick_start(); /* work: the control thread's loop stops it */
         on_event(ev);
         deadline = gpr_time_0(GPR_CLOCK_MONOTONIC); /* then whatever else is ready */
     }

@@ -327,8 +327,10 @@ void lg_xds_poll(lg_xds_t *x, uint64_t max_wait_ms)
     /* /runtime_modify changed the admin layer (admin thread): a new snapshot carries it */
     if (lg_runtime_loader_generation() != x->runtime_gen)
         x->dirty = 1;
-    if (a || b || c || x->dirty)
+    if (a || b || c || x->dirty) {
+        lg_preempt_tick_start();
         lg__xds_after_update(x);
+    }
 }
 
 int lg_xds_initialized(const lg_xds_t *x)

@@ -20,6 +20,7 @@
 #define LEGATE_XDS_INTERNAL_H
 
 #include "legate/cluster.h"
+#include "legate/preempt.h"
 #include "legate/listener.h"
 #include "legate/route.h"
 #include "legate/stats.h"

@@ -25,6 +25,7 @@
 #include "legate/hcm.h"
 #include "legate/listener.h"
 #include "legate/listener_runtime.h"
+#include "legate/overload.h"
 #include "legate/pbjson.h"
 #include "legate/preempt.h"
 #include "legate/runtime.h"
@@ -1227,6 +1228,11 @@ int lg_server_run(const lg_options_t *o)
     apply_node_flags(o, b);
     /* runtime (layered_runtime): before the snapshot, which carries it */
     if (lg_runtime_init(b->layered_runtime, b->node != NULL ? b->node->cluster : NULL, &err) != 0) {
+        protobuf_c_message_free_unpacked(bootstrap, NULL);
+        goto fail_config;
+    }
+    if (lg_overload_configure(b->overload_manager, &err) != 0) {
+        lg_runtime_shutdown();
         protobuf_c_message_free_unpacked(bootstrap, NULL);
         goto fail_config;
     }

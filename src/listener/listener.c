@@ -16,6 +16,7 @@
 #include "legate/access_log.h"
 #include "legate/listener.h"
 #include "legate/listener_runtime.h"
+#include "legate/overload.h"
 #include "legate/runtime.h"
 #include "legate/server.h"
 #include "legate/stats.h"
@@ -512,9 +513,11 @@ static void on_inspect_timeout(lg_timer_t *t)
         pending_free(p, 1);
 }
 
-/* Envoy's connection limits, from the runtime: the listener's
- * (envoy.resource_limits.listener.<name>.connection_limit, downstream_cx_overflow) and the
- * server's (overload.global_downstream_max_connections, downstream_global_cx_overflow). The
+/* Envoy's connection limits: the listener's, from the runtime
+ * (envoy.resource_limits.listener.<name>.connection_limit, downstream_cx_overflow), and the
+ * server's (downstream_global_cx_overflow) from the overload manager's
+ * global_downstream_max_connections monitor, else the runtime key
+ * overload.global_downstream_max_connections, as Envoy prefers them. The
  * counts are the workers' gauges summed (listener.<address>.downstream_cx_active and
  * server.total_connections): other workers' rows are read without a lock
  * (lg_stats_gauge_sum), so a burst on several workers may pass the limit by a few connections. */
@@ -526,7 +529,9 @@ static int over_limit(lg_worker_t *w, lg_listener_config_t *l)
         LG_STAT_INC(l->stats, w->index, LG_LISTENER_STAT_downstream_cx_overflow);
         return 1;
     }
-    max = lg_runtime_get_integer(rt, "overload.global_downstream_max_connections", UINT64_MAX);
+    max = lg_overload_max_connections();
+    if (max == UINT64_MAX)
+        max = lg_runtime_get_integer(rt, "overload.global_downstream_max_connections", UINT64_MAX);
     if (max != UINT64_MAX && lg_stats_gauge_sum(lg_stats_server, LG_SERVER_STAT_total_connections) >= max) {
         LG_STAT_INC(l->stats, w->index, LG_LISTENER_STAT_downstream_global_cx_overflow);
         return 1;

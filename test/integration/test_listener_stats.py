@@ -12,7 +12,8 @@ import pytest
 from lib import config as cfg
 from lib.admin import parse_prometheus
 from lib.h2client import H2Client, frame
-from lib.legate import time_scale
+from lib.legate import run_legate, time_scale, write_yaml
+from lib.ports import free_port
 from lib.rawhttp import RawHTTP
 from lib.wait import wait_for
 
@@ -230,28 +231,49 @@ def runtime(values):
     return {"layers": [{"name": "static", "static_layer": values}]}
 
 
-@pytest.mark.parametrize("key,stat", [
-    ("envoy.resource_limits.listener.ingress.connection_limit", "downstream_cx_overflow"),
-    ("overload.global_downstream_max_connections", "downstream_global_cx_overflow"),
-])
-def test_connection_limit(legate, ports, upstream, key, stat):
-    """Envoy's connection limits from the runtime: past the limit a new connection is closed at once
-    and counted; once one closes, the next is taken."""
+def assert_refused(lg):
+    """A new connection is closed without an answer (over a connection limit)."""
+    with socket.create_connection(("127.0.0.1", lg.listener_port()), timeout=10) as s:
+        try:
+            s.sendall(b"GET /over HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(4096) == b"", "closed without an answer"
+        except ConnectionResetError:
+            pass
+
+
+GLOBAL_CX = "envoy.resource_monitors.global_downstream_max_connections"
+CX_CONFIG = "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
+
+
+def overload_manager(max_connections, extra_monitors=()):
+    return {"refresh_interval": "0.25s", "resource_monitors": list(extra_monitors) + [{
+        "name": GLOBAL_CX, "typed_config": {"@type": CX_CONFIG, "max_active_downstream_connections": max_connections}}]}
+
+
+@pytest.mark.parametrize("runtime_values,overload,stat", [
+    ({"envoy.resource_limits.listener.ingress.connection_limit": 2}, None, "downstream_cx_overflow"),
+    ({"overload.global_downstream_max_connections": 2}, None, "downstream_global_cx_overflow"),
+    (None, overload_manager(2), "downstream_global_cx_overflow"),
+    # Envoy Gateway's and Istio's bootstraps: the monitor wins over the runtime key
+    ({"overload.global_downstream_max_connections": 100}, overload_manager(2), "downstream_global_cx_overflow"),
+], ids=["listener_runtime", "global_runtime", "overload_manager", "overload_manager_over_runtime"])
+def test_connection_limit(legate, ports, upstream, runtime_values, overload, stat):
+    """Envoy's connection limits from the runtime and the overload manager's
+    global_downstream_max_connections monitor: past the limit a new connection is closed at
+    once and counted; once one closes, the next is taken."""
     up = upstream()
     boot = cfg.simple_proxy(ports(), ports(), [up.port])
-    boot["layered_runtime"] = runtime({key: 2})
+    if runtime_values:
+        boot["layered_runtime"] = runtime(runtime_values)
+    if overload:
+        boot["overload_manager"] = overload
     lg = legate(boot)
     held = [RawHTTP("127.0.0.1", lg.listener_port(), timeout=10) for _ in range(2)]
     try:
         for c in held:
             c.request("GET", "/held")
             assert c.read_response().status == 200
-        with socket.create_connection(("127.0.0.1", lg.listener_port()), timeout=10) as s:
-            try:
-                s.sendall(b"GET /over HTTP/1.1\r\nHost: x\r\n\r\n")
-                assert s.recv(4096) == b"", "closed without an answer"
-            except ConnectionResetError:
-                pass
+        assert_refused(lg)
         wait_stats(lg, {lstat(lg, stat): 1}, "the refused connection counted")
     finally:
         held.pop().close()
@@ -262,3 +284,35 @@ def test_connection_limit(legate, ports, upstream, key, stat):
     for c in held:
         c.close()
     assert [r["path"] for r in up.requests] == ["/held", "/held", "/after"]
+
+
+@pytest.mark.parametrize("value", [0, -5])
+def test_overload_manager_connection_limit_must_be_positive(tmp_path, value):
+    boot = cfg.simple_proxy(free_port(), free_port(), [free_port()])
+    boot["overload_manager"] = overload_manager(value)
+    r = run_legate(["--mode", "validate", "-c", str(write_yaml(tmp_path / "b.yaml", boot))])
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert "overload_manager.resource_monitors[0].typed_config.max_active_downstream_connections" in out, out
+
+
+def test_overload_manager_unsupported_parts_are_named_and_ignored(legate, ports, upstream):
+    """A bootstrap written for Envoy starts: the monitors and actions Legate does not implement are
+    each named in a warning; the connection limit still applies."""
+    up = upstream()
+    boot = cfg.simple_proxy(ports(), ports(), [up.port])
+    heap = {"name": "envoy.resource_monitors.fixed_heap", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+        "max_heap_size_bytes": 1 << 30}}
+    boot["overload_manager"] = overload_manager(1, [heap])
+    boot["overload_manager"]["actions"] = [{"name": "envoy.overload_actions.stop_accepting_requests", "triggers": [
+        {"name": "envoy.resource_monitors.fixed_heap", "threshold": {"value": 0.95}}]}]
+    lg = legate(boot)
+    with RawHTTP("127.0.0.1", lg.listener_port(), timeout=10) as c:
+        c.request("GET", "/one")
+        assert c.read_response().status == 200
+        assert_refused(lg)
+    log = lg.stderr()
+    assert "overload_manager.resource_monitors[0]: envoy.resource_monitors.fixed_heap is not supported" in log, log
+    assert "overload_manager.actions[0]: envoy.overload_actions.stop_accepting_requests is not supported" in log, log
+    assert [r["path"] for r in up.requests] == ["/one"]

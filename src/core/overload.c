@@ -19,6 +19,7 @@
 #include <inttypes.h>
 #include "legate/overload.h"
 #include "legate/pbjson.h"
+#include "legate/runtime.h"
 #include "envoy/extensions/resource_monitors/downstream_connections/v3/downstream_connections.pb-c.h"
 
 static uint64_t max_connections = UINT64_MAX; /* set before the workers start, read on accept */
@@ -76,8 +77,17 @@ int lg_overload_configure(const Envoy__Config__Overload__V3__OverloadManager *om
     for (size_t i = 0; om != NULL && i != om->n_loadshed_points; ++i)
         LG_WARN(main, "overload_manager.loadshed_points[%zu]: %s is not supported: ignored", i, om->loadshed_points[i]->name);
     max_connections = max;
-    if (max != UINT64_MAX)
-        LG_INFO(main, "at most %" PRIu64 " downstream connections (%s)", max, LG_OVERLOAD_GLOBAL_CX);
+    if (max == UINT64_MAX)
+        return 0;
+    LG_INFO(main, "at most %" PRIu64 " downstream connections (%s)", max, LG_OVERLOAD_GLOBAL_CX);
+    lg_runtime_t *rt = lg_runtime_loader_snapshot();
+    uint64_t from_runtime = lg_runtime_get_integer(rt, "overload.global_downstream_max_connections", UINT64_MAX);
+    lg_runtime_release(rt);
+    if (from_runtime != UINT64_MAX)
+        LG_WARN(main,
+                "Global downstream connections limits is configured via runtime key overload.global_downstream_max_connections "
+                "and in %s. Using overload manager config.",
+                LG_OVERLOAD_GLOBAL_CX);
     return 0;
 }
 

@@ -284,6 +284,8 @@ def test_connection_limit(legate, ports, upstream, runtime_values, overload, sta
     for c in held:
         c.close()
     assert [r["path"] for r in up.requests] == ["/held", "/held", "/after"]
+    both = "Using overload manager config" in lg.stderr()
+    assert both == bool(overload and runtime_values and "overload.global_downstream_max_connections" in runtime_values)
 
 
 @pytest.mark.parametrize("value", [0, -5])

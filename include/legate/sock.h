@@ -41,6 +41,14 @@ h2o_iovec_t lg_sock_room(h2o_buffer_t **buf, size_t want);
  * read, or none yet), h2o_socket_error_closed at EOF, or another h2o error. */
 const char *lg_sock_recv(int fd, h2o_buffer_t **buf, size_t want);
 
+/* Writes what the kernel takes now of a plain socket's `bufs` (from *first_off
+ * into the first), with send or sendmsg: socket calls skip the VFS layer that
+ * writev goes through (vfs_writev, fdget_pos in the kernel's profile). Returns
+ * how many buffers went out whole and sets *first_off to what went out of the
+ * next; counts sock->bytes_written; sets *failed on an error other than
+ * EAGAIN. The owner hands what is left to h2o_socket_write. */
+size_t lg_sock_send_now(h2o_socket_t *sock, const h2o_iovec_t *bufs, size_t cnt, size_t *first_off, int *failed);
+
 /* Frees the calling thread's recycled read buffers (before it exits). */
 void lg_sock_thread_exit(void);
 

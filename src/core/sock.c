@@ -70,3 +70,40 @@ const char *lg_sock_read(h2o_socket_t *sock, const char *err, size_t want)
         return lg_tls_read(sock, want);
     return lg_sock_recv(h2o_socket_get_fd(sock), &sock->input, want);
 }
+
+size_t lg_sock_send_now(h2o_socket_t *sock, const h2o_iovec_t *bufs, size_t cnt, size_t *first_off, int *failed)
+{
+    int fd = h2o_socket_get_fd(sock);
+    size_t i = 0;
+    while (i != cnt) {
+        struct iovec iov[64];
+        size_t n = 0;
+        for (; n != sizeof(iov) / sizeof(iov[0]) && i + n != cnt; ++n) {
+            size_t off = n == 0 ? *first_off : 0;
+            iov[n] = (struct iovec){bufs[i + n].base + off, bufs[i + n].len - off};
+        }
+        struct msghdr msg = {.msg_iov = iov, .msg_iovlen = n};
+        ssize_t w;
+        while ((w = n == 1 ? send(fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL) : sendmsg(fd, &msg, MSG_NOSIGNAL)) == -1 &&
+               errno == EINTR)
+            ;
+        if (w <= 0) {
+            if (w == -1 && errno != EAGAIN)
+                *failed = 1;
+            break;
+        }
+        sock->bytes_written += (size_t)w;
+        for (size_t left = (size_t)w; left != 0 && i != cnt;) {
+            size_t rest = bufs[i].len - *first_off;
+            if (left < rest) {
+                *first_off += left;
+                left = 0;
+            } else {
+                left -= rest;
+                *first_off = 0;
+                ++i;
+            }
+        }
+    }
+    return i;
+}

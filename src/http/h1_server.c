@@ -97,17 +97,19 @@ struct st_lg_h1_server_conn_t {
     unsigned close_after_write : 1; /* no new request: close once the output is flushed */
     unsigned lingering : 1;         /* write side shut, draining input until EOF or timeout */
     unsigned closed : 1;
-    unsigned resume_due : 1; /* parse again (input was held back) */
-    unsigned flush_due : 1;  /* a response head waits for its first body bytes */
-    unsigned dirty : 1;      /* the pending batch has something to write or to report (bufs may be empty) */
-    unsigned writing : 1;    /* the inflight batch is being written */
-    uint32_t unconsumed;     /* delivered body bytes not consumed yet (at most buffer_limit) */
-    uint32_t last_len;       /* input length at the last incomplete head (< the head size limit) */
-    uint32_t parsed;         /* see the top of the file (< buffer_limit + one read) */
-    lg_h1_out_t *out;        /* while dirty, writing or a stream runs (see out_get) */
+    unsigned resume_due : 1;     /* parse again (input was held back) */
+    unsigned flush_due : 1;      /* a response head waits for its first body bytes */
+    unsigned dirty : 1;          /* the pending batch has something to write or to report (bufs may be empty) */
+    unsigned writing : 1;        /* the inflight batch is being written */
+    unsigned write_done_due : 1; /* the kernel took it all (or refused it) at once: on_defer completes it */
+    unsigned write_failed : 1;
+    uint32_t unconsumed; /* delivered body bytes not consumed yet (at most buffer_limit) */
+    uint32_t last_len;   /* input length at the last incomplete head (< the head size limit) */
+    uint32_t parsed;     /* see the top of the file (< buffer_limit + one read) */
+    lg_h1_out_t *out;    /* while dirty, writing or a stream runs (see out_get) */
     /* One timer, by its callback: on_defer (0 ms: work for the end of this loop
-     * turn, resume_due / flush_due; only while a stream runs or before the first
-     * parse), on_headers_timeout (request_headers_timeout while a head is
+     * turn, resume_due / flush_due / write_done_due; only while a stream runs,
+     * before the first parse, or while a codec reply is written), on_headers_timeout (request_headers_timeout while a head is
      * incomplete: no stream), on_linger_timeout (delayed_close_timeout once
      * lingering, when nothing else is due), on_idle (the owner's idle timeout,
      * while no request is in progress and the codec needs the timer for
@@ -403,10 +405,16 @@ static void update_reading(lg_h1_server_conn_t *c)
 
 static void flush(lg_h1_server_conn_t *c);
 
+static void write_completed(lg_h1_server_conn_t *c, const char *err);
+
 static void on_defer(lg_timer_t *t)
 {
     lg_h1_server_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_h1_server_conn_t, timer, t);
     enter(c);
+    if (c->write_done_due) {
+        c->write_done_due = 0;
+        write_completed(c, c->write_failed ? h2o_socket_error_io : NULL);
+    }
     if (c->flush_due)
         flush(c);
     if (c->resume_due && !c->closed) {
@@ -483,7 +491,7 @@ static void flush(lg_h1_server_conn_t *c)
 {
     if (c->flush_due) { /* whatever happens below, nothing waits for the timer any more */
         c->flush_due = 0;
-        if (!c->resume_due && c->timer.cb == on_defer)
+        if (!c->resume_due && !c->write_done_due && c->timer.cb == on_defer)
             lg_timer_stop(&c->timer); /* a stream runs: no idle timeout */
     }
     if (c->closed || c->lingering || c->writing || !c->dirty)
@@ -493,9 +501,21 @@ static void flush(lg_h1_server_conn_t *c)
     o->pending = (lg_h1_batch_t){NULL, 0};
     c->writing = 1;
     c->dirty = 0;
-    size_t n = o->nbufs;
+    size_t n = o->nbufs, done = 0, off = 0;
     o->nbufs = 0; /* h2o copies the iovecs it still needs */
-    h2o_socket_write(c->sock, o->bufs, n, on_write_complete);
+    int failed = 0;
+    if (c->sock->ssl == NULL)
+        done = lg_sock_send_now(c->sock, o->bufs, n, &off, &failed); /* send/sendmsg, not h2o's writev */
+    if (done == n || failed) {
+        /* completed at once (or refused): the completion runs at the end of the turn, as h2o's would */
+        c->write_done_due = 1;
+        c->write_failed = failed;
+        defer(c);
+        return;
+    }
+    o->bufs[done].base += off;
+    o->bufs[done].len -= off;
+    h2o_socket_write(c->sock, o->bufs + done, n - done, on_write_complete);
 }
 
 /* A response head without end_stream waits for the first body bytes (or
@@ -542,10 +562,16 @@ static void on_flushed(lg_h1_server_conn_t *c)
 static void on_write_complete(h2o_socket_t *sock, const char *err)
 {
     lg_h1_server_conn_t *c = sock->data;
+    enter(c);
+    write_completed(c, err);
+    leave(c);
+}
+
+static void write_completed(lg_h1_server_conn_t *c, const char *err)
+{
     size_t sent = c->out->inflight.body_bytes;
     batch_reset(&c->out->inflight);
     c->writing = 0;
-    enter(c);
     if (err != NULL) {
         close_now(c, LG_CONN_CLOSED_REMOTE, LG_RESET_CONNECTION_TERMINATION, "downstream_remote_disconnect");
     } else {
@@ -557,7 +583,6 @@ static void on_write_complete(h2o_socket_t *sock, const char *err)
         if (!c->closed && !c->writing && !c->dirty && c->stream == NULL)
             out_put(c); /* a codec reply written, or a stream finished: nothing queued */
     }
-    leave(c);
 }
 
 /* One pass over a response head: whether it has a content-length, and whether it

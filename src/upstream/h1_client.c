@@ -252,42 +252,14 @@ static void on_write_complete(h2o_socket_t *sock, const char *err);
 
 static size_t write_now(lg__h1c_conn_t *conn, h2o_iovec_t *bufs, size_t cnt, size_t *first_off)
 {
-    size_t i = 0;
     *first_off = 0;
     if (conn->sock->ssl != NULL)
         return 0;
-    int fd = h2o_socket_get_fd(conn->sock);
-    while (i != cnt) {
-        struct iovec iov[64];
-        size_t n = 0;
-        for (; n != LG_ARRAY_SIZE(iov) && i + n != cnt; ++n) {
-            size_t off = n == 0 ? *first_off : 0;
-            iov[n] = (struct iovec){bufs[i + n].base + off, bufs[i + n].len - off};
-        }
-        ssize_t w; /* send/sendmsg, not writev: socket calls skip the VFS layer (vfs_writev in the kernel profile) */
-        struct msghdr msg = {.msg_iov = iov, .msg_iovlen = n};
-        while ((w = n == 1 ? send(fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL) : sendmsg(fd, &msg, MSG_NOSIGNAL)) == -1 &&
-               errno == EINTR)
-            ;
-        if (w <= 0) {
-            if (w == -1 && errno != EAGAIN)
-                conn->write_failed = 1;
-            break;
-        }
-        conn->sock->bytes_written += (size_t)w;
-        for (size_t left = (size_t)w; left != 0 && i != cnt;) {
-            size_t rest = bufs[i].len - *first_off;
-            if (left < rest) {
-                *first_off += left;
-                left = 0;
-            } else {
-                left -= rest;
-                *first_off = 0;
-                ++i;
-            }
-        }
-    }
-    return i;
+    int failed = 0;
+    size_t done = lg_sock_send_now(conn->sock, bufs, cnt, first_off, &failed);
+    if (failed)
+        conn->write_failed = 1;
+    return done;
 }
 
 /* A batch the kernel took at once, with nothing for on_data_sent: the end

@@ -45,6 +45,12 @@ const lg_node_t *lg_node_get(const lg_node_t *map, const char *key);
 const ProtobufCMessageDescriptor *lg_proto_find(const char *full_name);
 /* Same, for a type URL: everything up to the last '/' is ignored. */
 const ProtobufCMessageDescriptor *lg_proto_find_by_type_url(const char *url, size_t len);
+/* The message name in a type URL: what follows its last '/' (all of it when it has none). */
+static inline const char *lg_type_url_name(const char *url)
+{
+    const char *slash = strrchr(url, '/');
+    return slash != NULL ? slash + 1 : url;
+}
 
 /* Per-message field info, parallel to desc->fields. Never NULL. */
 const lg_pbfield_t *lg__proto_fields(const ProtobufCMessageDescriptor *desc);

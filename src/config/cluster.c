@@ -8,6 +8,7 @@
 #include "legate/cluster.h"
 #include "legate/dns.h"
 #include "legate/h1.h"
+#include "legate/pbjson.h"
 #include "legate/protobuf.h"
 #include "legate/stats.h"
 #include "legate/tls.h"
@@ -377,8 +378,7 @@ static int compile_http_protocol_options(lg_cluster_config_t *cfg, const Google_
     static const char path[] = "typed_extension_protocol_options[" HTTP_PROTOCOL_OPTIONS_KEY "]";
     if (any == NULL)
         return lg_error(err, "%s: missing value", path);
-    const char *slash = strrchr(any->type_url, '/');
-    if (strcmp(slash != NULL ? slash + 1 : any->type_url, HTTP_PROTOCOL_OPTIONS_KEY) != 0)
+    if (strcmp(lg_type_url_name(any->type_url), HTTP_PROTOCOL_OPTIONS_KEY) != 0)
         return lg_error(err, "%s: unexpected type %s", path, any->type_url);
     Envoy__Extensions__Upstreams__Http__V3__HttpProtocolOptions *o = (void *)protobuf_c_message_unpack(
         &envoy__extensions__upstreams__http__v3__http_protocol_options__descriptor, NULL, any->value.len, any->value.data);

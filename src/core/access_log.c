@@ -839,8 +839,7 @@ static lg__al_logger_t find_logger(const Envoy__Config__Accesslog__V3__AccessLog
     };
     const char *type = "";
     if (m->config_type_case == ENVOY__CONFIG__ACCESSLOG__V3__ACCESS_LOG__CONFIG_TYPE_TYPED_CONFIG && m->typed_config != NULL) {
-        const char *slash = strrchr(m->typed_config->type_url, '/');
-        type = slash != NULL ? slash + 1 : m->typed_config->type_url;
+        type = lg_type_url_name(m->typed_config->type_url);
     }
     *type_out = type;
     for (size_t i = 0; i != LG_ARRAY_SIZE(loggers); ++i)

@@ -28,8 +28,7 @@ static int is_connections_config(const Google__Protobuf__Any *any)
 {
     const char *want =
         envoy__extensions__resource_monitors__downstream_connections__v3__downstream_connections_config__descriptor.name;
-    const char *slash = any != NULL && any->type_url != NULL ? strrchr(any->type_url, '/') : NULL;
-    return slash != NULL && strcmp(slash + 1, want) == 0;
+    return any != NULL && any->type_url != NULL && strcmp(lg_type_url_name(any->type_url), want) == 0;
 }
 
 static int connections_monitor(const Envoy__Config__Overload__V3__ResourceMonitor *m, size_t i, uint64_t *max, lg_error_t *err)

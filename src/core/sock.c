@@ -78,7 +78,7 @@ size_t lg_sock_send_now(h2o_socket_t *sock, const h2o_iovec_t *bufs, size_t cnt,
     while (i != cnt) {
         struct iovec iov[64];
         size_t n = 0;
-        for (; n != sizeof(iov) / sizeof(iov[0]) && i + n != cnt; ++n) {
+        for (; n != LG_ARRAY_SIZE(iov) && i + n != cnt; ++n) {
             size_t off = n == 0 ? *first_off : 0;
             iov[n] = (struct iovec){bufs[i + n].base + off, bufs[i + n].len - off};
         }

@@ -62,8 +62,7 @@ static int transport_refs(refs_t *r, const Envoy__Config__Core__V3__TransportSoc
 {
     if (ts == NULL || ts->config_type_case != ENVOY__CONFIG__CORE__V3__TRANSPORT_SOCKET__CONFIG_TYPE_TYPED_CONFIG)
         return 0;
-    const char *slash = strrchr(ts->typed_config->type_url, '/');
-    const char *type = slash != NULL ? slash + 1 : ts->typed_config->type_url;
+    const char *type = lg_type_url_name(ts->typed_config->type_url);
     const ProtobufCMessageDescriptor *desc;
     if (strcmp(type, TLS_TYPE_DOWNSTREAM) == 0)
         desc = &envoy__extensions__transport_sockets__tls__v3__downstream_tls_context__descriptor;

@@ -716,8 +716,7 @@ static int chain_rds(lg_xds_t *x, lg__xds_sub_t *parent, const Envoy__Config__Li
         const Envoy__Config__Listener__V3__Filter *f = fc->filters[k];
         if (f->config_type_case != ENVOY__CONFIG__LISTENER__V3__FILTER__CONFIG_TYPE_TYPED_CONFIG)
             continue;
-        const char *slash = strrchr(f->typed_config->type_url, '/');
-        if (strcmp(slash != NULL ? slash + 1 : f->typed_config->type_url, HCM_TYPE) != 0)
+        if (strcmp(lg_type_url_name(f->typed_config->type_url), HCM_TYPE) != 0)
             continue;
         hcm_proto_t *hcm = (void *)lg_any_unpack(
             f->typed_config, &envoy__extensions__filters__network__http_connection_manager__v3__http_connection_manager__descriptor,

@@ -21,6 +21,7 @@ import pytest
 
 from lib import config as cfg
 from lib.legate import sanitized
+from lib.rawhttp import recv_head
 from lib.upstream import pattern_chunks, pattern_sha256
 from lib.wait import wait_for
 
@@ -62,12 +63,8 @@ class StreamingUpstream:
         except OSError:
             return
         with conn:
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                d = conn.recv(65536)
-                if not d:
-                    return
-                buf += d
+            if recv_head(conn) is None:
+                return
             conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: %d\r\n\r\n"
                          % self.size)
             conn.setblocking(False)

@@ -23,7 +23,7 @@ import pytest
 from lib import config as cfg
 from lib.h2client import H2Client
 from lib.ports import free_port
-from lib.rawhttp import RawHTTP
+from lib.rawhttp import RawHTTP, recv_head
 from lib.wait import wait_for
 
 CONNECT_FAILURE_BODY = re.compile(
@@ -302,12 +302,8 @@ class TricklingUpstream:
             threading.Thread(target=self._serve, args=(c,), daemon=True).start()
 
     def _serve(self, c):
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = c.recv(4096)
-            if not chunk:
-                return
-            data += chunk
+        if recv_head(c) is None:
+            return
         self.requests += 1
         try:
             c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n")

@@ -44,10 +44,8 @@ static int type_allowed(const char *url, char *const *type_urls, size_t n)
 
 static void expected(lg_strbuf_t *b, char *const *type_urls, size_t n)
 {
-    for (size_t i = 0; i != n; ++i) {
-        const char *slash = strrchr(type_urls[i], '/');
-        lg_strbuf_printf(b, "%s%s", i ? ", " : "", slash != NULL ? slash + 1 : type_urls[i]);
-    }
+    for (size_t i = 0; i != n; ++i)
+        lg_strbuf_printf(b, "%s%s", i ? ", " : "", lg_type_url_name(type_urls[i]));
 }
 
 lg_ecds_filter_t *lg_ecds_filter_compile(const char *name, const Google__Protobuf__Any *typed_config, char *const *type_urls,
@@ -61,9 +59,7 @@ lg_ecds_filter_t *lg_ecds_filter_compile(const char *name, const Google__Protobu
         lg_strbuf_t b = {NULL};
         lg_strbuf_reserve(&b, 1);
         expected(&b, type_urls, n_type_urls);
-        const char *slash = strrchr(typed_config->type_url, '/');
-        lg_error(err, "Error: filter config has type URL %s but expect %s.", slash != NULL ? slash + 1 : typed_config->type_url,
-                 b.base);
+        lg_error(err, "Error: filter config has type URL %s but expect %s.", lg_type_url_name(typed_config->type_url), b.base);
         lg_strbuf_free(&b);
         return NULL;
     }

@@ -3,6 +3,7 @@
  * typed_config first, then by the filter's name.
  */
 #include "legate/filters.h"
+#include "legate/pbjson.h"
 
 extern const lg_http_filter_type_t lg_filter_router;
 
@@ -17,8 +18,7 @@ static const char *const aliases[][2] = {
 const lg_http_filter_type_t *lg_http_filter_find(const char *name, const char *type_url)
 {
     if (type_url != NULL && type_url[0] != '\0') {
-        const char *slash = strrchr(type_url, '/');
-        const char *full = slash != NULL ? slash + 1 : type_url;
+        const char *full = lg_type_url_name(type_url);
         for (size_t i = 0; i != LG_ARRAY_SIZE(types); ++i)
             if (types[i]->config_type != NULL && strcmp(types[i]->config_type->name, full) == 0)
                 return types[i];

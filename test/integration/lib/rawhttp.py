@@ -7,6 +7,18 @@ import socket
 import time
 
 
+def recv_head(sock, chunk=65536):
+    """Reads from sock until a blank line ends an HTTP head; returns what was read (the head and
+    any bytes after it), or None when the peer closes first. For test servers."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        d = sock.recv(chunk)
+        if not d:
+            return None
+        data += d
+    return data
+
+
 class RawResponse:
     def __init__(self, version, status, reason, headers, body, trailers, interim):
         self.version = version

@@ -19,6 +19,8 @@ import threading
 
 import websockets
 
+from .rawhttp import recv_head
+
 
 class WsUpstream:
     def __init__(self, host="127.0.0.1"):
@@ -90,12 +92,9 @@ class TcpEcho:
     def _serve(self, c):
         try:
             if self.connect_proxy:
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    data = c.recv(65536)
-                    if not data:
-                        return
-                    head += data
+                head = recv_head(c)
+                if head is None:
+                    return
                 head, rest = head.split(b"\r\n\r\n", 1)
                 self.heads.append(head.decode("latin-1"))
                 c.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n" + rest)

@@ -87,7 +87,7 @@ class Procs:
         out = open(os.path.join(logdir, f"{name}.log"), "ab")
         full_env = dict(os.environ)
         full_env.update(env or {})
-        p = subprocess.Popen(["taskset", "-c", cpu] + list(cmd), stdout=out, stderr=subprocess.STDOUT,
+        p = subprocess.Popen(on_cpu(cpu) + list(cmd), stdout=out, stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL, start_new_session=True, env=full_env, cwd=logdir)
         out.close()
         p.bench_log = os.path.join(logdir, f"{name}.log")
@@ -282,11 +282,19 @@ def percentile(sorted_values, q):
     return sorted_values[i]
 
 
+def on_cpu(cpu, rt=False):
+    """The prefix that runs a command on `cpu` with the normal policy: while the test control plane
+    (this process) is SCHED_IDLE, its children would inherit SCHED_IDLE (SCHED_RESET_ON_FORK resets
+    only real-time policies and negative nice values)."""
+    rt = rt and os.geteuid() == 0  # SCHED_RR needs root: without it, the instruments stay SCHED_OTHER
+    return (["chrt", "--rr", "1"] if rt else ["chrt", "--other", "0"]) + ["taskset", "-c", cpu]
+
+
 def h2load(url, clients, streams=1, duration=None, n=None, rps=None, h1=False, headers=(), data=None, logfile=None,
-           timeout=120, raw_log=False):
+           timeout=120, raw_log=False, rt=False):
     """Runs h2load on the load core. Returns {done, ok, failed, rps, elapsed, lat_us (sorted) or None};
     with raw_log, also "log": [(start µs since the epoch, status or -1, duration µs)] per request."""
-    cmd = ["taskset", "-c", LOAD_CPU, "h2load", "-t", "1", "-c", str(clients), "-m", str(streams)]
+    cmd = on_cpu(LOAD_CPU, rt) + ["h2load", "-t", "1", "-c", str(clients), "-m", str(streams)]
     if h1:
         cmd.append("--h1")
     if duration is not None:
@@ -544,14 +552,14 @@ class Bench:
     def transfer(self, base_url, size, upload_file):
         """Downloads and uploads `size` bytes through base_url; returns MB/s for each."""
         out = {}
-        r = subprocess.run(["taskset", "-c", LOAD_CPU, "curl", "-s", "-o", "/dev/null", "--max-time", "300", "-w",
+        r = subprocess.run(on_cpu(LOAD_CPU) + ["curl", "-s", "-o", "/dev/null", "--max-time", "300", "-w",
                             "%{http_code} %{size_download} %{time_total}", f"{base_url}/big/{size}"],
                            capture_output=True, text=True)
         code, got, secs = (r.stdout.split() + ["0", "0", "0"])[:3]
         if code != "200" or int(got) != size:
             raise ProxyFailed(f"download: status {code}, {got} of {size} bytes")
         out["down_mbs"] = size / float(secs) / 1e6
-        r = subprocess.run(["taskset", "-c", LOAD_CPU, "curl", "-s", "--max-time", "300", "-H", "Expect:", "-T",
+        r = subprocess.run(on_cpu(LOAD_CPU) + ["curl", "-s", "--max-time", "300", "-H", "Expect:", "-T",
                             upload_file, "-w",
                             " %{http_code} %{time_total}", f"{base_url}/sink"], capture_output=True, text=True)
         parts = r.stdout.split()
@@ -742,7 +750,7 @@ class Bench:
             for n in sizes:
                 if kind == "regex" and n > 1000:
                     continue  # linear by design (Envoy too); 10k regexes take seconds per match
-                r = subprocess.run(["taskset", "-c", PROXY_CPU, self.route_bench, kind, str(n)], capture_output=True,
+                r = subprocess.run(on_cpu(PROXY_CPU) + [self.route_bench, kind, str(n)], capture_output=True,
                                    text=True, timeout=120)
                 if r.returncode != 0:
                     out[f"{kind}/{n}"] = {"error": (r.stderr or r.stdout).strip()[-200:]}
@@ -898,7 +906,8 @@ class Bench:
         def load():
             try:
                 box["r"] = h2load(url, clients=self.LIVE_CLIENTS, h1=True, duration=seconds,
-                                  rps=self.LIVE_RPS_PER_CLIENT, logfile=logf, raw_log=True, timeout=seconds + 60)
+                                  rps=self.LIVE_RPS_PER_CLIENT, logfile=logf, raw_log=True, timeout=seconds + 60,
+                                  rt=True)
             except ProxyFailed as e:
                 box["error"] = str(e)
 
@@ -967,17 +976,24 @@ class Bench:
                 pass
         os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
 
-    @staticmethod
-    def quiet_control_plane(idle):
+    def quiet_control_plane(self, quiet):
         """The test control plane runs in this process, on the load core beside h2load and the upstream;
-        in production it is on another machine. SCHED_IDLE (reset in children: h2load, curl) keeps its
-        push work from delaying the load generator and the upstream during the live windows."""
-        policy = (os.SCHED_IDLE | os.SCHED_RESET_ON_FORK) if idle else os.SCHED_OTHER
+        in production it is on another machine. During the live windows it is SCHED_IDLE and the
+        instruments, h2load (on_cpu(rt=True)) and the upstream, are SCHED_RR: under EEVDF SCHED_IDLE is
+        only a small weight, and a Python thread building a 10,000-resource response kept a runnable
+        h2load or upstream off the core for up to a tick (4 ms: perf sched), which put the p99 of
+        requests that never touched Legate at 2-4x idle. Real-time instruments are never delayed by
+        it; Legate's core is left as it is."""
         for t in os.listdir(f"/proc/{os.getpid()}/task"):
             try:
-                os.sched_setscheduler(int(t), policy, os.sched_param(0))
+                os.sched_setscheduler(int(t), os.SCHED_IDLE if quiet else os.SCHED_OTHER, os.sched_param(0))
             except OSError:
                 pass
+        for t in os.listdir(f"/proc/{self.upstream.pid}/task"):
+            try:
+                os.sched_setscheduler(int(t), os.SCHED_RR if quiet else os.SCHED_OTHER, os.sched_param(int(quiet)))
+            except OSError:
+                pass  # not root: on_cpu() leaves h2load SCHED_OTHER as well
 
     @staticmethod
     def run_queue_wait(pid, tid):
@@ -1117,7 +1133,8 @@ class Bench:
                               for kind in ("clusters", "endpoints", "routes")} for tag in ("a", "b")}
             push = self.xds_pusher(srv, rs, prepared)
             self.quiet_control_plane(True)
-            for mode in ("direct", "core0", "split", "idle"):  # idle last: the control thread stays SCHED_IDLE
+            modes = os.environ.get("BENCH_LIVE_MODES", "direct,core0,split,idle").split(",")
+            for mode in modes:  # idle last: the control thread stays SCHED_IDLE
                 out["modes"][mode] = m = {}
                 self.live_mode(r["proc"], url, seconds, mode, push, m)
                 log(f"  live {mode}: idle p99 {m['idle']['p99_ms']:.2f} / {m['idle_after']['p99_ms']:.2f} ms, "
@@ -1418,7 +1435,9 @@ def report_live(live, lines, bar):
                  f"then {fmt(live.get('seconds'), 'd')} s idle again; the ratio uses the lower of the two idle p99s. "
                  "\"During\" counts the requests whose lifetime overlaps a push (send to ACK); \"in updates\" is the "
                  "share of the window spent between a send and its ACK; non-2xx as during / whole window / idle "
-                 "window (plus h2load's failed requests).\n")
+                 "window (plus h2load's failed requests). The test control plane runs in the bench process on the "
+                 "load core, SCHED_IDLE, and the instruments there (h2load, the upstream) SCHED_RR, so that building "
+                 "and sending a push cannot delay them: the control row (load straight to the upstream) checks it.\n")
     if "error" in live:
         lines.append(f"error: {live['error']}\n")
     lines.append("| Legate threads | update | pushes | apply s (median) | in updates | requests during | "

@@ -1,11 +1,12 @@
 /*
  * Matching requests against a compiled route table, exactly as Envoy's
  * RouteMatcher / VirtualHostImpl / RouteEntryImplBase do, but with indexes:
- * domains are hashed, and prefix / path / path_separated_prefix routes sit in
- * a byte trie so that a lookup costs O(path length) plus the candidates that
- * match by path. First-match order is kept by always taking the smallest
- * route index that fully matches among the trie candidates and the routes
- * that are not indexed (regex, connect).
+ * domains are hashed, path routes are hashed by their path, and prefix and
+ * path_separated_prefix routes sit in a byte trie, so that a lookup costs
+ * O(path length) plus the candidates that match by path, whatever the number
+ * of routes. First-match order is kept by always taking the smallest route
+ * index that fully matches among the exact-path and trie candidates and the
+ * routes that are not indexed (regex, connect).
  */
 #include <ctype.h>
 #include <h2o/string_.h>
@@ -34,18 +35,19 @@ struct st_lg__domain_index_t {
     const lg_vhost_t *default_vh;
 };
 
-static uint64_t hash_bytes(const char *s, size_t len)
+/* FNV-1a, of the lowercased bytes when `lower`. */
+static uint64_t hash_bytes(const char *s, size_t len, int lower)
 {
     uint64_t h = 14695981039346656037ull;
     for (size_t i = 0; i != len; ++i)
-        h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+        h = (h ^ (unsigned char)(lower ? h2o_tolower(s[i]) : s[i])) * 1099511628211ull;
     return h;
 }
 
 static lg__dslot_t *dmap_slot(const lg__dmap_t *m, const char *key, size_t len)
 {
     size_t mask = m->cap - 1;
-    for (size_t i = hash_bytes(key, len) & mask;; i = (i + 1) & mask) {
+    for (size_t i = hash_bytes(key, len, 0) & mask;; i = (i + 1) & mask) {
         lg__dslot_t *s = &m->slots[i];
         if (s->key == NULL || (s->len == len && memcmp(s->key, key, len) == 0))
             return s;
@@ -436,10 +438,25 @@ typedef struct st_lg__trie_t {
     uint32_t n_routes;
 } lg__trie_t;
 
+/* Path (exact) routes by their path: open addressing, one slot per distinct
+ * path (lowercased for case-insensitive routes) with its routes. */
+typedef struct st_lg__pslot_t {
+    const char *key; /* NULL = empty slot */
+    size_t len;
+    uint32_t *routes; /* ascending route indexes */
+    uint32_t n_routes;
+} lg__pslot_t;
+
+typedef struct st_lg__pmap_t {
+    lg__pslot_t *slots; /* mask + 1 of them; NULL when no route is in the map */
+    size_t mask;
+} lg__pmap_t;
+
 struct st_lg__route_index_t {
     lg__trie_t *sensitive, *insensitive;
+    lg__pmap_t exact, exact_insensitive;
     size_t n_other;
-    uint32_t *other; /* ascending indexes of routes not in a trie */
+    uint32_t *other; /* ascending indexes of routes not in a trie or a map */
 };
 
 static lg__trie_t *trie_child(const lg__trie_t *n, unsigned char c)
@@ -503,23 +520,66 @@ static int indexed(const lg_route_t *r)
            r->path_match == LG_PATH_MATCH_SEPARATED_PREFIX;
 }
 
+/* The slot of `path` (lowercased first when `lower`: the keys are). */
+static const lg__pslot_t *pmap_slot(const lg__pmap_t *m, const char *path, size_t len, int lower)
+{
+    for (size_t i = hash_bytes(path, len, lower) & m->mask;; i = (i + 1) & m->mask) {
+        const lg__pslot_t *s = &m->slots[i];
+        if (s->key == NULL || (s->len == len && (lower ? h2o_lcstris(path, len, s->key, len) : memcmp(path, s->key, len) == 0)))
+            return s;
+    }
+}
+
+static void pmap_init(lg_route_table_t *t, lg__pmap_t *m, size_t n)
+{
+    if (n == 0)
+        return;
+    size_t cap = 8;
+    while (cap < n * 2)
+        cap *= 2;
+    m->slots = lg__route_alloc(t, cap * sizeof(*m->slots));
+    m->mask = cap - 1;
+}
+
+static void pmap_add(lg_route_table_t *t, lg__pmap_t *m, h2o_iovec_t path, int lower, uint32_t route)
+{
+    lg__pslot_t *s = (lg__pslot_t *)pmap_slot(m, path.base, path.len, lower);
+    if (s->key == NULL) {
+        char *key = lg__route_alloc(t, path.len + 1);
+        for (size_t i = 0; i != path.len; ++i)
+            key[i] = lower ? (char)h2o_tolower(path.base[i]) : path.base[i];
+        s->key = key;
+        s->len = path.len;
+    }
+    s->routes = grow(t, s->routes, s->n_routes, sizeof(*s->routes));
+    s->routes[s->n_routes++] = route;
+}
+
 struct st_lg__route_index_t *lg__route_index_build(lg_route_table_t *t, const lg_vhost_t *vh)
 {
     struct st_lg__route_index_t *ix = lg__route_alloc(t, sizeof(*ix));
-    for (size_t i = 0; i != vh->n_routes; ++i)
-        ix->n_other += !indexed(&vh->routes[i]);
+    size_t n_exact[2] = {0, 0}; /* case-insensitive, case-sensitive */
+    for (size_t i = 0; i != vh->n_routes; ++i) {
+        const lg_route_t *r = &vh->routes[i];
+        ix->n_other += !indexed(r);
+        n_exact[r->case_sensitive != 0] += r->path_match == LG_PATH_MATCH_EXACT;
+    }
     ix->other = ix->n_other != 0 ? lg__route_alloc(t, ix->n_other * sizeof(*ix->other)) : NULL;
+    pmap_init(t, &ix->exact_insensitive, n_exact[0]);
+    pmap_init(t, &ix->exact, n_exact[1]);
     size_t n_other = 0;
     for (size_t i = 0; i != vh->n_routes; ++i) {
         const lg_route_t *r = &vh->routes[i];
         if (!indexed(r)) {
             ix->other[n_other++] = (uint32_t)i;
-            continue;
+        } else if (r->path_match == LG_PATH_MATCH_EXACT) {
+            pmap_add(t, r->case_sensitive ? &ix->exact : &ix->exact_insensitive, r->path_value, !r->case_sensitive, (uint32_t)i);
+        } else {
+            lg__trie_t **root = r->case_sensitive ? &ix->sensitive : &ix->insensitive;
+            if (*root == NULL)
+                *root = lg__route_alloc(t, sizeof(lg__trie_t));
+            trie_insert(t, *root, r->path_value, !r->case_sensitive, (uint32_t)i);
         }
-        lg__trie_t **root = r->case_sensitive ? &ix->sensitive : &ix->insensitive;
-        if (*root == NULL)
-            *root = lg__route_alloc(t, sizeof(lg__trie_t));
-        trie_insert(t, *root, r->path_value, !r->case_sensitive, (uint32_t)i);
     }
     return ix;
 }
@@ -532,16 +592,23 @@ typedef struct st_lg__match_ctx_t {
     size_t best;      /* smallest matching route index so far; n_routes = none */
 } lg__match_ctx_t;
 
-/* Whether route `r` whose key is path[0..depth) matches by path kind. */
+/* Whether trie route `r` (prefix or separated prefix) whose key is
+ * path[0..depth) matches by path kind. */
 static int path_kind_fits(const lg_route_t *r, h2o_iovec_t path, size_t depth)
 {
-    switch (r->path_match) {
-    case LG_PATH_MATCH_EXACT:
-        return depth == path.len;
-    case LG_PATH_MATCH_SEPARATED_PREFIX:
-        return depth == path.len || path.base[depth] == '/';
-    default:
-        return 1;
+    return r->path_match != LG_PATH_MATCH_SEPARATED_PREFIX || depth == path.len || path.base[depth] == '/';
+}
+
+static void exact_candidates(lg__match_ctx_t *cx, const lg__pmap_t *m, int lower)
+{
+    if (m->slots == NULL)
+        return;
+    const lg__pslot_t *s = pmap_slot(m, cx->path.base, cx->path.len, lower);
+    for (uint32_t i = 0; s->key != NULL && i != s->n_routes && s->routes[i] < cx->best; ++i) {
+        if (rest_matches(&cx->vh->routes[s->routes[i]], cx->req, cx->random)) {
+            cx->best = s->routes[i];
+            break;
+        }
     }
 }
 
@@ -586,6 +653,8 @@ static const lg_route_t *match_routes(const lg_vhost_t *vh, const lg_req_head_t 
     lg__match_ctx_t cx = {vh, req, random, path_for_matching(vh->table, req->path), vh->n_routes};
     /* a request without :path (CONNECT) only matches connect_matcher routes */
     if (req->path.len != 0) {
+        exact_candidates(&cx, &ix->exact, 0);
+        exact_candidates(&cx, &ix->exact_insensitive, 1);
         trie_candidates(&cx, ix->sensitive, 0);
         trie_candidates(&cx, ix->insensitive, 1);
     }

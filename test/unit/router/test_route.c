@@ -352,7 +352,16 @@ static void test_first_match_order(void)
                 "  - {name: ci, match: {prefix: /D, case_sensitive: false}, route: {cluster: a}}\n"
                 "  - {name: dcs, match: {prefix: /d}, route: {cluster: a}}\n"
                 "  - {name: long, match: {prefix: /e/long/path}, route: {cluster: a}}\n"
-                "  - {name: short, match: {prefix: /e}, route: {cluster: a}}\n");
+                "  - {name: short, match: {prefix: /e}, route: {cluster: a}}\n"
+                "  - {name: dup1, match: {path: /p/dup, headers: [{name: x-v, exact_match: '1'}]}, route: {cluster: a}}\n"
+                "  - {name: dupci, match: {path: /P/Dup, case_sensitive: false, headers: [{name: x-v, exact_match: '3'}]}, "
+                "route: {cluster: a}}\n"
+                "  - {name: dup2, match: {path: /p/dup}, route: {cluster: a}}\n"
+                "  - {name: dupci2, match: {path: /P/DUP, case_sensitive: false}, route: {cluster: a}}\n"
+                "  - {name: zci, match: {path: /p/Zz, case_sensitive: false}, route: {cluster: a}}\n"
+                "  - {name: zcs, match: {path: /p/zz}, route: {cluster: a}}\n"
+                "  - {name: pprefix, match: {prefix: /p/}, route: {cluster: a}}\n"
+                "  - {name: late, match: {path: /p/late}, route: {cluster: a}}\n");
     ok_str(route_name(t, mkreq("GET", "h", "/a/b", NULL), 0), "shadow");
     ok_str(route_name(t, mkreq("GET", "h", "/b/c", NULL), 0), "re");
     ok_str(route_name(t, mkreq("GET", "h", "/c/d", "x-v", "2", NULL), 0), "hdr");
@@ -363,6 +372,20 @@ static void test_first_match_order(void)
     ok_str(route_name(t, mkreq("GET", "h", "/e/long/path/x", NULL), 0), "long");
     ok_str(route_name(t, mkreq("GET", "h", "/e/long/pat", NULL), 0), "short");
     ok_str(route_name(t, mkreq("GET", "h", "/zzz", NULL), 0), "(none)");
+    /* exact paths: routes with the same path keep their order, across case sensitivity, and
+     * against prefix routes before and after them */
+    ok_str(route_name(t, mkreq("GET", "h", "/p/dup", "x-v", "1", NULL), 0), "dup1");
+    ok_str(route_name(t, mkreq("GET", "h", "/p/dup", "x-v", "3", NULL), 0), "dupci");
+    ok_str(route_name(t, mkreq("GET", "h", "/p/dup", NULL), 0), "dup2");
+    ok_str(route_name(t, mkreq("GET", "h", "/P/dUP", "x-v", "3", NULL), 0), "dupci");
+    ok_str(route_name(t, mkreq("GET", "h", "/P/dUP", "x-v", "1", NULL), 0), "dupci2");
+    ok_str(route_name(t, mkreq("GET", "h", "/p/dup?x-v=1", NULL), 0), "dup2");
+    ok_str(route_name(t, mkreq("GET", "h", "/p/zz", NULL), 0), "zci");
+    ok_str(route_name(t, mkreq("GET", "h", "/p/ZZ", NULL), 0), "zci");
+    ok_str(route_name(t, mkreq("GET", "h", "/p/late", NULL), 0), "pprefix");
+    ok_str(route_name(t, mkreq("GET", "h", "/p/du", NULL), 0), "pprefix");
+    ok_str(route_name(t, mkreq("GET", "h", "/p/dupe", NULL), 0), "pprefix");
+    ok_str(route_name(t, mkreq("GET", "h", "/P/dupe", NULL), 0), "(none)");
     lg_route_table_free(t);
 }
 
@@ -459,8 +482,6 @@ static void test_big_table(void)
         return;
     int good = 1;
     char path[64], want[16];
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
     for (size_t i = 0; i != N; ++i) {
         snprintf(want, sizeof(want), "r%zu", i);
         switch (i % 4) {
@@ -484,10 +505,7 @@ static void test_big_table(void)
             break;
         }
     }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
     ok(good, "10000 routes: each found");
-    double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
-    ok(ms < 500, "10000 lookups in %.1f ms", ms);
     ok_str(route_name(t, mkreq("GET", "h", "/exact/1", NULL), 0), "(none)");
     ok_str(route_name(t, mkreq("GET", "h", "/sep/22x", NULL), 0), "(none)");
     ok_str(route_name(t, mkreq("GET", "h", "/sep/22", NULL), 0), "r22");

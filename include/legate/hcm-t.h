@@ -82,6 +82,8 @@ typedef enum en_lg_escaped_slashes_t {
     X(COUNTER, downstream_rq_failed_path_normalization)       \
     X(COUNTER, downstream_rq_redirected_with_normalized_path) \
     X(COUNTER, downstream_rq_ws_on_non_ws_route)              \
+    X(COUNTER, downstream_rq_overload_close)                  \
+    X(COUNTER, downstream_cx_overload_disable_keepalive)      \
     X(COUNTER, rs_too_large)                                  \
     X(COUNTER, no_route)                                      \
     X(COUNTER, no_cluster)                                    \

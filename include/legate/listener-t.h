@@ -24,6 +24,7 @@ typedef struct st_lg_tls_context_t lg_tls_context_t;
     X(COUNTER, no_filter_chain_match)         \
     X(COUNTER, downstream_cx_overflow)        \
     X(COUNTER, downstream_global_cx_overflow) \
+    X(COUNTER, downstream_cx_overload_reject) \
     X(COUNTER, downstream_pre_cx_timeout)     \
     X(GAUGE, downstream_pre_cx_active)
 #define LG__LISTENER_STAT_ENUM(type, name) LG_LISTENER_STAT_##name,

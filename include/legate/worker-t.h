@@ -32,6 +32,16 @@ typedef struct st_lg_loop_t {
     lg_timer_wheel_t *_wheel;
 } lg_loop_t;
 
+/* The overload actions a worker applies (src/core/overload.c), each as a
+ * value in [0, 1] that the worker turns into a decision per request or
+ * connection (Envoy's bernoulli): 0 never, 1 always (saturated). */
+typedef enum en_lg_overload_action_t {
+    LG_OVERLOAD_STOP_ACCEPTING_REQUESTS, /* envoy.overload_actions.stop_accepting_requests: 503 */
+    LG_OVERLOAD_DISABLE_HTTP_KEEPALIVE,  /* envoy.overload_actions.disable_http_keepalive */
+    LG_OVERLOAD_REJECT_CONNECTIONS,      /* envoy.overload_actions.reject_incoming_connections */
+    LG_OVERLOAD__WORKER_ACTIONS
+} lg_overload_action_t;
+
 typedef struct st_lg_worker_t lg_worker_t;
 struct st_lg_worker_t {
     size_t index; /* 0 .. concurrency-1: the row of every stats block */
@@ -39,8 +49,9 @@ struct st_lg_worker_t {
     pthread_t thread;
     h2o_multithread_queue_t *queue;
     h2o_multithread_receiver_t config_receiver;
-    struct st_lg_snapshot_t *snapshot; /* current config, refcounted */
-    void *data;                        /* the worker's runtime views (clusters, listeners) */
+    struct st_lg_snapshot_t *snapshot;            /* current config, refcounted */
+    void *data;                                   /* the worker's runtime views (clusters, listeners) */
+    double overload[LG_OVERLOAD__WORKER_ACTIONS]; /* this worker's copy, sent by the control thread */
 };
 
 /* The worker running on this thread, or NULL on the control/admin threads. */

@@ -39,7 +39,7 @@
 #include "legate/xds.h"
 
 /* MSG_DRAIN stops the listeners at once, MSG_DRAIN_GRACEFUL at the end of the drain. */
-typedef enum en_msg_type_t { MSG_SNAPSHOT, MSG_DRAIN, MSG_DRAIN_GRACEFUL, MSG_STOP } msg_type_t;
+typedef enum en_msg_type_t { MSG_SNAPSHOT, MSG_DRAIN, MSG_DRAIN_GRACEFUL, MSG_STOP, MSG_OVERLOAD } msg_type_t;
 
 typedef struct st_worker_msg_t {
     h2o_multithread_message_t super;
@@ -47,6 +47,7 @@ typedef struct st_worker_msg_t {
     lg_snapshot_t *snapshot;
     lg_worker_clusters_t *clusters; /* MSG_SNAPSHOT: the worker's cluster view, prepared when the clusters changed */
     uint64_t drain_end_ms;          /* MSG_SNAPSHOT (for the chains it drains) and MSG_DRAIN*: when what drains is closed */
+    double overload[LG_OVERLOAD__WORKER_ACTIONS]; /* MSG_OVERLOAD: the actions' new values */
 } worker_msg_t;
 
 /* Cluster views a worker replaced, freed by the control thread (they hold
@@ -637,6 +638,9 @@ static void on_worker_message(h2o_multithread_receiver_t *receiver, h2o_linklist
         case MSG_STOP:
             state_of(w)->stop = 1;
             break;
+        case MSG_OVERLOAD:
+            memcpy(w->overload, m->overload, sizeof(w->overload));
+            break;
         }
         free(m);
     }
@@ -1146,6 +1150,20 @@ static void yield_to_workers(lg_control_priority_t prio)
         LG_DEBUG(main, "setpriority: %s", strerror(errno));
 }
 
+/* The overload actions' values, to every worker when they changed. */
+static void post_overload(void)
+{
+    double values[LG_OVERLOAD__WORKER_ACTIONS];
+    if (!lg_overload_refresh(lg_now_ms(), values))
+        return;
+    for (size_t k = 0; k != srv.n_workers; ++k) {
+        worker_msg_t *m = lg_calloc(1, sizeof(*m));
+        m->type = MSG_OVERLOAD;
+        memcpy(m->overload, values, sizeof(values));
+        h2o_multithread_send_message(&srv.workers[k].config_receiver, &m->super);
+    }
+}
+
 /* The control thread's loop: xDS (up to 50 ms per poll), then signals. */
 static void control_loop(void)
 {
@@ -1188,6 +1206,7 @@ static void control_loop(void)
             return;
         }
         expire_listener_drains(lg_now_ms());
+        post_overload();
         if (srv.quit) {
             LG_INFO(main, "shutting down: /quitquitquit");
             return;
@@ -1252,6 +1271,7 @@ int lg_server_run(const lg_options_t *o)
             goto fail_config;
         printf("configuration '%s' OK\n", o->config_path != NULL ? o->config_path : "(--config-yaml)");
         lg_access_log_shutdown();
+        lg_overload_shutdown();
         lg_stats_shutdown();
         return 0;
     }
@@ -1319,6 +1339,7 @@ int lg_server_run(const lg_options_t *o)
     lg_runtime_shutdown();
     protobuf_c_message_free_unpacked(bootstrap, NULL);
     free(srv.gauge_drains.entries);
+    lg_overload_shutdown();
     lg_stats_shutdown();
     LG_INFO(main, "exiting");
     return 0;
@@ -1335,6 +1356,7 @@ fail_running:
 fail_config:
     fprintf(stderr, "error initializing configuration '%s': %s\n", o->config_path ? o->config_path : "", err.msg);
     lg_access_log_shutdown();
+    lg_overload_shutdown();
     lg_stats_shutdown();
     return 1;
 fail_early:

@@ -22,6 +22,7 @@
 #include "legate/listener_runtime.h"
 #include "legate/route.h"
 #include "legate/server.h"
+#include "legate/overload.h"
 #include "legate/stats.h"
 #include "legate/timer.h"
 #include "legate/tls.h"
@@ -1023,6 +1024,13 @@ static void on_headers(lg_stream_t *ds, void *head, int end_stream)
     if (c->config->request_timeout_ms != 0 && !end_stream)
         lg_timer_start(&c->worker->loop, &s->request_timer, c->config->request_timeout_ms, request_timeout);
     s->is_grpc = is_grpc_request(req);
+    /* Envoy drops new requests as soon as their headers are decoded, before
+     * any filter runs (overload manager: stop_accepting_requests) */
+    if (lg_overload_decide(c->worker->overload[LG_OVERLOAD_STOP_ACCEPTING_REQUESTS])) {
+        STAT_INC(c, downstream_rq_overload_close);
+        lg_hcm_send_local_reply(s, 503, LG_LIT("envoy overloaded"), "overload", 0);
+        return;
+    }
 
     int is_connect = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("CONNECT"));
     if (is_connect && req->protocol.len != 0) {
@@ -1296,6 +1304,11 @@ void lg_hcm_encode_headers(lg_hcm_stream_t *s, lg_resp_head_t *head, int end_str
     /* Envoy's drainClose() check (src/core/server.c): this response may tell the connection to drain */
     if (!s->conn->draining && lg_server_drain_close(s->conn))
         lg_hcm_conn_drain(s->conn);
+    /* overload manager: disable_http_keepalive ends the connection after this response */
+    if (!s->conn->draining && lg_overload_decide(s->conn->worker->overload[LG_OVERLOAD_DISABLE_HTTP_KEEPALIVE])) {
+        STAT_INC(s->conn, downstream_cx_overload_disable_keepalive);
+        conn_start_drain(s->conn);
+    }
     s->downstream->ops->send_headers(s->downstream, head, end_stream);
 }
 

@@ -536,6 +536,10 @@ static int over_limit(lg_worker_t *w, lg_listener_config_t *l)
         LG_STAT_INC(l->stats, w->index, LG_LISTENER_STAT_downstream_global_cx_overflow);
         return 1;
     }
+    if (lg_overload_decide(w->overload[LG_OVERLOAD_REJECT_CONNECTIONS])) {
+        LG_STAT_INC(l->stats, w->index, LG_LISTENER_STAT_downstream_cx_overload_reject);
+        return 1;
+    }
     return 0;
 }
 

@@ -303,18 +303,18 @@ def test_overload_manager_unsupported_parts_are_named_and_ignored(legate, ports,
     each named in a warning; the connection limit still applies."""
     up = upstream()
     boot = cfg.simple_proxy(ports(), ports(), [up.port])
-    heap = {"name": "envoy.resource_monitors.fixed_heap", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
-        "max_heap_size_bytes": 1 << 30}}
-    boot["overload_manager"] = overload_manager(1, [heap])
-    boot["overload_manager"]["actions"] = [{"name": "envoy.overload_actions.stop_accepting_requests", "triggers": [
-        {"name": "envoy.resource_monitors.fixed_heap", "threshold": {"value": 0.95}}]}]
+    cpu = {"name": "envoy.resource_monitors.cpu_utilization", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.resource_monitors.cpu_utilization.v3.CpuUtilizationConfig"}}
+    boot["overload_manager"] = overload_manager(1, [cpu])
+    boot["overload_manager"]["actions"] = [{"name": "envoy.overload_actions.reduce_timeouts", "triggers": [
+        {"name": "envoy.resource_monitors.cpu_utilization", "scaled": {"scaling_threshold": 0.8,
+                                                                       "saturation_threshold": 0.95}}]}]
     lg = legate(boot)
     with RawHTTP("127.0.0.1", lg.listener_port(), timeout=10) as c:
         c.request("GET", "/one")
         assert c.read_response().status == 200
         assert_refused(lg)
     log = lg.stderr()
-    assert "overload_manager.resource_monitors[0]: envoy.resource_monitors.fixed_heap is not supported" in log, log
-    assert "overload_manager.actions[0]: envoy.overload_actions.stop_accepting_requests is not supported" in log, log
+    assert "overload_manager.resource_monitors[0]: envoy.resource_monitors.cpu_utilization is not supported" in log, log
+    assert "overload_manager.actions[0]: envoy.overload_actions.reduce_timeouts is not supported" in log, log
     assert [r["path"] for r in up.requests] == ["/one"]

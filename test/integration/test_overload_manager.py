@@ -1,0 +1,136 @@
+"""The overload manager's fixed_heap monitor and the actions it triggers, as Envoy's
+(docs: configuration/operations/overload_manager): stop_accepting_requests answers new
+requests 503 "envoy overloaded", disable_http_keepalive closes connections after their
+response, reject_incoming_connections closes new connections on accept, shrink_heap is
+accepted; overload.<monitor>.pressure and overload.<action>.active / scale_percent report
+them. The heap limits here are 1 byte (always over) or 1 TiB (never)."""
+import pytest
+
+from lib import config as cfg
+from lib.h2client import H2Client
+from lib.legate import run_legate, write_yaml
+from lib.ports import free_port
+from lib.rawhttp import RawHTTP
+from lib.wait import wait_for
+from test_listener_stats import assert_refused
+
+HEAP = "envoy.resource_monitors.fixed_heap"
+HEAP_CONFIG = "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig"
+STOP_REQUESTS = "envoy.overload_actions.stop_accepting_requests"
+KEEPALIVE = "envoy.overload_actions.disable_http_keepalive"
+REJECT = "envoy.overload_actions.reject_incoming_connections"
+SHRINK = "envoy.overload_actions.shrink_heap"
+OVER, UNDER = 1, 1 << 40
+
+
+def threshold(value):
+    return {"name": HEAP, "threshold": {"value": value}}
+
+
+def overload(max_heap, actions):
+    return {"refresh_interval": "0.05s",
+            "resource_monitors": [{"name": HEAP, "typed_config": {"@type": HEAP_CONFIG, "max_heap_size_bytes": max_heap}}],
+            "actions": [{"name": name, "triggers": [trigger]} for name, trigger in actions]}
+
+
+def start(legate, ports, upstream, max_heap, actions):
+    up = upstream()
+    boot = cfg.simple_proxy(ports(), ports(), [up.port])
+    boot["overload_manager"] = overload(max_heap, actions)
+    return legate(boot), up
+
+
+def get(lg, path="/x"):
+    with RawHTTP("127.0.0.1", lg.listener_port(), timeout=10) as c:
+        c.request("GET", path)
+        return c.read_response()
+
+
+def test_stop_accepting_requests_over_the_heap_limit(legate, ports, upstream):
+    """Over the limit a new request is answered 503 "envoy overloaded" before any filter or
+    the router runs; the stats say which action is active and why."""
+    lg, up = start(legate, ports, upstream, OVER, [(STOP_REQUESTS, threshold(0.95)), (SHRINK, threshold(0.99))])
+    r = wait_for(lambda: (lambda r: r if r.status == 503 else None)(get(lg)), what="503 from the overloaded proxy")
+    assert r.body == b"envoy overloaded"
+    for _ in range(3):
+        assert get(lg).status == 503
+    assert up.requests == []
+    a = lg.admin
+    assert a.stat("http.ingress_http.downstream_rq_overload_close") >= 4
+    assert a.stat("http.ingress_http.downstream_rq_5xx") >= 4
+    assert a.stat(f"overload.{STOP_REQUESTS}.active") == 1
+    assert a.stat(f"overload.{STOP_REQUESTS}.scale_percent") == 100
+    assert a.stat(f"overload.{SHRINK}.active") == 1
+    assert a.stat(f"overload.{HEAP}.pressure") > 100
+
+
+@pytest.mark.parametrize("trigger", [threshold(0.95), {"name": HEAP, "scaled": {"scaling_threshold": 0.9,
+                                                                                "saturation_threshold": 0.95}}],
+                         ids=["threshold", "scaled"])
+def test_under_the_heap_limit_requests_pass(legate, ports, upstream, trigger):
+    lg, up = start(legate, ports, upstream, UNDER, [(STOP_REQUESTS, trigger)])
+    a = lg.admin
+    wait_for(lambda: f"overload.{STOP_REQUESTS}.scale_percent" in a.stats(), what="the first refresh")
+    for i in range(5):
+        assert get(lg, f"/ok{i}").status == 200
+    assert len(up.requests) == 5
+    assert a.stat("http.ingress_http.downstream_rq_overload_close") == 0
+    assert a.stat(f"overload.{STOP_REQUESTS}.active") == 0
+    assert a.stat(f"overload.{STOP_REQUESTS}.scale_percent") == 0
+    assert a.stat(f"overload.{HEAP}.pressure") == 0
+
+
+def test_scaled_trigger_saturated(legate, ports, upstream):
+    lg, up = start(legate, ports, upstream, OVER,
+                   [(STOP_REQUESTS, {"name": HEAP, "scaled": {"scaling_threshold": 0.5, "saturation_threshold": 0.8}})])
+    wait_for(lambda: get(lg).status == 503, what="503 from the overloaded proxy")
+    assert lg.admin.stat(f"overload.{STOP_REQUESTS}.scale_percent") == 100
+
+
+def test_disable_http_keepalive(legate, ports, upstream):
+    """HTTP/1.1: the response says connection: close and the connection ends; HTTP/2: GOAWAY."""
+    lg, up = start(legate, ports, upstream, OVER, [(KEEPALIVE, threshold(0.5))])
+    a = lg.admin
+    wait_for(lambda: a.stat(f"overload.{KEEPALIVE}.active") == 1, what="the action")
+
+    def closes():
+        with RawHTTP("127.0.0.1", lg.listener_port(), timeout=10) as c:
+            c.request("GET", "/k")
+            r = c.read_response()
+            return r.status == 200 and r.header("connection") == "close" and c.sock.recv(1) == b""
+    wait_for(closes, what="connection: close")
+    with H2Client("127.0.0.1", lg.listener_port(), timeout=10) as h2:
+        assert h2.get("/h2").status == 200
+        assert h2.wait_goaway() is not None
+    assert a.stat("http.ingress_http.downstream_cx_overload_disable_keepalive") >= 2
+    assert len(up.requests) >= 2
+
+
+def test_reject_incoming_connections(legate, ports, upstream):
+    lg, up = start(legate, ports, upstream, OVER, [(REJECT, threshold(0.5))])
+    a = lg.admin
+    wait_for(lambda: a.stat(f"overload.{REJECT}.active") == 1, what="the action")
+    wait_for(lambda: assert_refused(lg) is None and a.stat(
+        f"listener.127.0.0.1_{lg.listener_port()}.downstream_cx_overload_reject") >= 1, what="a rejected connection")
+    assert up.requests == []
+
+
+@pytest.mark.parametrize("overload_manager,field", [
+    (overload(0, []), "overload_manager.resource_monitors[0].typed_config.max_heap_size_bytes"),
+    ({"resource_monitors": [{"name": "heap", "typed_config": {"@type": HEAP_CONFIG, "max_heap_size_bytes": 5}}]},
+     "a FixedHeapConfig monitor must be named envoy.resource_monitors.fixed_heap, not heap"),
+    (overload(UNDER, [(STOP_REQUESTS, {"name": "envoy.resource_monitors.nope", "threshold": {"value": 0.9}})]),
+     "overload_manager.actions[0].triggers[0].name: Unknown trigger resource envoy.resource_monitors.nope"),
+    (overload(UNDER, [(STOP_REQUESTS, threshold(1.5))]), "overload_manager.actions[0].triggers[0].threshold.value"),
+    (overload(UNDER, [(STOP_REQUESTS, {"name": HEAP, "scaled": {"scaling_threshold": 0.9, "saturation_threshold": 0.8}})]),
+     "scaling_threshold must be less than saturation_threshold"),
+    (overload(UNDER, [(STOP_REQUESTS, threshold(0.9)), (STOP_REQUESTS, threshold(0.8))]),
+     "overload_manager.actions[1]: Duplicate overload action " + STOP_REQUESTS),
+], ids=["zero_heap", "misnamed", "unknown_trigger", "threshold_range", "scaled_order", "duplicate_action"])
+def test_bad_overload_config(tmp_path, overload_manager, field):
+    boot = cfg.simple_proxy(free_port(), free_port(), [free_port()])
+    boot["overload_manager"] = overload_manager
+    r = run_legate(["--mode", "validate", "-c", str(write_yaml(tmp_path / "b.yaml", boot))])
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert field in out, out

@@ -39,6 +39,7 @@ typedef enum en_lg_overload_action_t {
     LG_OVERLOAD_STOP_ACCEPTING_REQUESTS, /* envoy.overload_actions.stop_accepting_requests: 503 */
     LG_OVERLOAD_DISABLE_HTTP_KEEPALIVE,  /* envoy.overload_actions.disable_http_keepalive */
     LG_OVERLOAD_REJECT_CONNECTIONS,      /* envoy.overload_actions.reject_incoming_connections */
+    LG_OVERLOAD_STOP_CONNECTIONS,        /* envoy.overload_actions.stop_accepting_connections (when saturated) */
     LG_OVERLOAD__WORKER_ACTIONS
 } lg_overload_action_t;
 

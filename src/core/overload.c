@@ -24,6 +24,8 @@
  *    (downstream_cx_overload_disable_keepalive);
  *  - reject_incoming_connections: an accepted connection is closed with that
  *    probability (listener.<addr>.downstream_cx_overload_reject);
+ *  - stop_accepting_connections: while saturated, the workers stop accepting
+ *    (new connections wait in the listen backlog);
  *  - shrink_heap: while saturated, malloc_trim every 10 s.
  * The workers get the values as a message when they change and decide with
  * their own random numbers: nothing shared on the request path.
@@ -32,7 +34,7 @@
  * .scale_percent.
  *
  * The other monitors (injected_resource, cpu_utilization, cgroup_memory),
- * the other actions (stop_accepting_connections, reduce_timeouts, ...) and
+ * the other actions (reduce_timeouts, reset_high_memory_stream, ...) and
  * the load shed points are each named in a warning at start-up and ignored,
  * so that a bootstrap written for Envoy still starts.
  */
@@ -67,9 +69,9 @@ enum { ACTION_STATS(ACTION_ENUM) };
 static const lg_stat_def_t monitor_defs[] = {MONITOR_STATS(LG_STAT_DEF)};
 static const lg_stat_def_t action_defs[] = {ACTION_STATS(LG_STAT_DEF)};
 
-static const char *const worker_action_names[LG_OVERLOAD__WORKER_ACTIONS] = {"envoy.overload_actions.stop_accepting_requests",
-                                                                             "envoy.overload_actions.disable_http_keepalive",
-                                                                             "envoy.overload_actions.reject_incoming_connections"};
+static const char *const worker_action_names[LG_OVERLOAD__WORKER_ACTIONS] = {
+    "envoy.overload_actions.stop_accepting_requests", "envoy.overload_actions.disable_http_keepalive",
+    "envoy.overload_actions.reject_incoming_connections", "envoy.overload_actions.stop_accepting_connections"};
 
 typedef struct st_trigger_t {
     int scaled;

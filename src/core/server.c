@@ -253,6 +253,27 @@ static void worker_listener_close(worker_listener_t *wl)
     free(wl);
 }
 
+/* Whether the overload manager's stop_accepting_connections holds the worker's accept sockets. */
+static int accepting(const lg_worker_t *w)
+{
+    return w->overload[LG_OVERLOAD_STOP_CONNECTIONS] < 1;
+}
+
+/* Stops or resumes reading the accept sockets as the overload manager says
+ * (Envoy's disableListeners / enableListeners): the connections wait in the
+ * listen backlog meanwhile. */
+static void worker_pause_listening(lg_worker_t *w)
+{
+    worker_state_t *st = state_of(w);
+    for (size_t i = 0; i != st->n_listeners; ++i) {
+        h2o_socket_t *sock = st->listeners[i]->sock;
+        if (sock != NULL && !accepting(w))
+            h2o_socket_read_stop(sock);
+        else if (sock != NULL && !h2o_socket_is_reading(sock))
+            h2o_socket_read_start(sock, on_listener_accept);
+    }
+}
+
 /* Makes the worker's accept sockets those of the snapshot's listeners. */
 static void worker_sync_listeners(lg_worker_t *w, lg_snapshot_t *snap)
 {
@@ -273,7 +294,8 @@ static void worker_sync_listeners(lg_worker_t *w, lg_snapshot_t *snap)
             if (fd >= 0 && !st->draining) {
                 next[i]->sock = h2o_evloop_socket_create((h2o_evloop_t *)w->loop.loop, fd, H2O_SOCKET_FLAG_DONT_READ);
                 next[i]->sock->data = next[i];
-                h2o_socket_read_start(next[i]->sock, on_listener_accept);
+                if (accepting(w))
+                    h2o_socket_read_start(next[i]->sock, on_listener_accept);
             } else if (fd >= 0) {
                 close(fd);
             }
@@ -640,6 +662,7 @@ static void on_worker_message(h2o_multithread_receiver_t *receiver, h2o_linklist
             break;
         case MSG_OVERLOAD:
             memcpy(w->overload, m->overload, sizeof(w->overload));
+            worker_pause_listening(w);
             break;
         }
         free(m);

@@ -4,6 +4,8 @@ requests 503 "envoy overloaded", disable_http_keepalive closes connections after
 response, reject_incoming_connections closes new connections on accept, shrink_heap is
 accepted; overload.<monitor>.pressure and overload.<action>.active / scale_percent report
 them. The heap limits here are 1 byte (always over) or 1 TiB (never)."""
+import socket
+
 import pytest
 
 from lib import config as cfg
@@ -19,6 +21,7 @@ HEAP_CONFIG = "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap
 STOP_REQUESTS = "envoy.overload_actions.stop_accepting_requests"
 KEEPALIVE = "envoy.overload_actions.disable_http_keepalive"
 REJECT = "envoy.overload_actions.reject_incoming_connections"
+STOP_CONNECTIONS = "envoy.overload_actions.stop_accepting_connections"
 SHRINK = "envoy.overload_actions.shrink_heap"
 OVER, UNDER = 1, 1 << 40
 
@@ -112,6 +115,21 @@ def test_reject_incoming_connections(legate, ports, upstream):
     wait_for(lambda: a.stat(f"overload.{REJECT}.active") == 1, what="the action")
     wait_for(lambda: assert_refused(lg) is None and a.stat(
         f"listener.127.0.0.1_{lg.listener_port()}.downstream_cx_overload_reject") >= 1, what="a rejected connection")
+    assert up.requests == []
+
+
+def test_stop_accepting_connections(legate, ports, upstream):
+    """The listener stops accepting: a new connection waits in the backlog unanswered and is
+    never counted, while the admin listener still serves."""
+    lg, up = start(legate, ports, upstream, OVER, [(STOP_CONNECTIONS, threshold(0.9))])
+    a = lg.admin
+    wait_for(lambda: a.stat(f"overload.{STOP_CONNECTIONS}.active") == 1, what="the action")
+    before = a.stat(f"listener.127.0.0.1_{lg.listener_port()}.downstream_cx_total")
+    with socket.create_connection(("127.0.0.1", lg.listener_port()), timeout=1) as s:
+        s.sendall(b"GET /waits HTTP/1.1\r\nHost: x\r\n\r\n")
+        with pytest.raises(socket.timeout):
+            s.recv(4096)
+    assert a.stat(f"listener.127.0.0.1_{lg.listener_port()}.downstream_cx_total") == before
     assert up.requests == []
 
 

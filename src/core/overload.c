@@ -10,11 +10,14 @@
  * limit is closed on accept and counted in the listener's
  * downstream_global_cx_overflow, as in Envoy.
  *
- * Reactive monitor: envoy.resource_monitors.fixed_heap (FixedHeapConfig), the
- * pressure of the heap in use against max_heap_size_bytes. Envoy reads
- * tcmalloc's mapped heap; glibc's equivalent here is mallinfo2's bytes in use
- * (uordblks + hblkhd), read every refresh_interval (default 1 s) on the
- * control thread. Each action's value is the largest of its triggers'
+ * Reactive monitors, read every refresh_interval (default 1 s) on the control
+ * thread: envoy.resource_monitors.fixed_heap (FixedHeapConfig), the pressure of
+ * the heap in use against max_heap_size_bytes (Envoy reads tcmalloc's mapped
+ * heap; glibc's equivalent here is mallinfo2's bytes in use, uordblks +
+ * hblkhd), and envoy.resource_monitors.injected_resource
+ * (InjectedResourceConfig), a pressure read from a file (Envoy's test monitor:
+ * a file that does not hold a number counts in failed_updates and
+ * leaves the pressure as it was). Each action's value is the largest of its triggers'
  * (threshold: 0 or 1; scaled: 0 below scaling_threshold, 1 from
  * saturation_threshold, linear between). Actions:
  *  - stop_accepting_requests: a new request gets 503 "envoy overloaded" with
@@ -33,7 +36,7 @@
  * .skipped_updates; overload.<action>.active (1 saturated, else 0),
  * .scale_percent.
  *
- * The other monitors (injected_resource, cpu_utilization, cgroup_memory),
+ * The other monitors (cpu_utilization, cgroup_memory),
  * the other actions (reduce_timeouts, reset_high_memory_stream, ...) and
  * the load shed points are each named in a warning at start-up and ignored,
  * so that a bootstrap written for Envoy still starts.
@@ -48,8 +51,10 @@
 #include "legate/stats.h"
 #include "envoy/extensions/resource_monitors/downstream_connections/v3/downstream_connections.pb-c.h"
 #include "envoy/extensions/resource_monitors/fixed_heap/v3/fixed_heap.pb-c.h"
+#include "envoy/extensions/resource_monitors/injected_resource/v3/injected_resource.pb-c.h"
 
 #define FIXED_HEAP "envoy.resource_monitors.fixed_heap"
+#define INJECTED "envoy.resource_monitors.injected_resource"
 #define SHRINK_HEAP "envoy.overload_actions.shrink_heap"
 #define SHRINK_HEAP_INTERVAL_MS 10000
 
@@ -73,52 +78,63 @@ static const char *const worker_action_names[LG_OVERLOAD__WORKER_ACTIONS] = {
     "envoy.overload_actions.stop_accepting_requests", "envoy.overload_actions.disable_http_keepalive",
     "envoy.overload_actions.reject_incoming_connections", "envoy.overload_actions.stop_accepting_connections"};
 
+/* A reactive monitor: fixed_heap (max_heap != 0) or injected_resource (filename). */
+typedef struct st_monitor_t {
+    char *name;
+    uint64_t max_heap;
+    char *filename;
+    double pressure;
+    lg_stats_block_t *stats;
+} monitor_t;
+
 typedef struct st_trigger_t {
+    size_t monitor; /* in ov.monitors */
     int scaled;
     double threshold; /* threshold, or scaling_threshold */
     double saturation;
 } trigger_t;
 
 typedef struct st_action_t {
-    int slot;          /* an lg_overload_action_t, or -1 for shrink_heap */
-    trigger_t trigger; /* of the fixed_heap monitor: the only reactive one */
+    int slot;            /* an lg_overload_action_t, or -1 for shrink_heap */
+    trigger_t *triggers; /* those on the reactive monitors */
+    size_t n_triggers;
     double value;
     lg_stats_block_t *stats;
 } action_t;
 
 static struct {
     uint64_t max_connections; /* set before the workers start, read on accept */
-    uint64_t max_heap;        /* 0: no fixed_heap monitor */
-    lg_stats_block_t *heap_stats;
+    monitor_t *monitors;
+    size_t n_monitors;
     action_t *actions;
     size_t n_actions;
     uint64_t refresh_ms, next_refresh_ms, next_shrink_ms;
     double sent[LG_OVERLOAD__WORKER_ACTIONS];
 } ov = {.max_connections = UINT64_MAX};
 
+static const struct {
+    const char *name, *config;
+    const ProtobufCMessageDescriptor *descriptor;
+} known_monitors[] = {
+    {LG_OVERLOAD_GLOBAL_CX, "DownstreamConnectionsConfig",
+     &envoy__extensions__resource_monitors__downstream_connections__v3__downstream_connections_config__descriptor},
+    {FIXED_HEAP, "FixedHeapConfig", &envoy__extensions__resource_monitors__fixed_heap__v3__fixed_heap_config__descriptor},
+    {INJECTED, "InjectedResourceConfig",
+     &envoy__extensions__resource_monitors__injected_resource__v3__injected_resource_config__descriptor},
+};
+
 static int is_config(const Google__Protobuf__Any *any, const ProtobufCMessageDescriptor *d)
 {
     return any != NULL && any->type_url != NULL && strcmp(lg_type_url_name(any->type_url), d->name) == 0;
-}
-
-/* The monitor's typed_config as `d`, or NULL with err set. */
-static ProtobufCMessage *monitor_config(const Envoy__Config__Overload__V3__ResourceMonitor *m, size_t i,
-                                        const ProtobufCMessageDescriptor *d, lg_error_t *err)
-{
-    ProtobufCMessage *msg = lg_any_unpack(m->typed_config, d, err);
-    if (msg == NULL)
-        lg_error_prefix(err, "overload_manager.resource_monitors[%zu].typed_config", i);
-    return msg;
 }
 
 static int connections_monitor(const Envoy__Config__Overload__V3__ResourceMonitor *m, size_t i, uint64_t *max, lg_error_t *err)
 {
     if (*max != UINT64_MAX)
         return lg_error(err, "overload_manager.resource_monitors[%zu]: Duplicate resource monitor %s", i, m->name);
-    ProtobufCMessage *msg = monitor_config(
-        m, i, &envoy__extensions__resource_monitors__downstream_connections__v3__downstream_connections_config__descriptor, err);
+    ProtobufCMessage *msg = lg_any_unpack(m->typed_config, known_monitors[0].descriptor, err);
     if (msg == NULL)
-        return -1;
+        return lg_error_prefix(err, "overload_manager.resource_monitors[%zu].typed_config", i);
     int64_t v = ((Envoy__Extensions__ResourceMonitors__DownstreamConnections__V3__DownstreamConnectionsConfig *)msg)
                     ->max_active_downstream_connections;
     protobuf_c_message_free_unpacked(msg, NULL);
@@ -131,46 +147,59 @@ static int connections_monitor(const Envoy__Config__Overload__V3__ResourceMonito
     return 0;
 }
 
-static int heap_monitor(const Envoy__Config__Overload__V3__ResourceMonitor *m, size_t i, uint64_t *max, lg_error_t *err)
+/* fixed_heap (k = 1) or injected_resource (k = 2). */
+static int reactive_monitor(const Envoy__Config__Overload__V3__ResourceMonitor *m, size_t i, size_t k, lg_error_t *err)
 {
-    if (*max != 0)
-        return lg_error(err, "overload_manager.resource_monitors[%zu]: Duplicate resource monitor %s", i, m->name);
-    ProtobufCMessage *msg =
-        monitor_config(m, i, &envoy__extensions__resource_monitors__fixed_heap__v3__fixed_heap_config__descriptor, err);
+    for (size_t j = 0; j != ov.n_monitors; ++j)
+        if (strcmp(ov.monitors[j].name, m->name) == 0)
+            return lg_error(err, "overload_manager.resource_monitors[%zu]: Duplicate resource monitor %s", i, m->name);
+    ProtobufCMessage *msg = lg_any_unpack(m->typed_config, known_monitors[k].descriptor, err);
     if (msg == NULL)
-        return -1;
-    uint64_t v = ((Envoy__Extensions__ResourceMonitors__FixedHeap__V3__FixedHeapConfig *)msg)->max_heap_size_bytes;
+        return lg_error_prefix(err, "overload_manager.resource_monitors[%zu].typed_config", i);
+    monitor_t x = {0};
+    if (k == 1)
+        x.max_heap = ((Envoy__Extensions__ResourceMonitors__FixedHeap__V3__FixedHeapConfig *)msg)->max_heap_size_bytes;
+    else
+        x.filename =
+            lg_strdup(((Envoy__Extensions__ResourceMonitors__InjectedResource__V3__InjectedResourceConfig *)msg)->filename);
     protobuf_c_message_free_unpacked(msg, NULL);
-    if (v == 0)
+    if (k == 1 && x.max_heap == 0)
         return lg_error(
             err, "overload_manager.resource_monitors[%zu].typed_config.max_heap_size_bytes: value must be greater than 0", i);
-    *max = v;
+    if (k == 2 && x.filename[0] == '\0') {
+        free(x.filename);
+        return lg_error(
+            err, "overload_manager.resource_monitors[%zu].typed_config.filename: value length must be at least 1 characters", i);
+    }
+    x.name = lg_strdup(m->name);
+    char prefix[256];
+    snprintf(prefix, sizeof(prefix), "overload.%s.", m->name);
+    x.stats = lg_stats_block_new(prefix, monitor_defs, LG_ARRAY_SIZE(monitor_defs));
+    ov.monitors[ov.n_monitors++] = x;
+    if (k == 1)
+        LG_INFO(main, "heap limit %" PRIu64 " bytes (%s)", x.max_heap, FIXED_HEAP);
     return 0;
 }
 
-/* The monitors: the limits of the two known ones, warnings for the others. */
-static int configure_monitors(const Envoy__Config__Overload__V3__OverloadManager *om, uint64_t *max_cx, uint64_t *max_heap,
-                              lg_error_t *err)
+/* The monitors: the connection limit, the reactive ones, warnings for the others. */
+static int configure_monitors(const Envoy__Config__Overload__V3__OverloadManager *om, uint64_t *max_cx, lg_error_t *err)
 {
+    ov.monitors = lg_calloc(om->n_resource_monitors + 1, sizeof(*ov.monitors));
     for (size_t i = 0; i != om->n_resource_monitors; ++i) {
         const Envoy__Config__Overload__V3__ResourceMonitor *m = om->resource_monitors[i];
         if (m->name == NULL || m->name[0] == '\0')
             return lg_error(err, "overload_manager.resource_monitors[%zu].name: value length must be at least 1 characters", i);
-        int cx = strcmp(m->name, LG_OVERLOAD_GLOBAL_CX) == 0, heap = strcmp(m->name, FIXED_HEAP) == 0;
-        if (!cx &&
-            is_config(m->typed_config,
-                      &envoy__extensions__resource_monitors__downstream_connections__v3__downstream_connections_config__descriptor))
-            return lg_error(
-                err, "overload_manager.resource_monitors[%zu]: a DownstreamConnectionsConfig monitor must be named %s, not %s", i,
-                LG_OVERLOAD_GLOBAL_CX, m->name);
-        if (!heap &&
-            is_config(m->typed_config, &envoy__extensions__resource_monitors__fixed_heap__v3__fixed_heap_config__descriptor))
-            return lg_error(err, "overload_manager.resource_monitors[%zu]: a FixedHeapConfig monitor must be named %s, not %s", i,
-                            FIXED_HEAP, m->name);
-        if (cx ? connections_monitor(m, i, max_cx, err) != 0 : heap ? heap_monitor(m, i, max_heap, err) != 0 : 0)
-            return -1;
-        if (!cx && !heap)
+        size_t k = 0;
+        while (k != LG_ARRAY_SIZE(known_monitors) && strcmp(m->name, known_monitors[k].name) != 0)
+            ++k;
+        for (size_t j = 0; j != LG_ARRAY_SIZE(known_monitors); ++j)
+            if (j != k && is_config(m->typed_config, known_monitors[j].descriptor))
+                return lg_error(err, "overload_manager.resource_monitors[%zu]: a %s monitor must be named %s, not %s", i,
+                                known_monitors[j].config, known_monitors[j].name, m->name);
+        if (k == LG_ARRAY_SIZE(known_monitors))
             LG_WARN(main, "overload_manager.resource_monitors[%zu]: %s is not supported: ignored", i, m->name);
+        else if (k == 0 ? connections_monitor(m, i, max_cx, err) != 0 : reactive_monitor(m, i, k, err) != 0)
+            return -1;
     }
     return 0;
 }
@@ -183,37 +212,47 @@ static int has_monitor(const Envoy__Config__Overload__V3__OverloadManager *om, c
     return 0;
 }
 
+static int reactive_index(const char *name, size_t *index)
+{
+    for (size_t k = 0; k != ov.n_monitors; ++k)
+        if (strcmp(ov.monitors[k].name, name) == 0) {
+            *index = k;
+            return 1;
+        }
+    return 0;
+}
+
 static int range_error(lg_error_t *err, size_t i, size_t j, const char *field)
 {
     return lg_error(err, "overload_manager.actions[%zu].triggers[%zu].%s: value must be inside range [0, 1]", i, j, field);
 }
 
-/* Action i's triggers: validated, and the fixed_heap one kept in `t` (t->scaled = -1: none). */
-static int configure_triggers(const Envoy__Config__Overload__V3__OverloadManager *om, size_t i, trigger_t *t, lg_error_t *err)
+/* Action i's triggers: validated, and those on the reactive monitors kept in `x`. */
+static int configure_triggers(const Envoy__Config__Overload__V3__OverloadManager *om, size_t i, action_t *x, lg_error_t *err)
 {
     const Envoy__Config__Overload__V3__OverloadAction *a = om->actions[i];
-    t->scaled = -1;
     if (a->n_triggers == 0)
         return lg_error(err, "overload_manager.actions[%zu].triggers: value must contain at least 1 item(s)", i);
+    x->triggers = lg_calloc(a->n_triggers, sizeof(*x->triggers));
     for (size_t j = 0; j != a->n_triggers; ++j) {
         const Envoy__Config__Overload__V3__Trigger *tr = a->triggers[j];
         if (tr->name == NULL || tr->name[0] == '\0')
             return lg_error(err, "overload_manager.actions[%zu].triggers[%zu].name: value length must be at least 1 characters", i,
                             j);
-        trigger_t x = {0};
+        trigger_t t = {0};
         if (tr->trigger_oneof_case == ENVOY__CONFIG__OVERLOAD__V3__TRIGGER__TRIGGER_ONEOF_THRESHOLD) {
-            x.threshold = tr->threshold->value;
-            if (!(x.threshold >= 0 && x.threshold <= 1))
+            t.threshold = tr->threshold->value;
+            if (!(t.threshold >= 0 && t.threshold <= 1))
                 return range_error(err, i, j, "threshold.value");
         } else if (tr->trigger_oneof_case == ENVOY__CONFIG__OVERLOAD__V3__TRIGGER__TRIGGER_ONEOF_SCALED) {
-            x.scaled = 1;
-            x.threshold = tr->scaled->scaling_threshold;
-            x.saturation = tr->scaled->saturation_threshold;
-            if (!(x.threshold >= 0 && x.threshold <= 1))
+            t.scaled = 1;
+            t.threshold = tr->scaled->scaling_threshold;
+            t.saturation = tr->scaled->saturation_threshold;
+            if (!(t.threshold >= 0 && t.threshold <= 1))
                 return range_error(err, i, j, "scaled.scaling_threshold");
-            if (!(x.saturation >= 0 && x.saturation <= 1))
+            if (!(t.saturation >= 0 && t.saturation <= 1))
                 return range_error(err, i, j, "scaled.saturation_threshold");
-            if (x.threshold >= x.saturation)
+            if (t.threshold >= t.saturation)
                 return lg_error(
                     err,
                     "overload_manager.actions[%zu].triggers[%zu].scaled: scaling_threshold must be less than saturation_threshold",
@@ -230,8 +269,8 @@ static int configure_triggers(const Envoy__Config__Overload__V3__OverloadManager
                 return lg_error(err,
                                 "overload_manager.actions[%zu].triggers[%zu]: Duplicate trigger resource for overload action %s", i,
                                 j, a->name);
-        if (strcmp(tr->name, FIXED_HEAP) == 0)
-            *t = x;
+        if (reactive_index(tr->name, &t.monitor))
+            x->triggers[x->n_triggers++] = t;
         else
             LG_WARN(main, "overload_manager.actions[%zu].triggers[%zu]: %s is not supported: the trigger never fires", i, j,
                     tr->name);
@@ -257,17 +296,16 @@ static int configure_actions(const Envoy__Config__Overload__V3__OverloadManager 
         for (size_t k = 0; k != i; ++k)
             if (strcmp(om->actions[k]->name, a->name) == 0)
                 return lg_error(err, "overload_manager.actions[%zu]: Duplicate overload action %s", i, a->name);
-        trigger_t t;
-        if (configure_triggers(om, i, &t, err) != 0)
+        action_t *x = &ov.actions[ov.n_actions++];
+        if (configure_triggers(om, i, x, err) != 0)
             return -1;
-        int slot = action_slot(a->name);
-        if (slot == -2) {
+        if ((x->slot = action_slot(a->name)) == -2) {
             LG_WARN(main, "overload_manager.actions[%zu]: %s is not supported: ignored", i, a->name);
+            free(x->triggers);
+            *x = (action_t){0};
+            --ov.n_actions;
             continue;
         }
-        action_t *x = &ov.actions[ov.n_actions++];
-        x->slot = slot;
-        x->trigger = t;
         char prefix[256];
         snprintf(prefix, sizeof(prefix), "overload.%s.", a->name);
         x->stats = lg_stats_block_new(prefix, action_defs, LG_ARRAY_SIZE(action_defs));
@@ -277,11 +315,8 @@ static int configure_actions(const Envoy__Config__Overload__V3__OverloadManager 
 
 int lg_overload_configure(const Envoy__Config__Overload__V3__OverloadManager *om, lg_error_t *err)
 {
-    uint64_t max_cx = UINT64_MAX, max_heap = 0;
-    if (om != NULL && configure_monitors(om, &max_cx, &max_heap, err) != 0)
-        return -1;
-    ov.max_heap = max_heap;
-    if (om != NULL && configure_actions(om, err) != 0) {
+    uint64_t max_cx = UINT64_MAX;
+    if (om != NULL && (configure_monitors(om, &max_cx, err) != 0 || configure_actions(om, err) != 0)) {
         lg_overload_shutdown();
         return -1;
     }
@@ -290,12 +325,6 @@ int lg_overload_configure(const Envoy__Config__Overload__V3__OverloadManager *om
     ov.refresh_ms = om != NULL ? lg_duration_ms(om->refresh_interval, 1000) : 1000;
     if (ov.refresh_ms == 0)
         ov.refresh_ms = 1;
-    if (max_heap != 0) {
-        char prefix[128];
-        snprintf(prefix, sizeof(prefix), "overload.%s.", FIXED_HEAP);
-        ov.heap_stats = lg_stats_block_new(prefix, monitor_defs, LG_ARRAY_SIZE(monitor_defs));
-        LG_INFO(main, "heap limit %" PRIu64 " bytes (%s), refreshed every %" PRIu64 " ms", max_heap, FIXED_HEAP, ov.refresh_ms);
-    }
     ov.max_connections = max_cx;
     if (max_cx == UINT64_MAX)
         return 0;
@@ -313,14 +342,21 @@ int lg_overload_configure(const Envoy__Config__Overload__V3__OverloadManager *om
 
 void lg_overload_shutdown(void)
 {
-    for (size_t i = 0; i != ov.n_actions; ++i)
-        lg_stats_block_release(ov.actions[i].stats);
+    for (size_t i = 0; i != ov.n_actions; ++i) {
+        if (ov.actions[i].stats != NULL)
+            lg_stats_block_release(ov.actions[i].stats);
+        free(ov.actions[i].triggers);
+    }
+    for (size_t i = 0; i != ov.n_monitors; ++i) {
+        lg_stats_block_release(ov.monitors[i].stats);
+        free(ov.monitors[i].name);
+        free(ov.monitors[i].filename);
+    }
     free(ov.actions);
-    if (ov.heap_stats != NULL)
-        lg_stats_block_release(ov.heap_stats);
+    free(ov.monitors);
     ov.actions = NULL;
-    ov.n_actions = 0;
-    ov.heap_stats = NULL;
+    ov.monitors = NULL;
+    ov.n_actions = ov.n_monitors = 0;
 }
 
 uint64_t lg_overload_max_connections(void)
@@ -339,10 +375,36 @@ static uint64_t heap_in_use(void)
     return mi.uordblks + mi.hblkhd;
 }
 
+/* The injected pressure: the file's number; -1 when it has none. */
+static double read_injected(const char *path)
+{
+    char buf[64];
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *end;
+    double v = strtod(buf, &end);
+    while (*end == ' ' || *end == '\n' || *end == '\r' || *end == '\t')
+        ++end;
+    return end == buf || *end != '\0' || !(v >= 0) ? -1 : v;
+}
+
+static void update_monitor(monitor_t *m)
+{
+    double p = m->max_heap != 0 ? (double)heap_in_use() / (double)m->max_heap : read_injected(m->filename);
+    if (p < 0) {
+        lg_stats_control_add(m->stats, MONITOR_failed_updates, 1);
+        return;
+    }
+    m->pressure = p;
+    lg_stats_gauge_set(m->stats, MONITOR_pressure, (uint64_t)(p * 100));
+}
+
 static double trigger_value(const trigger_t *t, double pressure)
 {
-    if (t->scaled < 0)
-        return 0;
     if (!t->scaled)
         return pressure >= t->threshold ? 1 : 0;
     if (pressure >= t->saturation)
@@ -352,15 +414,20 @@ static double trigger_value(const trigger_t *t, double pressure)
 
 int lg_overload_refresh(uint64_t now_ms, double values[LG_OVERLOAD__WORKER_ACTIONS])
 {
-    if (ov.max_heap == 0 || now_ms < ov.next_refresh_ms)
+    if (ov.n_monitors == 0 || now_ms < ov.next_refresh_ms)
         return 0;
     ov.next_refresh_ms = now_ms + ov.refresh_ms;
-    double pressure = (double)heap_in_use() / (double)ov.max_heap;
-    lg_stats_gauge_set(ov.heap_stats, MONITOR_pressure, (uint64_t)(pressure * 100));
+    for (size_t i = 0; i != ov.n_monitors; ++i)
+        update_monitor(&ov.monitors[i]);
     double now[LG_OVERLOAD__WORKER_ACTIONS] = {0};
     for (size_t i = 0; i != ov.n_actions; ++i) {
         action_t *a = &ov.actions[i];
-        a->value = trigger_value(&a->trigger, pressure);
+        a->value = 0;
+        for (size_t j = 0; j != a->n_triggers; ++j) {
+            double v = trigger_value(&a->triggers[j], ov.monitors[a->triggers[j].monitor].pressure);
+            if (v > a->value)
+                a->value = v;
+        }
         lg_stats_gauge_set(a->stats, ACTION_active, a->value >= 1);
         lg_stats_gauge_set(a->stats, ACTION_scale_percent, (uint64_t)(a->value * 100));
         if (a->slot >= 0)

@@ -1,9 +1,10 @@
-"""The overload manager's fixed_heap monitor and the actions it triggers, as Envoy's
+"""The overload manager's fixed_heap and injected_resource monitors and the actions they trigger, as Envoy's
 (docs: configuration/operations/overload_manager): stop_accepting_requests answers new
 requests 503 "envoy overloaded", disable_http_keepalive closes connections after their
 response, reject_incoming_connections closes new connections on accept, shrink_heap is
 accepted; overload.<monitor>.pressure and overload.<action>.active / scale_percent report
-them. The heap limits here are 1 byte (always over) or 1 TiB (never)."""
+them. The heap limits here are 1 byte (always over) or 1 TiB (never); injected_resource (a
+pressure read from a file, Envoy's test monitor) drives the changes both ways."""
 import socket
 
 import pytest
@@ -18,6 +19,8 @@ from test_listener_stats import assert_refused
 
 HEAP = "envoy.resource_monitors.fixed_heap"
 HEAP_CONFIG = "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig"
+INJECTED = "envoy.resource_monitors.injected_resource"
+INJECTED_CONFIG = "type.googleapis.com/envoy.extensions.resource_monitors.injected_resource.v3.InjectedResourceConfig"
 STOP_REQUESTS = "envoy.overload_actions.stop_accepting_requests"
 KEEPALIVE = "envoy.overload_actions.disable_http_keepalive"
 REJECT = "envoy.overload_actions.reject_incoming_connections"
@@ -133,6 +136,68 @@ def test_stop_accepting_connections(legate, ports, upstream):
     assert up.requests == []
 
 
+def injected(legate, ports, upstream, tmp_path, actions, pressure="0"):
+    f = tmp_path / "pressure"
+    f.write_text(pressure)
+    up = upstream()
+    boot = cfg.simple_proxy(ports(), ports(), [up.port])
+    boot["overload_manager"] = {"refresh_interval": "0.05s", "resource_monitors": [
+        {"name": INJECTED, "typed_config": {"@type": INJECTED_CONFIG, "filename": str(f)}}],
+        "actions": [{"name": name, "triggers": [dict(trigger, name=INJECTED)]} for name, trigger in actions]}
+    return legate(boot), up, f
+
+
+def test_injected_pressure_turns_requests_away_and_back(legate, ports, upstream, tmp_path):
+    lg, up, f = injected(legate, ports, upstream, tmp_path, [(STOP_REQUESTS, {"threshold": {"value": 0.9}})])
+    a = lg.admin
+    wait_for(lambda: f"overload.{INJECTED}.pressure" in a.stats(), what="the first refresh")
+    assert get(lg, "/before").status == 200
+    f.write_text("0.95")
+    wait_for(lambda: get(lg).status == 503, what="503 once the pressure is over the threshold")
+    assert a.stat(f"overload.{INJECTED}.pressure") == 95
+    assert a.stat(f"overload.{STOP_REQUESTS}.active") == 1
+    f.write_text("0.5\n")
+    wait_for(lambda: get(lg, "/after").status == 200, what="200 once the pressure went down")
+    assert a.stat(f"overload.{STOP_REQUESTS}.active") == 0
+    f.write_text("not a number")
+    wait_for(lambda: a.stat(f"overload.{INJECTED}.failed_updates") >= 1, what="a failed update")
+    assert a.stat(f"overload.{INJECTED}.pressure") == 50
+    assert get(lg, "/still").status == 200
+    assert "/before" in [r["path"] for r in up.requests] and "/after" in [r["path"] for r in up.requests]
+
+
+def test_scaled_trigger_sheds_a_share_of_requests(legate, ports, upstream, tmp_path):
+    """Half way between scaling_threshold and saturation_threshold, about half the requests
+    are turned away (each with probability 0.5: all 200 alike is a 2^-199 chance)."""
+    lg, up, f = injected(legate, ports, upstream, tmp_path,
+                         [(STOP_REQUESTS, {"scaled": {"scaling_threshold": 0.5, "saturation_threshold": 1.0}})], "0.75")
+    a = lg.admin
+    wait_for(lambda: a.stat(f"overload.{STOP_REQUESTS}.scale_percent") == 50, what="the scaled value")
+    wait_for(lambda: get(lg).status == 503, what="a shed request")
+    with RawHTTP("127.0.0.1", lg.listener_port(), timeout=10) as c:
+        codes = []
+        for i in range(200):
+            c.request("GET", f"/s{i}")
+            codes.append(c.read_response().status)
+    assert set(codes) == {200, 503}, codes
+    assert a.stat(f"overload.{STOP_REQUESTS}.active") == 0
+
+
+def test_stopped_listener_takes_the_waiting_connection_when_pressure_drops(legate, ports, upstream, tmp_path):
+    lg, up, f = injected(legate, ports, upstream, tmp_path, [(STOP_CONNECTIONS, {"threshold": {"value": 0.8}})], "0.9")
+    a = lg.admin
+    wait_for(lambda: a.stat(f"overload.{STOP_CONNECTIONS}.active") == 1, what="the action")
+    with RawHTTP("127.0.0.1", lg.listener_port(), timeout=10) as c:
+        c.request("GET", "/waited")
+        c.sock.settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            c.sock.recv(1, socket.MSG_PEEK)
+        c.sock.settimeout(10)
+        f.write_text("0.1")
+        assert c.read_response().status == 200
+    assert [r["path"] for r in up.requests] == ["/waited"]
+
+
 @pytest.mark.parametrize("overload_manager,field", [
     (overload(0, []), "overload_manager.resource_monitors[0].typed_config.max_heap_size_bytes"),
     ({"resource_monitors": [{"name": "heap", "typed_config": {"@type": HEAP_CONFIG, "max_heap_size_bytes": 5}}]},
@@ -144,7 +209,13 @@ def test_stop_accepting_connections(legate, ports, upstream):
      "scaling_threshold must be less than saturation_threshold"),
     (overload(UNDER, [(STOP_REQUESTS, threshold(0.9)), (STOP_REQUESTS, threshold(0.8))]),
      "overload_manager.actions[1]: Duplicate overload action " + STOP_REQUESTS),
-], ids=["zero_heap", "misnamed", "unknown_trigger", "threshold_range", "scaled_order", "duplicate_action"])
+    ({"resource_monitors": [{"name": INJECTED, "typed_config": {"@type": INJECTED_CONFIG, "filename": ""}}]},
+     "overload_manager.resource_monitors[0].typed_config.filename"),
+    ({"resource_monitors": [{"name": HEAP, "typed_config": {"@type": HEAP_CONFIG, "max_heap_size_bytes": 5}},
+                            {"name": HEAP, "typed_config": {"@type": HEAP_CONFIG, "max_heap_size_bytes": 6}}]},
+     "overload_manager.resource_monitors[1]: Duplicate resource monitor " + HEAP),
+], ids=["zero_heap", "misnamed", "unknown_trigger", "threshold_range", "scaled_order", "duplicate_action", "empty_filename",
+        "duplicate_monitor"])
 def test_bad_overload_config(tmp_path, overload_manager, field):
     boot = cfg.simple_proxy(free_port(), free_port(), [free_port()])
     boot["overload_manager"] = overload_manager

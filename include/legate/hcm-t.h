@@ -131,6 +131,7 @@ struct st_lg_hcm_config_t {
     unsigned normalize_path : 1;
     unsigned merge_slashes : 1;
     unsigned strip_any_host_port : 1;
+    unsigned append_local_overload : 1; /* x-envoy-local-overloaded: true on the overload manager's 503 */
     unsigned strip_matching_host_port : 1;
     unsigned internal_unix_sockets : 1;
     lg_escaped_slashes_t escaped_slashes;

@@ -103,6 +103,7 @@ typedef struct st_lg_listener_config_t {
     /* listener filters: tls_inspector reads the ClientHello before chain selection */
     unsigned tls_inspector : 1;
     unsigned continue_on_listener_filters_timeout : 1;
+    unsigned bypass_overload_manager : 1;  /* no overload action or global connection limit applies */
     uint64_t listener_filters_timeout_ms;  /* 0 = none; Envoy's default 15 s */
     lg_stats_block_t *tls_inspector_stats; /* "tls_inspector.", when tls_inspector is set */
     uint64_t hash;                         /* of the serialized Listener proto, for "unchanged" checks */

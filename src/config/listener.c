@@ -215,6 +215,7 @@ static int compile_listener_filters(lg_listener_config_t *l, const Envoy__Config
     }
     l->listener_filters_timeout_ms = lg_duration_ms(m->listener_filters_timeout, 15000);
     l->continue_on_listener_filters_timeout = m->continue_on_listener_filters_timeout;
+    l->bypass_overload_manager = m->bypass_overload_manager;
     if (l->tls_inspector)
         l->tls_inspector_stats =
             lg_stats_block_new("tls_inspector.", tls_inspector_stat_defs, LG_ARRAY_SIZE(tls_inspector_stat_defs));

@@ -29,7 +29,9 @@
  *    probability (listener.<addr>.downstream_cx_overload_reject);
  *  - stop_accepting_connections: while saturated, the workers stop accepting
  *    (new connections wait in the listen backlog);
- *  - shrink_heap: while saturated, malloc_trim every 10 s.
+ *  - shrink_heap: while saturated, malloc_trim every 10 s (shrink_count).
+ * A listener with bypass_overload_manager (and its HTTP connection managers)
+ * is exempt from the actions and the global connection limit.
  * The workers get the values as a message when they change and decide with
  * their own random numbers: nothing shared on the request path.
  * Stats, as Envoy's: overload.<monitor>.pressure (percent), .failed_updates,
@@ -62,9 +64,10 @@
     X(GAUGE, pressure)         \
     X(COUNTER, failed_updates) \
     X(COUNTER, skipped_updates)
-#define ACTION_STATS(X) \
-    X(GAUGE, active)    \
-    X(GAUGE, scale_percent)
+#define ACTION_STATS(X)     \
+    X(GAUGE, active)        \
+    X(GAUGE, scale_percent) \
+    X(COUNTER, shrink_count) /* shrink_heap's only */
 #define MONITOR_ENUM(type, name) MONITOR_##name,
 #define ACTION_ENUM(type, name) ACTION_##name,
 enum { MONITOR_STATS(MONITOR_ENUM) };
@@ -73,6 +76,7 @@ enum { ACTION_STATS(ACTION_ENUM) };
 #undef ACTION_ENUM
 static const lg_stat_def_t monitor_defs[] = {MONITOR_STATS(LG_STAT_DEF)};
 static const lg_stat_def_t action_defs[] = {ACTION_STATS(LG_STAT_DEF)};
+#define N_ACTION_DEFS(slot) ((slot) < 0 ? LG_ARRAY_SIZE(action_defs) : (size_t)ACTION_shrink_count)
 
 static const char *const worker_action_names[LG_OVERLOAD__WORKER_ACTIONS] = {
     "envoy.overload_actions.stop_accepting_requests", "envoy.overload_actions.disable_http_keepalive",
@@ -196,6 +200,9 @@ static int configure_monitors(const Envoy__Config__Overload__V3__OverloadManager
             if (j != k && is_config(m->typed_config, known_monitors[j].descriptor))
                 return lg_error(err, "overload_manager.resource_monitors[%zu]: a %s monitor must be named %s, not %s", i,
                                 known_monitors[j].config, known_monitors[j].name, m->name);
+        if (k != LG_ARRAY_SIZE(known_monitors) && m->typed_config == NULL)
+            return lg_error(err, "overload_manager.resource_monitors[%zu].typed_config: %s needs a %s", i, m->name,
+                            known_monitors[k].config);
         if (k == LG_ARRAY_SIZE(known_monitors))
             LG_WARN(main, "overload_manager.resource_monitors[%zu]: %s is not supported: ignored", i, m->name);
         else if (k == 0 ? connections_monitor(m, i, max_cx, err) != 0 : reactive_monitor(m, i, k, err) != 0)
@@ -308,7 +315,7 @@ static int configure_actions(const Envoy__Config__Overload__V3__OverloadManager 
         }
         char prefix[256];
         snprintf(prefix, sizeof(prefix), "overload.%s.", a->name);
-        x->stats = lg_stats_block_new(prefix, action_defs, LG_ARRAY_SIZE(action_defs));
+        x->stats = lg_stats_block_new(prefix, action_defs, N_ACTION_DEFS(x->slot));
     }
     return 0;
 }
@@ -375,7 +382,8 @@ static uint64_t heap_in_use(void)
     return mi.uordblks + mi.hblkhd;
 }
 
-/* The injected pressure: the file's number; -1 when it has none. */
+/* The injected pressure: the file's number; -1 when it has none, or one
+ * outside [0, 1] (Envoy: "pressure out of range"). */
 static double read_injected(const char *path)
 {
     char buf[64];
@@ -389,7 +397,7 @@ static double read_injected(const char *path)
     double v = strtod(buf, &end);
     while (*end == ' ' || *end == '\n' || *end == '\r' || *end == '\t')
         ++end;
-    return end == buf || *end != '\0' || !(v >= 0) ? -1 : v;
+    return end == buf || *end != '\0' || !(v >= 0 && v <= 1) ? -1 : v;
 }
 
 static void update_monitor(monitor_t *m)
@@ -434,6 +442,7 @@ int lg_overload_refresh(uint64_t now_ms, double values[LG_OVERLOAD__WORKER_ACTIO
             now[a->slot] = a->value;
         else if (a->value >= 1 && now_ms >= ov.next_shrink_ms) {
             malloc_trim(0);
+            lg_stats_control_add(a->stats, ACTION_shrink_count, 1);
             ov.next_shrink_ms = now_ms + SHRINK_HEAP_INTERVAL_MS;
         }
     }

@@ -1026,9 +1026,13 @@ static void on_headers(lg_stream_t *ds, void *head, int end_stream)
     s->is_grpc = is_grpc_request(req);
     /* Envoy drops new requests as soon as their headers are decoded, before
      * any filter runs (overload manager: stop_accepting_requests) */
-    if (lg_overload_decide(c->worker->overload[LG_OVERLOAD_STOP_ACCEPTING_REQUESTS])) {
+    if (!c->listener->bypass_overload_manager && lg_overload_decide(c->worker->overload[LG_OVERLOAD_STOP_ACCEPTING_REQUESTS])) {
         STAT_INC(c, downstream_rq_overload_close);
-        lg_hcm_send_local_reply(s, 503, LG_LIT("envoy overloaded"), "overload", 0);
+        lg_headers_t *extra = h2o_mem_alloc_pool(s->pool, sizeof(*extra));
+        memset(extra, 0, sizeof(*extra));
+        if (c->config->append_local_overload)
+            lg_headers_add(s->pool, extra, LG_LIT("x-envoy-local-overloaded"), LG_LIT("true"));
+        lg_hcm_send_local_reply_ex(s, 503, LG_LIT("envoy overloaded"), "overload", 0, extra);
         return;
     }
 
@@ -1301,14 +1305,14 @@ void lg_hcm_encode_headers(lg_hcm_stream_t *s, lg_resp_head_t *head, int end_str
     stream_touch(s);
     if (end_stream)
         s->info.last_downstream_tx_us = lg_now_us();
-    /* Envoy's drainClose() check (src/core/server.c): this response may tell the connection to drain */
-    if (!s->conn->draining && lg_server_drain_close(s->conn))
-        lg_hcm_conn_drain(s->conn);
-    /* overload manager: disable_http_keepalive ends the connection after this response */
-    if (!s->conn->draining && lg_overload_decide(s->conn->worker->overload[LG_OVERLOAD_DISABLE_HTTP_KEEPALIVE])) {
+    /* the overload manager's disable_http_keepalive, then Envoy's drainClose() check (src/core/server.c):
+     * either makes this response end the connection */
+    int overloaded = !s->conn->draining && !s->conn->listener->bypass_overload_manager &&
+                     lg_overload_decide(s->conn->worker->overload[LG_OVERLOAD_DISABLE_HTTP_KEEPALIVE]);
+    if (overloaded)
         STAT_INC(s->conn, downstream_cx_overload_disable_keepalive);
-        conn_start_drain(s->conn);
-    }
+    if (!s->conn->draining && (overloaded || lg_server_drain_close(s->conn)))
+        lg_hcm_conn_drain(s->conn);
     s->downstream->ops->send_headers(s->downstream, head, end_stream);
 }
 

@@ -521,23 +521,27 @@ static void on_inspect_timeout(lg_timer_t *t)
  * counts are the workers' gauges summed (listener.<address>.downstream_cx_active and
  * server.total_connections): other workers' rows are read without a lock
  * (lg_stats_gauge_sum), so a burst on several workers may pass the limit by a few connections. */
+/* Envoy's order: the global limit, the overload manager's reject fraction,
+ * then the listener's own limit; a listener that bypasses the overload
+ * manager skips the first two. */
 static int over_limit(lg_worker_t *w, lg_listener_config_t *l)
 {
     const lg_runtime_t *rt = lg_runtime_current();
-    uint64_t max = lg_runtime_get_integer(rt, l->connection_limit_key, UINT64_MAX);
-    if (max != UINT64_MAX && lg_stats_gauge_sum(l->stats, LG_LISTENER_STAT_downstream_cx_active) >= max) {
-        LG_STAT_INC(l->stats, w->index, LG_LISTENER_STAT_downstream_cx_overflow);
-        return 1;
-    }
-    max = lg_overload_max_connections();
+    uint64_t max = lg_overload_max_connections();
     if (max == UINT64_MAX)
         max = lg_runtime_get_integer(rt, "overload.global_downstream_max_connections", UINT64_MAX);
-    if (max != UINT64_MAX && lg_stats_gauge_sum(lg_stats_server, LG_SERVER_STAT_total_connections) >= max) {
+    if (!l->bypass_overload_manager && max != UINT64_MAX &&
+        lg_stats_gauge_sum(lg_stats_server, LG_SERVER_STAT_total_connections) >= max) {
         LG_STAT_INC(l->stats, w->index, LG_LISTENER_STAT_downstream_global_cx_overflow);
         return 1;
     }
-    if (lg_overload_decide(w->overload[LG_OVERLOAD_REJECT_CONNECTIONS])) {
+    if (!l->bypass_overload_manager && lg_overload_decide(w->overload[LG_OVERLOAD_REJECT_CONNECTIONS])) {
         LG_STAT_INC(l->stats, w->index, LG_LISTENER_STAT_downstream_cx_overload_reject);
+        return 1;
+    }
+    max = lg_runtime_get_integer(rt, l->connection_limit_key, UINT64_MAX);
+    if (max != UINT64_MAX && lg_stats_gauge_sum(l->stats, LG_LISTENER_STAT_downstream_cx_active) >= max) {
+        LG_STAT_INC(l->stats, w->index, LG_LISTENER_STAT_downstream_cx_overflow);
         return 1;
     }
     return 0;

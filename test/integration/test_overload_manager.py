@@ -5,6 +5,8 @@ response, reject_incoming_connections closes new connections on accept, shrink_h
 accepted; overload.<monitor>.pressure and overload.<action>.active / scale_percent report
 them. The heap limits here are 1 byte (always over) or 1 TiB (never); injected_resource (a
 pressure read from a file, Envoy's test monitor) drives the changes both ways."""
+import copy
+import os
 import socket
 
 import pytest
@@ -54,10 +56,17 @@ def get(lg, path="/x"):
 
 def test_stop_accepting_requests_over_the_heap_limit(legate, ports, upstream):
     """Over the limit a new request is answered 503 "envoy overloaded" before any filter or
-    the router runs; the stats say which action is active and why."""
-    lg, up = start(legate, ports, upstream, OVER, [(STOP_REQUESTS, threshold(0.95)), (SHRINK, threshold(0.99))])
+    the router runs (with x-envoy-local-overloaded when the HTTP connection manager asks for
+    it); the stats say which action is active and why."""
+    up = upstream()
+    boot = cfg.simple_proxy(ports(), ports(), [up.port])
+    boot["overload_manager"] = overload(OVER, [(STOP_REQUESTS, threshold(0.95)), (SHRINK, threshold(0.99))])
+    hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["append_local_overload"] = True
+    lg = legate(boot)
     r = wait_for(lambda: (lambda r: r if r.status == 503 else None)(get(lg)), what="503 from the overloaded proxy")
     assert r.body == b"envoy overloaded"
+    assert r.header("x-envoy-local-overloaded") == "true"
     for _ in range(3):
         assert get(lg).status == 503
     assert up.requests == []
@@ -67,6 +76,7 @@ def test_stop_accepting_requests_over_the_heap_limit(legate, ports, upstream):
     assert a.stat(f"overload.{STOP_REQUESTS}.active") == 1
     assert a.stat(f"overload.{STOP_REQUESTS}.scale_percent") == 100
     assert a.stat(f"overload.{SHRINK}.active") == 1
+    assert a.stat(f"overload.{SHRINK}.shrink_count") >= 1
     assert a.stat(f"overload.{HEAP}.pressure") > 100
 
 
@@ -76,7 +86,7 @@ def test_stop_accepting_requests_over_the_heap_limit(legate, ports, upstream):
 def test_under_the_heap_limit_requests_pass(legate, ports, upstream, trigger):
     lg, up = start(legate, ports, upstream, UNDER, [(STOP_REQUESTS, trigger)])
     a = lg.admin
-    wait_for(lambda: f"overload.{STOP_REQUESTS}.scale_percent" in a.stats(), what="the first refresh")
+    wait_for(lambda: f"overload.{STOP_REQUESTS}.scale_percent" in a.stats("usedonly"), what="the first refresh")
     for i in range(5):
         assert get(lg, f"/ok{i}").status == 200
     assert len(up.requests) == 5
@@ -121,24 +131,81 @@ def test_reject_incoming_connections(legate, ports, upstream):
     assert up.requests == []
 
 
+def test_bypass_overload_manager(legate, ports, upstream):
+    """A listener with bypass_overload_manager (Envoy Gateway's readiness listener) keeps
+    accepting and serving while the other one turns requests and connections away."""
+    up = upstream()
+    boot = cfg.simple_proxy(ports(), ports(), [up.port])
+    boot["overload_manager"] = overload(OVER, [(STOP_REQUESTS, threshold(0.9)), (STOP_CONNECTIONS, threshold(0.9)),
+                                               (KEEPALIVE, threshold(0.9))])
+    listeners = boot["static_resources"]["listeners"]
+    free = copy.deepcopy(listeners[0])
+    free["name"] = "bypass"
+    free["address"]["socket_address"]["port_value"] = ports()
+    free["bypass_overload_manager"] = True
+    listeners.append(free)
+    lg = legate(boot)
+    a = lg.admin
+    wait_for(lambda: a.stat(f"overload.{STOP_CONNECTIONS}.active") == 1, what="the action")
+    port = free["address"]["socket_address"]["port_value"]
+    with RawHTTP("127.0.0.1", port, timeout=10) as c:
+        for i in range(3):
+            c.request("GET", f"/free{i}")
+            r = c.read_response()
+            assert r.status == 200 and r.header("connection") != "close"
+    assert [r["path"] for r in up.requests][-3:] == ["/free0", "/free1", "/free2"]
+    assert a.stat("http.ingress_http.downstream_rq_overload_close") == 0
+
+
+def unanswered(lg, wait=0.5):
+    """A connection with a request sent that gets no answer within `wait` (returned, open), or None."""
+    c = RawHTTP("127.0.0.1", lg.listener_port(), timeout=10)
+    c.request("GET", "/probe")
+    c.sock.settimeout(wait)
+    try:
+        c.sock.recv(1, socket.MSG_PEEK)
+    except socket.timeout:
+        c.sock.settimeout(10)
+        return c
+    c.close()
+    return None
+
+
 def test_stop_accepting_connections(legate, ports, upstream):
     """The listener stops accepting: a new connection waits in the backlog unanswered and is
     never counted, while the admin listener still serves."""
     lg, up = start(legate, ports, upstream, OVER, [(STOP_CONNECTIONS, threshold(0.9))])
     a = lg.admin
     wait_for(lambda: a.stat(f"overload.{STOP_CONNECTIONS}.active") == 1, what="the action")
+    first = wait_for(lambda: unanswered(lg), what="a connection left unanswered")
     before = a.stat(f"listener.127.0.0.1_{lg.listener_port()}.downstream_cx_total")
-    with socket.create_connection(("127.0.0.1", lg.listener_port()), timeout=1) as s:
-        s.sendall(b"GET /waits HTTP/1.1\r\nHost: x\r\n\r\n")
-        with pytest.raises(socket.timeout):
-            s.recv(4096)
+    second = unanswered(lg)
+    assert second is not None, "the second connection was answered"
     assert a.stat(f"listener.127.0.0.1_{lg.listener_port()}.downstream_cx_total") == before
-    assert up.requests == []
+    assert a.get("/ready").status == 200
+    first.close()
+    second.close()
+    assert all(r["path"] == "/probe" for r in up.requests) and len(up.requests) == before
+
+
+class PressureFile:
+    """The injected_resource file, replaced whole (a rename) so that a refresh never reads it half written."""
+
+    def __init__(self, path, value):
+        self.path = path
+        self.write_text(value)
+
+    def write_text(self, value):
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(value)
+        os.replace(tmp, self.path)
+
+    def __str__(self):
+        return str(self.path)
 
 
 def injected(legate, ports, upstream, tmp_path, actions, pressure="0"):
-    f = tmp_path / "pressure"
-    f.write_text(pressure)
+    f = PressureFile(tmp_path / "pressure", pressure)
     up = upstream()
     boot = cfg.simple_proxy(ports(), ports(), [up.port])
     boot["overload_manager"] = {"refresh_interval": "0.05s", "resource_monitors": [
@@ -150,7 +217,7 @@ def injected(legate, ports, upstream, tmp_path, actions, pressure="0"):
 def test_injected_pressure_turns_requests_away_and_back(legate, ports, upstream, tmp_path):
     lg, up, f = injected(legate, ports, upstream, tmp_path, [(STOP_REQUESTS, {"threshold": {"value": 0.9}})])
     a = lg.admin
-    wait_for(lambda: f"overload.{INJECTED}.pressure" in a.stats(), what="the first refresh")
+    wait_for(lambda: f"overload.{INJECTED}.pressure" in a.stats("usedonly"), what="the first refresh")
     assert get(lg, "/before").status == 200
     f.write_text("0.95")
     wait_for(lambda: get(lg).status == 503, what="503 once the pressure is over the threshold")
@@ -159,8 +226,11 @@ def test_injected_pressure_turns_requests_away_and_back(legate, ports, upstream,
     f.write_text("0.5\n")
     wait_for(lambda: get(lg, "/after").status == 200, what="200 once the pressure went down")
     assert a.stat(f"overload.{STOP_REQUESTS}.active") == 0
+    assert a.stat(f"overload.{INJECTED}.failed_updates") == 0
     f.write_text("not a number")
     wait_for(lambda: a.stat(f"overload.{INJECTED}.failed_updates") >= 1, what="a failed update")
+    f.write_text("2")  # outside [0, 1]: Envoy's "pressure out of range"
+    wait_for(lambda: a.stat(f"overload.{INJECTED}.failed_updates") >= 2, what="a second failed update")
     assert a.stat(f"overload.{INJECTED}.pressure") == 50
     assert get(lg, "/still").status == 200
     assert "/before" in [r["path"] for r in up.requests] and "/after" in [r["path"] for r in up.requests]
@@ -187,15 +257,13 @@ def test_stopped_listener_takes_the_waiting_connection_when_pressure_drops(legat
     lg, up, f = injected(legate, ports, upstream, tmp_path, [(STOP_CONNECTIONS, {"threshold": {"value": 0.8}})], "0.9")
     a = lg.admin
     wait_for(lambda: a.stat(f"overload.{STOP_CONNECTIONS}.active") == 1, what="the action")
-    with RawHTTP("127.0.0.1", lg.listener_port(), timeout=10) as c:
-        c.request("GET", "/waited")
-        c.sock.settimeout(0.5)
-        with pytest.raises(socket.timeout):
-            c.sock.recv(1, socket.MSG_PEEK)
-        c.sock.settimeout(10)
+    c = wait_for(lambda: unanswered(lg), what="a connection left unanswered")
+    try:
         f.write_text("0.1")
         assert c.read_response().status == 200
-    assert [r["path"] for r in up.requests] == ["/waited"]
+    finally:
+        c.close()
+    assert up.requests[-1]["path"] == "/probe"
 
 
 @pytest.mark.parametrize("overload_manager,field", [
@@ -214,8 +282,9 @@ def test_stopped_listener_takes_the_waiting_connection_when_pressure_drops(legat
     ({"resource_monitors": [{"name": HEAP, "typed_config": {"@type": HEAP_CONFIG, "max_heap_size_bytes": 5}},
                             {"name": HEAP, "typed_config": {"@type": HEAP_CONFIG, "max_heap_size_bytes": 6}}]},
      "overload_manager.resource_monitors[1]: Duplicate resource monitor " + HEAP),
+    ({"resource_monitors": [{"name": HEAP}]}, "overload_manager.resource_monitors[0].typed_config"),
 ], ids=["zero_heap", "misnamed", "unknown_trigger", "threshold_range", "scaled_order", "duplicate_action", "empty_filename",
-        "duplicate_monitor"])
+        "duplicate_monitor", "no_typed_config"])
 def test_bad_overload_config(tmp_path, overload_manager, field):
     boot = cfg.simple_proxy(free_port(), free_port(), [free_port()])
     boot["overload_manager"] = overload_manager

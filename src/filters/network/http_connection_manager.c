@@ -99,7 +99,8 @@ static int compile_protocol_options(lg_hcm_config_t *c, const hcm_proto_t *m, lg
         c->h1.max_headers_count = LG_WRAPPED(common->max_headers_count, 100);
         c->max_stream_duration_ms = lg_duration_ms(common->max_stream_duration, 0);
         c->max_connection_duration_ms = lg_duration_ms(common->max_connection_duration, 0);
-        c->max_requests_per_connection = common->max_requests_per_connection != NULL ? common->max_requests_per_connection->value : 0;
+        c->max_requests_per_connection =
+            common->max_requests_per_connection != NULL ? common->max_requests_per_connection->value : 0;
         c->h1.headers_with_underscores_action = (lg_h1_underscores_action_t)common->headers_with_underscores_action;
     }
     if (h1 != NULL) {
@@ -228,6 +229,7 @@ lg_hcm_config_t *lg_hcm_config_compile(const hcm_proto_t *m, const lg_hcm_compil
     c->xff_num_trusted_hops = m->xff_num_trusted_hops;
     c->generate_request_id = LG_WRAPPED(m->generate_request_id, 1);
     c->preserve_external_request_id = m->preserve_external_request_id;
+    c->append_local_overload = m->append_local_overload;
     c->always_set_request_id_in_response = m->always_set_request_id_in_response;
     c->normalize_path = LG_WRAPPED(m->normalize_path, 0);
     c->merge_slashes = m->merge_slashes;

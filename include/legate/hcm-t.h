@@ -41,6 +41,8 @@ typedef enum en_lg_escaped_slashes_t {
     X(GAUGE, downstream_cx_http1_active)                      \
     X(COUNTER, downstream_cx_http2_total)                     \
     X(GAUGE, downstream_cx_http2_active)                      \
+    X(COUNTER, downstream_cx_http3_total) /* no HTTP/3: 0 */  \
+    X(GAUGE, downstream_cx_http3_active)                      \
     X(COUNTER, downstream_cx_ssl_total)                       \
     X(GAUGE, downstream_cx_ssl_active)                        \
     X(COUNTER, downstream_cx_destroy)                         \
@@ -64,6 +66,7 @@ typedef enum en_lg_escaped_slashes_t {
     X(GAUGE, downstream_rq_active)                            \
     X(COUNTER, downstream_rq_http1_total)                     \
     X(COUNTER, downstream_rq_http2_total)                     \
+    X(COUNTER, downstream_rq_http3_total)                     \
     X(COUNTER, downstream_rq_completed)                       \
     X(HISTOGRAM, downstream_rq_time)                          \
     X(COUNTER, downstream_rq_1xx)                             \
@@ -83,6 +86,7 @@ typedef enum en_lg_escaped_slashes_t {
     X(COUNTER, downstream_rq_redirected_with_normalized_path) \
     X(COUNTER, downstream_rq_ws_on_non_ws_route)              \
     X(COUNTER, downstream_rq_overload_close)                  \
+    X(COUNTER, downstream_rq_too_many_premature_resets)       \
     X(COUNTER, downstream_cx_overload_disable_keepalive)      \
     X(COUNTER, rs_too_large)                                  \
     X(COUNTER, no_route)                                      \
@@ -208,8 +212,10 @@ typedef struct st_lg_hcm_conn_t {
 
 /* The start of an HTTP/2 connection's tail. */
 typedef struct st_lg_hcm_h2_part_t {
-    lg_timer_t idle_timer;
+    lg_timer_t idle_timer; /* also closes the connection at once when premature_close */
     lg_server_conn_t *codec;
+    uint32_t closed_streams, premature_resets; /* Envoy's premature reset protection */
+    unsigned premature_close : 1;
 } lg_hcm_h2_part_t;
 
 /* In the tail of a connection whose HCM limits connections. */

@@ -21,6 +21,7 @@
 #include "legate/http.h"
 #include "legate/listener_runtime.h"
 #include "legate/route.h"
+#include "legate/runtime.h"
 #include "legate/server.h"
 #include "legate/overload.h"
 #include "legate/stats.h"
@@ -133,7 +134,14 @@ static void idle_timeout(lg_hcm_conn_t *c)
 
 static void h2_idle_timeout(lg_timer_t *t)
 {
-    idle_timeout((lg_hcm_conn_t *)((char *)t - offsetof(lg_hcm_conn_t, tail)));
+    lg_hcm_conn_t *c = (lg_hcm_conn_t *)((char *)t - offsetof(lg_hcm_conn_t, tail));
+    if (!h2_part(c)->premature_close) {
+        idle_timeout(c);
+        return;
+    }
+    STAT_INC(c, downstream_rq_too_many_premature_resets);
+    LG_DEBUG(http, "closing the connection: too_many_premature_resets");
+    lg_hcm_conn_close(c);
 }
 
 static void h1_idle_timeout(lg_server_conn_t *codec)
@@ -144,15 +152,42 @@ static void h1_idle_timeout(lg_server_conn_t *codec)
 /* HTTP/2; HTTP/1.1 codecs run the idle timeout themselves (lg_h1_server_settings_t). */
 static void conn_arm_idle(lg_hcm_conn_t *c)
 {
-    if (c->with_codec || c->n_streams != 0 || c->config->idle_timeout_ms == 0 || c->closed)
+    if (c->with_codec || c->n_streams != 0 || c->config->idle_timeout_ms == 0 || c->closed || h2_part(c)->premature_close)
         return;
     lg_timer_start(&c->worker->loop, conn_idle_timer(c), c->config->idle_timeout_ms, h2_idle_timeout);
 }
 
 static void conn_stop_idle(lg_hcm_conn_t *c)
 {
-    if (!c->with_codec)
+    if (!c->with_codec && !h2_part(c)->premature_close)
         lg_timer_stop(conn_idle_timer(c));
+}
+
+/* Envoy's protection against HTTP/2 rapid resets (CVE-2023-44487,
+ * maybeDrainDueToPrematureResets): a stream the client resets within
+ * overload.premature_reset_min_stream_lifetime_seconds (1) is premature; once
+ * they are half of overload.premature_reset_total_stream_count (500), or half
+ * of the closed streams past that many, the connection is closed at once
+ * (downstream_rq_too_many_premature_resets). Closing waits for the end of the
+ * codec's callback: the idle timer fires with 0 ms. HTTP/1.1 closes on a reset
+ * anyway. */
+static void count_stream_close(lg_hcm_conn_t *c, const lg_hcm_stream_t *s, int remote_reset)
+{
+    if (c->with_codec || c->closed)
+        return;
+    lg_hcm_h2_part_t *p = h2_part(c);
+    ++p->closed_streams;
+    const lg_runtime_t *rt = lg_runtime_current();
+    if (remote_reset && lg_now_us() - s->info.start_us <
+                            lg_runtime_get_integer(rt, "overload.premature_reset_min_stream_lifetime_seconds", 1) * 1000000)
+        ++p->premature_resets;
+    if (p->premature_resets == 0 || p->premature_close)
+        return;
+    uint64_t limit = lg_runtime_get_integer(rt, "overload.premature_reset_total_stream_count", 500);
+    if ((uint64_t)p->premature_resets * 2 < (p->closed_streams < limit ? limit : p->closed_streams))
+        return;
+    p->premature_close = 1;
+    lg_timer_start(&c->worker->loop, &p->idle_timer, 0, h2_idle_timeout);
 }
 
 /* Bytes an address takes in lg_hcm_conn_t.tail. */
@@ -1144,6 +1179,7 @@ static void on_reset(lg_stream_t *ds, lg_reset_reason_t reason, const char *deta
         STAT_INC(s->conn, downstream_rq_tx_reset);
     else
         STAT_INC(s->conn, downstream_rq_rx_reset);
+    count_stream_close(s->conn, s, reason != LG_RESET_LOCAL);
     if (!s->response_ended)
         s->info.response_flags |= LG_RF(DOWNSTREAM_CONNECTION_TERMINATION);
     s->downstream = NULL;
@@ -1155,6 +1191,7 @@ static void on_complete(lg_stream_t *ds)
     lg_hcm_stream_t *s = ds->ctx;
     s->downstream = NULL;
     count_completed(s->conn);
+    count_stream_close(s->conn, s, 0);
     lg_stats_histogram_record(s->conn->config->stats, s->conn->worker->index, LG_HCM_STAT_downstream_rq_time,
                               (lg_now_us() - s->info.start_us) / 1000); /* Envoy: when the codec finished the response */
     stream_destroy(s);

@@ -20,6 +20,7 @@ import h2.settings
 import pytest
 
 from lib import config as cfg
+from lib.h2client import H2Client
 from lib.legate import sanitized
 from lib.rawhttp import recv_head
 from lib.upstream import pattern_chunks, pattern_sha256
@@ -348,3 +349,50 @@ def test_h2c_upload_is_read_in_bounded_pieces(legate, ports, upstream, tmp_path)
 def peak_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+def premature_proxy(legate, ports, upstream, count):
+    up = upstream()
+    boot = cfg.simple_proxy(ports(), ports(), [up.port])
+    boot["layered_runtime"] = {"layers": [{"name": "static", "static_layer": {
+        "overload.premature_reset_total_stream_count": count}}]}
+    return legate(boot), up
+
+
+def reset_streams(c, n):
+    """Opens n requests (bodies still to come) and resets each at once (RST_STREAM CANCEL)."""
+    for _ in range(n):
+        sid = c.conn.get_next_available_stream_id()
+        c.conn.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":authority", "x"), (":path", "/rst")])
+        c.conn.reset_stream(sid)
+    c._flush()
+
+
+def test_rapid_resets_close_the_connection(legate, ports, upstream):
+    """Envoy's premature reset protection (HTTP/2 rapid reset, CVE-2023-44487): streams the
+    client resets within a second are premature; once they are half of
+    overload.premature_reset_total_stream_count the connection is closed and counted.
+    Another connection is untouched."""
+    lg, up = premature_proxy(legate, ports, upstream, 20)
+    with H2Client("127.0.0.1", lg.listener_port(), timeout=10) as other, \
+            H2Client("127.0.0.1", lg.listener_port(), timeout=10) as c:
+        assert other.get("/before").status == 200
+        reset_streams(c, 10)
+        wait_for(lambda: not c.pump(0.2), what="the connection closed")
+        assert lg.admin.stat("http.ingress_http.downstream_rq_too_many_premature_resets") == 1
+        assert other.get("/after").status == 200
+
+
+def test_resets_among_many_completed_streams_are_tolerated(legate, ports, upstream):
+    """Past the stream count, resets are premature only when they are half of all closed
+    streams: 30 completed requests and 10 resets keep the connection."""
+    lg, up = premature_proxy(legate, ports, upstream, 20)
+    with H2Client("127.0.0.1", lg.listener_port(), timeout=10) as c:
+        for i in range(30):
+            assert c.get(f"/ok{i}").status == 200
+        reset_streams(c, 10)
+        assert c.get("/still").status == 200
+        assert lg.admin.stat("http.ingress_http.downstream_rq_too_many_premature_resets") == 0
+        reset_streams(c, 30)  # now 40 of 71 closed streams were reset within a second
+        wait_for(lambda: not c.pump(0.2), what="the connection closed")
+        assert lg.admin.stat("http.ingress_http.downstream_rq_too_many_premature_resets") == 1

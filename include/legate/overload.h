@@ -1,6 +1,7 @@
 /*
  * The bootstrap's overload_manager: the global downstream connection limit,
- * the fixed_heap monitor and the actions that follow it.
+ * the fixed_heap and injected_resource monitors and the actions they trigger
+ * (src/core/overload.c).
  */
 #ifndef LEGATE_OVERLOAD_H
 #define LEGATE_OVERLOAD_H
@@ -17,8 +18,8 @@ extern "C" {
 #define LG_OVERLOAD_GLOBAL_CX "envoy.resource_monitors.global_downstream_max_connections"
 
 /* Reads overload_manager (NULL: none): the resource monitors
- * global_downstream_max_connections (DownstreamConnectionsConfig) and
- * fixed_heap (FixedHeapConfig), and the actions above plus
+ * global_downstream_max_connections, fixed_heap and injected_resource, and
+ * the actions of lg_overload_action_t (worker-t.h) plus
  * envoy.overload_actions.shrink_heap, with threshold and scaled triggers.
  * Other monitors and actions are logged as not supported and ignored. Creates
  * the overload.* stats. 0, or -1 with err naming the field. */

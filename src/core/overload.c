@@ -132,16 +132,10 @@ static int is_config(const Google__Protobuf__Any *any, const ProtobufCMessageDes
     return any != NULL && any->type_url != NULL && strcmp(lg_type_url_name(any->type_url), d->name) == 0;
 }
 
-static int connections_monitor(const Envoy__Config__Overload__V3__ResourceMonitor *m, size_t i, uint64_t *max, lg_error_t *err)
+static int connections_monitor(const ProtobufCMessage *msg, size_t i, uint64_t *max, lg_error_t *err)
 {
-    if (*max != UINT64_MAX)
-        return lg_error(err, "overload_manager.resource_monitors[%zu]: Duplicate resource monitor %s", i, m->name);
-    ProtobufCMessage *msg = lg_any_unpack(m->typed_config, known_monitors[0].descriptor, err);
-    if (msg == NULL)
-        return lg_error_prefix(err, "overload_manager.resource_monitors[%zu].typed_config", i);
-    int64_t v = ((Envoy__Extensions__ResourceMonitors__DownstreamConnections__V3__DownstreamConnectionsConfig *)msg)
+    int64_t v = ((const Envoy__Extensions__ResourceMonitors__DownstreamConnections__V3__DownstreamConnectionsConfig *)msg)
                     ->max_active_downstream_connections;
-    protobuf_c_message_free_unpacked(msg, NULL);
     if (v <= 0)
         return lg_error(
             err,
@@ -152,37 +146,42 @@ static int connections_monitor(const Envoy__Config__Overload__V3__ResourceMonito
 }
 
 /* fixed_heap (k = 1) or injected_resource (k = 2). */
-static int reactive_monitor(const Envoy__Config__Overload__V3__ResourceMonitor *m, size_t i, size_t k, lg_error_t *err)
+static int reactive_monitor(const char *name, const ProtobufCMessage *msg, size_t i, size_t k, lg_error_t *err)
 {
-    for (size_t j = 0; j != ov.n_monitors; ++j)
-        if (strcmp(ov.monitors[j].name, m->name) == 0)
-            return lg_error(err, "overload_manager.resource_monitors[%zu]: Duplicate resource monitor %s", i, m->name);
-    ProtobufCMessage *msg = lg_any_unpack(m->typed_config, known_monitors[k].descriptor, err);
-    if (msg == NULL)
-        return lg_error_prefix(err, "overload_manager.resource_monitors[%zu].typed_config", i);
     monitor_t x = {0};
-    if (k == 1)
-        x.max_heap = ((Envoy__Extensions__ResourceMonitors__FixedHeap__V3__FixedHeapConfig *)msg)->max_heap_size_bytes;
-    else
-        x.filename =
-            lg_strdup(((Envoy__Extensions__ResourceMonitors__InjectedResource__V3__InjectedResourceConfig *)msg)->filename);
-    protobuf_c_message_free_unpacked(msg, NULL);
-    if (k == 1 && x.max_heap == 0)
+    if (k == 1 &&
+        (x.max_heap = ((const Envoy__Extensions__ResourceMonitors__FixedHeap__V3__FixedHeapConfig *)msg)->max_heap_size_bytes) == 0)
         return lg_error(
             err, "overload_manager.resource_monitors[%zu].typed_config.max_heap_size_bytes: value must be greater than 0", i);
-    if (k == 2 && x.filename[0] == '\0') {
-        free(x.filename);
+    const char *file =
+        k == 2 ? ((const Envoy__Extensions__ResourceMonitors__InjectedResource__V3__InjectedResourceConfig *)msg)->filename : NULL;
+    if (file != NULL && file[0] == '\0')
         return lg_error(
             err, "overload_manager.resource_monitors[%zu].typed_config.filename: value length must be at least 1 characters", i);
-    }
-    x.name = lg_strdup(m->name);
+    x.filename = file != NULL ? lg_strdup(file) : NULL;
+    x.name = lg_strdup(name);
     char prefix[256];
-    snprintf(prefix, sizeof(prefix), "overload.%s.", m->name);
+    snprintf(prefix, sizeof(prefix), "overload.%s.", name);
     x.stats = lg_stats_block_new(prefix, monitor_defs, LG_ARRAY_SIZE(monitor_defs));
     ov.monitors[ov.n_monitors++] = x;
     if (k == 1)
         LG_INFO(main, "heap limit %" PRIu64 " bytes (%s)", x.max_heap, FIXED_HEAP);
     return 0;
+}
+
+/* Known monitor k of resource_monitors[i] (its name is not a duplicate). */
+static int known_monitor(const Envoy__Config__Overload__V3__ResourceMonitor *m, size_t i, size_t k, uint64_t *max_cx,
+                         lg_error_t *err)
+{
+    if (m->typed_config == NULL)
+        return lg_error(err, "overload_manager.resource_monitors[%zu].typed_config: %s needs a %s", i, m->name,
+                        known_monitors[k].config);
+    ProtobufCMessage *msg = lg_any_unpack(m->typed_config, known_monitors[k].descriptor, err);
+    if (msg == NULL)
+        return lg_error_prefix(err, "overload_manager.resource_monitors[%zu].typed_config", i);
+    int r = k == 0 ? connections_monitor(msg, i, max_cx, err) : reactive_monitor(m->name, msg, i, k, err);
+    protobuf_c_message_free_unpacked(msg, NULL);
+    return r;
 }
 
 /* The monitors: the connection limit, the reactive ones, warnings for the others. */
@@ -193,6 +192,9 @@ static int configure_monitors(const Envoy__Config__Overload__V3__OverloadManager
         const Envoy__Config__Overload__V3__ResourceMonitor *m = om->resource_monitors[i];
         if (m->name == NULL || m->name[0] == '\0')
             return lg_error(err, "overload_manager.resource_monitors[%zu].name: value length must be at least 1 characters", i);
+        for (size_t j = 0; j != i; ++j)
+            if (strcmp(om->resource_monitors[j]->name, m->name) == 0)
+                return lg_error(err, "overload_manager.resource_monitors[%zu]: Duplicate resource monitor %s", i, m->name);
         size_t k = 0;
         while (k != LG_ARRAY_SIZE(known_monitors) && strcmp(m->name, known_monitors[k].name) != 0)
             ++k;
@@ -200,12 +202,9 @@ static int configure_monitors(const Envoy__Config__Overload__V3__OverloadManager
             if (j != k && is_config(m->typed_config, known_monitors[j].descriptor))
                 return lg_error(err, "overload_manager.resource_monitors[%zu]: a %s monitor must be named %s, not %s", i,
                                 known_monitors[j].config, known_monitors[j].name, m->name);
-        if (k != LG_ARRAY_SIZE(known_monitors) && m->typed_config == NULL)
-            return lg_error(err, "overload_manager.resource_monitors[%zu].typed_config: %s needs a %s", i, m->name,
-                            known_monitors[k].config);
         if (k == LG_ARRAY_SIZE(known_monitors))
             LG_WARN(main, "overload_manager.resource_monitors[%zu]: %s is not supported: ignored", i, m->name);
-        else if (k == 0 ? connections_monitor(m, i, max_cx, err) != 0 : reactive_monitor(m, i, k, err) != 0)
+        else if (known_monitor(m, i, k, max_cx, err) != 0)
             return -1;
     }
     return 0;

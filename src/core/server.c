@@ -253,10 +253,10 @@ static void worker_listener_close(worker_listener_t *wl)
     free(wl);
 }
 
-/* Whether the overload manager's stop_accepting_connections holds the worker's accept sockets. */
-static int accepting(const lg_worker_t *w)
+/* Whether the overload manager's stop_accepting_connections holds this accept socket. */
+static int listener_paused(const lg_worker_t *w, const lg_listener_config_t *l)
 {
-    return w->overload[LG_OVERLOAD_STOP_CONNECTIONS] < 1;
+    return w->overload[LG_OVERLOAD_STOP_CONNECTIONS] >= 1 && !l->bypass_overload_manager;
 }
 
 /* Stops or resumes reading the accept sockets as the overload manager says
@@ -267,7 +267,7 @@ static void worker_pause_listening(lg_worker_t *w)
     worker_state_t *st = state_of(w);
     for (size_t i = 0; i != st->n_listeners; ++i) {
         h2o_socket_t *sock = st->listeners[i]->sock;
-        if (sock != NULL && !accepting(w) && !st->listeners[i]->config->bypass_overload_manager)
+        if (sock != NULL && listener_paused(w, st->listeners[i]->config))
             h2o_socket_read_stop(sock);
         else if (sock != NULL && !h2o_socket_is_reading(sock))
             h2o_socket_read_start(sock, on_listener_accept);
@@ -294,7 +294,7 @@ static void worker_sync_listeners(lg_worker_t *w, lg_snapshot_t *snap)
             if (fd >= 0 && !st->draining) {
                 next[i]->sock = h2o_evloop_socket_create((h2o_evloop_t *)w->loop.loop, fd, H2O_SOCKET_FLAG_DONT_READ);
                 next[i]->sock->data = next[i];
-                if (accepting(w) || snap->listeners[i]->bypass_overload_manager)
+                if (!listener_paused(w, snap->listeners[i]))
                     h2o_socket_read_start(next[i]->sock, on_listener_accept);
             } else if (fd >= 0) {
                 close(fd);

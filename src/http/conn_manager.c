@@ -20,10 +20,10 @@
 #include "legate/hcm.h"
 #include "legate/http.h"
 #include "legate/listener_runtime.h"
+#include "legate/overload.h"
 #include "legate/route.h"
 #include "legate/runtime.h"
 #include "legate/server.h"
-#include "legate/overload.h"
 #include "legate/stats.h"
 #include "legate/timer.h"
 #include "legate/tls.h"
@@ -177,11 +177,13 @@ static void count_stream_close(lg_hcm_conn_t *c, const lg_hcm_stream_t *s, int r
         return;
     lg_hcm_h2_part_t *p = h2_part(c);
     ++p->closed_streams;
+    if ((!remote_reset && p->premature_resets == 0) || p->premature_close)
+        return; /* the usual case: no reset on this connection, no runtime lookup */
     const lg_runtime_t *rt = lg_runtime_current();
     if (remote_reset && lg_now_us() - s->info.start_us <
                             lg_runtime_get_integer(rt, "overload.premature_reset_min_stream_lifetime_seconds", 1) * 1000000)
         ++p->premature_resets;
-    if (p->premature_resets == 0 || p->premature_close)
+    if (p->premature_resets == 0)
         return;
     uint64_t limit = lg_runtime_get_integer(rt, "overload.premature_reset_total_stream_count", 500);
     if ((uint64_t)p->premature_resets * 2 < (p->closed_streams < limit ? limit : p->closed_streams))
@@ -1063,10 +1065,12 @@ static void on_headers(lg_stream_t *ds, void *head, int end_stream)
      * any filter runs (overload manager: stop_accepting_requests) */
     if (!c->listener->bypass_overload_manager && lg_overload_decide(c->worker->overload[LG_OVERLOAD_STOP_ACCEPTING_REQUESTS])) {
         STAT_INC(c, downstream_rq_overload_close);
-        lg_headers_t *extra = h2o_mem_alloc_pool(s->pool, sizeof(*extra));
-        memset(extra, 0, sizeof(*extra));
-        if (c->config->append_local_overload)
+        lg_headers_t *extra = NULL;
+        if (c->config->append_local_overload) {
+            extra = h2o_mem_alloc_pool(s->pool, sizeof(*extra));
+            memset(extra, 0, sizeof(*extra));
             lg_headers_add(s->pool, extra, LG_LIT("x-envoy-local-overloaded"), LG_LIT("true"));
+        }
         lg_hcm_send_local_reply_ex(s, 503, LG_LIT("envoy overloaded"), "overload", 0, extra);
         return;
     }

@@ -513,17 +513,15 @@ static void on_inspect_timeout(lg_timer_t *t)
         pending_free(p, 1);
 }
 
-/* Envoy's connection limits: the listener's, from the runtime
- * (envoy.resource_limits.listener.<name>.connection_limit, downstream_cx_overflow), and the
- * server's (downstream_global_cx_overflow) from the overload manager's
- * global_downstream_max_connections monitor, else the runtime key
- * overload.global_downstream_max_connections, as Envoy prefers them. The
+/* Envoy's connection limits, in its order: the server's (downstream_global_cx_overflow)
+ * from the overload manager's global_downstream_max_connections monitor, else the runtime
+ * key overload.global_downstream_max_connections; the overload manager's
+ * reject_incoming_connections fraction (downstream_cx_overload_reject); the listener's own,
+ * from the runtime (envoy.resource_limits.listener.<name>.connection_limit,
+ * downstream_cx_overflow). A listener with bypass_overload_manager skips the first two. The
  * counts are the workers' gauges summed (listener.<address>.downstream_cx_active and
  * server.total_connections): other workers' rows are read without a lock
  * (lg_stats_gauge_sum), so a burst on several workers may pass the limit by a few connections. */
-/* Envoy's order: the global limit, the overload manager's reject fraction,
- * then the listener's own limit; a listener that bypasses the overload
- * manager skips the first two. */
 static int over_limit(lg_worker_t *w, lg_listener_config_t *l)
 {
     const lg_runtime_t *rt = lg_runtime_current();

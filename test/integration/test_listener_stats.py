@@ -14,7 +14,7 @@ from lib.admin import parse_prometheus
 from lib.h2client import H2Client, frame
 from lib.legate import run_legate, time_scale, write_yaml
 from lib.ports import free_port
-from lib.rawhttp import RawHTTP
+from lib.rawhttp import RawHTTP, assert_refused
 from lib.wait import wait_for
 
 N = 4
@@ -229,16 +229,6 @@ def test_listener_http_stats(proxied):
 
 def runtime(values):
     return {"layers": [{"name": "static", "static_layer": values}]}
-
-
-def assert_refused(lg):
-    """A new connection is closed without an answer (over a connection limit)."""
-    with socket.create_connection(("127.0.0.1", lg.listener_port()), timeout=10) as s:
-        try:
-            s.sendall(b"GET /over HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert s.recv(4096) == b"", "closed without an answer"
-        except ConnectionResetError:
-            pass
 
 
 GLOBAL_CX = "envoy.resource_monitors.global_downstream_max_connections"

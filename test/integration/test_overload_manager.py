@@ -15,9 +15,8 @@ from lib import config as cfg
 from lib.h2client import H2Client
 from lib.legate import run_legate, write_yaml
 from lib.ports import free_port
-from lib.rawhttp import RawHTTP
+from lib.rawhttp import RawHTTP, assert_refused
 from lib.wait import wait_for
-from test_listener_stats import assert_refused
 
 HEAP = "envoy.resource_monitors.fixed_heap"
 HEAP_CONFIG = "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig"
@@ -41,10 +40,13 @@ def overload(max_heap, actions):
             "actions": [{"name": name, "triggers": [trigger]} for name, trigger in actions]}
 
 
-def start(legate, ports, upstream, max_heap, actions):
+def start(legate, ports, upstream, overload_manager, edit=None):
+    """Legate proxying to a new upstream with `overload_manager`; edit(boot) changes the rest first."""
     up = upstream()
     boot = cfg.simple_proxy(ports(), ports(), [up.port])
-    boot["overload_manager"] = overload(max_heap, actions)
+    boot["overload_manager"] = overload_manager
+    if edit is not None:
+        edit(boot)
     return legate(boot), up
 
 
@@ -58,12 +60,11 @@ def test_stop_accepting_requests_over_the_heap_limit(legate, ports, upstream):
     """Over the limit a new request is answered 503 "envoy overloaded" before any filter or
     the router runs (with x-envoy-local-overloaded when the HTTP connection manager asks for
     it); the stats say which action is active and why."""
-    up = upstream()
-    boot = cfg.simple_proxy(ports(), ports(), [up.port])
-    boot["overload_manager"] = overload(OVER, [(STOP_REQUESTS, threshold(0.95)), (SHRINK, threshold(0.99))])
-    hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    hcm["append_local_overload"] = True
-    lg = legate(boot)
+    def append_local_overload(boot):
+        boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
+            "append_local_overload"] = True
+    lg, up = start(legate, ports, upstream, overload(OVER, [(STOP_REQUESTS, threshold(0.95)), (SHRINK, threshold(0.99))]),
+                   append_local_overload)
     r = wait_for(lambda: (lambda r: r if r.status == 503 else None)(get(lg)), what="503 from the overloaded proxy")
     assert r.body == b"envoy overloaded"
     assert r.header("x-envoy-local-overloaded") == "true"
@@ -84,7 +85,7 @@ def test_stop_accepting_requests_over_the_heap_limit(legate, ports, upstream):
                                                                                 "saturation_threshold": 0.95}}],
                          ids=["threshold", "scaled"])
 def test_under_the_heap_limit_requests_pass(legate, ports, upstream, trigger):
-    lg, up = start(legate, ports, upstream, UNDER, [(STOP_REQUESTS, trigger)])
+    lg, up = start(legate, ports, upstream, overload(UNDER, [(STOP_REQUESTS, trigger)]))
     a = lg.admin
     wait_for(lambda: f"overload.{STOP_REQUESTS}.scale_percent" in a.stats("usedonly"), what="the first refresh")
     for i in range(5):
@@ -97,15 +98,15 @@ def test_under_the_heap_limit_requests_pass(legate, ports, upstream, trigger):
 
 
 def test_scaled_trigger_saturated(legate, ports, upstream):
-    lg, up = start(legate, ports, upstream, OVER,
-                   [(STOP_REQUESTS, {"name": HEAP, "scaled": {"scaling_threshold": 0.5, "saturation_threshold": 0.8}})])
+    lg, up = start(legate, ports, upstream, overload(OVER, [
+        (STOP_REQUESTS, {"name": HEAP, "scaled": {"scaling_threshold": 0.5, "saturation_threshold": 0.8}})]))
     wait_for(lambda: get(lg).status == 503, what="503 from the overloaded proxy")
     assert lg.admin.stat(f"overload.{STOP_REQUESTS}.scale_percent") == 100
 
 
 def test_disable_http_keepalive(legate, ports, upstream):
     """HTTP/1.1: the response says connection: close and the connection ends; HTTP/2: GOAWAY."""
-    lg, up = start(legate, ports, upstream, OVER, [(KEEPALIVE, threshold(0.5))])
+    lg, up = start(legate, ports, upstream, overload(OVER, [(KEEPALIVE, threshold(0.5))]))
     a = lg.admin
     wait_for(lambda: a.stat(f"overload.{KEEPALIVE}.active") == 1, what="the action")
 
@@ -123,7 +124,7 @@ def test_disable_http_keepalive(legate, ports, upstream):
 
 
 def test_reject_incoming_connections(legate, ports, upstream):
-    lg, up = start(legate, ports, upstream, OVER, [(REJECT, threshold(0.5))])
+    lg, up = start(legate, ports, upstream, overload(OVER, [(REJECT, threshold(0.5))]))
     a = lg.admin
     wait_for(lambda: a.stat(f"overload.{REJECT}.active") == 1, what="the action")
     wait_for(lambda: assert_refused(lg) is None and a.stat(
@@ -134,20 +135,19 @@ def test_reject_incoming_connections(legate, ports, upstream):
 def test_bypass_overload_manager(legate, ports, upstream):
     """A listener with bypass_overload_manager (Envoy Gateway's readiness listener) keeps
     accepting and serving while the other one turns requests and connections away."""
-    up = upstream()
-    boot = cfg.simple_proxy(ports(), ports(), [up.port])
-    boot["overload_manager"] = overload(OVER, [(STOP_REQUESTS, threshold(0.9)), (STOP_CONNECTIONS, threshold(0.9)),
-                                               (KEEPALIVE, threshold(0.9))])
-    listeners = boot["static_resources"]["listeners"]
-    free = copy.deepcopy(listeners[0])
-    free["name"] = "bypass"
-    free["address"]["socket_address"]["port_value"] = ports()
-    free["bypass_overload_manager"] = True
-    listeners.append(free)
-    lg = legate(boot)
+    port = ports()
+
+    def add_bypass_listener(boot):
+        listeners = boot["static_resources"]["listeners"]
+        free = copy.deepcopy(listeners[0])
+        free["name"] = "bypass"
+        free["address"]["socket_address"]["port_value"] = port
+        free["bypass_overload_manager"] = True
+        listeners.append(free)
+    lg, up = start(legate, ports, upstream, overload(OVER, [(STOP_REQUESTS, threshold(0.9)), (STOP_CONNECTIONS, threshold(0.9)),
+                                                             (KEEPALIVE, threshold(0.9))]), add_bypass_listener)
     a = lg.admin
     wait_for(lambda: a.stat(f"overload.{STOP_CONNECTIONS}.active") == 1, what="the action")
-    port = free["address"]["socket_address"]["port_value"]
     with RawHTTP("127.0.0.1", port, timeout=10) as c:
         for i in range(3):
             c.request("GET", f"/free{i}")
@@ -174,7 +174,7 @@ def unanswered(lg, wait=0.5):
 def test_stop_accepting_connections(legate, ports, upstream):
     """The listener stops accepting: a new connection waits in the backlog unanswered and is
     never counted, while the admin listener still serves."""
-    lg, up = start(legate, ports, upstream, OVER, [(STOP_CONNECTIONS, threshold(0.9))])
+    lg, up = start(legate, ports, upstream, overload(OVER, [(STOP_CONNECTIONS, threshold(0.9))]))
     a = lg.admin
     wait_for(lambda: a.stat(f"overload.{STOP_CONNECTIONS}.active") == 1, what="the action")
     first = wait_for(lambda: unanswered(lg), what="a connection left unanswered")
@@ -206,12 +206,10 @@ class PressureFile:
 
 def injected(legate, ports, upstream, tmp_path, actions, pressure="0"):
     f = PressureFile(tmp_path / "pressure", pressure)
-    up = upstream()
-    boot = cfg.simple_proxy(ports(), ports(), [up.port])
-    boot["overload_manager"] = {"refresh_interval": "0.05s", "resource_monitors": [
+    lg, up = start(legate, ports, upstream, {"refresh_interval": "0.05s", "resource_monitors": [
         {"name": INJECTED, "typed_config": {"@type": INJECTED_CONFIG, "filename": str(f)}}],
-        "actions": [{"name": name, "triggers": [dict(trigger, name=INJECTED)]} for name, trigger in actions]}
-    return legate(boot), up, f
+        "actions": [{"name": name, "triggers": [dict(trigger, name=INJECTED)]} for name, trigger in actions]})
+    return lg, up, f
 
 
 def test_injected_pressure_turns_requests_away_and_back(legate, ports, upstream, tmp_path):

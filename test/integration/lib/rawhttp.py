@@ -212,3 +212,14 @@ def one_shot(port, data, host="127.0.0.1", timeout=10.0, head=False):
         except ConnectionClosed:
             return None, True
         return r, c.closed_by_peer(timeout)
+
+
+def assert_refused(lg):
+    """A new connection to lg's listener is closed without an answer (over a connection limit,
+    or rejected by the overload manager)."""
+    with socket.create_connection(("127.0.0.1", lg.listener_port()), timeout=10) as s:
+        try:
+            s.sendall(b"GET /over HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(4096) == b"", "closed without an answer"
+        except ConnectionResetError:
+            pass

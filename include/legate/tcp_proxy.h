@@ -74,7 +74,8 @@ const char *lg_tcp_proxy_pick_cluster(const lg_tcp_proxy_config_t *c, uint64_t r
  */
 typedef struct st_lg_tcp_proxy_conn_t lg_tcp_proxy_conn_t;
 void lg_tcp_proxy_conn_new(lg_worker_t *w, const lg_listener_config_t *l, const lg_tcp_proxy_config_t *c, lg_snapshot_t *snap,
-                           h2o_socket_t *sock, const char *server_name);
+                           h2o_socket_t *sock, const struct sockaddr_storage *local, const struct sockaddr_storage *remote,
+                           const char *server_name);
 /* Closes both sides now, without flushing. */
 void lg_tcp_proxy_conn_close(lg_tcp_proxy_conn_t *c);
 /* For the worker's shutdown, on the worker's thread: its live tcp_proxy

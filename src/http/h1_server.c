@@ -78,6 +78,7 @@ struct st_lg_h1_server_stream_t {
     unsigned chunk_out : 1;    /* response body is chunk-encoded */
     unsigned no_body_out : 1;  /* response body bytes are dropped (HEAD, 204, 304) */
     unsigned will_close : 1;   /* the connection closes after this response */
+    unsigned close_framed : 1; /* no delayed close even if the request is unfinished (see finish_stream) */
     unsigned paused : 1;       /* read_pause */
     unsigned sent_100 : 1;
     unsigned detached : 1; /* no longer the connection's: no op or callback applies */
@@ -95,6 +96,7 @@ struct st_lg_h1_server_conn_t {
     unsigned peer_eof : 1;
     unsigned draining : 1;
     unsigned close_after_write : 1; /* no new request: close once the output is flushed */
+    unsigned no_delay_close : 1;    /* ... and then at once (Envoy's FlushWrite), not lingering */
     unsigned lingering : 1;         /* write side shut, draining input until EOF or timeout */
     unsigned closed : 1;
     unsigned resume_due : 1;     /* parse again (input was held back) */
@@ -360,7 +362,7 @@ static void start_linger(lg_h1_server_conn_t *c)
 {
     if (c->lingering || c->closed)
         return;
-    if (c->settings->delayed_close_timeout_ms == 0 || c->sock->ssl != NULL || c->peer_eof) {
+    if (c->settings->delayed_close_timeout_ms == 0 || c->sock->ssl != NULL || c->peer_eof || c->no_delay_close) {
         close_now(c, 0, LG_RESET_CONNECTION_TERMINATION, "downstream_local_disconnect");
         return;
     }
@@ -533,6 +535,9 @@ static void finish_stream(lg_h1_server_conn_t *c)
 {
     lg_h1_server_stream_t *s = c->stream;
     int keep_alive = !s->will_close && s->req_done && !c->draining;
+    /* Envoy's doEndStream: the close skips the delay when the client asked for it and sent its
+     * whole request (nothing of it can race the FIN), or when the close frames the response */
+    int no_delay = s->close_framed || (!s->info.keep_alive && !s->info.upgrade && s->req_done);
     detach_stream(c);
     out_put(c); /* everything is written */
     s->super.cbs->on_complete(&s->super);
@@ -540,6 +545,7 @@ static void finish_stream(lg_h1_server_conn_t *c)
         return;
     if (!keep_alive || c->draining) {
         c->close_after_write = 1;
+        c->no_delay_close = no_delay;
         start_linger(c);
         return;
     }
@@ -671,6 +677,8 @@ static void send_final_head(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s, co
     /* A tunnel or an unfinished request cannot be followed by another request;
      * an HTTP/1.0 body without a length is delimited by the close. */
     s->will_close = !s->info.keep_alive || c->draining || tunnel || !s->req_done || (http10 && !has_cl);
+    /* upgrades and CONNECT; an HTTP/1.0 body without a length when the client asked for the close */
+    s->close_framed = tunnel || (http10 && !has_cl && !s->info.keep_alive);
     const char *connection = NULL;
     if (s->will_close && !tunnel)
         connection = "close";

@@ -5,6 +5,7 @@
  * handshake, and the codec choice of HTTP connection managers with
  * codec_type AUTO (ALPN over TLS, else the HTTP/2 preface).
  */
+#define _GNU_SOURCE /* accept4 */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -35,6 +36,7 @@ int lg_listen_socket_open(const lg_listener_config_t *l, lg_error_t *err)
     if (l->addr.ss_family != AF_UNIX) {
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on));
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on)); /* accepted connections inherit it */
         if (l->addr.ss_family == AF_INET6)
             setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on));
     } else {
@@ -61,15 +63,6 @@ static void start_hcm(lg_worker_t *w, lg_listener_config_t *l, const lg_filter_c
 {
     lg_hcm_conn_new(w, l, chain->hcm, snap, sock, version, (const struct sockaddr *)local, (const struct sockaddr *)remote,
                     counted_start_ms);
-}
-
-/* A chain ending in tcp_proxy: bytes are relayed as they are (TLS passes
- * through when the chain does not terminate it); `server_name` is the SNI
- * tls_inspector saw, or NULL. */
-static void start_tcp_proxy(lg_worker_t *w, lg_listener_config_t *l, const lg_filter_chain_t *chain, lg_snapshot_t *snap,
-                            h2o_socket_t *sock, const char *server_name)
-{
-    lg_tcp_proxy_conn_new(w, l, chain->tcp_proxy, snap, sock, server_name);
 }
 
 /* ---- listener.<address>.downstream_cx_* ---- */
@@ -244,11 +237,39 @@ static void pending_dispose(pending_conn_t *p)
 
 static void sniff_codec(pending_conn_t *p);
 
-static pending_conn_t *pending_new(lg_worker_t *w, lg_listener_config_t *l, lg_snapshot_t *snap, h2o_socket_t *sock)
+/* The connection's local address without a getsockname when the listener is
+ * bound to one address and port (what getsockname would answer). */
+static void local_address(const lg_listener_config_t *l, int fd, struct sockaddr_storage *local)
+{
+    socklen_t len = sizeof(*local);
+    switch (l->addr.ss_family) {
+    case AF_UNIX:
+        *local = l->addr;
+        return;
+    case AF_INET: {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)&l->addr;
+        if (sin->sin_addr.s_addr != htonl(INADDR_ANY) && sin->sin_port != 0) {
+            *local = l->addr;
+            return;
+        }
+        break;
+    }
+    case AF_INET6: {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)&l->addr;
+        if (!IN6_IS_ADDR_UNSPECIFIED(&sin6->sin6_addr) && sin6->sin6_port != 0) {
+            *local = l->addr;
+            return;
+        }
+        break;
+    }
+    }
+    getsockname(fd, (struct sockaddr *)local, &len);
+}
+
+static pending_conn_t *pending_new(lg_worker_t *w, lg_listener_config_t *l, lg_snapshot_t *snap, h2o_socket_t *sock,
+                                   const struct sockaddr_storage *remote)
 {
     pending_conn_t *p = pending_alloc();
-    socklen_t len = sizeof(p->local);
-    int fd = h2o_socket_get_fd(sock);
     p->worker = w;
     p->listener = l;
     p->snapshot = snap;
@@ -258,13 +279,10 @@ static pending_conn_t *pending_new(lg_worker_t *w, lg_listener_config_t *l, lg_s
         p->start_wall_us = lg_wall_us();
     }
     lg_snapshot_hold(w, snap);
-    getsockname(fd, (struct sockaddr *)&p->local, &len);
-    len = sizeof(p->remote);
-    getpeername(fd, (struct sockaddr *)&p->remote, &len);
-    if (l->addr.ss_family == AF_UNIX) {
-        p->local = l->addr;
+    local_address(l, h2o_socket_get_fd(sock), &p->local);
+    p->remote = *remote;
+    if (l->addr.ss_family == AF_UNIX)
         p->remote.ss_family = AF_UNIX;
-    }
     sock->data = p;
     if (pending_conns.next == NULL)
         h2o_linklist_init_anchor(&pending_conns);
@@ -323,10 +341,12 @@ static void start_network_filter(pending_conn_t *p)
 {
     const lg_filter_chain_t *chain = p->chain;
     if (chain->kind == LG_NETWORK_FILTER_TCP_PROXY) {
+        /* bytes are relayed as they are (TLS passes through when the chain does not terminate it) */
         h2o_socket_t *sock = p->sock;
         h2o_socket_read_stop(sock);
         sock->data = NULL;
-        start_tcp_proxy(p->worker, p->listener, chain, p->snapshot, sock, p->server_name[0] != '\0' ? p->server_name : NULL);
+        lg_tcp_proxy_conn_new(p->worker, p->listener, chain->tcp_proxy, p->snapshot, sock, &p->local, &p->remote,
+                              p->server_name[0] != '\0' ? p->server_name : NULL);
         pending_free(p, 0);
         return;
     }
@@ -545,20 +565,30 @@ static int over_limit(lg_worker_t *w, lg_listener_config_t *l)
     return 0;
 }
 
+/* One accepted connection with its peer's address: accept4 answers both (h2o's
+ * accept asks the kernel for the address again, and sets TCP_NODELAY, which the
+ * listening socket passed on already). */
+static h2o_socket_t *accept_one(h2o_socket_t *listener, struct sockaddr_storage *remote)
+{
+    socklen_t len = sizeof(*remote);
+    int fd = accept4(h2o_socket_get_fd(listener), (struct sockaddr *)remote, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    return h2o_evloop_socket_create(h2o_socket_get_loop(listener), fd, H2O_SOCKET_FLAG_IS_ACCEPTED_CONNECTION);
+}
+
 void lg_listener_accept(lg_worker_t *w, lg_listener_config_t *l, lg_snapshot_t *snap, h2o_socket_t *listener)
 {
     h2o_socket_t *sock;
+    struct sockaddr_storage remote;
     /* a bounded batch per wake-up so that one busy listener cannot starve the loop */
-    for (int i = 0; i != 64 && (sock = h2o_evloop_socket_accept(listener)) != NULL; ++i) {
+    for (int i = 0; i != 64 && (sock = accept_one(listener, &remote)) != NULL; ++i) {
         if (over_limit(w, l)) {
             LG_DEBUG(conn_handler, "closing connection from %s: connection limit reached", l->address_str);
             h2o_socket_close(sock);
             continue;
         }
-        int on = 1;
-        if (l->addr.ss_family != AF_UNIX)
-            setsockopt(h2o_socket_get_fd(sock), IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
-        pending_conn_t *p = pending_new(w, l, snap, sock);
+        pending_conn_t *p = pending_new(w, l, snap, sock, &remote);
         if (l->tls_inspector) {
             p->inspecting = 1;
             LG_STAT_INC(l->stats, w->index, LG_LISTENER_STAT_downstream_pre_cx_active);

@@ -207,6 +207,33 @@ def test_proxy_closes_connections(proxied):
                   downstream_cx_destroy_local_active_rq=1, downstream_cx_delayed_close_timeout=1)
 
 
+def test_close_asked_by_client_is_not_delayed(proxied):
+    """Envoy's doEndStream since 1.22: a request that asked for the close (`connection: close`)
+    and was read whole gets its response and the close at once (FlushWrite), a local close; no
+    delayed close waits for the client's FIN. The clients here keep their side open until
+    Legate's connection is gone."""
+    lg, _ = proxied
+    heads = (b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+             b"POST /b HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, close\r\nContent-Length: 5\r\n\r\nhello")
+    socks = []
+    try:
+        for head in heads:
+            s = socket.create_connection(("127.0.0.1", lg.listener_port()), timeout=10)
+            socks.append(s)
+            s.sendall(head)
+            answer = b""
+            while (data := s.recv(4096)):
+                answer += data
+            assert answer.split(b"\r\n", 1)[0].endswith(b" 200 OK"), answer
+            assert b"\r\nconnection: close\r\n" in answer.lower()
+        wait_stats(lg, {"http.ingress_http.downstream_cx_active": 0, lstat(lg, "downstream_cx_active"): 0},
+                   "connections closed while their clients still hold them")
+        destroy_stats(lg, downstream_cx_destroy_local=2)
+    finally:
+        for s in socks:
+            s.close()
+
+
 def test_listener_http_stats(proxied):
     """Envoy's per-listener connection manager stats: listener.<address>.http.<stat_prefix>.downstream_rq_<N>xx
     and downstream_rq_completed, beside the connection manager's own."""

@@ -633,18 +633,16 @@ static void connect_upstream(lg_tcp_proxy_conn_t *c)
     ++c->connect_attempts;
 }
 
-static void init_info(lg_tcp_proxy_conn_t *c, h2o_socket_t *sock, const char *server_name)
+static void init_info(lg_tcp_proxy_conn_t *c, const struct sockaddr_storage *local, const struct sockaddr_storage *remote,
+                      const char *server_name)
 {
     lg_stream_info_t *info = &c->info;
-    socklen_t len = sizeof(info->downstream_local);
     info->connection_id = lg_server_next_connection_id();
     info->start_wall_us = lg_wall_us();
     info->start_us = lg_now_us();
-    if (getsockname(h2o_socket_get_fd(sock), (struct sockaddr *)&info->downstream_local, &len) != 0)
-        info->downstream_local.ss_family = 0;
-    if (h2o_socket_getpeername(sock, (struct sockaddr *)&info->downstream_remote) == 0)
-        info->downstream_remote.ss_family = 0;
-    info->downstream_direct_remote = info->downstream_remote;
+    info->downstream_local = *local;
+    info->downstream_remote = *remote;
+    info->downstream_direct_remote = *remote;
     if (server_name != NULL) {
         c->server_name = lg_strdup(server_name);
         info->requested_server_name = h2o_iovec_init(c->server_name, strlen(c->server_name));
@@ -652,14 +650,15 @@ static void init_info(lg_tcp_proxy_conn_t *c, h2o_socket_t *sock, const char *se
 }
 
 void lg_tcp_proxy_conn_new(lg_worker_t *w, const lg_listener_config_t *l, const lg_tcp_proxy_config_t *cfg, lg_snapshot_t *snap,
-                           h2o_socket_t *sock, const char *server_name)
+                           h2o_socket_t *sock, const struct sockaddr_storage *local, const struct sockaddr_storage *remote,
+                           const char *server_name)
 {
     lg_tcp_proxy_conn_t *c = lg_calloc(1, sizeof(*c));
     c->worker = w;
     c->config = cfg;
     c->snapshot = snap;
     lg_snapshot_hold(w, snap);
-    init_info(c, sock, server_name);
+    init_info(c, local, remote, server_name);
     for (int i = 0; i != 2; ++i) {
         h2o_buffer_init(&c->sides[i].out, &h2o_socket_buffer_prototype);
         c->sides[i].limit = l->buffer_limit;

@@ -111,7 +111,6 @@ typedef struct st_lg_tls_context_t {
     /* tls_params */
     int min_version, max_version; /* TLS1_2_VERSION ... */
     char *cipher_list;            /* TLS <= 1.2 (OpenSSL syntax); NULL = OpenSSL's */
-    char *ciphersuites;           /* TLS 1.3; NULL = OpenSSL's */
     char *curves;
     char *sigalgs;
     /* ALPN in wire format (length-prefixed): server preference / client offer */

@@ -483,6 +483,25 @@ def test_session_resumption(legate, ports, upstream, pki, tmp_path):
     wait_for(lambda: lg.admin.stat(f"listener.127.0.0.1_{port}.ssl.session_reused") == 2, what="session_reused")
 
 
+def tls13_handshake(port):
+    """A TLS 1.3 handshake and one request closing the connection; returns s_client's -msg output
+    (the response arrives after any ticket, so the output holds every ticket sent)."""
+    rc, out = s_client(port, ["-tls1_3", "-servername", "localhost", "-msg", "-ign_eof"],
+                       data=b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", hold=0)
+    assert "HTTP/1.1 200 OK" in out, out
+    return out
+
+
+def test_tls13_defaults_as_boringssl(legate, ports, upstream, pki):
+    """TLS 1.3 suites are BoringSSL's (Envoy's cipher_suites applies to TLS <= 1.2 only): AES-128-GCM
+    first, where OpenSSL's default prefers AES-256; two tickets, as BoringSSL sends."""
+    up = upstream("a")
+    lg = tls_proxy(legate, ports, up.port, downstream_ts([pki.server]))
+    out = tls13_handshake(lg.listener_port())
+    assert "Cipher is TLS_AES_128_GCM_SHA256" in out, out
+    assert out.count("NewSessionTicket") == 2, out
+
+
 def test_session_resumption_disabled(legate, ports, upstream, pki, tmp_path):
     up = upstream("a")
     ts = downstream_ts([pki.server], disable_stateless_session_resumption=True, disable_stateful_session_resumption=True)
@@ -497,6 +516,8 @@ def test_session_resumption_disabled(legate, ports, upstream, pki, tmp_path):
         assert "Reused" not in out and "New," in out, out
         os.unlink(sess)
     assert lg.admin.stat(f"listener.127.0.0.1_{port}.ssl.session_reused") == 0
+    # as BoringSSL: no TLS 1.3 ticket at all (OpenSSL would send two stateful ones)
+    assert "NewSessionTicket" not in tls13_handshake(port)
 
 
 def test_garbage_on_the_tls_port(legate, ports, upstream, pki):

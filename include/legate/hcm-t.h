@@ -74,6 +74,7 @@ typedef enum en_lg_escaped_slashes_t {
     X(COUNTER, downstream_rq_3xx)                             \
     X(COUNTER, downstream_rq_4xx)                             \
     X(COUNTER, downstream_rq_5xx)                             \
+    X(COUNTER, downstream_rq_response_before_rq_complete)     \
     X(COUNTER, downstream_rq_rx_reset)                        \
     X(COUNTER, downstream_rq_tx_reset)                        \
     X(COUNTER, downstream_rq_non_relative_path)               \

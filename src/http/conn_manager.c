@@ -448,6 +448,15 @@ static void count_class(lg_hcm_conn_t *c, int status)
         LG_STAT_INC(c->config->listener_stats, c->worker->index, LG_HCM_LISTENER_STAT_downstream_rq_1xx + k);
 }
 
+/* A response (from the upstream or local) starts: Envoy's encodeHeaders counts one that comes
+ * before the whole request (on HTTP/1.1 the codec then closes the connection after it). */
+static void count_response_start(lg_hcm_stream_t *s, int status)
+{
+    count_class(s->conn, status);
+    if (!s->request_ended)
+        STAT_INC(s->conn, downstream_rq_response_before_rq_complete);
+}
+
 static void on_codec_error(lg_server_conn_t *codec, int status, const char *details)
 {
     lg_hcm_conn_t *c = codec->ctx;
@@ -1342,7 +1351,7 @@ void lg_hcm_encode_headers(lg_hcm_stream_t *s, lg_resp_head_t *head, int end_str
         s->info.response_code_details = LG_LIT("via_upstream");
     s->response_started = 1;
     s->response_ended = end_stream;
-    count_class(s->conn, head->status);
+    count_response_start(s, head->status);
     stream_touch(s);
     if (end_stream)
         s->info.last_downstream_tx_us = lg_now_us();
@@ -1479,7 +1488,7 @@ static void send_local_reply(lg_hcm_stream_t *s, int status, h2o_iovec_t body, c
     s->info.response = head;
     s->info.response_code = head->status;
     s->response_started = 1;
-    count_class(s->conn, status);
+    count_response_start(s, status);
     lg_stream_t *ds = s->downstream;
     if (body.len == 0) {
         s->response_ended = 1;

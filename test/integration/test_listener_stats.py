@@ -234,6 +234,30 @@ def test_close_asked_by_client_is_not_delayed(proxied):
             s.close()
 
 
+def test_response_before_request_complete(legate, ports):
+    """Envoy's downstream_rq_response_before_rq_complete: a response (here a direct response)
+    starts while the request is still coming. HTTP/1.1 closes the connection after it (the rest
+    of the request cannot be told from the next one); a request without a body keeps it."""
+    rc = cfg.route_config([cfg.vhost("v", [{"match": {"prefix": "/"},
+                                            "direct_response": {"status": 200, "body": {"inline_string": "early\n"}}}])])
+    lg = legate(cfg.bootstrap(ports(), listeners=[cfg.http_listener("ingress", ports(), rc)]))
+    with RawHTTP("127.0.0.1", lg.listener_port(), timeout=10) as c:
+        c.request("GET", "/whole")
+        r = c.read_response()
+        assert r.status == 200 and r.header("connection") is None
+        c.send(b"POST /part HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello")
+        r = c.read_response()
+        assert r.status == 200 and r.header("connection") == "close"
+        assert c.closed_by_peer()
+    with H2Client("127.0.0.1", lg.listener_port(), timeout=10) as h:
+        sid = h.conn.get_next_available_stream_id()
+        h.conn.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":authority", "x"), (":path", "/h2")])
+        h._flush()
+        assert h.wait_response(sid).status == 200
+    wait_stats(lg, {"http.ingress_http.downstream_rq_response_before_rq_complete": 2,
+                    "http.ingress_http.downstream_rq_2xx": 3}, "responses before their requests ended")
+
+
 def test_listener_http_stats(proxied):
     """Envoy's per-listener connection manager stats: listener.<address>.http.<stat_prefix>.downstream_rq_<N>xx
     and downstream_rq_completed, beside the connection manager's own."""

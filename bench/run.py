@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Legate against nginx, HAProxy and h2o on this machine (issue 5).
 
-    bench/run.py                      every workload, 2 rounds (make bench)
+    bench/run.py                      every workload, 3 rounds (make bench)
     bench/run.py --only 1,2a,8        some workloads
     bench/run.py --proxies legate,nginx
     BENCH_QUICK=1 bench/run.py        short runs, small sizes (a smoke run)
@@ -1586,7 +1586,7 @@ def main():
     if args.self_test:
         args.quick = True
         args.only = args.only or "1"
-    args.rounds = args.rounds or (1 if args.quick else 2)
+    args.rounds = args.rounds or (1 if args.quick else 3)
     args.duration = args.duration or (2 if args.quick else 5)
     args.warmup = 1 if args.quick else 1
     args.route_duration = 2 if args.quick else 3

@@ -238,7 +238,9 @@ static void pending_dispose(pending_conn_t *p)
 static void sniff_codec(pending_conn_t *p);
 
 /* The connection's local address without a getsockname when the listener is
- * bound to one address and port (what getsockname would answer). */
+ * bound to one address and port (what getsockname would answer; a transparent
+ * listener, not supported yet, would need the call: its connections keep their
+ * original destination). */
 static void local_address(const lg_listener_config_t *l, int fd, struct sockaddr_storage *local)
 {
     socklen_t len = sizeof(*local);

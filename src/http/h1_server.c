@@ -79,6 +79,7 @@ struct st_lg_h1_server_stream_t {
     unsigned no_body_out : 1;  /* response body bytes are dropped (HEAD, 204, 304) */
     unsigned will_close : 1;   /* the connection closes after this response */
     unsigned close_framed : 1; /* no delayed close even if the request is unfinished (see finish_stream) */
+    unsigned last : 1;         /* the owner made it the connection's last (last_stream) */
     unsigned paused : 1;       /* read_pause */
     unsigned sent_100 : 1;
     unsigned detached : 1; /* no longer the connection's: no op or callback applies */
@@ -537,7 +538,7 @@ static void finish_stream(lg_h1_server_conn_t *c)
     int keep_alive = !s->will_close && s->req_done && !c->draining;
     /* Envoy's doEndStream: the close skips the delay when the client asked for it and sent its
      * whole request (nothing of it can race the FIN), or when the close frames the response */
-    int no_delay = s->close_framed || (!s->info.keep_alive && !s->info.upgrade && s->req_done);
+    int no_delay = s->close_framed || (((!s->info.keep_alive && !s->info.upgrade) || s->last) && s->req_done);
     detach_stream(c);
     out_put(c); /* everything is written */
     s->super.cbs->on_complete(&s->super);
@@ -1121,6 +1122,14 @@ static void conn_drain(lg_server_conn_t *_c)
     leave(c);
 }
 
+static void conn_last_stream(lg_server_conn_t *_c)
+{
+    lg_h1_server_conn_t *c = (lg_h1_server_conn_t *)_c;
+    if (c->stream != NULL)
+        c->stream->last = 1;
+    conn_drain(_c);
+}
+
 static void conn_close(lg_server_conn_t *_c)
 {
     lg_h1_server_conn_t *c = (lg_h1_server_conn_t *)_c;
@@ -1131,7 +1140,8 @@ static void conn_close(lg_server_conn_t *_c)
     leave(c);
 }
 
-static const lg_server_conn_ops_t conn_ops = {.drain = conn_drain, .close = conn_close, .version = LG_HTTP_11};
+static const lg_server_conn_ops_t conn_ops = {
+    .drain = conn_drain, .close = conn_close, .last_stream = conn_last_stream, .version = LG_HTTP_11};
 
 /* The owner's area follows the connection, aligned for pointers and 64-bit integers. */
 #define CTX_OFFSET ((sizeof(lg_h1_server_conn_t) + 7) & ~(size_t)7)

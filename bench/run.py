@@ -591,12 +591,15 @@ class Bench:
             direct_runs.append(self.transfer(f"http://127.0.0.1:{self.up_ports['h1']}", size, upload_file))
 
         def relay(rnd):
+            """The reference row: a failure drops it, not the workload."""
             port = free_port()
             p = PROCS.start([relay_bin, str(port), str(self.up_ports["h1"])], PROXY_CPU, self.workdir, "relay")
             try:
                 if not wait_port(port, proc=p):
-                    raise HarnessError(f"relay did not start: {tail(p.bench_log)}")
+                    raise ProxyFailed(f"relay did not start: {tail(p.bench_log)}")
                 relay_runs.append(self.transfer(f"http://127.0.0.1:{port}", size, upload_file))
+            except ProxyFailed as e:
+                log(f"  relay.c: {e}")
             finally:
                 PROCS.stop(p)
 
@@ -625,7 +628,7 @@ class Bench:
                     out[name] = runs
         os.unlink(upload_file)
         rows = finish_rows(out)
-        d, r = median_row(direct_runs), median_row(relay_runs)
+        d, r = median_row(direct_runs), (median_row(relay_runs) if relay_runs else {})
         for row in list(rows.values()) + [r]:
             if "down_mbs" in row:
                 row["down_ratio"] = row["down_mbs"] / d["down_mbs"]

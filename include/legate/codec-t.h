@@ -28,13 +28,13 @@
 #include "legate/http-t.h"
 
 typedef enum en_lg_reset_reason_t {
-    LG_RESET_LOCAL,                  /* we reset it (ops->reset) */
-    LG_RESET_REMOTE,                 /* the peer reset the stream (RST_STREAM) */
-    LG_RESET_CONNECTION_FAILURE,     /* upstream connect failed */
+    LG_RESET_LOCAL,             /* we reset it (ops->reset) */
+    LG_RESET_REMOTE,            /* the peer reset the stream (RST_STREAM) */
+    LG_RESET_CONNECTION_FAILURE,/* upstream connect failed */
     LG_RESET_CONNECTION_TERMINATION, /* the connection closed under the stream */
-    LG_RESET_OVERFLOW,               /* limits (circuit breaker, buffer) */
-    LG_RESET_PROTOCOL_ERROR,         /* the peer sent something invalid */
-    LG_RESET_REFUSED_STREAM,         /* h2 REFUSED_STREAM: safe to retry */
+    LG_RESET_OVERFLOW,          /* limits (circuit breaker, buffer) */
+    LG_RESET_PROTOCOL_ERROR,    /* the peer sent something invalid */
+    LG_RESET_REFUSED_STREAM,    /* h2 REFUSED_STREAM: safe to retry */
     LG_RESET_TIMEOUT,
 } lg_reset_reason_t;
 
@@ -109,11 +109,6 @@ typedef struct st_lg_server_conn_ops_t {
     void (*drain)(lg_server_conn_t *c);
     /* Closes now, resetting every stream (their on_reset fires). */
     void (*close)(lg_server_conn_t *c);
-    /* The stream in progress is the connection's last, as if its request had
-     * asked for the close (Envoy's saw_connection_close_, for
-     * max_requests_per_connection): h1 answers `connection: close` and closes
-     * without the delayed close once the request is whole. NULL: drain. */
-    void (*last_stream)(lg_server_conn_t *c);
     int version; /* LG_HTTP_11 or LG_HTTP_2: the codec's, kept here so that the connection need not */
 } lg_server_conn_ops_t;
 

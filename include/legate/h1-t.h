@@ -58,6 +58,9 @@ typedef struct st_lg_h1_msg_info_t {
     uint64_t content_length;
     /* The connection may carry another message after this one. */
     unsigned keep_alive : 1;
+    /* Request: the client asked for the close (`connection: close`, HTTP/1.0
+     * without keep-alive: Envoy's HeaderUtility::shouldCloseConnection). */
+    unsigned close_asked : 1;
     /* Request carried `Expect: 100-continue` (the header is left in place). */
     unsigned expect_100_continue : 1;
     /* Request: Connection: upgrade + Upgrade (h2c excepted), or CONNECT.

@@ -293,19 +293,6 @@ static void conn_start_drain(lg_hcm_conn_t *c)
     codec->ops->drain(codec);
 }
 
-/* max_requests_per_connection: Envoy marks an HTTP/1.1 stream as if its request had said
- * `connection: close` (no delayed close after it), and drains HTTP/2. */
-static void conn_last_stream(lg_hcm_conn_t *c)
-{
-    lg_server_conn_t *codec = conn_codec(c);
-    if (c->draining || c->closed || codec->ops->last_stream == NULL) {
-        conn_start_drain(c);
-        return;
-    }
-    c->draining = 1;
-    codec->ops->last_stream(codec);
-}
-
 /* common_http_protocol_options.max_connection_duration */
 static void max_duration_reached(lg_timer_t *t)
 {
@@ -582,7 +569,7 @@ static void on_new_stream(lg_server_conn_t *codec, lg_stream_t *ds)
     lg_hcm_conn_limits_t *lim = conn_limits(c);
     if (lim != NULL && cfg->max_requests_per_connection != 0 && ++lim->requests >= cfg->max_requests_per_connection) {
         STAT_INC(c, downstream_cx_max_requests_reached); /* as Envoy, for every stream past the limit */
-        conn_last_stream(c);                             /* HTTP/1.1: this response says connection: close */
+        conn_start_drain(c);                             /* HTTP/1.1: this response says connection: close */
     }
     s->info.connection_id = c->id;
     s->info.start_us = lg_now_us();

@@ -664,6 +664,7 @@ static int finish_request(h2o_mem_pool_t *pool, h2o_iovec_t target, int is_11, c
                                : LG_H1_BODY_NONE;
     /* RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 request is faulty framing; close after it. */
     info->keep_alive = !info->upgrade && keeps_alive(f, is_11) && !(!is_11 && f->transfer_encoding_count != 0);
+    info->close_asked = !keeps_alive(f, is_11);
     return 0;
 }
 

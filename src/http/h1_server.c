@@ -79,7 +79,6 @@ struct st_lg_h1_server_stream_t {
     unsigned no_body_out : 1;  /* response body bytes are dropped (HEAD, 204, 304) */
     unsigned will_close : 1;   /* the connection closes after this response */
     unsigned close_framed : 1; /* no delayed close even if the request is unfinished (see finish_stream) */
-    unsigned last : 1;         /* the owner made it the connection's last (last_stream) */
     unsigned paused : 1;       /* read_pause */
     unsigned sent_100 : 1;
     unsigned detached : 1; /* no longer the connection's: no op or callback applies */
@@ -538,7 +537,7 @@ static void finish_stream(lg_h1_server_conn_t *c)
     int keep_alive = !s->will_close && s->req_done && !c->draining;
     /* Envoy's doEndStream: the close skips the delay when the client asked for it and sent its
      * whole request (nothing of it can race the FIN), or when the close frames the response */
-    int no_delay = s->close_framed || (((!s->info.keep_alive && !s->info.upgrade) || s->last) && s->req_done);
+    int no_delay = s->close_framed || (s->info.close_asked && s->req_done);
     detach_stream(c);
     out_put(c); /* everything is written */
     s->super.cbs->on_complete(&s->super);
@@ -678,8 +677,9 @@ static void send_final_head(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s, co
     /* A tunnel or an unfinished request cannot be followed by another request;
      * an HTTP/1.0 body without a length is delimited by the close. */
     s->will_close = !s->info.keep_alive || c->draining || tunnel || !s->req_done || (http10 && !has_cl);
-    /* upgrades and CONNECT; an HTTP/1.0 body without a length when the client asked for the close */
-    s->close_framed = tunnel || (http10 && !has_cl && !s->info.keep_alive);
+    /* upgrades and CONNECT (Envoy's no_delay_close_for_upgrades); an HTTP/1.0 response
+     * without a length, which Envoy's encodeHeaders turns into a close */
+    s->close_framed = tunnel || (http10 && !has_cl);
     const char *connection = NULL;
     if (s->will_close && !tunnel)
         connection = "close";
@@ -1122,14 +1122,6 @@ static void conn_drain(lg_server_conn_t *_c)
     leave(c);
 }
 
-static void conn_last_stream(lg_server_conn_t *_c)
-{
-    lg_h1_server_conn_t *c = (lg_h1_server_conn_t *)_c;
-    if (c->stream != NULL)
-        c->stream->last = 1;
-    conn_drain(_c);
-}
-
 static void conn_close(lg_server_conn_t *_c)
 {
     lg_h1_server_conn_t *c = (lg_h1_server_conn_t *)_c;
@@ -1140,8 +1132,7 @@ static void conn_close(lg_server_conn_t *_c)
     leave(c);
 }
 
-static const lg_server_conn_ops_t conn_ops = {
-    .drain = conn_drain, .close = conn_close, .last_stream = conn_last_stream, .version = LG_HTTP_11};
+static const lg_server_conn_ops_t conn_ops = {.drain = conn_drain, .close = conn_close, .version = LG_HTTP_11};
 
 /* The owner's area follows the connection, aligned for pointers and 64-bit integers. */
 #define CTX_OFFSET ((sizeof(lg_h1_server_conn_t) + 7) & ~(size_t)7)

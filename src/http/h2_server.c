@@ -36,7 +36,7 @@ static void conn_close(lg_server_conn_t *c)
     }
 }
 
-static const lg_server_conn_ops_t server_ops = {.drain = conn_drain, .close = conn_close, .version = LG_HTTP_2};
+static const lg_server_conn_ops_t server_ops = {conn_drain, conn_close, LG_HTTP_2};
 
 void lg__h2_server_send_head(lg__h2_stream_t *s, lg_resp_head_t *head, int end_stream)
 {

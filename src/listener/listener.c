@@ -576,6 +576,8 @@ static h2o_socket_t *accept_one(h2o_socket_t *listener, struct sockaddr_storage 
     int fd = accept4(h2o_socket_get_fd(listener), (struct sockaddr *)remote, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0)
         return NULL;
+    if (len < sizeof(*remote)) /* an unnamed unix-socket peer fills in only its family */
+        memset((char *)remote + len, 0, sizeof(*remote) - len);
     return h2o_evloop_socket_create(h2o_socket_get_loop(listener), fd, H2O_SOCKET_FLAG_IS_ACCEPTED_CONNECTION);
 }
 

@@ -296,9 +296,10 @@ static void test_versions_and_options(void)
 
     lim.accept_http_10 = 1;
     parse_req(&r, H2O_STRLIT("GET / HTTP/1.0\r\nHost: a\r\n\r\n"));
-    ok(r.ret > 0 && r.head.version == LG_HTTP_10 && !r.info.keep_alive, "1.0 closes by default: %s", r.summary);
+    ok(r.ret > 0 && r.head.version == LG_HTTP_10 && !r.info.keep_alive && r.info.close_asked, "1.0 closes by default: %s",
+       r.summary);
     parse_req(&r, H2O_STRLIT("GET / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n"));
-    ok(r.ret > 0 && r.info.keep_alive, "1.0 keep-alive: %s", r.summary);
+    ok(r.ret > 0 && r.info.keep_alive && !r.info.close_asked, "1.0 keep-alive: %s", r.summary);
     parse_req(&r, H2O_STRLIT("GET / HTTP/1.0\r\n\r\n"));
     ok(r.ret == -1 && r.err.status == 400, "1.0 without Host and no default host: %s", r.summary);
     ok_str(r.err.details, LG_H1_DETAIL_MISSING_HOST);
@@ -308,8 +309,13 @@ static void test_versions_and_options(void)
        r.summary);
     parse_req(&r, H2O_STRLIT("GET / HTTP/1.1\r\n\r\n"));
     ok(r.ret == -1 && r.err.status == 400, "default host is for 1.0 only");
+    parse_req(&r, H2O_STRLIT("GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Close\r\n\r\n"));
+    ok(r.ret > 0 && !r.info.keep_alive && r.info.close_asked, "1.1 connection: close is asked: %s", r.summary);
+    parse_req(&r, H2O_STRLIT("GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"));
+    ok(r.ret > 0 && !r.info.keep_alive && !r.info.close_asked, "an upgrade does not ask for the close: %s", r.summary);
     parse_req(&r, H2O_STRLIT("POST / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"));
     ok(r.ret > 0 && r.info.body == LG_H1_BODY_CHUNKED && !r.info.keep_alive, "TE in 1.0 closes the connection: %s", r.summary);
+    ok(!r.info.close_asked, "... which the client did not ask for (Envoy lingers after it)");
     parse_req(&r, H2O_STRLIT("GET / HTTP/2.0\r\nHost: a\r\n\r\n"));
     ok(r.ret > 0 && r.head.version == LG_HTTP_10, "HTTP/2.0 over h1 is 1.0 to Envoy");
     lim.default_host_for_http_10 = h2o_iovec_init(NULL, 0);

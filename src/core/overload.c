@@ -116,6 +116,8 @@ static struct {
     double sent[LG_OVERLOAD__WORKER_ACTIONS];
 } ov = {.max_connections = UINT64_MAX};
 
+/* The monitors Legate knows, indexes in known_monitors. */
+enum { KNOWN_CONNECTIONS, KNOWN_FIXED_HEAP, KNOWN_INJECTED };
 static const struct {
     const char *name, *config;
     const ProtobufCMessageDescriptor *descriptor;
@@ -145,16 +147,18 @@ static int connections_monitor(const ProtobufCMessage *msg, size_t i, uint64_t *
     return 0;
 }
 
-/* fixed_heap (k = 1) or injected_resource (k = 2). */
+/* fixed_heap or injected_resource (k: KNOWN_*). */
 static int reactive_monitor(const char *name, const ProtobufCMessage *msg, size_t i, size_t k, lg_error_t *err)
 {
     monitor_t x = {0};
-    if (k == 1 &&
+    if (k == KNOWN_FIXED_HEAP &&
         (x.max_heap = ((const Envoy__Extensions__ResourceMonitors__FixedHeap__V3__FixedHeapConfig *)msg)->max_heap_size_bytes) == 0)
         return lg_error(
             err, "overload_manager.resource_monitors[%zu].typed_config.max_heap_size_bytes: value must be greater than 0", i);
     const char *file =
-        k == 2 ? ((const Envoy__Extensions__ResourceMonitors__InjectedResource__V3__InjectedResourceConfig *)msg)->filename : NULL;
+        k == KNOWN_INJECTED
+            ? ((const Envoy__Extensions__ResourceMonitors__InjectedResource__V3__InjectedResourceConfig *)msg)->filename
+            : NULL;
     if (file != NULL && file[0] == '\0')
         return lg_error(
             err, "overload_manager.resource_monitors[%zu].typed_config.filename: value length must be at least 1 characters", i);
@@ -164,7 +168,7 @@ static int reactive_monitor(const char *name, const ProtobufCMessage *msg, size_
     snprintf(prefix, sizeof(prefix), "overload.%s.", name);
     x.stats = lg_stats_block_new(prefix, monitor_defs, LG_ARRAY_SIZE(monitor_defs));
     ov.monitors[ov.n_monitors++] = x;
-    if (k == 1)
+    if (k == KNOWN_FIXED_HEAP)
         LG_INFO(main, "heap limit %" PRIu64 " bytes (%s)", x.max_heap, FIXED_HEAP);
     return 0;
 }
@@ -179,7 +183,7 @@ static int known_monitor(const Envoy__Config__Overload__V3__ResourceMonitor *m, 
     ProtobufCMessage *msg = lg_any_unpack(m->typed_config, known_monitors[k].descriptor, err);
     if (msg == NULL)
         return lg_error_prefix(err, "overload_manager.resource_monitors[%zu].typed_config", i);
-    int r = k == 0 ? connections_monitor(msg, i, max_cx, err) : reactive_monitor(m->name, msg, i, k, err);
+    int r = k == KNOWN_CONNECTIONS ? connections_monitor(msg, i, max_cx, err) : reactive_monitor(m->name, msg, i, k, err);
     protobuf_c_message_free_unpacked(msg, NULL);
     return r;
 }

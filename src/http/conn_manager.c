@@ -1355,14 +1355,16 @@ void lg_hcm_encode_headers(lg_hcm_stream_t *s, lg_resp_head_t *head, int end_str
     stream_touch(s);
     if (end_stream)
         s->info.last_downstream_tx_us = lg_now_us();
-    /* the overload manager's disable_http_keepalive, then Envoy's drainClose() check (src/core/server.c):
-     * either makes this response end the connection */
-    int overloaded = !s->conn->draining && !s->conn->listener->bypass_overload_manager &&
-                     lg_overload_decide(s->conn->worker->overload[LG_OVERLOAD_DISABLE_HTTP_KEEPALIVE]);
-    if (overloaded)
-        STAT_INC(s->conn, downstream_cx_overload_disable_keepalive);
-    if (!s->conn->draining && (overloaded || lg_server_drain_close(s->conn)))
+    /* Envoy's encodeHeaders, in its order: the drainClose() check (src/core/server.c,
+     * downstream_cx_drain_close), then the overload manager's disable_http_keepalive, which ends
+     * the connection after this response counting only downstream_cx_overload_disable_keepalive */
+    if (!s->conn->draining && lg_server_drain_close(s->conn))
         lg_hcm_conn_drain(s->conn);
+    if (!s->conn->draining && !s->conn->listener->bypass_overload_manager &&
+        lg_overload_decide(s->conn->worker->overload[LG_OVERLOAD_DISABLE_HTTP_KEEPALIVE])) {
+        STAT_INC(s->conn, downstream_cx_overload_disable_keepalive);
+        conn_start_drain(s->conn);
+    }
     s->downstream->ops->send_headers(s->downstream, head, end_stream);
 }
 

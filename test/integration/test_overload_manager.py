@@ -120,6 +120,7 @@ def test_disable_http_keepalive(legate, ports, upstream):
         assert h2.get("/h2").status == 200
         assert h2.wait_goaway() is not None
     assert a.stat("http.ingress_http.downstream_cx_overload_disable_keepalive") >= 2
+    assert a.stat("http.ingress_http.downstream_cx_drain_close") == 0  # as Envoy: not a drain
     assert len(up.requests) >= 2
 
 

@@ -1,6 +1,8 @@
 #ifndef LEGATE_LISTENER_RUNTIME_H
 #define LEGATE_LISTENER_RUNTIME_H
 
+#include <errno.h>
+#include "legate/common.h"
 #include "legate/listener-t.h"
 #include "legate/worker-t.h"
 
@@ -8,8 +10,19 @@ typedef struct st_lg_snapshot_t lg_snapshot_t;
 
 /* Opens a bound, listening, non-blocking socket (SO_REUSEPORT); -1 with err. */
 int lg_listen_socket_open(const lg_listener_config_t *l, lg_error_t *err);
-/* Accepts what is pending on a worker's listening socket. */
-void lg_listener_accept(lg_worker_t *w, lg_listener_config_t *l, lg_snapshot_t *snap, h2o_socket_t *listener);
+/* Whether accept failed for want of a resource (EMFILE, ENFILE, ENOBUFS,
+ * ENOMEM): the connection stays in the backlog and the socket readable, so
+ * the caller backs off instead of trying again at once (Linux checks the
+ * descriptor table before the backlog: EMFILE also when nothing is pending). */
+static inline int lg_accept_out_of_resources(int e)
+{
+    return e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM;
+}
+/* The listeners and the admin's rest this long after such a failure. */
+#define LG_ACCEPT_BACKOFF_MS 100
+/* Accepts what is pending on a worker's listening socket. Returns the errno of
+ * an accept that failed for want of a resource, else 0. */
+int lg_listener_accept(lg_worker_t *w, lg_listener_config_t *l, lg_snapshot_t *snap, h2o_socket_t *listener);
 /* Closes this worker's connections that have not reached their network filter
  * yet (in tls_inspector, the TLS handshake or codec sniffing): call on the
  * worker's thread before it exits, so that they release their snapshot (and

@@ -21,6 +21,7 @@
 #include <h2o/socket.h>
 #include <h2o/time_.h>
 #include "legate/listener-t.h"
+#include "legate/listener_runtime.h"
 #include "legate/stats.h"
 #include "legate/tls.h"
 #include "admin_internal.h"
@@ -79,6 +80,8 @@ static struct {
     sem_t ready; /* the thread has made its loop and queue */
     h2o_evloop_t *loop;
     h2o_socket_t *listener;
+    h2o_timeout_t accept_backoff; /* out of descriptors: the listener rests (as a worker's) */
+    h2o_timeout_entry_t accept_retry;
     h2o_multithread_queue_t *queue;
     h2o_multithread_receiver_t receiver;
     h2o_multithread_message_t stop_message;
@@ -565,14 +568,27 @@ static void on_read(h2o_socket_t *sock, const char *err)
     handle_input(c);
 }
 
+static void on_accept(h2o_socket_t *listener, const char *err);
+
+static void on_accept_retry(h2o_timeout_entry_t *entry)
+{
+    h2o_socket_read_start(admin.listener, on_accept);
+}
+
 static void on_accept(h2o_socket_t *listener, const char *err)
 {
     if (err != NULL)
         return;
     for (int i = 0; i != ACCEPT_BATCH; ++i) {
         h2o_socket_t *sock = h2o_evloop_socket_accept(listener);
-        if (sock == NULL)
+        if (sock == NULL) {
+            if (lg_accept_out_of_resources(errno)) {
+                LG_DEBUG(admin, "accept failed: %s; trying again in %d ms", strerror(errno), LG_ACCEPT_BACKOFF_MS);
+                h2o_socket_read_stop(listener);
+                h2o_timeout_link(admin.loop, &admin.accept_backoff, &admin.accept_retry);
+            }
             return;
+        }
         conn_t *c = lg_calloc(1, sizeof(*c));
         c->sock = sock;
         sock->data = c;
@@ -603,6 +619,8 @@ static void *admin_main(void *unused)
     admin.loop = h2o_evloop_create();
     admin.listener = h2o_evloop_socket_create(admin.loop, admin.listen_fd, H2O_SOCKET_FLAG_DONT_READ);
     h2o_socket_read_start(admin.listener, on_accept);
+    h2o_timeout_init(admin.loop, &admin.accept_backoff, LG_ACCEPT_BACKOFF_MS);
+    admin.accept_retry.cb = on_accept_retry;
     admin.queue = h2o_multithread_create_queue(admin.loop);
     h2o_multithread_register_receiver(admin.queue, &admin.receiver, on_stop_message);
     sem_post(&admin.ready);
@@ -611,6 +629,9 @@ static void *admin_main(void *unused)
     while (!h2o_linklist_is_empty(&admin.conns))
         close_conn(H2O_STRUCT_FROM_MEMBER(conn_t, link, admin.conns.next));
     h2o_socket_close(admin.listener);
+    if (h2o_timeout_is_linked(&admin.accept_retry))
+        h2o_timeout_unlink(&admin.accept_retry);
+    h2o_timeout_dispose(admin.loop, &admin.accept_backoff);
     h2o_multithread_unregister_receiver(admin.queue, &admin.receiver);
     h2o_multithread_destroy_queue(admin.queue);
     free(admin.queue); /* libh2o-evloop 2.2.5 frees the queue only in its libuv build */

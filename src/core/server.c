@@ -108,6 +108,11 @@ typedef struct st_worker_state_t {
     H2O_VECTOR(lg_snapshot_t *) applied;
     h2o_linklist_t drains; /* drain_t */
     lg_timer_t drain_timer;
+    /* Out of descriptors (or socket memory): the accept sockets rest for
+     * LG_ACCEPT_BACKOFF_MS, as nginx's and HAProxy's do, instead of failing
+     * again on every turn of the loop (the backlog keeps them readable). */
+    lg_timer_t accept_timer;
+    uint64_t accept_failures; /* since accepts last worked */
 } worker_state_t;
 
 /* A drain sequence on one worker (Envoy's DrainManager, for the server or for
@@ -202,12 +207,35 @@ lg_worker_clusters_t *lg_worker_cluster_view(lg_worker_t *w)
 
 /* ---- workers ---- */
 
+static void worker_pause_listening(lg_worker_t *w);
+
+static void on_accept_timer(lg_timer_t *t)
+{
+    worker_state_t *st = H2O_STRUCT_FROM_MEMBER(worker_state_t, accept_timer, t);
+    worker_pause_listening(st->worker);
+}
+
 static void on_listener_accept(h2o_socket_t *sock, const char *err)
 {
     worker_listener_t *wl = sock->data;
+    worker_state_t *st = state_of(wl->worker);
     if (err != NULL)
         return;
-    lg_listener_accept(wl->worker, wl->config, wl->worker->snapshot, sock);
+    int e = lg_listener_accept(wl->worker, wl->config, wl->worker->snapshot, sock);
+    if (e == 0) {
+        if (st->accept_failures != 0)
+            LG_INFO(conn_handler, "accepting connections again after %" PRIu64 " failed attempts", st->accept_failures);
+        st->accept_failures = 0;
+        return;
+    }
+    if (st->accept_failures++ == 0)
+        LG_WARN(conn_handler, "accept on %s failed: %s; trying again every %d ms", wl->config->address_str, strerror(e),
+                LG_ACCEPT_BACKOFF_MS);
+    else
+        LG_DEBUG(conn_handler, "accept on %s failed again: %s (attempt %" PRIu64 ")", wl->config->address_str, strerror(e),
+                 st->accept_failures);
+    lg_timer_start(&wl->worker->loop, &st->accept_timer, LG_ACCEPT_BACKOFF_MS, on_accept_timer);
+    worker_pause_listening(wl->worker);
 }
 
 void lg_listener_socks_release(lg_listener_socks_t *socks)
@@ -253,15 +281,17 @@ static void worker_listener_close(worker_listener_t *wl)
     free(wl);
 }
 
-/* Whether the overload manager's stop_accepting_connections holds this accept socket. */
-static int listener_paused(const lg_worker_t *w, const lg_listener_config_t *l)
+/* Whether the accept back-off or the overload manager's stop_accepting_connections
+ * holds this accept socket. */
+static int listener_paused(lg_worker_t *w, const lg_listener_config_t *l)
 {
-    return w->overload[LG_OVERLOAD_STOP_CONNECTIONS] >= 1 && !l->bypass_overload_manager;
+    return lg_timer_is_active(&state_of(w)->accept_timer) ||
+           (w->overload[LG_OVERLOAD_STOP_CONNECTIONS] >= 1 && !l->bypass_overload_manager);
 }
 
-/* Stops or resumes reading the accept sockets as the overload manager says
- * (Envoy's disableListeners / enableListeners): the connections wait in the
- * listen backlog meanwhile. */
+/* Stops or resumes reading the accept sockets as the overload manager and the
+ * accept back-off say (Envoy's disableListeners / enableListeners): the
+ * connections wait in the listen backlog meanwhile. */
 static void worker_pause_listening(lg_worker_t *w)
 {
     worker_state_t *st = state_of(w);
@@ -706,6 +736,7 @@ static void worker_drop_drains(lg_worker_t *w)
 {
     worker_state_t *st = state_of(w);
     lg_timer_stop(&st->drain_timer);
+    lg_timer_stop(&st->accept_timer);
     while (!h2o_linklist_is_empty(&st->drains))
         drain_free(w, H2O_STRUCT_FROM_MEMBER(drain_t, link, st->drains.next));
     for (size_t i = 0; i != st->applied.size; ++i)

@@ -581,12 +581,16 @@ static h2o_socket_t *accept_one(h2o_socket_t *listener, struct sockaddr_storage 
     return h2o_evloop_socket_create(h2o_socket_get_loop(listener), fd, H2O_SOCKET_FLAG_IS_ACCEPTED_CONNECTION);
 }
 
-void lg_listener_accept(lg_worker_t *w, lg_listener_config_t *l, lg_snapshot_t *snap, h2o_socket_t *listener)
+int lg_listener_accept(lg_worker_t *w, lg_listener_config_t *l, lg_snapshot_t *snap, h2o_socket_t *listener)
 {
     h2o_socket_t *sock;
     struct sockaddr_storage remote;
     /* a bounded batch per wake-up so that one busy listener cannot starve the loop */
-    for (int i = 0; i != 64 && (sock = accept_one(listener, &remote)) != NULL; ++i) {
+    for (int i = 0; i != 64; ++i) {
+        if ((sock = accept_one(listener, &remote)) == NULL) {
+            int e = errno;
+            return lg_accept_out_of_resources(e) ? e : 0;
+        }
         if (over_limit(w, l)) {
             LG_DEBUG(conn_handler, "closing connection from %s: connection limit reached", l->address_str);
             h2o_socket_close(sock);
@@ -603,6 +607,7 @@ void lg_listener_accept(lg_worker_t *w, lg_listener_config_t *l, lg_snapshot_t *
             select_chain(p, NULL);
         }
     }
+    return 0;
 }
 
 int lg_listener_is_tls(const lg_listener_config_t *l)

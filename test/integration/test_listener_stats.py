@@ -5,7 +5,10 @@ goes down, downstream_cx_destroy up and downstream_cx_length_ms records its life
 server.total_connections counts the open ones of every listener (not the admin's). The HTTP
 connection manager's http.<stat_prefix>.downstream_cx_active / downstream_cx_destroy follow
 the same connections."""
+import os
+import resource
 import socket
+import time
 
 import pytest
 
@@ -359,3 +362,72 @@ def test_overload_manager_unsupported_parts_are_named_and_ignored(legate, ports,
     assert "overload_manager.resource_monitors[0]: envoy.resource_monitors.cpu_utilization is not supported" in log, log
     assert "overload_manager.actions[0]: envoy.overload_actions.reduce_timeouts is not supported" in log, log
     assert [r["path"] for r in up.requests] == ["/one"]
+
+
+def cpu_ticks(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def tcp_open_on(port):
+    """Whether a socket on local port `port` is established or waits for its owner's close."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(table).read().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if int(local.rsplit(":", 1)[1], 16) == port and state in ("01", "08"):  # ESTABLISHED, CLOSE_WAIT
+                return True
+    return False
+
+
+def test_out_of_descriptors(legate, ports):
+    """An accept that fails for want of descriptors (EMFILE) leaves the connection in the listen
+    backlog and its socket readable: the worker, and the admin thread, rest their accept
+    sockets and try again every 100 ms (as nginx and HAProxy do) instead of retrying at once,
+    which would spin them on a core until a descriptor frees up. Connections already open keep
+    being served; once a descriptor frees up, the waiting connections are taken and answered."""
+    direct = cfg.route(route_extra={"direct_response": {"status": 200, "body": {"inline_string": "ok"}}})
+    boot = cfg.bootstrap(ports(), listeners=[cfg.http_listener("ingress", ports(), cfg.route_config([cfg.vhost("all", [direct])]))])
+    lg = legate(boot, args=("--concurrency", "1", "--component-log-level", "conn_handler:debug,admin:debug"))
+    pid, port = lg.proc.pid, lg.listener_port()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wait_for(lambda: not tcp_open_on(lg.admin_port), timeout=10 * T, what="the readiness check's admin connection closed")
+    held = []
+    try:
+        fds = sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (fds[-1] + 3, hard))
+        for _ in range(fds[-1] + 3 - len(fds)):  # the free numbers under the limit: at least 2
+            held.append(RawHTTP("127.0.0.1", port, timeout=10))
+            held[-1].request("GET", "/held")
+            assert held[-1].read_response().status == 200
+        waiting = RawHTTP("127.0.0.1", port, timeout=10)
+        waiting.request("GET", "/waiting")
+        admin = RawHTTP("127.0.0.1", lg.admin_port, timeout=10)
+        admin.request("GET", "/ready")
+
+        def attempts():
+            return lg.stderr().count("failed again: Too many open files")
+
+        wait_for(lambda: "failed: Too many open files; trying again every 100 ms" in lg.stderr() and attempts() >= 1 and
+                 "[admin] [src/admin/admin.c" in lg.stderr() and "accept failed: Too many open files" in lg.stderr(),
+                 timeout=10 * T, what="the failed accepts logged")
+        wall0, cpu0, seen0 = time.monotonic(), cpu_ticks(pid), attempts()
+        wait_for(lambda: attempts() >= seen0 + 4, timeout=10 * T, what="four more attempts")
+        wall, cpu = time.monotonic() - wall0, (cpu_ticks(pid) - cpu0) / os.sysconf("SC_CLK_TCK")
+        assert cpu < wall / 2, f"{cpu:.2f} s of CPU in {wall:.2f} s while out of descriptors"
+        held[0].request("GET", "/held-again")
+        assert held[0].read_response().status == 200
+        held.pop(0).close()
+        held.pop(0).close()
+        assert waiting.read_response(timeout=10 * T).status == 200
+        waiting.close()
+        assert admin.read_response(timeout=10 * T).status == 200
+        admin.close()
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+        with RawHTTP("127.0.0.1", port, timeout=10) as c:
+            c.request("GET", "/after")
+            assert c.read_response().status == 200
+        assert "accepting connections again after" in lg.stderr()
+    finally:
+        for c in held:
+            c.close()
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))

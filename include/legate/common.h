@@ -42,9 +42,10 @@ typedef enum en_lg_log_level_t {
 } lg_log_level_t;
 
 /* Log components (Envoy's names, subset). --component-log-level and /logging set them. */
-#define LG_LOG_COMPONENTS(X)                                                                                                       \
-    X(main) X(config) X(admin) X(connection) X(http) X(http2) X(router) X(upstream) X(pool) X(client) X(filter) X(runtime)     \
-        X(misc) X(testing) X(conn_handler) X(dns) X(hc) X(tls) X(upstream_tls) X(xds) X(grpc)
+#define LG_LOG_COMPONENTS(X)                                                                                               \
+    X(main)                                                                                                                \
+    X(config) X(admin) X(connection) X(http) X(http2) X(router) X(upstream) X(pool) X(client) X(filter) X(runtime) X(misc) \
+        X(testing) X(conn_handler) X(dns) X(hc) X(tls) X(upstream_tls) X(xds) X(grpc)
 #define LG__LOG_ENUM(n) LG_LOGC_##n,
 typedef enum en_lg_log_component_t { LG_LOG_COMPONENTS(LG__LOG_ENUM) LG_LOGC__COUNT } lg_log_component_t;
 #undef LG__LOG_ENUM
@@ -62,10 +63,10 @@ void lg_log_write(lg_log_component_t c, lg_log_level_t l, const char *file, int 
 /* Reopens the log file (SIGUSR1) and flushes. */
 void lg_log_reopen(void);
 
-#define lg_log(comp, level, ...)                                                                                                   \
-    do {                                                                                                                           \
-        if ((level) >= lg_log_levels[LG_LOGC_##comp])                                                                              \
-            lg_log_write(LG_LOGC_##comp, (level), __FILE__, __LINE__, __VA_ARGS__);                                               \
+#define lg_log(comp, level, ...)                                                    \
+    do {                                                                            \
+        if ((level) >= lg_log_levels[LG_LOGC_##comp])                               \
+            lg_log_write(LG_LOGC_##comp, (level), __FILE__, __LINE__, __VA_ARGS__); \
     } while (0)
 #define LG_TRACE(comp, ...) lg_log(comp, LG_LOG_TRACE, __VA_ARGS__)
 #define LG_DEBUG(comp, ...) lg_log(comp, LG_LOG_DEBUG, __VA_ARGS__)
@@ -78,6 +79,8 @@ void lg_log_reopen(void);
 void *lg_malloc(size_t sz);
 void *lg_calloc(size_t n, size_t sz);
 void *lg_realloc(void *p, size_t sz);
+/* Zeroed, at an `align` boundary (a power of two): per-worker data on cache lines of its own. */
+void *lg_aligned_zalloc(size_t align, size_t sz);
 char *lg_strdup(const char *s);
 char *lg_strndup(const char *s, size_t n);
 

@@ -56,7 +56,7 @@ struct st_lg_snapshot_t {
     size_t n_ecds;
     lg_snapshot_scopes_t **scopes; /* SRDS scope sets, sorted by name */
     size_t n_scopes;
-    uint64_t last_updated_wall_us;     /* of the static resources */
+    uint64_t last_updated_wall_us; /* of the static resources */
     /* worker-local use counts and route table pins, one per worker (only that worker touches its slot) */
     size_t *worker_uses;
     lg_snapshot_pins_t *pins;
@@ -103,9 +103,11 @@ lg_snapshot_scopes_t *lg_snapshot_scopes_ref(lg_snapshot_scopes_t *sc);
 void lg_snapshot_scopes_release(lg_snapshot_scopes_t *sc);
 /* NULL when the snapshot has no RDS table of that name. */
 lg_route_table_t *lg_snapshot_find_routes(const lg_snapshot_t *s, const char *name);
-/* Pins: a worker marks the snapshots of connections that have streams, then
- * sweeps, which drops the pins of every unmarked snapshot. */
-void lg_snapshot_mark_busy(lg_worker_t *w, lg_snapshot_t *s);
+/* Pins: a connection on `s` counts itself busy while it has streams (its
+ * first stream starts, its last ends); after each loop iteration the worker
+ * sweeps, which drops the pins of every snapshot without busy connections. */
+void lg_snapshot_conn_busy(lg_worker_t *w, lg_snapshot_t *s);
+void lg_snapshot_conn_idle(lg_worker_t *w, lg_snapshot_t *s);
 void lg_snapshot_sweep_pins(lg_worker_t *w);
 
 /* Compiles the static resources of a Bootstrap into a snapshot that borrows
@@ -134,6 +136,7 @@ uint64_t lg_server_next_connection_id(void);
  * health checks fail. */
 int lg_server_drain_close(const lg_hcm_conn_t *c);
 void lg_worker_add_connection(lg_worker_t *w, h2o_linklist_t *link);
+void lg_worker_remove_connection(lg_worker_t *w, h2o_linklist_t *link);
 /* Access logs (issue: access logs); called when a stream ends. */
 void lg_server_log_access(lg_worker_t *w, const lg_listener_config_t *l, const lg_hcm_config_t *hcm, const lg_stream_info_t *info);
 /* Whether the listener terminates TLS (x-forwarded-proto). */

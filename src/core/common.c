@@ -43,6 +43,14 @@ void *lg_calloc(size_t n, size_t sz)
     return p != NULL || n * sz == 0 ? p : oom(n * sz);
 }
 
+void *lg_aligned_zalloc(size_t align, size_t sz)
+{
+    void *p = aligned_alloc(align, (sz + align - 1) / align * align);
+    if (p == NULL)
+        oom(sz);
+    return memset(p, 0, sz);
+}
+
 void *lg_realloc(void *p, size_t sz)
 {
     void *q = realloc(p, sz);

@@ -98,7 +98,8 @@ typedef struct st_worker_state_t {
     worker_listener_t **listeners;
     size_t n_listeners;
     h2o_linklist_t conns;
-    size_t n_conns; /* written by the worker, read by the control thread */
+    size_t n_conns;     /* written by the worker, read by the control thread */
+    size_t n_hcm_conns; /* the length of `conns` */
     lg_worker_clusters_t *clusters;
     int stop;
     int draining;           /* listeners stay closed */
@@ -172,27 +173,29 @@ void lg_worker_add_connection(lg_worker_t *w, h2o_linklist_t *link)
 {
     worker_state_t *st = state_of(w);
     h2o_linklist_insert(&st->conns, link);
+    ++st->n_hcm_conns;
     __atomic_store_n(&st->n_conns, st->n_conns + 1, __ATOMIC_RELAXED);
+}
+
+void lg_worker_remove_connection(lg_worker_t *w, h2o_linklist_t *link)
+{
+    h2o_linklist_unlink(link);
+    --state_of(w)->n_hcm_conns;
 }
 
 static void prune_applied(lg_worker_t *w);
 
 /* After every loop iteration: the connection count for the control thread,
- * and the route table pins of snapshots whose connections are all idle. */
+ * and the route table pins of snapshots whose connections are all idle. No
+ * walk over the connections: with 8,000 idle keep-alive connections one cost
+ * ~50 µs per iteration, and requests paid it (CPU per request 28 -> 77-106 µs
+ * at 4,000 requests/s). */
 static void count_conns(lg_worker_t *w)
 {
     worker_state_t *st = state_of(w);
-    size_t n = 0;
-    for (h2o_linklist_t *l = st->conns.next; l != &st->conns; l = l->next) {
-        lg_hcm_conn_t *c = H2O_STRUCT_FROM_MEMBER(lg_hcm_conn_t, worker_link, l);
-        if (c->n_streams != 0)
-            lg_snapshot_mark_busy(w, c->snapshot);
-        ++n;
-    }
     lg_snapshot_sweep_pins(w);
     prune_applied(w);
-    n += lg_tcp_proxy_active_connections();
-    __atomic_store_n(&st->n_conns, n, __ATOMIC_RELAXED);
+    __atomic_store_n(&st->n_conns, st->n_hcm_conns + lg_tcp_proxy_active_connections(), __ATOMIC_RELAXED);
 }
 
 void lg_server_log_access(lg_worker_t *w, const lg_listener_config_t *l, const lg_hcm_config_t *hcm, const lg_stream_info_t *info)

@@ -15,11 +15,14 @@
 #include "legate/xds_ecds.h"
 
 /* The newer snapshots whose route tables streams on connections of one
- * snapshot use, on one worker (see lg_snapshot_route_table). */
+ * snapshot use, on one worker (see lg_snapshot_route_table), and how many of
+ * the worker's connections on the snapshot have streams. One cache line per
+ * worker: busy_conns changes on every request. */
 struct st_lg_snapshot_pins_t {
     lg_snapshot_t **items;
     size_t n, cap;
-    int busy;
+    size_t busy_conns;
+    char pad_[64 - sizeof(void *) - 3 * sizeof(size_t)];
 };
 
 /* Snapshots with pins on this worker thread. */
@@ -37,7 +40,8 @@ lg_snapshot_t *lg_snapshot_new(size_t listeners, size_t clusters, size_t routes)
     s->clusters = lg_calloc(clusters + 1, sizeof(*s->clusters));
     s->routes = lg_calloc(routes + 1, sizeof(*s->routes));
     s->worker_uses = lg_calloc(lg_stats_nworkers + 1, sizeof(size_t));
-    s->pins = lg_calloc(lg_stats_nworkers + 1, sizeof(*s->pins));
+    _Static_assert(sizeof(*s->pins) == 64, "a worker's pins fill a cache line");
+    s->pins = lg_aligned_zalloc(64, (lg_stats_nworkers + 1) * sizeof(*s->pins));
     s->last_updated_wall_us = lg_wall_us();
     return s;
 }
@@ -216,21 +220,24 @@ static void pin(lg_worker_t *w, lg_snapshot_t *s, lg_snapshot_t *newer)
     }
 }
 
-void lg_snapshot_mark_busy(lg_worker_t *w, lg_snapshot_t *s)
+void lg_snapshot_conn_busy(lg_worker_t *w, lg_snapshot_t *s)
 {
-    s->pins[w->index].busy = 1;
+    ++s->pins[w->index].busy_conns;
+}
+
+void lg_snapshot_conn_idle(lg_worker_t *w, lg_snapshot_t *s)
+{
+    --s->pins[w->index].busy_conns;
 }
 
 void lg_snapshot_sweep_pins(lg_worker_t *w)
 {
     for (size_t i = 0; i < pinned_here.n;) {
         lg_snapshot_t *s = pinned_here.items[i];
-        if (s->pins[w->index].busy) {
-            s->pins[w->index].busy = 0;
+        if (s->pins[w->index].busy_conns != 0)
             ++i;
-        } else {
+        else
             unpin(w, s); /* removes s from pinned_here */
-        }
     }
     if (pinned_here.n == 0 && pinned_here.items != NULL) {
         free(pinned_here.items);

@@ -225,12 +225,7 @@ static lg_stats_block_t *block_create(const char *prefix, const lg_stat_def_t *d
 uint64_t *lg_stats__row_alloc(lg_stats_block_t *b, size_t row)
 {
     size_t bytes = (row == lg_stats_nworkers ? control_words(b) : b->row_words) * sizeof(uint64_t);
-    uint64_t *r = row == lg_stats_nworkers ? malloc(bytes) : aligned_alloc(64, bytes), *expected = NULL;
-    if (r == NULL) {
-        fprintf(stderr, "legate: out of memory allocating %zu bytes\n", bytes);
-        abort();
-    }
-    memset(r, 0, bytes);
+    uint64_t *r = row == lg_stats_nworkers ? lg_calloc(1, bytes) : lg_aligned_zalloc(64, bytes), *expected = NULL;
     /* the control row has two writers (control and admin threads): the first one wins */
     if (!__atomic_compare_exchange_n(&b->rows[row], &expected, r, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
         free(r);
@@ -1098,7 +1093,8 @@ void lg_stats_server_set_state(lg_server_state_t state)
 {
     /* Envoy's server.initialization_time_ms: from the start to the end of the init manager's wait */
     if (state == LG_SERVER_LIVE && __atomic_load_n(&server_state, __ATOMIC_RELAXED) != LG_SERVER_LIVE && lg_stats_server != NULL)
-        lg_stats_histogram_record(lg_stats_server, lg_stats_nworkers, LG_SERVER_STAT_initialization_time_ms, lg_now_ms() - start_ms);
+        lg_stats_histogram_record(lg_stats_server, lg_stats_nworkers, LG_SERVER_STAT_initialization_time_ms,
+                                  lg_now_ms() - start_ms);
     __atomic_store_n(&server_state, (int)state, __ATOMIC_RELAXED);
 }
 

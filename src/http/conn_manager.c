@@ -418,7 +418,8 @@ static void on_conn_close(lg_server_conn_t *codec, unsigned how)
         STAT_DEC(c, downstream_cx_http2_active);
     else
         STAT_DEC(c, downstream_cx_http1_active);
-    h2o_linklist_unlink(&c->worker_link);
+    assert(c->n_streams == 0); /* the codec resets its streams first */
+    lg_worker_remove_connection(c->worker, &c->worker_link);
     if (c->listener_counted)
         lg_listener_uncount(c->listener, c->worker, c->start_ms);
     lg_snapshot_release(c->worker, c->snapshot);
@@ -595,8 +596,10 @@ static void on_new_stream(lg_server_conn_t *codec, lg_stream_t *ds)
     if (cfg->max_stream_duration_ms != 0)
         lg_timer_start(&c->worker->loop, &s->duration_timer, cfg->max_stream_duration_ms, duration_timeout);
     h2o_linklist_insert(&c->streams, &s->link);
-    if (c->n_streams++ == 0)
+    if (c->n_streams++ == 0) {
         conn_stop_idle(c);
+        lg_snapshot_conn_busy(c->worker, c->snapshot);
+    }
     STAT_INC(c, downstream_rq_total);
     STAT_INC(c, downstream_rq_active);
     if (ds->version == LG_HTTP_2)
@@ -1251,7 +1254,8 @@ static void stream_destroy(lg_hcm_stream_t *s)
     }
     lg_server_log_access(c->worker, c->listener, c->config, &s->info);
     h2o_linklist_unlink(&s->link);
-    --c->n_streams;
+    if (--c->n_streams == 0)
+        lg_snapshot_conn_idle(c->worker, c->snapshot);
     STAT_DEC(c, downstream_rq_active);
     if (s->pool == &s->own_pool)
         h2o_mem_clear_pool(&s->own_pool);

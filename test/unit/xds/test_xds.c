@@ -293,12 +293,61 @@ static void test_routes_lookup(void)
     lg_snapshot_unref(s);
 }
 
+static lg_snapshot_t *snapshot_with_routes(const char *name)
+{
+    lg_error_t err;
+    lg_snapshot_t *s = lg_snapshot_new(0, 0, 1);
+    char yaml[128];
+    snprintf(yaml, sizeof(yaml), "{name: %s, virtual_hosts: [{name: v, domains: ['*']}]}", name);
+    ProtobufCMessage *m = decode_yaml(&envoy__config__route__v3__route_configuration__descriptor, yaml);
+    s->routes[s->n_routes++] = lg_route_table_compile((void *)m, NULL, &err);
+    protobuf_c_message_free_unpacked(m, NULL);
+    lg_snapshot_seal(s);
+    return s;
+}
+
+/* A stream on a connection of an older snapshot takes the worker's newest RDS table and
+ * pins the newer snapshot to the old one until no connection of the old one has streams:
+ * counted as connections go busy and idle, swept after each loop iteration. */
+static void test_route_pins(void)
+{
+    lg_worker_t w = {.index = 0};
+    lg_snapshot_t *old = snapshot_with_routes("r"), *newer = snapshot_with_routes("r");
+    lg_hcm_config_t hcm = {0};
+    hcm.rds_route_config_name = "r";
+    lg_snapshot_hold(&w, old);   /* a connection */
+    lg_snapshot_hold(&w, newer); /* the worker's current snapshot */
+    w.snapshot = newer;
+    lg_current_worker = &w;
+    lg_snapshot_conn_busy(&w, old);
+    ok(lg_snapshot_route_table(old, &hcm) == lg_snapshot_find_routes(newer, "r"),
+       "a new stream on an old connection takes the newest table");
+    ok(newer->worker_uses[0] == 2, "which pins the newer snapshot");
+    lg_snapshot_conn_busy(&w, old); /* a second connection of the old snapshot */
+    lg_snapshot_conn_idle(&w, old);
+    lg_snapshot_sweep_pins(&w);
+    ok(newer->worker_uses[0] == 2, "the pin stays while a connection of the old snapshot has streams");
+    lg_snapshot_conn_idle(&w, old);
+    lg_snapshot_sweep_pins(&w);
+    ok(newer->worker_uses[0] == 1, "and goes when none has");
+    lg_snapshot_conn_busy(&w, old);
+    lg_snapshot_route_table(old, &hcm);
+    lg_snapshot_conn_idle(&w, old);
+    lg_snapshot_sweep_pins(&w);
+    ok(newer->worker_uses[0] == 1, "a stream that ends within the iteration leaves no pin");
+    lg_current_worker = NULL;
+    lg_snapshot_release(&w, newer);
+    lg_snapshot_release(&w, old);
+    lg_snapshot_collect();
+}
+
 int main(void)
 {
     lg_error_t err = {{0}};
     lg_stats_init(1);
     test_map();
     test_routes_lookup();
+    test_route_pins();
     const char *boot = "{node: {id: n1}, dynamic_resources: {cds_config: {path_config_source: {path: /nonexistent/cds.yaml}}}}";
     ProtobufCMessage *b = decode_yaml(&envoy__config__bootstrap__v3__bootstrap__descriptor, boot);
     lg_snapshot_t *snap = lg_snapshot_compile_bootstrap(b, &opts, &err);

@@ -306,7 +306,7 @@ def h2load(url, clients, streams=1, duration=None, n=None, rps=None, h1=False, h
     if h1:
         cmd.append("--h1")
     if duration is not None:
-        cmd += ["-D", str(duration)]
+        cmd += ["-D", str(max(1, round(duration)))]  # whole seconds: h2load rejects "5.0"
     if n is not None:
         cmd += ["-n", str(n)]
     if rps is not None:
@@ -637,6 +637,22 @@ class Bench:
 
     # -- idle connections -----------------------------------------------------------------
 
+    def beside(self, p, v, h2, tag):
+        """Requests at a fixed rate (BESIDE_RPS over 16 connections, open-loop) to the proxy `p`:
+        with the idle connections open and again without them, so that a cost that grows with a
+        proxy's connections (a walk over them per loop iteration or per request) shows."""
+        pids = tree(p.pid)
+        logf = os.path.join(self.workdir, "beside.tsv")
+        u0, s0 = cpu_split(pids)
+        r = h2load(self.url(v), clients=16, h1=not h2, duration=self.args.duration, rps=BESIDE_RPS // 16, logfile=logf)
+        u1, s1 = cpu_split(pids)
+        if r["ok"] == 0:
+            raise ProxyFailed(f"no successful request beside the idle connections ({r['failed']} failed)")
+        lat = r["lat_us"] or []
+        return {f"{tag}_cpu_us": (u1 - u0 + s1 - s0) * 1e6 / r["ok"],
+                f"{tag}_p50_ms": (percentile(lat, 0.5) or 0) / 1000.0,
+                f"{tag}_p99_ms": (percentile(lat, 0.99) or 0) / 1000.0, f"{tag}_failed": r["failed"]}
+
     def workload_idle(self, w):
         count = w["count"]
 
@@ -658,8 +674,14 @@ class Bench:
                 good = count - failures
                 if good < count * 0.95:
                     raise ProxyFailed(f"only {good} of {count} idle connections were set up")
-                return {"bytes_per_conn": (rss1 - rss0) * 1024.0 / good, "conns": good, "open_s": opened,
-                        "rss_mib": rss1 / 1024.0}
+                row = {"bytes_per_conn": (rss1 - rss0) * 1024.0 / good, "conns": good, "open_s": opened,
+                       "rss_mib": rss1 / 1024.0}
+                row.update(self.beside(p, v, h2, "busy"))
+                idle.close_all(conns)
+                conns = []
+                time.sleep(0.5)
+                row.update(self.beside(p, v, h2, "alone"))
+                return row
             finally:
                 idle.close_all(conns)
                 PROCS.stop(p)
@@ -1246,6 +1268,9 @@ def workloads(quick):
     ]
 
 
+BESIDE_RPS = 4000  # workload 7's requests beside the idle connections
+
+
 def idle_count():
     """10,000 unless the fd hard limit is lower (HAProxy needs two fds per connection)."""
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -1365,6 +1390,23 @@ def report_stream(w, res, lines, bar):
         bar.append(f"| 6 RSS growth MiB | < 16 | {g:.1f} | {'met' if g < 16 else 'NOT met'} |")
 
 
+def report_beside(res, lines):
+    lines.append(f"\nRequests at {BESIDE_RPS:,}/s over 16 more connections (open-loop, h2load --rps, the "
+                 "idle connections' protocol) while the idle connections stay open, and again after they "
+                 "closed: a cost that grows with a proxy's connections shows as the difference.\n")
+    lines.append("| proxy | protocol | CPU µs/req with idle conns | without | p50 ms with | without | p99 ms with "
+                 "| without |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    for proto in ("h1", "h2"):
+        for name, a in res[proto].items():
+            if "busy_cpu_us" not in a:
+                continue
+            lines.append(f"| {name} | {'HTTP/1.1' if proto == 'h1' else 'h2c'} | {fmt(a['busy_cpu_us'], '.1f')} | "
+                         f"{fmt(a.get('alone_cpu_us'), '.1f')} | {fmt(a['busy_p50_ms'], '.2f')} | "
+                         f"{fmt(a.get('alone_p50_ms'), '.2f')} | {fmt(a['busy_p99_ms'], '.2f')} | "
+                         f"{fmt(a.get('alone_p99_ms'), '.2f')} |")
+
+
 def report_idle(w, res, lines, bar):
     lines.append(f"\n{res['count']:,} connections, each after one request; RSS delta over the proxy's processes.\n")
     lines.append("| proxy | HTTP/1.1 bytes/conn | h2c bytes/conn | RSS with h1 conns MiB | RSS with h2 conns MiB "
@@ -1385,6 +1427,7 @@ def report_idle(w, res, lines, bar):
     if "bytes_per_conn" in lg2:
         met = lg2["bytes_per_conn"] < 8192
         bar.append(f"| 7 idle h2 bytes/conn | < 8,192 | {lg2['bytes_per_conn']:,.0f} | {'met' if met else 'NOT met'} |")
+    report_beside(res, lines)
 
 
 def report_scale(w, res, lines, bar):

@@ -240,13 +240,18 @@ static uint64_t stream_limit_of(lg_conn_pool_t *pool)
     return limit;
 }
 
+/* READY connections go to the front, where streams are taken from: the most recently used
+ * one serves the next stream (Envoy's pools: moveIntoList emplaces at the front of
+ * ready_clients_, attach takes front()), so that a burst's extra connections stay idle and
+ * time out, and steady traffic keeps to a few warm connections instead of cycling through
+ * every idle one. */
 static void set_state(lg__pool_conn_t *pc, lg__conn_state_t state)
 {
     lg_conn_pool_t *pool = pc->pool;
     h2o_linklist_t *lists[] = {&pool->connecting, &pool->ready, &pool->busy, &pool->busy};
     if (lists[pc->state] != lists[state]) {
         h2o_linklist_unlink(&pc->link);
-        h2o_linklist_insert(lists[state], &pc->link);
+        h2o_linklist_insert(state == CONN_READY ? pool->ready.next : lists[state], &pc->link);
     }
     pc->state = state;
 }
@@ -418,13 +423,11 @@ static void on_connected(lg__pool_conn_t *pc)
     lg_loop_t *loop = pool_loop(pool);
     lg_timer_stop(&pc->cn.timer);
     pool->connecting_capacity -= pc->stream_limit;
-    pc->state = CONN_READY;
     /* Envoy's connect timer ends with the Connected event: after the TLS handshake */
     lg_stats_histogram_record(lg__cluster_stats(pool_cluster(pool)), pool_cluster(pool)->worker->index,
                               LG_CLUSTER_STAT_upstream_cx_connect_ms, lg_now_ms() - pc->start_ms);
     save_local_address(pc);
-    h2o_linklist_unlink(&pc->link);
-    h2o_linklist_insert(&pool->ready, &pc->link);
+    set_state(pc, CONN_READY);
     if (pool->version == LG_HTTP_2 || (cfg->protocol == LG_UPSTREAM_AUTO && negotiated_h2(pc->cn.sock))) {
         pc->conn = lg_h2_client_conn_new(loop, pc->cn.sock, cfg->h2, &conn_cbs, pc);
     } else {

@@ -261,6 +261,24 @@ def test_idle_upstream_connection_reused_across_downstream_connections(legate, p
     assert len(set(conn_ids)) == 1, conn_ids
 
 
+def test_most_recently_used_upstream_connection_serves_next(legate, ports, upstream):
+    """As Envoy's pools: a connection that finishes a stream goes to the front of the ready
+    list and serves the next one, so after a burst of three concurrent requests (three
+    connections) sequential requests keep to one warm connection instead of cycling through
+    all three (the others idle and time out)."""
+    up = upstream()
+    lg = legate(cfg.simple_proxy(ports(), ports(), [up.port]), args=["--concurrency", "1"])
+    burst = [RawHTTP("127.0.0.1", lg.listener_port(), timeout=20) for _ in range(3)]
+    for i, c in enumerate(burst):
+        c.request("GET", f"/delay/{100 * (i + 1)}")
+    ids = [c.read_response().json()["conn_id"] for c in burst]
+    for c in burst:
+        c.close()
+    assert len(set(ids)) == 3, ids
+    conn_ids = [get(lg, f"/after{i}").json()["conn_id"] for i in range(6)]
+    assert conn_ids == [ids[-1]] * 6, (ids, conn_ids)
+
+
 def test_upstream_connection_close_is_counted_and_not_reused(legate, ports, upstream):
     """An upstream response with `connection: close`: its connection takes no other request
     (cluster.<name>.upstream_cx_close_notify, as Envoy), the next request opens a new one."""

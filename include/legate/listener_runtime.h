@@ -20,9 +20,17 @@ static inline int lg_accept_out_of_resources(int e)
 }
 /* The listeners and the admin's rest this long after such a failure. */
 #define LG_ACCEPT_BACKOFF_MS 100
-/* Accepts what is pending on a worker's listening socket. Returns the errno of
- * an accept that failed for want of a resource, else 0. */
-int lg_listener_accept(lg_worker_t *w, lg_listener_config_t *l, lg_snapshot_t *snap, h2o_socket_t *listener);
+/* The accept failures of one accept loop (a worker's, the admin's): a warning
+ * when they start, debug lines while they go on, and an info line when a
+ * batch of accepts works again. */
+typedef struct st_lg_accept_backoff_t {
+    uint64_t failures; /* since accepts last worked */
+} lg_accept_backoff_t;
+void lg_accept_backoff_failed(lg_accept_backoff_t *b, const char *listener, int err);
+void lg_accept_backoff_worked(lg_accept_backoff_t *b);
+/* Accepts what is pending on a worker's listening socket; returns how many.
+ * *err: the errno of an accept that failed for want of a resource, else 0. */
+size_t lg_listener_accept(lg_worker_t *w, lg_listener_config_t *l, lg_snapshot_t *snap, h2o_socket_t *listener, int *err);
 /* Closes this worker's connections that have not reached their network filter
  * yet (in tls_inspector, the TLS handshake or codec sniffing): call on the
  * worker's thread before it exits, so that they release their snapshot (and

@@ -37,7 +37,7 @@ typedef struct st_lg_snapshot_scopes_t {
 } lg_snapshot_scopes_t;
 /* The accept sockets of one listener, one per worker (server.c). */
 typedef struct st_lg_listener_socks_t lg_listener_socks_t;
-typedef struct st_lg_snapshot_pins_t lg_snapshot_pins_t;
+typedef struct st_lg_snapshot_worker_t lg_snapshot_worker_t;
 
 struct st_lg_snapshot_t {
     size_t refcnt; /* atomic: the control thread and one per worker using it */
@@ -57,9 +57,8 @@ struct st_lg_snapshot_t {
     lg_snapshot_scopes_t **scopes; /* SRDS scope sets, sorted by name */
     size_t n_scopes;
     uint64_t last_updated_wall_us; /* of the static resources */
-    /* worker-local use counts and route table pins, one per worker (only that worker touches its slot) */
-    size_t *worker_uses;
-    lg_snapshot_pins_t *pins;
+    /* worker-local use counts and route table pins, a cache line per worker (only that worker touches its slot) */
+    lg_snapshot_worker_t *per_worker;
     lg_snapshot_t *_dead_next; /* in the list lg_snapshot_collect() frees */
 };
 
@@ -80,6 +79,8 @@ void lg_snapshot_collect(void);
 /* Per-worker holds (no atomics): a connection takes one for its life. */
 void lg_snapshot_hold(lg_worker_t *w, lg_snapshot_t *s);
 void lg_snapshot_release(lg_worker_t *w, lg_snapshot_t *s);
+/* The holds of worker `w` on `s`. */
+size_t lg_snapshot_uses(const lg_snapshot_t *s, const lg_worker_t *w);
 /*
  * The route table an HCM uses: its inline table, or for RDS the table of that
  * name in the worker's newest snapshot (new streams on old connections see

@@ -82,6 +82,7 @@ static struct {
     h2o_socket_t *listener;
     h2o_timeout_t accept_backoff; /* out of descriptors: the listener rests (as a worker's) */
     h2o_timeout_entry_t accept_retry;
+    lg_accept_backoff_t accept_failures;
     h2o_multithread_queue_t *queue;
     h2o_multithread_receiver_t receiver;
     h2o_multithread_message_t stop_message;
@@ -583,9 +584,11 @@ static void on_accept(h2o_socket_t *listener, const char *err)
         h2o_socket_t *sock = h2o_evloop_socket_accept(listener);
         if (sock == NULL) {
             if (lg_accept_out_of_resources(errno)) {
-                LG_DEBUG(admin, "accept failed: %s; trying again in %d ms", strerror(errno), LG_ACCEPT_BACKOFF_MS);
+                lg_accept_backoff_failed(&admin.accept_failures, "the admin listener", errno);
                 h2o_socket_read_stop(listener);
                 h2o_timeout_link(admin.loop, &admin.accept_backoff, &admin.accept_retry);
+            } else if (i != 0) {
+                lg_accept_backoff_worked(&admin.accept_failures);
             }
             return;
         }
@@ -600,6 +603,7 @@ static void on_accept(h2o_socket_t *listener, const char *err)
         c->start_ms = lg_now_ms();
         h2o_socket_read_start(sock, on_read);
     }
+    lg_accept_backoff_worked(&admin.accept_failures);
 }
 
 /* ---- the thread -------------------------------------------------------------------------------------------------------------- */

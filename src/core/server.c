@@ -113,7 +113,7 @@ typedef struct st_worker_state_t {
      * LG_ACCEPT_BACKOFF_MS, as nginx's and HAProxy's do, instead of failing
      * again on every turn of the loop (the backlog keeps them readable). */
     lg_timer_t accept_timer;
-    uint64_t accept_failures; /* since accepts last worked */
+    lg_accept_backoff_t accept_backoff;
 } worker_state_t;
 
 /* A drain sequence on one worker (Envoy's DrainManager, for the server or for
@@ -224,19 +224,14 @@ static void on_listener_accept(h2o_socket_t *sock, const char *err)
     worker_state_t *st = state_of(wl->worker);
     if (err != NULL)
         return;
-    int e = lg_listener_accept(wl->worker, wl->config, wl->worker->snapshot, sock);
+    int e;
+    size_t n = lg_listener_accept(wl->worker, wl->config, wl->worker->snapshot, sock, &e);
     if (e == 0) {
-        if (st->accept_failures != 0)
-            LG_INFO(conn_handler, "accepting connections again after %" PRIu64 " failed attempts", st->accept_failures);
-        st->accept_failures = 0;
+        if (n != 0)
+            lg_accept_backoff_worked(&st->accept_backoff);
         return;
     }
-    if (st->accept_failures++ == 0)
-        LG_WARN(conn_handler, "accept on %s failed: %s; trying again every %d ms", wl->config->address_str, strerror(e),
-                LG_ACCEPT_BACKOFF_MS);
-    else
-        LG_DEBUG(conn_handler, "accept on %s failed again: %s (attempt %" PRIu64 ")", wl->config->address_str, strerror(e),
-                 st->accept_failures);
+    lg_accept_backoff_failed(&st->accept_backoff, wl->config->address_str, e);
     lg_timer_start(&wl->worker->loop, &st->accept_timer, LG_ACCEPT_BACKOFF_MS, on_accept_timer);
     worker_pause_listening(wl->worker);
 }
@@ -611,7 +606,7 @@ static void prune_applied(lg_worker_t *w)
     worker_state_t *st = state_of(w);
     for (size_t i = 0; i != st->applied.size;) {
         lg_snapshot_t *s = st->applied.entries[i];
-        if (s != w->snapshot && s->worker_uses[w->index] == 1) {
+        if (s != w->snapshot && lg_snapshot_uses(s, w) == 1) {
             st->applied.entries[i] = st->applied.entries[--st->applied.size];
             lg_snapshot_release(w, s);
         } else {

@@ -14,15 +14,16 @@
 #include "legate/xds.h"
 #include "legate/xds_ecds.h"
 
-/* The newer snapshots whose route tables streams on connections of one
- * snapshot use, on one worker (see lg_snapshot_route_table), and how many of
- * the worker's connections on the snapshot have streams. One cache line per
- * worker: busy_conns changes on every request. */
-struct st_lg_snapshot_pins_t {
-    lg_snapshot_t **items;
-    size_t n, cap;
+/* A worker's part of a snapshot, on a cache line of its own (busy_conns changes
+ * on every request, uses on every connection): its holds, how many of its
+ * connections on the snapshot have streams, and the newer snapshots whose route
+ * tables streams on connections of this one use (pins, see lg_snapshot_route_table). */
+struct st_lg_snapshot_worker_t {
+    size_t uses;
     size_t busy_conns;
-    char pad_[64 - sizeof(void *) - 3 * sizeof(size_t)];
+    lg_snapshot_t **pins;
+    size_t n_pins, pins_cap;
+    char pad_[64 - sizeof(void *) - 4 * sizeof(size_t)];
 };
 
 /* Snapshots with pins on this worker thread. */
@@ -39,9 +40,8 @@ lg_snapshot_t *lg_snapshot_new(size_t listeners, size_t clusters, size_t routes)
     s->listener_socks = lg_calloc(listeners + 1, sizeof(*s->listener_socks));
     s->clusters = lg_calloc(clusters + 1, sizeof(*s->clusters));
     s->routes = lg_calloc(routes + 1, sizeof(*s->routes));
-    s->worker_uses = lg_calloc(lg_stats_nworkers + 1, sizeof(size_t));
-    _Static_assert(sizeof(*s->pins) == 64, "a worker's pins fill a cache line");
-    s->pins = lg_aligned_zalloc(64, (lg_stats_nworkers + 1) * sizeof(*s->pins));
+    _Static_assert(sizeof(*s->per_worker) == 64, "a worker's part fills a cache line");
+    s->per_worker = lg_aligned_zalloc(64, (lg_stats_nworkers + 1) * sizeof(*s->per_worker));
     s->last_updated_wall_us = lg_wall_us();
     return s;
 }
@@ -127,7 +127,7 @@ static void snapshot_free(lg_snapshot_t *s)
     for (size_t i = 0; i != s->n_routes; ++i)
         lg_route_table_release(s->routes[i]);
     for (size_t i = 0; i != lg_stats_nworkers + 1; ++i)
-        free(s->pins[i].items);
+        free(s->per_worker[i].pins);
     lg_xds_dump_release(s->xds);
     lg_runtime_release(s->runtime);
     for (size_t i = 0; i != s->n_ecds; ++i)
@@ -140,8 +140,7 @@ static void snapshot_free(lg_snapshot_t *s)
     free(s->listener_socks);
     free(s->clusters);
     free(s->routes);
-    free(s->worker_uses);
-    free(s->pins);
+    free(s->per_worker);
     free(s);
 }
 
@@ -170,18 +169,24 @@ void lg_snapshot_collect(void)
 
 void lg_snapshot_hold(lg_worker_t *w, lg_snapshot_t *s)
 {
-    if (s->worker_uses[w->index]++ == 0)
+    if (s->per_worker[w->index].uses++ == 0)
         lg_snapshot_ref(s);
+}
+
+size_t lg_snapshot_uses(const lg_snapshot_t *s, const lg_worker_t *w)
+{
+    return s->per_worker[w->index].uses;
 }
 
 static void unpin(lg_worker_t *w, lg_snapshot_t *s)
 {
-    lg_snapshot_pins_t *p = s->pins + w->index;
-    if (p->n == 0)
+    lg_snapshot_worker_t *p = s->per_worker + w->index;
+    if (p->n_pins == 0)
         return;
-    lg_snapshot_t **items = p->items;
-    size_t n = p->n;
-    *p = (lg_snapshot_pins_t){NULL};
+    lg_snapshot_t **items = p->pins;
+    size_t n = p->n_pins;
+    p->pins = NULL;
+    p->n_pins = p->pins_cap = 0;
     for (size_t i = 0; i != pinned_here.n; ++i)
         if (pinned_here.items[i] == s) {
             pinned_here.items[i] = pinned_here.items[--pinned_here.n];
@@ -194,7 +199,7 @@ static void unpin(lg_worker_t *w, lg_snapshot_t *s)
 
 void lg_snapshot_release(lg_worker_t *w, lg_snapshot_t *s)
 {
-    if (--s->worker_uses[w->index] != 0)
+    if (--s->per_worker[w->index].uses != 0)
         return;
     unpin(w, s);
     lg_snapshot_unref(s);
@@ -202,16 +207,16 @@ void lg_snapshot_release(lg_worker_t *w, lg_snapshot_t *s)
 
 static void pin(lg_worker_t *w, lg_snapshot_t *s, lg_snapshot_t *newer)
 {
-    lg_snapshot_pins_t *p = s->pins + w->index;
-    if (p->n != 0 && p->items[p->n - 1] == newer)
+    lg_snapshot_worker_t *p = s->per_worker + w->index;
+    if (p->n_pins != 0 && p->pins[p->n_pins - 1] == newer)
         return;
-    if (p->n == p->cap) {
-        p->cap = p->cap ? p->cap * 2 : 4;
-        p->items = lg_realloc(p->items, p->cap * sizeof(*p->items));
+    if (p->n_pins == p->pins_cap) {
+        p->pins_cap = p->pins_cap ? p->pins_cap * 2 : 4;
+        p->pins = lg_realloc(p->pins, p->pins_cap * sizeof(*p->pins));
     }
-    p->items[p->n++] = newer;
+    p->pins[p->n_pins++] = newer;
     lg_snapshot_hold(w, newer);
-    if (p->n == 1) {
+    if (p->n_pins == 1) {
         if (pinned_here.n == pinned_here.cap) {
             pinned_here.cap = pinned_here.cap ? pinned_here.cap * 2 : 8;
             pinned_here.items = lg_realloc(pinned_here.items, pinned_here.cap * sizeof(*pinned_here.items));
@@ -222,19 +227,19 @@ static void pin(lg_worker_t *w, lg_snapshot_t *s, lg_snapshot_t *newer)
 
 void lg_snapshot_conn_busy(lg_worker_t *w, lg_snapshot_t *s)
 {
-    ++s->pins[w->index].busy_conns;
+    ++s->per_worker[w->index].busy_conns;
 }
 
 void lg_snapshot_conn_idle(lg_worker_t *w, lg_snapshot_t *s)
 {
-    --s->pins[w->index].busy_conns;
+    --s->per_worker[w->index].busy_conns;
 }
 
 void lg_snapshot_sweep_pins(lg_worker_t *w)
 {
     for (size_t i = 0; i < pinned_here.n;) {
         lg_snapshot_t *s = pinned_here.items[i];
-        if (s->pins[w->index].busy_conns != 0)
+        if (s->per_worker[w->index].busy_conns != 0)
             ++i;
         else
             unpin(w, s); /* removes s from pinned_here */

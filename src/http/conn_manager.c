@@ -8,6 +8,7 @@
  * which upgrades and CONNECTs may become tunnels (upgrade_configs), and
  * answers gRPC requests with trailers-only local replies.
  */
+#include <assert.h>
 #include <arpa/inet.h>
 #include <malloc.h>
 #include <sys/random.h>

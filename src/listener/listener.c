@@ -581,15 +581,33 @@ static h2o_socket_t *accept_one(h2o_socket_t *listener, struct sockaddr_storage 
     return h2o_evloop_socket_create(h2o_socket_get_loop(listener), fd, H2O_SOCKET_FLAG_IS_ACCEPTED_CONNECTION);
 }
 
-int lg_listener_accept(lg_worker_t *w, lg_listener_config_t *l, lg_snapshot_t *snap, h2o_socket_t *listener)
+void lg_accept_backoff_failed(lg_accept_backoff_t *b, const char *listener, int err)
+{
+    if (b->failures++ == 0)
+        LG_WARN(conn_handler, "accept on %s failed: %s; trying again every %d ms", listener, strerror(err), LG_ACCEPT_BACKOFF_MS);
+    else
+        LG_DEBUG(conn_handler, "accept on %s failed again: %s (attempt %" PRIu64 ")", listener, strerror(err), b->failures);
+}
+
+void lg_accept_backoff_worked(lg_accept_backoff_t *b)
+{
+    if (b->failures != 0)
+        LG_INFO(conn_handler, "accepting connections again after %" PRIu64 " failed attempts", b->failures);
+    b->failures = 0;
+}
+
+size_t lg_listener_accept(lg_worker_t *w, lg_listener_config_t *l, lg_snapshot_t *snap, h2o_socket_t *listener, int *err)
 {
     h2o_socket_t *sock;
     struct sockaddr_storage remote;
+    size_t n = 0;
+    *err = 0;
     /* a bounded batch per wake-up so that one busy listener cannot starve the loop */
-    for (int i = 0; i != 64; ++i) {
+    for (; n != 64; ++n) {
         if ((sock = accept_one(listener, &remote)) == NULL) {
-            int e = errno;
-            return lg_accept_out_of_resources(e) ? e : 0;
+            if (lg_accept_out_of_resources(errno))
+                *err = errno;
+            break;
         }
         if (over_limit(w, l)) {
             LG_DEBUG(conn_handler, "closing connection from %s: connection limit reached", l->address_str);
@@ -607,7 +625,7 @@ int lg_listener_accept(lg_worker_t *w, lg_listener_config_t *l, lg_snapshot_t *s
             select_chain(p, NULL);
         }
     }
-    return 0;
+    return n;
 }
 
 int lg_listener_is_tls(const lg_listener_config_t *l)

@@ -270,7 +270,7 @@ def test_most_recently_used_upstream_connection_serves_next(legate, ports, upstr
     lg = legate(cfg.simple_proxy(ports(), ports(), [up.port]), args=["--concurrency", "1"])
     burst = [RawHTTP("127.0.0.1", lg.listener_port(), timeout=20) for _ in range(3)]
     for i, c in enumerate(burst):
-        c.request("GET", f"/delay/{100 * (i + 1)}")
+        c.request("GET", f"/delay/{500 * (i + 1)}")
     ids = [c.read_response().json()["conn_id"] for c in burst]
     for c in burst:
         c.close()

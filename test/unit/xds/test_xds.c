@@ -322,19 +322,19 @@ static void test_route_pins(void)
     lg_snapshot_conn_busy(&w, old);
     ok(lg_snapshot_route_table(old, &hcm) == lg_snapshot_find_routes(newer, "r"),
        "a new stream on an old connection takes the newest table");
-    ok(newer->worker_uses[0] == 2, "which pins the newer snapshot");
+    ok(lg_snapshot_uses(newer, &w) == 2, "which pins the newer snapshot");
     lg_snapshot_conn_busy(&w, old); /* a second connection of the old snapshot */
     lg_snapshot_conn_idle(&w, old);
     lg_snapshot_sweep_pins(&w);
-    ok(newer->worker_uses[0] == 2, "the pin stays while a connection of the old snapshot has streams");
+    ok(lg_snapshot_uses(newer, &w) == 2, "the pin stays while a connection of the old snapshot has streams");
     lg_snapshot_conn_idle(&w, old);
     lg_snapshot_sweep_pins(&w);
-    ok(newer->worker_uses[0] == 1, "and goes when none has");
+    ok(lg_snapshot_uses(newer, &w) == 1, "and goes when none has");
     lg_snapshot_conn_busy(&w, old);
     lg_snapshot_route_table(old, &hcm);
     lg_snapshot_conn_idle(&w, old);
     lg_snapshot_sweep_pins(&w);
-    ok(newer->worker_uses[0] == 1, "a stream that ends within the iteration leaves no pin");
+    ok(lg_snapshot_uses(newer, &w) == 1, "a stream that ends within the iteration leaves no pin");
     lg_current_worker = NULL;
     lg_snapshot_release(&w, newer);
     lg_snapshot_release(&w, old);

@@ -99,7 +99,10 @@ typedef struct st_lg_listener_config_t {
     lg_filter_chain_t *chains;
     size_t n_chains;
     lg_filter_chain_t *default_chain; /* NULL = none */
-    lg_stats_block_t *stats;          /* listener.<address>. */
+    /* The chains by server name, when no chain matches on destination port or
+     * address (Envoy's server_names map; see lg_listener_index_chains), or NULL. */
+    struct st_lg_sni_index_t *sni_index;
+    lg_stats_block_t *stats; /* listener.<address>. */
     /* listener filters: tls_inspector reads the ClientHello before chain selection */
     unsigned tls_inspector : 1;
     unsigned continue_on_listener_filters_timeout : 1;

@@ -15,14 +15,19 @@ void lg_listener_config_release(lg_listener_config_t *l);
 typedef struct st_lg_conn_match_info_t {
     const struct sockaddr *local;
     const struct sockaddr *remote;
-    const char *server_name;         /* SNI or NULL */
-    const char *transport_protocol;  /* "raw_buffer" or "tls" */
-    const char *const *alpn;         /* offered ALPN protocols */
+    const char *server_name;        /* SNI or NULL */
+    const char *transport_protocol; /* "raw_buffer" or "tls" */
+    const char *const *alpn;        /* offered ALPN protocols */
     size_t n_alpn;
 } lg_conn_match_info_t;
 
 /* Envoy's filter chain match: the most specific chain at each criterion in
  * turn; the default chain when none matches; NULL when there is none. */
 const lg_filter_chain_t *lg_listener_match_chain(const lg_listener_config_t *l, const lg_conn_match_info_t *info);
+/* Indexes the chains by server name (l->sni_index) when there are enough of
+ * them and none matches on destination port or address: a connection's
+ * server-name step is then a lookup instead of a pass over every chain. */
+void lg_listener_index_chains(lg_listener_config_t *l);
+void lg_listener_sni_index_free(struct st_lg_sni_index_t *x);
 
 #endif

@@ -284,6 +284,7 @@ lg_listener_config_t *lg_listener_config_compile(const Envoy__Config__Listener__
             goto fail;
         }
     }
+    lg_listener_index_chains(l);
     l->stats = lg_stats_block_new(prefix, listener_stat_defs, LG_ARRAY_SIZE(listener_stat_defs));
     return l;
 fail:
@@ -304,6 +305,7 @@ void lg_listener_config_release(lg_listener_config_t *l)
     for (size_t i = 0; i != l->n_chains; ++i)
         free_chain(l->chains + i);
     free(l->chains);
+    lg_listener_sni_index_free(l->sni_index);
     if (l->default_chain != NULL) {
         free_chain(l->default_chain);
         free(l->default_chain);
@@ -453,15 +455,156 @@ static int score_src_port(const lg_filter_chain_t *c, const lg_conn_match_info_t
     return -1;
 }
 
+/* ---- the server-name index ---- */
+
+#define SNI_INDEX_MIN_CHAINS 16
+
+/* The chains (ascending indexes) listing one server name, or one wildcard's suffix (".x" of "*.x"). */
+typedef struct st_sni_slot_t {
+    const char *key; /* NULL: empty; borrowed from the chain's match */
+    size_t key_len;
+    uint32_t *chains;
+    size_t n;
+} sni_slot_t;
+
+typedef struct st_sni_map_t {
+    sni_slot_t *slots;
+    size_t mask; /* capacity - 1 (a power of two, at most half full) */
+} sni_map_t;
+
+struct st_lg_sni_index_t {
+    sni_map_t exact, wild;
+    uint32_t *no_names; /* chains without server_names */
+    size_t n_no_names;
+};
+
+static size_t sni_hash(const char *s, size_t len)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i != len; ++i)
+        h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
+    return (size_t)(h ^ h >> 29);
+}
+
+static sni_slot_t *sni_find(const sni_map_t *m, const char *key, size_t len)
+{
+    for (size_t i = sni_hash(key, len) & m->mask;; i = (i + 1) & m->mask) {
+        sni_slot_t *s = m->slots + i;
+        if (s->key == NULL || (s->key_len == len && memcmp(s->key, key, len) == 0))
+            return s;
+    }
+}
+
+static void sni_add(sni_map_t *m, const char *key, uint32_t chain)
+{
+    sni_slot_t *s = sni_find(m, key, strlen(key));
+    if (s->key == NULL) {
+        s->key = key;
+        s->key_len = strlen(key);
+    }
+    if (s->n != 0 && s->chains[s->n - 1] == chain)
+        return; /* the chain lists the name twice */
+    s->chains = lg_realloc(s->chains, (s->n + 1) * sizeof(*s->chains));
+    s->chains[s->n++] = chain;
+}
+
+static void sni_map_init(sni_map_t *m, size_t n_keys)
+{
+    size_t cap = 16;
+    while (cap < 2 * n_keys)
+        cap *= 2;
+    m->slots = lg_calloc(cap, sizeof(*m->slots));
+    m->mask = cap - 1;
+}
+
+static void sni_map_dispose(sni_map_t *m)
+{
+    for (size_t i = 0; m->slots != NULL && i <= m->mask; ++i)
+        free(m->slots[i].chains);
+    free(m->slots);
+}
+
+void lg_listener_sni_index_free(struct st_lg_sni_index_t *x)
+{
+    if (x == NULL)
+        return;
+    sni_map_dispose(&x->exact);
+    sni_map_dispose(&x->wild);
+    free(x->no_names);
+    free(x);
+}
+
+void lg_listener_index_chains(lg_listener_config_t *l)
+{
+    size_t n_exact = 0, n_wild = 0;
+    if (l->n_chains < SNI_INDEX_MIN_CHAINS)
+        return;
+    for (size_t i = 0; i != l->n_chains; ++i) {
+        const lg_filter_chain_match_t *m = &l->chains[i].match;
+        if (m->has_destination_port || m->n_prefix_ranges != 0)
+            return; /* the server-name step would not see every chain */
+        for (size_t k = 0; k != m->n_server_names; ++k)
+            ++*(m->server_names[k][0] == '*' ? &n_wild : &n_exact);
+    }
+    struct st_lg_sni_index_t *x = lg_calloc(1, sizeof(*x));
+    sni_map_init(&x->exact, n_exact);
+    sni_map_init(&x->wild, n_wild);
+    x->no_names = lg_malloc(l->n_chains * sizeof(*x->no_names));
+    for (size_t i = 0; i != l->n_chains; ++i) {
+        const lg_filter_chain_match_t *m = &l->chains[i].match;
+        if (m->n_server_names == 0)
+            x->no_names[x->n_no_names++] = (uint32_t)i;
+        for (size_t k = 0; k != m->n_server_names; ++k) {
+            const char *name = m->server_names[k]; /* lower-case; a wildcard is "*.x" */
+            if (name[0] == '*')
+                sni_add(&x->wild, name + 1, (uint32_t)i);
+            else
+                sni_add(&x->exact, name, (uint32_t)i);
+        }
+    }
+    l->sni_index = x;
+}
+
+/* The chains that win the server-name step (as score_sni over every chain
+ * would pick them): those naming the SNI, else those with the longest
+ * wildcard suffix of it, else those without server_names. 0 when the SNI
+ * is too long for the index (the caller matches without it). */
+static int sni_candidates(const struct st_lg_sni_index_t *x, const char *sni, const uint32_t **chains, size_t *n)
+{
+    char buf[256];
+    size_t len = sni != NULL ? strlen(sni) : 0;
+    if (sni != NULL && (len == 0 || len >= sizeof(buf)))
+        return 0;
+    *chains = x->no_names;
+    *n = x->n_no_names;
+    if (sni == NULL)
+        return 1;
+    for (size_t i = 0; i != len; ++i)
+        buf[i] = (char)tolower((unsigned char)sni[i]);
+    const sni_slot_t *s = sni_find(&x->exact, buf, len);
+    if (s->key == NULL) /* the longest suffix first: ".b.c" before ".c" of "a.b.c" */
+        for (size_t i = 1; i < len && s->key == NULL; ++i)
+            if (buf[i] == '.')
+                s = sni_find(&x->wild, buf + i, len - i);
+    if (s->key != NULL) {
+        *chains = s->chains;
+        *n = s->n;
+    }
+    return 1;
+}
+
 const lg_filter_chain_t *lg_listener_match_chain(const lg_listener_config_t *l, const lg_conn_match_info_t *info)
 {
     static const score_cb order[] = {score_port,       score_dst_ip,   score_sni,    score_transport, score_alpn,
                                      score_direct_src, score_src_type, score_src_ip, score_src_port};
-    const lg_filter_chain_t *stack[16], **cand = l->n_chains <= 16 ? stack : lg_malloc(l->n_chains * sizeof(*cand));
-    size_t n = l->n_chains;
+    const uint32_t *idx;
+    size_t n = l->n_chains, k = 0;
+    if (l->sni_index != NULL && sni_candidates(l->sni_index, info->server_name, &idx, &n))
+        k = 3; /* port and address match every chain; the server-name step is done */
+    const lg_filter_chain_t *stack[16], **cand = n <= 16 ? stack : lg_malloc(n * sizeof(*cand));
     for (size_t i = 0; i != n; ++i)
-        cand[i] = l->chains + i;
-    for (size_t k = 0; k != LG_ARRAY_SIZE(order) && n != 0; ++k)
+        cand[i] = l->chains + (k != 0 ? idx[i] : i);
+    for (; k != LG_ARRAY_SIZE(order) && n != 0; ++k)
         n = narrow(cand, n, order[k], info);
     const lg_filter_chain_t *found = n != 0 ? cand[0] : l->default_chain;
     if (cand != stack)

@@ -338,6 +338,8 @@ static void test_route_pins(void)
     lg_current_worker = NULL;
     lg_snapshot_release(&w, newer);
     lg_snapshot_release(&w, old);
+    lg_snapshot_unref(newer);
+    lg_snapshot_unref(old);
     lg_snapshot_collect();
 }
 

@@ -42,10 +42,11 @@ typedef enum en_lg_log_level_t {
 } lg_log_level_t;
 
 /* Log components (Envoy's names, subset). --component-log-level and /logging set them. */
-#define LG_LOG_COMPONENTS(X)                                                                                               \
-    X(main)                                                                                                                \
-    X(config) X(admin) X(connection) X(http) X(http2) X(router) X(upstream) X(pool) X(client) X(filter) X(runtime) X(misc) \
-        X(testing) X(conn_handler) X(dns) X(hc) X(tls) X(upstream_tls) X(xds) X(grpc)
+#define LG_LOG_COMPONENTS(X)                                                                                                \
+    X(main)                                                                                                                 \
+    X(config)                                                                                                               \
+    X(admin) X(connection) X(http) X(http2) X(router) X(upstream) X(pool) X(client) X(filter) X(runtime) X(misc) X(testing) \
+        X(conn_handler) X(dns) X(hc) X(tls) X(upstream_tls) X(xds) X(grpc)
 #define LG__LOG_ENUM(n) LG_LOGC_##n,
 typedef enum en_lg_log_component_t { LG_LOG_COMPONENTS(LG__LOG_ENUM) LG_LOGC__COUNT } lg_log_component_t;
 #undef LG__LOG_ENUM
@@ -74,6 +75,15 @@ void lg_log_reopen(void);
 #define LG_WARN(comp, ...) lg_log(comp, LG_LOG_WARN, __VA_ARGS__)
 #define LG_ERROR(comp, ...) lg_log(comp, LG_LOG_ERROR, __VA_ARGS__)
 #define LG_CRITICAL(comp, ...) lg_log(comp, LG_LOG_CRITICAL, __VA_ARGS__)
+
+/* FNV-1a: start from LG_FNV1A_INIT, then lg_fnv1a() over each piece. */
+#define LG_FNV1A_INIT 0xcbf29ce484222325ull
+static inline uint64_t lg_fnv1a(uint64_t h, const void *p, size_t len)
+{
+    for (size_t i = 0; i != len; ++i)
+        h = (h ^ ((const unsigned char *)p)[i]) * 0x100000001b3ull;
+    return h;
+}
 
 /* Allocation that aborts on out-of-memory (as Envoy does). */
 void *lg_malloc(size_t sz);

@@ -105,9 +105,7 @@ static uint64_t chain_hash(const chain_proto_t *m)
     size_t len = protobuf_c_message_get_packed_size(&m->base);
     uint8_t *buf = lg_malloc(len + 1);
     protobuf_c_message_pack(&m->base, buf);
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i != len; ++i)
-        h = (h ^ buf[i]) * 0x100000001b3ull;
+    uint64_t h = lg_fnv1a(LG_FNV1A_INIT, buf, len);
     free(buf);
     return h;
 }
@@ -199,7 +197,68 @@ static int same_match(const lg_filter_chain_match_t *a, const lg_filter_chain_ma
             return 0;
     return memcmp(a->prefix_ranges, b->prefix_ranges, a->n_prefix_ranges * sizeof(lg_cidr_t)) == 0 &&
            memcmp(a->source_prefix_ranges, b->source_prefix_ranges, a->n_source_prefix_ranges * sizeof(lg_cidr_t)) == 0 &&
+           memcmp(a->direct_source_prefix_ranges, b->direct_source_prefix_ranges,
+                  a->n_direct_source_prefix_ranges * sizeof(lg_cidr_t)) == 0 &&
            memcmp(a->source_ports, b->source_ports, a->n_source_ports * sizeof(uint32_t)) == 0;
+}
+
+/* A hash of what same_match() compares: only chains with equal hashes are compared. */
+static uint64_t match_hash(const lg_filter_chain_match_t *m)
+{
+    uint64_t h = LG_FNV1A_INIT;
+    uint32_t fixed[] = {(uint32_t)m->has_destination_port, m->destination_port, (uint32_t)m->source_type};
+    h = lg_fnv1a(h, fixed, sizeof(fixed));
+    h = lg_fnv1a(h, m->transport_protocol, strlen(m->transport_protocol) + 1);
+    for (size_t i = 0; i != m->n_server_names; ++i)
+        h = lg_fnv1a(h, m->server_names[i], strlen(m->server_names[i]) + 1);
+    h = lg_fnv1a(h, "", 1);
+    for (size_t i = 0; i != m->n_application_protocols; ++i)
+        h = lg_fnv1a(h, m->application_protocols[i], strlen(m->application_protocols[i]) + 1);
+    h = lg_fnv1a(h, m->prefix_ranges, m->n_prefix_ranges * sizeof(lg_cidr_t));
+    h = lg_fnv1a(h, "", 1);
+    h = lg_fnv1a(h, m->source_prefix_ranges, m->n_source_prefix_ranges * sizeof(lg_cidr_t));
+    h = lg_fnv1a(h, "", 1);
+    h = lg_fnv1a(h, m->direct_source_prefix_ranges, m->n_direct_source_prefix_ranges * sizeof(lg_cidr_t));
+    h = lg_fnv1a(h, "", 1);
+    return lg_fnv1a(h, m->source_ports, m->n_source_ports * sizeof(uint32_t));
+}
+
+/* Chains seen so far by match hash (open addressing; slots hold index + 1), so
+ * that the duplicate check costs O(chains) instead of comparing every pair. */
+typedef struct st_match_set_t {
+    uint64_t *hashes; /* per chain */
+    uint32_t *slots;
+    size_t mask;
+} match_set_t;
+
+static void match_set_init(match_set_t *set, size_t n)
+{
+    size_t cap = 16;
+    while (cap < 2 * n)
+        cap *= 2;
+    set->hashes = lg_malloc((n ? n : 1) * sizeof(*set->hashes));
+    set->slots = lg_calloc(cap, sizeof(*set->slots));
+    set->mask = cap - 1;
+}
+
+/* Adds chain i; returns an earlier chain with the same match (the first one), or -1. */
+static ssize_t match_set_add(match_set_t *set, const lg_filter_chain_t *chains, size_t i)
+{
+    uint64_t h = set->hashes[i] = match_hash(&chains[i].match);
+    size_t k = (size_t)(h ^ h >> 32) & set->mask;
+    for (; set->slots[k] != 0; k = (k + 1) & set->mask) {
+        size_t j = set->slots[k] - 1;
+        if (set->hashes[j] == h && same_match(&chains[j].match, &chains[i].match))
+            return (ssize_t)j;
+    }
+    set->slots[k] = (uint32_t)i + 1;
+    return -1;
+}
+
+static void match_set_dispose(match_set_t *set)
+{
+    free(set->hashes);
+    free(set->slots);
 }
 
 static const lg_stat_def_t tls_inspector_stat_defs[] = {LG_TLS_INSPECTOR_STATS(LG_STAT_DEF)};
@@ -255,20 +314,25 @@ lg_listener_config_t *lg_listener_config_compile(const Envoy__Config__Listener__
     if (compile_listener_filters(l, m, err) != 0)
         goto fail;
     l->chains = lg_calloc(m->n_filter_chains ? m->n_filter_chains : 1, sizeof(*l->chains));
+    match_set_t seen;
+    match_set_init(&seen, m->n_filter_chains);
     for (size_t i = 0; i != m->n_filter_chains; ++i) {
         if (compile_chain(l->chains + i, m->filter_chains[i], ctx, prefix, err) != 0) {
             l->n_chains = i + 1;
             lg_error_prefix(err, "filter_chains[%zu]", i);
+            match_set_dispose(&seen);
             goto fail;
         }
         l->n_chains = i + 1;
-        for (size_t j = 0; j != i; ++j)
-            if (same_match(&l->chains[j].match, &l->chains[i].match)) {
-                lg_error(err, "error adding listener '%s': filter chain '%s' has the same matching rules defined as '%s'", addr,
-                         l->chains[i].name, l->chains[j].name);
-                goto fail;
-            }
+        ssize_t j = match_set_add(&seen, l->chains, i);
+        if (j >= 0) {
+            lg_error(err, "error adding listener '%s': filter chain '%s' has the same matching rules defined as '%s'", addr,
+                     l->chains[i].name, l->chains[j].name);
+            match_set_dispose(&seen);
+            goto fail;
+        }
     }
+    match_set_dispose(&seen);
     if (m->default_filter_chain != NULL) {
         l->default_chain = lg_calloc(1, sizeof(*l->default_chain));
         if (compile_chain(l->default_chain, m->default_filter_chain, ctx, prefix, err) != 0) {
@@ -480,9 +544,7 @@ struct st_lg_sni_index_t {
 
 static size_t sni_hash(const char *s, size_t len)
 {
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i != len; ++i)
-        h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
+    uint64_t h = lg_fnv1a(LG_FNV1A_INIT, s, len);
     return (size_t)(h ^ h >> 29);
 }
 

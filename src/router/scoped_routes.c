@@ -210,19 +210,14 @@ int lg_scope_key_fragment(const lg_scope_key_builder_t *kb, size_t i, const lg_r
 
 /* ---- scope sets ---- */
 
-#define FNV_OFFSET 0xcbf29ce484222325ull
-#define FNV_PRIME 0x100000001b3ull
-
-/* FNV-1a over each fragment's length and bytes, so that ("ab","c") and
- * ("a","bc") differ. */
+/* FNV-1a over each fragment's length (8 bytes, little-endian) and bytes, so
+ * that ("ab","c") and ("a","bc") differ. */
 static uint64_t hash_fragment(uint64_t h, h2o_iovec_t f)
 {
-    uint64_t len = f.len;
+    uint8_t len[8];
     for (size_t i = 0; i != sizeof(len); ++i)
-        h = (h ^ ((len >> (8 * i)) & 0xff)) * FNV_PRIME;
-    for (size_t i = 0; i != f.len; ++i)
-        h = (h ^ (uint8_t)f.base[i]) * FNV_PRIME;
-    return h;
+        len[i] = (uint8_t)((uint64_t)f.len >> (8 * i));
+    return lg_fnv1a(lg_fnv1a(h, len, sizeof(len)), f.base, f.len);
 }
 
 static void free_scope(lg_scope_t *s)
@@ -244,7 +239,7 @@ static int compile_key(lg_scope_t *s, const Envoy__Config__Route__V3__ScopedRout
     if (key->n_fragments == 0)
         return lg_error(err, "%s.key.fragments: value must contain at least 1 item(s)", path);
     s->fragments = lg_calloc(key->n_fragments, sizeof(*s->fragments));
-    s->hash = FNV_OFFSET;
+    s->hash = LG_FNV1A_INIT;
     for (size_t i = 0; i != key->n_fragments; ++i) {
         if (key->fragments[i]->type_case != KEY_FRAGMENT_STRING_KEY)
             return lg_error(err, "%s.key.fragments[%zu].type: value is required", path, i);
@@ -406,7 +401,7 @@ const lg_scope_t *lg_scoped_routes_match(const lg_scoped_routes_t *sr, const lg_
 {
     if (sr == NULL || sr->n == 0)
         return NULL;
-    uint64_t h = FNV_OFFSET;
+    uint64_t h = LG_FNV1A_INIT;
     for (size_t i = 0; i != sr->kb->n; ++i) {
         h2o_iovec_t v;
         if (!lg_scope_key_fragment(sr->kb, i, req, &v))

@@ -34,10 +34,7 @@ static lg_cluster_config_t *slot_config(slot_t s)
 
 static uint64_t name_hash(const char *s, size_t len)
 {
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i != len; ++i)
-        h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
-    return h;
+    return lg_fnv1a(LG_FNV1A_INIT, s, len);
 }
 
 /* ---- lg_worker_cluster_t ---- */

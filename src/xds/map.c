@@ -6,10 +6,7 @@
 
 static uint64_t hash_str(const char *s)
 {
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (; *s != '\0'; ++s)
-        h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
-    return h;
+    return lg_fnv1a(LG_FNV1A_INIT, s, strlen(s));
 }
 
 void lg__xds_map_init(lg__xds_map_t *m, const char *(*key_of)(const void *v))

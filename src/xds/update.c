@@ -35,11 +35,7 @@ static const char *const nouns[LG_XDS__NTYPES] = {
 
 uint64_t lg__xds_hash(const void *p, size_t n)
 {
-    const uint8_t *b = p;
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i != n; ++i)
-        h = (h ^ b[i]) * 0x100000001b3ull;
-    return h;
+    return lg_fnv1a(LG_FNV1A_INIT, p, n);
 }
 
 static const char *resource_name(lg_xds_type_t type, const ProtobufCMessage *m)

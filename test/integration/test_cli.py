@@ -207,6 +207,27 @@ def test_invalid_regex_rejected(tmp_path):
     assert "regex" in out_of(r)
 
 
+def chains_doc(matches):
+    doc = good_bootstrap()
+    lst = doc["static_resources"]["listeners"][0]
+    proto = lst["filter_chains"][0]
+    lst["filter_chains"] = [dict(proto, name=f"c{i}", filter_chain_match=m) for i, m in enumerate(matches)]
+    return doc
+
+
+def test_duplicate_filter_chain_match_rejected(tmp_path):
+    """Envoy's "filter chain 'X' has the same matching rules defined as 'Y'", naming the first
+    earlier chain with the same match; chains that differ in any criterion (here only in their
+    direct source ranges) are accepted. Found by match hash, also among many chains."""
+    names = [{"server_names": [f"h{i}.example.com"], "transport_protocol": "tls"} for i in range(40)]
+    r, _ = validate(tmp_path, chains_doc(names + [dict(names[7]), dict(names[3])]))
+    assert r.returncode == 1, out_of(r)
+    assert "filter chain 'c40' has the same matching rules defined as 'c7'" in out_of(r), out_of(r)
+    ranges = [{"direct_source_prefix_ranges": [{"address_prefix": f"10.0.{i}.0", "prefix_len": 24}]} for i in range(3)]
+    r, path = validate(tmp_path, chains_doc(names + ranges), name="ok.yaml")
+    assert_valid(r, path)
+
+
 def test_serve_with_bad_config_exits_1_and_never_listens(tmp_path):
     admin, listen = free_port(), free_port()
     doc = good_bootstrap(admin_port=admin, listen_port=listen)

@@ -31,7 +31,7 @@ UNIT_BINS := $(UNIT_SRCS:test/unit/%.c=$(B)/test/%)
 FUZZ_SRCS := $(shell find test/fuzz -name 'fuzz_*.c' | sort)
 FUZZ_BINS := $(FUZZ_SRCS:test/fuzz/%.c=$(B)/fuzz/%)
 
-.PHONY: all deps run test unit integration asan fuzz-replay bench clean format
+.PHONY: all deps run test unit integration asan fuzz-replay bench clean format asan-unit
 all: $(B)/legate
 
 # Installs the Debian packages the build and the tests need, when any is missing.
@@ -110,12 +110,18 @@ fuzz-replay:
 	@for f in $(FUZZ_SRCS:test/fuzz/fuzz_%.c=%); do \
 	  echo "fuzz corpus $$f:"; build/asan/fuzz/fuzz_$$f test/fuzz/corpus/$$f || exit 1; done
 
-# Unit tests, the integration tests on the normal build, then once more on the
-# AddressSanitizer build (leaks and memory errors fail the run).
+# The unit tests once more on the AddressSanitizer build.
+asan-unit:
+	LSAN_OPTIONS=suppressions=$(CURDIR)/tools/lsan.supp:print_suppressions=0 $(MAKE) $(ASAN_VARS) unit
+
+# Unit tests (normal and AddressSanitizer builds), the integration tests on the
+# normal build, then once more on the AddressSanitizer build (leaks and memory
+# errors fail the run).
 test: deps
 	$(MAKE) all
 	$(MAKE) unit
 	$(MAKE) asan
+	$(MAKE) asan-unit
 	$(MAKE) fuzz-replay
 	$(PY) tools/run-tests.py --bin $(B)/legate --asan-bin build/asan/legate
 

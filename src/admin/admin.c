@@ -580,18 +580,9 @@ static void on_accept(h2o_socket_t *listener, const char *err)
 {
     if (err != NULL)
         return;
-    for (int i = 0; i != ACCEPT_BATCH; ++i) {
-        h2o_socket_t *sock = h2o_evloop_socket_accept(listener);
-        if (sock == NULL) {
-            if (lg_accept_out_of_resources(errno)) {
-                lg_accept_backoff_failed(&admin.accept_failures, "the admin listener", errno);
-                h2o_socket_read_stop(listener);
-                h2o_timeout_link(admin.loop, &admin.accept_backoff, &admin.accept_retry);
-            } else if (i != 0) {
-                lg_accept_backoff_worked(&admin.accept_failures);
-            }
-            return;
-        }
+    h2o_socket_t *sock;
+    int i = 0;
+    for (; i != ACCEPT_BATCH && (sock = h2o_evloop_socket_accept(listener)) != NULL; ++i) {
         conn_t *c = lg_calloc(1, sizeof(*c));
         c->sock = sock;
         sock->data = c;
@@ -603,7 +594,13 @@ static void on_accept(h2o_socket_t *listener, const char *err)
         c->start_ms = lg_now_ms();
         h2o_socket_read_start(sock, on_read);
     }
-    lg_accept_backoff_worked(&admin.accept_failures);
+    if (i != ACCEPT_BATCH && lg_accept_out_of_resources(errno)) { /* errno of the accept that ended the loop */
+        lg_accept_backoff_failed(&admin.accept_failures, "the admin listener", errno);
+        h2o_socket_read_stop(listener);
+        h2o_timeout_link(admin.loop, &admin.accept_backoff, &admin.accept_retry);
+    } else if (i != 0) {
+        lg_accept_backoff_worked(&admin.accept_failures);
+    }
 }
 
 /* ---- the thread -------------------------------------------------------------------------------------------------------------- */

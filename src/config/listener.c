@@ -9,6 +9,7 @@
 #include "legate/listener.h"
 #include "legate/pbjson.h"
 #include "legate/stats.h"
+#include "legate/strmap.h"
 #include "legate/tcp_proxy.h"
 #include "legate/tls.h"
 
@@ -524,66 +525,45 @@ static int score_src_port(const lg_filter_chain_t *c, const lg_conn_match_info_t
 #define SNI_INDEX_MIN_CHAINS 16
 
 /* The chains (ascending indexes) listing one server name, or one wildcard's suffix (".x" of "*.x"). */
-typedef struct st_sni_slot_t {
-    const char *key; /* NULL: empty; borrowed from the chain's match */
-    size_t key_len;
+typedef struct st_sni_entry_t {
+    const char *key; /* borrowed from the chain's match */
     uint32_t *chains;
     size_t n;
-} sni_slot_t;
-
-typedef struct st_sni_map_t {
-    sni_slot_t *slots;
-    size_t mask; /* capacity - 1 (a power of two, at most half full) */
-} sni_map_t;
+} sni_entry_t;
 
 struct st_lg_sni_index_t {
-    sni_map_t exact, wild;
-    uint32_t *no_names; /* chains without server_names */
+    lg_strmap_t exact, wild; /* of sni_entry_t */
+    uint32_t *no_names;      /* chains without server_names */
     size_t n_no_names;
 };
 
-static size_t sni_hash(const char *s, size_t len)
+static const char *sni_key(const void *v)
 {
-    uint64_t h = lg_fnv1a(LG_FNV1A_INIT, s, len);
-    return (size_t)(h ^ h >> 29);
+    return ((const sni_entry_t *)v)->key;
 }
 
-static sni_slot_t *sni_find(const sni_map_t *m, const char *key, size_t len)
+static void sni_add(lg_strmap_t *m, const char *key, uint32_t chain)
 {
-    for (size_t i = sni_hash(key, len) & m->mask;; i = (i + 1) & m->mask) {
-        sni_slot_t *s = m->slots + i;
-        if (s->key == NULL || (s->key_len == len && memcmp(s->key, key, len) == 0))
-            return s;
+    sni_entry_t *e = lg_strmap_get(m, key);
+    if (e == NULL) {
+        e = lg_calloc(1, sizeof(*e));
+        e->key = key;
+        lg_strmap_put(m, e);
     }
-}
-
-static void sni_add(sni_map_t *m, const char *key, uint32_t chain)
-{
-    sni_slot_t *s = sni_find(m, key, strlen(key));
-    if (s->key == NULL) {
-        s->key = key;
-        s->key_len = strlen(key);
-    }
-    if (s->n != 0 && s->chains[s->n - 1] == chain)
+    if (e->n != 0 && e->chains[e->n - 1] == chain)
         return; /* the chain lists the name twice */
-    s->chains = lg_realloc(s->chains, (s->n + 1) * sizeof(*s->chains));
-    s->chains[s->n++] = chain;
+    e->chains = lg_realloc(e->chains, (e->n + 1) * sizeof(*e->chains));
+    e->chains[e->n++] = chain;
 }
 
-static void sni_map_init(sni_map_t *m, size_t n_keys)
-{
-    size_t cap = 16;
-    while (cap < 2 * n_keys)
-        cap *= 2;
-    m->slots = lg_calloc(cap, sizeof(*m->slots));
-    m->mask = cap - 1;
-}
-
-static void sni_map_dispose(sni_map_t *m)
+static void sni_map_dispose(lg_strmap_t *m)
 {
     for (size_t i = 0; m->slots != NULL && i <= m->mask; ++i)
-        free(m->slots[i].chains);
-    free(m->slots);
+        if (m->slots[i] != NULL) {
+            free(((sni_entry_t *)m->slots[i])->chains);
+            free(m->slots[i]);
+        }
+    lg_strmap_dispose(m);
 }
 
 void lg_listener_sni_index_free(struct st_lg_sni_index_t *x)
@@ -598,19 +578,14 @@ void lg_listener_sni_index_free(struct st_lg_sni_index_t *x)
 
 void lg_listener_index_chains(lg_listener_config_t *l)
 {
-    size_t n_exact = 0, n_wild = 0;
     if (l->n_chains < SNI_INDEX_MIN_CHAINS)
         return;
-    for (size_t i = 0; i != l->n_chains; ++i) {
-        const lg_filter_chain_match_t *m = &l->chains[i].match;
-        if (m->has_destination_port || m->n_prefix_ranges != 0)
+    for (size_t i = 0; i != l->n_chains; ++i)
+        if (l->chains[i].match.has_destination_port || l->chains[i].match.n_prefix_ranges != 0)
             return; /* the server-name step would not see every chain */
-        for (size_t k = 0; k != m->n_server_names; ++k)
-            ++*(m->server_names[k][0] == '*' ? &n_wild : &n_exact);
-    }
     struct st_lg_sni_index_t *x = lg_calloc(1, sizeof(*x));
-    sni_map_init(&x->exact, n_exact);
-    sni_map_init(&x->wild, n_wild);
+    lg_strmap_init(&x->exact, sni_key);
+    lg_strmap_init(&x->wild, sni_key);
     x->no_names = lg_malloc(l->n_chains * sizeof(*x->no_names));
     for (size_t i = 0; i != l->n_chains; ++i) {
         const lg_filter_chain_match_t *m = &l->chains[i].match;
@@ -641,16 +616,15 @@ static int sni_candidates(const struct st_lg_sni_index_t *x, const char *sni, co
     *n = x->n_no_names;
     if (sni == NULL)
         return 1;
-    for (size_t i = 0; i != len; ++i)
+    for (size_t i = 0; i != len + 1; ++i)
         buf[i] = (char)tolower((unsigned char)sni[i]);
-    const sni_slot_t *s = sni_find(&x->exact, buf, len);
-    if (s->key == NULL) /* the longest suffix first: ".b.c" before ".c" of "a.b.c" */
-        for (size_t i = 1; i < len && s->key == NULL; ++i)
-            if (buf[i] == '.')
-                s = sni_find(&x->wild, buf + i, len - i);
-    if (s->key != NULL) {
-        *chains = s->chains;
-        *n = s->n;
+    const sni_entry_t *e = lg_strmap_get(&x->exact, buf);
+    for (size_t i = 1; i < len && e == NULL; ++i) /* the longest suffix first: ".b.c" before ".c" of "a.b.c" */
+        if (buf[i] == '.')
+            e = lg_strmap_get(&x->wild, buf + i);
+    if (e != NULL) {
+        *chains = e->chains;
+        *n = e->n;
     }
     return 1;
 }

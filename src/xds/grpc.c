@@ -56,8 +56,8 @@ typedef struct st_type_state_t {
     char *nonce;               /* of the last response */
     char *nack;                /* error_detail for the next request, or NULL */
     /* delta */
-    lg__xds_map_t versions;   /* version_t: what we hold */
-    lg__xds_map_t subscribed; /* version_t (version unused): names the server knows we want */
+    lg_strmap_t versions;   /* version_t: what we hold */
+    lg_strmap_t subscribed; /* version_t (version unused): names the server knows we want */
 } type_state_t;
 
 struct st_grpc_mux_t {
@@ -123,7 +123,7 @@ static const char *version_key(const void *v)
     return ((const version_t *)v)->name;
 }
 
-static void versions_clear(lg__xds_map_t *map)
+static void versions_clear(lg_strmap_t *map)
 {
     for (size_t i = 0; map->slots != NULL && i <= map->mask; ++i) {
         version_t *v = map->slots[i];
@@ -133,24 +133,24 @@ static void versions_clear(lg__xds_map_t *map)
             free(v);
         }
     }
-    lg__xds_map_dispose(map);
+    lg_strmap_dispose(map);
 }
 
-static void versions_set(lg__xds_map_t *map, const char *name, const char *version)
+static void versions_set(lg_strmap_t *map, const char *name, const char *version)
 {
-    version_t *v = lg__xds_map_get(map, name);
+    version_t *v = lg_strmap_get(map, name);
     if (v == NULL) {
         v = lg_calloc(1, sizeof(*v));
         v->name = lg_strdup(name);
-        lg__xds_map_put(map, v);
+        lg_strmap_put(map, v);
     }
     free(v->version);
     v->version = lg_strdup(version != NULL ? version : "");
 }
 
-static void versions_del(lg__xds_map_t *map, const char *name)
+static void versions_del(lg_strmap_t *map, const char *name)
 {
-    version_t *v = lg__xds_map_del(map, name);
+    version_t *v = lg_strmap_del(map, name);
     if (v != NULL) {
         free(v->name);
         free(v->version);
@@ -410,18 +410,18 @@ static grpc_byte_buffer *delta_request(grpc_mux_t *m, lg__xds_sub_t *sub, type_s
     if (ts->nack != NULL)
         r.error_detail = error_detail(ts->nack, &st);
     /* subscribe what the server does not know yet, unsubscribe what we no longer want */
-    lg__xds_map_t wanted;
-    lg__xds_map_init(&wanted, version_key);
+    lg_strmap_t wanted;
+    lg_strmap_init(&wanted, version_key);
     version_t *tmp = lg_calloc(n + 1, sizeof(*tmp));
     for (size_t i = 0; i != n; ++i) {
         tmp[i].name = (char *)names[i];
-        lg__xds_map_put(&wanted, tmp + i);
-        if (lg__xds_map_get(&ts->subscribed, names[i]) == NULL)
+        lg_strmap_put(&wanted, tmp + i);
+        if (lg_strmap_get(&ts->subscribed, names[i]) == NULL)
             add_name(&r.resource_names_subscribe, &r.n_resource_names_subscribe, names[i]);
     }
     for (size_t i = 0; ts->subscribed.slots != NULL && i <= ts->subscribed.mask; ++i) {
         version_t *v = ts->subscribed.slots[i];
-        if (v != NULL && lg__xds_map_get(&wanted, v->name) == NULL)
+        if (v != NULL && lg_strmap_get(&wanted, v->name) == NULL)
             add_name(&r.resource_names_unsubscribe, &r.n_resource_names_unsubscribe, v->name);
     }
     if (!ts->sent_initial && ts->versions.n != 0) {
@@ -449,7 +449,7 @@ static grpc_byte_buffer *delta_request(grpc_mux_t *m, lg__xds_sub_t *sub, type_s
         versions_del(&ts->subscribed, r.resource_names_unsubscribe[i]);
     for (size_t i = 0; i != r.n_resource_names_subscribe; ++i)
         versions_set(&ts->subscribed, r.resource_names_subscribe[i], "");
-    lg__xds_map_dispose(&wanted);
+    lg_strmap_dispose(&wanted);
     free(tmp);
     free(r.resource_names_subscribe);
     free(r.resource_names_unsubscribe);
@@ -680,7 +680,7 @@ static void start_call(grpc_mux_t *m)
         free(ts->nack);
         ts->nack = NULL;
         versions_clear(&ts->subscribed);
-        lg__xds_map_init(&ts->subscribed, version_key);
+        lg_strmap_init(&ts->subscribed, version_key);
         lg__xds_sub_t *sub = m->super.subs[t];
         ts->pending = sub != NULL && sub->started;
     }
@@ -839,8 +839,8 @@ lg__xds_mux_t *lg__xds_grpc_mux_new(lg_xds_t *x, const Envoy__Config__Core__V3__
     for (size_t k = 0; k != OP__COUNT; ++k)
         m->tags[k] = (op_tag_t){m, (int)k};
     for (size_t t = 0; t != LG_XDS__NTYPES; ++t) {
-        lg__xds_map_init(&m->types[t].versions, version_key);
-        lg__xds_map_init(&m->types[t].subscribed, version_key);
+        lg_strmap_init(&m->types[t].versions, version_key);
+        lg_strmap_init(&m->types[t].subscribed, version_key);
     }
     if (ads && api->api_type == ENVOY__CONFIG__CORE__V3__API_CONFIG_SOURCE__API_TYPE__REST) {
         lg_error(err, "api_type: REST is not supported for ADS");

@@ -163,7 +163,7 @@ static int name_cmp(const void *a, const void *b)
 size_t lg__xds_sub_names(lg__xds_sub_t *sub, const char ***names)
 {
     lg_xds_t *x = sub->xds;
-    const lg__xds_map_t *m = &x->deps[sub->type];
+    const lg_strmap_t *m = &x->deps[sub->type];
     size_t n = 0;
     *names = lg_malloc((m->n + 1) * sizeof(**names));
     for (size_t i = 0; m->slots != NULL && i <= m->mask; ++i) {

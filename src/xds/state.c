@@ -89,7 +89,7 @@ static lg__xds_cluster_t *cluster_add(lg_xds_t *x, const char *name)
         x->clusters = lg_realloc(x->clusters, x->cap_clusters * sizeof(*x->clusters));
     }
     x->clusters[x->n_clusters++] = c;
-    lg__xds_map_put(&x->cluster_map, c);
+    lg_strmap_put(&x->cluster_map, c);
     return c;
 }
 
@@ -110,7 +110,7 @@ static void cluster_free(lg__xds_cluster_t *c)
 /* Unlists the entry; the vector slot is compacted by lg__xds_refresh(). */
 static void cluster_remove(lg_xds_t *x, lg__xds_cluster_t *c)
 {
-    lg__xds_map_del(&x->cluster_map, c->name);
+    lg_strmap_del(&x->cluster_map, c->name);
     if (c->eds != NULL && c->eds->user == c)
         c->eds->user = NULL;
     for (size_t i = 0; i != x->n_clusters; ++i)
@@ -130,7 +130,7 @@ static lg__xds_listener_t *listener_add(lg_xds_t *x, const char *name)
         x->listeners = lg_realloc(x->listeners, x->cap_listeners * sizeof(*x->listeners));
     }
     x->listeners[x->n_listeners++] = l;
-    lg__xds_map_put(&x->listener_map, l);
+    lg_strmap_put(&x->listener_map, l);
     return l;
 }
 
@@ -170,7 +170,7 @@ static void listener_free(lg__xds_listener_t *l)
 
 static void listener_remove(lg_xds_t *x, lg__xds_listener_t *l)
 {
-    lg__xds_map_del(&x->listener_map, l->name);
+    lg_strmap_del(&x->listener_map, l->name);
     for (size_t i = 0; i != x->n_listeners; ++i)
         if (x->listeners[i] == l)
             x->listeners[i] = NULL;
@@ -222,16 +222,16 @@ static void dep_free(lg__xds_dep_t *d)
 
 lg__xds_dep_t *lg__xds_dep_find(lg_xds_t *x, lg_xds_type_t type, const char *name)
 {
-    return lg__xds_map_get(&x->deps[type], name);
+    return lg_strmap_get(&x->deps[type], name);
 }
 
 static lg__xds_dep_t *dep_get(lg_xds_t *x, lg_xds_type_t type, const char *name)
 {
-    lg__xds_dep_t *d = lg__xds_map_get(&x->deps[type], name);
+    lg__xds_dep_t *d = lg_strmap_get(&x->deps[type], name);
     if (d == NULL) {
         d = entry_new(sizeof(*d), offsetof(lg__xds_dep_t, name), name);
         d->type = type;
-        lg__xds_map_put(&x->deps[type], d);
+        lg_strmap_put(&x->deps[type], d);
     }
     return d;
 }
@@ -337,7 +337,7 @@ static lg_stats_block_t *eds_stats_of(lg_cluster_config_t *cfg)
 static int cluster_exists(void *ctx, const char *name)
 {
     lg_xds_t *x = ctx;
-    return lg__xds_map_get(&x->cluster_map, name) != NULL;
+    return lg_strmap_get(&x->cluster_map, name) != NULL;
 }
 
 static uint64_t listener_hash(Envoy__Config__Listener__V3__Listener *m);
@@ -346,10 +346,10 @@ static int extract_rds(lg_xds_t *x, lg__xds_sub_t *parent, const Envoy__Config__
 
 void lg__xds_state_init(lg_xds_t *x, lg_snapshot_t *initial)
 {
-    lg__xds_map_init(&x->cluster_map, cluster_key);
-    lg__xds_map_init(&x->listener_map, listener_key);
+    lg_strmap_init(&x->cluster_map, cluster_key);
+    lg_strmap_init(&x->listener_map, listener_key);
     for (size_t t = 0; t != LG_XDS__NTYPES; ++t)
-        lg__xds_map_init(&x->deps[t], dep_key);
+        lg_strmap_init(&x->deps[t], dep_key);
     for (size_t i = 0; i != initial->n_clusters; ++i) {
         lg__xds_cluster_t *c = cluster_add(x, initial->clusters[i]->name);
         c->is_static = 1;
@@ -375,7 +375,7 @@ int lg__xds_state_static_deps(lg_xds_t *x, lg_error_t *err)
     const Envoy__Config__Bootstrap__V3__Bootstrap__StaticResources *sr = x->bootstrap->static_resources;
     for (size_t i = 0; sr != NULL && i != sr->n_clusters; ++i) {
         const Envoy__Config__Cluster__V3__Cluster *m = sr->clusters[i];
-        lg__xds_cluster_t *c = lg__xds_map_get(&x->cluster_map, m->name);
+        lg__xds_cluster_t *c = lg_strmap_get(&x->cluster_map, m->name);
         if (c == NULL)
             continue;
         if (c->sds == NULL && lg__xds_cluster_sds(x, NULL, m, &c->sds, &c->n_sds, err) != 0)
@@ -414,12 +414,12 @@ void lg__xds_state_dispose(lg_xds_t *x)
         for (size_t i = 0; x->deps[t].slots != NULL && i <= x->deps[t].mask; ++i)
             if (x->deps[t].slots[i] != NULL)
                 dep_free(x->deps[t].slots[i]);
-        lg__xds_map_dispose(&x->deps[t]);
+        lg_strmap_dispose(&x->deps[t]);
     }
     free(x->clusters);
     free(x->listeners);
-    lg__xds_map_dispose(&x->cluster_map);
-    lg__xds_map_dispose(&x->listener_map);
+    lg_strmap_dispose(&x->cluster_map);
+    lg_strmap_dispose(&x->listener_map);
     lg_snapshot_unref(x->published);
 }
 
@@ -455,7 +455,7 @@ static int same_res(const lg_xds_resource_t *a, const lg_xds_resource_t *b)
 static int apply_cluster(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *err)
 {
     lg_xds_t *x = sub->xds;
-    lg__xds_cluster_t *c = lg__xds_map_get(&x->cluster_map, ch->name);
+    lg__xds_cluster_t *c = lg_strmap_get(&x->cluster_map, ch->name);
     if (c != NULL && c->is_static) {
         LG_WARN(upstream, "cds: ignoring cluster '%s': a static cluster of that name exists", ch->name);
         return 0;
@@ -777,7 +777,7 @@ static int check_address(lg_xds_t *x, const lg__xds_listener_t *self, const lg_l
 static int apply_listener(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *err)
 {
     lg_xds_t *x = sub->xds;
-    lg__xds_listener_t *e = lg__xds_map_get(&x->listener_map, ch->name);
+    lg__xds_listener_t *e = lg_strmap_get(&x->listener_map, ch->name);
     if (e != NULL && e->is_static) {
         LG_WARN(config, "lds: ignoring listener '%s': a static listener of that name exists", ch->name);
         return 0;
@@ -993,7 +993,7 @@ static int scope_cmp(const void *a, const void *b)
  * scope of its name. Free the array, not the scopes. */
 static size_t scopes_of(lg_xds_t *x, const lg__xds_sub_t *sub, scope_proto_t *extra, scope_proto_t ***out)
 {
-    const lg__xds_map_t *m = &x->deps[LG_XDS_SRDS];
+    const lg_strmap_t *m = &x->deps[LG_XDS_SRDS];
     size_t n = 0;
     *out = lg_malloc((m->n + 2) * sizeof(**out));
     for (size_t i = 0; m->slots != NULL && i <= m->mask; ++i) {
@@ -1055,7 +1055,7 @@ static int apply_scoped(lg__xds_sub_t *sub, lg__xds_change_t *ch, lg_error_t *er
     if (ch->res == NULL) {
         if (d != NULL && d->sub == sub) {
             LG_INFO(config, "srds: removing scope '%s'", ch->name);
-            lg__xds_map_del(&x->deps[LG_XDS_SRDS], ch->name);
+            lg_strmap_del(&x->deps[LG_XDS_SRDS], ch->name);
             dep_free(d);
             ++x->srds_gen;
             x->dirty = 1;
@@ -1140,7 +1140,7 @@ static lg_stats_block_t *scope_rds_stats(lg__xds_rds_ref_t *r, const char *name)
 
 static void want_scopes(lg_xds_t *x, uint64_t now)
 {
-    lg__xds_map_t *m = &x->deps[LG_XDS_SRDS];
+    lg_strmap_t *m = &x->deps[LG_XDS_SRDS];
     for (size_t i = 0; i != x->n_listeners; ++i) {
         lg__xds_listener_t *l = x->listeners[i];
         for (size_t j = 0; l != NULL && j != l->n_rds; ++j) {
@@ -1213,7 +1213,7 @@ static void sub_version_set(lg_stats_block_t *b, const char *version, uint64_t n
  * on_demand_scopes count the scopes that load their routes eagerly / on demand. */
 static void srds_accepted_cb(lg__xds_sub_t *sub, lg_stats_block_t *b, void *ctx)
 {
-    const lg__xds_map_t *m = &sub->xds->deps[LG_XDS_SRDS];
+    const lg_strmap_t *m = &sub->xds->deps[LG_XDS_SRDS];
     uint64_t now_ms = lg_wall_us() / 1000, eager = 0, on_demand = 0;
     for (size_t k = 0; m->slots != NULL && k <= m->mask; ++k) {
         const lg__xds_dep_t *d = m->slots[k];
@@ -1243,7 +1243,7 @@ void lg__xds_sub_accepted(lg__xds_sub_t *sub, const char *version)
 /* An SRDS ref is ready once its source answered (or timed out) and every scope's routes arrived. */
 static int scopes_ready(lg_xds_t *x, const lg__xds_rds_ref_t *r)
 {
-    const lg__xds_map_t *m = &x->deps[LG_XDS_SRDS];
+    const lg_strmap_t *m = &x->deps[LG_XDS_SRDS];
     if (!r->sub->initialized)
         return 0;
     for (size_t k = 0; m->slots != NULL && k <= m->mask; ++k) {
@@ -1352,7 +1352,7 @@ static void update_deps(lg_xds_t *x)
             }
         }
         for (size_t i = 0; i != n; ++i) {
-            lg__xds_map_del(&x->deps[t], gone[i]->name);
+            lg_strmap_del(&x->deps[t], gone[i]->name);
             if (gone[i]->sub != NULL)
                 lg__xds_interest(gone[i]->sub);
             if (dep_has_value(gone[i]))
@@ -1541,7 +1541,7 @@ static void dump_version(lg_xds_t *x, lg_xds_dump_t *d, lg_xds_type_t t)
 /* SRDS: one item per scope, named by its ScopedRoutes.name (config_dump groups them). */
 static void dump_scopes(lg_xds_t *x, lg_xds_dump_t *d, size_t *cap)
 {
-    const lg__xds_map_t *m = &x->deps[LG_XDS_SRDS];
+    const lg_strmap_t *m = &x->deps[LG_XDS_SRDS];
     for (size_t i = 0; i != x->n_listeners; ++i) {
         const lg__xds_listener_t *l = x->listeners[i];
         for (size_t j = 0; l != NULL && j != l->n_rds; ++j) {

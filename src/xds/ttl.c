@@ -31,7 +31,7 @@ static void entry_free(ttl_entry_t *e)
 void lg__xds_ttl_init(lg_xds_t *x)
 {
     for (size_t t = 0; t != LG_XDS__NTYPES; ++t)
-        lg__xds_map_init(&x->ttls[t], ttl_key);
+        lg_strmap_init(&x->ttls[t], ttl_key);
 }
 
 void lg__xds_ttl_dispose(lg_xds_t *x)
@@ -39,25 +39,25 @@ void lg__xds_ttl_dispose(lg_xds_t *x)
     for (size_t t = 0; t != LG_XDS__NTYPES; ++t) {
         for (size_t i = 0; x->ttls[t].slots != NULL && i <= x->ttls[t].mask; ++i)
             entry_free(x->ttls[t].slots[i]);
-        lg__xds_map_dispose(&x->ttls[t]);
+        lg_strmap_dispose(&x->ttls[t]);
     }
 }
 
 void lg__xds_ttl_track(lg__xds_sub_t *sub, const lg__xds_change_t *changes, size_t n)
 {
-    lg__xds_map_t *m = &sub->xds->ttls[sub->type];
+    lg_strmap_t *m = &sub->xds->ttls[sub->type];
     uint64_t now = lg_now_ms();
     for (size_t i = 0; i != n; ++i) {
         const lg__xds_change_t *c = changes + i;
         if (c->res == NULL || c->res->ttl_ms == 0) {
-            entry_free(lg__xds_map_del(m, c->name));
+            entry_free(lg_strmap_del(m, c->name));
             continue;
         }
-        ttl_entry_t *e = lg__xds_map_get(m, c->name);
+        ttl_entry_t *e = lg_strmap_get(m, c->name);
         if (e == NULL) {
             e = lg_calloc(1, sizeof(*e));
             e->name = lg_strdup(c->name);
-            lg__xds_map_put(m, e);
+            lg_strmap_put(m, e);
         }
         free(e->version);
         e->version = lg_strdup(c->ttl_version != NULL ? c->ttl_version : c->res->version);
@@ -68,7 +68,7 @@ void lg__xds_ttl_track(lg__xds_sub_t *sub, const lg__xds_change_t *changes, size
 
 void lg__xds_ttl_heartbeat(lg__xds_sub_t *sub, const char *name, const char *version, uint64_t ttl_ms)
 {
-    ttl_entry_t *e = lg__xds_map_get(&sub->xds->ttls[sub->type], name);
+    ttl_entry_t *e = lg_strmap_get(&sub->xds->ttls[sub->type], name);
     if (e == NULL || strcmp(e->version, version != NULL ? version : "") != 0) {
         LG_DEBUG(xds, "%s: ignoring a heartbeat for '%s' (version '%s'): not held with a TTL at that version",
                  lg_xds_type_names[sub->type], name, version != NULL ? version : "");
@@ -77,7 +77,7 @@ void lg__xds_ttl_heartbeat(lg__xds_sub_t *sub, const char *name, const char *ver
     if (ttl_ms != 0)
         e->expires_ms = lg_now_ms() + ttl_ms;
     else
-        entry_free(lg__xds_map_del(&sub->xds->ttls[sub->type], name));
+        entry_free(lg_strmap_del(&sub->xds->ttls[sub->type], name));
 }
 
 int lg__xds_ttl_expire(lg_xds_t *x, uint64_t now_ms)
@@ -94,7 +94,7 @@ int lg__xds_ttl_expire(lg_xds_t *x, uint64_t now_ms)
             lg_strbuf_reserve(&errors, 1);
             lg__xds_apply(e->sub, &ch, 1, &errors);
             lg_strbuf_free(&errors);
-            lg__xds_map_del(&x->ttls[t], e->name);
+            lg_strmap_del(&x->ttls[t], e->name);
             entry_free(e);
             any = 1;
             i = (size_t)-1; /* the map changed: rescan */

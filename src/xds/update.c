@@ -162,25 +162,25 @@ static const char *change_key(const void *v)
 /* Drops heartbeats (no name); fails on a name that appears twice. */
 static int check_names(lg__xds_sub_t *sub, lg__xds_change_t *c, size_t *n, lg_error_t *err)
 {
-    lg__xds_map_t seen;
+    lg_strmap_t seen;
     size_t o = 0;
     int rc = 0;
-    lg__xds_map_init(&seen, change_key);
+    lg_strmap_init(&seen, change_key);
     for (size_t i = 0; i != *n; ++i) {
         if (c[i].name == NULL)
             continue;
-        if (rc == 0 && lg__xds_map_get(&seen, c[i].name) != NULL)
+        if (rc == 0 && lg_strmap_get(&seen, c[i].name) != NULL)
             rc = lg_error(err, "duplicate %s %s found", nouns[sub->type], c[i].name);
         c[o++] = c[i];
-        lg__xds_map_put(&seen, c + o - 1);
+        lg_strmap_put(&seen, c + o - 1);
     }
     *n = o;
-    lg__xds_map_dispose(&seen);
+    lg_strmap_dispose(&seen);
     return rc;
 }
 
 typedef struct st_removals_t {
-    const lg__xds_map_t *present;
+    const lg_strmap_t *present;
     char **names;
     size_t n;
 } removals_t;
@@ -188,7 +188,7 @@ typedef struct st_removals_t {
 static void add_removal(void *ctx, const char *name)
 {
     removals_t *r = ctx;
-    if (lg__xds_map_get(r->present, name) != NULL)
+    if (lg_strmap_get(r->present, name) != NULL)
         return;
     r->names = lg_realloc(r->names, (r->n + 1) * sizeof(*r->names));
     r->names[r->n++] = lg_strdup(name);
@@ -197,13 +197,13 @@ static void add_removal(void *ctx, const char *name)
 /* SotW for LDS, CDS and SRDS: what the response leaves out is removed. */
 static lg__xds_change_t *add_removals(lg__xds_sub_t *sub, lg__xds_change_t *c, size_t *n)
 {
-    lg__xds_map_t present;
-    lg__xds_map_init(&present, change_key);
+    lg_strmap_t present;
+    lg_strmap_init(&present, change_key);
     for (size_t i = 0; i != *n; ++i)
-        lg__xds_map_put(&present, c + i);
+        lg_strmap_put(&present, c + i);
     removals_t r = {&present, NULL, 0};
     lg__xds_foreach_dynamic(sub, add_removal, &r);
-    lg__xds_map_dispose(&present);
+    lg_strmap_dispose(&present);
     c = lg_realloc(c, (*n + r.n + 1) * sizeof(*c));
     for (size_t i = 0; i != r.n; ++i)
         c[(*n)++] = (lg__xds_change_t){r.names[i], NULL, NULL};

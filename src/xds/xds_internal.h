@@ -24,25 +24,10 @@
 #include "legate/listener.h"
 #include "legate/route.h"
 #include "legate/stats.h"
+#include "legate/strmap.h"
 #include "legate/xds.h"
 #include "envoy/config/core/v3/config_source.pb-c.h"
 #include "envoy/service/discovery/v3/discovery.pb-c.h"
-
-/* ---- map.c ---- */
-
-typedef struct st_lg__xds_map_t {
-    void **slots;
-    size_t mask, n;
-    const char *(*key_of)(const void *v);
-} lg__xds_map_t;
-
-void lg__xds_map_init(lg__xds_map_t *m, const char *(*key_of)(const void *v));
-void lg__xds_map_dispose(lg__xds_map_t *m);
-void *lg__xds_map_get(const lg__xds_map_t *m, const char *key);
-/* Inserts v, returning the entry it replaced (same key) or NULL. */
-void *lg__xds_map_put(lg__xds_map_t *m, void *v);
-/* Removes and returns the entry of that key, or NULL. */
-void *lg__xds_map_del(lg__xds_map_t *m, const char *key);
 
 /* ---- arena.c ---- */
 
@@ -89,9 +74,10 @@ enum {
 enum { LG__XDS_ECDS_STATS(LG__XDS_ECDS_STAT_ENUM) LG__XDS_ECDS__COUNT };
 /* SRDS: http.<stat_prefix>.scoped_rds.<ScopedRoutes.name>.: the subscription stats, then
  * Envoy's ScopedRdsStats (update_empty is declared, and Envoy does not count it either). */
-#define LG__XDS_SRDS_STATS(X)                                                                                                  \
-    LG__XDS_SUB_STATS(X)                                                                                                       \
-    X(COUNTER, config_reload) X(COUNTER, update_empty) X(GAUGE, all_scopes) X(GAUGE, active_scopes) X(GAUGE, on_demand_scopes) \
+#define LG__XDS_SRDS_STATS(X)                                                                        \
+    LG__XDS_SUB_STATS(X)                                                                             \
+    X(COUNTER, config_reload)                                                                        \
+    X(COUNTER, update_empty) X(GAUGE, all_scopes) X(GAUGE, active_scopes) X(GAUGE, on_demand_scopes) \
         X(GAUGE, config_reload_time_ms)
 #define LG__XDS_SRDS_STAT_ENUM(type, name) LG__XDS_SRDS_##name,
 enum { LG__XDS_SRDS_STATS(LG__XDS_SRDS_STAT_ENUM) LG__XDS_SRDS__COUNT };
@@ -183,8 +169,8 @@ typedef struct st_lg__xds_cluster_t {
     size_t n_sds;
     lg_cluster_config_t *active; /* what snapshots use; NULL while warming for the first time */
     lg_xds_resource_t *active_res;
-    uint64_t active_gen;           /* compiled_gen of what active derives from */
-    lg_xds_resource_t *active_cla; /* the ClusterLoadAssignment applied to active */
+    uint64_t active_gen;             /* compiled_gen of what active derives from */
+    lg_xds_resource_t *active_cla;   /* the ClusterLoadAssignment applied to active */
     struct st_lg_dns_cluster_t *dns; /* STRICT_DNS, LOGICAL_DNS: the resolver of compiled's targets */
 } lg__xds_cluster_t;
 
@@ -239,12 +225,12 @@ struct st_lg_xds_t {
     /* stores (state.c); the vectors keep config order, the maps index them */
     lg__xds_cluster_t **clusters;
     size_t n_clusters, cap_clusters;
-    lg__xds_map_t cluster_map;
+    lg_strmap_t cluster_map;
     lg__xds_listener_t **listeners;
     size_t n_listeners, cap_listeners;
-    lg__xds_map_t listener_map;
-    lg__xds_map_t deps[LG_XDS__NTYPES];
-    lg__xds_map_t ttls[LG_XDS__NTYPES]; /* ttl.c: resources delivered with a TTL */
+    lg_strmap_t listener_map;
+    lg_strmap_t deps[LG_XDS__NTYPES];
+    lg_strmap_t ttls[LG_XDS__NTYPES]; /* ttl.c: resources delivered with a TTL */
     lg_snapshot_t *published;
     /* transports and subscriptions (manager.c) */
     lg__xds_mux_t **muxes;
@@ -263,7 +249,7 @@ struct st_lg_xds_t {
     size_t n_scope_sets;
     uint64_t srds_gen, scope_sets_gen;
     lg_stats_block_t *control_plane;
-    lg_strbuf_t *errors; /* where apply-time errors (bind failures) go during an update, or NULL */
+    lg_strbuf_t *errors;      /* where apply-time errors (bind failures) go during an update, or NULL */
     uint64_t update_start_us; /* when the response being applied arrived (lg_now_us): update_duration */
     unsigned dirty : 1;       /* a new snapshot is due */
     unsigned started : 1;

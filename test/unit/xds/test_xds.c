@@ -89,21 +89,21 @@ static const char *key_of(const void *v)
 
 static void test_map(void)
 {
-    lg__xds_map_t m;
+    lg_strmap_t m;
     char names[500][8];
-    lg__xds_map_init(&m, key_of);
+    lg_strmap_init(&m, key_of);
     for (int i = 0; i != 500; ++i) {
         snprintf(names[i], sizeof(names[i]), "n%d", i);
-        lg__xds_map_put(&m, names[i]);
+        lg_strmap_put(&m, names[i]);
     }
     ok(m.n == 500, "500 entries, got %zu", m.n);
     for (int i = 0; i < 500; i += 2)
-        ok(lg__xds_map_del(&m, names[i]) == names[i], "delete %s", names[i]);
+        ok(lg_strmap_del(&m, names[i]) == names[i], "delete %s", names[i]);
     int good = 1;
     for (int i = 0; i != 500; ++i)
-        good &= (lg__xds_map_get(&m, names[i]) != NULL) == (i % 2 == 1);
+        good &= (lg_strmap_get(&m, names[i]) != NULL) == (i % 2 == 1);
     ok(good && m.n == 250, "odd names remain after deletions (backward shift keeps probes intact)");
-    lg__xds_map_dispose(&m);
+    lg_strmap_dispose(&m);
 }
 
 static void test_cds_sotw(lg_xds_t *x)
@@ -200,7 +200,7 @@ static void test_eds_warming(lg_xds_t *x)
  * re-applies the endpoints decoded from the stored resource. */
 static void test_eds_one_config(lg_xds_t *x)
 {
-    lg__xds_cluster_t *c = lg__xds_map_get(&x->cluster_map, "e");
+    lg__xds_cluster_t *c = lg_strmap_get(&x->cluster_map, "e");
     lg__xds_dep_t *d = lg__xds_dep_find(x, LG_XDS_EDS, "e");
     ok(c != NULL && c->compiled == c->active, "one compiled config once the endpoints are applied");
     ok(d != NULL && d->res != NULL && d->compiled == NULL, "the load assignment is kept serialized only");

@@ -1,27 +1,30 @@
 /*
  * A string-keyed open-addressing hash map of entries that carry their own
- * key (linear probing, backward-shift deletion). Control thread only.
+ * key (linear probing, backward-shift deletion): xDS state on the control
+ * thread, and listeners' server-name indexes (built once, then read).
  */
-#include "xds_internal.h"
+#include <string.h>
+#include "legate/common.h"
+#include "legate/strmap.h"
 
 static uint64_t hash_str(const char *s)
 {
     return lg_fnv1a(LG_FNV1A_INIT, s, strlen(s));
 }
 
-void lg__xds_map_init(lg__xds_map_t *m, const char *(*key_of)(const void *v))
+void lg_strmap_init(lg_strmap_t *m, const char *(*key_of)(const void *v))
 {
-    *m = (lg__xds_map_t){NULL, 0, 0, key_of};
+    *m = (lg_strmap_t){NULL, 0, 0, key_of};
 }
 
-void lg__xds_map_dispose(lg__xds_map_t *m)
+void lg_strmap_dispose(lg_strmap_t *m)
 {
     free(m->slots);
     m->slots = NULL;
     m->mask = m->n = 0;
 }
 
-static size_t find_slot(const lg__xds_map_t *m, const char *key)
+static size_t find_slot(const lg_strmap_t *m, const char *key)
 {
     size_t i = hash_str(key) & m->mask;
     while (m->slots[i] != NULL && strcmp(m->key_of(m->slots[i]), key) != 0)
@@ -29,12 +32,12 @@ static size_t find_slot(const lg__xds_map_t *m, const char *key)
     return i;
 }
 
-void *lg__xds_map_get(const lg__xds_map_t *m, const char *key)
+void *lg_strmap_get(const lg_strmap_t *m, const char *key)
 {
     return m->slots != NULL ? m->slots[find_slot(m, key)] : NULL;
 }
 
-static void grow(lg__xds_map_t *m)
+static void grow(lg_strmap_t *m)
 {
     void **old = m->slots;
     size_t old_cap = old != NULL ? m->mask + 1 : 0, cap = old_cap ? old_cap * 2 : 16;
@@ -46,7 +49,7 @@ static void grow(lg__xds_map_t *m)
     free(old);
 }
 
-void *lg__xds_map_put(lg__xds_map_t *m, void *v)
+void *lg_strmap_put(lg_strmap_t *m, void *v)
 {
     if (m->slots == NULL || (m->n + 1) * 4 > (m->mask + 1) * 3)
         grow(m);
@@ -58,7 +61,7 @@ void *lg__xds_map_put(lg__xds_map_t *m, void *v)
     return prev;
 }
 
-void *lg__xds_map_del(lg__xds_map_t *m, const char *key)
+void *lg_strmap_del(lg_strmap_t *m, const char *key)
 {
     if (m->slots == NULL)
         return NULL;

@@ -21,8 +21,8 @@ size_t lg_address_format(const struct sockaddr *sa, socklen_t len, char *buf, si
 size_t lg_address_format_ip(const struct sockaddr *sa, char *buf, size_t cap);
 /* The port, 0 for a pipe. */
 uint16_t lg_address_port(const struct sockaddr *sa);
-/* Parses "10.0.0.0" + prefix length; errors as in lg_address_from_proto. */
-int lg_cidr_parse(const char *prefix, unsigned len, int has_len, lg_cidr_t *out, lg_error_t *err);
+/* A CidrRange as Envoy reads it (an unset prefix_len is 0); errors as in lg_address_from_proto. */
+int lg_cidr_parse(const Envoy__Config__Core__V3__CidrRange *r, lg_cidr_t *out, lg_error_t *err);
 /* True if the address's IP lies in the range. */
 int lg_cidr_contains(const lg_cidr_t *c, const struct sockaddr *sa);
 /* True for loopback addresses (and pipes). */

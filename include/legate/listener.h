@@ -30,4 +30,13 @@ const lg_filter_chain_t *lg_listener_match_chain(const lg_listener_config_t *l, 
 void lg_listener_index_chains(lg_listener_config_t *l);
 void lg_listener_sni_index_free(struct st_lg_sni_index_t *x);
 
+/* Envoy's check for overlapping matches: chains are added in order, and a chain
+ * that shares a leaf of the match tree (a value of every criterion) with an
+ * earlier chain, or lists one value twice, is refused. lg_match_tree_add returns
+ * the chain that holds the leaf already (i itself for a repeat), or -1. */
+typedef struct st_lg_match_tree_t lg_match_tree_t;
+lg_match_tree_t *lg_match_tree_new(void);
+ssize_t lg_match_tree_add(lg_match_tree_t *t, const lg_filter_chain_t *chains, size_t i);
+void lg_match_tree_free(lg_match_tree_t *t);
+
 #endif

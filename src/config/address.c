@@ -2,6 +2,7 @@
 #include <netinet/in.h>
 #include <sys/un.h>
 #include "legate/address.h"
+#include "legate/protobuf.h"
 
 static int parse_ip(const char *s, uint16_t port, int ipv4_compat, struct sockaddr_storage *ss, socklen_t *len)
 {
@@ -115,22 +116,26 @@ uint16_t lg_address_port(const struct sockaddr *sa)
     }
 }
 
-int lg_cidr_parse(const char *prefix, unsigned len, int has_len, lg_cidr_t *out, lg_error_t *err)
+int lg_cidr_parse(const Envoy__Config__Core__V3__CidrRange *r, lg_cidr_t *out, lg_error_t *err)
 {
     struct sockaddr_storage ss;
     socklen_t sl;
-    if (parse_ip(prefix, 0, 0, &ss, &sl) != 0)
-        return lg_error(err, "address_prefix: malformed IP address: %s", prefix);
     memset(out, 0, sizeof(*out));
+    if (parse_ip(r->address_prefix, 0, 0, &ss, &sl) != 0)
+        return lg_error(err, "address_prefix: malformed IP address: %s", r->address_prefix);
+    unsigned len = LG_WRAPPED(r->prefix_len, 0), max = ss.ss_family == AF_INET ? 32 : 128;
+    if (len > 128)
+        return lg_error(err, "prefix_len: value must be less than or equal to 128");
     out->family = ss.ss_family;
-    unsigned max = ss.ss_family == AF_INET ? 32 : 128;
     if (ss.ss_family == AF_INET)
         memcpy(out->addr, &((struct sockaddr_in *)&ss)->sin_addr, 4);
     else
         memcpy(out->addr, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
-    if (has_len && len > max)
-        return lg_error(err, "prefix_len: %u is larger than %u", len, max);
-    out->prefix_len = has_len ? len : max;
+    /* Envoy's CidrRange: an unset length is 0, a longer one than the family's is the whole
+     * address, and the bits past the length are cleared (10.1.2.3/8 is 10.0.0.0/8). */
+    out->prefix_len = len < max ? len : max;
+    for (unsigned bit = out->prefix_len; bit != max; ++bit)
+        out->addr[bit / 8] &= (uint8_t) ~(0x80u >> bit % 8);
     return 0;
 }
 

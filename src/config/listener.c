@@ -26,7 +26,7 @@ static int compile_cidrs(Envoy__Config__Core__V3__CidrRange **in, size_t n, lg_c
     *out = lg_calloc(n ? n : 1, sizeof(**out));
     *nout = n;
     for (size_t i = 0; i != n; ++i)
-        if (lg_cidr_parse(in[i]->address_prefix, LG_WRAPPED(in[i]->prefix_len, 0), in[i]->prefix_len != NULL, *out + i, err) != 0)
+        if (lg_cidr_parse(in[i], *out + i, err) != 0)
             return lg_error_prefix(err, "%s[%zu]", field, i);
     return 0;
 }
@@ -182,84 +182,190 @@ static void free_chain(lg_filter_chain_t *c)
     free(c->name);
 }
 
-static int same_match(const lg_filter_chain_match_t *a, const lg_filter_chain_match_t *b)
+/* ---- overlapping matches ----
+ * Envoy files a chain in its match tree under every combination of its criteria's
+ * values (destination port, destination range, server name, transport protocol,
+ * ALPN, direct source range, source type, source range, source port; an empty list
+ * is the one value "any") and rejects a listener in which two chains, or one chain
+ * twice, land on the same leaf. The leaves are hashed here, so the check costs one
+ * pass over them. */
+
+enum { DIM_PORT, DIM_DST, DIM_SNI, DIM_TRANSPORT, DIM_ALPN, DIM_DIRECT_SRC, DIM_TYPE, DIM_SRC, DIM_SRC_PORT, N_DIMS };
+
+/* The number of values of criterion d (an empty list is one: "any"). */
+static size_t dim_size(const lg_filter_chain_match_t *m, int d)
 {
-    if (a->has_destination_port != b->has_destination_port || a->destination_port != b->destination_port ||
-        a->n_prefix_ranges != b->n_prefix_ranges || a->n_server_names != b->n_server_names ||
-        strcmp(a->transport_protocol, b->transport_protocol) != 0 || a->n_application_protocols != b->n_application_protocols ||
-        a->source_type != b->source_type || a->n_source_prefix_ranges != b->n_source_prefix_ranges ||
-        a->n_source_ports != b->n_source_ports || a->n_direct_source_prefix_ranges != b->n_direct_source_prefix_ranges)
-        return 0;
-    for (size_t i = 0; i != a->n_server_names; ++i)
-        if (strcmp(a->server_names[i], b->server_names[i]) != 0)
-            return 0;
-    for (size_t i = 0; i != a->n_application_protocols; ++i)
-        if (strcmp(a->application_protocols[i], b->application_protocols[i]) != 0)
-            return 0;
-    return memcmp(a->prefix_ranges, b->prefix_ranges, a->n_prefix_ranges * sizeof(lg_cidr_t)) == 0 &&
-           memcmp(a->source_prefix_ranges, b->source_prefix_ranges, a->n_source_prefix_ranges * sizeof(lg_cidr_t)) == 0 &&
-           memcmp(a->direct_source_prefix_ranges, b->direct_source_prefix_ranges,
-                  a->n_direct_source_prefix_ranges * sizeof(lg_cidr_t)) == 0 &&
-           memcmp(a->source_ports, b->source_ports, a->n_source_ports * sizeof(uint32_t)) == 0;
+    size_t n = 1;
+    switch (d) {
+    case DIM_DST:
+        n = m->n_prefix_ranges;
+        break;
+    case DIM_SNI:
+        n = m->n_server_names;
+        break;
+    case DIM_ALPN:
+        n = m->n_application_protocols;
+        break;
+    case DIM_DIRECT_SRC:
+        n = m->n_direct_source_prefix_ranges;
+        break;
+    case DIM_SRC:
+        n = m->n_source_prefix_ranges;
+        break;
+    case DIM_SRC_PORT:
+        n = m->n_source_ports;
+        break;
+    }
+    return n != 0 ? n : 1;
 }
 
-/* A hash of what same_match() compares: only chains with equal hashes are compared. */
-static uint64_t match_hash(const lg_filter_chain_match_t *m)
+/* Value k of criterion d as Envoy keys its tree with it: "any" is the empty key (the
+ * empty string, or port 0), "*.x" is ".x". Numbers go through *num. */
+static h2o_iovec_t dim_key(const lg_filter_chain_match_t *m, int d, size_t k, uint32_t *num)
+{
+    const lg_cidr_t *cidrs = NULL;
+    size_t n = 0;
+    switch (d) {
+    case DIM_PORT:
+        *num = m->has_destination_port ? m->destination_port : 0;
+        return h2o_iovec_init(num, sizeof(*num));
+    case DIM_TYPE:
+        *num = (uint32_t)m->source_type;
+        return h2o_iovec_init(num, sizeof(*num));
+    case DIM_SRC_PORT:
+        *num = m->n_source_ports != 0 ? m->source_ports[k] : 0;
+        return h2o_iovec_init(num, sizeof(*num));
+    case DIM_TRANSPORT:
+        return h2o_iovec_init(m->transport_protocol, strlen(m->transport_protocol));
+    case DIM_SNI:
+        if (m->n_server_names == 0)
+            return h2o_iovec_init("", 0);
+        return h2o_iovec_init(m->server_names[k] + (m->server_names[k][0] == '*'),
+                              strlen(m->server_names[k]) - (m->server_names[k][0] == '*'));
+    case DIM_ALPN:
+        if (m->n_application_protocols == 0)
+            return h2o_iovec_init("", 0);
+        return h2o_iovec_init(m->application_protocols[k], strlen(m->application_protocols[k]));
+    case DIM_DST:
+        cidrs = m->prefix_ranges, n = m->n_prefix_ranges;
+        break;
+    case DIM_DIRECT_SRC:
+        cidrs = m->direct_source_prefix_ranges, n = m->n_direct_source_prefix_ranges;
+        break;
+    default:
+        cidrs = m->source_prefix_ranges, n = m->n_source_prefix_ranges;
+        break;
+    }
+    return n != 0 ? h2o_iovec_init(cidrs + k, sizeof(*cidrs)) : h2o_iovec_init("", 0);
+}
+
+static int same_key(const lg_filter_chain_match_t *a, size_t ka, const lg_filter_chain_match_t *b, size_t kb, int d)
+{
+    uint32_t na, nb;
+    h2o_iovec_t x = dim_key(a, d, ka, &na), y = dim_key(b, d, kb, &nb);
+    return h2o_memis(x.base, x.len, y.base, y.len);
+}
+
+/* One leaf: a chain and the index of its value in each criterion. */
+typedef struct st_match_leaf_t {
+    uint64_t hash;
+    uint32_t chain;
+    uint32_t k[N_DIMS];
+} match_leaf_t;
+
+static uint64_t leaf_hash(const lg_filter_chain_match_t *m, const uint32_t *k)
 {
     uint64_t h = LG_FNV1A_INIT;
-    uint32_t fixed[] = {(uint32_t)m->has_destination_port, m->destination_port, (uint32_t)m->source_type};
-    h = lg_fnv1a(h, fixed, sizeof(fixed));
-    h = lg_fnv1a(h, m->transport_protocol, strlen(m->transport_protocol) + 1);
-    for (size_t i = 0; i != m->n_server_names; ++i)
-        h = lg_fnv1a(h, m->server_names[i], strlen(m->server_names[i]) + 1);
-    h = lg_fnv1a(h, "", 1);
-    for (size_t i = 0; i != m->n_application_protocols; ++i)
-        h = lg_fnv1a(h, m->application_protocols[i], strlen(m->application_protocols[i]) + 1);
-    h = lg_fnv1a(h, m->prefix_ranges, m->n_prefix_ranges * sizeof(lg_cidr_t));
-    h = lg_fnv1a(h, "", 1);
-    h = lg_fnv1a(h, m->source_prefix_ranges, m->n_source_prefix_ranges * sizeof(lg_cidr_t));
-    h = lg_fnv1a(h, "", 1);
-    h = lg_fnv1a(h, m->direct_source_prefix_ranges, m->n_direct_source_prefix_ranges * sizeof(lg_cidr_t));
-    h = lg_fnv1a(h, "", 1);
-    return lg_fnv1a(h, m->source_ports, m->n_source_ports * sizeof(uint32_t));
+    for (int d = 0; d != N_DIMS; ++d) {
+        uint32_t num;
+        h2o_iovec_t v = dim_key(m, d, k[d], &num);
+        h = lg_fnv1a(lg_fnv1a(h, &v.len, sizeof(v.len)), v.base, v.len);
+    }
+    return h;
 }
 
-/* Chains seen so far by match hash (open addressing; slots hold index + 1), so
- * that the duplicate check costs O(chains) instead of comparing every pair. */
-typedef struct st_match_set_t {
-    uint64_t *hashes; /* per chain */
+/* Leaves by hash (open addressing; slots hold index + 1). */
+struct st_lg_match_tree_t {
+    H2O_VECTOR(match_leaf_t) leaves;
     uint32_t *slots;
     size_t mask;
-} match_set_t;
+};
 
-static void match_set_init(match_set_t *set, size_t n)
+lg_match_tree_t *lg_match_tree_new(void)
 {
-    size_t cap = 16;
-    while (cap < 2 * n)
-        cap *= 2;
-    set->hashes = lg_malloc((n ? n : 1) * sizeof(*set->hashes));
-    set->slots = lg_calloc(cap, sizeof(*set->slots));
-    set->mask = cap - 1;
+    return lg_calloc(1, sizeof(lg_match_tree_t));
 }
 
-/* Adds chain i; returns an earlier chain with the same match (the first one), or -1. */
-static ssize_t match_set_add(match_set_t *set, const lg_filter_chain_t *chains, size_t i)
+static void tree_grow(lg_match_tree_t *t)
 {
-    uint64_t h = set->hashes[i] = match_hash(&chains[i].match);
-    size_t k = (size_t)(h ^ h >> 32) & set->mask;
-    for (; set->slots[k] != 0; k = (k + 1) & set->mask) {
-        size_t j = set->slots[k] - 1;
-        if (set->hashes[j] == h && same_match(&chains[j].match, &chains[i].match))
-            return (ssize_t)j;
+    size_t cap = t->slots == NULL ? 64 : 2 * (t->mask + 1);
+    free(t->slots);
+    t->slots = lg_calloc(cap, sizeof(*t->slots));
+    t->mask = cap - 1;
+    for (size_t i = 0; i != t->leaves.size; ++i) {
+        size_t s = (size_t)t->leaves.entries[i].hash & t->mask;
+        while (t->slots[s] != 0)
+            s = (s + 1) & t->mask;
+        t->slots[s] = (uint32_t)i + 1;
     }
-    set->slots[k] = (uint32_t)i + 1;
-    return -1;
 }
 
-static void match_set_dispose(match_set_t *set)
+ssize_t lg_match_tree_add(lg_match_tree_t *t, const lg_filter_chain_t *chains, size_t i)
 {
-    free(set->hashes);
-    free(set->slots);
+    const lg_filter_chain_match_t *m = &chains[i].match;
+    uint32_t k[N_DIMS] = {0};
+    for (;;) {
+        if (2 * (t->leaves.size + 1) > t->mask + 1 || t->slots == NULL)
+            tree_grow(t);
+        uint64_t h = leaf_hash(m, k);
+        size_t s = (size_t)h & t->mask;
+        for (; t->slots[s] != 0; s = (s + 1) & t->mask) {
+            const match_leaf_t *o = t->leaves.entries + t->slots[s] - 1;
+            int d = 0;
+            while (o->hash == h && d != N_DIMS && same_key(&chains[o->chain].match, o->k[d], m, k[d], d))
+                ++d;
+            if (d == N_DIMS)
+                return (ssize_t)o->chain;
+        }
+        h2o_vector_reserve(NULL, &t->leaves, t->leaves.size + 1);
+        match_leaf_t *leaf = t->leaves.entries + t->leaves.size;
+        leaf->hash = h;
+        leaf->chain = (uint32_t)i;
+        memcpy(leaf->k, k, sizeof(k));
+        t->slots[s] = (uint32_t)++t->leaves.size;
+        int d = N_DIMS - 1; /* the next combination */
+        for (; d >= 0 && ++k[d] == dim_size(m, d); --d)
+            k[d] = 0;
+        if (d < 0)
+            return -1;
+    }
+}
+
+void lg_match_tree_free(lg_match_tree_t *t)
+{
+    if (t == NULL)
+        return;
+    free(t->leaves.entries);
+    free(t->slots);
+    free(t);
+}
+
+/* Whether two FilterChainMatch messages are equal (Envoy's duplicate-matcher check
+ * compares the messages; their serializations are canonical here). */
+static int same_match_proto(const match_proto_t *a, const match_proto_t *b)
+{
+    size_t la = a != NULL ? protobuf_c_message_get_packed_size(&a->base) : 0;
+    size_t lb = b != NULL ? protobuf_c_message_get_packed_size(&b->base) : 0;
+    if (la != lb)
+        return 0;
+    if (la == 0)
+        return 1;
+    uint8_t *x = lg_malloc(2 * la);
+    protobuf_c_message_pack(&a->base, x);
+    protobuf_c_message_pack(&b->base, x + la);
+    int same = memcmp(x, x + la, la) == 0;
+    free(x);
+    return same;
 }
 
 static const lg_stat_def_t tls_inspector_stat_defs[] = {LG_TLS_INSPECTOR_STATS(LG_STAT_DEF)};
@@ -315,25 +421,30 @@ lg_listener_config_t *lg_listener_config_compile(const Envoy__Config__Listener__
     if (compile_listener_filters(l, m, err) != 0)
         goto fail;
     l->chains = lg_calloc(m->n_filter_chains ? m->n_filter_chains : 1, sizeof(*l->chains));
-    match_set_t seen;
-    match_set_init(&seen, m->n_filter_chains);
+    lg_match_tree_t *tree = lg_match_tree_new();
     for (size_t i = 0; i != m->n_filter_chains; ++i) {
         if (compile_chain(l->chains + i, m->filter_chains[i], ctx, prefix, err) != 0) {
             l->n_chains = i + 1;
             lg_error_prefix(err, "filter_chains[%zu]", i);
-            match_set_dispose(&seen);
+            lg_match_tree_free(tree);
             goto fail;
         }
         l->n_chains = i + 1;
-        ssize_t j = match_set_add(&seen, l->chains, i);
+        /* an earlier chain with the same match holds every leaf of this one: the first found is it */
+        ssize_t j = lg_match_tree_add(tree, l->chains, i);
         if (j >= 0) {
-            lg_error(err, "error adding listener '%s': filter chain '%s' has the same matching rules defined as '%s'", addr,
-                     l->chains[i].name, l->chains[j].name);
-            match_set_dispose(&seen);
+            if ((size_t)j != i &&
+                same_match_proto(m->filter_chains[j]->filter_chain_match, m->filter_chains[i]->filter_chain_match))
+                lg_error(err, "error adding listener '%s': filter chain '%s' has the same matching rules defined as '%s'", addr,
+                         l->chains[i].name, l->chains[j].name);
+            else
+                lg_error(err, "error adding listener '%s': multiple filter chains with overlapping matching rules are defined",
+                         addr);
+            lg_match_tree_free(tree);
             goto fail;
         }
     }
-    match_set_dispose(&seen);
+    lg_match_tree_free(tree);
     if (m->default_filter_chain != NULL) {
         l->default_chain = lg_calloc(1, sizeof(*l->default_chain));
         if (compile_chain(l->default_chain, m->default_filter_chain, ctx, prefix, err) != 0) {

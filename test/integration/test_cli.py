@@ -228,6 +228,58 @@ def test_duplicate_filter_chain_match_rejected(tmp_path):
     assert_valid(r, path)
 
 
+OVERLAP = "multiple filter chains with overlapping matching rules are defined"
+
+
+def cidr(prefix, length=None):
+    return {"address_prefix": prefix, **({"prefix_len": length} if length is not None else {})}
+
+
+@pytest.mark.parametrize("matches,error", [
+    # one value in common in one list, the rest equal: Envoy's tree holds both chains at one leaf
+    ([{"server_names": ["a.test", "b.test"]}, {"server_names": ["b.test", "c.test"]}], OVERLAP),
+    # the same names in another order are not the same message, but the same leaves
+    ([{"server_names": ["a.test", "b.test"]}, {"server_names": ["b.test", "a.test"]}], OVERLAP),
+    # server names are matched lower-case
+    ([{"server_names": ["A.test"]}, {"server_names": ["a.TEST"]}], OVERLAP),
+    # a chain naming a server twice lands on its own leaf twice
+    ([{"server_names": ["a.test", "a.test"]}], OVERLAP),
+    # port 5 is in both; the chain without source ports is another leaf (port "any")
+    ([{"source_ports": [1, 2, 3, 4, 5]}, {}, {"source_ports": [5, 6, 7]}], OVERLAP),
+    ([{"application_protocols": ["h2", "http/1.1"]}, {"application_protocols": ["http/1.1"]}], OVERLAP),
+    # ranges are compared as Envoy prints them: host bits cleared, an unset length is 0
+    ([{"prefix_ranges": [cidr("10.1.2.3", 8)]}, {"prefix_ranges": [cidr("10.0.0.0", 8)]}], OVERLAP),
+    ([{"source_prefix_ranges": [cidr("10.0.0.1")]}, {"source_prefix_ranges": [cidr("192.168.0.1")]}], OVERLAP),
+    # exactly equal matches get the duplicate message, naming the earlier chain
+    ([{"server_names": ["x.test"]}, {"server_names": ["a.test", "b.test"]}, {"server_names": ["a.test", "b.test"]}],
+     "filter chain 'c2' has the same matching rules defined as 'c1'"),
+    # different leaves: a wildcard and a name under it, nested ranges, "any" and a value, source types
+    ([{"server_names": ["*.a.test"]}, {"server_names": ["x.a.test"]}, {"server_names": ["*.test"]}, {}], None),
+    ([{"prefix_ranges": [cidr("10.0.0.0", 8)]}, {"prefix_ranges": [cidr("10.0.0.0", 16)]}, {}], None),
+    ([{"server_names": ["a.test"]}, {"server_names": ["a.test"], "source_type": "SAME_IP_OR_LOOPBACK"},
+      {"server_names": ["a.test"], "source_type": "EXTERNAL"}, {"server_names": ["a.test"], "source_ports": [1]}], None),
+])
+def test_overlapping_filter_chain_matches_rejected(tmp_path, matches, error):
+    """Envoy's listener check: two chains whose matches share a value in every criterion
+    (an empty list being the value "any") overlap, and the listener is rejected."""
+    r, path = validate(tmp_path, chains_doc(matches))
+    if error is None:
+        assert_valid(r, path)
+    else:
+        assert r.returncode == 1, out_of(r)
+        assert error in out_of(r), out_of(r)
+
+
+def test_overlap_check_scales_to_many_chains(tmp_path):
+    """10,000 server-name chains load (one leaf each); an overlap at the end is still found."""
+    names = [{"server_names": [f"h{i}.example.com", f"*.h{i}.example.com"]} for i in range(10000)]
+    r, path = validate(tmp_path, chains_doc(names), name="ok.yaml")
+    assert_valid(r, path)
+    r, _ = validate(tmp_path, chains_doc(names + [{"server_names": ["new.example.com", "*.h9999.example.com"]}]))
+    assert r.returncode == 1, out_of(r)
+    assert OVERLAP in out_of(r), out_of(r)
+
+
 def test_serve_with_bad_config_exits_1_and_never_listens(tmp_path):
     admin, listen = free_port(), free_port()
     doc = good_bootstrap(admin_port=admin, listen_port=listen)

@@ -212,21 +212,30 @@ def test_non_protobuf_message_on_stream(xds_server, legate, ports, upstream):
     wait_upstream(port, "b", timeout=5 * T)
 
 
-@pytest.mark.parametrize("what", ["unknown_cluster_type", "bad_address", "listener_without_address"])
+@pytest.mark.parametrize("what", ["unknown_cluster_type", "bad_address", "listener_without_address",
+                                  "overlapping_filter_chains"])
 def test_invalid_resources_nacked_with_name(xds_server, legate, ports, upstream, what):
     xds, lg, port, ups, v = start(xds_server, legate, ports, upstream)
+    detail = None
     if what == "unknown_cluster_type":
         t, res, name = CLUSTER, dict(eds_cluster("weird"), type=77), "weird"
     elif what == "bad_address":
         t, res, name = CLUSTER, cfg.cluster("badaddr", [cfg.endpoint(80, address="300.1.1.1")]), "badaddr"
-    else:
+    elif what == "listener_without_address":
         t, name = LISTENER, "noaddr"
         res = rds_listener("noaddr", 1, "r1")
         del res["address"]
+    else:  # Envoy: two chains both matching SNI "b.test" (the rest of their match is equal)
+        t, name, detail = LISTENER, "overlap", "multiple filter chains with overlapping matching rules are defined"
+        res = rds_listener(name, ports(1)[0], "r1")
+        chain = res["filter_chains"][0]
+        res["filter_chains"] = [dict(chain, name="ab", filter_chain_match={"server_names": ["a.test", "b.test"]}),
+                                dict(chain, name="bc", filter_chain_match={"server_names": ["b.test", "c.test"]})]
     m = xds.mark()
     xds.upsert(t, [res])
     nack = xds.wait_nack(t, since=m, timeout=5 * T)
     assert name in nack["error_detail"]["message"], nack
+    assert detail is None or detail in nack["error_detail"]["message"], nack
     assert nack["version_info"] == v[t]
     assert upstream_of(port) == "a"
     m = xds.mark()

@@ -248,8 +248,7 @@ lg_hcm_config_t *lg_hcm_config_compile(const hcm_proto_t *m, const lg_hcm_compil
             c->internal_cidrs = lg_calloc(ia->n_cidr_ranges, sizeof(*c->internal_cidrs));
             c->n_internal_cidrs = ia->n_cidr_ranges;
             for (size_t i = 0; i != ia->n_cidr_ranges; ++i)
-                if (lg_cidr_parse(ia->cidr_ranges[i]->address_prefix, LG_WRAPPED(ia->cidr_ranges[i]->prefix_len, 0),
-                                  ia->cidr_ranges[i]->prefix_len != NULL, c->internal_cidrs + i, err) != 0) {
+                if (lg_cidr_parse(ia->cidr_ranges[i], c->internal_cidrs + i, err) != 0) {
                     lg_error_prefix(err, "internal_address_config.cidr_ranges[%zu]", i);
                     goto fail;
                 }

@@ -145,8 +145,11 @@ typedef struct st_lg_host_config_t {
     XN(GAUGE, circuit_breakers_default_rq_open, "circuit_breakers.default.rq_open")                 \
     XN(GAUGE, circuit_breakers_default_rq_retry_open, "circuit_breakers.default.rq_retry_open")     \
     X(COUNTER, lb_healthy_panic)                                                                    \
+    X(COUNTER, retry_or_shadow_abandoned)                                                           \
+    LG_CLUSTER_STATS_AT_ZERO(X, XN)                                                                 \
     X(GAUGE, membership_healthy)                                                                    \
     X(GAUGE, membership_degraded)                                                                   \
+    X(GAUGE, membership_excluded)                                                                   \
     X(GAUGE, membership_total)                                                                      \
     X(COUNTER, membership_change)                                                                   \
     X(GAUGE, max_host_weight)                                                                       \
@@ -156,7 +159,61 @@ typedef struct st_lg_host_config_t {
     X(COUNTER, update_empty)                                                                        \
     X(COUNTER, update_no_rebuild)                                                                   \
     X(GAUGE, version)                                                                               \
+    X(GAUGE, warming_state)                                                                         \
+    X(COUNTER, assignment_stale)                                                                    \
+    X(COUNTER, assignment_timeout_received)                                                         \
+    X(COUNTER, assignment_use_cached)                                                               \
     LG_CLUSTER_EDS_STATS(X)
+
+/* Stats of every Envoy cluster (ALL_CLUSTER_TRAFFIC_STATS, ALL_CLUSTER_LB_STATS,
+ * the circuit breakers' gauges) for what Legate does not do: HTTP/3 and 0-RTT,
+ * zone-aware routing and subsets (refused at config), ORIGINAL_DST and
+ * upstream_bind_config (refused), connection pool limits, maximum connection and
+ * stream durations on clusters (refused), internal redirects and rate-limited
+ * retry back-off (refused), maintenance mode, HIGH priority routing. They are
+ * listed, as Envoy lists them, so that dashboards and alerts find them; nothing
+ * moves them. Not counted yet although Legate does the thing: the flow control
+ * counts (reads are paused and resumed, uncounted) and the buffered-byte gauges. */
+#define LG_CLUSTER_STATS_AT_ZERO(X, XN)                                                       \
+    X(COUNTER, bind_errors)                                                                   \
+    X(COUNTER, original_dst_host_invalid)                                                     \
+    X(COUNTER, upstream_cx_connect_with_0_rtt)                                                \
+    X(COUNTER, upstream_cx_http3_total)                                                       \
+    X(COUNTER, upstream_cx_max_duration_reached)                                              \
+    X(COUNTER, upstream_cx_pool_overflow)                                                     \
+    X(GAUGE, upstream_cx_rx_bytes_buffered)                                                   \
+    X(GAUGE, upstream_cx_tx_bytes_buffered)                                                   \
+    X(COUNTER, upstream_flow_control_backed_up_total)                                         \
+    X(COUNTER, upstream_flow_control_drained_total)                                           \
+    X(COUNTER, upstream_flow_control_paused_reading_total)                                    \
+    X(COUNTER, upstream_flow_control_resumed_reading_total)                                   \
+    X(COUNTER, upstream_http3_broken)                                                         \
+    X(COUNTER, upstream_internal_redirect_failed_total)                                       \
+    X(COUNTER, upstream_internal_redirect_succeeded_total)                                    \
+    X(COUNTER, upstream_rq_0rtt)                                                              \
+    X(COUNTER, upstream_rq_maintenance_mode)                                                  \
+    X(COUNTER, upstream_rq_max_duration_reached)                                              \
+    X(COUNTER, upstream_rq_retry_backoff_ratelimited)                                         \
+    X(COUNTER, lb_local_cluster_not_ok)                                                       \
+    X(COUNTER, lb_recalculate_zone_structures)                                                \
+    X(COUNTER, lb_subsets_created)                                                            \
+    X(COUNTER, lb_subsets_fallback)                                                           \
+    X(COUNTER, lb_subsets_fallback_panic)                                                     \
+    X(COUNTER, lb_subsets_removed)                                                            \
+    X(COUNTER, lb_subsets_selected)                                                           \
+    X(GAUGE, lb_subsets_active)                                                               \
+    X(COUNTER, lb_zone_cluster_too_small)                                                     \
+    X(COUNTER, lb_zone_no_capacity_left)                                                      \
+    X(COUNTER, lb_zone_number_differs)                                                        \
+    X(COUNTER, lb_zone_routing_all_directly)                                                  \
+    X(COUNTER, lb_zone_routing_cross_zone)                                                    \
+    X(COUNTER, lb_zone_routing_sampled)                                                       \
+    XN(GAUGE, circuit_breakers_default_cx_pool_open, "circuit_breakers.default.cx_pool_open") \
+    XN(GAUGE, circuit_breakers_high_cx_open, "circuit_breakers.high.cx_open")                 \
+    XN(GAUGE, circuit_breakers_high_cx_pool_open, "circuit_breakers.high.cx_pool_open")       \
+    XN(GAUGE, circuit_breakers_high_rq_pending_open, "circuit_breakers.high.rq_pending_open") \
+    XN(GAUGE, circuit_breakers_high_rq_open, "circuit_breakers.high.rq_open")                 \
+    XN(GAUGE, circuit_breakers_high_rq_retry_open, "circuit_breakers.high.rq_retry_open")
 
 /* The EDS subscription's stats that the other clusters do not list. */
 #define LG_CLUSTER_EDS_STATS(X) X(COUNTER, update_rejected) X(COUNTER, init_fetch_timeout)

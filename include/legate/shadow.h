@@ -21,8 +21,9 @@ typedef struct st_lg_shadow_t lg_shadow_t;
 lg_shadow_t *lg_shadow_new(lg_worker_cluster_t *cluster, const lg_req_head_t *head, int version, size_t body_limit);
 /* Appends request body bytes (copied); with end_stream the copy is sent and
  * the caller lets go of it (it frees itself when its exchange ends). Returns
- * the shadow, or NULL once the caller must forget it. */
-lg_shadow_t *lg_shadow_data(lg_shadow_t *sh, h2o_iovec_t data, int end_stream);
+ * the shadow, or NULL once the caller must forget it; *over_limit is set when
+ * that is because the body outgrew the buffer limit (the copy is dropped). */
+lg_shadow_t *lg_shadow_data(lg_shadow_t *sh, h2o_iovec_t data, int end_stream, int *over_limit);
 /* The request will not be whole (reset, trailers the copy cannot carry): drops the copy. */
 void lg_shadow_abandon(lg_shadow_t *sh);
 /* Drops this thread's copies still in flight (before its clusters go). */

@@ -4,9 +4,12 @@
  * Input: requests are parsed from sock->input in place. A head is copied once
  * into its stream's pool and dropped from the buffer; body bytes are handed
  * out as slices of the buffer. h2o may move the buffer when it reads more, so
- * nothing is read while a slice is unconsumed; `parsed` counts the bytes at the
- * front of the buffer that belong to the current request and were decoded
- * (delivered or framing), and they are dropped once every slice is consumed.
+ * while a slice of it is unconsumed and the body goes on (a router keeping the
+ * body for a retry consumes nothing until the request ends or fills the buffer
+ * limit), the buffer is detached: it is pinned until its slices are consumed
+ * and reading goes on into a fresh one. `parsed` counts the bytes at the front
+ * of the buffer that belong to the current request and were decoded (delivered
+ * or framing), and they are dropped once every slice of it is consumed.
  *
  * Output: one write in flight. Everything sent meanwhile is queued in the
  * pending batch (h2o copies a write's iovecs, so one array serves every
@@ -63,6 +66,13 @@ typedef struct st_lg_h1_out_t {
     h2o_iovec_t bufs_inline[4]; /* 1 << 2 */
 } lg_h1_out_t;
 
+/* A detached input buffer that delivered slices still point into. */
+typedef struct st_lg_h1_pin_t {
+    struct st_lg_h1_pin_t *next;
+    h2o_buffer_t *buf;
+    size_t unconsumed;
+} lg_h1_pin_t;
+
 struct st_lg_h1_server_stream_t {
     lg_stream_t super;
     lg_h1_server_conn_t *conn;
@@ -70,7 +80,9 @@ struct st_lg_h1_server_stream_t {
     lg_req_head_t head;
     lg_h1_msg_info_t info;
     lg_h1_chunked_decoder_t chunked;
-    uint64_t body_left; /* Content-Length bytes not delivered yet */
+    uint64_t body_left;      /* Content-Length bytes not delivered yet */
+    lg_h1_pin_t *pins;       /* detached buffers, oldest first (see the top of the file) */
+    uint32_t cur_unconsumed; /* of the connection's unconsumed bytes, those in sock->input */
     lg_h1_server_stream_t *next_zombie;
     unsigned req_done : 1;     /* end_stream delivered */
     unsigned resp_started : 1; /* final head queued */
@@ -318,6 +330,38 @@ static void release_parsed(lg_h1_server_conn_t *c)
     c->parsed = 0;
 }
 
+/* Frees the pins whose slices were all consumed (all of them with `all`). */
+static void release_pins(lg_h1_server_stream_t *s, int all)
+{
+    while (s->pins != NULL && (all || s->pins->unconsumed == 0)) {
+        lg_h1_pin_t *p = s->pins;
+        s->pins = p->next;
+        h2o_buffer_dispose(&p->buf);
+        free(p);
+    }
+}
+
+/* Pins sock->input (it holds unconsumed slices) so that reading can go on into
+ * a fresh buffer; the bytes not decoded yet move to the new one. */
+static void detach_input(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s)
+{
+    h2o_buffer_t *old = c->sock->input;
+    lg_h1_pin_t *pin = lg_malloc(sizeof(*pin)), **tail = &s->pins;
+    *pin = (lg_h1_pin_t){NULL, old, s->cur_unconsumed};
+    while (*tail != NULL)
+        tail = &(*tail)->next;
+    *tail = pin;
+    h2o_buffer_init(&c->sock->input, &h2o_socket_buffer_prototype);
+    size_t rest = old->size - c->parsed;
+    if (rest != 0) {
+        h2o_iovec_t dst = h2o_buffer_reserve(&c->sock->input, rest);
+        memcpy(dst.base, old->bytes + c->parsed, rest);
+        c->sock->input->size += rest;
+    }
+    c->parsed = 0;
+    s->cur_unconsumed = 0;
+}
+
 /* Unlinks the current stream; the receiver's slices are forgotten with it. */
 static lg_h1_server_stream_t *detach_stream(lg_h1_server_conn_t *c)
 {
@@ -327,6 +371,8 @@ static lg_h1_server_stream_t *detach_stream(lg_h1_server_conn_t *c)
     s->next_zombie = c->zombies;
     c->zombies = s;
     c->unconsumed = 0;
+    s->cur_unconsumed = 0;
+    release_pins(s, 1);
     release_parsed(c);
     return s;
 }
@@ -387,7 +433,9 @@ static int want_read(lg_h1_server_conn_t *c)
         return 0;
     if (s == NULL)
         return 1;
-    if (c->unconsumed != 0 || (s->paused && !s->req_done))
+    /* the body goes on until the buffer limit is unconsumed; past the request,
+     * its slices are consumed before the next one is read */
+    if ((s->paused && !s->req_done) || c->unconsumed >= c->settings->buffer_limit || (s->req_done && c->unconsumed != 0))
         return 0;
     return c->sock->input->size - c->parsed < c->settings->buffer_limit;
 }
@@ -396,9 +444,12 @@ static void update_reading(lg_h1_server_conn_t *c)
 {
     if (c->closed)
         return;
-    if (c->stream != NULL && c->unconsumed == 0)
+    lg_h1_server_stream_t *s = c->stream;
+    if (s != NULL && s->cur_unconsumed == 0)
         release_parsed(c);
     int want = want_read(c);
+    if (want && s != NULL && s->cur_unconsumed != 0)
+        detach_input(c, s);
     if (want && !h2o_socket_is_reading(c->sock))
         h2o_socket_read_start(c->sock, on_read);
     else if (!want && h2o_socket_is_reading(c->sock))
@@ -864,6 +915,7 @@ static int parse_head(lg_h1_server_conn_t *c)
 static void deliver(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s, h2o_iovec_t data, int end_stream)
 {
     c->unconsumed += data.len;
+    s->cur_unconsumed += (uint32_t)data.len;
     if (end_stream)
         s->req_done = 1;
     s->super.cbs->on_data(&s->super, data, end_stream);
@@ -1063,11 +1115,20 @@ static void stream_consume(lg_stream_t *_s, size_t bytes)
     if (s->detached)
         return;
     enter(c);
-    c->unconsumed -= bytes < c->unconsumed ? bytes : c->unconsumed;
-    if (c->unconsumed == 0) {
-        release_parsed(c);
-        schedule_resume(c);
+    if (bytes > c->unconsumed)
+        bytes = c->unconsumed;
+    c->unconsumed -= bytes;
+    for (lg_h1_pin_t *p = s->pins; bytes != 0 && p != NULL; p = p->next) { /* oldest slices first */
+        size_t n = p->unconsumed < bytes ? p->unconsumed : bytes;
+        p->unconsumed -= n;
+        bytes -= n;
     }
+    s->cur_unconsumed -= bytes < s->cur_unconsumed ? (uint32_t)bytes : s->cur_unconsumed;
+    release_pins(s, 0);
+    if (s->cur_unconsumed == 0)
+        release_parsed(c);
+    if (c->unconsumed == 0 || !h2o_socket_is_reading(c->sock))
+        schedule_resume(c);
     leave(c);
 }
 

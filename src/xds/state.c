@@ -1679,8 +1679,12 @@ static void unbind_listener(lg_xds_t *x, const lg_listener_config_t *failed, con
 static void update_gauges(lg_xds_t *x)
 {
     size_t warming_c = 0, warming_l = 0, active_l = 0;
-    for (size_t i = 0; i != x->n_clusters; ++i)
-        warming_c += x->clusters[i]->compiled != NULL && x->clusters[i]->active_gen != x->clusters[i]->compiled_gen;
+    for (size_t i = 0; i != x->n_clusters; ++i) {
+        int warming = x->clusters[i]->compiled != NULL && x->clusters[i]->active_gen != x->clusters[i]->compiled_gen;
+        warming_c += warming;
+        if (x->clusters[i]->compiled != NULL) /* Envoy's per-cluster warming_state */
+            lg_stats_gauge_set(lg_cluster_config_stats(x->clusters[i]->compiled), LG_CLUSTER_STAT_warming_state, warming);
+    }
     for (size_t i = 0; i != x->n_listeners; ++i) {
         warming_l += x->listeners[i]->compiled != NULL && x->listeners[i]->active != x->listeners[i]->compiled;
         active_l += x->listeners[i]->active != NULL;

@@ -100,6 +100,51 @@ def test_stats_counters_and_gauges(proxied):
     assert lg.admin.stat("http.ingress_http.downstream_cx_total") == 2
 
 
+# Every cluster's stats in Envoy (include/envoy/upstream/upstream.h: ALL_CLUSTER_TRAFFIC_STATS,
+# ALL_CLUSTER_LB_STATS, ALL_CLUSTER_ENDPOINT_STATS, ALL_CLUSTER_CONFIG_UPDATE_STATS and the default
+# and high circuit breaker gauges; the remaining_* gauges only with track_remaining).
+ENVOY_CLUSTER_STATS = """
+bind_errors original_dst_host_invalid retry_or_shadow_abandoned upstream_cx_close_notify
+upstream_cx_connect_attempts_exceeded upstream_cx_connect_fail upstream_cx_connect_timeout
+upstream_cx_connect_with_0_rtt upstream_cx_destroy upstream_cx_destroy_local
+upstream_cx_destroy_local_with_active_rq upstream_cx_destroy_remote upstream_cx_destroy_remote_with_active_rq
+upstream_cx_destroy_with_active_rq upstream_cx_http1_total upstream_cx_http2_total upstream_cx_http3_total
+upstream_cx_idle_timeout upstream_cx_max_duration_reached upstream_cx_max_requests upstream_cx_none_healthy
+upstream_cx_overflow upstream_cx_pool_overflow upstream_cx_protocol_error upstream_cx_rx_bytes_total
+upstream_cx_total upstream_cx_tx_bytes_total upstream_flow_control_backed_up_total
+upstream_flow_control_drained_total upstream_flow_control_paused_reading_total
+upstream_flow_control_resumed_reading_total upstream_internal_redirect_failed_total
+upstream_internal_redirect_succeeded_total upstream_rq_cancelled upstream_rq_completed
+upstream_rq_maintenance_mode upstream_rq_max_duration_reached upstream_rq_pending_failure_eject
+upstream_rq_pending_overflow upstream_rq_pending_total upstream_rq_0rtt upstream_rq_per_try_timeout
+upstream_rq_per_try_idle_timeout upstream_rq_retry upstream_rq_retry_backoff_exponential
+upstream_rq_retry_backoff_ratelimited upstream_rq_retry_limit_exceeded upstream_rq_retry_overflow
+upstream_rq_retry_success upstream_rq_rx_reset upstream_rq_timeout upstream_rq_total upstream_rq_tx_reset
+upstream_http3_broken upstream_cx_active upstream_cx_rx_bytes_buffered upstream_cx_tx_bytes_buffered
+upstream_rq_active upstream_rq_pending_active
+lb_healthy_panic lb_local_cluster_not_ok lb_recalculate_zone_structures lb_subsets_created lb_subsets_fallback
+lb_subsets_fallback_panic lb_subsets_removed lb_subsets_selected lb_zone_cluster_too_small
+lb_zone_no_capacity_left lb_zone_number_differs lb_zone_routing_all_directly lb_zone_routing_cross_zone
+lb_zone_routing_sampled lb_subsets_active
+max_host_weight membership_change membership_degraded membership_excluded membership_healthy membership_total
+assignment_stale assignment_timeout_received assignment_use_cached update_attempt update_empty update_failure
+update_no_rebuild update_success version warming_state
+""".split() + [f"circuit_breakers.{p}.{g}" for p in ("default", "high")
+               for g in ("cx_open", "cx_pool_open", "rq_open", "rq_pending_open", "rq_retry_open")]
+
+
+def test_every_envoy_cluster_stat_is_listed(proxied):
+    """A dashboard or an alert written for Envoy finds each of a cluster's counters and gauges
+    (histograms are checked in test_request_time_histograms)."""
+    lg, _ = proxied
+    listed = lg.admin.stats(r"filter=^cluster\.backend\.")
+    missing = [n for n in ENVOY_CLUSTER_STATS if f"cluster.backend.{n}" not in listed]
+    assert missing == [], missing
+    assert listed["cluster.backend.membership_total"] == 1 and listed["cluster.backend.warming_state"] == 0
+    prom = lg.admin.get("/stats/prometheus").text
+    assert "envoy_cluster_membership_excluded{envoy_cluster_name=\"backend\"} 0" in prom
+
+
 def test_stats_filter_and_usedonly(proxied):
     lg, _ = proxied
     assert one_request(lg).status == 200

@@ -151,6 +151,35 @@ def test_request_mirroring(legate, ports, upstream):
     hang.close()
 
 
+def test_retry_or_shadow_abandoned(legate, ports, upstream):
+    """A request body over the listener's buffer limit cannot be kept for a retry or a mirror:
+    the request still goes through, the copy is dropped, and Envoy's
+    cluster.<name>.retry_or_shadow_abandoned counts it once per request."""
+    main, shadow = upstream("main"), upstream("shadow")
+    policy = {"retry_on": "5xx", "num_retries": 1}
+    rc = cfg.route_config([cfg.vhost("v", [
+        cfg.route("backend", prefix="/retry", retry_policy=policy),
+        cfg.route("backend", retry_policy=policy, request_mirror_policies=[{"cluster": "shadow"}]),
+    ])])
+    listener = cfg.http_listener("ingress", ports(), rc, listener_extra={"per_connection_buffer_limit_bytes": 16384})
+    lg = legate(cfg.bootstrap(ports(), listeners=[listener],
+                              clusters=[cfg.cluster("backend", [main.port]), cfg.cluster("shadow", [shadow.port])]))
+    with RawHTTP("127.0.0.1", lg.listener_port()) as c:
+        c.request("POST", "/small", body=b"s" * 1000)
+        assert c.read_response().status == 200
+        c.request("POST", "/large", body=b"l" * 100000)
+        assert c.read_response().status == 200
+        c.request("POST", "/retry/large", body=b"r" * 100000)
+        assert c.read_response().status == 200
+    shadow.wait_requests(1, timeout=10)
+    assert [rec["path"] for rec in shadow.requests] == ["/small"]
+    assert {rec["path"]: rec["body_len"] for rec in main.requests} == {"/small": 1000, "/large": 100000,
+                                                                      "/retry/large": 100000}
+    s = lg.admin.stats()
+    assert s["cluster.backend.retry_or_shadow_abandoned"] == 2, s["cluster.backend.retry_or_shadow_abandoned"]
+    assert s["cluster.shadow.retry_or_shadow_abandoned"] == 0
+
+
 def test_is_timeout_retry_header(legate, ports, upstream):
     """include_is_timeout_retry_header: each retry says whether a per-try timeout caused it."""
     up = upstream()

@@ -394,6 +394,7 @@ def test_new_listener_and_cluster_warm_until_their_resources_arrive(xds_server, 
     xds.wait_ack(CLUSTER, since=m, timeout=5 * T)
     assert wait_stat(lg, "listener_manager.total_listeners_warming", lambda x: x == 1) == 1
     assert wait_stat(lg, "cluster_manager.warming_clusters", lambda x: x == 1) == 1
+    assert lg.admin.stat("cluster.c.warming_state") == 1 and lg.admin.stat("cluster.a.warming_state") == 0
     assert refused(port2)
     assert "warming_state" in dynamic_listeners(lg)["late"]
     assert "c" in dynamic_clusters(lg, "dynamic_warming_clusters")
@@ -404,6 +405,7 @@ def test_new_listener_and_cluster_warm_until_their_resources_arrive(xds_server, 
     wait_upstream(port2, "c", timeout=5 * T)
     assert lg.admin.stats()["listener_manager.total_listeners_warming"] == 0
     assert lg.admin.stats()["cluster_manager.warming_clusters"] == 0
+    assert lg.admin.stat("cluster.c.warming_state", default=None) == 0
     assert "active_state" in dynamic_listeners(lg)["late"]
 
 

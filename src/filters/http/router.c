@@ -65,11 +65,12 @@ typedef struct st_router_t {
     unsigned no_retry : 1;      /* retriable_request_headers matched none: no retry state (timeouts still apply) */
     unsigned timeout_retry : 1; /* the retry under way follows a per-try timeout */
     unsigned done : 1;
-    unsigned request_sent : 1;      /* end_stream went upstream */
-    unsigned response_ended : 1;    /* end_stream came from upstream */
-    size_t response_unconsumed;     /* response bytes delivered by the upstream codec, not yet consumed */
-    unsigned terminate_connect : 1; /* CONNECT with the route's connect_config: a TCP tunnel to the host */
-    unsigned upgrade_over_h2 : 1;   /* an upgrade sent upstream as an HTTP/2 extended CONNECT */
+    unsigned buffering_abandoned : 1; /* retry_or_shadow_abandoned counted */
+    unsigned request_sent : 1;        /* end_stream went upstream */
+    unsigned response_ended : 1;      /* end_stream came from upstream */
+    size_t response_unconsumed;       /* response bytes delivered by the upstream codec, not yet consumed */
+    unsigned terminate_connect : 1;   /* CONNECT with the route's connect_config: a TCP tunnel to the host */
+    unsigned upgrade_over_h2 : 1;     /* an upgrade sent upstream as an HTTP/2 extended CONNECT */
 } router_t;
 
 static const lg_stream_cbs_t upstream_cbs;
@@ -97,14 +98,18 @@ static void consume_downstream(router_t *r, size_t n)
     lg_hcm_consume_request(r->stream, n);
 }
 
-/* Once no retry can happen, everything already written upstream is released. */
+/* Once no retry can happen, everything already written upstream is released;
+ * the rest (in flight, or not sent yet) as it is written. */
 static void stop_retaining(router_t *r)
 {
     if (!r->retain_body)
         return;
     r->retain_body = 0;
-    size_t written = r->body_retained - r->body_in_flight;
-    r->body_retained = r->body_in_flight;
+    size_t unsent = 0;
+    for (size_t i = r->body_sent; i != r->body.size; ++i)
+        unsent += r->body.entries[i].data.len;
+    size_t written = r->body_retained - r->body_in_flight - unsent;
+    r->body_retained = r->body_in_flight + unsent;
     consume_downstream(r, written);
 }
 
@@ -232,11 +237,24 @@ static void send_pending_body(router_t *r)
 }
 
 /* Feeds the request's body to its mirror copies (end_stream sends them). */
+/* Envoy's retry_or_shadow_abandoned: once per request, when the body outgrows
+ * the buffer limit while a retry or a mirror still needs it. */
+static void abandon_buffering(router_t *r)
+{
+    if (!r->buffering_abandoned) {
+        r->buffering_abandoned = 1;
+        cluster_stat(r, LG_CLUSTER_STAT_retry_or_shadow_abandoned);
+    }
+}
+
 static void feed_shadows(router_t *r, h2o_iovec_t data, int end_stream)
 {
+    int over_limit = 0;
     for (size_t i = 0; i != r->n_shadows; ++i)
         if (r->shadows[i] != NULL)
-            r->shadows[i] = lg_shadow_data(r->shadows[i], data, end_stream);
+            r->shadows[i] = lg_shadow_data(r->shadows[i], data, end_stream, &over_limit);
+    if (over_limit)
+        abandon_buffering(r);
 }
 
 static lg_filter_status_t decode_data(lg_http_filter_t *f, h2o_iovec_t data, int end_stream)
@@ -259,10 +277,14 @@ static lg_filter_status_t decode_data(lg_http_filter_t *f, h2o_iovec_t data, int
         r->downstream_ended = 1;
         r->request_end_us = lg_now_us();
     }
-    if (r->retain_body && r->body_retained > r->stream->conn->listener->buffer_limit) {
-        /* Envoy: a request body over the buffer limit cannot be retried */
+    size_t limit = r->stream->conn->listener->buffer_limit;
+    if (r->retain_body && (r->body_retained > limit || (r->body_retained == limit && !end_stream))) {
+        /* Envoy: a request body over the buffer limit cannot be retried. The codecs
+         * deliver no more than the limit unconsumed, so a body that fills it and goes
+         * on is over it: waiting for the byte past the limit would stall the request. */
         r->retries_left = 0;
         stop_retaining(r);
+        abandon_buffering(r);
     }
     send_pending_body(r);
     return LG_FILTER_STOP;
@@ -880,8 +902,9 @@ static void start_shadows(router_t *r, const lg_req_head_t *req, int end_stream)
         if (c == NULL)
             continue;
         lg_shadow_t *sh = lg_shadow_new(c, &r->upstream_req, req->version, r->stream->conn->listener->buffer_limit);
+        int over_limit = 0; /* an empty body always fits */
         if (end_stream)
-            lg_shadow_data(sh, h2o_iovec_init(NULL, 0), 1);
+            lg_shadow_data(sh, h2o_iovec_init(NULL, 0), 1, &over_limit);
         else
             r->shadows[r->n_shadows++] = sh;
     }

@@ -168,9 +168,10 @@ static void start(lg_shadow_t *sh)
         sh->pool_req = req;
 }
 
-lg_shadow_t *lg_shadow_data(lg_shadow_t *sh, h2o_iovec_t data, int end_stream)
+lg_shadow_t *lg_shadow_data(lg_shadow_t *sh, h2o_iovec_t data, int end_stream, int *over_limit)
 {
     if (sh->body_len + data.len > sh->body_limit) {
+        *over_limit = 1;
         shadow_free(sh); /* Envoy does not mirror what it cannot buffer */
         return NULL;
     }

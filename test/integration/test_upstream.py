@@ -159,6 +159,42 @@ def test_retry_keeps_a_large_request_body(legate, ports, upstream, framing, http
     assert lg.admin.stat("cluster.backend.retry_or_shadow_abandoned") == 1
 
 
+@pytest.mark.parametrize("size", [200000, 3000000])  # over one read; over the 1 MiB buffer limit
+@pytest.mark.parametrize("http2", [False, True])
+@pytest.mark.parametrize("upstream_h2", [False, True])
+@pytest.mark.parametrize("policy", ["retry", "mirror", "retry+mirror", "none"])
+def test_request_bodies_through_retries_and_mirrors(legate, ports, upstream, h2_upstream, size, http2, upstream_h2,
+                                                    policy):
+    """Every pairing of downstream and upstream codecs streams a request body whole, whether the
+    route keeps it for a retry, copies it to a mirror, both or neither: the retry resends it
+    whole while it fits the buffer limit, and beyond the limit the request goes on without a
+    retry and without a mirror copy."""
+    main, shadow = (h2_upstream("main") if upstream_h2 else upstream("main")), upstream("shadow")
+    route = {}
+    retry, mirror = "retry" in policy, "mirror" in policy
+    if retry:
+        route["retry_policy"] = {"retry_on": "5xx", "num_retries": 1}
+    if mirror:
+        route["request_mirror_policies"] = [{"cluster": "shadow"}]
+    rc = cfg.route_config([cfg.vhost("v", [cfg.route("backend", **route)])])
+    lg = legate(cfg.bootstrap(ports(), listeners=[cfg.http_listener("ingress", ports(), rc)],
+                              clusters=[cfg.cluster("backend", [main.port], http2=upstream_h2),
+                                        cfg.cluster("shadow", [shadow.port])]))
+    fits = size <= 1 << 20
+    body = b"b" * size
+    failing = "/status/503" if upstream_h2 else "/flaky/k/1"  # the h2 upstream has no /flaky
+    for path, want in (("/ok", 200), (failing, 200 if retry and fits and not upstream_h2 else 503)):
+        r = curl(f"http://127.0.0.1:{lg.listener_port()}{path}", headers=["Expect:"], data=body, http2=http2)
+        assert r.rc == 0 and r.status == want, (path, r)
+    assert [rec["body_len"] for rec in main.requests] == [size] * (3 if retry and fits else 2)
+    if mirror and fits:
+        shadow.wait_requests(2, timeout=5)
+        assert [rec["body_len"] for rec in shadow.requests] == [size] * 2
+    wait_for(lambda: lg.admin.stat("cluster.backend.retry_or_shadow_abandoned") == (0 if fits or policy == "none" else 2),
+             timeout=3, what="retry_or_shadow_abandoned")
+    assert shadow.requests == [] or fits
+
+
 def test_retries_exhausted_returns_last_response(legate, ports, upstream):
     up = upstream()
     lg = proxy(legate, ports, [up.port], route_action={"retry_policy": {"retry_on": "5xx", "num_retries": 1}})

@@ -186,9 +186,16 @@ def test_client_streaming(legate, ports, grpc_server):
     assert resp.decode() == f"50:{sum(len(m) for m in msgs)}:{sha}"
 
 
-def test_bidi_streaming_in_lockstep(legate, ports, grpc_server):
+# Istio's default retry policy on every route: the router keeps the request body for a retry
+# until the response starts (or the body outgrows the buffer limit), and streams must flow anyway.
+ISTIO_RETRY = {"retry_policy": {"retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+                                "num_retries": 2}}
+
+
+@pytest.mark.parametrize("route_extra", [None, ISTIO_RETRY], ids=["no-retry", "istio-retry"])
+def test_bidi_streaming_in_lockstep(legate, ports, grpc_server, route_extra):
     srv = grpc_server()
-    lg = start(legate, ports, srv.port)
+    lg = start(legate, ports, srv.port, route_extra=route_extra)
     with client(lg) as c:
         out = []
         cond = threading.Condition()
@@ -209,11 +216,12 @@ def test_bidi_streaming_in_lockstep(legate, ports, grpc_server):
 
 @pytest.mark.deadline(120)
 @pytest.mark.parametrize("buffer_limit", [None, 32768])
-def test_16mib_messages_both_ways(legate, ports, grpc_server, buffer_limit):
+@pytest.mark.parametrize("route_extra", [None, ISTIO_RETRY], ids=["no-retry", "istio-retry"])
+def test_16mib_messages_both_ways(legate, ports, grpc_server, buffer_limit, route_extra):
     srv = grpc_server()
     listener_extra = {"per_connection_buffer_limit_bytes": buffer_limit} if buffer_limit else None
     cx = {"per_connection_buffer_limit_bytes": buffer_limit} if buffer_limit else None
-    lg = start(legate, ports, srv.port, cluster_extra=cx, listener_extra=listener_extra)
+    lg = start(legate, ports, srv.port, cluster_extra=cx, listener_extra=listener_extra, route_extra=route_extra)
     big = os.urandom(16 << 20)
     with client(lg) as c:
         assert c.unary(big, timeout=60) == big

@@ -502,7 +502,8 @@ static void test_chunked_backpressure(void)
             drv.cur->s->ops->consume(drv.cur->s, n);
         }
     }
-    ok(stopped_reading, "reading stops while a slice is unconsumed");
+    /* the input buffer holding the slices is pinned and reading goes on into a fresh one */
+    ok(!stopped_reading, "reading goes on while less than the buffer limit is unconsumed");
     ok(drv.max_unconsumed <= 1024, "unconsumed bounded by the buffer limit: %zu", drv.max_unconsumed);
 
     /* a burst larger than the limit is delivered in limit-sized steps */

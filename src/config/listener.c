@@ -71,7 +71,8 @@ static int compile_match(lg_filter_chain_match_t *o, const match_proto_t *m, lg_
         memcpy(o->source_ports, m->source_ports, m->n_source_ports * sizeof(uint32_t));
     o->n_source_ports = m->n_source_ports;
     for (size_t i = 0; i != o->n_server_names; ++i)
-        if (strchr(o->server_names[i] + 1, '*') != NULL || (o->server_names[i][0] == '*' && o->server_names[i][1] != '.'))
+        if ((o->server_names[i][0] != '\0' && strchr(o->server_names[i] + 1, '*') != NULL) ||
+            (o->server_names[i][0] == '*' && o->server_names[i][1] != '.'))
             return lg_error(err, "server_names[%zu]: partial wildcards are not supported", i);
     if (compile_cidrs(m->prefix_ranges, m->n_prefix_ranges, &o->prefix_ranges, &o->n_prefix_ranges, "prefix_ranges", err) != 0 ||
         compile_cidrs(m->source_prefix_ranges, m->n_source_prefix_ranges, &o->source_prefix_ranges, &o->n_source_prefix_ranges,

@@ -83,6 +83,7 @@ struct st_lg_h1_server_stream_t {
     uint64_t body_left;      /* Content-Length bytes not delivered yet */
     lg_h1_pin_t *pins;       /* detached buffers, oldest first (see the top of the file) */
     uint32_t cur_unconsumed; /* of the connection's unconsumed bytes, those in sock->input */
+    uint32_t pinned_cap;     /* the pins' capacity (bounded in want_read) */
     lg_h1_server_stream_t *next_zombie;
     unsigned req_done : 1;     /* end_stream delivered */
     unsigned resp_started : 1; /* final head queued */
@@ -336,9 +337,22 @@ static void release_pins(lg_h1_server_stream_t *s, int all)
     while (s->pins != NULL && (all || s->pins->unconsumed == 0)) {
         lg_h1_pin_t *p = s->pins;
         s->pins = p->next;
+        s->pinned_cap -= (uint32_t)p->buf->capacity;
         h2o_buffer_dispose(&p->buf);
         free(p);
     }
+}
+
+/* Whether the next read can go after the bytes in sock->input without moving them:
+ * a read reserves LG_SOCK_READ_MIN, and h2o moves or grows a buffer only when the
+ * room after its bytes is smaller. TLS decrypts one read into as many reservations
+ * as it takes, so a TLS socket's buffer is detached before each read. A plain
+ * socket's small reads (a slow client) thus share one buffer, and a pin is full
+ * but for less than LG_SOCK_READ_MIN. */
+static int has_tail_room(lg_h1_server_conn_t *c)
+{
+    const h2o_buffer_t *b = c->sock->input;
+    return c->sock->ssl == NULL && b->bytes != NULL && b->capacity - b->size - (size_t)(b->bytes - b->_buf) >= LG_SOCK_READ_MIN;
 }
 
 /* Pins sock->input (it holds unconsumed slices) so that reading can go on into
@@ -348,6 +362,7 @@ static void detach_input(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s)
     h2o_buffer_t *old = c->sock->input;
     lg_h1_pin_t *pin = lg_malloc(sizeof(*pin)), **tail = &s->pins;
     *pin = (lg_h1_pin_t){NULL, old, s->cur_unconsumed};
+    s->pinned_cap += (uint32_t)old->capacity;
     while (*tail != NULL)
         tail = &(*tail)->next;
     *tail = pin;
@@ -435,7 +450,9 @@ static int want_read(lg_h1_server_conn_t *c)
         return 1;
     /* the body goes on until the buffer limit is unconsumed; past the request,
      * its slices are consumed before the next one is read */
-    if ((s->paused && !s->req_done) || c->unconsumed >= c->settings->buffer_limit || (s->req_done && c->unconsumed != 0))
+    /* ... and while the pinned buffers are within twice the limit (only small TLS reads come near it) */
+    if ((s->paused && !s->req_done) || c->unconsumed >= c->settings->buffer_limit || (s->req_done && c->unconsumed != 0) ||
+        s->pinned_cap >= 2 * (size_t)c->settings->buffer_limit + LG_SOCK_READ_MAX)
         return 0;
     return c->sock->input->size - c->parsed < c->settings->buffer_limit;
 }
@@ -448,7 +465,7 @@ static void update_reading(lg_h1_server_conn_t *c)
     if (s != NULL && s->cur_unconsumed == 0)
         release_parsed(c);
     int want = want_read(c);
-    if (want && s != NULL && s->cur_unconsumed != 0)
+    if (want && s != NULL && s->cur_unconsumed != 0 && !has_tail_room(c))
         detach_input(c, s);
     if (want && !h2o_socket_is_reading(c->sock))
         h2o_socket_read_start(c->sock, on_read);

@@ -98,13 +98,17 @@ static void consume_downstream(router_t *r, size_t n)
     lg_hcm_consume_request(r->stream, n);
 }
 
-/* Once no retry can happen, everything already written upstream is released;
- * the rest (in flight, or not sent yet) as it is written. */
+/* Once no retry can happen, everything the current attempt wrote upstream is
+ * released; the rest (in flight, or not sent yet) as it is written. Between
+ * attempts (a retry waiting for its back-off or its connection) nothing is: the
+ * next attempt sends the body from its start. */
 static void stop_retaining(router_t *r)
 {
     if (!r->retain_body)
         return;
     r->retain_body = 0;
+    if (r->upstream == NULL)
+        return;
     size_t unsent = 0;
     for (size_t i = r->body_sent; i != r->body.size; ++i)
         unsent += r->body.entries[i].data.len;

@@ -164,9 +164,12 @@ static void detach_upstream(router_t *r, int reset)
     if (r->upstream != NULL) {
         lg_stream_t *u = r->upstream;
         r->upstream = NULL;
-        if (r->request_sent && r->response_ended) {
+        if (r->request_sent && r->response_ended && r->body_in_flight == 0) {
             /* give back what the downstream never wrote, so that the upstream
-             * stream can complete and its connection (and breaker slot) return */
+             * stream can complete and its connection (and breaker slot) return.
+             * Not while request body bytes are still to be written: they point
+             * into the downstream codec's buffers, freed when its stream ends
+             * (Envoy closes an HTTP/1.1 upstream whose response ended first too). */
             if (r->response_unconsumed != 0)
                 u->ops->consume(u, r->response_unconsumed);
             r->response_unconsumed = 0;

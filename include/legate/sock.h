@@ -37,6 +37,12 @@ const char *lg_sock_read(h2o_socket_t *sock, const char *err, size_t want);
  * LG_SOCK_READ_MIN). For lg_tls_read's encrypted and decrypted buffers too. */
 h2o_iovec_t lg_sock_room(h2o_buffer_t **buf, size_t want);
 
+/* Moves the bytes of *buf from `from` on into a fresh buffer and returns the old
+ * one, untouched: slices of it that an owner handed out stay valid while reading
+ * goes on into the new one (the owner disposes of the old one once they are
+ * consumed). */
+h2o_buffer_t *lg_sock_detach_input(h2o_buffer_t **buf, size_t from);
+
 /* One recv of up to `want` bytes into lg_sock_room(buf, want); returns NULL (bytes
  * read, or none yet), h2o_socket_error_closed at EOF, or another h2o error. */
 const char *lg_sock_recv(int fd, h2o_buffer_t **buf, size_t want);

@@ -36,6 +36,19 @@ h2o_iovec_t lg_sock_room(h2o_buffer_t **buf, size_t want)
     return room;
 }
 
+h2o_buffer_t *lg_sock_detach_input(h2o_buffer_t **buf, size_t from)
+{
+    h2o_buffer_t *old = *buf;
+    h2o_buffer_init(buf, &h2o_socket_buffer_prototype);
+    size_t rest = old->size - from;
+    if (rest != 0) {
+        h2o_iovec_t dst = h2o_buffer_reserve(buf, rest);
+        memcpy(dst.base, old->bytes + from, rest);
+        (*buf)->size += rest;
+    }
+    return old;
+}
+
 const char *lg_sock_recv(int fd, h2o_buffer_t **buf, size_t want)
 {
     h2o_iovec_t room = lg_sock_room(buf, want);

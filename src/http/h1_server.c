@@ -359,20 +359,12 @@ static int has_tail_room(lg_h1_server_conn_t *c)
  * a fresh buffer; the bytes not decoded yet move to the new one. */
 static void detach_input(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s)
 {
-    h2o_buffer_t *old = c->sock->input;
     lg_h1_pin_t *pin = lg_malloc(sizeof(*pin)), **tail = &s->pins;
-    *pin = (lg_h1_pin_t){NULL, old, s->cur_unconsumed};
-    s->pinned_cap += (uint32_t)old->capacity;
+    *pin = (lg_h1_pin_t){NULL, lg_sock_detach_input(&c->sock->input, c->parsed), s->cur_unconsumed};
+    s->pinned_cap += (uint32_t)pin->buf->capacity;
     while (*tail != NULL)
         tail = &(*tail)->next;
     *tail = pin;
-    h2o_buffer_init(&c->sock->input, &h2o_socket_buffer_prototype);
-    size_t rest = old->size - c->parsed;
-    if (rest != 0) {
-        h2o_iovec_t dst = h2o_buffer_reserve(&c->sock->input, rest);
-        memcpy(dst.base, old->bytes + c->parsed, rest);
-        c->sock->input->size += rest;
-    }
     c->parsed = 0;
     s->cur_unconsumed = 0;
 }
@@ -448,9 +440,9 @@ static int want_read(lg_h1_server_conn_t *c)
         return 0;
     if (s == NULL)
         return 1;
-    /* the body goes on until the buffer limit is unconsumed; past the request,
-     * its slices are consumed before the next one is read */
-    /* ... and while the pinned buffers are within twice the limit (only small TLS reads come near it) */
+    /* the body goes on until the buffer limit is unconsumed, and while the pinned
+     * buffers hold less than twice the limit (only small TLS reads come near it);
+     * past the request, its slices are consumed before the next one is read */
     if ((s->paused && !s->req_done) || c->unconsumed >= c->settings->buffer_limit || (s->req_done && c->unconsumed != 0) ||
         s->pinned_cap >= 2 * (size_t)c->settings->buffer_limit + LG_SOCK_READ_MAX)
         return 0;

@@ -527,18 +527,10 @@ static void reset(lg_stream_t *_s, lg_reset_reason_t reason)
  * can go on into a fresh buffer. */
 static void detach_input(lg__h1c_conn_t *conn)
 {
-    h2o_buffer_t *old = conn->sock->input;
     lg__h1c_pin_t *pin = lg_malloc(sizeof(*pin));
-    *pin = (lg__h1c_pin_t){NULL, old, conn->cur_unconsumed, conn->cur_pinned};
+    *pin = (lg__h1c_pin_t){NULL, lg_sock_detach_input(&conn->sock->input, conn->parse_off), conn->cur_unconsumed, conn->cur_pinned};
     *conn->pins_tail = pin;
     conn->pins_tail = &pin->next;
-    h2o_buffer_init(&conn->sock->input, &h2o_socket_buffer_prototype);
-    size_t rest = old->size - conn->parse_off;
-    if (rest != 0) {
-        h2o_iovec_t dst = h2o_buffer_reserve(&conn->sock->input, rest);
-        memcpy(dst.base, old->bytes + conn->parse_off, rest);
-        conn->sock->input->size += rest;
-    }
     conn->parse_off = 0;
     conn->cur_unconsumed = 0;
     conn->cur_pinned = 0;

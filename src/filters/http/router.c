@@ -243,7 +243,6 @@ static void send_pending_body(router_t *r)
     }
 }
 
-/* Feeds the request's body to its mirror copies (end_stream sends them). */
 /* Envoy's retry_or_shadow_abandoned: once per request, when the body outgrows
  * the buffer limit while a retry or a mirror still needs it. */
 static void abandon_buffering(router_t *r)
@@ -254,6 +253,7 @@ static void abandon_buffering(router_t *r)
     }
 }
 
+/* Feeds the request's body to its mirror copies (end_stream sends them). */
 static void feed_shadows(router_t *r, h2o_iovec_t data, int end_stream)
 {
     int over_limit = 0;

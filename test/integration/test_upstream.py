@@ -159,6 +159,43 @@ def test_retry_keeps_a_large_request_body(legate, ports, upstream, framing, http
     assert lg.admin.stat("cluster.backend.retry_or_shadow_abandoned") == 1
 
 
+def test_body_over_the_limit_during_a_retry_back_off_is_answered_507(legate, ports):
+    """The first try fails before the request body is complete and the retry waits out its
+    back-off (an hour's ceiling, so it does not end during the test). When the rest of the body
+    takes the kept bytes past the buffer limit, no attempt is in progress to carry it: Envoy
+    answers 507 "exceeded request buffer limit while retrying upstream" and counts
+    retry_or_shadow_abandoned; no second try reaches the upstream."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def serve():  # answers 503 as soon as a request head is in, without reading the body
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+            recv_head(conn)
+            conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    policy = {"retry_on": "5xx", "num_retries": 2, "retry_back_off": {"base_interval": "3600s"}}
+    lg = proxy(legate, ports, [srv.getsockname()[1]], route_action={"retry_policy": policy},
+               listener_extra={"per_connection_buffer_limit_bytes": 65536})
+    with RawHTTP("127.0.0.1", lg.listener_port(), timeout=20) as c:
+        c.send(b"POST /big HTTP/1.1\r\nhost: localhost\r\ncontent-length: 200000\r\n\r\n" + b"a" * 40000)
+        wait_for(lambda: lg.admin.stat("cluster.backend.upstream_rq_retry") == 1, what="the retry's back-off")
+        c.send(b"a" * 60000)
+        r = c.read_response()
+    assert r.status == 507, r
+    assert r.body == b"exceeded request buffer limit while retrying upstream"
+    assert lg.admin.stat("cluster.backend.retry_or_shadow_abandoned") == 1
+    assert len(accepted) == 1
+    srv.close()
+    for conn in accepted:
+        conn.close()
+
+
 @pytest.mark.parametrize("size", [200000, 3000000])  # over one read; over the 1 MiB buffer limit
 @pytest.mark.parametrize("http2", [False, True])
 @pytest.mark.parametrize("upstream_h2", [False, True])

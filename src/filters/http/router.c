@@ -292,6 +292,13 @@ static lg_filter_status_t decode_data(lg_http_filter_t *f, h2o_iovec_t data, int
         r->retries_left = 0;
         stop_retaining(r);
         abandon_buffering(r);
+        if (lg_timer_is_active(&r->backoff_timer)) {
+            /* Envoy: with no attempt in progress (a retry waiting for its back-off)
+             * the request cannot go on without the body it gave up. */
+            local_reply(r, 507, "exceeded request buffer limit while retrying upstream",
+                        "request_payload_exceeded_retry_buffer_limit", 0);
+            return LG_FILTER_STOP;
+        }
     }
     send_pending_body(r);
     return LG_FILTER_STOP;

@@ -20,6 +20,9 @@
 
 #define LG_SOCK_READ_MIN 4096
 #define LG_SOCK_READ_MAX (64 * 1024)
+/* The plaintext OpenSSL may hold from earlier reads (a record whose end had not
+ * arrived), which lg_tls_read decrypts with the bytes it reads. */
+#define LG_TLS_HELD_MAX 16384
 
 /* Switches a socket to bounded reading, after its TLS handshake if any. The
  * owner's read callbacks must call lg_sock_read() from then on. */
@@ -40,7 +43,8 @@ h2o_iovec_t lg_sock_room(h2o_buffer_t **buf, size_t want);
 /* Moves the bytes of *buf from `from` on into a fresh buffer and returns the old
  * one, untouched: slices of it that an owner handed out stay valid while reading
  * goes on into the new one (the owner disposes of the old one once they are
- * consumed). */
+ * consumed). The fresh buffer is a recycled LG_SOCK_READ_MAX-byte one, so that
+ * the small reads of a slow peer share it. */
 h2o_buffer_t *lg_sock_detach_input(h2o_buffer_t **buf, size_t from);
 
 /* One recv of up to `want` bytes into lg_sock_room(buf, want); returns NULL (bytes

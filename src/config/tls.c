@@ -1901,9 +1901,12 @@ const char *lg_tls_read(h2o_socket_t *sock, size_t max)
     /* libh2o's decode_ssl_input: decrypt all of it (no readiness would come back for
      * bytes left here), a record at a time; a write from inside SSL_read is a
      * renegotiation, which h2o does not support either */
-    size_t room_for = ssl->input.encrypted->size; /* the plaintext is smaller: one reservation, no regrowth */
+    /* the plaintext is smaller: one reservation, no regrowth; an empty input buffer
+     * becomes one of the size the owner reads (a body's: LG_SOCK_READ_MAX), which
+     * the small records of a slow client then share */
+    size_t room_for = ssl->input.encrypted->size;
     while (ssl->input.encrypted->size != 0 || SSL_pending(ssl->ossl)) {
-        h2o_iovec_t buf = lg_sock_room(&sock->input, room_for);
+        h2o_iovec_t buf = lg_sock_room(&sock->input, room_for > max ? room_for : max);
         if (buf.base == NULL)
             return h2o_socket_error_out_of_memory;
         int did_write_in_read = 0;

@@ -39,7 +39,7 @@ h2o_iovec_t lg_sock_room(h2o_buffer_t **buf, size_t want)
 h2o_buffer_t *lg_sock_detach_input(h2o_buffer_t **buf, size_t from)
 {
     h2o_buffer_t *old = *buf;
-    h2o_buffer_init(buf, &h2o_socket_buffer_prototype);
+    h2o_buffer_init(buf, &read_prototype);
     size_t rest = old->size - from;
     if (rest != 0) {
         h2o_iovec_t dst = h2o_buffer_reserve(buf, rest);

@@ -343,16 +343,27 @@ static void release_pins(lg_h1_server_stream_t *s, int all)
     }
 }
 
-/* Whether the next read can go after the bytes in sock->input without moving them:
- * a read reserves LG_SOCK_READ_MIN, and h2o moves or grows a buffer only when the
- * room after its bytes is smaller. TLS decrypts one read into as many reservations
- * as it takes, so a TLS socket's buffer is detached before each read. A plain
- * socket's small reads (a slow client) thus share one buffer, and a pin is full
- * but for less than LG_SOCK_READ_MIN. */
-static int has_tail_room(lg_h1_server_conn_t *c)
+/* The room after the bytes in sock->input that the next read may fill without
+ * moving them: a read reserves LG_SOCK_READ_MIN, and h2o moves or grows a buffer
+ * only when the room after its bytes is smaller. TLS decrypts one read (and the
+ * rest of a record OpenSSL holds) into as many reservations as it takes, so a TLS
+ * read is kept that much smaller than the room. */
+static size_t tail_room(lg_h1_server_conn_t *c)
 {
     const h2o_buffer_t *b = c->sock->input;
-    return c->sock->ssl == NULL && b->bytes != NULL && b->capacity - b->size - (size_t)(b->bytes - b->_buf) >= LG_SOCK_READ_MIN;
+    if (b->bytes == NULL)
+        return 0;
+    size_t room = b->capacity - b->size - (size_t)(b->bytes - b->_buf),
+           margin = c->sock->ssl != NULL ? LG_SOCK_READ_MIN + LG_TLS_HELD_MAX : 0;
+    return room > margin ? room - margin : 0;
+}
+
+/* Whether the next read can go after the bytes in sock->input without moving them.
+ * A slow client's small reads (plain or TLS) thus share one buffer, and a pin is
+ * full but for less than LG_SOCK_READ_MIN (TLS: plus the margin). */
+static int has_tail_room(lg_h1_server_conn_t *c)
+{
+    return tail_room(c) >= LG_SOCK_READ_MIN;
 }
 
 /* Pins sock->input (it holds unconsumed slices) so that reading can go on into
@@ -1017,7 +1028,13 @@ static size_t read_want(lg_h1_server_conn_t *c)
     lg_h1_server_stream_t *s = c->stream;
     if (s == NULL || s->req_done || c->lingering)
         return LG_SOCK_READ_MIN;
-    return s->info.body == LG_H1_BODY_CONTENT_LENGTH ? s->body_left : LG_SOCK_READ_MAX;
+    size_t want = s->info.body == LG_H1_BODY_CONTENT_LENGTH ? s->body_left : LG_SOCK_READ_MAX;
+    if (s->cur_unconsumed != 0 && c->sock->ssl != NULL) { /* slices point into the buffer: it must not move */
+        size_t room = tail_room(c);
+        if (want > room)
+            want = room;
+    }
+    return want;
 }
 
 static void on_read(h2o_socket_t *sock, const char *err)

@@ -856,3 +856,39 @@ def test_tls_streaming_is_buffered_in_bounded_pieces(legate, ports, upstream, pk
     assert (rec["body_len"], rec["body_sha256"]) == (n, hashlib.sha256(bytes(n)).hexdigest())
     grown = peak_kib() - before
     assert grown < 4096, f"peak RSS grew by {grown} KiB"
+
+
+def test_slow_small_records_on_a_retry_route(legate, ports, upstream, pki):
+    """A client that sends its request body in small TLS records, one read each (a slow
+    stream of lines), on a route with a retry policy (Istio sets one on every route): the body
+    is kept for the retry, and each read's plaintext must not pin a buffer of its own, or the
+    pinned buffers fill up long before the body reaches the buffer limit (64 KiB here) and the
+    request stalls, or a read moves the buffer under them. The body reaches the upstream whole
+    on the first try and again on the retry."""
+    up = upstream()
+    route = cfg.route("backend", retry_policy={"retry_on": "5xx", "num_retries": 1})
+    rc = cfg.route_config([cfg.vhost("v", [route])])
+    chain = {"filters": [cfg.hcm(rc)], "transport_socket": downstream_ts([pki.server], alpn=("http/1.1",))}
+    lst = {"name": "tls", "address": cfg.socket_address(ports()), "filter_chains": [chain],
+           "per_connection_buffer_limit_bytes": 65536}
+    lg = legate(cfg.bootstrap(ports(), listeners=[lst], clusters=[cfg.cluster("backend", [up.port])]))
+    raw = socket.create_connection(("127.0.0.1", lg.listener_port("tls")), timeout=10)
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with client_ctx(pki).wrap_socket(raw, server_hostname="localhost") as s:
+        s.sendall(b"POST /flaky/lines/1 HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n")
+        body = b""
+        for i in range(120):  # 120 records of ~300 bytes: 36 KB, well within the limit
+            line = b"%04d " % i + b"x" * 290 + b"\n"
+            s.sendall(b"%x\r\n%s\r\n" % (len(line), line))
+            body += line
+            time.sleep(0.002)  # the pace of a slow client: Legate reads each record on its own
+        s.sendall(b"0\r\n\r\n")
+        s.settimeout(10)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(65536)
+            assert chunk, "closed before the response"
+            head += chunk
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    tries = [r for r in up.requests if r["path"] == "/flaky/lines/1"]
+    assert [(r["body_len"], r["body_sha256"]) for r in tries] == [(len(body), hashlib.sha256(body).hexdigest())] * 2

@@ -4,9 +4,13 @@
  * for the stream contract. What this codec adds to it:
  *
  *  - Inbound DATA is copied once, into per-stream blocks that never move, and
- *    delivered as slices of them. The flow-control window of a stream (and of
- *    the connection) is only reopened by ops->consume(), so unconsumed bytes
- *    stop the peer after initial_stream_window_size bytes.
+ *    delivered as slices of them. As in Envoy's codec, the flow-control credit
+ *    of received bytes goes back at once while the stream holds less than
+ *    settings.buffer_limit (per_connection_buffer_limit_bytes), and past it only
+ *    as ops->consume() releases them: a stream holds at most the limit plus one
+ *    initial_stream_window_size, and a window smaller than the limit does not
+ *    stop a body that the driver keeps whole (a router keeping it for a retry
+ *    gives up at the limit).
  *  - Outbound DATA is not copied when the socket takes it at once: the frame
  *    header and the caller's bytes are written with one sendmsg(). What the
  *    kernel does not take (or everything, on TLS sockets, where h2o encrypts
@@ -161,6 +165,7 @@ struct st_lg__h2_stream_t {
     /* inbound body */
     lg__h2_block_t *first, *last, *cursor; /* cursor: the first block not wholly delivered */
     size_t undelivered, unconsumed;
+    size_t credited; /* of those, the oldest bytes whose flow-control credit went back early */
     /* outbound body: the caller's chunks not yet framed / written */
     h2o_iovec_t *sendq;
     size_t sendq_head, sendq_size, sendq_cap, sendq_off;

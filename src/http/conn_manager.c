@@ -358,7 +358,9 @@ lg_hcm_conn_t *lg_hcm_conn_new(lg_worker_t *w, const lg_listener_config_t *l, co
                                 .stream_error_on_invalid_http_messaging = cfg->h2_stream_error_on_invalid,
                                 .request_headers_timeout_ms = (uint32_t)cfg->request_headers_timeout_ms,
                                 .headers_with_underscores_action = cfg->h1.headers_with_underscores_action};
-        h2_part(c)->codec = lg_h2_server_conn_new_ex(&w->loop, sock, &cfg->h2, &opts, &conn_cbs, c);
+        lg_h2_settings_t settings = cfg->h2;
+        settings.buffer_limit = l->buffer_limit;
+        h2_part(c)->codec = lg_h2_server_conn_new_ex(&w->loop, sock, &settings, &opts, &conn_cbs, c);
     } else {
         lg_h1_server_settings_t s;
         lg_h1_server_settings_init(&s);

@@ -383,7 +383,7 @@ static void stream_free(lg__h2_conn_t *conn, lg__h2_stream_t *s)
     lg_timer_stop(&s->headers_timer);
     if (conn->hdr_stream == s)
         conn->hdr_stream = NULL;
-    size_t held = s->unconsumed + s->undelivered;
+    size_t held = s->unconsumed + s->undelivered - s->credited;
     /* Bytes the driver will never consume still count against the connection window. */
     if (held != 0 && conn->session != NULL && s->super.id != 0)
         nghttp2_session_consume(conn->session, (int32_t)s->super.id, held);
@@ -479,6 +479,17 @@ static void recv_append(lg__h2_stream_t *s, const uint8_t *data, size_t len)
         s->undelivered += n;
         data += n;
         len -= n;
+    }
+}
+
+/* Gives back the credit of everything the stream holds while that is under the
+ * buffer limit (see legate/h2.h). */
+static void credit_early(lg__h2_conn_t *conn, lg__h2_stream_t *s)
+{
+    size_t held = s->unconsumed + s->undelivered;
+    if (held < conn->settings.buffer_limit && held > s->credited) {
+        nghttp2_session_consume(conn->session, (int32_t)s->super.id, held - s->credited);
+        s->credited = held;
     }
 }
 
@@ -798,6 +809,7 @@ static int on_data_chunk_recv(nghttp2_session *session, uint8_t flags, int32_t s
         return 0;
     }
     recv_append(s, data, len);
+    credit_early(conn, s);
     mark_dirty(s);
     return 0;
 }
@@ -1533,7 +1545,11 @@ static void op_consume(lg_stream_t *_s, size_t bytes)
     if (bytes > s->unconsumed)
         bytes = s->unconsumed;
     recv_consume(s, bytes);
-    nghttp2_session_consume(s->conn->session, (int32_t)s->super.id, bytes);
+    size_t early = bytes < s->credited ? bytes : s->credited; /* the oldest bytes are consumed first */
+    s->credited -= early;
+    if (bytes != early)
+        nghttp2_session_consume(s->conn->session, (int32_t)s->super.id, bytes - early);
+    credit_early(s->conn, s);
     if (s->unconsumed == 0)
         mark_dirty(s);
     lg__h2_request_run(s->conn);

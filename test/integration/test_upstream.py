@@ -159,6 +159,25 @@ def test_retry_keeps_a_large_request_body(legate, ports, upstream, framing, http
     assert lg.admin.stat("cluster.backend.retry_or_shadow_abandoned") == 1
 
 
+def test_h2_window_smaller_than_the_buffer_limit_on_a_retry_route(legate, ports, upstream):
+    """A downstream HTTP/2 stream window (64 KiB) smaller than the listener's buffer limit (the
+    default 1 MiB), on a route with a retry policy: Envoy's codec returns flow-control credit
+    as bytes arrive while the stream holds less than the limit, so a body kept for the retry
+    goes on past one window. A 200 KB body reaches the upstream whole on both tries; a 3 MB
+    one goes through once, without a retry, counted in retry_or_shadow_abandoned."""
+    up = upstream()
+    rc = cfg.route_config([cfg.vhost("v", [cfg.route("backend", retry_policy={"retry_on": "5xx", "num_retries": 1})])])
+    lg = legate(cfg.bootstrap(ports(), listeners=[cfg.http_listener(
+        "ingress", ports(), rc, http2_protocol_options={"initial_stream_window_size": 65535})],
+        clusters=[cfg.cluster("backend", [up.port])]))
+    url = f"http://127.0.0.1:{lg.listener_port()}"
+    for size, want, tries in ((200000, 200, 2), (3000000, 503, 1)):
+        r = curl(f"{url}/flaky/w{size}/1", headers=["Expect:"], data=b"w" * size, http2=True)
+        assert r.rc == 0 and r.status == want, (size, r)
+        assert [x["body_len"] for x in up.requests if x["path"] == f"/flaky/w{size}/1"] == [size] * tries
+    assert lg.admin.stat("cluster.backend.retry_or_shadow_abandoned") == 1
+
+
 def test_body_over_the_limit_during_a_retry_back_off_is_answered_507(legate, ports):
     """The first try fails before the request body is complete and the retry waits out its
     back-off (an hour's ceiling, so it does not end during the test). When the rest of the body

@@ -28,7 +28,9 @@ typedef struct st_lg_h1_server_settings_t {
      * not copied: they must outlive the connection (they live in config). */
     lg_h1_limits_t limits;
     /* per_connection_buffer_limit_bytes (Envoy default 1 MiB): reading stops
-     * while this many request bytes are buffered or delivered and unconsumed. */
+     * while more than this many request bytes are delivered and unconsumed (one
+     * byte past it, so that a receiver keeping the body sees it pass the limit),
+     * or this many are buffered and not delivered. */
     uint32_t buffer_limit;
     /* HttpConnectionManager.delayed_close_timeout (default 1000 ms): after the
      * last response of a connection that closes, the write side is shut down

@@ -118,7 +118,7 @@ struct st_lg_h1_server_conn_t {
     unsigned writing : 1;        /* the inflight batch is being written */
     unsigned write_done_due : 1; /* the kernel took it all (or refused it) at once: on_defer completes it */
     unsigned write_failed : 1;
-    uint32_t unconsumed; /* delivered body bytes not consumed yet (at most buffer_limit) */
+    uint32_t unconsumed; /* delivered body bytes not consumed yet (at most held_cap) */
     uint32_t last_len;   /* input length at the last incomplete head (< the head size limit) */
     uint32_t parsed;     /* see the top of the file (< buffer_limit + one read) */
     lg_h1_out_t *out;    /* while dirty, writing or a stream runs (see out_get) */
@@ -442,6 +442,15 @@ static void start_linger(lg_h1_server_conn_t *c)
 
 /* Reading */
 
+/* Delivered and unconsumed body bytes stop at one past the buffer limit: a
+ * receiver that keeps the body (a router keeping it for a retry) sees it pass the
+ * limit, as Envoy's router must to give the retry up, and a body of exactly the
+ * limit still gets its end read and delivered. */
+static size_t held_cap(const lg_h1_server_conn_t *c)
+{
+    return c->settings->buffer_limit < UINT32_MAX ? (size_t)c->settings->buffer_limit + 1 : UINT32_MAX;
+}
+
 static int want_read(lg_h1_server_conn_t *c)
 {
     lg_h1_server_stream_t *s = c->stream;
@@ -454,7 +463,7 @@ static int want_read(lg_h1_server_conn_t *c)
     /* the body goes on until the buffer limit is unconsumed, and while the pinned
      * buffers hold less than twice the limit (only small TLS reads come near it);
      * past the request, its slices are consumed before the next one is read */
-    if ((s->paused && !s->req_done) || c->unconsumed >= c->settings->buffer_limit || (s->req_done && c->unconsumed != 0) ||
+    if ((s->paused && !s->req_done) || c->unconsumed >= held_cap(c) || (s->req_done && c->unconsumed != 0) ||
         s->pinned_cap >= 2 * (size_t)c->settings->buffer_limit + LG_SOCK_READ_MAX)
         return 0;
     return c->sock->input->size - c->parsed < c->settings->buffer_limit;
@@ -992,9 +1001,9 @@ static int deliver_chunked(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s, siz
 static int deliver_body(lg_h1_server_conn_t *c)
 {
     lg_h1_server_stream_t *s = c->stream;
-    if (s->req_done || s->paused || c->unconsumed >= c->settings->buffer_limit)
+    if (s->req_done || s->paused || c->unconsumed >= held_cap(c))
         return 0;
-    size_t avail = c->sock->input->size - c->parsed, budget = c->settings->buffer_limit - c->unconsumed;
+    size_t avail = c->sock->input->size - c->parsed, budget = held_cap(c) - c->unconsumed;
     if (s->info.body == LG_H1_BODY_CHUNKED)
         return deliver_chunked(c, s, avail, budget);
     return deliver_raw(c, s, avail, budget);

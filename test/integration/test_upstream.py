@@ -178,6 +178,41 @@ def test_h2_window_smaller_than_the_buffer_limit_on_a_retry_route(legate, ports,
     assert lg.admin.stat("cluster.backend.retry_or_shadow_abandoned") == 1
 
 
+@pytest.mark.parametrize("http2", [False, True])
+def test_body_of_exactly_the_limit_ending_apart_keeps_its_retry(legate, ports, upstream, http2):
+    """A request body of exactly the buffer limit (64 KiB here) whose end comes on its own
+    once the bytes are in (HTTP/1.1: the last chunk; HTTP/2: an empty DATA frame with
+    END_STREAM) is within the limit: Envoy keeps it and retries it. Only a body past the limit
+    gives the retry up."""
+    up = upstream()
+    lg = proxy(legate, ports, [up.port], route_action={"retry_policy": {"retry_on": "5xx", "num_retries": 1}},
+               listener_extra={"per_connection_buffer_limit_bytes": 65536})
+    body = bytes(i % 253 for i in range(65536))
+    path = f"/flaky/exact{int(http2)}/1"
+    delivered = lambda: lg.admin.stat("http.ingress_http.downstream_cx_rx_bytes_total") >= len(body)
+    if http2:
+        with H2Client("127.0.0.1", lg.listener_port(), timeout=20) as c:
+            sid = c.conn.get_next_available_stream_id()
+            c.conn.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":authority", "localhost"),
+                                      (":path", path)])
+            c._resp(sid)
+            c._send_body(sid, body, end_stream=False)
+            wait_for(delivered, what="the body's bytes in Legate")
+            c.conn.end_stream(sid)
+            c._flush()
+            status = c.wait_response(sid, timeout=10).status
+    else:
+        with RawHTTP("127.0.0.1", lg.listener_port(), timeout=20) as c:
+            c.send(f"POST {path} HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n\r\n%x\r\n".encode()
+                   % len(body) + body + b"\r\n")
+            wait_for(delivered, what="the body's bytes in Legate")
+            c.send(b"0\r\n\r\n")
+            status = c.read_response().status
+    assert status == 200
+    assert [r["body_len"] for r in up.requests if r["path"] == path] == [len(body)] * 2
+    assert lg.admin.stat("cluster.backend.retry_or_shadow_abandoned") == 0
+
+
 def test_body_over_the_limit_during_a_retry_back_off_is_answered_507(legate, ports):
     """The first try fails before the request body is complete and the retry waits out its
     back-off (an hour's ceiling, so it does not end during the test). When the rest of the body

@@ -285,10 +285,10 @@ static lg_filter_status_t decode_data(lg_http_filter_t *f, h2o_iovec_t data, int
         r->request_end_us = lg_now_us();
     }
     size_t limit = r->stream->conn->listener->buffer_limit;
-    if (r->retain_body && (r->body_retained > limit || (r->body_retained == limit && !end_stream))) {
-        /* Envoy: a request body over the buffer limit cannot be retried. The codecs
-         * deliver no more than the limit unconsumed, so a body that fills it and goes
-         * on is over it: waiting for the byte past the limit would stall the request. */
+    if (r->retain_body && r->body_retained > limit) {
+        /* Envoy: a request body over the buffer limit cannot be retried (the codecs
+         * deliver past the limit what the router keeps: h1 one byte, h2 what the
+         * stream window allows beyond it). */
         r->retries_left = 0;
         stop_retaining(r);
         abandon_buffering(r);

@@ -213,6 +213,29 @@ def test_body_of_exactly_the_limit_ending_apart_keeps_its_retry(legate, ports, u
     assert lg.admin.stat("cluster.backend.retry_or_shadow_abandoned") == 0
 
 
+@pytest.mark.parametrize("where", ["route", "virtual_host"])
+def test_per_request_buffer_limit_caps_the_retry_buffer(legate, ports, upstream, where):
+    """per_request_buffer_limit_bytes (the route's, else the virtual host's) caps what the router
+    keeps for a retry below the listener's limit (Envoy's retry_shadow_buffer_limit): a body
+    within it is retried, one past it goes through once, without a retry."""
+    up = upstream()
+    route = cfg.route("backend", retry_policy={"retry_on": "5xx", "num_retries": 1})
+    vh_extra = {}
+    if where == "route":
+        route["per_request_buffer_limit_bytes"] = 16384
+    else:
+        vh_extra["per_request_buffer_limit_bytes"] = 16384
+    rc = cfg.route_config([cfg.vhost("v", [route], **vh_extra)])
+    lg = legate(cfg.bootstrap(ports(), listeners=[cfg.http_listener("ingress", ports(), rc)],
+                              clusters=[cfg.cluster("backend", [up.port])]))
+    url = f"http://127.0.0.1:{lg.listener_port()}"
+    for size, want, tries in ((16384, 200, 2), (16385, 503, 1)):
+        r = curl(f"{url}/flaky/p{size}/1", headers=["Expect:"], data=b"p" * size)
+        assert r.rc == 0 and r.status == want, (size, r)
+        assert [x["body_len"] for x in up.requests if x["path"] == f"/flaky/p{size}/1"] == [size] * tries
+    assert lg.admin.stat("cluster.backend.retry_or_shadow_abandoned") == 1
+
+
 def test_body_over_the_limit_during_a_retry_back_off_is_answered_507(legate, ports):
     """The first try fails before the request body is complete and the retry waits out its
     back-off (an hour's ceiling, so it does not end during the test). When the rest of the body

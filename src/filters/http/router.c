@@ -253,6 +253,14 @@ static void abandon_buffering(router_t *r)
     }
 }
 
+/* Envoy's retry_shadow_buffer_limit: the listener's per_connection_buffer_limit_bytes,
+ * capped by the route's (else the virtual host's) per_request_buffer_limit_bytes. */
+static size_t retry_shadow_limit(router_t *r)
+{
+    size_t limit = r->stream->conn->listener->buffer_limit;
+    return r->route != NULL && r->route->per_request_buffer_limit_bytes < limit ? r->route->per_request_buffer_limit_bytes : limit;
+}
+
 /* Feeds the request's body to its mirror copies (end_stream sends them). */
 static void feed_shadows(router_t *r, h2o_iovec_t data, int end_stream)
 {
@@ -284,8 +292,7 @@ static lg_filter_status_t decode_data(lg_http_filter_t *f, h2o_iovec_t data, int
         r->downstream_ended = 1;
         r->request_end_us = lg_now_us();
     }
-    size_t limit = r->stream->conn->listener->buffer_limit;
-    if (r->retain_body && r->body_retained > limit) {
+    if (r->retain_body && r->body_retained > retry_shadow_limit(r)) {
         /* Envoy: a request body over the buffer limit cannot be retried (the codecs
          * deliver past the limit what the router keeps: h1 one byte, h2 what the
          * stream window allows beyond it). */
@@ -915,7 +922,7 @@ static void start_shadows(router_t *r, const lg_req_head_t *req, int end_stream)
         lg_worker_cluster_t *c = lg_worker_clusters_find(lg_worker_cluster_view(lg_hcm_worker(r->stream)), name.base, name.len);
         if (c == NULL)
             continue;
-        lg_shadow_t *sh = lg_shadow_new(c, &r->upstream_req, req->version, r->stream->conn->listener->buffer_limit);
+        lg_shadow_t *sh = lg_shadow_new(c, &r->upstream_req, req->version, retry_shadow_limit(r));
         int over_limit = 0; /* an empty body always fits */
         if (end_stream)
             lg_shadow_data(sh, h2o_iovec_init(NULL, 0), 1, &over_limit);

@@ -28,13 +28,13 @@
 #include "legate/http-t.h"
 
 typedef enum en_lg_reset_reason_t {
-    LG_RESET_LOCAL,             /* we reset it (ops->reset) */
-    LG_RESET_REMOTE,            /* the peer reset the stream (RST_STREAM) */
-    LG_RESET_CONNECTION_FAILURE,/* upstream connect failed */
+    LG_RESET_LOCAL,                  /* we reset it (ops->reset) */
+    LG_RESET_REMOTE,                 /* the peer reset the stream (RST_STREAM) */
+    LG_RESET_CONNECTION_FAILURE,     /* upstream connect failed */
     LG_RESET_CONNECTION_TERMINATION, /* the connection closed under the stream */
-    LG_RESET_OVERFLOW,          /* limits (circuit breaker, buffer) */
-    LG_RESET_PROTOCOL_ERROR,    /* the peer sent something invalid */
-    LG_RESET_REFUSED_STREAM,    /* h2 REFUSED_STREAM: safe to retry */
+    LG_RESET_OVERFLOW,               /* limits (circuit breaker, buffer) */
+    LG_RESET_PROTOCOL_ERROR,         /* the peer sent something invalid */
+    LG_RESET_REFUSED_STREAM,         /* h2 REFUSED_STREAM: safe to retry */
     LG_RESET_TIMEOUT,
 } lg_reset_reason_t;
 
@@ -101,6 +101,10 @@ typedef struct st_lg_server_conn_cbs_t {
      * stream existed (bad request line ...): for stats and access logs. The
      * codec has already answered as Envoy does (400/431 on h1, GOAWAY on h2). */
     void (*on_codec_error)(lg_server_conn_t *c, int status, const char *details);
+    /* Bytes read from the socket (TLS: decrypted) and handed to it to write
+     * (TLS: before encryption), as they happen: Envoy's connection byte counts.
+     * Optional; it must not call into the codec. */
+    void (*on_io)(lg_server_conn_t *c, size_t rx, size_t tx);
 } lg_server_conn_cbs_t;
 
 typedef struct st_lg_server_conn_ops_t {

@@ -349,6 +349,7 @@ lg_hcm_conn_t *lg_hcm_conn_new(lg_worker_t *w, const lg_listener_config_t *l, co
     size_t size = sizeof(lg_hcm_conn_t) + (has_limits(cfg) ? sizeof(lg_hcm_conn_limits_t) : 0) + addr_size(peer) +
                   (addr_is_listener(l, local) ? 0 : addr_size(local)) + (sni != NULL ? strlen(sni) + 1 : 0);
     lg_hcm_conn_t *c;
+    size_t read_before = sock->input->size; /* by protocol detection, before the codec */
     if (version == LG_HTTP_2) {
         c = lg_calloc(1, size + sizeof(lg_hcm_h2_part_t));
         conn_init(c, w, l, cfg, snap, sock, local, peer, sni, listener_start_ms);
@@ -378,6 +379,8 @@ lg_hcm_conn_t *lg_hcm_conn_new(lg_worker_t *w, const lg_listener_config_t *l, co
         STAT_INC(c, downstream_cx_http1_total);
         STAT_INC(c, downstream_cx_http1_active);
     }
+    if (read_before != 0)
+        STAT_ADD(c, downstream_cx_rx_bytes_total, read_before);
     conn_arm_idle(c);
     return c;
 }
@@ -1142,7 +1145,6 @@ static void on_data(lg_stream_t *ds, h2o_iovec_t data, int end_stream)
 {
     lg_hcm_stream_t *s = ds->ctx;
     stream_touch(s);
-    STAT_ADD(s->conn, downstream_cx_rx_bytes_total, data.len);
     s->info.bytes_received += data.len;
     if (end_stream) {
         s->request_ended = 1;
@@ -1225,10 +1227,22 @@ static const lg_stream_cbs_t downstream_cbs = {
     .on_complete = on_complete,
 };
 
+/* Envoy's downstream_cx_{rx,tx}_bytes_total: the connection's bytes, heads and
+ * framing included (TLS: decrypted), counted as the codec reads and writes. */
+static void on_conn_io(lg_server_conn_t *codec, size_t rx, size_t tx)
+{
+    lg_hcm_conn_t *c = codec->ctx;
+    if (rx != 0)
+        STAT_ADD(c, downstream_cx_rx_bytes_total, rx);
+    if (tx != 0)
+        STAT_ADD(c, downstream_cx_tx_bytes_total, tx);
+}
+
 static const lg_server_conn_cbs_t conn_cbs = {
     .on_new_stream = on_new_stream,
     .on_close = on_conn_close,
     .on_codec_error = on_codec_error,
+    .on_io = on_conn_io,
 };
 
 static void stream_destroy(lg_hcm_stream_t *s)
@@ -1384,7 +1398,6 @@ void lg_hcm_encode_data(lg_hcm_stream_t *s, h2o_iovec_t data, int end_stream)
         if (f->type->encode_data != NULL && !f->type->is_terminal)
             f->type->encode_data(f, data, end_stream);
     }
-    STAT_ADD(s->conn, downstream_cx_tx_bytes_total, data.len);
     s->info.bytes_sent += data.len;
     s->response_ended = end_stream;
     if (end_stream)

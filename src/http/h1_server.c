@@ -331,6 +331,13 @@ static void release_parsed(lg_h1_server_conn_t *c)
     c->parsed = 0;
 }
 
+/* The connection's byte counts (lg_server_conn_cbs_t.on_io). */
+static void report_io(lg_h1_server_conn_t *c, size_t rx, size_t tx)
+{
+    if ((rx | tx) != 0 && c->super.cbs->on_io != NULL)
+        c->super.cbs->on_io(&c->super, rx, tx);
+}
+
 /* Frees the pins whose slices were all consumed (all of them with `all`). */
 static void release_pins(lg_h1_server_stream_t *s, int all)
 {
@@ -583,12 +590,13 @@ static void flush(lg_h1_server_conn_t *c)
     o->pending = (lg_h1_batch_t){NULL, 0};
     c->writing = 1;
     c->dirty = 0;
-    size_t n = o->nbufs, done = 0, off = 0;
+    size_t n = o->nbufs, done = 0, off = 0, written_before = c->sock->bytes_written;
     o->nbufs = 0; /* h2o copies the iovecs it still needs */
     int failed = 0;
     if (c->sock->ssl == NULL)
         done = lg_sock_send_now(c->sock, o->bufs, n, &off, &failed); /* send/sendmsg, not h2o's writev */
     if (done == n || failed) {
+        report_io(c, 0, c->sock->bytes_written - written_before);
         /* completed at once (or refused): the completion runs at the end of the turn, as h2o's would */
         c->write_done_due = 1;
         c->write_failed = failed;
@@ -598,6 +606,7 @@ static void flush(lg_h1_server_conn_t *c)
     o->bufs[done].base += off;
     o->bufs[done].len -= off;
     h2o_socket_write(c->sock, o->bufs + done, n - done, on_write_complete);
+    report_io(c, 0, c->sock->bytes_written - written_before);
 }
 
 /* A response head without end_stream waits for the first body bytes (or
@@ -1049,7 +1058,9 @@ static size_t read_want(lg_h1_server_conn_t *c)
 static void on_read(h2o_socket_t *sock, const char *err)
 {
     lg_h1_server_conn_t *c = sock->data;
+    size_t before = sock->input->size;
     err = lg_sock_read(sock, err, read_want(c));
+    report_io(c, sock->input->size - before, 0);
     enter(c);
     if (err != NULL)
         c->peer_eof = 1;

@@ -358,6 +358,14 @@ static void h2_stat(lg__h2_conn_t *conn, size_t idx, int64_t n)
         lg_stats_here_add(lg_stats_http2, idx, n);
 }
 
+/* A server connection's byte counts (lg_server_conn_cbs_t.on_io), until the driver
+ * is told of the close (the final GOAWAY goes out after it, uncounted). */
+static void report_io(lg__h2_conn_t *conn, size_t rx, size_t tx)
+{
+    if (conn->is_server && conn->state != LG__H2_CLOSED && (rx | tx) != 0 && conn->super.server.cbs->on_io != NULL)
+        conn->super.server.cbs->on_io(&conn->super.server, rx, tx);
+}
+
 lg__h2_stream_t *lg__h2_stream_new(lg__h2_conn_t *conn, int32_t stream_id)
 {
     lg__h2_stream_t *s = small_calloc(sizeof(*s));
@@ -1020,7 +1028,7 @@ static void write_batch(lg__h2_conn_t *conn)
 {
     lg__h2_batch_t *b = &conn->batch;
     h2o_iovec_t *vecs = b->vecs;
-    size_t n = b->nsegs, left = b->total;
+    size_t n = b->nsegs, left = b->total, written_before = conn->sock->bytes_written;
     for (size_t i = 0; i != n; ++i)
         vecs[i] = h2o_iovec_init(b->segs[i].ext != NULL ? b->segs[i].ext : b->buf + b->segs[i].off, b->segs[i].len);
     if (conn->sock->ssl == NULL) {
@@ -1064,6 +1072,7 @@ static void write_batch(lg__h2_conn_t *conn)
         h2o_socket_write(conn->sock, vecs, n, on_write_complete);
     }
 Reset:
+    report_io(conn, 0, conn->sock->bytes_written - written_before);
     b->len = b->nsegs = b->total = 0;
 }
 
@@ -1437,7 +1446,9 @@ static void recv_input(lg__h2_conn_t *conn)
 static void on_read(h2o_socket_t *sock, const char *err)
 {
     lg__h2_conn_t *conn = sock->data;
+    size_t before = sock->input->size;
     err = lg_sock_read(sock, err, LG_SOCK_READ_MAX); /* nghttp2 takes all of it at once */
+    report_io(conn, sock->input->size - before, 0);
     lg__h2_enter(conn);
     if (err != NULL) {
         conn->peer_gone = 1;

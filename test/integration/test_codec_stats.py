@@ -2,6 +2,8 @@
 Http2::CodecStats), and headers_with_underscores_action on both codecs: DROP_HEADER drops the
 header and counts it, REJECT_REQUEST answers 400 on HTTP/1.1 and resets the stream on HTTP/2
 (Envoy's ServerConnectionImpl::checkHeaderNameForUnderscores), other streams unharmed."""
+import socket
+
 import pytest
 
 from lib import config as cfg
@@ -125,3 +127,47 @@ def test_underscore_trailers_dropped(legate, ports, upstream):
                b"3\r\nabc\r\n0\r\nx_trail: 1\r\nx-kept: 2\r\n\r\n")
         assert c.read_response().status == 200
     wait_stat(lg, "http1.dropped_headers_with_underscores", 1)
+
+
+def exchange(sock, request):
+    """Writes one HTTP/1.1 request and reads its content-length framed response; returns the
+    response's bytes as they came off the socket."""
+    sock.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "closed before the response head"
+        data += chunk
+    head = data.split(b"\r\n\r\n", 1)[0]
+    length = [int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")[1:]
+              if line.split(b":", 1)[0].strip().lower() == b"content-length"][0]
+    while len(data) < len(head) + 4 + length:
+        chunk = sock.recv(65536)
+        assert chunk, "closed before the response body"
+        data += chunk
+    return data
+
+
+def test_connection_byte_counts_are_wire_bytes(legate, ports, upstream):
+    """http.<prefix>.downstream_cx_{rx,tx}_bytes_total count what the connection read and wrote,
+    heads and framing included, as Envoy's connection stats do: a GET without a body moves the
+    counts too (they counted body bytes only before). HTTP/1.1 figures are exact; HTTP/2 ones
+    include the preface, SETTINGS and the frame headers."""
+    up = upstream()
+    lg = proxy(legate, ports, up)
+    rx, tx = "http.ingress_http.downstream_cx_rx_bytes_total", "http.ingress_http.downstream_cx_tx_bytes_total"
+    get = b"GET /bytes/1000 HTTP/1.1\r\nHost: x\r\n\r\n"
+    post = b"POST /p HTTP/1.1\r\nHost: x\r\ncontent-length: 5000\r\n\r\n" + b"p" * 5000
+    with socket.create_connection(("127.0.0.1", lg.listener_port()), timeout=10) as s:
+        got = exchange(s, get)
+        wait_stat(lg, rx, len(get))
+        wait_stat(lg, tx, len(got))
+        got += exchange(s, post)
+        wait_stat(lg, rx, len(get) + len(post))
+        wait_stat(lg, tx, len(got))
+    before_rx, before_tx = lg.admin.stat(rx), lg.admin.stat(tx)
+    with H2Client("127.0.0.1", lg.listener_port(), timeout=10) as c:
+        r = c.get("/bytes/3000")
+        assert r.status == 200 and len(r.body) == 3000
+        wait_for(lambda: lg.admin.stat(rx) >= before_rx + 24 + 9 and lg.admin.stat(tx) >= before_tx + 3000 + 9 * 3,
+                 timeout=5 * T, what="the h2 connection's bytes counted")

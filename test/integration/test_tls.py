@@ -892,3 +892,24 @@ def test_slow_small_records_on_a_retry_route(legate, ports, upstream, pki):
     assert head.startswith(b"HTTP/1.1 200"), head[:200]
     tries = [r for r in up.requests if r["path"] == "/flaky/lines/1"]
     assert [(r["body_len"], r["body_sha256"]) for r in tries] == [(len(body), hashlib.sha256(body).hexdigest())] * 2
+
+
+def test_connection_byte_counts_are_decrypted_bytes(legate, ports, upstream, pki):
+    """Over TLS, http.<prefix>.downstream_cx_{rx,tx}_bytes_total count the connection's decrypted
+    bytes, as Envoy's (its transport socket reports the plaintext it read and wrote): exactly the
+    request and the response, heads included; the handshake is not counted."""
+    up = upstream()
+    lg = tls_proxy(legate, ports, up.port, downstream_ts([pki.server], alpn=("http/1.1",)))
+    request = b"GET /bytes/2000 HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    raw = socket.create_connection(("127.0.0.1", lg.listener_port()), timeout=10)
+    with client_ctx(pki).wrap_socket(raw, server_hostname="localhost") as s:
+        s.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data or len(data) < data.index(b"\r\n\r\n") + 4 + 2000:
+            chunk = s.recv(65536)
+            assert chunk, "closed before the whole response"
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200")
+        for name, want in (("rx", len(request)), ("tx", len(data))):
+            stat = f"http.ingress_http.downstream_cx_{name}_bytes_total"
+            wait_for(lambda: lg.admin.stat(stat) == want, what=f"{stat} == {want}")

@@ -70,12 +70,14 @@ class H2Client:
         self.goaway = None  # (error_code, last_stream_id)
         self.closed = False
         self._inbuf = bytearray()
+        self.bytes_sent = 0  # everything written to the socket
         self._flush()
 
     def _flush(self):
         data = self.conn.data_to_send()
         if data:
             self.sock.sendall(data)
+            self.bytes_sent += len(data)
 
     def pump(self, timeout=None):
         """Reads once (up to timeout) and processes the events. Returns False on EOF."""

@@ -189,6 +189,29 @@ def test_unknown_typed_config_accepted_when_optional(tmp_path):
     assert_valid(r, path)
 
 
+def test_unimplemented_features_are_refused_or_warned(tmp_path):
+    """What the README lists as not implemented behaves as it says: a known Envoy HTTP filter
+    that Legate has no implementation of is refused like an unknown one; health checks and
+    outlier detection load with a warning; per-host circuit breaker thresholds are refused."""
+    cors = {"name": "envoy.filters.http.cors",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}}
+    r, _ = validate(tmp_path, _with_filter(good_bootstrap(), cors))
+    assert r.returncode == 1, out_of(r)
+    assert "Didn't find a registered implementation for 'envoy.filters.http.cors'" in out_of(r)
+    doc = good_bootstrap()
+    doc["static_resources"]["clusters"][0]["health_checks"] = [
+        {"timeout": "1s", "interval": "5s", "unhealthy_threshold": 2, "healthy_threshold": 2,
+         "http_health_check": {"path": "/healthz"}}]
+    doc["static_resources"]["clusters"][0]["outlier_detection"] = {"consecutive_5xx": 5}
+    r, path = validate(tmp_path, doc)
+    assert_valid(r, path)
+    assert "health_checks are not implemented" in out_of(r) and "outlier_detection is not implemented" in out_of(r)
+    doc = good_bootstrap()
+    doc["static_resources"]["clusters"][0]["circuit_breakers"] = {"per_host_thresholds": [{"max_connections": 1}]}
+    r, _ = validate(tmp_path, doc)
+    assert r.returncode == 1 and "per_host_thresholds: not supported" in out_of(r), out_of(r)
+
+
 def test_route_to_missing_cluster_rejected(tmp_path):
     doc = good_bootstrap()
     rc = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]

@@ -65,6 +65,11 @@ typedef struct st_lg_stream_ops_t {
     void (*reset)(lg_stream_t *s, lg_reset_reason_t reason);
     /* Pauses/resumes delivery of on_data (the receiver is over its limit). */
     void (*read_pause)(lg_stream_t *s, int paused);
+    /* Server streams, optional: whether the codec will deliver nothing more of the
+     * request until some of it is consumed, although less than the buffer limit is
+     * delivered (HTTP/1.1: its buffers are full of chunk framing). A receiver that
+     * keeps the body whole gives it up then, as past the limit. */
+    int (*rx_blocked)(lg_stream_t *s);
 } lg_stream_ops_t;
 
 struct st_lg_stream_t {

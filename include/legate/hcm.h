@@ -55,6 +55,9 @@ void lg_hcm_encode_data(lg_hcm_stream_t *s, h2o_iovec_t data, int end_stream);
 void lg_hcm_encode_trailers(lg_hcm_stream_t *s, lg_headers_t *trailers);
 /* The terminal filter is done with `bytes` of request body. */
 void lg_hcm_consume_request(lg_hcm_stream_t *s, size_t bytes);
+/* Whether the downstream codec holds all of the request it may until some is
+ * consumed (lg_stream_ops_t.rx_blocked). */
+int lg_hcm_request_rx_blocked(lg_hcm_stream_t *s);
 void lg_hcm_pause_request(lg_hcm_stream_t *s, int paused);
 /* Resets the downstream stream (after the response started, or on errors). */
 void lg_hcm_reset_stream(lg_hcm_stream_t *s);

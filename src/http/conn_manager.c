@@ -1300,6 +1300,12 @@ void lg_hcm_consume_request(lg_hcm_stream_t *s, size_t bytes)
         s->downstream->ops->consume(s->downstream, bytes);
 }
 
+int lg_hcm_request_rx_blocked(lg_hcm_stream_t *s)
+{
+    lg_stream_t *d = s->downstream;
+    return d != NULL && d->ops->rx_blocked != NULL && d->ops->rx_blocked(d);
+}
+
 void lg_hcm_pause_request(lg_hcm_stream_t *s, int paused)
 {
     if (s->downstream != NULL && s->downstream->ops->read_pause != NULL)

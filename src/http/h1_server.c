@@ -458,6 +458,12 @@ static size_t held_cap(const lg_h1_server_conn_t *c)
     return c->settings->buffer_limit < UINT32_MAX ? (size_t)c->settings->buffer_limit + 1 : UINT32_MAX;
 }
 
+/* What the pinned buffers of one request may hold: twice the limit, and a read. */
+static size_t pin_cap(const lg_h1_server_conn_t *c)
+{
+    return 2 * (size_t)c->settings->buffer_limit + LG_SOCK_READ_MAX;
+}
+
 static int want_read(lg_h1_server_conn_t *c)
 {
     lg_h1_server_stream_t *s = c->stream;
@@ -471,7 +477,7 @@ static int want_read(lg_h1_server_conn_t *c)
      * buffers hold less than twice the limit (only small TLS reads come near it);
      * past the request, its slices are consumed before the next one is read */
     if ((s->paused && !s->req_done) || c->unconsumed >= held_cap(c) || (s->req_done && c->unconsumed != 0) ||
-        s->pinned_cap >= 2 * (size_t)c->settings->buffer_limit + LG_SOCK_READ_MAX)
+        s->pinned_cap >= pin_cap(c))
         return 0;
     return c->sock->input->size - c->parsed < c->settings->buffer_limit;
 }
@@ -1206,6 +1212,20 @@ static void stream_read_pause(lg_stream_t *_s, int paused)
     leave(c);
 }
 
+/* The pins, with the one update_reading is about to add, reach their cap while the
+ * request goes on: reading stops although less than the limit is delivered. */
+static int stream_rx_blocked(lg_stream_t *_s)
+{
+    lg_h1_server_stream_t *s = (lg_h1_server_stream_t *)_s;
+    lg_h1_server_conn_t *c = s->conn;
+    if (s->detached || s->req_done || c->closed)
+        return 0;
+    size_t pinned = s->pinned_cap;
+    if (s->cur_unconsumed != 0 && !has_tail_room(c))
+        pinned += c->sock->input->capacity;
+    return pinned >= pin_cap(c);
+}
+
 static const lg_stream_ops_t stream_ops = {
     .send_headers = stream_send_headers,
     .send_data = stream_send_data,
@@ -1213,6 +1233,7 @@ static const lg_stream_ops_t stream_ops = {
     .consume = stream_consume,
     .reset = stream_reset,
     .read_pause = stream_read_pause,
+    .rx_blocked = stream_rx_blocked,
 };
 
 /* Connection ops */

@@ -237,6 +237,24 @@ def test_per_request_buffer_limit_caps_the_retry_buffer(legate, ports, upstream,
     assert lg.admin.stat("cluster.backend.retry_or_shadow_abandoned") == 1
 
 
+def test_tiny_chunks_on_a_retry_route_give_the_retry_up(legate, ports, upstream):
+    """A chunked body of one-byte chunks is six wire bytes per body byte: the buffers holding a
+    kept body of 60,000 bytes would be five times the buffer limit (64 KiB here). The codec
+    keeps at most twice the limit (plus a read) in buffers, so it tells the router it holds all
+    it may, and the router gives the retry up, as it does past the limit, rather than the
+    request waiting for bytes the codec will not read. The body goes through once, whole."""
+    up = upstream()
+    lg = proxy(legate, ports, [up.port], route_action={"retry_policy": {"retry_on": "5xx", "num_retries": 1}},
+               listener_extra={"per_connection_buffer_limit_bytes": 65536})
+    with RawHTTP("127.0.0.1", lg.listener_port(), timeout=20) as c:
+        c.send(b"POST /flaky/tiny/1 HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n\r\n" +
+               b"1\r\nx\r\n" * 60000 + b"0\r\n\r\n")
+        r = c.read_response()
+    assert r.status == 503, r  # the first try's answer: no retry without the body
+    assert [x["body_len"] for x in up.requests if x["path"] == "/flaky/tiny/1"] == [60000]
+    assert lg.admin.stat("cluster.backend.retry_or_shadow_abandoned") == 1
+
+
 def test_body_over_the_limit_during_a_retry_back_off_is_answered_507(legate, ports):
     """The first try fails before the request body is complete and the retry waits out its
     back-off (an hour's ceiling, so it does not end during the test). When the rest of the body

@@ -292,10 +292,11 @@ static lg_filter_status_t decode_data(lg_http_filter_t *f, h2o_iovec_t data, int
         r->downstream_ended = 1;
         r->request_end_us = lg_now_us();
     }
-    if (r->retain_body && r->body_retained > retry_shadow_limit(r)) {
+    if (r->retain_body && (r->body_retained > retry_shadow_limit(r) || (!end_stream && lg_hcm_request_rx_blocked(r->stream)))) {
         /* Envoy: a request body over the buffer limit cannot be retried (the codecs
          * deliver past the limit what the router keeps: h1 one byte, h2 what the
-         * stream window allows beyond it). */
+         * stream window allows beyond it). The h1 codec may also hold all it can
+         * below the limit (a body mostly chunk framing): kept, it would stall. */
         r->retries_left = 0;
         stop_retaining(r);
         abandon_buffering(r);

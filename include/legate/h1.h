@@ -1,6 +1,8 @@
 #ifndef LEGATE_H1_H
 #define LEGATE_H1_H
 
+#include <stdint.h>
+#include <string.h>
 #include <sys/types.h>
 #include "legate/h1-t.h"
 
@@ -141,6 +143,41 @@ static inline int lg_h1_is_tchar(unsigned char c)
 static inline int lg_h1_is_value_char(unsigned char c)
 {
     return (lg_h1_char_class[c] & LG_H1_CHAR_VALUE) != 0;
+}
+
+/* Field values are checked eight bytes at a time (SWAR): every request parses and
+ * writes them. The word test only picks the path; the answer is exact. Shared by the
+ * parser and the serializer. */
+#define LG_H1_ONES 0x0101010101010101ull
+#define LG_H1_HIGHS 0x8080808080808080ull
+
+static inline uint64_t lg_h1_load8(const char *p)
+{
+    uint64_t x;
+    memcpy(&x, p, 8);
+    return x;
+}
+
+/* Whether the 8 bytes of x hold one below 0x20 or 0x7f (exact as a yes/no: a borrow
+ * only runs upwards from a byte that already matched). */
+static inline int lg_h1_word_has_ctl(uint64_t x)
+{
+    const uint64_t del = x ^ (0x7full * LG_H1_ONES);
+    return ((((x - 0x20 * LG_H1_ONES) & ~x) | ((del - LG_H1_ONES) & ~del)) & LG_H1_HIGHS) != 0;
+}
+
+/* Whether every byte of p[0..len) may be in a field value (HTAB, SP, VCHAR, obs-text):
+ * bytewise only from a word that holds a control byte. */
+static inline int lg_h1_value_is_valid(const char *p, size_t len)
+{
+    size_t i = 0;
+    for (; len - i >= 8; i += 8)
+        if (lg_h1_word_has_ctl(lg_h1_load8(p + i)))
+            break;
+    for (; i != len; ++i)
+        if (!lg_h1_is_value_char(p[i]))
+            return 0;
+    return 1;
 }
 
 /* Internal to src/http/h1_*.c. Parses one field line p[0..len) (its CRLF excluded):

@@ -59,31 +59,6 @@ static int is_token(h2o_iovec_t v)
     return 1;
 }
 
-/* Whether the 8 bytes of x hold one below 0x20 or 0x7f (exact as a yes/no: a borrow
- * only runs upwards from a byte that already matched). */
-static int word_has_ctl(uint64_t x)
-{
-    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull, del = x ^ (0x7full * ones);
-    return ((((x - 0x20 * ones) & ~x) | ((del - ones) & ~del)) & highs) != 0;
-}
-
-/* Eight bytes at a time; bytewise only from a word that holds a control byte (HTAB is
- * allowed in a value, CR, LF and NUL are not). */
-static int is_field_value(h2o_iovec_t v)
-{
-    size_t i = 0;
-    for (; v.len - i >= 8; i += 8) {
-        uint64_t x;
-        memcpy(&x, v.base + i, 8);
-        if (word_has_ctl(x))
-            break;
-    }
-    for (; i != v.len; ++i)
-        if (!lg_h1_is_value_char(v.base[i]))
-            return 0;
-    return 1;
-}
-
 /* Pseudo-headers never go out; a request's host line is written from `authority`. The
  * codec owns the framing: Transfer-Encoding is only ever written from `flags`, and a
  * Content-Length is dropped when `flags` frame the body otherwise, so that no head
@@ -115,7 +90,7 @@ static ssize_t fields_size(const lg_headers_t *headers, int is_request, unsigned
         const lg_header_t *h = headers->entries + i;
         if (!header_is_sent(h, is_request, flags))
             continue;
-        if (!is_token(h->name) || !is_field_value(h->value))
+        if (!is_token(h->name) || !lg_h1_value_is_valid(h->value.base, h->value.len))
             return -1;
         n += h->name.len + h->value.len + 4;
     }

@@ -95,31 +95,6 @@ static int is_ows(char c)
     return c == ' ' || c == '\t';
 }
 
-/* Whether the 8 bytes of x hold one below 0x20 or 0x7f (exact as a yes/no: a borrow
- * only runs upwards from a byte that already matched). */
-static int word_has_ctl(uint64_t x)
-{
-    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull, del = x ^ (0x7full * ones);
-    return ((((x - 0x20 * ones) & ~x) | ((del - ones) & ~del)) & highs) != 0;
-}
-
-/* Whether every byte of p[0..len) is allowed in a field value: eight bytes at a time,
- * bytewise only in a word that holds a control byte (HTAB is allowed). */
-static int value_chars_are_valid(const char *p, size_t len)
-{
-    size_t i = 0;
-    for (; len - i >= 8; i += 8) {
-        uint64_t x;
-        memcpy(&x, p + i, 8);
-        if (word_has_ctl(x))
-            break;
-    }
-    for (; i != len; ++i)
-        if (!lg_h1_is_value_char(p[i]))
-            return 0;
-    return 1;
-}
-
 int lg__h1_parse_field_line(char *p, size_t len, h2o_iovec_t *name, h2o_iovec_t *value, lg_h1_error_t *err)
 {
     size_t i = 0, v, e;
@@ -143,7 +118,7 @@ int lg__h1_parse_field_line(char *p, size_t len, h2o_iovec_t *name, h2o_iovec_t 
         ;
     for (e = len; e != v && is_ows(p[e - 1]); --e)
         ;
-    if (!value_chars_are_valid(p + v, e - v))
+    if (!lg_h1_value_is_valid(p + v, e - v))
         return lg__h1_error(err, 400, LG_H1_DETAIL_INVALID_CHARACTERS, "header value contains invalid chars");
     *name = h2o_iovec_init(p, i);
     *value = h2o_iovec_init(p + v, e - v);

@@ -143,6 +143,11 @@ typedef struct st_lg_client_conn_cbs_t {
     void (*on_goaway)(lg_client_conn_t *c);
     /* The connection closed; its streams got on_reset first. The pool frees it. */
     void (*on_close)(lg_client_conn_t *c, lg_reset_reason_t reason);
+    /* Optional: a stream stopped taking response bytes from the peer (paused) because
+     * it holds its buffer limit of bytes the driver has not consumed, or took them
+     * again (!paused) with the stream still open: Envoy's
+     * upstream_flow_control_{paused,resumed}_reading_total. */
+    void (*on_flow)(lg_client_conn_t *c, int paused);
 } lg_client_conn_cbs_t;
 
 typedef struct st_lg_client_conn_ops_t {

@@ -184,6 +184,7 @@ struct st_lg__h2_stream_t {
      * timed_out: answered 408 by request_headers_timeout (RST_STREAM follows the 408). */
     unsigned visible : 1, head_ready : 1, head_delivered : 1, remote_end : 1, remote_end_delivered : 1, headers_sent : 1,
         local_end : 1, local_end_sent : 1, deferred : 1, paused : 1, closed : 1, rst_received : 1, done : 1, timed_out : 1;
+    unsigned at_limit : 1; /* holds the buffer limit: credit only as bytes are consumed (client: on_flow told) */
 };
 
 typedef enum en_lg__h2_state_t {

@@ -501,6 +501,20 @@ static void credit_early(lg__h2_conn_t *conn, lg__h2_stream_t *s)
     }
 }
 
+/* A client stream that reaches the buffer limit with its peer still sending stops
+ * taking bytes until the driver consumes some: the pool counts both edges (on_flow). */
+static void note_flow(lg__h2_conn_t *conn, lg__h2_stream_t *s)
+{
+    if (conn->is_server)
+        return;
+    int at_limit = !s->remote_end && !s->done && s->unconsumed + s->undelivered >= conn->settings.buffer_limit;
+    if (at_limit == s->at_limit)
+        return;
+    s->at_limit = at_limit;
+    if (conn->super.client.cbs->on_flow != NULL)
+        conn->super.client.cbs->on_flow(&conn->super.client, at_limit);
+}
+
 static void recv_consume(lg__h2_stream_t *s, size_t n)
 {
     s->unconsumed -= n;
@@ -818,6 +832,7 @@ static int on_data_chunk_recv(nghttp2_session *session, uint8_t flags, int32_t s
     }
     recv_append(s, data, len);
     credit_early(conn, s);
+    note_flow(conn, s);
     mark_dirty(s);
     return 0;
 }
@@ -1561,6 +1576,7 @@ static void op_consume(lg_stream_t *_s, size_t bytes)
     if (bytes != early)
         nghttp2_session_consume(s->conn->session, (int32_t)s->super.id, bytes - early);
     credit_early(s->conn, s);
+    note_flow(s->conn, s);
     if (s->unconsumed == 0)
         mark_dirty(s);
     lg__h2_request_run(s->conn);

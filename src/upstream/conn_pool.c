@@ -737,4 +737,13 @@ static void on_conn_close(lg_client_conn_t *conn, lg_reset_reason_t reason)
     lg_worker_cluster_release(c);
 }
 
-static const lg_client_conn_cbs_t conn_cbs = {on_stream_done, on_goaway, on_conn_close};
+/* A stream stopped reading the upstream on its buffer limit, or went on (Envoy counts
+ * these edges where its router pauses and resumes the upstream for a slow downstream). */
+static void on_flow(lg_client_conn_t *conn, int paused)
+{
+    lg__pool_conn_t *pc = conn->ctx;
+    lg__cluster_inc(pool_cluster(pc->pool), paused ? LG_CLUSTER_STAT_upstream_flow_control_paused_reading_total
+                                                   : LG_CLUSTER_STAT_upstream_flow_control_resumed_reading_total);
+}
+
+static const lg_client_conn_cbs_t conn_cbs = {on_stream_done, on_goaway, on_conn_close, on_flow};

@@ -66,7 +66,8 @@ typedef struct st_lg__h1c_stream_t {
     unsigned req_flags;
     lg__h1c_rx_t rx;
     unsigned chunk_body : 1, headers_sent : 1, end_queued : 1, request_done : 1, paused : 1, keep_alive : 1;
-    unsigned tunnel : 1; /* CONNECT 2xx or 101: the socket carries raw bytes */
+    unsigned tunnel : 1;   /* CONNECT 2xx or 101: the socket carries raw bytes */
+    unsigned at_limit : 1; /* reading stopped on the buffer limit (on_flow told) */
 } lg__h1c_stream_t;
 
 struct st_lg__h1c_conn_t {
@@ -555,10 +556,26 @@ static int want_read(lg__h1c_conn_t *conn)
     return !s->paused && s->rx != RX_DONE && conn->unconsumed < conn->buffer_limit;
 }
 
+/* Tells the pool when reading stops on the buffer limit and when it goes on with the
+ * stream still open (Envoy's upstream flow-control counters). */
+static void note_flow(lg__h1c_conn_t *conn)
+{
+    lg__h1c_stream_t *s = conn->stream;
+    if (s == NULL)
+        return;
+    int at_limit = !conn->closed && !conn->peer_closed && s->rx != RX_DONE && conn->unconsumed >= conn->buffer_limit;
+    if (at_limit == s->at_limit)
+        return;
+    s->at_limit = at_limit;
+    if (conn->super.cbs->on_flow != NULL)
+        conn->super.cbs->on_flow(&conn->super, at_limit);
+}
+
 static void update_reading(lg__h1c_conn_t *conn)
 {
     if (conn->sock == NULL)
         return;
+    note_flow(conn);
     compact_input(conn);
     if (want_read(conn)) {
         if (conn->cur_unconsumed != 0 || conn->cur_pinned)

@@ -225,6 +225,9 @@ def slow_download(lg, up):
         # Read nothing: Legate must stop reading the upstream long before the end.
         wait_for(lambda: up.blocked.is_set() or up.done.is_set(), timeout=120, what="upstream blocked or done")
         assert not up.done.is_set(), "Legate read the whole body although the client read nothing"
+        # Envoy's counters of the router pausing the upstream for a slow downstream
+        flow = "cluster.backend.upstream_flow_control_"
+        wait_for(lambda: lg.admin.stat(flow + "paused_reading_total") >= 1, timeout=30, what="paused_reading_total")
         grown = rss(pid) - base
         # ASan's quarantine keeps freed memory resident: only the blocking is checked there.
         assert grown < MAX_GROWTH or sanitized(), f"RSS grew by {grown >> 20} MiB with a client that reads nothing"
@@ -237,6 +240,10 @@ def slow_download(lg, up):
                 next_check += 4 << 20
         assert c.status == "200"
         assert c.received == BIG and c.sha.hexdigest() == pattern_sha256(BIG)
+        # every pause was followed by a resume while the stream was open
+        wait_for(lambda: lg.admin.stat(flow + "resumed_reading_total") == lg.admin.stat(flow + "paused_reading_total"),
+                 timeout=30, what="as many resumes as pauses")
+        assert lg.admin.stat(flow + "paused_reading_total") >= 1
         assert peak < MAX_GROWTH or sanitized(), f"RSS grew by {peak >> 20} MiB during a slow download"
     finally:
         c.close()

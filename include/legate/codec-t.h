@@ -51,6 +51,10 @@ typedef struct st_lg_stream_cbs_t {
     void (*on_data_sent)(lg_stream_t *s, size_t bytes);
     void (*on_reset)(lg_stream_t *s, lg_reset_reason_t reason, const char *details);
     void (*on_complete)(lg_stream_t *s);
+    /* Server streams, optional: the codec stopped reading the request body because the
+     * stream holds its buffer limit of bytes the driver has not consumed (paused), or
+     * reads on with the request not yet whole (!paused). */
+    void (*on_flow)(lg_stream_t *s, int paused);
 } lg_stream_cbs_t;
 
 /* What the driver calls; implemented by the codec. The head passed to

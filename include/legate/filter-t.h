@@ -29,7 +29,7 @@ typedef struct st_lg_http_filter_t lg_http_filter_t;
 typedef struct st_lg_hcm_stream_t lg_hcm_stream_t;
 
 typedef struct st_lg_http_filter_type_t {
-    const char *name;           /* canonical name, "envoy.filters.http.router" */
+    const char *name;                              /* canonical name, "envoy.filters.http.router" */
     const ProtobufCMessageDescriptor *config_type; /* typed_config's type */
     int is_terminal;
     /* Compiles the unpacked typed_config (NULL when the filter has none).
@@ -46,6 +46,9 @@ typedef struct st_lg_http_filter_type_t {
     lg_filter_status_t (*encode_trailers)(lg_http_filter_t *f, lg_headers_t *trailers);
     /* The downstream side consumed `bytes` of what this (terminal) filter sent. */
     void (*on_encode_data_sent)(lg_http_filter_t *f, size_t bytes);
+    /* Optional, terminal filter: the downstream codec stopped reading the request body
+     * because this filter holds the buffer limit of it unconsumed (paused), or reads on. */
+    void (*on_decode_flow)(lg_http_filter_t *f, int paused);
     /* The stream is going away (completed or reset): release everything. */
     void (*on_destroy)(lg_http_filter_t *f);
 } lg_http_filter_type_t;

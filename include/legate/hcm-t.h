@@ -61,6 +61,8 @@ typedef enum en_lg_escaped_slashes_t {
     X(COUNTER, downstream_cx_rx_bytes_total)                  \
     X(COUNTER, downstream_cx_tx_bytes_total)                  \
     X(COUNTER, downstream_cx_upgrades_total)                  \
+    X(COUNTER, downstream_flow_control_paused_reading_total)  \
+    X(COUNTER, downstream_flow_control_resumed_reading_total) \
     X(GAUGE, downstream_cx_upgrades_active)                   \
     X(COUNTER, downstream_rq_total)                           \
     X(GAUGE, downstream_rq_active)                            \

@@ -1193,6 +1193,22 @@ static void on_data_sent(lg_stream_t *ds, size_t bytes)
         last->type->on_encode_data_sent(last, bytes);
 }
 
+/* Envoy's downstream_flow_control_{paused,resumed}_reading_total, and the terminal
+ * filter's part of it (the router counts its cluster's upstream_flow_control_backed_up_total). */
+static void on_flow(lg_stream_t *ds, int paused)
+{
+    lg_hcm_stream_t *s = ds->ctx;
+    if (paused)
+        STAT_INC(s->conn, downstream_flow_control_paused_reading_total);
+    else
+        STAT_INC(s->conn, downstream_flow_control_resumed_reading_total);
+    if (s->local_reply || s->n_filters == 0)
+        return;
+    lg_http_filter_t *last = s->filters[s->n_filters - 1];
+    if (last->type->on_decode_flow != NULL)
+        last->type->on_decode_flow(last, paused);
+}
+
 static void on_reset(lg_stream_t *ds, lg_reset_reason_t reason, const char *details)
 {
     lg_hcm_stream_t *s = ds->ctx;
@@ -1225,6 +1241,7 @@ static const lg_stream_cbs_t downstream_cbs = {
     .on_data_sent = on_data_sent,
     .on_reset = on_reset,
     .on_complete = on_complete,
+    .on_flow = on_flow,
 };
 
 /* Envoy's downstream_cx_{rx,tx}_bytes_total: the connection's bytes, heads and

@@ -95,6 +95,7 @@ struct st_lg_h1_server_stream_t {
     unsigned paused : 1;       /* read_pause */
     unsigned sent_100 : 1;
     unsigned detached : 1; /* no longer the connection's: no op or callback applies */
+    unsigned at_limit : 1; /* reading stopped on the held bytes (on_flow told) */
 };
 
 struct st_lg_h1_server_conn_t {
@@ -482,11 +483,25 @@ static int want_read(lg_h1_server_conn_t *c)
     return c->sock->input->size - c->parsed < c->settings->buffer_limit;
 }
 
+/* Tells the driver when reading stops on the bytes it holds (the buffer limit, or the
+ * pins' cap) and when it goes on with the request not yet whole. */
+static void note_flow(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s)
+{
+    int at_limit = !s->req_done && !s->detached && (c->unconsumed >= held_cap(c) || s->pinned_cap >= pin_cap(c));
+    if (at_limit == s->at_limit || s->super.cbs == NULL)
+        return;
+    s->at_limit = at_limit;
+    if (s->super.cbs->on_flow != NULL)
+        s->super.cbs->on_flow(&s->super, at_limit);
+}
+
 static void update_reading(lg_h1_server_conn_t *c)
 {
     if (c->closed)
         return;
     lg_h1_server_stream_t *s = c->stream;
+    if (s != NULL)
+        note_flow(c, s);
     if (s != NULL && s->cur_unconsumed == 0)
         release_parsed(c);
     int want = want_read(c);

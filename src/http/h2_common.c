@@ -501,18 +501,21 @@ static void credit_early(lg__h2_conn_t *conn, lg__h2_stream_t *s)
     }
 }
 
-/* A client stream that reaches the buffer limit with its peer still sending stops
- * taking bytes until the driver consumes some: the pool counts both edges (on_flow). */
+/* A stream that reaches the buffer limit with its peer still sending stops taking
+ * bytes until the driver consumes some: both edges are told, a client stream's to
+ * the pool (lg_client_conn_cbs_t.on_flow), a server stream's to its driver. */
 static void note_flow(lg__h2_conn_t *conn, lg__h2_stream_t *s)
 {
-    if (conn->is_server)
-        return;
     int at_limit = !s->remote_end && !s->done && s->unconsumed + s->undelivered >= conn->settings.buffer_limit;
-    if (at_limit == s->at_limit)
+    if (at_limit == s->at_limit || (conn->is_server && !s->visible))
         return;
     s->at_limit = at_limit;
-    if (conn->super.client.cbs->on_flow != NULL)
-        conn->super.client.cbs->on_flow(&conn->super.client, at_limit);
+    if (!conn->is_server) {
+        if (conn->super.client.cbs->on_flow != NULL)
+            conn->super.client.cbs->on_flow(&conn->super.client, at_limit);
+    } else if (s->super.cbs->on_flow != NULL) {
+        s->super.cbs->on_flow(&s->super, at_limit);
+    }
 }
 
 static void recv_consume(lg__h2_stream_t *s, size_t n)

@@ -372,6 +372,58 @@ def test_response_before_the_request_body_is_written(legate, ports):
     srv.close()
 
 
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("http2", [False, True], ids=["h1", "h2c"])
+def test_slow_upstream_pauses_the_request_body(legate, ports, http2):
+    """An upstream that reads nothing of a 16 MiB upload until Legate has stopped reading it:
+    Envoy's counters of that, the HCM's downstream_flow_control_{paused,resumed}_reading_total
+    and the cluster's upstream_flow_control_{backed_up,drained}_total, go up together, and once
+    the upstream reads, every pause is followed by a resume and the body arrives whole."""
+    size = 16 << 20
+    body = bytes(i % 251 for i in range(size))
+    srv = socket.create_server(("127.0.0.1", 0))  # (a 4 KiB receive buffer here would slow TCP to a crawl)
+    may_read, got = threading.Event(), {}
+
+    def serve():
+        conn, _ = srv.accept()
+        with conn:
+            head = recv_head(conn)
+            data = head.partition(b"\r\n\r\n")[2]
+            may_read.wait(60)
+            conn.settimeout(30)
+            while len(data) < size:
+                chunk = conn.recv(1 << 20)
+                if not chunk:
+                    break
+                data += chunk
+            got["body"] = data
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    lg = proxy(legate, ports, [srv.getsockname()[1]], route_action={"timeout": "0s"})
+    hcm, cl = "http.ingress_http.downstream_flow_control_", "cluster.backend.upstream_flow_control_"
+    result = {}
+    client = threading.Thread(target=lambda: result.update(r=curl(
+        f"http://127.0.0.1:{lg.listener_port()}/upload", headers=["Expect:"], data=body, http2=http2, timeout=90)))
+    client.start()
+    try:
+        wait_for(lambda: lg.admin.stat(hcm + "paused_reading_total") >= 1, timeout=60, what="downstream reading paused")
+        assert lg.admin.stat(cl + "backed_up_total") >= 1
+        assert "body" not in got
+    finally:
+        may_read.set()
+    client.join(100)
+    t.join(30)
+    r = result["r"]
+    assert r.rc == 0 and r.status == 200, r
+    assert got["body"] == body
+    st = lg.admin.stats()
+    assert st[hcm + "resumed_reading_total"] == st[hcm + "paused_reading_total"] >= 1
+    assert st[cl + "drained_total"] == st[cl + "backed_up_total"] == st[hcm + "paused_reading_total"]
+    srv.close()
+
+
 def test_retries_exhausted_returns_last_response(legate, ports, upstream):
     up = upstream()
     lg = proxy(legate, ports, [up.port], route_action={"retry_policy": {"retry_on": "5xx", "num_retries": 1}})

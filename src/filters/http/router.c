@@ -1021,6 +1021,16 @@ static void on_encode_data_sent(lg_http_filter_t *f, size_t bytes)
     }
 }
 
+/* The downstream stopped reading the request body on the limit the router holds, or
+ * reads on: Envoy counts these where its upstream request's buffer crosses the
+ * watermarks (the upstream takes the body slower than the client sends it). */
+static void on_decode_flow(lg_http_filter_t *f, int paused)
+{
+    router_t *r = (router_t *)f;
+    cluster_stat(r, paused ? LG_CLUSTER_STAT_upstream_flow_control_backed_up_total
+                           : LG_CLUSTER_STAT_upstream_flow_control_drained_total);
+}
+
 static void on_destroy(lg_http_filter_t *f)
 {
     router_t *r = (router_t *)f;
@@ -1068,5 +1078,6 @@ const lg_http_filter_type_t lg_filter_router = {
     .decode_data = decode_data_and_arm,
     .decode_trailers = decode_trailers,
     .on_encode_data_sent = on_encode_data_sent,
+    .on_decode_flow = on_decode_flow,
     .on_destroy = on_destroy,
 };

@@ -465,6 +465,12 @@ static size_t pin_cap(const lg_h1_server_conn_t *c)
     return 2 * (size_t)c->settings->buffer_limit + LG_SOCK_READ_MAX;
 }
 
+/* The stream holds all the codec lets it hold: the limit unconsumed, or pins at their cap. */
+static int holds_cap(const lg_h1_server_conn_t *c, const lg_h1_server_stream_t *s)
+{
+    return c->unconsumed >= held_cap(c) || s->pinned_cap >= pin_cap(c);
+}
+
 static int want_read(lg_h1_server_conn_t *c)
 {
     lg_h1_server_stream_t *s = c->stream;
@@ -477,8 +483,7 @@ static int want_read(lg_h1_server_conn_t *c)
     /* the body goes on until the buffer limit is unconsumed, and while the pinned
      * buffers hold less than twice the limit (only small TLS reads come near it);
      * past the request, its slices are consumed before the next one is read */
-    if ((s->paused && !s->req_done) || c->unconsumed >= held_cap(c) || (s->req_done && c->unconsumed != 0) ||
-        s->pinned_cap >= pin_cap(c))
+    if ((s->paused && !s->req_done) || holds_cap(c, s) || (s->req_done && c->unconsumed != 0))
         return 0;
     return c->sock->input->size - c->parsed < c->settings->buffer_limit;
 }
@@ -487,7 +492,7 @@ static int want_read(lg_h1_server_conn_t *c)
  * pins' cap) and when it goes on with the request not yet whole. */
 static void note_flow(lg_h1_server_conn_t *c, lg_h1_server_stream_t *s)
 {
-    int at_limit = !s->req_done && !s->detached && (c->unconsumed >= held_cap(c) || s->pinned_cap >= pin_cap(c));
+    int at_limit = !s->req_done && !s->detached && holds_cap(c, s);
     if (at_limit == s->at_limit || s->super.cbs == NULL)
         return;
     s->at_limit = at_limit;

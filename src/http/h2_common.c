@@ -501,9 +501,11 @@ static void credit_early(lg__h2_conn_t *conn, lg__h2_stream_t *s)
     }
 }
 
-/* A stream that reaches the buffer limit with its peer still sending stops taking
- * bytes until the driver consumes some: both edges are told, a client stream's to
- * the pool (lg_client_conn_cbs_t.on_flow), a server stream's to its driver. */
+/* A stream that holds the buffer limit, with its peer still sending, after the driver
+ * has had what was delivered, takes no more until the driver consumes some: both edges
+ * are told, a client stream's to the pool (lg_client_conn_cbs_t.on_flow), a server
+ * stream's to its driver. A router keeping a body for a retry gives the retry up as
+ * the body passes the limit, before this looks: no pause counted for it, as in Envoy. */
 static void note_flow(lg__h2_conn_t *conn, lg__h2_stream_t *s)
 {
     int at_limit = !s->remote_end && !s->done && s->unconsumed + s->undelivered >= conn->settings.buffer_limit;
@@ -835,8 +837,7 @@ static int on_data_chunk_recv(nghttp2_session *session, uint8_t flags, int32_t s
     }
     recv_append(s, data, len);
     credit_early(conn, s);
-    note_flow(conn, s);
-    mark_dirty(s);
+    mark_dirty(s); /* process_stream delivers, then notes the flow edge */
     return 0;
 }
 
@@ -1218,6 +1219,7 @@ static void process_stream(lg__h2_conn_t *conn, lg__h2_stream_t *s)
         s->sent_unreported = 0;
         s->super.cbs->on_data_sent(&s->super, n);
     }
+    note_flow(conn, s); /* once the driver has had the bytes: what it takes at once is no pause */
     deliver_terminal(conn, s);
 }
 
@@ -1579,9 +1581,8 @@ static void op_consume(lg_stream_t *_s, size_t bytes)
     if (bytes != early)
         nghttp2_session_consume(s->conn->session, (int32_t)s->super.id, bytes - early);
     credit_early(s->conn, s);
-    note_flow(s->conn, s);
-    if (s->unconsumed == 0)
-        mark_dirty(s);
+    if (s->unconsumed == 0 || s->at_limit)
+        mark_dirty(s); /* process_stream notes the resume, once delivery is done */
     lg__h2_request_run(s->conn);
 }
 

@@ -36,6 +36,7 @@ typedef struct st_tstream_t {
     size_t tx_total, tx_queued, tx_inflight, tx_sent, chunk, window;
     lg_headers_t *tx_trailers;
     int trailers_sent, completed, resets;
+    int paused_edges, resumed_edges; /* on_flow */
     lg_reset_reason_t reason;
 } tstream_t;
 
@@ -252,8 +253,17 @@ static void srv_on_trailers(lg_stream_t *s, lg_headers_t *trailers)
     respond(t);
 }
 
+static void srv_on_flow(lg_stream_t *s, int paused)
+{
+    tstream_t *t = s->ctx;
+    if (paused)
+        ++t->paused_edges;
+    else
+        ++t->resumed_edges;
+}
+
 static const lg_stream_cbs_t srv_stream_cbs = {srv_on_headers, NULL,     srv_on_data, srv_on_trailers,
-                                               on_data_sent,   on_reset, on_complete};
+                                               on_data_sent,   on_reset, on_complete, srv_on_flow};
 
 static void srv_on_new_stream(lg_server_conn_t *c, lg_stream_t *s)
 {
@@ -528,6 +538,8 @@ static void test_backpressure(void)
     tstream_t *st = srv_t[0];
     ok(st->rx_bytes >= BACKPRESSURE_LIMIT && st->rx_bytes < BACKPRESSURE_LIMIT + 65535,
        "unconsumed data stops the sender within a window past the limit (%zu)", st->rx_bytes);
+    ok(st->paused_edges == 1 && st->resumed_edges == 0, "the driver is told of the pause once (%d, %d)", st->paused_edges,
+       st->resumed_edges);
     ok(c->tx_sent < BACKPRESSURE_LIMIT + 65535, "client saw only that much sent (%zu)", c->tx_sent);
     /* Consume everything held, then let the rest flow. */
     st->hold = 0;
@@ -535,6 +547,26 @@ static void test_backpressure(void)
     ok(run_until(all_done, 5000), "request completes once consumed");
     ok(st->rx_bytes == 1024 * 1024 && !st->rx_bad, "all bytes arrive");
     ok(c->completed && st->completed, "both complete");
+    ok(st->paused_edges == 1 && st->resumed_edges == 1, "and of the resume once (%d, %d)", st->paused_edges, st->resumed_edges);
+    close_pair();
+}
+
+/* A driver that consumes every byte as it is delivered never holds the limit, even
+ * when one read brings several times the limit: no pause is told (a router keeping a
+ * body for a retry gives the retry up on the bytes it sees; Envoy counts no pause). */
+static void test_no_pause_when_consumed_at_once(void)
+{
+    lg_h2_settings_t s = defaults();
+    s.initial_stream_window_size = 1024 * 1024;
+    s.initial_connection_window_size = 1024 * 1024;
+    s.buffer_limit = 16 * 1024;
+    make_pair(&s, NULL, &s);
+    app.resp_size = 10;
+    tstream_t *c = request(cli, "POST", "/fast", 1024 * 1024, 0);
+    ok(run_until(all_done, 5000) && c->completed, "1 MiB through a 16 KiB limit completes");
+    tstream_t *st = srv_t[0];
+    ok(st->rx_bytes == 1024 * 1024 && !st->rx_bad, "all bytes arrive");
+    ok(st->paused_edges == 0 && st->resumed_edges == 0, "no pause told (%d, %d)", st->paused_edges, st->resumed_edges);
     close_pair();
 }
 
@@ -1139,6 +1171,7 @@ int main(void)
     test_get();
     test_big_bodies();
     test_backpressure();
+    test_no_pause_when_consumed_at_once();
     test_trailers_and_1xx();
     test_read_pause();
     test_goaway_refuses();
